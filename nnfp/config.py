@@ -1,0 +1,214 @@
+"""YAML configuration: load, merge, override and validate before anything is built."""
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from nnfp.encoder import PAPER_CHANNELS, encoder_output_shape, scaled_channels
+
+__all__ = ["ConfigError", "CONFIG_DIR", "load_config", "parse_overrides", "save_config", "validate"]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# Keys whose default is null, with the types they accept.
+_NULLABLE = {
+    "spec_augment.seed": (int,),
+    "optimizer.weight_decay": (float,),
+    "data.root": (str,),
+    "data.val": (str,),
+    "data.noise": (str,),
+    "data.impulse_responses": (str,),
+    "embedded.directory": (str,),
+    "train.steps_per_epoch": (int,),
+    "wandb.entity": (str,),
+    "wandb.name": (str,),
+}
+_CHOICES = {
+    "spec_augment.fill": ("zeros", "min", "random"),
+    "encoder.norm": ("layer_norm2d", "layer_norm1d", "batch_norm"),
+    "loss.type": ("ntxent", "triplet"),
+    "loss.mode": ("semi-hard", "all", "hard"),
+    "optimizer.name": ("adam", "lamb"),
+    "optimizer.schedule": ("cos", "cos-restart", "constant"),
+    "wandb.mode": ("offline", "online", "disabled"),
+    "train.verbose": (0, 1, 2),
+}
+_POSITIVE = (
+    "frontend.sample_rate", "frontend.segment_seconds", "frontend.n_fft", "frontend.hop_length",
+    "frontend.n_mels", "frontend.top_db", "encoder.width", "projection.embedding_dim",
+    "projection.hidden_units", "loss.temperature", "optimizer.learning_rate", "data.hop_seconds",
+    "train.epochs", "train.batch_size", "train.n_anchors", "train.val_batch_size",
+    "train.steps_per_epoch", "embedded.n_tracks", "embedded.n_val_tracks", "embedded.track_seconds",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, misspelt, of the wrong type or out of range."""
+
+
+def _type_name(types):
+    return " or ".join("number" if t is float else t.__name__ for t in types)
+
+
+def _check_type(key, value, default):
+    if key in _NULLABLE:
+        if value is None:
+            return
+        types = _NULLABLE[key]
+    elif default is None:
+        return
+    else:
+        types = (type(default),)
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if bool not in types and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected {_type_name(types)}, received {value!r} (bool)")
+    if not isinstance(value, types):
+        raise ConfigError(
+            f"config key '{key}': expected {_type_name(types)}, received {value!r} "
+            f"({type(value).__name__})"
+        )
+    if isinstance(value, list) and isinstance(default, list) and default:
+        element = type(default[0])
+        for item in value:
+            if not (isinstance(item, element) or (element is float and isinstance(item, int))):
+                raise ConfigError(
+                    f"config key '{key}': expected a list of {_type_name((element,))}, received {value!r}"
+                )
+
+
+def _merge(base, update, prefix, defaults):
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if key not in defaults:
+            allowed = ", ".join(sorted(defaults))
+            raise ConfigError(f"unknown config key '{path}' (allowed here: {allowed})")
+        if isinstance(defaults[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}': expected a section (mapping), received {value!r}")
+            _merge(base[key], value, f"{path}.", defaults[key])
+        else:
+            _check_type(path, value, defaults[key])
+            base[key] = value
+
+
+def _read_yaml(path):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as handle:
+        try:
+            data = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def parse_overrides(items):
+    """`["train.epochs=3", ...]` -> nested dict, values parsed as YAML scalars/lists."""
+    nested = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects section.key=value, received {item!r}")
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return nested
+
+
+def load_config(path=None, overrides=None):
+    """Default config <- YAML file at `path` <- `--set` overrides; validated."""
+    defaults = _read_yaml(CONFIG_DIR / "default.yaml")
+    config = copy.deepcopy(defaults)
+    if path is not None:
+        _merge(config, _read_yaml(path), "", defaults)
+    if overrides:
+        _merge(config, parse_overrides(overrides) if isinstance(overrides, list | tuple) else overrides, "", defaults)
+    validate(config)
+    return config
+
+
+def _get(config, key):
+    section, name = key.split(".")
+    return config[section][name]
+
+
+def validate(config):
+    """Check ranges and cross-key constraints; raise ConfigError naming the key."""
+    for key, allowed in _CHOICES.items():
+        if _get(config, key) not in allowed:
+            raise ConfigError(f"config key '{key}': expected one of {list(allowed)}, received {_get(config, key)!r}")
+    for name in config["spec_augment"]["chain"]:
+        if name not in ("cutout", "horizontal", "vertical"):
+            raise ConfigError(
+                f"config key 'spec_augment.chain': entries must be cutout, horizontal or vertical, received {name!r}"
+            )
+    for key in _POSITIVE:
+        value = _get(config, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"config key '{key}': expected a positive value, received {value!r}")
+    for key in ("spec_augment.size_range", "data.snr_db_range"):
+        value = _get(config, key)
+        if len(value) != 2 or value[0] > value[1]:
+            raise ConfigError(f"config key '{key}': expected [low, high] with low <= high, received {value!r}")
+    low, high = config["spec_augment"]["size_range"]
+    if not 0 < low <= high <= 1:
+        raise ConfigError(f"config key 'spec_augment.size_range': expected 0 < low <= high <= 1, received {[low, high]}")
+    for key in ("spec_augment.probability", "data.noise_prob", "data.ir_prob"):
+        if not 0 <= _get(config, key) <= 1:
+            raise ConfigError(f"config key '{key}': expected a probability in [0, 1], received {_get(config, key)!r}")
+
+    train = config["train"]
+    for key in ("batch_size", "val_batch_size"):
+        if train[key] % 2:
+            raise ConfigError(f"config key 'train.{key}': expected an even number (anchors + replicas), received {train[key]}")
+    if train["n_anchors"] > train["batch_size"] // 2:
+        raise ConfigError(
+            f"config key 'train.n_anchors': expected at most train.batch_size / 2 = {train['batch_size'] // 2} "
+            f"(each anchor needs a replica), received {train['n_anchors']}"
+        )
+
+    frontend = config["frontend"]
+    if frontend["f_max"] > frontend["sample_rate"] / 2 or frontend["f_min"] >= frontend["f_max"]:
+        raise ConfigError(
+            f"config keys 'frontend.f_min'/'frontend.f_max': expected 0 <= f_min < f_max <= sample_rate / 2 = "
+            f"{frontend['sample_rate'] / 2}, received f_min={frontend['f_min']}, f_max={frontend['f_max']}"
+        )
+    samples = frontend["segment_seconds"] * frontend["sample_rate"]
+    if abs(samples - round(samples)) > 1e-6 or samples < frontend["n_fft"]:
+        raise ConfigError(
+            f"config key 'frontend.segment_seconds': the encoder needs a whole number of samples, at least "
+            f"n_fft={frontend['n_fft']} ({frontend['n_fft'] / frontend['sample_rate']:.3f} s), received "
+            f"{frontend['segment_seconds']} s = {samples:g} samples"
+        )
+    d = config["projection"]["embedding_dim"]
+    channels = scaled_channels(config["encoder"]["width"], PAPER_CHANNELS, n_slices=d)
+    frames = 1 + int(round(samples)) // frontend["hop_length"]
+    freq, time, width = encoder_output_shape((frontend["n_mels"], frames), channels)
+    if (freq * time * width) % d:
+        raise ConfigError(
+            f"config key 'frontend.segment_seconds': encoder output {freq}x{time}x{width} is not divisible "
+            f"into projection.embedding_dim={d} slices, received {frontend['segment_seconds']} s"
+        )
+    data = config["data"]
+    if data["offset_margin"] < 0 or data["offset_margin"] > data["hop_seconds"]:
+        raise ConfigError(
+            f"config key 'data.offset_margin': expected 0 <= offset_margin <= data.hop_seconds = "
+            f"{data['hop_seconds']}, received {data['offset_margin']}"
+        )
+    return config
+
+
+def save_config(config, path):
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        yaml.safe_dump(config, handle, sort_keys=False)
+    tmp.replace(path)

@@ -1,0 +1,201 @@
+"""The fingerprinter: raw audio -> mel -> (SpecAugment) -> f(.) -> g(.) -> L2."""
+
+import keras
+from keras import ops
+
+from nnfp.augment import SpecAugment
+from nnfp.encoder import DivideAndEncode, Encoder
+from nnfp.frontend import LogMelSpectrogram
+from nnfp.losses import similarity_matrix, source_ids
+
+__all__ = ["FingerPrinter"]
+
+
+def _l2_normalize(x):
+    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+
+
+@keras.saving.register_keras_serializable(package="nnfp")
+class FingerPrinter(keras.Model):
+    """Neural audio fingerprinter g(f(.)) taking raw waveforms.
+
+    Preprocessing lives in the model, so a saved or exported model takes audio:
+    `frontend` turns waveforms into log-mel spectrograms, `spec_augment` masks them
+    in training only, `encoder` is f(.), `projection` is g(.), and the output is
+    L2-normalised. Training batches are `(anchors, replicas)` waveform pairs;
+    `train_step` embeds them together (one SpecAugment mask for the whole batch,
+    as the paper), builds the source ids of the rows and calls the compiled
+    contrastive loss.
+
+    Args:
+        frontend: a `LogMelSpectrogram`.
+        encoder: an `Encoder` (f).
+        projection: a `DivideAndEncode` (g).
+        spec_augment: a `SpecAugment`, or None for no spectrogram masking.
+
+    Input `(batch, segment_samples)` float32 waveforms; output `(batch, d)` unit vectors.
+
+    Example:
+    >>> model = FingerPrinter(LogMelSpectrogram(), Encoder(), DivideAndEncode(128))
+    >>> model.compile(optimizer="adam", loss=NTXent(0.05))
+    >>> model.fit(pairs_dataset, epochs=1)  # batches of (anchors, replicas)
+
+    Follows Chang et al., "Neural Audio Fingerprint for High-specific Audio
+    Retrieval based on Contrastive Learning", ICASSP 2021.
+    """
+
+    def __init__(self, frontend, encoder, projection, spec_augment=None, **kwargs):
+        super().__init__(**kwargs)
+        self.frontend = frontend
+        self.encoder = encoder
+        self.projection = projection
+        self.spec_augment = spec_augment
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.positive_tracker = keras.metrics.Mean(name="pos_sim")
+        self.negative_tracker = keras.metrics.Mean(name="neg_sim")
+        self.accuracy_tracker = keras.metrics.Mean(name="batch_top1")
+
+    @property
+    def segment_samples(self):
+        return self.frontend.segment_samples
+
+    @property
+    def embedding_dim(self):
+        return self.projection.n_slices
+
+    def build(self, input_shape):
+        mel_shape = self.frontend.compute_output_shape(input_shape)
+        self.encoder.build(mel_shape)
+        self.projection.build(self.encoder.compute_output_shape(mel_shape))
+        self.built = True
+
+    def call(self, waveforms, training=False):
+        mel = self.frontend(waveforms)  # (batch, n_mels, frames, 1)
+        if self.spec_augment is not None:
+            mel = self.spec_augment(mel, training=training)
+        hidden = self.encoder(mel, training=training)  # (batch, D)
+        return _l2_normalize(self.projection(hidden))  # (batch, d)
+
+    def embed_all(self, waveforms):
+        """f(x), L2(f(x)) and L2(g(f(x))) of a batch, without augmentation (one forward pass)."""
+        hidden = self.encoder(self.frontend(waveforms), training=False)  # (batch, D)
+        return {
+            "f": hidden,
+            "L2(f)": _l2_normalize(hidden),
+            "g(f)": _l2_normalize(self.projection(hidden)),
+        }
+
+    def encode(self, waveforms):
+        """f(x): the encoder's output before projection."""
+        return self.embed_all(waveforms)["f"]
+
+    def encode_l2(self, waveforms):
+        """L2(f(x))."""
+        return self.embed_all(waveforms)["L2(f)"]
+
+    def fingerprint(self, waveforms):
+        """L2(g(f(x))): the fingerprint (same as `model(x)` with training off)."""
+        return self(waveforms, training=False)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.positive_tracker, self.negative_tracker, self.accuracy_tracker]
+
+    def _update_metrics(self, loss, labels, embeddings):
+        positives = ops.equal(labels[:, None], labels[None, :])
+        not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
+        positives = ops.logical_and(positives, not_self)
+        negatives = ops.logical_and(not_self, ops.logical_not(positives))
+        sim = ops.matmul(embeddings, ops.transpose(embeddings))
+        positive_f = ops.cast(positives, sim.dtype)
+        negative_f = ops.cast(negatives, sim.dtype)
+        self.positive_tracker.update_state(ops.sum(sim * positive_f) / ops.sum(positive_f))
+        self.negative_tracker.update_state(ops.sum(sim * negative_f) / ops.sum(negative_f))
+        nearest = ops.argmax(ops.where(not_self, sim, -2.0), axis=1)
+        hit = ops.take_along_axis(positives, nearest[:, None], axis=1)
+        self.accuracy_tracker.update_state(ops.mean(ops.cast(hit, "float32")))
+        self.loss_tracker.update_state(loss)
+        return {m.name: m.result() for m in self.metrics}
+
+    @staticmethod
+    def _unpack(data):
+        anchors, replicas = data[0], data[1]
+        labels = source_ids(ops.shape(anchors)[0], ops.shape(replicas)[0])
+        return ops.concatenate([anchors, replicas], axis=0), labels
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        waveforms, labels = self._unpack(data)
+        with tf.GradientTape() as tape:
+            embeddings = self(waveforms, training=True)  # (n_anchors + n_replicas, d)
+            loss = self.compute_loss(x=waveforms, y=labels, y_pred=embeddings, training=True)
+        trainable = self.trainable_variables
+        gradients = tape.gradient(loss, trainable)
+        self.optimizer.apply(gradients, trainable)
+        return self._update_metrics(loss, labels, embeddings)
+
+    def test_step(self, data):
+        waveforms, labels = self._unpack(data)
+        embeddings = self(waveforms, training=False)
+        loss = self.compute_loss(x=waveforms, y=labels, y_pred=embeddings, training=False)
+        return self._update_metrics(loss, labels, embeddings)
+
+    def batch_similarity(self, anchors, replicas):
+        """Similarity matrix (n_anchors, n_replicas) of a batch's fingerprints, for logging."""
+        return similarity_matrix(self.fingerprint(anchors), self.fingerprint(replicas))
+
+    def get_config(self):
+        config = super().get_config()
+        serialize = keras.saving.serialize_keras_object
+        config.update(
+            frontend=serialize(self.frontend),
+            encoder=serialize(self.encoder),
+            projection=serialize(self.projection),
+            spec_augment=serialize(self.spec_augment) if self.spec_augment is not None else None,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("frontend", "encoder", "projection", "spec_augment"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+    @classmethod
+    def from_settings(
+        cls,
+        sample_rate=8000,
+        segment_seconds=1.0,
+        n_fft=1024,
+        hop_length=256,
+        n_mels=256,
+        f_min=300.0,
+        f_max=4000.0,
+        channels=None,
+        width=1.0,
+        norm="layer_norm2d",
+        embedding_dim=128,
+        hidden_units=32,
+        spec_augment=None,
+        **kwargs,
+    ):
+        """Build a built model from plain settings (`spec_augment`: kwargs of `SpecAugment` or None)."""
+        from nnfp.encoder import PAPER_CHANNELS, scaled_channels
+
+        segment_samples = int(round(sample_rate * segment_seconds))
+        frontend = LogMelSpectrogram(
+            sample_rate, segment_samples, n_fft, hop_length, n_mels, f_min, f_max, name="frontend"
+        )
+        channels = scaled_channels(width, channels or PAPER_CHANNELS, n_slices=embedding_dim)
+        model = cls(
+            frontend=frontend,
+            encoder=Encoder(channels=channels, norm=norm, name="encoder"),
+            projection=DivideAndEncode(embedding_dim, hidden_units, name="projection"),
+            spec_augment=SpecAugment(**spec_augment, name="spec_augment") if spec_augment else None,
+            **kwargs,
+        )
+        model.build((None, segment_samples))
+        return model
