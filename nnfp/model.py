@@ -69,6 +69,12 @@ class FingerPrinter(keras.Model):
         self.projection.build(self.encoder.compute_output_shape(mel_shape))
         self.built = True
 
+    def get_build_config(self):
+        return {"input_shape": [None, self.segment_samples]}
+
+    def build_from_config(self, config):
+        self.build(tuple(config["input_shape"]))
+
     def call(self, waveforms, training=False):
         mel = self.frontend(waveforms)  # (batch, n_mels, frames, 1)
         if self.spec_augment is not None:

@@ -1,0 +1,321 @@
+"""Wire a validated config into data, model, loss, optimizer and callbacks, and train."""
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from nnfp.config import save_config
+
+__all__ = [
+    "TrainingData",
+    "build_model",
+    "build_loss",
+    "build_optimizer",
+    "build_callbacks",
+    "prepare_data",
+    "train",
+]
+
+
+@dataclass
+class TrainingData:
+    """Everything `train` feeds to `model.fit`, plus what was skipped."""
+
+    train_dataset: object
+    steps_per_epoch: int
+    val_originals: np.ndarray | None
+    val_replicas: np.ndarray | None
+    n_train_tracks: int
+    n_train_segments: int
+    skipped: list
+
+
+def build_model(config):
+    """FingerPrinter from the `frontend`, `spec_augment`, `encoder` and `projection` sections."""
+    from nnfp.model import FingerPrinter
+
+    frontend = dict(config["frontend"])
+    frontend.pop("top_db")
+    return FingerPrinter.from_settings(
+        **frontend,
+        width=config["encoder"]["width"],
+        norm=config["encoder"]["norm"],
+        embedding_dim=config["projection"]["embedding_dim"],
+        hidden_units=config["projection"]["hidden_units"],
+        spec_augment=config["spec_augment"] if config["spec_augment"]["chain"] else None,
+        name="fingerprinter",
+    )
+
+
+def build_loss(config):
+    from nnfp.losses import NTXent, OnlineTripletLoss
+
+    loss = config["loss"]
+    if loss["type"] == "ntxent":
+        return NTXent(temperature=loss["temperature"])
+    return OnlineTripletLoss(margin=loss["margin"], mode=loss["mode"])
+
+
+def learning_rate(config):
+    """Initial learning rate, scaled by batch size / 640 when `optimizer.scale_by_batch`."""
+    lr = config["optimizer"]["learning_rate"]
+    if config["optimizer"]["scale_by_batch"]:
+        lr = lr * config["train"]["batch_size"] / 640
+    return lr
+
+
+def build_optimizer(config, total_steps):
+    """Adam or LAMB with a cosine, cosine-restart or constant schedule over `total_steps`."""
+    settings = config["optimizer"]
+    lr = learning_rate(config)
+    if settings["schedule"] == "cos":
+        schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(total_steps, 1), alpha=settings["alpha"])
+    elif settings["schedule"] == "cos-restart":
+        schedule = keras.optimizers.schedules.CosineDecayRestarts(
+            lr, first_decay_steps=max(total_steps // 10, 1), alpha=settings["alpha"]
+        )
+    else:
+        schedule = lr
+    kwargs = {"learning_rate": schedule}
+    if settings["weight_decay"] is not None:
+        kwargs["weight_decay"] = settings["weight_decay"]
+    if settings["name"] == "lamb":
+        return keras.optimizers.Lamb(**kwargs)
+    return keras.optimizers.Adam(**kwargs)
+
+
+def _resolve(config, key):
+    """Folder for data.<key>: an embedded corpus part, a path under data.root, or None."""
+    value = config["data"][key]
+    if value is None or value == "embedded":
+        return value
+    path = Path(value)
+    if config["data"]["root"] and not path.is_absolute():
+        path = Path(config["data"]["root"]) / path
+    return path
+
+
+def embedded_corpus(config):
+    """Generate (or reuse) the embedded corpus; returns its `CorpusPaths`."""
+    from nnfp.corpus import generate_corpus
+
+    emb = config["embedded"]
+    directory = emb["directory"]
+    if directory is None:
+        tag = f"n{emb['n_tracks'] + emb['n_val_tracks']}_s{emb['track_seconds']:g}_seed{emb['seed']}"
+        directory = Path(os.environ.get("NNFP_CACHE", Path.home() / ".cache" / "nnfp")) / f"corpus-{tag}"
+    return generate_corpus(
+        directory,
+        n_tracks=emb["n_tracks"] + emb["n_val_tracks"],
+        track_seconds=emb["track_seconds"],
+        n_noise=emb["n_noise"],
+        n_irs=emb["n_irs"],
+        seed=emb["seed"],
+        sample_rate=config["frontend"]["sample_rate"],
+    )
+
+
+def _audio_files(config, key, corpus):
+    from nnfp.data import list_audio_files
+
+    where = _resolve(config, key)
+    if where is None:
+        return []
+    if where != "embedded":
+        return list_audio_files(where)
+    n_train = config["embedded"]["n_tracks"]
+    if key == "train":
+        return list_audio_files(corpus.music_dir)[:n_train]
+    if key == "val":
+        return list_audio_files(corpus.music_dir)[n_train:]
+    return list_audio_files(corpus.noise_dir if key == "noise" else corpus.ir_dir)
+
+
+def prepare_data(config, log=print):
+    """Load audio named by the `data` section and build the training pipeline and validation pairs."""
+    from nnfp.data import load_tracks, make_pair_dataset, make_validation_pairs
+
+    data, train, rate = config["data"], config["train"], config["frontend"]["sample_rate"]
+    uses_corpus = "embedded" in (data["train"], data["val"], data["noise"], data["impulse_responses"])
+    corpus = embedded_corpus(config) if uses_corpus else None
+    skipped = []
+
+    def load(key, min_seconds):
+        files = _audio_files(config, key, corpus)
+        if not files:
+            return []
+        arrays, _, bad = load_tracks(files, sample_rate=rate, min_seconds=min_seconds)
+        skipped.extend(bad)
+        if not arrays:
+            raise FileNotFoundError(f"data.{key}: none of the {len(files)} audio files could be used")
+        return arrays
+
+    tracks = load("train", data["min_seconds"])
+    noise = load("noise", 0.1) or None
+    irs = load("impulse_responses", 0.0) or None
+    augment = dict(
+        sample_rate=rate,
+        segment_seconds=config["frontend"]["segment_seconds"],
+        hop_seconds=data["hop_seconds"],
+        offset_margin=data["offset_margin"],
+        snr_db_range=tuple(data["snr_db_range"]),
+    )
+    dataset = make_pair_dataset(
+        tracks,
+        batch_size=train["batch_size"],
+        n_anchors=train["n_anchors"],
+        noise=noise,
+        impulse_responses=irs,
+        noise_prob=data["noise_prob"],
+        ir_prob=data["ir_prob"],
+        shuffle=True,
+        seed=train["seed"],
+        **augment,
+    )
+    segment = int(round(config["frontend"]["segment_seconds"] * rate))
+    hop = int(round(data["hop_seconds"] * rate))
+    n_segments = sum(max(0, (len(t) - segment) // hop + 1) for t in tracks)
+    steps = train["steps_per_epoch"] or max(1, n_segments // train["n_anchors"])
+
+    originals = replicas = None
+    val_tracks = load("val", data["min_seconds"])
+    if val_tracks:
+        originals, replicas = make_validation_pairs(
+            val_tracks, n_segments_max=data["val_max_segments"], noise=noise, impulse_responses=irs, **augment
+        )
+    for path, reason in skipped:
+        log(f"skipped {path}: {reason}")
+    log(
+        f"data: {len(tracks)} training tracks ({n_segments} segments), "
+        f"{len(val_tracks)} validation tracks ({0 if originals is None else len(originals)} segments), "
+        f"{len(noise or [])} noise files, {len(irs or [])} impulse responses, {len(skipped)} skipped"
+    )
+    return TrainingData(dataset, steps, originals, replicas, len(tracks), n_segments, skipped)
+
+
+class _Timer(keras.callbacks.Callback):
+    """Records per-step wall times (for the median step time in the run summary)."""
+
+    def __init__(self):
+        super().__init__()
+        self.step_seconds = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step_seconds.append(time.perf_counter() - self._start)
+
+
+def build_callbacks(config, run_dir, data):
+    """Mini-search first (so later callbacks see its logs), then checkpoints, backup, logging."""
+    from nnfp.callbacks import MiniSearchValidation, SimilarityMatrixImages
+
+    run_dir = Path(run_dir)
+    train = config["train"]
+    callbacks = []
+    if data.val_originals is not None:
+        callbacks.append(
+            MiniSearchValidation(
+                data.val_originals,
+                data.val_replicas,
+                scopes=train["mini_search_scopes"],
+                verbose=train["verbose"],
+            )
+        )
+    monitor = train["checkpoint_monitor"] if data.val_originals is not None else "loss"
+    mode = "max" if "top" in monitor else "min"
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    callbacks += [
+        keras.callbacks.ModelCheckpoint(run_dir / "checkpoints" / "last.keras"),
+        keras.callbacks.ModelCheckpoint(
+            run_dir / "checkpoints" / "best.keras", monitor=monitor, mode=mode, save_best_only=True
+        ),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch", delete_checkpoint=False),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+    ]
+    if train["tensorboard"]:
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
+        if train["similarity_images"] and data.val_originals is not None:
+            n = min(64, len(data.val_originals))
+            callbacks.append(
+                SimilarityMatrixImages(data.val_originals[:n], data.val_replicas[:n], run_dir / "logs")
+            )
+    wandb_logger = _wandb_callback(config, run_dir)
+    if wandb_logger is not None:
+        callbacks.append(wandb_logger)
+    return callbacks
+
+
+def _wandb_callback(config, run_dir):
+    settings = config["wandb"]
+    mode = os.environ.get("WANDB_MODE") or (settings["mode"] if settings["enabled"] else None)
+    if mode in (None, "disabled"):
+        return None
+    try:
+        import wandb
+        from wandb.integration.keras import WandbMetricsLogger
+    except ImportError as error:  # pragma: no cover - wandb is a dependency
+        raise ImportError("W&B logging needs `pip install wandb`") from error
+    wandb.init(
+        project=settings["project"],
+        entity=settings["entity"],
+        name=settings["name"] or Path(run_dir).name,
+        mode=mode,
+        dir=str(run_dir),
+        config=config,
+        resume="allow",
+    )
+    return WandbMetricsLogger(log_freq="epoch")
+
+
+def train(config, run_dir, log=print, extra_callbacks=()):
+    """Train from a validated config; writes config, checkpoints, logs and `model.keras` to `run_dir`."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    keras.utils.set_random_seed(config["train"]["seed"])
+    data = prepare_data(config, log=log)
+    model = build_model(config)
+    total_steps = config["train"]["epochs"] * data.steps_per_epoch
+    model.compile(optimizer=build_optimizer(config, total_steps), loss=build_loss(config))
+    validation = None
+    if data.val_originals is not None:
+        import tensorflow as tf
+
+        half = config["train"]["val_batch_size"] // 2
+        validation = tf.data.Dataset.from_tensor_slices((data.val_originals, data.val_replicas)).batch(
+            half, drop_remainder=True
+        )
+    timer = _Timer()
+    callbacks = build_callbacks(config, run_dir, data) + [timer, *extra_callbacks]
+    started = time.perf_counter()
+    history = model.fit(
+        data.train_dataset,
+        epochs=config["train"]["epochs"],
+        steps_per_epoch=data.steps_per_epoch,
+        validation_data=validation,
+        callbacks=callbacks,
+        verbose=config["train"]["verbose"],
+        shuffle=False,
+    )
+    seconds = time.perf_counter() - started
+    model.save(run_dir / "model.keras")
+    summary = {
+        "epochs": config["train"]["epochs"],
+        "steps_per_epoch": data.steps_per_epoch,
+        "train_seconds": round(seconds, 1),
+        "median_step_seconds": float(np.median(timer.step_seconds)) if timer.step_seconds else None,
+        "params": model.count_params(),
+        "final": {k: float(v[-1]) for k, v in history.history.items()},
+        "skipped": [[str(p), r] for p, r in data.skipped],
+    }
+    with open(run_dir / "summary.json.tmp", "w") as handle:
+        json.dump(summary, handle, indent=1)
+    os.replace(run_dir / "summary.json.tmp", run_dir / "summary.json")
+    return model, history, summary
