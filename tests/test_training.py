@@ -1,0 +1,125 @@
+"""Training end to end on a tiny generated corpus: fit, resume, export, search."""
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nnfp.config import load_config
+from nnfp.training import train
+
+TINY = [
+    "encoder.width=0.03125",
+    "projection.embedding_dim=16",
+    "embedded.n_tracks=4",
+    "embedded.n_val_tracks=2",
+    "embedded.track_seconds=8",
+    "embedded.n_noise=2",
+    "embedded.n_irs=2",
+    "train.batch_size=8",
+    "train.n_anchors=4",
+    "train.val_batch_size=8",
+    "train.steps_per_epoch=3",
+    "train.mini_search_scopes=[1,3]",
+    "train.verbose=0",
+    "data.val_max_segments=16",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    import os
+
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["NNFP_CACHE"] = str(path)
+    return path
+
+
+class _Crash(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt("simulated kill")
+
+
+class _Record(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.begins = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = self.model.optimizer
+        self.begins.append((epoch, int(opt.iterations.numpy()), float(opt.learning_rate.numpy())))
+
+
+def test_fit_logs_mini_search_and_resumes_after_kill(cache, tmp_path):
+    config = load_config(None, [*TINY, "train.epochs=3"])
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run, log=lambda *_: None, extra_callbacks=[_Crash(at_epoch=1)])
+    assert (run / "backup").exists()
+
+    record = _Record()
+    model, history, summary = train(config, run, log=lambda *_: None, extra_callbacks=[record])
+    steps = 3
+    # resumed at epoch index 2 with the optimizer (and so the schedule) at step 2 * steps
+    assert record.begins[0][:2] == (2, 2 * steps)
+    schedule = keras.optimizers.schedules.CosineDecay(1e-4, decay_steps=3 * steps, alpha=1e-6)
+    assert record.begins[0][2] == pytest.approx(float(schedule(2 * steps)), rel=1e-5)
+    assert int(model.optimizer.iterations.numpy()) == 3 * steps
+    assert history.epoch == [2]
+
+    logs = history.history
+    for key in ("loss", "val_loss", "pos_sim", "batch_top1", "ms_gf_top1_s1", "ms_f_mean_rank_s3", "ms_l2f_top10_s1"):
+        assert key in logs, key
+    assert 0.0 <= logs["ms_gf_top1_s1"][-1] <= 100.0
+    assert (run / "checkpoints" / "best.keras").exists() and (run / "model.keras").exists()
+    with open(run / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"] and "ms_gf_top1_s1" in rows[0]
+    assert summary["params"] == model.count_params()
+    assert list((run / "logs").rglob("events.out.tfevents*"))  # TensorBoard scalars and images
+
+
+def test_keras_round_trip_and_export_match_predict(cache, tmp_path):
+    from nnfp.export import export_saved_model, load_fingerprinter
+
+    config = load_config(None, [*TINY, "train.epochs=1", "train.tensorboard=false"])
+    model, _, _ = train(config, tmp_path / "run", log=lambda *_: None)
+    x = np.random.default_rng(0).standard_normal((5, 8000)).astype("float32")
+    expected = model.predict(x, verbose=0)
+
+    reloaded = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), expected)
+
+    out = export_saved_model(model, tmp_path / "export", config)
+    assert (out / "config.yaml").exists()
+    served = tf.saved_model.load(str(out)).signatures["serving_default"]
+    fingerprints = served(waveforms=tf.constant(x))["fingerprint"].numpy()
+    assert fingerprints.shape == (5, 16)
+    np.testing.assert_allclose(fingerprints, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(fingerprints, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(load_fingerprinter(out).fingerprint(x), expected, atol=1e-5)
+    assert not list(tmp_path.glob(".export*"))  # no temp folder left
+
+
+def test_training_reduces_loss(cache, tmp_path):
+    """A few dozen steps on a fixed batch must lower NT-Xent well below its start."""
+    from nnfp.losses import NTXent
+    from nnfp.model import FingerPrinter
+
+    rng = np.random.default_rng(0)
+    anchors = rng.standard_normal((8, 8000)).astype("float32")
+    replicas = anchors + 0.3 * rng.standard_normal((8, 8000)).astype("float32")
+    model = FingerPrinter.from_settings(width=0.03125, embedding_dim=16, spec_augment=None)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=NTXent(0.1))
+    dataset = tf.data.Dataset.from_tensors((anchors, replicas)).repeat()
+    history = model.fit(dataset, epochs=2, steps_per_epoch=15, verbose=0)
+    first, last = history.history["loss"][0], history.history["loss"][-1]
+    assert last < 0.5 * first
+    assert model.evaluate(dataset, steps=1, verbose=0, return_dict=True)["batch_top1"] == 1.0
