@@ -1,0 +1,625 @@
+"""Fingerprint database and sequence search.
+
+Pure NumPy + faiss: this module receives embeddings and never imports the model.
+
+A song is cut into 1 s segments on a `hop_seconds` hop; every segment has an
+L2-normalised fingerprint. A query of `n` consecutive segments (same hop) is
+matched as in the paper's evaluation (mimbres/neural-audio-fp `eval/eval_faiss.py`):
+each query segment retrieves `top_k` nearest DB segments, each hit at DB row `c`
+for query segment `i` proposes the sequence start `c - i`, and every proposed
+start is scored by the mean inner product of the `n` query segments with the
+`n` stored DB segments that follow it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+__all__ = [
+    "INDEX_TYPES",
+    "FingerprintDB",
+    "Match",
+    "format_hit_rate_table",
+    "sequence_hit_rates",
+]
+
+INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
+FORMAT_VERSION = 1
+_MIN_POINTS_PER_CENTROID = 39  # below this faiss k-means warns and clusters poorly
+_MAX_POINTS_PER_CENTROID = 256  # faiss k-means subsamples beyond this anyway
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """One search result: a track and the offset of the query inside it.
+
+    Attributes:
+        track_id: id of the matched track.
+        path: the track's relative path.
+        offset_s: start of the matched window inside the track, in seconds.
+        score: mean inner product of query and DB segments over the window.
+        segment_index: DB row of the window's first segment.
+    """
+
+    track_id: int
+    path: str
+    offset_s: float
+    score: float
+    segment_index: int
+
+
+def _default_threads():
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _default_nlist(n_segments):
+    nlist = int(round(4.0 * np.sqrt(n_segments)))
+    return int(np.clip(nlist, 1, max(1, n_segments // _MIN_POINTS_PER_CENTROID)))
+
+
+def _check_segments(embeddings, segment_track, segment_start, tracks, d=None):
+    """Validates one batch of segments + tracks; returns normalised arrays and tracks."""
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+        raise ValueError(
+            "`embeddings` must be a non-empty 2-D array (n_segments, d). "
+            f"Received: embeddings.shape={embeddings.shape}"
+        )
+    if d is not None and embeddings.shape[1] != d:
+        raise ValueError(
+            f"`embeddings` must have d={d} columns like the database. "
+            f"Received: embeddings.shape={embeddings.shape}"
+        )
+    n_segments = embeddings.shape[0]
+    segment_track = np.asarray(segment_track)
+    segment_start = np.asarray(segment_start)
+    if segment_track.shape != (n_segments,) or segment_start.shape != (n_segments,):
+        raise ValueError(
+            "`segment_track` and `segment_start` must have shape "
+            f"({n_segments},), one entry per embedding. Received: "
+            f"segment_track.shape={segment_track.shape}, "
+            f"segment_start.shape={segment_start.shape}"
+        )
+    if not np.issubdtype(segment_track.dtype, np.integer):
+        raise ValueError(
+            f"`segment_track` must hold integer track ids. Received: dtype={segment_track.dtype}"
+        )
+    clean_tracks = []
+    for track in tracks:
+        missing = {"track_id", "path", "duration_s"} - set(track)
+        if missing:
+            raise ValueError(
+                f"Each track needs keys 'track_id', 'path', 'duration_s'; missing "
+                f"{sorted(missing)}. Received: track={track}"
+            )
+        clean_tracks.append(
+            {
+                "track_id": int(track["track_id"]),
+                "path": str(track["path"]),
+                "duration_s": float(track["duration_s"]),
+            }
+        )
+    ids = [t["track_id"] for t in clean_tracks]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"Track ids must be unique. Received: track_ids={ids}")
+    unknown = np.setdiff1d(segment_track, ids)
+    if unknown.size:
+        raise ValueError(
+            "`segment_track` refers to track ids absent from `tracks`. "
+            f"Received: unknown ids={unknown[:10].tolist()}"
+        )
+    # A sequence window is valid only inside one track, which we check as
+    # segment_track[start] == segment_track[end]; that needs contiguous tracks.
+    n_runs = 1 + int(np.count_nonzero(segment_track[1:] != segment_track[:-1]))
+    if n_runs != np.unique(segment_track).size:
+        raise ValueError(
+            "The segments of each track must be contiguous rows, in time order. "
+            f"Received: {n_runs} runs for {np.unique(segment_track).size} tracks"
+        )
+    return (
+        np.ascontiguousarray(embeddings, dtype=np.float32),
+        segment_track.astype(np.int32),
+        segment_start.astype(np.float32),
+        clean_tracks,
+    )
+
+
+class FingerprintDB:
+    """A database of segment fingerprints with a faiss index and sequence search.
+
+    Rows are segments in time order, track after track. The faiss index only
+    proposes candidates; sequence scores are computed from the exact stored
+    vectors (`embeddings`, memory-mapped when loaded from disk).
+
+    Args:
+        embeddings: (N, d) float32, L2-normalised segment fingerprints.
+        segment_track: (N,) int32 track id of each segment.
+        segment_start: (N,) float32 start of each segment in its track, seconds.
+        tracks: list of `{"track_id": int, "path": str, "duration_s": float}`.
+        hop_seconds: hop between consecutive segments (query and DB alike).
+        index: a faiss index over `embeddings` (inner-product metric).
+        index_type: one of `"flat"`, `"ivf"`, `"ivfpq"`, `"hnsw"`.
+        index_params: the parameters the index was built with.
+        threads: faiss OpenMP threads used for search.
+
+    Build one with `FingerprintDB.build`, or open a saved one with
+    `FingerprintDB.load`:
+
+    >>> db = FingerprintDB.build(emb, seg_track, seg_start, tracks, index_type="ivfpq")
+    >>> db.save("fp_db"); db = FingerprintDB.load("fp_db")
+    >>> best = db.search(query_emb)[0]  # Match(track_id, path, offset_s, ...)
+
+    Follows the sequence search of Chang et al., "Neural Audio Fingerprint for
+    High-specific Audio Retrieval based on Contrastive Learning", ICASSP 2021.
+    """
+
+    def __init__(
+        self,
+        embeddings,
+        segment_track,
+        segment_start,
+        tracks,
+        hop_seconds,
+        index,
+        index_type,
+        index_params,
+        threads=None,
+    ):
+        if index_type not in INDEX_TYPES:
+            raise ValueError(
+                f"`index_type` must be one of {INDEX_TYPES}. Received: index_type={index_type!r}"
+            )
+        if index.ntotal != len(embeddings):
+            raise ValueError(
+                f"The index holds {index.ntotal} vectors but there are "
+                f"{len(embeddings)} embeddings."
+            )
+        self.embeddings = embeddings
+        self.segment_track = segment_track
+        self.segment_start = segment_start
+        self.tracks = list(tracks)
+        self.hop_seconds = float(hop_seconds)
+        self.index = index
+        self.index_type = index_type
+        self.index_params = dict(index_params)
+        self.threads = _default_threads() if threads is None else int(threads)
+        if self.threads < 1:
+            raise ValueError(f"`threads` must be >= 1. Received: threads={threads}")
+        self._track_by_id = {t["track_id"]: t for t in self.tracks}
+        self._index_tracks()
+        self.set_search_params(
+            nprobe=self.index_params.get("nprobe"), ef_search=self.index_params.get("ef_search")
+        )
+
+    # ------------------------------------------------------------------ build
+
+    @classmethod
+    def build(
+        cls,
+        embeddings,
+        segment_track,
+        segment_start,
+        tracks,
+        hop_seconds=0.5,
+        index_type="flat",
+        nlist=None,
+        m=16,
+        nbits=8,
+        nprobe=16,
+        hnsw_m=32,
+        ef_search=128,
+        threads=None,
+    ):
+        """Builds (and trains, for IVF types) a database from segment fingerprints.
+
+        Args:
+            embeddings, segment_track, segment_start, tracks: see the class docstring.
+            hop_seconds: segment hop in seconds.
+            index_type: `"flat"` (exact), `"ivf"` (IVF-Flat), `"ivfpq"` (IVF-PQ)
+                or `"hnsw"` (HNSW-Flat); all use the inner-product metric.
+            nlist: IVF lists. Default about 4*sqrt(N), lowered so that every
+                list gets at least 39 training points.
+            m, nbits: PQ sub-quantisers (must divide d) and bits per code.
+            nprobe: IVF lists visited per query.
+            hnsw_m, ef_search: HNSW graph degree and search breadth.
+            threads: faiss OpenMP threads; default `min(os.cpu_count(), 8)`.
+        """
+        if index_type not in INDEX_TYPES:
+            raise ValueError(
+                f"`index_type` must be one of {INDEX_TYPES}. Received: index_type={index_type!r}"
+            )
+        if not hop_seconds > 0:
+            raise ValueError(f"`hop_seconds` must be > 0. Received: hop_seconds={hop_seconds}")
+        embeddings, segment_track, segment_start, tracks = _check_segments(
+            embeddings, segment_track, segment_start, tracks
+        )
+        n_segments, d = embeddings.shape
+        params = {}
+        if index_type in ("ivf", "ivfpq"):
+            if nlist is None:
+                nlist = _default_nlist(n_segments)
+            if not 1 <= int(nlist) <= n_segments:
+                raise ValueError(
+                    f"`nlist` must be in [1, n_segments={n_segments}]. Received: nlist={nlist}"
+                )
+            if int(nprobe) < 1:
+                raise ValueError(f"`nprobe` must be >= 1. Received: nprobe={nprobe}")
+            params.update(nlist=int(nlist), nprobe=int(nprobe))
+        if index_type == "ivfpq":
+            if int(m) < 1 or d % int(m):
+                raise ValueError(f"`m` must divide d={d}. Received: m={m}")
+            if not 1 <= int(nbits) <= 16:
+                raise ValueError(f"`nbits` must be in [1, 16]. Received: nbits={nbits}")
+            if n_segments < 2 ** int(nbits):
+                raise ValueError(
+                    f"Too few segments to train a product quantiser with nbits={nbits}: "
+                    f"it needs at least {2 ** int(nbits)}. Received: n_segments={n_segments}. "
+                    "Use index_type='flat' or a smaller `nbits`."
+                )
+            params.update(m=int(m), nbits=int(nbits))
+        if index_type == "hnsw":
+            if int(hnsw_m) < 2 or int(ef_search) < 1:
+                raise ValueError(
+                    "`hnsw_m` must be >= 2 and `ef_search` >= 1. "
+                    f"Received: hnsw_m={hnsw_m}, ef_search={ef_search}"
+                )
+            params.update(hnsw_m=int(hnsw_m), ef_search=int(ef_search))
+
+        threads = _default_threads() if threads is None else int(threads)
+        faiss.omp_set_num_threads(threads)
+        factory = {
+            "flat": "Flat",
+            "ivf": f"IVF{params.get('nlist')},Flat",
+            "ivfpq": f"IVF{params.get('nlist')},PQ{params.get('m')}x{params.get('nbits')}",
+            "hnsw": f"HNSW{params.get('hnsw_m')},Flat",
+        }[index_type]
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        if index_type == "ivfpq":
+            # The factory turns on polysemous training (an annealing over code
+            # orderings, tens of seconds) which only Hamming-filtered search uses.
+            index.do_polysemous_training = False
+        if not index.is_trained:
+            points_needed = max(params["nlist"], 2 ** params.get("nbits", 0))
+            max_train = _MAX_POINTS_PER_CENTROID * points_needed
+            if n_segments > max_train:
+                rng = np.random.default_rng(0)
+                sample = np.sort(rng.choice(n_segments, size=max_train, replace=False))
+                index.train(embeddings[sample])
+            else:
+                index.train(embeddings)
+        index.add(embeddings)
+        return cls(
+            embeddings,
+            segment_track,
+            segment_start,
+            tracks,
+            hop_seconds=hop_seconds,
+            index=index,
+            index_type=index_type,
+            index_params=params,
+            threads=threads,
+        )
+
+    def add(self, embeddings, segment_track, segment_start, tracks):
+        """Appends new tracks; their ids are renumbered to continue after the current ones.
+
+        `segment_track` refers to the `track_id`s of the given `tracks`; new ids are
+        `next_track_id, next_track_id + 1, ...` in the order of `tracks`.
+        The index is not retrained. A memory-mapped `embeddings` becomes an
+        in-memory array. Returns the list of assigned track ids.
+        """
+        embeddings, segment_track, segment_start, tracks = _check_segments(
+            embeddings, segment_track, segment_start, tracks, d=self.dim
+        )
+        first_id = self.next_track_id
+        new_id = {t["track_id"]: first_id + i for i, t in enumerate(tracks)}
+        old_ids = np.array(list(new_id), dtype=np.int64)
+        new_ids = np.array(list(new_id.values()), dtype=np.int64)
+        order = np.argsort(old_ids)
+        segment_track = new_ids[order][np.searchsorted(old_ids[order], segment_track)]
+        tracks = [dict(t, track_id=new_id[t["track_id"]]) for t in tracks]
+
+        self._set_threads()
+        self.index.add(embeddings)
+        self.embeddings = np.concatenate([np.asarray(self.embeddings), embeddings])
+        self.segment_track = np.concatenate([self.segment_track, segment_track.astype(np.int32)])
+        self.segment_start = np.concatenate([self.segment_start, segment_start])
+        self.tracks.extend(tracks)
+        self._track_by_id.update({t["track_id"]: t for t in tracks})
+        self._index_tracks()
+        return list(new_id.values())
+
+    # --------------------------------------------------------------- metadata
+
+    @property
+    def dim(self):
+        return int(self.embeddings.shape[1])
+
+    @property
+    def n_segments(self):
+        return int(self.embeddings.shape[0])
+
+    @property
+    def next_track_id(self):
+        return max((t["track_id"] for t in self.tracks), default=-1) + 1
+
+    def __len__(self):
+        return self.n_segments
+
+    def __repr__(self):
+        return (
+            f"FingerprintDB(n_tracks={len(self.tracks)}, n_segments={self.n_segments}, "
+            f"d={self.dim}, index_type={self.index_type!r}, params={self.index_params})"
+        )
+
+    def set_search_params(self, nprobe=None, ef_search=None):
+        """Changes IVF `nprobe` / HNSW `ef_search` without rebuilding."""
+        if nprobe is not None and self.index_type in ("ivf", "ivfpq"):
+            if int(nprobe) < 1:
+                raise ValueError(f"`nprobe` must be >= 1. Received: nprobe={nprobe}")
+            faiss.extract_index_ivf(self.index).nprobe = int(nprobe)
+            self.index_params["nprobe"] = int(nprobe)
+        if ef_search is not None and self.index_type == "hnsw":
+            if int(ef_search) < 1:
+                raise ValueError(f"`ef_search` must be >= 1. Received: ef_search={ef_search}")
+            self.index.hnsw.efSearch = int(ef_search)
+            self.index_params["ef_search"] = int(ef_search)
+
+    def _set_threads(self):
+        # Global OpenMP setting; oversubscribed faiss is much slower than 1 thread.
+        if faiss.omp_get_max_threads() != self.threads:
+            faiss.omp_set_num_threads(self.threads)
+
+    # ------------------------------------------------------------------ disk
+
+    def save(self, directory):
+        """Writes the database to `directory` atomically (temp dir + rename)."""
+        target = Path(directory).absolute()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            np.save(tmp / "embeddings.npy", np.asarray(self.embeddings, dtype=np.float32))
+            np.savez(tmp / "segments.npz", track=self.segment_track, start=self.segment_start)
+            meta = {
+                "version": FORMAT_VERSION,
+                "d": self.dim,
+                "n_segments": self.n_segments,
+                "hop_seconds": self.hop_seconds,
+                "index_type": self.index_type,
+                "params": self.index_params,
+                "tracks": self.tracks,
+            }
+            (tmp / "tracks.json").write_text(json.dumps(meta, indent=1))
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            if target.exists():
+                # A non-empty directory cannot be replaced in one rename: move the
+                # old one aside first so `target` is never half-written.
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+                old.rmdir()
+                os.rename(target, old)
+                os.rename(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, directory, mmap=True, threads=None):
+        """Opens a saved database; `embeddings` are memory-mapped when `mmap`."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"Fingerprint DB directory not found: {directory}")
+        for name in ("embeddings.npy", "segments.npz", "tracks.json", "index.faiss"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(
+                    f"Fingerprint DB directory {directory} is missing {name}: {directory / name}"
+                )
+        meta = json.loads((directory / "tracks.json").read_text())
+        if meta.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                f"Unsupported fingerprint DB version in {directory / 'tracks.json'}. "
+                f"Expected {FORMAT_VERSION}. Received: version={meta.get('version')}"
+            )
+        embeddings = np.load(directory / "embeddings.npy", mmap_mode="r" if mmap else None)
+        with np.load(directory / "segments.npz") as segments:
+            segment_track = segments["track"].astype(np.int32)
+            segment_start = segments["start"].astype(np.float32)
+        if embeddings.shape != (meta["n_segments"], meta["d"]) or len(segment_track) != len(
+            embeddings
+        ):
+            raise ValueError(
+                f"Inconsistent fingerprint DB in {directory}: embeddings.shape="
+                f"{embeddings.shape}, {len(segment_track)} segments, meta "
+                f"n_segments={meta['n_segments']}, d={meta['d']}"
+            )
+        index = faiss.read_index(str(directory / "index.faiss"))
+        return cls(
+            embeddings,
+            segment_track,
+            segment_start,
+            meta["tracks"],
+            hop_seconds=meta["hop_seconds"],
+            index=index,
+            index_type=meta["index_type"],
+            index_params=meta["params"],
+            threads=threads,
+        )
+
+    # ---------------------------------------------------------------- search
+
+    def candidate_starts(self, query_embeddings, top_k=20):
+        """Unique DB rows where a query sequence could start (offset-compensated hits)."""
+        query = self._check_query(query_embeddings)
+        n_query = len(query)
+        k = min(int(top_k), self.n_segments)
+        if k < 1:
+            raise ValueError(f"`top_k` must be >= 1. Received: top_k={top_k}")
+        self._set_threads()
+        _, hits = self.index.search(query, k)  # (n_query, k), -1 where no hit
+        starts = hits - np.arange(n_query)[:, None]
+        starts = starts[(hits >= 0) & (starts >= 0)]
+        starts = np.unique(starts)
+        # A window running into the next track is no match, unless the query is
+        # longer than the whole track: then it is kept and scored on the overlap.
+        fits = starts + n_query - 1 <= self._track_end[starts]
+        too_short = self._track_end[starts] - self._track_begin[starts] + 1 < n_query
+        return starts[fits | too_short]
+
+    def sequence_scores(self, query_embeddings, starts):
+        """Mean inner product of the query with the DB window at each start row.
+
+        Window rows beyond the start's track (a query longer than the track)
+        contribute 0, so such partial matches are penalised, not dropped.
+        Returns (len(starts),) float64.
+        """
+        query = self._check_query(query_embeddings)
+        n_query = len(query)
+        starts = np.asarray(starts, dtype=np.int64)
+        if starts.size == 0:
+            return np.zeros(0)
+        rows = starts[:, None] + np.arange(n_query)  # (n_candidates, n_query)
+        valid = rows <= self._track_end[starts][:, None]
+        rows = np.minimum(rows, self.n_segments - 1)
+        # Read each needed DB row once (overlapping windows share most rows), then
+        # pick sim[c, i] = <q_i, db[start_c + i]> from the (rows, n_query) products.
+        unique_rows, where = np.unique(rows, return_inverse=True)
+        block = np.asarray(self.embeddings[unique_rows], dtype=np.float64)  # (n_rows, d)
+        products = block @ query.astype(np.float64).T  # (n_rows, n_query)
+        sims = products[where.reshape(rows.shape), np.arange(n_query)]
+        return np.where(valid, sims, 0.0).sum(axis=1) / n_query
+
+    def search(self, query_embeddings, top_k=20, n_results=5, min_score=None):
+        """Finds the tracks and offsets best matching a query of consecutive segments.
+
+        Args:
+            query_embeddings: (n, d) fingerprints of consecutive query segments
+                on the DB hop (a (d,) vector is one segment).
+            top_k: faiss neighbours retrieved per query segment.
+            n_results: number of matches returned, best first.
+            min_score: drop matches whose score is below this.
+
+        Returns:
+            A list of up to `n_results` `Match`, distinct (track, offset), sorted
+            by decreasing score.
+        """
+        if int(n_results) < 1:
+            raise ValueError(f"`n_results` must be >= 1. Received: n_results={n_results}")
+        starts = self.candidate_starts(query_embeddings, top_k=top_k)
+        scores = self.sequence_scores(query_embeddings, starts)
+        order = np.argsort(-scores, kind="stable")
+        if min_score is not None:
+            order = order[scores[order] >= min_score]
+        matches = []
+        for row in order[: int(n_results)]:
+            start = int(starts[row])
+            track = self._track_by_id[int(self.segment_track[start])]
+            matches.append(
+                Match(
+                    track_id=track["track_id"],
+                    path=track["path"],
+                    offset_s=float(self.segment_start[start]),
+                    score=float(scores[row]),
+                    segment_index=start,
+                )
+            )
+        return matches
+
+    def _check_query(self, query_embeddings):
+        query = np.asarray(query_embeddings, dtype=np.float32)
+        if query.ndim == 1:
+            query = query[None]
+        if query.ndim != 2 or query.shape[1] != self.dim or len(query) == 0:
+            raise ValueError(
+                f"`query_embeddings` must have shape (n_segments, {self.dim}). "
+                f"Received: shape={np.shape(query_embeddings)}"
+            )
+        return np.ascontiguousarray(query)
+
+    def _index_tracks(self):
+        # First and last DB row of the track of every segment (tracks are contiguous).
+        n_segments = len(self.segment_track)
+        boundaries = np.flatnonzero(self.segment_track[1:] != self.segment_track[:-1]) + 1
+        run_begin = np.concatenate([[0], boundaries])
+        run_end = np.concatenate([boundaries - 1, [n_segments - 1]])
+        run_of_row = np.repeat(np.arange(len(run_begin)), run_end - run_begin + 1)
+        self._track_begin = run_begin[run_of_row]
+        self._track_end = run_end[run_of_row]
+
+
+def sequence_hit_rates(
+    db_embeddings, query_embeddings, scopes=(1, 3, 5, 9, 11, 19), metric="ip", top=(1, 3, 10)
+):
+    """Exhaustive sequence-search hit rates of degraded queries against their sources.
+
+    Rows are consecutive segments and query row i is a degraded copy of DB row i.
+    For a scope of s segments the score of DB start j for query start i is
+    `sum_{k<s} sim(q[i+k], db[j+k])`, with `sim` the dot product (`"ip"`) or the
+    negative squared L2 distance (`"l2"`), over all i, j in [0, N-s]. The rank of
+    the true start j == i is the number of starts scoring strictly higher.
+
+    Returns:
+        `{"scopes": [...], "top1": (n_scopes,), "top3": ..., "top10": ...,
+        "mean_rank": (n_scopes,)}`; hit rates in percent, one key per `top`.
+    """
+    if metric not in ("ip", "l2"):
+        raise ValueError(f"`metric` must be 'ip' or 'l2'. Received: metric={metric!r}")
+    db = np.asarray(db_embeddings, dtype=np.float64)
+    query = np.asarray(query_embeddings, dtype=np.float64)
+    if db.ndim != 2 or db.shape != query.shape:
+        raise ValueError(
+            "`db_embeddings` and `query_embeddings` must be 2-D with equal shapes. "
+            f"Received: {db.shape} and {query.shape}"
+        )
+    n_rows = len(db)
+    scopes = [int(s) for s in scopes]
+    if any(s < 1 or s > n_rows for s in scopes):
+        raise ValueError(f"Every scope must be in [1, N={n_rows}]. Received: scopes={scopes}")
+    sim = query @ db.T  # (N, N): sim[i, j] = sim(q_i, db_j)
+    if metric == "l2":
+        sim = 2.0 * sim - np.sum(query**2, axis=1)[:, None] - np.sum(db**2, axis=1)[None, :]
+
+    ranks = {}
+    acc = np.zeros((n_rows, n_rows))
+    depth = 0  # number of diagonals summed into `acc` so far
+    for scope in sorted(set(scopes)):
+        n_starts = n_rows - scope + 1
+        while depth < scope:
+            acc = acc[: n_rows - depth, : n_rows - depth]
+            acc += sim[depth:, depth:]
+            depth += 1
+        scores = acc[:n_starts, :n_starts]
+        true = np.diagonal(scores)[:, None]
+        ranks[scope] = np.count_nonzero(scores > true, axis=1)
+
+    results = {"scopes": scopes}
+    for k in top:
+        results[f"top{int(k)}"] = np.array([100.0 * np.mean(ranks[s] < k) for s in scopes])
+    results["mean_rank"] = np.array([np.mean(ranks[s]) for s in scopes])
+    return results
+
+
+def format_hit_rate_table(results, title="Sequence search"):
+    """Renders `sequence_hit_rates` output as a text table (rows: metrics, columns: scopes)."""
+    scopes = results["scopes"]
+    row_keys = sorted(
+        (key for key in results if key.startswith("top")), key=lambda key: int(key[3:])
+    )
+    rows = [(f"top-{key[3:]} (%)", results[key], "{:.1f}") for key in row_keys]
+    rows.append(("mean rank", results["mean_rank"], "{:.2f}"))
+    label_width = max(len(label) for label, _, _ in rows)
+    header = " " * label_width + "".join(f"{f'{s} seg':>9}" for s in scopes)
+    lines = [title, header, "-" * len(header)]
+    for label, values, fmt in rows:
+        cells = "".join(f"{fmt.format(v):>9}" for v in values)
+        lines.append(f"{label:<{label_width}}{cells}")
+    return "\n".join(lines)

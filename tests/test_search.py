@@ -1,0 +1,344 @@
+import time
+
+import numpy as np
+import pytest
+
+from nnfp.search import FingerprintDB, Match, format_hit_rate_table, sequence_hit_rates
+
+D = 64
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def make_tracks(rng, n_tracks=30, d=D, first_id=0, min_len=40, max_len=120, step=0.5):
+    """Random-walk tracks: neighbouring segments are correlated (cosine ~0.88) like audio."""
+    embeddings, segment_track, segment_start, tracks = [], [], [], []
+    for track_id in range(first_id, first_id + n_tracks):
+        n_segments = int(rng.integers(min_len, max_len + 1))
+        x = rng.standard_normal(d)
+        rows = []
+        for _ in range(n_segments):
+            x = x / np.linalg.norm(x) + step * rng.standard_normal(d) / np.sqrt(d)
+            rows.append(x)
+        embeddings.append(unit(np.array(rows)))
+        segment_track += [track_id] * n_segments
+        segment_start.append(0.5 * np.arange(n_segments))
+        tracks.append(
+            {
+                "track_id": track_id,
+                "path": f"a/{track_id}.wav",
+                "duration_s": 0.5 * n_segments + 0.5,
+            }
+        )
+    return (
+        np.concatenate(embeddings),
+        np.array(segment_track),
+        np.concatenate(segment_start),
+        tracks,
+    )
+
+
+def noisy(x, rng, noise):
+    return unit(x + noise * rng.standard_normal(x.shape) / np.sqrt(x.shape[-1]))
+
+
+def sample_queries(rng, segment_track, n_queries, db_embeddings, noise=1.0, lengths=(3, 11)):
+    """Noisy copies of n consecutive segments of one track, at random rows."""
+    queries = []
+    while len(queries) < n_queries:
+        n = int(rng.integers(*lengths))
+        row = int(rng.integers(0, len(segment_track) - n))
+        if segment_track[row] == segment_track[row + n - 1]:
+            queries.append((row, noisy(db_embeddings[row : row + n], rng, noise)))
+    return queries
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_tracks(np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def flat_db(data):
+    return FingerprintDB.build(*data, index_type="flat", threads=1)
+
+
+# --------------------------------------------------------------- references
+
+
+def naive_hit_ranks(db, query, scope, metric):
+    """Double loop over (query start, DB start): rank of the true start."""
+    db = db.astype(np.float64)
+    query = query.astype(np.float64)
+    n_starts = len(db) - scope + 1
+    ranks = []
+    for i in range(n_starts):
+        scores = []
+        for j in range(n_starts):
+            q, r = query[i : i + scope], db[j : j + scope]
+            if metric == "ip":
+                scores.append(np.sum(q * r))
+            else:
+                scores.append(-np.sum((q - r) ** 2))
+        ranks.append(sum(score > scores[i] for score in scores))
+    return np.array(ranks)
+
+
+def naive_sequence_score(db_embeddings, query, start):
+    """eval_faiss.py: mean of diag(q @ db[start:start+n].T)."""
+    window = np.asarray(db_embeddings[start : start + len(query)], dtype=np.float64)
+    return np.mean(np.diag(query.astype(np.float64) @ window.T))
+
+
+# ------------------------------------------------------- sequence_hit_rates
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_hit_rates_match_naive_double_loop(metric):
+    rng = np.random.default_rng(1)
+    db = unit(rng.standard_normal((40, 8)))
+    query = noisy(db, rng, 2.5)  # hard enough that ranks spread out
+    scopes = (1, 3, 5, 9)
+    results = sequence_hit_rates(db, query, scopes=scopes, metric=metric)
+    assert results["scopes"] == list(scopes)
+    for column, scope in enumerate(scopes):
+        ranks = naive_hit_ranks(db, query, scope, metric)
+        assert results["mean_rank"][column] == pytest.approx(ranks.mean(), abs=1e-12)
+        for k in (1, 3, 10):
+            assert results[f"top{k}"][column] == pytest.approx(100 * np.mean(ranks < k), abs=1e-12)
+    # The case must be non-trivial for the comparison to mean something.
+    assert 0 < results["top1"][0] < 100
+    assert results["mean_rank"][0] > 1
+
+
+def test_hit_rates_known_answers():
+    rng = np.random.default_rng(2)
+    db = unit(rng.standard_normal((500, 32)))
+    clean = sequence_hit_rates(db, noisy(db, rng, 0.1))
+    np.testing.assert_array_equal(clean["top1"], 100.0)
+    np.testing.assert_array_equal(clean["mean_rank"], 0.0)
+
+    unrelated = sequence_hit_rates(db, unit(rng.standard_normal((500, 32))), scopes=(1, 5))
+    # Chance: top-k = k / n_starts, mean rank = (n_starts - 1) / 2.
+    for column, scope in enumerate((1, 5)):
+        n_starts = 500 - scope + 1
+        assert unrelated["top10"][column] == pytest.approx(100 * 10 / n_starts, abs=3.0)
+        assert unrelated["mean_rank"][column] == pytest.approx((n_starts - 1) / 2, rel=0.1)
+
+
+def test_hit_rates_longer_scope_helps_and_is_fast():
+    rng = np.random.default_rng(3)
+    db = unit(rng.standard_normal((3000, 128)))
+    query = noisy(db, rng, 8.0)  # one segment is ambiguous, a sequence is not
+    start = time.perf_counter()
+    results = sequence_hit_rates(db, query)
+    elapsed = time.perf_counter() - start
+    assert results["top1"][0] < 10
+    assert results["top1"][-1] > 95
+    assert np.all(np.diff(results["top1"]) >= 0)
+    assert elapsed < 3.0  # ~0.5 s on 2 cores; generous for loaded CI machines
+
+
+def test_hit_rates_errors_and_table():
+    db = unit(np.random.default_rng(4).standard_normal((10, 4)))
+    with pytest.raises(ValueError, match="metric='cos'"):
+        sequence_hit_rates(db, db, metric="cos")
+    with pytest.raises(ValueError, match="scopes"):
+        sequence_hit_rates(db, db, scopes=(1, 11))
+    with pytest.raises(ValueError, match="equal shapes"):
+        sequence_hit_rates(db, db[:5])
+    table = format_hit_rate_table(sequence_hit_rates(db, db, scopes=(1, 3)), title="val")
+    lines = table.splitlines()
+    assert lines[0] == "val"
+    assert "1 seg" in lines[1] and "3 seg" in lines[1]
+    assert lines[3].split() == ["top-1", "(%)", "100.0", "100.0"]
+    assert lines[-1].split() == ["mean", "rank", "0.00", "0.00"]
+
+
+# ------------------------------------------------------------------- search
+
+
+@pytest.mark.parametrize(
+    "index_type, min_rate",
+    [("flat", 0.95), ("ivf", 0.90), ("ivfpq", 0.90), ("hnsw", 0.90)],
+)
+def test_search_finds_track_and_offset(data, index_type, min_rate):
+    embeddings, segment_track, segment_start, tracks = data
+    db = FingerprintDB.build(*data, index_type=index_type, threads=1)
+    rng = np.random.default_rng(5)
+    queries = sample_queries(rng, segment_track, 150, embeddings, noise=1.2)
+    hits = 0
+    for row, query in queries:
+        best = db.search(query)[0]
+        hits += (
+            best.track_id == segment_track[row]
+            and best.offset_s == segment_start[row]
+            and best.path == f"a/{segment_track[row]}.wav"
+        )
+    assert hits / len(queries) >= min_rate
+
+
+def test_search_scores_match_naive_reference(data, flat_db):
+    embeddings, segment_track, _, _ = data
+    rng = np.random.default_rng(6)
+    for _, query in sample_queries(rng, segment_track, 20, embeddings):
+        matches = flat_db.search(query, top_k=20, n_results=50)
+        assert all(isinstance(m, Match) for m in matches)
+        scores = [m.score for m in matches]
+        assert scores == sorted(scores, reverse=True)
+        assert len({(m.track_id, m.offset_s) for m in matches}) == len(matches)
+        for match in matches:
+            expected = naive_sequence_score(embeddings, query, match.segment_index)
+            assert match.score == pytest.approx(expected, abs=1e-6)
+            # Windows never run into the next track.
+            window = segment_track[match.segment_index : match.segment_index + len(query)]
+            assert len(window) == len(query) and np.all(window == match.track_id)
+
+        # Candidate starts follow eval_faiss.py: every offset-compensated top-k hit.
+        _, hits = flat_db.index.search(query, 20)
+        expected_starts = {
+            int(hit - i) for i in range(len(query)) for hit in hits[i] if hit - i >= 0
+        }
+        expected_starts = {
+            s
+            for s in expected_starts
+            if s + len(query) <= len(segment_track)
+            and segment_track[s + len(query) - 1] == segment_track[s]
+        }
+        assert set(flat_db.candidate_starts(query, top_k=20).tolist()) == expected_starts
+
+
+def test_search_min_score_and_random_queries(data, flat_db):
+    embeddings, segment_track, _, _ = data
+    rng = np.random.default_rng(7)
+    row, query = sample_queries(rng, segment_track, 1, embeddings, noise=0.3)[0]
+    true_score = flat_db.search(query)[0].score
+    assert true_score > 0.8
+    matches = flat_db.search(query, min_score=0.5)
+    assert matches[0].segment_index == row
+    assert all(m.score >= 0.5 for m in matches)
+    for _ in range(10):
+        random_query = unit(rng.standard_normal((8, D)))
+        assert flat_db.search(random_query, min_score=0.5) == []
+        assert len(flat_db.search(random_query, n_results=3)) == 3
+
+
+def test_query_longer_than_any_track():
+    rng = np.random.default_rng(8)
+    data = make_tracks(rng, n_tracks=4, min_len=6, max_len=10)
+    embeddings, segment_track, _, _ = data
+    db = FingerprintDB.build(*data, index_type="flat", threads=1)
+    first = np.flatnonzero(segment_track == 2)
+    query = noisy(embeddings[first[0] : first[0] + 20], rng, 0.3)  # runs into track 3
+    best = db.search(query)[0]
+    assert best.track_id == 2 and best.offset_s == 0.0
+    # Positions past the end of the track count as 0 in the mean.
+    overlap = len(first)
+    expected = np.sum(query[:overlap].astype(np.float64) * embeddings[first]) / len(query)
+    assert best.score == pytest.approx(expected, abs=1e-6)
+
+
+def test_single_segment_query(data, flat_db):
+    embeddings, segment_track, segment_start, _ = data
+    best = flat_db.search(embeddings[100])[0]  # a (d,) vector is a 1-segment query
+    assert best.segment_index == 100 and best.score == pytest.approx(1.0, abs=1e-6)
+
+
+def test_build_and_search_errors(data, flat_db):
+    embeddings, segment_track, segment_start, tracks = data
+    with pytest.raises(ValueError, match="index_type='foo'"):
+        FingerprintDB.build(*data, index_type="foo")
+    with pytest.raises(ValueError, match="m must divide|`m` must divide"):
+        FingerprintDB.build(*data, index_type="ivfpq", m=7)
+    with pytest.raises(ValueError, match="nlist"):
+        FingerprintDB.build(*data, index_type="ivf", nlist=len(embeddings) + 1)
+    with pytest.raises(ValueError, match="Too few segments"):
+        FingerprintDB.build(
+            embeddings[:100], segment_track[:100], segment_start[:100], tracks, index_type="ivfpq"
+        )
+    with pytest.raises(ValueError, match="segment_track"):
+        FingerprintDB.build(embeddings, segment_track[:-1], segment_start, tracks)
+    with pytest.raises(ValueError, match="absent from `tracks`"):
+        FingerprintDB.build(embeddings, segment_track, segment_start, tracks[:-1])
+    interleaved = np.arange(len(segment_track)) % 2  # tracks 0 and 1 alternate
+    with pytest.raises(ValueError, match="contiguous"):
+        FingerprintDB.build(embeddings, interleaved, segment_start, tracks)
+    with pytest.raises(ValueError, match=r"shape \(n_segments, 64\)"):
+        flat_db.search(np.zeros((3, 32), np.float32))
+    # Small DB: the default nlist is lowered to have >= 39 training points per list.
+    small = FingerprintDB.build(
+        embeddings[:300], segment_track[:300], segment_start[:300], tracks, index_type="ivf"
+    )
+    assert small.index_params["nlist"] == 300 // 39
+
+
+# ---------------------------------------------------------------- save/load
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivfpq", "hnsw"])
+def test_save_load_round_trip(tmp_path, data, index_type):
+    embeddings, segment_track, _, _ = data
+    db = FingerprintDB.build(*data, index_type=index_type, nprobe=8, threads=1)
+    target = tmp_path / "db"
+    db.save(target)
+    db.save(target)  # replacing an existing DB
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        "embeddings.npy",
+        "index.faiss",
+        "segments.npz",
+        "tracks.json",
+    ]
+
+    loaded = FingerprintDB.load(target)
+    assert isinstance(loaded.embeddings, np.memmap)
+    np.testing.assert_array_equal(loaded.embeddings, db.embeddings)
+    np.testing.assert_array_equal(loaded.segment_track, db.segment_track)
+    np.testing.assert_array_equal(loaded.segment_start, db.segment_start)
+    assert loaded.tracks == db.tracks
+    assert loaded.index_type == index_type and loaded.index_params == db.index_params
+    assert loaded.hop_seconds == 0.5
+    rng = np.random.default_rng(9)
+    for _, query in sample_queries(rng, segment_track, 10, embeddings):
+        assert loaded.search(query) == db.search(query)
+    assert not isinstance(FingerprintDB.load(target, mmap=False).embeddings, np.memmap)
+
+
+def test_load_missing(tmp_path, flat_db):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        FingerprintDB.load(tmp_path / "nowhere")
+    flat_db.save(tmp_path / "db")
+    (tmp_path / "db" / "index.faiss").unlink()
+    with pytest.raises(FileNotFoundError, match="index.faiss"):
+        FingerprintDB.load(tmp_path / "db")
+
+
+def test_add_then_search(tmp_path, data):
+    db = FingerprintDB.build(*data, index_type="ivf", threads=1)
+    db.save(tmp_path / "db")
+    db = FingerprintDB.load(tmp_path / "db")
+    n_before = len(db)
+    rng = np.random.default_rng(10)
+    new_embeddings, new_track, new_start, new_tracks = make_tracks(
+        rng, n_tracks=3, min_len=30, max_len=40
+    )
+    new_track = new_track + 100  # caller-side ids; the DB renumbers them to continue
+    for track in new_tracks:
+        track["track_id"] += 100
+    assigned = db.add(new_embeddings, new_track, new_start, new_tracks)
+    assert assigned == [30, 31, 32]
+    assert [t["track_id"] for t in db.tracks[-3:]] == [30, 31, 32]
+    assert len(db) == n_before + len(new_embeddings) == db.index.ntotal
+
+    for local_row, query in sample_queries(rng, new_track, 10, new_embeddings, noise=0.5):
+        best = db.search(query)[0]
+        assert best.segment_index == n_before + local_row
+        assert best.track_id == 30 + new_track[local_row] - 100
+        assert best.path == f"a/{new_track[local_row] - 100}.wav"
+        assert best.offset_s == new_start[local_row]
+
+    db.save(tmp_path / "db")
+    reloaded = FingerprintDB.load(tmp_path / "db")
+    assert len(reloaded) == len(db) and reloaded.next_track_id == 33
