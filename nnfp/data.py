@@ -1,0 +1,664 @@
+"""Audio loading and the tf.data pipeline of (anchor, replica) pairs for contrastive training.
+
+Follows the data recipe of Chang et al., ICASSP 2021 ("Neural Audio Fingerprint for
+High-specific Audio Retrieval based on Contrastive Learning"): 1 s segments at 8 kHz with a
+0.5 s hop; a replica is the same segment taken at a small random time offset, mixed with
+background noise at a random SNR and convolved with a room/microphone impulse response.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import os
+import pathlib
+
+import numpy as np
+import soundfile as sf
+import soxr
+import tensorflow as tf
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioError",
+    "PairPipeline",
+    "list_audio_files",
+    "load_audio",
+    "load_tracks",
+    "make_pair_dataset",
+    "make_query",
+    "make_validation_pairs",
+    "segment_starts",
+]
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
+
+# Audio banks are stored as int16 (half the memory of float32; 16-bit precision is far
+# below the noise floor of any augmentation) and scaled back by this factor on read. A power
+# of two keeps int16 -> float32 exact whether a graph divides or multiplies by it.
+_INT16_SCALE = 32768.0
+_VALIDATION_CHUNK = 256
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used. The message starts with the file path.
+
+    Attributes:
+        path: the offending file.
+        reason: what was wrong, without the path.
+    """
+
+    def __init__(self, path, reason):
+        self.path = pathlib.Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def load_audio(path, sample_rate=8000):
+    """Reads an audio file as float32 mono at `sample_rate` (channels averaged, soxr resampling).
+
+    Raises:
+        AudioError: missing, empty, undecodable, zero-length, or non-finite audio.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be > 0. Received: sample_rate={sample_rate}")
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise AudioError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty file (0 bytes); expected audio readable by soundfile")
+    try:
+        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile raises LibsndfileError, RuntimeError, TypeError...
+        raise AudioError(
+            path,
+            f"cannot decode audio ({type(exc).__name__}: {exc}); expected a format "
+            f"supported by libsndfile {sf.__libsndfile_version__} "
+            f"({', '.join(sorted(sf.available_formats()))})",
+        ) from exc
+    if data.size == 0:
+        raise AudioError(path, "contains no samples (zero-length audio)")
+    if not np.isfinite(data).all():
+        raise AudioError(path, "contains NaN or Inf samples; expected finite audio")
+    mono = data.mean(axis=1, dtype=np.float32)  # (samples,)
+    if file_rate != sample_rate:
+        mono = soxr.resample(mono, file_rate, sample_rate)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def list_audio_files(source, extensions=AUDIO_EXTENSIONS):
+    """Lists audio files: every file under a directory (recursive, sorted) or a list of paths.
+
+    Args:
+        source: a directory, a single file, or a list of file paths (kept in order).
+        extensions: suffixes to keep when scanning a directory (case-insensitive).
+
+    Raises:
+        FileNotFoundError: the directory does not exist or holds no matching file.
+    """
+    if isinstance(source, str | os.PathLike):
+        root = pathlib.Path(source)
+        if root.is_file():
+            return [root]
+        if not root.is_dir():
+            raise FileNotFoundError(f"Audio directory not found: {root}")
+        wanted = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
+        if not files:
+            raise FileNotFoundError(
+                f"No audio files in {root} (searched recursively for extensions "
+                f"{', '.join(sorted(wanted))})"
+            )
+        return files
+    files = [pathlib.Path(p) for p in source]
+    if not files:
+        raise FileNotFoundError("No audio files given: the list of paths is empty")
+    return files
+
+
+def load_tracks(paths, sample_rate=8000, min_seconds=1.0):
+    """Decodes many files in parallel, skipping (and reporting) unusable ones.
+
+    Returns:
+        `(tracks, kept_paths, skipped)`: float32 mono arrays, their paths, and
+        `(path, reason)` for every unreadable, too-short or silent file.
+    """
+    paths = [pathlib.Path(p) for p in paths]
+    min_samples = int(round(min_seconds * sample_rate))
+
+    def load_one(path):
+        try:
+            audio = load_audio(path, sample_rate)
+        except AudioError as exc:
+            return None, exc.reason
+        except Exception as exc:  # one bad file must never stop a large scan
+            return None, f"unexpected error: {type(exc).__name__}: {exc}"
+        if len(audio) < min_samples:
+            return None, (
+                f"too short: {len(audio) / sample_rate:.3f} s < min_seconds={min_seconds}"
+            )
+        if np.max(np.abs(audio)) < 1.0 / 32768.0:
+            return None, "silent: peak amplitude below one 16-bit step"
+        return audio, None
+
+    workers = min(32, (os.cpu_count() or 1) + 4)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(load_one, paths))
+    tracks, kept, skipped = [], [], []
+    for path, (audio, reason) in zip(paths, results, strict=True):
+        if audio is None:
+            skipped.append((path, reason))
+        else:
+            tracks.append(audio)
+            kept.append(path)
+    if skipped:
+        logger.warning(
+            "Skipped %d of %d audio files, e.g. %s: %s",
+            len(skipped),
+            len(paths),
+            skipped[0][0],
+            skipped[0][1],
+        )
+    return tracks, kept, skipped
+
+
+def segment_starts(n_samples, segment_samples, hop_samples):
+    """Start indices (int64) of every full `segment_samples` window at a `hop_samples` hop."""
+    if segment_samples <= 0:
+        raise ValueError(
+            f"segment_samples must be > 0. Received: segment_samples={segment_samples}"
+        )
+    if hop_samples <= 0:
+        raise ValueError(f"hop_samples must be > 0. Received: hop_samples={hop_samples}")
+    if n_samples < segment_samples:
+        return np.zeros((0,), np.int64)
+    return np.arange(0, n_samples - segment_samples + 1, hop_samples, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- maths
+# One implementation of the degradations, shared by training, validation and queries.
+
+
+def _mix_at_snr(signals, noise, snr_db):
+    """Adds `noise` scaled so that 10*log10(P_signal / P_noise) == snr_db, row by row.
+
+    signals, noise: (batch, samples); snr_db: (batch,). Silent rows give no NaN: the
+    noise scale is then 0 and the signal passes unchanged.
+    """
+    signal_power = tf.reduce_mean(tf.square(signals), axis=-1, keepdims=True)  # (batch, 1)
+    noise_power = tf.reduce_mean(tf.square(noise), axis=-1, keepdims=True)  # (batch, 1)
+    target_noise_power = signal_power * tf.pow(10.0, -snr_db[:, None] / 10.0)
+    scale = tf.sqrt(tf.math.divide_no_nan(target_noise_power, noise_power))  # (batch, 1)
+    return signals + scale * noise
+
+
+def _next_pow2(n):
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _fft_convolve(signals, impulse_responses):
+    """Linear convolution truncated to the signal length: `np.convolve(x, h)[:len(x)]`.
+
+    signals: (batch, samples); impulse_responses: (batch, ir_samples). Static last dims.
+    """
+    length = int(signals.shape[-1])
+    n_fft = _next_pow2(length + int(impulse_responses.shape[-1]) - 1)
+    spectrum = tf.signal.rfft(signals, [n_fft]) * tf.signal.rfft(impulse_responses, [n_fft])
+    return tf.signal.irfft(spectrum, [n_fft])[..., :length]  # (batch, samples)
+
+
+def _apply_impulse_responses(signals, impulse_responses):
+    """FFT convolution, then rescaled to the input energy so loudness does not drift."""
+    wet = _fft_convolve(signals, impulse_responses)
+    dry_power = tf.reduce_mean(tf.square(signals), axis=-1, keepdims=True)
+    wet_power = tf.reduce_mean(tf.square(wet), axis=-1, keepdims=True)
+    return wet * tf.sqrt(tf.math.divide_no_nan(dry_power, wet_power))
+
+
+def _to_int16(audio):
+    return np.clip(np.round(audio * _INT16_SCALE), -32768, 32767).astype(np.int16)
+
+
+def _windows(bank, starts, length):
+    """Gathers `bank[s:s+length]` for every start: (n,) -> (n, length) float32."""
+    grid = starts[:, None] + tf.range(length, dtype=tf.int64)[None, :]  # (n, length)
+    return tf.cast(tf.gather(bank, grid), tf.float32) / _INT16_SCALE
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def _check_range(name, value):
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (low, high) pair. Received: {name}={value}") from None
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ValueError(f"{name} must be finite with low <= high. Received: {name}={value}")
+    return low, high
+
+
+def _check_bank(name, arrays):
+    if arrays is None:
+        return None
+    if len(arrays) == 0:
+        raise ValueError(
+            f"{name} must be None or a non-empty list of 1-D arrays. Received: {name}=[]"
+        )
+    checked = []
+    for i, x in enumerate(arrays):
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 1 or x.size == 0:
+            raise ValueError(f"{name}[{i}] must be a non-empty 1-D array. Received shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name}[{i}] contains NaN or Inf")
+        checked.append(x)
+    return checked
+
+
+def _cpu_variable(array):
+    # A variable, not a constant: banks can exceed the 2 GB limit of serialised graphs.
+    with tf.device("/CPU:0"):
+        return tf.Variable(array, trainable=False)
+
+
+class PairPipeline:
+    """Source of (anchor, replica) waveform pairs for contrastive fingerprint training.
+
+    All tracks live in one int16 array with a table of segment starts, so a batch is one
+    vectorised `tf.gather` plus batched augmentation. A replica of an anchor starts at a
+    random offset within `offset_margin` seconds (clipped to its track), then gets, each
+    with its own probability, background noise at a uniform random SNR (`snr_db_range`),
+    an impulse response (batched FFT convolution, energy re-normalised), and a random gain.
+    Random draws are stateless, seeded by `(seed, batch index)`: reproducible streams.
+    The banks are CPU `tf.Variable`s (no 2 GB graph limit); build the pipeline outside
+    any `tf.distribute` strategy scope so they are not mirrored onto accelerators.
+
+    Args:
+        tracks: list of 1-D float arrays (mono, at `sample_rate`); tracks shorter than
+            one segment are skipped.
+        noise: optional list of 1-D background-noise arrays.
+        impulse_responses: optional list of 1-D impulse responses (zero-padded to the
+            longest one).
+        sample_rate, segment_seconds, hop_seconds: segmentation, as in the paper (8 kHz,
+            1 s, 0.5 s).
+        offset_margin: maximum replica time shift in seconds.
+        snr_db_range: (low, high) SNR in dB of the noise mix.
+        noise_prob, ir_prob: per-replica probability of each degradation.
+        gain_db_range: (low, high) random gain in dB applied last.
+
+    Output of `dataset(...)`: batches `(anchors, replicas)` of float32, shapes
+    `(n_anchors, segment_samples)` and `(batch_size - n_anchors, segment_samples)`;
+    replica j comes from anchor `j % n_anchors`.
+
+    Example:
+        pipeline = PairPipeline(tracks, noise=noise, impulse_responses=irs)
+        ds = pipeline.dataset(batch_size=120, n_anchors=60, seed=0)
+        anchors, replicas = next(iter(ds))  # (60, 8000), (60, 8000)
+    """
+
+    def __init__(
+        self,
+        tracks,
+        noise=None,
+        impulse_responses=None,
+        sample_rate=8000,
+        segment_seconds=1.0,
+        hop_seconds=0.5,
+        offset_margin=0.2,
+        snr_db_range=(0.0, 10.0),
+        noise_prob=1.0,
+        ir_prob=1.0,
+        gain_db_range=(0.0, 0.0),
+    ):
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be > 0. Received: sample_rate={sample_rate}")
+        if segment_seconds <= 0:
+            raise ValueError(
+                f"segment_seconds must be > 0. Received: segment_seconds={segment_seconds}"
+            )
+        if hop_seconds <= 0:
+            raise ValueError(f"hop_seconds must be > 0. Received: hop_seconds={hop_seconds}")
+        if offset_margin < 0:
+            raise ValueError(f"offset_margin must be >= 0. Received: offset_margin={offset_margin}")
+        for name, prob in (("noise_prob", noise_prob), ("ir_prob", ir_prob)):
+            if not 0.0 <= prob <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]. Received: {name}={prob}")
+        self.sample_rate = sample_rate
+        self.segment_seconds = segment_seconds
+        self.hop_seconds = hop_seconds
+        self.offset_margin = offset_margin
+        self.snr_db_range = _check_range("snr_db_range", snr_db_range)
+        self.noise_prob = float(noise_prob)
+        self.ir_prob = float(ir_prob)
+        self.gain_db_range = _check_range("gain_db_range", gain_db_range)
+        self.segment_samples = int(round(segment_seconds * sample_rate))
+        self.hop_samples = int(round(hop_seconds * sample_rate))
+        self.margin_samples = int(round(offset_margin * sample_rate))
+        if self.segment_samples < 1 or self.hop_samples < 1:
+            raise ValueError(
+                "segment_seconds and hop_seconds must each span at least one sample. "
+                f"Received: segment_seconds={segment_seconds}, hop_seconds={hop_seconds}"
+            )
+
+        self._build_track_bank(tracks)
+        noise = _check_bank("noise", noise)
+        impulse_responses = _check_bank("impulse_responses", impulse_responses)
+        self._noise = None
+        if noise is not None:
+            self._build_noise_bank(noise)
+        self._impulse_responses = None
+        if impulse_responses is not None:
+            ir_length = max(len(ir) for ir in impulse_responses)
+            padded = np.zeros((len(impulse_responses), ir_length), np.float32)
+            for i, ir in enumerate(impulse_responses):
+                padded[i, : len(ir)] = ir
+            self._impulse_responses = _cpu_variable(padded)  # (n_ir, ir_length)
+        self._sample_fn = tf.function(
+            self._sample,
+            input_signature=[
+                tf.TensorSpec([None], tf.int64),
+                tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([2], tf.int64),
+            ],
+        )
+
+    # -- banks
+
+    def _build_track_bank(self, tracks):
+        if tracks is None or len(tracks) == 0:
+            raise ValueError("tracks must be a non-empty list of 1-D arrays. Received: tracks=[]")
+        seg, hop = self.segment_samples, self.hop_samples
+        kept, starts, low, high = [], [], [], []
+        offset = 0
+        for i, track in enumerate(tracks):
+            track = np.asarray(track)
+            if track.ndim != 1:
+                raise ValueError(f"tracks[{i}] must be 1-D (mono). Received shape {track.shape}")
+            if len(track) < seg:
+                continue
+            if not np.isfinite(track).all():
+                raise ValueError(f"tracks[{i}] contains NaN or Inf")
+            track_starts = segment_starts(len(track), seg, hop)
+            starts.append(offset + track_starts)
+            low.append(np.full(len(track_starts), offset, np.int64))
+            high.append(np.full(len(track_starts), offset + len(track) - seg, np.int64))
+            kept.append(track)
+            offset += len(track)
+        if not kept:
+            raise ValueError(
+                f"No segment of {self.segment_seconds} s in any of the {len(tracks)} tracks: "
+                f"every track is shorter than {seg} samples at sample_rate={self.sample_rate}"
+            )
+        bank = np.empty(offset, np.int16)
+        position = 0
+        for track in kept:
+            bank[position : position + len(track)] = _to_int16(track)
+            position += len(track)
+        self.n_tracks = len(kept)
+        self.n_segments = int(sum(len(s) for s in starts))
+        self.segment_start = np.concatenate(starts)  # (n_segments,) absolute start
+        # Building the variable briefly needs ~3x the int16 bank (numpy + conversion copies).
+        self._audio = _cpu_variable(bank)  # (total_samples,) int16
+        del bank
+        self._segment_start = tf.constant(self.segment_start)
+        self._segment_low = tf.constant(np.concatenate(low))  # earliest start in its track
+        self._segment_high = tf.constant(np.concatenate(high))  # latest start in its track
+
+    def _build_noise_bank(self, noise):
+        seg = self.segment_samples
+        clips = [np.resize(x, seg) if len(x) < seg else x for x in noise]  # tile short clips
+        lengths = np.array([len(x) for x in clips], np.int64)
+        n_starts = lengths - seg + 1  # valid excerpt starts per clip
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        cumulative = np.cumsum(n_starts)
+        # A uniform draw u in [0, total starts) maps to clip i = searchsorted(cumulative, u)
+        # and absolute start u + (offsets[i] - (cumulative[i] - n_starts[i])).
+        self._noise_cumulative = tf.constant(cumulative)
+        self._noise_shift = tf.constant(offsets - (cumulative - n_starts))
+        self._noise_total_starts = int(cumulative[-1])
+        self._noise = _cpu_variable(np.concatenate([_to_int16(x) for x in clips]))
+
+    # -- sampling
+
+    def _sample(self, segment_ids, n_replicas, seed):
+        """Anchors, replicas and every random draw for one batch (a dict of tensors)."""
+        seg = self.segment_samples
+        seeds = tf.random.experimental.stateless_split(seed, 8)  # (8, 2)
+        n_anchors = tf.shape(segment_ids)[0]
+        anchor_start = tf.gather(self._segment_start, segment_ids)  # (n_anchors,)
+        anchors = _windows(self._audio, anchor_start, seg)  # (n_anchors, seg)
+
+        source = tf.range(n_replicas) % n_anchors  # (n_replicas,) tiled anchor order
+        source_ids = tf.gather(segment_ids, source)
+        shift = tf.random.stateless_uniform(
+            [n_replicas], seeds[0], -self.margin_samples, self.margin_samples + 1, tf.int64
+        )
+        replica_start = tf.clip_by_value(
+            tf.gather(anchor_start, source) + shift,
+            tf.gather(self._segment_low, source_ids),
+            tf.gather(self._segment_high, source_ids),
+        )
+        clean = _windows(self._audio, replica_start, seg)  # (n_replicas, seg)
+        out = {
+            "anchors": anchors,
+            "clean_replicas": clean,
+            "replica_start": replica_start,
+            "offset": replica_start - tf.gather(anchor_start, source),
+        }
+        replicas = clean
+
+        if self._noise is not None:
+            snr_db = tf.random.stateless_uniform([n_replicas], seeds[1], *self.snr_db_range)
+            draw = tf.random.stateless_uniform(
+                [n_replicas], seeds[2], 0, self._noise_total_starts, tf.int64
+            )
+            clip = tf.searchsorted(self._noise_cumulative, draw, side="right")
+            noise_start = draw + tf.gather(self._noise_shift, clip)
+            noise_on = tf.random.stateless_uniform([n_replicas], seeds[3]) < self.noise_prob
+            noisy = _mix_at_snr(replicas, _windows(self._noise, noise_start, seg), snr_db)
+            replicas = tf.where(noise_on[:, None], noisy, replicas)
+            out.update(snr_db=snr_db, noise_start=noise_start, noise_on=noise_on)
+
+        if self._impulse_responses is not None:
+            n_ir = tf.shape(self._impulse_responses)[0]
+            ir_index = tf.random.stateless_uniform([n_replicas], seeds[4], 0, n_ir, tf.int32)
+            ir_on = tf.random.stateless_uniform([n_replicas], seeds[5]) < self.ir_prob
+            reverberant = _apply_impulse_responses(
+                replicas, tf.gather(self._impulse_responses, ir_index)
+            )
+            replicas = tf.where(ir_on[:, None], reverberant, replicas)
+            out.update(ir_index=ir_index, ir_on=ir_on)
+
+        if self.gain_db_range != (0.0, 0.0):
+            gain_db = tf.random.stateless_uniform([n_replicas], seeds[6], *self.gain_db_range)
+            replicas = replicas * tf.pow(10.0, gain_db / 20.0)[:, None]
+            out.update(gain_db=gain_db)
+
+        out["replicas"] = tf.ensure_shape(replicas, [None, seg])
+        out["anchors"] = tf.ensure_shape(anchors, [None, seg])
+        return out
+
+    def sample(self, segment_ids, n_replicas=None, seed=(0, 0)):
+        """One batch for explicit segment ids, with all random draws (for tests/inspection).
+
+        Returns a dict of numpy arrays: `anchors`, `replicas`, `clean_replicas` (shifted but
+        not degraded), `replica_start`, `offset`, and when enabled `snr_db`, `noise_start`,
+        `noise_on`, `ir_index`, `ir_on`, `gain_db`.
+        """
+        segment_ids = tf.constant(np.asarray(segment_ids, np.int64).reshape(-1))
+        n_replicas = int(segment_ids.shape[0] if n_replicas is None else n_replicas)
+        out = self._sample_fn(
+            segment_ids, tf.constant(n_replicas, tf.int32), tf.constant(seed, tf.int64)
+        )
+        return {k: v.numpy() for k, v in out.items()}
+
+    def dataset(self, batch_size, n_anchors, shuffle=True, seed=0, repeat=True):
+        """`tf.data.Dataset` of `(anchors, replicas)` batches (see the class docstring).
+
+        The stream is reproducible for a fixed `seed`. With `repeat=False`, re-iterating
+        reshuffles the segments but reuses the per-batch-position augmentation seeds.
+        """
+        if not isinstance(n_anchors, int | np.integer) or n_anchors < 1:
+            raise ValueError(f"n_anchors must be an integer >= 1. Received: n_anchors={n_anchors}")
+        if not isinstance(batch_size, int | np.integer) or batch_size < 2 * n_anchors:
+            raise ValueError(
+                "batch_size must be an integer >= 2 * n_anchors so every anchor has a replica. "
+                f"Received: batch_size={batch_size}, n_anchors={n_anchors}"
+            )
+        if n_anchors > self.n_segments:
+            raise ValueError(
+                f"n_anchors={n_anchors} exceeds the {self.n_segments} segments available: "
+                "no full batch can be formed"
+            )
+        n_replicas = int(batch_size - n_anchors)
+        seed = int(seed)
+        ds = tf.data.Dataset.range(self.n_segments)
+        if shuffle:
+            ds = ds.shuffle(self.n_segments, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(int(n_anchors), drop_remainder=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.enumerate()
+
+        def build(batch_index, segment_ids):
+            out = self._sample(
+                segment_ids, n_replicas, tf.stack([tf.constant(seed, tf.int64), batch_index])
+            )
+            return out["anchors"], out["replicas"]
+
+        ds = ds.map(build, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_pair_dataset(
+    tracks,
+    batch_size,
+    n_anchors,
+    noise=None,
+    impulse_responses=None,
+    sample_rate=8000,
+    segment_seconds=1.0,
+    hop_seconds=0.5,
+    offset_margin=0.2,
+    snr_db_range=(0.0, 10.0),
+    noise_prob=1.0,
+    ir_prob=1.0,
+    gain_db_range=(0.0, 0.0),
+    shuffle=True,
+    seed=0,
+    repeat=True,
+):
+    """`tf.data.Dataset` of `(anchors, replicas)` training batches; see `PairPipeline`."""
+    pipeline = PairPipeline(
+        tracks,
+        noise=noise,
+        impulse_responses=impulse_responses,
+        sample_rate=sample_rate,
+        segment_seconds=segment_seconds,
+        hop_seconds=hop_seconds,
+        offset_margin=offset_margin,
+        snr_db_range=snr_db_range,
+        noise_prob=noise_prob,
+        ir_prob=ir_prob,
+        gain_db_range=gain_db_range,
+    )
+    return pipeline.dataset(batch_size, n_anchors, shuffle=shuffle, seed=seed, repeat=repeat)
+
+
+def make_validation_pairs(
+    tracks,
+    n_segments_max=None,
+    noise=None,
+    impulse_responses=None,
+    sample_rate=8000,
+    segment_seconds=1.0,
+    hop_seconds=0.5,
+    offset_margin=0.2,
+    snr_db_range=(0.0, 10.0),
+    seed=1234,
+):
+    """Deterministic `(originals, replicas)`, each `(N, segment_samples)` float32.
+
+    Rows follow track order then time order (consecutive segments of a track are
+    consecutive rows), keeping the first `n_segments_max` segments when given. Replicas
+    use the training augmentation with every degradation applied.
+    """
+    pipeline = PairPipeline(
+        tracks,
+        noise=noise,
+        impulse_responses=impulse_responses,
+        sample_rate=sample_rate,
+        segment_seconds=segment_seconds,
+        hop_seconds=hop_seconds,
+        offset_margin=offset_margin,
+        snr_db_range=snr_db_range,
+    )
+    n = pipeline.n_segments
+    if n_segments_max is not None:
+        if n_segments_max < 1:
+            raise ValueError(
+                f"n_segments_max must be >= 1 or None. Received: n_segments_max={n_segments_max}"
+            )
+        n = min(n, int(n_segments_max))
+    originals, replicas = [], []
+    for chunk, first in enumerate(range(0, n, _VALIDATION_CHUNK)):
+        ids = np.arange(first, min(first + _VALIDATION_CHUNK, n))
+        out = pipeline.sample(ids, seed=(int(seed), chunk))
+        originals.append(out["anchors"])
+        replicas.append(out["replicas"])
+    return np.concatenate(originals), np.concatenate(replicas)
+
+
+def make_query(
+    track,
+    start_seconds,
+    seconds,
+    noise=None,
+    impulse_response=None,
+    snr_db=None,
+    sample_rate=8000,
+):
+    """One degraded query excerpt (float32 numpy), with the training degradation maths.
+
+    Takes `track[start:start+seconds]`, mixes `noise` (from its start, tiled if short) at
+    `snr_db`, then convolves with `impulse_response` (energy re-normalised).
+    """
+    track = np.asarray(track, np.float32)
+    start = int(round(start_seconds * sample_rate))
+    length = int(round(seconds * sample_rate))
+    if length < 1:
+        raise ValueError(f"seconds must span at least one sample. Received: seconds={seconds}")
+    if start < 0 or start + length > len(track):
+        raise ValueError(
+            f"Excerpt [{start_seconds}, {start_seconds + seconds}] s is outside the track "
+            f"of {len(track) / sample_rate:.3f} s. Received: start_seconds={start_seconds}, "
+            f"seconds={seconds}"
+        )
+    x = tf.constant(track[None, start : start + length])  # (1, length)
+    if noise is not None:
+        if snr_db is None:
+            raise ValueError("snr_db is required when noise is given. Received: snr_db=None")
+        noise = np.asarray(noise, np.float32)
+        if noise.ndim != 1 or noise.size == 0:
+            raise ValueError(f"noise must be a non-empty 1-D array. Received shape {noise.shape}")
+        x = _mix_at_snr(
+            x, tf.constant(np.resize(noise, length)[None]), tf.constant([snr_db], tf.float32)
+        )
+    if impulse_response is not None:
+        ir = np.asarray(impulse_response, np.float32)
+        if ir.ndim != 1 or ir.size == 0:
+            raise ValueError(
+                f"impulse_response must be a non-empty 1-D array. Received shape {ir.shape}"
+            )
+        x = _apply_impulse_responses(x, tf.constant(ir[None]))
+    return x.numpy()[0]

@@ -1,0 +1,354 @@
+import pathlib
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from nnfp import data
+from nnfp.data import (
+    AudioError,
+    PairPipeline,
+    list_audio_files,
+    load_audio,
+    load_tracks,
+    make_pair_dataset,
+    make_query,
+    make_validation_pairs,
+    segment_starts,
+)
+
+SR = 8000
+SEG = 8000
+
+
+def quantised_noise(rng, seconds, amplitude=8000):
+    """White noise on the int16 grid, so the pipeline's int16 bank stores it exactly."""
+    k = rng.integers(-amplitude, amplitude, int(seconds * SR)).astype(np.int16)
+    return k.astype(np.float32) / np.float32(32768.0)
+
+
+@pytest.fixture(scope="module")
+def tracks():
+    rng = np.random.default_rng(0)
+    return [quantised_noise(rng, s) for s in (3.0, 2.3, 0.5, 4.0)]  # third is too short
+
+
+@pytest.fixture(scope="module")
+def source(tracks):
+    """Concatenated usable tracks and the absolute start of every segment, in order."""
+    usable = [t for t in tracks if len(t) >= SEG]
+    concat = np.concatenate(usable)
+    starts, bounds, offset = [], [], 0
+    for t in usable:
+        s = segment_starts(len(t), SEG, SEG // 2)
+        starts.append(offset + s)
+        bounds += [(offset, offset + len(t) - SEG)] * len(s)
+        offset += len(t)
+    return concat, np.concatenate(starts), np.array(bounds)
+
+
+def sine(freq, seconds, rate, amplitude=0.5):
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def peak_hz(x, rate):
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return np.argmax(spectrum) * rate / len(x)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@pytest.mark.parametrize(
+    "suffix, rate, subtype",
+    [(".wav", 16000, "PCM_16"), (".flac", 44100, "PCM_16"), (".ogg", 16000, "VORBIS")],
+)
+def test_load_audio_mixes_to_mono_and_resamples(tmp_path, suffix, rate, subtype):
+    left, right = sine(440, 1.0, rate, 0.6), sine(440, 1.0, rate, 0.2)
+    path = tmp_path / f"tone{suffix}"
+    sf.write(path, np.stack([left, right], axis=1), rate, subtype=subtype)
+    x = load_audio(path, sample_rate=SR)
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert abs(len(x) - SR) <= 1
+    assert abs(peak_hz(x, SR) - 440) <= 1.0
+    # Mean of the channels: amplitude (0.6 + 0.2) / 2 = 0.4, i.e. RMS 0.4 / sqrt(2).
+    rms = np.sqrt(np.mean(x[800:-800] ** 2))
+    assert rms == pytest.approx(0.4 / np.sqrt(2), rel=0.03)
+
+
+def test_load_audio_same_rate_is_exact(tmp_path):
+    x = sine(1000, 0.5, SR)
+    sf.write(tmp_path / "a.wav", x, SR, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(tmp_path / "a.wav"), x)
+
+
+def test_load_audio_errors_name_the_file(tmp_path):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    nan = tmp_path / "nan.wav"
+    x = sine(440, 0.2, SR)
+    x[100] = np.nan
+    sf.write(nan, x, SR, subtype="FLOAT")
+    no_samples = tmp_path / "zero.wav"
+    sf.write(no_samples, np.zeros(0, np.float32), SR)
+    cases = [
+        (corrupt, "cannot decode"),
+        (empty, "empty file"),
+        (nan, "NaN"),
+        (no_samples, "no samples"),
+        (tmp_path / "missing.wav", "not found"),
+    ]
+    for path, expected in cases:
+        with pytest.raises(AudioError) as info:
+            load_audio(path)
+        assert str(info.value).startswith(str(path))
+        assert expected in str(info.value)
+        assert isinstance(info.value, ValueError)
+
+
+def test_load_tracks_skips_bad_files_and_reports(tmp_path):
+    sf.write(tmp_path / "good.wav", sine(300, 2.0, 16000), 16000)
+    sf.write(tmp_path / "short.wav", sine(300, 0.5, SR), SR)
+    sf.write(tmp_path / "silent.wav", np.zeros(2 * SR, np.float32), SR)
+    (tmp_path / "bad.flac").write_bytes(b"not audio at all" * 10)
+    sf.write(tmp_path / "good2.flac", sine(500, 1.5, SR), SR)
+    paths = [
+        tmp_path / n for n in ("good.wav", "short.wav", "silent.wav", "bad.flac", "good2.flac")
+    ]
+    tracks, kept, skipped = load_tracks(paths, sample_rate=SR, min_seconds=1.0)
+    assert kept == [paths[0], paths[4]]
+    assert [len(t) for t in tracks] == [2 * SR, int(1.5 * SR)]
+    reasons = dict(skipped)
+    assert list(reasons) == [paths[1], paths[2], paths[3]]
+    assert "too short" in reasons[paths[1]]
+    assert "silent" in reasons[paths[2]]
+    assert "cannot decode" in reasons[paths[3]]
+
+
+def test_list_audio_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        list_audio_files(tmp_path / "nowhere")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError) as info:
+        list_audio_files(tmp_path)
+    assert str(tmp_path) in str(info.value) and ".wav" in str(info.value)
+    (tmp_path / "b").mkdir()
+    for name in ("b/z.WAV", "a.flac", "b/c.mp3"):
+        (tmp_path / name).write_bytes(b"")
+    found = list_audio_files(tmp_path)
+    assert found == sorted([tmp_path / "a.flac", tmp_path / "b/c.mp3", tmp_path / "b/z.WAV"])
+    assert list_audio_files(["x.wav", pathlib.Path("y.ogg")]) == [
+        pathlib.Path("x.wav"),
+        pathlib.Path("y.ogg"),
+    ]
+
+
+def test_segment_starts():
+    np.testing.assert_array_equal(segment_starts(20000, 8000, 4000), [0, 4000, 8000, 12000])
+    np.testing.assert_array_equal(segment_starts(8000, 8000, 4000), [0])
+    assert segment_starts(7999, 8000, 4000).shape == (0,)
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def test_dataset_shapes_and_exact_anchors(tracks, source):
+    concat, starts, _ = source
+    ds = make_pair_dataset(
+        tracks, batch_size=8, n_anchors=4, shuffle=False, repeat=False, offset_margin=0.0
+    )
+    batches = list(ds)
+    assert len(batches) == len(starts) // 4  # drop_remainder
+    anchors, replicas = batches[0]
+    assert anchors.shape == (4, SEG) and replicas.shape == (4, SEG)
+    assert anchors.dtype.name == "float32" and replicas.dtype.name == "float32"
+    for i, (a, _) in enumerate(batches):
+        for j in range(4):
+            s = starts[4 * i + j]
+            np.testing.assert_array_equal(a[j].numpy(), concat[s : s + SEG])
+    # No noise/IR and no offset: replicas are the anchors, bit for bit.
+    np.testing.assert_array_equal(replicas.numpy(), anchors.numpy())
+
+    # Shuffled: every anchor is still an exact source window, each at most once per batch.
+    windows = {concat[s : s + SEG].tobytes(): k for k, s in enumerate(starts)}
+    anchors, _ = next(iter(make_pair_dataset(tracks, 8, 4, seed=3)))
+    ids = [windows[a.tobytes()] for a in anchors.numpy()]
+    assert len(set(ids)) == 4
+
+
+def test_replica_offsets_within_margin_and_track(tracks, source):
+    concat, starts, bounds = source
+    margin = int(0.2 * SR)
+    pipeline = PairPipeline(tracks, offset_margin=0.2)
+    ids = np.arange(len(starts))
+    out = pipeline.sample(ids, seed=(5, 0))
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    assert np.all(out["replica_start"] >= lo) and np.all(out["replica_start"] <= hi)
+    assert np.all(np.abs(out["offset"]) <= margin)
+    assert np.count_nonzero(out["offset"]) >= len(ids) - 2
+    for j in ids:
+        s = starts[j]
+        replica = out["replicas"][j]
+        region_lo = max(s - margin, lo[j])
+        region = concat[region_lo : min(s + margin, hi[j]) + SEG]
+        lag = np.argmax(np.correlate(region, replica, mode="valid")) + region_lo - s
+        assert lag == out["offset"][j] and abs(lag) <= margin
+        np.testing.assert_array_equal(replica, concat[s + lag : s + lag + SEG])
+
+
+def test_noise_mix_hits_drawn_snr():
+    rng = np.random.default_rng(1)
+    tracks = [quantised_noise(rng, 3.0, 3000), sine(220, 2.0, SR, 0.3)]
+    noise = [quantised_noise(rng, 0.4, 5000), quantised_noise(rng, 3.0, 9000)]  # one tiled
+    pipeline = PairPipeline(tracks, noise=noise, snr_db_range=(-5.0, 15.0))
+    out = pipeline.sample(np.arange(pipeline.n_segments), seed=(0, 7))
+    clean, residual = out["clean_replicas"], out["replicas"] - out["clean_replicas"]
+    measured = 10 * np.log10(np.mean(clean**2, axis=1) / np.mean(residual**2, axis=1))
+    np.testing.assert_allclose(measured, out["snr_db"], atol=0.5)
+    assert np.abs(measured - out["snr_db"]).max() < 0.01
+    assert out["snr_db"].min() >= -5 and out["snr_db"].max() <= 15
+    assert out["snr_db"].std() > 2  # really drawn per replica
+    # The residual is a scaled excerpt of the noise bank at the drawn start.
+    bank = np.concatenate([np.resize(n, SEG) if len(n) < SEG else n for n in noise])
+    for r, start in zip(residual, out["noise_start"], strict=True):
+        excerpt = bank[start : start + SEG]
+        assert np.corrcoef(r, excerpt)[0, 1] > 0.9999
+
+
+def test_mix_handles_silence_without_nan():
+    x = np.stack([np.zeros(SEG), sine(300, 1.0, SR)]).astype(np.float32)
+    n = np.stack([sine(50, 1.0, SR), np.zeros(SEG)]).astype(np.float32)
+    y = data._mix_at_snr(x, n, np.array([0.0, 0.0], np.float32)).numpy()
+    assert np.isfinite(y).all()
+    np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize("ir_len", [1, 37, 600, 9000])
+def test_fft_convolution_matches_numpy(ir_len):
+    rng = np.random.default_rng(ir_len)
+    x = rng.standard_normal((3, SEG)).astype(np.float32) * 0.3
+    irs = (rng.standard_normal((3, ir_len)) * np.exp(-np.arange(ir_len) / 200)).astype(np.float32)
+    y = data._fft_convolve(x, irs).numpy()
+    expected = np.stack([np.convolve(a, h)[:SEG] for a, h in zip(x, irs, strict=True)])
+    np.testing.assert_allclose(y, expected, atol=1e-4)
+
+
+def test_pipeline_ir_and_gain(tracks):
+    rng = np.random.default_rng(2)
+    irs = [
+        rng.standard_normal(n).astype(np.float32) * np.exp(-np.arange(n) / 100)
+        for n in (50, 300, 700)
+    ]
+    pipeline = PairPipeline(tracks, impulse_responses=irs, gain_db_range=(-6.0, 6.0))
+    out = pipeline.sample(np.arange(10), seed=(1, 1))
+    assert len(set(out["ir_index"])) > 1
+    for clean, replica, k, gain in zip(
+        out["clean_replicas"], out["replicas"], out["ir_index"], out["gain_db"], strict=True
+    ):
+        wet = np.convolve(clean, irs[k])[:SEG]
+        wet *= np.sqrt(np.mean(clean**2) / np.mean(wet**2))  # energy re-normalised
+        np.testing.assert_allclose(replica, wet * 10 ** (gain / 20), atol=1e-4)
+
+
+def test_probabilities_zero_leave_replicas_clean(tracks):
+    rng = np.random.default_rng(3)
+    pipeline = PairPipeline(
+        tracks,
+        noise=[quantised_noise(rng, 2.0)],
+        impulse_responses=[np.ones(9)],
+        noise_prob=0.0,
+        ir_prob=0.0,
+    )
+    out = pipeline.sample(np.arange(6), seed=(0, 0))
+    np.testing.assert_array_equal(out["replicas"], out["clean_replicas"])
+
+
+def test_dataset_reproducible_for_seed(tracks):
+    rng = np.random.default_rng(4)
+    kwargs = dict(noise=[quantised_noise(rng, 2.0)], impulse_responses=[rng.standard_normal(64)])
+
+    def first_batches(seed):
+        it = iter(make_pair_dataset(tracks, 6, 3, seed=seed, **kwargs))
+        return [np.concatenate([a.numpy(), r.numpy()]) for a, r in (next(it), next(it))]
+
+    a, b, c = first_batches(11), first_batches(11), first_batches(12)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+    assert not np.array_equal(a[0], a[1])
+
+
+def test_multi_replica_tiled_layout(tracks):
+    anchors, replicas = next(
+        iter(make_pair_dataset(tracks, batch_size=12, n_anchors=3, offset_margin=0.0))
+    )
+    anchors, replicas = anchors.numpy(), replicas.numpy()
+    assert replicas.shape == (9, SEG)
+    np.testing.assert_array_equal(replicas, np.tile(anchors, (3, 1)))
+    # Uneven split: replica j belongs to anchor j % n_anchors.
+    anchors, replicas = next(
+        iter(make_pair_dataset(tracks, batch_size=7, n_anchors=3, offset_margin=0.0))
+    )
+    np.testing.assert_array_equal(replicas.numpy(), anchors.numpy()[[0, 1, 2, 0]])
+
+
+def test_argument_errors(tracks):
+    with pytest.raises(ValueError, match=r"batch_size.*Received: batch_size=7, n_anchors=4"):
+        make_pair_dataset(tracks, batch_size=7, n_anchors=4)
+    with pytest.raises(ValueError, match="n_anchors=0"):
+        make_pair_dataset(tracks, batch_size=8, n_anchors=0)
+    with pytest.raises(ValueError, match="No segment"):
+        make_pair_dataset([np.zeros(100, np.float32)], batch_size=2, n_anchors=1)
+    with pytest.raises(ValueError, match=r"snr_db_range=\(10, 0\)"):
+        make_pair_dataset(tracks, 2, 1, snr_db_range=(10, 0))
+    with pytest.raises(ValueError, match="noise_prob=1.5"):
+        make_pair_dataset(tracks, 2, 1, noise_prob=1.5)
+    with pytest.raises(ValueError, match="exceeds the"):
+        make_pair_dataset(tracks, 400, 200)
+
+
+# ----------------------------------------------------------------------------- validation / query
+
+
+def test_validation_pairs_deterministic_and_ordered():
+    rng = np.random.default_rng(5)
+    tracks = [quantised_noise(rng, s) for s in (40.0, 30.5, 1.2, 60.0)]
+    noise = [quantised_noise(rng, 5.0)]
+    irs = [rng.standard_normal(200).astype(np.float32)]
+    originals, replicas = make_validation_pairs(tracks, noise=noise, impulse_responses=irs)
+    starts = [segment_starts(len(t), SEG, SEG // 2) for t in tracks]
+    expected = np.stack([t[s : s + SEG] for t, ss in zip(tracks, starts, strict=True) for s in ss])
+    assert len(expected) > data._VALIDATION_CHUNK  # crosses a chunk boundary
+    assert originals.shape == replicas.shape == expected.shape
+    np.testing.assert_array_equal(originals, expected)
+    again = make_validation_pairs(tracks, noise=noise, impulse_responses=irs)
+    np.testing.assert_array_equal(again[1], replicas)
+    other = make_validation_pairs(tracks, noise=noise, impulse_responses=irs, seed=99)
+    np.testing.assert_array_equal(other[0], originals)
+    assert not np.array_equal(other[1], replicas)
+    first, _ = make_validation_pairs(tracks, n_segments_max=10)
+    np.testing.assert_array_equal(first, expected[:10])
+
+
+def test_make_query_matches_numpy_twin():
+    rng = np.random.default_rng(6)
+    track = rng.standard_normal(5 * SR).astype(np.float32) * 0.2
+    noise = rng.standard_normal(SR).astype(np.float32)  # shorter than the query: tiled
+    ir = (rng.standard_normal(400) * np.exp(-np.arange(400) / 80)).astype(np.float32)
+    query = make_query(track, 1.0, 3.0, noise=noise, impulse_response=ir, snr_db=5.0)
+    x = track[SR : 4 * SR].astype(np.float64)
+    n = np.resize(noise, len(x)).astype(np.float64)
+    mixed = x + n * np.sqrt(np.mean(x**2) / (np.mean(n**2) * 10**0.5))
+    assert 10 * np.log10(np.mean(x**2) / np.mean((mixed - x) ** 2)) == pytest.approx(5.0)
+    wet = np.convolve(mixed, ir)[: len(x)]
+    wet *= np.sqrt(np.mean(mixed**2) / np.mean(wet**2))
+    assert query.shape == (3 * SR,) and query.dtype == np.float32
+    np.testing.assert_allclose(query, wet, atol=1e-4)
+    np.testing.assert_array_equal(make_query(track, 0.5, 1.0), track[SR // 2 : SR // 2 + SR])
+    with pytest.raises(ValueError, match="outside the track"):
+        make_query(track, 4.5, 1.0)
+    with pytest.raises(ValueError, match="snr_db"):
+        make_query(track, 0.0, 1.0, noise=noise)
