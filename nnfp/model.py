@@ -64,9 +64,12 @@ class FingerPrinter(keras.Model):
         return self.projection.n_slices
 
     def build(self, input_shape):
+        # Deserialised parts arrive already built from their own build configs.
         mel_shape = self.frontend.compute_output_shape(input_shape)
-        self.encoder.build(mel_shape)
-        self.projection.build(self.encoder.compute_output_shape(mel_shape))
+        if not self.encoder.built:
+            self.encoder.build(mel_shape)
+        if not self.projection.built:
+            self.projection.build(self.encoder.compute_output_shape(mel_shape))
         self.built = True
 
     def get_build_config(self):
