@@ -123,7 +123,7 @@ def cmd_demo(args):
     )
     table = [
         {"track_id": i, "path": p.relative_to(corpus.music_dir).as_posix(), "duration_s": len(t) / rate}
-        for i, (p, t) in enumerate(zip(paths, tracks))
+        for i, (p, t) in enumerate(zip(paths, tracks, strict=False))
     ]
     db = FingerprintDB.build(embeddings, owners, starts / rate, table, hop_seconds=hop / rate, index_type="flat")
     db.save(run_dir / "index")

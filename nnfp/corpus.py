@@ -8,8 +8,10 @@ deterministically from a seed, with NumPy only:
   square/saw/pulse, detuned pads, organ, mallets, a synthesised drum kit) and a form of
   sections (intro, verse, chorus, bridge, breakdown) that repeat, as songs do. Tempo
   changes, key changes and mode changes happen at section boundaries; sections differ in
-  loudness and density. Repeated sections are near-identical, which makes the corpus a
-  fair test of a fingerprinter rather than an easy one.
+  loudness and density. A repeated section keeps its form and harmony but gets a new
+  melody and accompaniment (as a second verse does): tracks share a style, which makes
+  the corpus a fair test of a fingerprinter, while the offset of a query inside a track
+  stays well defined.
 - `make_noise` writes background noise of one of several kinds (white/pink/brown,
   wind, traffic, rain, mains hum, babble, clicks, or a mixture) for SNR augmentation.
 - `make_impulse_response` writes a room + microphone impulse response: direct path,
@@ -53,7 +55,7 @@ __all__ = [
 ]
 
 # Bump whenever a generator changes its output, so cached corpora are rebuilt.
-CORPUS_VERSION = "1"
+CORPUS_VERSION = "2"
 
 NOISE_KINDS = (
     "white",
@@ -658,6 +660,27 @@ def _make_section(rng, name, song, parent=None):
     }
 
 
+def _vary_section(rng, section, song):
+    """A later occurrence of a section: same form and harmony, new melody and accompaniment.
+
+    Real songs rarely repeat a section sample for sample (new lyrics, fills, voicings);
+    varying repeats keeps the offset of a query inside a track well defined.
+    """
+    steps_per_bar = song["steps_per_bar"]
+    scale_len = len(_SCALES[section["scale"]])
+    varied = dict(section)
+    varied["melody"] = _make_melody(
+        rng, section["progression"], section["bars"], steps_per_bar, scale_len, rng.uniform(0.6, 1.6)
+    )
+    varied["bass_pattern"] = _BASS_PATTERNS[int(rng.integers(len(_BASS_PATTERNS)))]
+    varied["chord_style"] = str(rng.choice(["pad", "stab", "strum"]))
+    varied["stab_steps"] = tuple(int(s) for s in np.nonzero(rng.random(steps_per_bar) < 0.3)[0]) or (0,)
+    varied["arp_rate"] = int(rng.choice([1, 2]))
+    varied["lead_octave"] = int(rng.choice([0, 12])) if section["lead_octave"] == 0 else 0
+    varied["layers"] = set(section["layers"]) ^ {"arp"} if rng.random() < 0.5 else set(section["layers"])
+    return varied
+
+
 def _plan_song(rng):
     steps_per_bar = 12 if rng.random() < 0.2 else 16
     scale = str(
@@ -875,15 +898,20 @@ def compose_track(seed: int, seconds: float, sample_rate: int = 8000) -> np.ndar
     form = song["form"]
     loop = [name for name in form if name != "intro"]
     start_s, tempo = 0.0, song["tempo"]
+    seen = set()
     for index in itertools.count():
         if start_s >= seconds:
             break
         name = form[index] if index < len(form) else loop[(index - len(form)) % len(loop)]
+        section = song["sections"][name]
+        if name in seen:
+            section = _vary_section(rng, section, song)
+        seen.add(name)
         if index == song["tempo_change_at"]:
             tempo *= 1.0 + song["tempo_change"]
         key = song["key"] + (song["key_change"] if index >= song["key_change_at"] else 0)
         start_s = _render_section(
-            out, song, song["sections"][name], start_s, tempo, key, sample_rate, rng, cache
+            out, song, section, start_s, tempo, key, sample_rate, rng, cache
         )
     return _normalise_peak(_master(out, rng, sample_rate)[:n])
 

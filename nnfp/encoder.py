@@ -141,7 +141,7 @@ class Encoder(keras.layers.Layer):
         self.norm = norm
         self.blocks = [
             ConvBlock(c, s, norm=norm, name=f"block_{i}")
-            for i, (c, s) in enumerate(zip(self.channels, self.strides))
+            for i, (c, s) in enumerate(zip(self.channels, self.strides, strict=False))
         ]
 
     def build(self, input_shape):

@@ -1,0 +1,95 @@
+"""Command line end to end: train on audio folders, model-summary, export, fingerprint, search."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from nnfp.cli import fingerprint_tracks, main
+from nnfp.corpus import compose_track
+
+TINY = [
+    "encoder.width=0.03125",
+    "projection.embedding_dim=16",
+    "train.batch_size=8",
+    "train.n_anchors=4",
+    "train.val_batch_size=8",
+    "train.steps_per_epoch=2",
+    "train.epochs=1",
+    "train.mini_search_scopes=[1,3]",
+    "train.verbose=0",
+    "data.val_max_segments=16",
+]
+
+
+@pytest.fixture(scope="module")
+def audio_root(tmp_path_factory):
+    """Folders of real files in mixed formats, rates and channel counts."""
+    root = tmp_path_factory.mktemp("audio")
+    (root / "train" / "sub").mkdir(parents=True)
+    (root / "val").mkdir()
+    for i in range(4):
+        x = compose_track(500 + i, 8.0, 16000)
+        stereo = np.stack([x, 0.5 * x], axis=1)
+        fmt = ("wav", "flac", "ogg", "wav")[i]
+        folder = root / "train" / ("sub" if i % 2 else "")
+        sf.write(folder / f"song{i}.{fmt}", stereo if i < 2 else x, 16000)
+    for i in range(2):
+        sf.write(root / "val" / f"val{i}.wav", compose_track(600 + i, 8.0, 8000), 8000)
+    (root / "train" / "broken.wav").write_bytes(b"not audio at all")
+    return root
+
+
+def test_train_from_folders_then_export_and_identify(audio_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    overrides = [
+        f"data.root={audio_root}", "data.train=train", "data.val=val",
+        "data.noise=null", "data.impulse_responses=null",
+    ]
+    args = ["train", "--run-dir", str(run)]
+    for item in TINY + overrides:
+        args += ["--set", item]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "broken.wav" in out  # bad file reported, training went on
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps_per_epoch"] == 2 and summary["skipped"][0][0].endswith("broken.wav")
+    assert (run / "config.yaml").exists()
+
+    assert main(["export", str(run), str(tmp_path / "exported")]) == 0
+    from nnfp.data import load_tracks
+    from nnfp.export import load_fingerprinter
+    from nnfp.search import FingerprintDB
+
+    embedder = load_fingerprinter(tmp_path / "exported")
+    tracks, paths, _ = load_tracks(sorted((audio_root / "val").glob("*.wav")))
+    embeddings, owners, starts = fingerprint_tracks(embedder, tracks, 4000)
+    assert embeddings.shape == (len(owners), 16)
+    table = [{"track_id": i, "path": p.name, "duration_s": len(t) / 8000} for i, (p, t) in enumerate(zip(paths, tracks, strict=False))]
+    db = FingerprintDB.build(embeddings, owners, starts / 8000, table)
+    query = tracks[1][12000:12000 + 24000]  # 3 s from 1.5 s, clean
+    segments = np.stack([query[s:s + 8000] for s in range(0, 16001, 4000)])
+    match = db.search(embedder.fingerprint(segments), n_results=1)[0]
+    assert match.path == "val1.wav" and match.offset_s == pytest.approx(1.5)
+
+
+def test_model_summary_last_line(capsys):
+    assert main(["model-summary", "configs/default.yaml"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "params: 16939008"
+
+
+def test_config_error_exit_code(tmp_path, capsys):
+    assert main(["train", "--run-dir", str(tmp_path), "--set", "train.batch_size=7"]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size" in err and "7" in err
+    assert not (tmp_path / "model.keras").exists()
+
+
+def test_missing_data_folder_is_named(tmp_path, capsys):
+    args = ["train", "--run-dir", str(tmp_path / "r"), "--set", f"data.train={tmp_path / 'nope'}"]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 2
+    assert str(tmp_path / "nope") in capsys.readouterr().err
