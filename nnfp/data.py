@@ -9,6 +9,8 @@ background noise at a random SNR and convolved with a room/microphone impulse re
 from __future__ import annotations
 
 import concurrent.futures
+import csv
+import json
 import logging
 import math
 import os
@@ -22,19 +24,28 @@ import tensorflow as tf
 __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioError",
+    "MANIFEST_EXTENSIONS",
     "PairPipeline",
+    "is_prepared_cache",
     "list_audio_files",
     "load_audio",
+    "load_prepared",
+    "load_source",
     "load_tracks",
     "make_pair_dataset",
     "make_query",
     "make_validation_pairs",
+    "read_manifest",
     "segment_starts",
+    "usability_problem",
 ]
 
 logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
+MANIFEST_EXTENSIONS = (".csv", ".json")
+# `format` field of the manifest.json that `nnfp data prepare` writes (see nnfp/prepare.py).
+PREPARED_FORMAT = "nnfp-prepared-audio"
 
 # Audio banks are stored as int16 (half the memory of float32; 16-bit precision is far
 # below the noise floor of any augmentation) and scaled back by this factor on read. A power
@@ -95,11 +106,61 @@ def load_audio(path, sample_rate=8000):
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
+def read_manifest(path):
+    """Reads a CSV or JSON manifest of audio files -> list of `(path, track_id or None)`.
+
+    CSV: a header row with a `path` (or `file`) column and an optional `track_id` column.
+    JSON: a list of such objects (or of plain path strings), or `{"tracks": [...]}`.
+    Relative paths are relative to the manifest's folder.
+
+    Raises:
+        FileNotFoundError: the manifest does not exist or lists no file.
+        ValueError: the manifest cannot be parsed or an entry has no path.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Manifest not found: {path}")
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        else:
+            with open(path) as handle:
+                rows = json.load(handle)
+            if isinstance(rows, dict):
+                rows = rows.get("tracks")
+    except (OSError, ValueError, csv.Error) as exc:
+        raise ValueError(f"{path}: cannot parse manifest ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(rows, list):
+        raise ValueError(
+            f"{path}: expected a list of entries (or {{'tracks': [...]}}) with a 'path' field"
+        )
+    entries = []
+    for i, row in enumerate(rows):
+        if isinstance(row, str):
+            row = {"path": row}
+        file = row.get("path") or row.get("file") if isinstance(row, dict) else None
+        if not file:
+            raise ValueError(
+                f"{path}: entry {i} has no 'path' (or 'file') field; expected columns "
+                f"path[,track_id]. Received: {row!r}"
+            )
+        file = pathlib.Path(file)
+        if not file.is_absolute():
+            file = path.parent / file
+        track_id = row.get("track_id")
+        entries.append((file, None if track_id in (None, "") else str(track_id)))
+    if not entries:
+        raise FileNotFoundError(f"No audio files given: the manifest {path} lists no file")
+    return entries
+
+
 def list_audio_files(source, extensions=AUDIO_EXTENSIONS):
-    """Lists audio files: every file under a directory (recursive, sorted) or a list of paths.
+    """Lists audio files: every file under a directory (recursive, sorted), the entries of a
+    CSV/JSON manifest (see `read_manifest`), one audio file, or a list of paths (kept in order).
 
     Args:
-        source: a directory, a single file, or a list of file paths (kept in order).
+        source: a directory, a manifest (`.csv`/`.json`), an audio file, or a list of paths.
         extensions: suffixes to keep when scanning a directory (case-insensitive).
 
     Raises:
@@ -107,6 +168,8 @@ def list_audio_files(source, extensions=AUDIO_EXTENSIONS):
     """
     if isinstance(source, str | os.PathLike):
         root = pathlib.Path(source)
+        if root.is_file() and root.suffix.lower() in MANIFEST_EXTENSIONS:
+            return [file for file, _ in read_manifest(root)]
         if root.is_file():
             return [root]
         if not root.is_dir():
@@ -125,6 +188,16 @@ def list_audio_files(source, extensions=AUDIO_EXTENSIONS):
     return files
 
 
+def usability_problem(audio, sample_rate, min_seconds):
+    """Why decoded mono `audio` cannot be used for training (None when it can)."""
+    if len(audio) < int(round(min_seconds * sample_rate)):
+        return f"too short: {len(audio) / sample_rate:.3f} s < min_seconds={min_seconds}"
+    peak = np.max(np.abs(audio)) if len(audio) else 0
+    if (audio.dtype == np.int16 and peak < 1) or (audio.dtype != np.int16 and peak < 1 / 32768):
+        return "silent: peak amplitude below one 16-bit step"
+    return None
+
+
 def load_tracks(paths, sample_rate=8000, min_seconds=1.0):
     """Decodes many files in parallel, skipping (and reporting) unusable ones.
 
@@ -133,7 +206,6 @@ def load_tracks(paths, sample_rate=8000, min_seconds=1.0):
         `(path, reason)` for every unreadable, too-short or silent file.
     """
     paths = [pathlib.Path(p) for p in paths]
-    min_samples = int(round(min_seconds * sample_rate))
 
     def load_one(path):
         try:
@@ -142,13 +214,8 @@ def load_tracks(paths, sample_rate=8000, min_seconds=1.0):
             return None, exc.reason
         except Exception as exc:  # one bad file must never stop a large scan
             return None, f"unexpected error: {type(exc).__name__}: {exc}"
-        if len(audio) < min_samples:
-            return None, (
-                f"too short: {len(audio) / sample_rate:.3f} s < min_seconds={min_seconds}"
-            )
-        if np.max(np.abs(audio)) < 1.0 / 32768.0:
-            return None, "silent: peak amplitude below one 16-bit step"
-        return audio, None
+        problem = usability_problem(audio, sample_rate, min_seconds)
+        return (None, problem) if problem else (audio, None)
 
     workers = min(32, (os.cpu_count() or 1) + 4)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -160,15 +227,105 @@ def load_tracks(paths, sample_rate=8000, min_seconds=1.0):
         else:
             tracks.append(audio)
             kept.append(path)
+    _warn_skipped(skipped, len(paths))
+    return tracks, kept, skipped
+
+
+def _warn_skipped(skipped, total):
     if skipped:
         logger.warning(
             "Skipped %d of %d audio files, e.g. %s: %s",
             len(skipped),
-            len(paths),
+            total,
             skipped[0][0],
             skipped[0][1],
         )
+
+
+def is_prepared_cache(path):
+    """True when `path` is a folder written by `nnfp data prepare` (has its manifest.json)."""
+    manifest = pathlib.Path(path) / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        with open(manifest) as handle:
+            return json.load(handle).get("format") == PREPARED_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_prepared(directory, sample_rate=None, min_seconds=0.0):
+    """Tracks of a cache written by `nnfp data prepare`, as int16 arrays (no decoding).
+
+    Each track is a read-only view of a memory-mapped shard (`int16 / 32768` is the float
+    signal); `PairPipeline` takes them as they are. Tracks in a missing or damaged shard,
+    or shorter than `min_seconds`, are skipped and reported, like `load_tracks`.
+
+    Returns:
+        `(tracks, source_paths, skipped)`.
+
+    Raises:
+        FileNotFoundError: not a prepared cache.
+        ValueError: the cache was prepared at another sample rate than `sample_rate`.
+    """
+    directory = pathlib.Path(directory)
+    if not is_prepared_cache(directory):
+        raise FileNotFoundError(
+            f"Not a prepared audio cache: {directory} (expected manifest.json written by "
+            "`nnfp data prepare SRC_DIR OUT_DIR`)"
+        )
+    with open(directory / "manifest.json") as handle:
+        manifest = json.load(handle)
+    rate = int(manifest["sample_rate"])
+    if sample_rate is not None and rate != int(sample_rate):
+        raise ValueError(
+            f"{directory}: prepared at {rate} Hz but {sample_rate} Hz is needed; run "
+            f"`nnfp data prepare SRC {directory} --sample-rate {sample_rate}` into a new folder"
+        )
+    shards, broken = {}, {}
+    tracks, kept, skipped = [], [], []
+    for record in manifest["tracks"]:
+        name = record["shard"]
+        if name not in shards and name not in broken:
+            try:
+                shards[name] = np.load(directory / "shards" / name, mmap_mode="r")
+                if shards[name].dtype != np.int16 or shards[name].ndim != 1:
+                    raise ValueError(f"expected 1-D int16, found {shards[name].dtype}")
+            except (OSError, ValueError) as exc:
+                shards.pop(name, None)
+                broken[name] = f"shard {name} unreadable ({type(exc).__name__}: {exc})"
+        path = pathlib.Path(record["path"])
+        if name in broken:
+            skipped.append((path, broken[name]))
+            continue
+        start, length = int(record["offset"]), int(record["n_samples"])
+        audio = shards[name][start : start + length]
+        if len(audio) != length:
+            skipped.append((path, f"shard {name} is truncated"))
+            continue
+        problem = usability_problem(audio, rate, min_seconds)
+        if problem:
+            skipped.append((path, problem))
+            continue
+        tracks.append(audio)
+        kept.append(path)
+    _warn_skipped(skipped, len(manifest["tracks"]))
     return tracks, kept, skipped
+
+
+def load_source(source, sample_rate=8000, min_seconds=1.0, as_float=False):
+    """Loads every track of a folder, a CSV/JSON manifest or a prepared cache.
+
+    A folder holding the manifest of `nnfp data prepare` is read from its shards (int16
+    views, or float32 with `as_float=True`); anything else goes through
+    `list_audio_files` and `load_tracks`. Returns `(tracks, paths, skipped)`.
+    """
+    if isinstance(source, str | os.PathLike) and is_prepared_cache(source):
+        tracks, kept, skipped = load_prepared(source, sample_rate, min_seconds)
+        if as_float:
+            tracks = [np.asarray(t, np.float32) / np.float32(_INT16_SCALE) for t in tracks]
+        return tracks, kept, skipped
+    return load_tracks(list_audio_files(source), sample_rate=sample_rate, min_seconds=min_seconds)
 
 
 def segment_starts(n_samples, segment_samples, hop_samples):
@@ -205,26 +362,32 @@ def _next_pow2(n):
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _fft_convolve(signals, impulse_responses):
+def _fft_convolve(signals, impulse_responses=None, ir_spectra=None, n_fft=None):
     """Linear convolution truncated to the signal length: `np.convolve(x, h)[:len(x)]`.
 
-    signals: (batch, samples); impulse_responses: (batch, ir_samples). Static last dims.
+    signals: (batch, samples); impulse_responses: (batch, ir_samples), static last dims.
+    Or `ir_spectra`: (batch, n_fft // 2 + 1) precomputed `rfft(h, [n_fft])` with
+    `n_fft >= samples + ir_samples - 1`, which saves a third of the FFT work.
     """
     length = int(signals.shape[-1])
-    n_fft = _next_pow2(length + int(impulse_responses.shape[-1]) - 1)
-    spectrum = tf.signal.rfft(signals, [n_fft]) * tf.signal.rfft(impulse_responses, [n_fft])
+    if ir_spectra is None:
+        n_fft = _next_pow2(length + int(impulse_responses.shape[-1]) - 1)
+        ir_spectra = tf.signal.rfft(impulse_responses, [n_fft])
+    spectrum = tf.signal.rfft(signals, [n_fft]) * ir_spectra
     return tf.signal.irfft(spectrum, [n_fft])[..., :length]  # (batch, samples)
 
 
-def _apply_impulse_responses(signals, impulse_responses):
+def _apply_impulse_responses(signals, impulse_responses=None, ir_spectra=None, n_fft=None):
     """FFT convolution, then rescaled to the input energy so loudness does not drift."""
-    wet = _fft_convolve(signals, impulse_responses)
+    wet = _fft_convolve(signals, impulse_responses, ir_spectra, n_fft)
     dry_power = tf.reduce_mean(tf.square(signals), axis=-1, keepdims=True)
     wet_power = tf.reduce_mean(tf.square(wet), axis=-1, keepdims=True)
     return wet * tf.sqrt(tf.math.divide_no_nan(dry_power, wet_power))
 
 
 def _to_int16(audio):
+    if audio.dtype == np.int16:  # already PCM (a prepared cache): stored as is
+        return audio
     return np.clip(np.round(audio * _INT16_SCALE), -32768, 32767).astype(np.int16)
 
 
@@ -256,7 +419,8 @@ def _check_bank(name, arrays):
         )
     checked = []
     for i, x in enumerate(arrays):
-        x = np.asarray(x, dtype=np.float32)
+        x = np.asarray(x)
+        x = x / np.float32(_INT16_SCALE) if x.dtype == np.int16 else x.astype(np.float32)
         if x.ndim != 1 or x.size == 0:
             raise ValueError(f"{name}[{i}] must be a non-empty 1-D array. Received shape {x.shape}")
         if not np.isfinite(x).all():
@@ -278,15 +442,20 @@ class PairPipeline:
     vectorised `tf.gather` plus batched augmentation. A replica of an anchor starts at a
     random offset within `offset_margin` seconds (clipped to its track), then gets, each
     with its own probability, background noise at a uniform random SNR (`snr_db_range`),
-    an impulse response (batched FFT convolution, energy re-normalised), and a random gain.
+    speech at its own SNR (`speech_snr_db_range`; off in the paper), an impulse response
+    (batched FFT convolution with cached IR spectra, energy re-normalised), and a random
+    gain. SNRs are energy ratios over the 1 s segment, as in the original
+    `background_mix`; unlike it the mix is not max-normalised (the gain does that job).
     Random draws are stateless, seeded by `(seed, batch index)`: reproducible streams.
     The banks are CPU `tf.Variable`s (no 2 GB graph limit); build the pipeline outside
     any `tf.distribute` strategy scope so they are not mirrored onto accelerators.
 
     Args:
-        tracks: list of 1-D float arrays (mono, at `sample_rate`); tracks shorter than
-            one segment are skipped.
+        tracks: list of 1-D float arrays (mono, at `sample_rate`), or int16 PCM arrays
+            (`load_prepared`) stored without conversion; tracks shorter than one segment
+            are skipped.
         noise: optional list of 1-D background-noise arrays.
+        speech: optional list of 1-D speech arrays (a bank separate from `noise`).
         impulse_responses: optional list of 1-D impulse responses (zero-padded to the
             longest one).
         sample_rate, segment_seconds, hop_seconds: segmentation, as in the paper (8 kHz,
@@ -294,6 +463,8 @@ class PairPipeline:
         offset_margin: maximum replica time shift in seconds.
         snr_db_range: (low, high) SNR in dB of the noise mix.
         noise_prob, ir_prob: per-replica probability of each degradation.
+        speech_prob: per-replica probability of the speech mix.
+        speech_snr_db_range: (low, high) SNR in dB of the speech mix.
         gain_db_range: (low, high) random gain in dB applied last.
 
     Output of `dataset(...)`: batches `(anchors, replicas)` of float32, shapes
@@ -319,6 +490,9 @@ class PairPipeline:
         noise_prob=1.0,
         ir_prob=1.0,
         gain_db_range=(0.0, 0.0),
+        speech=None,
+        speech_prob=1.0,
+        speech_snr_db_range=(0.0, 10.0),
     ):
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0. Received: sample_rate={sample_rate}")
@@ -330,7 +504,11 @@ class PairPipeline:
             raise ValueError(f"hop_seconds must be > 0. Received: hop_seconds={hop_seconds}")
         if offset_margin < 0:
             raise ValueError(f"offset_margin must be >= 0. Received: offset_margin={offset_margin}")
-        for name, prob in (("noise_prob", noise_prob), ("ir_prob", ir_prob)):
+        for name, prob in (
+            ("noise_prob", noise_prob),
+            ("ir_prob", ir_prob),
+            ("speech_prob", speech_prob),
+        ):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]. Received: {name}={prob}")
         self.sample_rate = sample_rate
@@ -341,6 +519,8 @@ class PairPipeline:
         self.noise_prob = float(noise_prob)
         self.ir_prob = float(ir_prob)
         self.gain_db_range = _check_range("gain_db_range", gain_db_range)
+        self.speech_prob = float(speech_prob)
+        self.speech_snr_db_range = _check_range("speech_snr_db_range", speech_snr_db_range)
         self.segment_samples = int(round(segment_seconds * sample_rate))
         self.hop_samples = int(round(hop_seconds * sample_rate))
         self.margin_samples = int(round(offset_margin * sample_rate))
@@ -352,17 +532,21 @@ class PairPipeline:
 
         self._build_track_bank(tracks)
         noise = _check_bank("noise", noise)
+        speech = _check_bank("speech", speech)
         impulse_responses = _check_bank("impulse_responses", impulse_responses)
-        self._noise = None
-        if noise is not None:
-            self._build_noise_bank(noise)
-        self._impulse_responses = None
+        self._noise = None if noise is None else self._build_clip_bank(noise)
+        self._speech = None if speech is None else self._build_clip_bank(speech)
+        self._ir_spectra = None
         if impulse_responses is not None:
             ir_length = max(len(ir) for ir in impulse_responses)
             padded = np.zeros((len(impulse_responses), ir_length), np.float32)
             for i, ir in enumerate(impulse_responses):
                 padded[i, : len(ir)] = ir
-            self._impulse_responses = _cpu_variable(padded)  # (n_ir, ir_length)
+            # Spectra computed once: a batch then needs 2 FFTs per replica instead of 3.
+            self._ir_n_fft = _next_pow2(self.segment_samples + ir_length - 1)
+            spectra = tf.signal.rfft(tf.constant(padded), [self._ir_n_fft]).numpy()
+            self._ir_spectra = _cpu_variable(spectra)  # (n_ir, n_fft // 2 + 1) complex64
+            self.n_impulse_responses = len(impulse_responses)
         self._sample_fn = tf.function(
             self._sample,
             input_signature=[
@@ -414,19 +598,29 @@ class PairPipeline:
         self._segment_low = tf.constant(np.concatenate(low))  # earliest start in its track
         self._segment_high = tf.constant(np.concatenate(high))  # latest start in its track
 
-    def _build_noise_bank(self, noise):
+    def _build_clip_bank(self, clips):
+        """Noise or speech clips in one int16 array, for uniform excerpt draws."""
         seg = self.segment_samples
-        clips = [np.resize(x, seg) if len(x) < seg else x for x in noise]  # tile short clips
+        clips = [np.resize(x, seg) if len(x) < seg else x for x in clips]  # tile short clips
         lengths = np.array([len(x) for x in clips], np.int64)
         n_starts = lengths - seg + 1  # valid excerpt starts per clip
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         cumulative = np.cumsum(n_starts)
         # A uniform draw u in [0, total starts) maps to clip i = searchsorted(cumulative, u)
         # and absolute start u + (offsets[i] - (cumulative[i] - n_starts[i])).
-        self._noise_cumulative = tf.constant(cumulative)
-        self._noise_shift = tf.constant(offsets - (cumulative - n_starts))
-        self._noise_total_starts = int(cumulative[-1])
-        self._noise = _cpu_variable(np.concatenate([_to_int16(x) for x in clips]))
+        return {
+            "audio": _cpu_variable(np.concatenate([_to_int16(x) for x in clips])),
+            "cumulative": tf.constant(cumulative),
+            "shift": tf.constant(offsets - (cumulative - n_starts)),
+            "total_starts": int(cumulative[-1]),
+        }
+
+    def _excerpts(self, bank, n, seed):
+        """`n` uniformly drawn one-segment excerpts of a clip bank and their starts."""
+        draw = tf.random.stateless_uniform([n], seed, 0, bank["total_starts"], tf.int64)
+        clip = tf.searchsorted(bank["cumulative"], draw, side="right")
+        start = draw + tf.gather(bank["shift"], clip)
+        return _windows(bank["audio"], start, self.segment_samples), start
 
     # -- sampling
 
@@ -459,22 +653,31 @@ class PairPipeline:
 
         if self._noise is not None:
             snr_db = tf.random.stateless_uniform([n_replicas], seeds[1], *self.snr_db_range)
-            draw = tf.random.stateless_uniform(
-                [n_replicas], seeds[2], 0, self._noise_total_starts, tf.int64
-            )
-            clip = tf.searchsorted(self._noise_cumulative, draw, side="right")
-            noise_start = draw + tf.gather(self._noise_shift, clip)
+            noise, noise_start = self._excerpts(self._noise, n_replicas, seeds[2])
             noise_on = tf.random.stateless_uniform([n_replicas], seeds[3]) < self.noise_prob
-            noisy = _mix_at_snr(replicas, _windows(self._noise, noise_start, seg), snr_db)
+            noisy = _mix_at_snr(replicas, noise, snr_db)
             replicas = tf.where(noise_on[:, None], noisy, replicas)
             out.update(snr_db=snr_db, noise_start=noise_start, noise_on=noise_on)
 
-        if self._impulse_responses is not None:
-            n_ir = tf.shape(self._impulse_responses)[0]
+        if self._speech is not None and self.speech_prob > 0:
+            speech_seeds = tf.random.experimental.stateless_split(seeds[7], 3)  # (3, 2)
+            speech_snr_db = tf.random.stateless_uniform(
+                [n_replicas], speech_seeds[0], *self.speech_snr_db_range
+            )
+            speech, speech_start = self._excerpts(self._speech, n_replicas, speech_seeds[1])
+            speech_on = tf.random.stateless_uniform([n_replicas], speech_seeds[2]) < self.speech_prob
+            mixed = _mix_at_snr(replicas, speech, speech_snr_db)
+            replicas = tf.where(speech_on[:, None], mixed, replicas)
+            out.update(speech_snr_db=speech_snr_db, speech_start=speech_start, speech_on=speech_on)
+
+        if self._ir_spectra is not None:
+            n_ir = self.n_impulse_responses
             ir_index = tf.random.stateless_uniform([n_replicas], seeds[4], 0, n_ir, tf.int32)
             ir_on = tf.random.stateless_uniform([n_replicas], seeds[5]) < self.ir_prob
             reverberant = _apply_impulse_responses(
-                replicas, tf.gather(self._impulse_responses, ir_index)
+                replicas,
+                ir_spectra=tf.gather(self._ir_spectra, ir_index),
+                n_fft=self._ir_n_fft,
             )
             replicas = tf.where(ir_on[:, None], reverberant, replicas)
             out.update(ir_index=ir_index, ir_on=ir_on)
@@ -493,7 +696,8 @@ class PairPipeline:
 
         Returns a dict of numpy arrays: `anchors`, `replicas`, `clean_replicas` (shifted but
         not degraded), `replica_start`, `offset`, and when enabled `snr_db`, `noise_start`,
-        `noise_on`, `ir_index`, `ir_on`, `gain_db`.
+        `noise_on`, `speech_snr_db`, `speech_start`, `speech_on`, `ir_index`, `ir_on`,
+        `gain_db`.
         """
         segment_ids = tf.constant(np.asarray(segment_ids, np.int64).reshape(-1))
         n_replicas = int(segment_ids.shape[0] if n_replicas is None else n_replicas)
@@ -554,6 +758,9 @@ def make_pair_dataset(
     noise_prob=1.0,
     ir_prob=1.0,
     gain_db_range=(0.0, 0.0),
+    speech=None,
+    speech_prob=1.0,
+    speech_snr_db_range=(0.0, 10.0),
     shuffle=True,
     seed=0,
     repeat=True,
@@ -571,6 +778,9 @@ def make_pair_dataset(
         noise_prob=noise_prob,
         ir_prob=ir_prob,
         gain_db_range=gain_db_range,
+        speech=speech,
+        speech_prob=speech_prob,
+        speech_snr_db_range=speech_snr_db_range,
     )
     return pipeline.dataset(batch_size, n_anchors, shuffle=shuffle, seed=seed, repeat=repeat)
 
@@ -586,12 +796,17 @@ def make_validation_pairs(
     offset_margin=0.2,
     snr_db_range=(0.0, 10.0),
     seed=1234,
+    speech=None,
+    speech_prob=1.0,
+    speech_snr_db_range=(0.0, 10.0),
 ):
     """Deterministic `(originals, replicas)`, each `(N, segment_samples)` float32.
 
     Rows follow track order then time order (consecutive segments of a track are
     consecutive rows), keeping the first `n_segments_max` segments when given. Replicas
-    use the training augmentation with every degradation applied.
+    use the training augmentation with noise and impulse responses always applied and
+    speech with probability `speech_prob`. The same `seed` gives the same pairs in every
+    run, so validation numbers are comparable run to run.
     """
     pipeline = PairPipeline(
         tracks,
@@ -602,6 +817,9 @@ def make_validation_pairs(
         hop_seconds=hop_seconds,
         offset_margin=offset_margin,
         snr_db_range=snr_db_range,
+        speech=speech,
+        speech_prob=speech_prob,
+        speech_snr_db_range=speech_snr_db_range,
     )
     n = pipeline.n_segments
     if n_segments_max is not None:
