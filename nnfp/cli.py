@@ -164,6 +164,54 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_data_prepare(args):
+    from nnfp.prepare import format_summary, prepare_audio
+
+    summary = prepare_audio(
+        args.src, args.out_dir, sample_rate=args.sample_rate, min_seconds=args.min_seconds,
+        workers=args.workers, shard_megabytes=args.shard_mb, progress=not args.quiet,
+    )
+    print(format_summary(summary))
+    return 0
+
+
+def cmd_data_make_irs(args):
+    from nnfp.rooms import make_room_impulse_responses
+
+    try:
+        paths = make_room_impulse_responses(
+            args.out_dir, args.n, sample_rate=args.sample_rate, seed=args.seed, max_seconds=args.max_seconds
+        )
+    except ImportError as error:
+        print(f"nnfp data make-irs: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(paths)} impulse responses to {args.out_dir}")
+    return 0
+
+
+def _add_data_commands(sub):
+    data = sub.add_parser("data", help="dataset tools: prepare an audio cache, simulate room impulse responses")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser(
+        "prepare", help="decode + resample SRC_DIR once into an int16 cache OUT_DIR (resumable)"
+    )
+    p.add_argument("src", metavar="SRC_DIR", help="folder of audio files, or a .csv/.json manifest (path[,track_id])")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--sample-rate", type=int, default=8000, help="target rate in Hz (default 8000)")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="skip shorter files (default 1.0)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count)")
+    p.add_argument("--shard-mb", type=float, default=64.0, help="shard size in MB (default 64)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_prepare)
+    p = data_sub.add_parser("make-irs", help='simulate N room impulse responses (needs "nnfp[rooms]")')
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("n", metavar="N", type=int)
+    p.add_argument("--sample-rate", type=int, default=8000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-seconds", type=float, default=1.0, help="cut impulse responses to this length")
+    p.set_defaults(func=cmd_data_make_irs)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="nnfp", description="Neural audio fingerprinting with Keras.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +236,8 @@ def build_parser():
     p.add_argument("--queries", type=int, default=50, help="queries per query length")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.set_defaults(func=cmd_demo)
+
+    _add_data_commands(sub)
     return parser
 
 
