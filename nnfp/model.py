@@ -111,6 +111,8 @@ class FingerPrinter(keras.Model):
         return [self.loss_tracker, self.positive_tracker, self.negative_tracker, self.accuracy_tracker]
 
     def _update_metrics(self, loss, labels, embeddings):
+        import tensorflow as tf
+
         positives = ops.equal(labels[:, None], labels[None, :])
         not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
         positives = ops.logical_and(positives, not_self)
@@ -123,31 +125,79 @@ class FingerPrinter(keras.Model):
         nearest = ops.argmax(ops.where(not_self, sim, -2.0), axis=1)
         hit = ops.take_along_axis(positives, nearest[:, None], axis=1)
         self.accuracy_tracker.update_state(ops.mean(ops.cast(hit, "float32")))
-        self.loss_tracker.update_state(loss)
+        # Keras scales each replica's loss by 1 / num_replicas; report the global value.
+        self.loss_tracker.update_state(loss * tf.distribute.get_strategy().num_replicas_in_sync)
         return {m.name: m.result() for m in self.metrics}
 
-    @staticmethod
-    def _unpack(data):
+    def _gather_batch(self, data):
+        """Rows, source ids and loss weights of the batch, across replicas when distributed.
+
+        Under a `tf.distribute` strategy every replica embeds its share of the
+        global batch and all-gathers the embeddings (differentiably), so each
+        anchor is contrasted with the negatives of the whole global batch. A
+        replica's loss weighs only its own rows (by `num_replicas`, undoing
+        Keras' 1 / num_replicas loss scaling), so the summed gradients equal
+        those of one device seeing the global batch.
+        """
+        import tensorflow as tf
+
         anchors, replicas = data[0], data[1]
-        labels = source_ids(ops.shape(anchors)[0], ops.shape(replicas)[0])
-        return ops.concatenate([anchors, replicas], axis=0), labels
+        n_anchors, n_replicas = ops.shape(anchors)[0], ops.shape(replicas)[0]
+        waveforms = ops.concatenate([anchors, replicas], axis=0)
+        strategy = tf.distribute.get_strategy()
+        context = tf.distribute.get_replica_context()
+        if strategy.num_replicas_in_sync == 1 or context is None:
+            return waveforms, source_ids(n_anchors, n_replicas), None, None
+        # The global batch is split along its rows (possibly unevenly): find this
+        # replica's offsets from everyone's counts.
+        counts = context.all_gather(ops.stack([n_anchors, n_replicas])[None], axis=0)  # (devices, 2)
+        before = ops.arange(strategy.num_replicas_in_sync) < context.replica_id_in_sync_group
+        offsets = ops.sum(ops.where(before[:, None], counts, 0), axis=0)  # rows on lower replicas
+        total_anchors = ops.sum(counts[:, 0])
+        labels = ops.concatenate(
+            [
+                offsets[0] + ops.arange(n_anchors, dtype="int32"),
+                ops.mod(offsets[1] + ops.arange(n_replicas, dtype="int32"), total_anchors),
+            ],
+            axis=0,
+        )
+        first_row = ops.sum(offsets)
+        position = ops.arange(ops.sum(counts), dtype="int32")
+        own = ops.logical_and(position >= first_row, position < first_row + n_anchors + n_replicas)
+        weights = ops.cast(own, "float32") * float(strategy.num_replicas_in_sync)
+        return waveforms, context.all_gather(labels, axis=0), weights, context
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if y is not None and len(y.shape) > 1:
+            # Under a distribution strategy Keras builds the compiled loss from a data
+            # batch read as (x, y) = (anchors, replicas) and y_pred = model(anchors);
+            # give it the source ids such a batch of anchors would have.
+            y = source_ids(ops.shape(y_pred)[0], 0)
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+
+    def contrastive_loss(self, data, training=False):
+        """Loss of a batch of (anchors, replicas) -> (loss, source ids, embeddings of the global batch)."""
+        waveforms, labels, weights, context = self._gather_batch(data)
+        embeddings = self(waveforms, training=training)  # (local rows, d)
+        if context is not None:
+            embeddings = context.all_gather(embeddings, axis=0)  # (global rows, d)
+        loss = self.compute_loss(
+            x=waveforms, y=labels, y_pred=embeddings, sample_weight=weights, training=training
+        )
+        return loss, labels, embeddings
 
     def train_step(self, data):
         import tensorflow as tf
 
-        waveforms, labels = self._unpack(data)
         with tf.GradientTape() as tape:
-            embeddings = self(waveforms, training=True)  # (n_anchors + n_replicas, d)
-            loss = self.compute_loss(x=waveforms, y=labels, y_pred=embeddings, training=True)
+            loss, labels, embeddings = self.contrastive_loss(data, training=True)
         trainable = self.trainable_variables
         gradients = tape.gradient(loss, trainable)
         self.optimizer.apply(gradients, trainable)
         return self._update_metrics(loss, labels, embeddings)
 
     def test_step(self, data):
-        waveforms, labels = self._unpack(data)
-        embeddings = self(waveforms, training=False)
-        loss = self.compute_loss(x=waveforms, y=labels, y_pred=embeddings, training=False)
+        loss, labels, embeddings = self.contrastive_loss(data, training=False)
         return self._update_metrics(loss, labels, embeddings)
 
     def batch_similarity(self, anchors, replicas):

@@ -1,0 +1,105 @@
+"""Global-batch contrastive losses under tf.distribute on 2 logical CPU devices.
+
+TF's logical devices must be set before TF initialises, so the check runs in a
+fresh interpreter.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import numpy as np
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from nnfp.losses import NTXent, OnlineTripletLoss
+    from nnfp.model import FingerPrinter
+
+    loss_name, n_anchors, n_replicas = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+    def make_loss():
+        return NTXent(0.1) if loss_name == "ntxent" else OnlineTripletLoss(0.5, "semi-hard")
+
+    def build():
+        model = FingerPrinter.from_settings(width=0.03125, embedding_dim=16, norm="layer_norm1d")
+        model.compile(optimizer="adam", loss=make_loss())
+        return model
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    anchors = rng.standard_normal((n_anchors, 8000)).astype("float32")
+    replicas = anchors[np.arange(n_replicas) % n_anchors] + 0.5 * rng.standard_normal((n_replicas, 8000)).astype("float32")
+
+    single = build()
+    with tf.GradientTape() as tape:
+        loss, _, _ = single.contrastive_loss((anchors, replicas), training=True)
+    grads = tape.gradient(loss, single.trainable_variables)
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = build()
+    mirrored.set_weights(single.get_weights())
+    half_a, half_r = n_anchors // 2, n_replicas // 2
+
+    def shard(context):
+        i = context.replica_id_in_sync_group
+        return (anchors[i * half_a:(i + 1) * half_a], replicas[i * half_r:(i + 1) * half_r])
+
+    batch = strategy.experimental_distribute_values_from_function(shard)
+
+    @tf.function
+    def step(data):
+        with tf.GradientTape() as tape:
+            loss, _, _ = mirrored.contrastive_loss(data, training=True)
+        return loss, tape.gradient(loss, mirrored.trainable_variables)
+
+    per_replica_loss, per_replica_grads = strategy.run(step, args=(batch,))
+    total_loss = strategy.reduce("SUM", per_replica_loss, axis=None)
+    total_grads = [strategy.reduce("SUM", g, axis=None) for g in per_replica_grads]
+    diffs = [float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(grads, total_grads)]
+    scale = max(float(np.max(np.abs(g.numpy()))) for g in grads)
+
+    # model.fit itself runs under the strategy and reports the global loss
+    with strategy.scope():
+        fitted = build()
+    fitted.set_weights(single.get_weights())
+    data = tf.data.Dataset.from_tensors((anchors, replicas)).repeat()
+    evaluated = fitted.evaluate(data, steps=1, verbose=0, return_dict=True)
+    single_eval, _, _ = single.contrastive_loss((anchors, replicas), training=False)
+    history = fitted.fit(data, epochs=1, steps_per_epoch=2, verbose=0)
+    print(json.dumps({
+        "replicas": strategy.num_replicas_in_sync,
+        "single_loss": float(loss), "mirrored_loss": float(total_loss),
+        "max_grad_diff": max(diffs), "grad_scale": scale,
+        "eval_loss": evaluated["loss"], "single_eval_loss": float(single_eval),
+        "fit_loss": history.history["loss"][-1],
+    }))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "loss, n_anchors, n_replicas",
+    [("ntxent", 4, 4), ("ntxent", 4, 12), ("triplet", 4, 8)],
+)
+def test_two_replica_step_equals_single_device(loss, n_anchors, n_replicas):
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, loss, str(n_anchors), str(n_replicas)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["mirrored_loss"] == pytest.approx(result["single_loss"], abs=1e-5)
+    assert result["max_grad_diff"] < 1e-5 and result["grad_scale"] > 1e-4
+    assert result["eval_loss"] == pytest.approx(result["single_eval_loss"], abs=1e-5)
+    assert result["fit_loss"] > 0
