@@ -1,4 +1,4 @@
-"""`nnfp` command line: train, model-summary, export, demo."""
+"""`nnfp` command line: train, model-summary, export, index build|add, identify, evaluate, demo."""
 
 import argparse
 import json
@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from nnfp.index import fingerprint_tracks
 
 __all__ = ["main", "fingerprint_tracks"]
 
@@ -60,30 +62,12 @@ def cmd_export(args):
     return 0
 
 
-def fingerprint_tracks(embedder, tracks, hop_samples, batch_size=256):
-    """Fingerprint each track's segments on a hop -> (embeddings, segment_track, segment_start_samples)."""
-    from nnfp.data import segment_starts
-
-    segment = embedder.segment_samples
-    embeddings, owners, starts = [], [], []
-    for index, track in enumerate(tracks):
-        begin = segment_starts(len(track), segment, hop_samples)
-        if len(begin) == 0:
-            continue
-        windows = np.stack([track[s : s + segment] for s in begin]).astype("float32")
-        embeddings.append(embedder.fingerprint(windows, batch_size=batch_size))
-        owners.append(np.full(len(begin), index, "int32"))
-        starts.append(begin)
-    return np.concatenate(embeddings), np.concatenate(owners), np.concatenate(starts)
-
-
 def cmd_demo(args):
     from nnfp.callbacks import MiniSearchValidation
     from nnfp.config import CONFIG_DIR, load_config
     from nnfp.corpus import make_impulse_response, make_noise
     from nnfp.data import list_audio_files, load_tracks, make_query
-    from nnfp.export import load_fingerprinter
-    from nnfp.search import FingerprintDB
+    from nnfp.index import Identifier, build_index
     from nnfp.training import build_model, embedded_corpus, prepare_data, train
 
     started = time.perf_counter()
@@ -110,23 +94,17 @@ def cmd_demo(args):
 
     print("== 3. fingerprint and index the whole corpus ==")
     corpus = embedded_corpus(config)
-    paths = list_audio_files(corpus.music_dir)
-    tracks, paths, _ = load_tracks(paths, sample_rate=rate)
-    embedder = load_fingerprinter(run_dir)
-    hop = int(round(config["data"]["hop_seconds"] * rate))
-    t0 = time.perf_counter()
-    embeddings, owners, starts = fingerprint_tracks(embedder, tracks, hop)
-    audio_seconds = sum(len(t) for t in tracks) / rate
-    print(
-        f"{len(tracks)} tracks, {len(embeddings)} segments; fingerprinting ran at "
-        f"{audio_seconds / (time.perf_counter() - t0):.0f}x real time"
+    report = build_index(
+        corpus.music_dir, run_dir / "index", model=run_dir, index_type="flat", sample_rate=rate,
+        hop_seconds=config["data"]["hop_seconds"], progress=False,
     )
-    table = [
-        {"track_id": i, "path": p.relative_to(corpus.music_dir).as_posix(), "duration_s": len(t) / rate}
-        for i, (p, t) in enumerate(zip(paths, tracks, strict=False))
-    ]
-    db = FingerprintDB.build(embeddings, owners, starts / rate, table, hop_seconds=hop / rate, index_type="flat")
-    db.save(run_dir / "index")
+    print(
+        f"{report.n_tracks} tracks, {report.n_segments} segments; fingerprinting ran at "
+        f"{report.realtime_factor:.0f}x real time"
+    )
+    identifier = Identifier(run_dir / "index", min_score=None, db=report.db)
+    tracks, paths, _ = load_tracks(list_audio_files(corpus.music_dir), sample_rate=rate)
+    names = [p.relative_to(corpus.music_dir).as_posix() for p in paths]
 
     print("== 4. identify degraded queries from held-out tracks (unseen noise and rooms, 0-10 dB SNR) ==")
     n_train = config["embedded"]["n_tracks"]
@@ -148,11 +126,9 @@ def cmd_demo(args):
                 snr_db=float(rng.uniform(0, 10)), sample_rate=rate,
             )
             t1 = time.perf_counter()
-            begin = np.arange(0, len(query) - embedder.segment_samples + 1, hop)
-            segments = np.stack([query[s : s + embedder.segment_samples] for s in begin])
-            matches = db.search(embedder.fingerprint(segments), top_k=20, n_results=1)
+            matches = identifier.identify_audio(query, n_results=1)
             latencies.append(time.perf_counter() - t1)
-            if matches and matches[0].track_id == track_id:
+            if matches and matches[0].path == names[track_id]:
                 track_hits += 1
                 offset_hits += abs(matches[0].offset_s - start) <= 0.5
         rows.append((seconds, 100 * track_hits / args.queries, 100 * offset_hits / args.queries, np.median(latencies)))
@@ -162,6 +138,120 @@ def cmd_demo(args):
     print(f"({args.queries} queries per length, DB of {len(tracks)} tracks; chance = {100 / len(tracks):.1f}%)")
     print(f"demo finished in {time.perf_counter() - started:.0f} s; run directory: {run_dir}")
     return 0
+
+
+def _index_params(args):
+    names = ("nlist", "m", "nbits", "nprobe", "hnsw_m", "ef_search", "train_size")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _print_report(report, action):
+    print(
+        f"{action} {report.n_tracks} tracks ({report.n_segments} segments, "
+        f"{report.audio_seconds / 3600:.2f} h of audio); fingerprinting ran at "
+        f"{report.realtime_factor:.0f}x real time"
+        + (f"; {report.resumed_chunks} chunks reused from an interrupted run" if report.resumed_chunks else "")
+    )
+    db = report.db
+    print(f"index: {db.index_type} {db.index_params}, {len(db.tracks)} tracks, {db.n_segments} segments in total")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} files:")
+        for path, reason in report.skipped:
+            print(f"  {path}: {reason}")
+
+
+def cmd_index_build(args):
+    from nnfp.index import build_index
+
+    report = build_index(
+        args.audio_dir, args.index_dir, model=args.model, index_type=args.index_type,
+        batch_size=args.batch_size, chunk_files=args.chunk_files, progress=not args.quiet,
+        **_index_params(args),
+    )
+    _print_report(report, "indexed")
+    return 0
+
+
+def cmd_index_add(args):
+    from nnfp.index import add_to_index
+
+    report = add_to_index(
+        args.index_dir, args.audio_dir, batch_size=args.batch_size, chunk_files=args.chunk_files,
+        progress=not args.quiet,
+    )
+    _print_report(report, "added")
+    return 0
+
+
+def cmd_identify(args):
+    from nnfp.data import AudioError
+    from nnfp.index import Identifier, QueryError
+
+    identifier = Identifier(
+        args.index_dir, model=args.model, k_probe=args.k_probe, min_score=args.min_score,
+        threads=args.threads, nprobe=args.nprobe,
+    )
+    failed = 0
+    for query in args.queries:
+        try:
+            matches = identifier.identify_file(query, n_results=args.top_k)
+        except (AudioError, QueryError) as error:
+            failed += 1
+            print(f"nnfp identify: error: {error}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"query": query, "matches": [], "error": str(error)}), flush=True)
+            continue
+        if args.json:
+            found = [
+                {"track": m.path, "offset_s": round(m.offset_s, 3), "score": round(m.score, 4)}
+                for m in matches
+            ]
+            print(json.dumps({"query": query, "matches": found}), flush=True)
+        elif not matches:
+            print(f"{query}: no match (no candidate scored >= {args.min_score})")
+        else:
+            print(f"{query}:")
+            for rank, m in enumerate(matches, 1):
+                print(f"  {rank}. {m.path}  offset {m.offset_s:.1f} s  score {m.score:.3f}")
+    return 1 if failed == len(args.queries) else 0
+
+
+def cmd_evaluate(args):
+    from nnfp.evaluation import evaluate
+
+    evaluate(
+        args.out, index_dir=args.index_dir, db_dir=args.db, model=args.model, dummy_dir=args.dummy_dir,
+        query_dir=args.query_dir, n_queries=args.n_queries, lengths_seconds=tuple(args.lengths),
+        snr_db_range=tuple(args.snr_range), noise_dir=args.noise_dir, ir_dir=args.ir_dir,
+        noise_kind=args.noise_kind, add_noise=not (args.clean or args.no_noise),
+        add_reverb=not (args.clean or args.no_reverb), seed=args.seed, k_probe=args.k_probe,
+        index_type=args.index_type, threads=args.threads, progress=not args.quiet,
+        **_index_params(args),
+    )
+    return 0
+
+
+def _add_index_arguments(parser):
+    from nnfp.search import INDEX_TYPES
+
+    parser.add_argument("--model", default=None, help="run directory, .keras file or SavedModel (default: the packaged model)")
+    parser.add_argument(
+        "--index-type", default="auto", choices=("auto", *INDEX_TYPES),
+        help="faiss index; auto: flat (exact) below 100k segments (~14 h), ivfpq above",
+    )
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4*sqrt(segments))")
+    parser.add_argument("--m", type=int, default=None, help="PQ sub-quantisers, divides d (default 16)")
+    parser.add_argument("--nbits", type=int, default=None, help="bits per PQ code (default 8)")
+    parser.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per search (default 16)")
+    parser.add_argument("--hnsw-m", dest="hnsw_m", type=int, default=None, help="HNSW degree (default 32)")
+    parser.add_argument("--ef-search", dest="ef_search", type=int, default=None, help="HNSW search breadth (default 128)")
+    parser.add_argument("--train-size", dest="train_size", type=int, default=None, help="IVF/PQ training sample")
+
+
+def _add_fingerprint_arguments(parser):
+    parser.add_argument("--batch-size", type=int, default=256, help="segments per inference batch")
+    parser.add_argument("--chunk-files", type=int, default=32, help="files per resumable chunk")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_data_prepare(args):
@@ -238,6 +328,56 @@ def build_parser():
     p.set_defaults(func=cmd_demo)
 
     _add_data_commands(sub)
+
+    from nnfp.index import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE
+
+    index = sub.add_parser("index", help="build or extend a fingerprint index of an audio folder")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    p = index_sub.add_parser("build", help="fingerprint every track of AUDIO_DIR into INDEX_DIR (resumable)")
+    p.add_argument("audio_dir")
+    p.add_argument("index_dir")
+    _add_index_arguments(p)
+    _add_fingerprint_arguments(p)
+    p.set_defaults(func=cmd_index_build)
+    p = index_sub.add_parser("add", help="append the tracks of MORE_AUDIO_DIR to INDEX_DIR")
+    p.add_argument("index_dir")
+    p.add_argument("audio_dir", metavar="more_audio_dir")
+    _add_fingerprint_arguments(p)
+    p.set_defaults(func=cmd_index_add)
+
+    p = sub.add_parser("identify", help="find the track and offset of query recordings")
+    p.add_argument("index_dir")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="audio files, any format/rate, >= 1 s")
+    p.add_argument("--json", action="store_true", help="one JSON object per query and line")
+    p.add_argument("--top-k", type=int, default=5, help="matches printed per query (default 5)")
+    p.add_argument("--k-probe", type=int, default=DEFAULT_K_PROBE, help=f"faiss neighbours per query segment (default {DEFAULT_K_PROBE})")
+    p.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE, help=f"drop matches scoring below this (default {DEFAULT_MIN_SCORE})")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default: as built)")
+    p.add_argument("--threads", type=int, default=1, help="faiss threads (default 1)")
+    p.add_argument("--model", default=None, help="override the index's model")
+    p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser("evaluate", help="the paper's search evaluation: hit rates against query length")
+    p.add_argument("index_dir", nargs="?", default=None, help="a saved index (or use --db)")
+    p.add_argument("--db", default=None, help="DB audio folder: build an index of it in OUT/index")
+    p.add_argument("--dummy-dir", default=None, help="extra distractor tracks added to the --db index")
+    p.add_argument("--query-dir", default=None, help="recorded queries with labels.csv (query,track,offset_s)")
+    p.add_argument("--n-queries", type=int, default=2000, help="synthesised queries (default 2000)")
+    p.add_argument("--lengths", type=float, nargs="+", default=[1, 2, 3, 5, 6, 10], help="query lengths in seconds")
+    p.add_argument("--snr-range", type=float, nargs=2, default=[0.0, 10.0], metavar=("LOW", "HIGH"))
+    p.add_argument("--noise-dir", default=None, help="background noise folder (default: generated noise)")
+    p.add_argument("--noise-kind", default=None, help="generated noise kind, e.g. babble for speech-like background")
+    p.add_argument("--ir-dir", default=None, help="impulse response folder (default: generated rooms)")
+    p.add_argument("--no-noise", action="store_true", help="no background noise")
+    p.add_argument("--no-reverb", action="store_true", help="no impulse response")
+    p.add_argument("--clean", action="store_true", help="no degradation at all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k-probe", type=int, default=DEFAULT_K_PROBE)
+    p.add_argument("--threads", type=int, default=1, help="faiss threads (default 1)")
+    p.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
+    _add_index_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -247,7 +387,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"nnfp {args.command}: error: {error}", file=sys.stderr)
         return 2
 

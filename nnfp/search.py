@@ -35,6 +35,7 @@ INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
 FORMAT_VERSION = 1
 _MIN_POINTS_PER_CENTROID = 39  # below this faiss k-means warns and clusters poorly
 _MAX_POINTS_PER_CENTROID = 256  # faiss k-means subsamples beyond this anyway
+_ADD_CHUNK_ROWS = 262_144  # rows per faiss add / disk copy: bounds RAM for memory-mapped stores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +150,8 @@ class FingerprintDB:
         index_type: one of `"flat"`, `"ivf"`, `"ivfpq"`, `"hnsw"`.
         index_params: the parameters the index was built with.
         threads: faiss OpenMP threads used for search.
+        metadata: free-form JSON-serialisable dict saved with the database
+            (model, audio folders, skipped files...).
 
     Build one with `FingerprintDB.build`, or open a saved one with
     `FingerprintDB.load`:
@@ -172,6 +175,7 @@ class FingerprintDB:
         index_type,
         index_params,
         threads=None,
+        metadata=None,
     ):
         if index_type not in INDEX_TYPES:
             raise ValueError(
@@ -190,6 +194,7 @@ class FingerprintDB:
         self.index = index
         self.index_type = index_type
         self.index_params = dict(index_params)
+        self.metadata = dict(metadata or {})
         self.threads = _default_threads() if threads is None else int(threads)
         if self.threads < 1:
             raise ValueError(f"`threads` must be >= 1. Received: threads={threads}")
@@ -217,6 +222,8 @@ class FingerprintDB:
         hnsw_m=32,
         ef_search=128,
         threads=None,
+        train_size=None,
+        metadata=None,
     ):
         """Builds (and trains, for IVF types) a database from segment fingerprints.
 
@@ -231,6 +238,13 @@ class FingerprintDB:
             nprobe: IVF lists visited per query.
             hnsw_m, ef_search: HNSW graph degree and search breadth.
             threads: faiss OpenMP threads; default `min(os.cpu_count(), 8)`.
+            train_size: IVF/PQ training points, sampled from `embeddings`;
+                default `256 * max(nlist, 2**nbits)` (capped at N).
+            metadata: see the class docstring.
+
+        `embeddings` may be a memory-mapped array (`np.load(..., mmap_mode="r")`
+        or `np.lib.format.open_memmap`): it is then never copied into RAM;
+        training reads a sample and vectors are added in chunks.
         """
         if index_type not in INDEX_TYPES:
             raise ValueError(
@@ -289,13 +303,21 @@ class FingerprintDB:
         if not index.is_trained:
             points_needed = max(params["nlist"], 2 ** params.get("nbits", 0))
             max_train = _MAX_POINTS_PER_CENTROID * points_needed
+            if train_size is not None:
+                if int(train_size) < points_needed:
+                    raise ValueError(
+                        f"`train_size` must be >= {points_needed} (nlist or 2**nbits). "
+                        f"Received: train_size={train_size}"
+                    )
+                max_train = int(train_size)
             if n_segments > max_train:
                 rng = np.random.default_rng(0)
                 sample = np.sort(rng.choice(n_segments, size=max_train, replace=False))
-                index.train(embeddings[sample])
+                index.train(np.ascontiguousarray(embeddings[sample]))
             else:
-                index.train(embeddings)
-        index.add(embeddings)
+                index.train(np.ascontiguousarray(embeddings))
+        for first in range(0, n_segments, _ADD_CHUNK_ROWS):
+            index.add(np.ascontiguousarray(embeddings[first : first + _ADD_CHUNK_ROWS]))
         return cls(
             embeddings,
             segment_track,
@@ -306,6 +328,7 @@ class FingerprintDB:
             index_type=index_type,
             index_params=params,
             threads=threads,
+            metadata=metadata,
         )
 
     def add(self, embeddings, segment_track, segment_start, tracks):
@@ -380,13 +403,38 @@ class FingerprintDB:
 
     # ------------------------------------------------------------------ disk
 
-    def save(self, directory):
-        """Writes the database to `directory` atomically (temp dir + rename)."""
+    def save(self, directory, extra_files=None):
+        """Writes the database to `directory` atomically (temp dir + rename).
+
+        Args:
+            directory: output folder; an existing one is replaced only once the
+                new one is complete.
+            extra_files: optional `{name: source path}` of files or folders copied
+                into the database folder (e.g. the model that made the fingerprints).
+        """
         target = Path(directory).absolute()
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a saved DB is an ordinary folder
         try:
-            np.save(tmp / "embeddings.npy", np.asarray(self.embeddings, dtype=np.float32))
+            # Copied in chunks so a memory-mapped store is never read into RAM at once.
+            store = np.lib.format.open_memmap(
+                tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=self.embeddings.shape
+            )
+            for first in range(0, self.n_segments, _ADD_CHUNK_ROWS):
+                store[first : first + _ADD_CHUNK_ROWS] = self.embeddings[
+                    first : first + _ADD_CHUNK_ROWS
+                ]
+            store.flush()
+            del store
+            for name, source in (extra_files or {}).items():
+                source = Path(source)
+                if source.is_dir():
+                    shutil.copytree(source, tmp / name)
+                else:
+                    shutil.copyfile(source, tmp / name)
             np.savez(tmp / "segments.npz", track=self.segment_track, start=self.segment_start)
             meta = {
                 "version": FORMAT_VERSION,
@@ -395,6 +443,7 @@ class FingerprintDB:
                 "hop_seconds": self.hop_seconds,
                 "index_type": self.index_type,
                 "params": self.index_params,
+                "metadata": self.metadata,
                 "tracks": self.tracks,
             }
             (tmp / "tracks.json").write_text(json.dumps(meta, indent=1))
@@ -453,6 +502,7 @@ class FingerprintDB:
             index_type=meta["index_type"],
             index_params=meta["params"],
             threads=threads,
+            metadata=meta.get("metadata"),
         )
 
     # ---------------------------------------------------------------- search
@@ -552,8 +602,10 @@ class FingerprintDB:
         run_begin = np.concatenate([[0], boundaries])
         run_end = np.concatenate([boundaries - 1, [n_segments - 1]])
         run_of_row = np.repeat(np.arange(len(run_begin)), run_end - run_begin + 1)
-        self._track_begin = run_begin[run_of_row]
-        self._track_end = run_end[run_of_row]
+        # int32 halves the per-segment RAM of these two tables (8 B instead of 16 B).
+        dtype = np.int32 if n_segments < 2**31 else np.int64
+        self._track_begin = run_begin[run_of_row].astype(dtype)
+        self._track_end = run_end[run_of_row].astype(dtype)
 
 
 def sequence_hit_rates(
