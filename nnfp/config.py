@@ -19,6 +19,12 @@ _NULLABLE = {
     "data.val": (str,),
     "data.noise": (str,),
     "data.impulse_responses": (str,),
+    "data.speech": (str,),
+    "data.test_db": (str,),
+    "data.test_query_db": (str,),
+    "data.test_queries": (str,),
+    "data.test_noise": (str,),
+    "data.test_impulse_responses": (str,),
     "embedded.directory": (str,),
     "train.steps_per_epoch": (int,),
     "wandb.entity": (str,),
@@ -153,14 +159,14 @@ def validate(config):
         value = _get(config, key)
         if value is not None and value <= 0:
             raise ConfigError(f"config key '{key}': expected a positive value, received {value!r}")
-    for key in ("spec_augment.size_range", "data.snr_db_range"):
+    for key in ("spec_augment.size_range", "data.snr_db_range", "data.speech_snr_db_range", "data.gain_db_range"):
         value = _get(config, key)
         if len(value) != 2 or value[0] > value[1]:
             raise ConfigError(f"config key '{key}': expected [low, high] with low <= high, received {value!r}")
     low, high = config["spec_augment"]["size_range"]
     if not 0 < low <= high <= 1:
         raise ConfigError(f"config key 'spec_augment.size_range': expected 0 < low <= high <= 1, received {[low, high]}")
-    for key in ("spec_augment.probability", "data.noise_prob", "data.ir_prob"):
+    for key in ("spec_augment.probability", "data.noise_prob", "data.ir_prob", "data.speech_prob"):
         if not 0 <= _get(config, key) <= 1:
             raise ConfigError(f"config key '{key}': expected a probability in [0, 1], received {_get(config, key)!r}")
 

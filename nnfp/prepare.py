@@ -101,6 +101,9 @@ def _decode(path, sample_rate, min_seconds):
     record = {"source": str(path)}
     try:
         record.update(_source_key(path))
+    except OSError:
+        pass  # missing: load_audio says so
+    try:
         audio = load_audio(path, sample_rate)
         info = sf.info(str(path))
         problem = usability_problem(audio, sample_rate, min_seconds)
@@ -206,7 +209,8 @@ def prepare_audio(
         workers: decoding threads (default: CPU count).
         shard_megabytes: size at which a shard is closed and written.
         progress: draw a progress bar on stderr.
-        on_result: optional callable, called with each file's record after it is handled.
+        on_result: optional callable, called with each file's record once it is decoded
+            (or skipped).
 
     Returns:
         `PrepareSummary` with `files`, `done_before`, `prepared`, `skipped` (list of
@@ -254,6 +258,11 @@ def prepare_audio(
     track_ids = {str(path): track_id for path, track_id, _ in entries}
     todo, done_before = [], 0
     journal_handle = open(out_dir / _JOURNAL, "a")
+    if journal_handle.tell() > 0:
+        with open(out_dir / _JOURNAL, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":  # a killed run left a torn line: end it
+                journal_handle.write("\n")
 
     def log(records):
         journal_handle.write("".join(json.dumps(r) + "\n" for r in records))
@@ -302,11 +311,11 @@ def prepare_audio(
         else:
             pending.append((pcm, record))
             pending_samples += len(pcm)
+            if pending_samples >= limit:
+                flush()
         bar.update(record, sample_rate)
         if on_result is not None:
             on_result(record)
-        if pending_samples >= limit:
-            flush()
 
     workers = workers or os.cpu_count() or 1
     try:

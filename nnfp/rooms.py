@@ -68,6 +68,13 @@ def simulate_room(rng, sample_rate=8000, rt60_range=(0.1, 0.8), max_seconds=1.0)
     microphone = [rng.uniform(0.3, d - 0.3) for d in dims]
     room.add_source(source)
     room.add_microphone(microphone)
+    # The randomised image positions draw from pyroomacoustics' own generators (NumPy's
+    # global one before 0.8): seed them from `rng` so the same seed gives the same rooms.
+    seed = int(rng.integers(2**32))
+    if hasattr(getattr(pra, "random", None), "seed"):
+        pra.random.seed(numpy=seed, libroom=seed)
+    else:  # pragma: no cover - pyroomacoustics < 0.8
+        np.random.seed(seed)
     room.compute_rir()
     h = np.asarray(room.rir[0][0], np.float64)
     h = np.convolve(h, _microphone(rng, sample_rate))[: int(max_seconds * sample_rate)]

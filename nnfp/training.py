@@ -18,6 +18,7 @@ __all__ = [
     "build_optimizer",
     "build_callbacks",
     "prepare_data",
+    "resolve_data_path",
     "train",
 ]
 
@@ -100,6 +101,31 @@ def _resolve(config, key):
     return path
 
 
+def resolve_data_path(config, key):
+    """`data.<key>` as an existing path (folder, manifest or prepared cache), `embedded` or None.
+
+    Raises:
+        FileNotFoundError: the path does not exist; the message names the expected folder
+            and, for the official layout, how to point `data.root` at it.
+    """
+    where = _resolve(config, key)
+    if where is None or where == "embedded" or where.exists():
+        return where
+    value, root = config["data"][key], config["data"]["root"]
+    if root is None and not Path(value).is_absolute():
+        hint = (
+            f"data.root is not set, so '{value}' was looked up in the current folder. Point data.root "
+            "at the official neural-audio-fp-dataset folder (--set data.root=/path/to/neural-audio-fp-dataset) "
+            f"or set data.{key} to your own audio folder, .csv/.json manifest or `nnfp data prepare` cache "
+            "(configs/demo.yaml uses the generated corpus: data.*=embedded)"
+        )
+    elif root is not None and not Path(root).is_dir():
+        hint = f"data.root={root} does not exist"
+    else:
+        hint = f"expected '{value}' under data.root={root} (the official neural-audio-fp-dataset layout)"
+    raise FileNotFoundError(f"data.{key}: {where} not found; {hint}")
+
+
 def embedded_corpus(config):
     """Generate (or reuse) the embedded corpus; returns its `CorpusPaths`."""
     from nnfp.corpus import generate_corpus
@@ -123,7 +149,7 @@ def embedded_corpus(config):
 def _audio_files(config, key, corpus):
     from nnfp.data import list_audio_files
 
-    where = _resolve(config, key)
+    where = resolve_data_path(config, key)
     if where is None:
         return []
     if where != "embedded":
@@ -137,33 +163,47 @@ def _audio_files(config, key, corpus):
 
 
 def prepare_data(config, log=print):
-    """Load audio named by the `data` section and build the training pipeline and validation pairs."""
-    from nnfp.data import load_tracks, make_pair_dataset, make_validation_pairs
+    """Load audio named by the `data` section and build the training pipeline and validation pairs.
+
+    Each source is the embedded corpus, a folder, a CSV/JSON manifest or a prepared cache
+    (`nnfp data prepare`); unusable files are skipped and reported, never fatal mid-run.
+    """
+    from nnfp.data import load_source, load_tracks, make_pair_dataset, make_validation_pairs
 
     data, train, rate = config["data"], config["train"], config["frontend"]["sample_rate"]
-    uses_corpus = "embedded" in (data["train"], data["val"], data["noise"], data["impulse_responses"])
+    keys = ["train", "val", "noise", "impulse_responses"] + (["speech"] if data["speech_prob"] > 0 else [])
+    uses_corpus = "embedded" in [data[key] for key in keys]
     corpus = embedded_corpus(config) if uses_corpus else None
     skipped = []
 
     def load(key, min_seconds):
-        files = _audio_files(config, key, corpus)
-        if not files:
+        where = resolve_data_path(config, key)
+        if where is None:
             return []
-        arrays, _, bad = load_tracks(files, sample_rate=rate, min_seconds=min_seconds)
+        if where == "embedded":
+            arrays, _, bad = load_tracks(_audio_files(config, key, corpus), sample_rate=rate, min_seconds=min_seconds)
+        else:
+            arrays, _, bad = load_source(where, sample_rate=rate, min_seconds=min_seconds)
         skipped.extend(bad)
         if not arrays:
-            raise FileNotFoundError(f"data.{key}: none of the {len(files)} audio files could be used")
+            raise FileNotFoundError(f"data.{key}: none of the {len(bad)} audio files in {where} could be used")
         return arrays
 
     tracks = load("train", data["min_seconds"])
     noise = load("noise", 0.1) or None
     irs = load("impulse_responses", 0.0) or None
+    speech = load("speech", 0.1) or None if "speech" in keys else None
+    if data["speech_prob"] > 0 and speech is None:
+        raise FileNotFoundError(f"data.speech_prob={data['speech_prob']} needs a speech folder in data.speech")
     augment = dict(
         sample_rate=rate,
         segment_seconds=config["frontend"]["segment_seconds"],
         hop_seconds=data["hop_seconds"],
         offset_margin=data["offset_margin"],
         snr_db_range=tuple(data["snr_db_range"]),
+        speech=speech,
+        speech_prob=data["speech_prob"],
+        speech_snr_db_range=tuple(data["speech_snr_db_range"]),
     )
     dataset = make_pair_dataset(
         tracks,
@@ -173,6 +213,7 @@ def prepare_data(config, log=print):
         impulse_responses=irs,
         noise_prob=data["noise_prob"],
         ir_prob=data["ir_prob"],
+        gain_db_range=tuple(data["gain_db_range"]),
         shuffle=True,
         seed=train["seed"],
         **augment,
@@ -186,14 +227,16 @@ def prepare_data(config, log=print):
     val_tracks = load("val", data["min_seconds"])
     if val_tracks:
         originals, replicas = make_validation_pairs(
-            val_tracks, n_segments_max=data["val_max_segments"], noise=noise, impulse_responses=irs, **augment
+            val_tracks, n_segments_max=data["val_max_segments"], noise=noise, impulse_responses=irs,
+            seed=data["val_seed"], **augment,
         )
     for path, reason in skipped:
         log(f"skipped {path}: {reason}")
     log(
         f"data: {len(tracks)} training tracks ({n_segments} segments), "
         f"{len(val_tracks)} validation tracks ({0 if originals is None else len(originals)} segments), "
-        f"{len(noise or [])} noise files, {len(irs or [])} impulse responses, {len(skipped)} skipped"
+        f"{len(noise or [])} noise files, {len(irs or [])} impulse responses, "
+        f"{len(speech or [])} speech files, {len(skipped)} skipped"
     )
     return TrainingData(dataset, steps, originals, replicas, len(tracks), n_segments, skipped)
 
@@ -281,8 +324,8 @@ def train(config, run_dir, log=print, extra_callbacks=()):
     save_config(config, run_dir / "config.yaml")
     keras.utils.set_random_seed(config["train"]["seed"])
     data = prepare_data(config, log=log)
-    model = build_model(config)
     total_steps = config["train"]["epochs"] * data.steps_per_epoch
+    model = build_model(config)
     model.compile(optimizer=build_optimizer(config, total_steps), loss=build_loss(config))
     validation = None
     if data.val_originals is not None:

@@ -352,3 +352,68 @@ def test_make_query_matches_numpy_twin():
         make_query(track, 4.5, 1.0)
     with pytest.raises(ValueError, match="snr_db"):
         make_query(track, 0.0, 1.0, noise=noise)
+
+
+# ----------------------------------------------------------------------------- sources, speech
+
+
+def test_manifest_sources_csv_and_json(tmp_path):
+    from nnfp.data import read_manifest
+
+    (tmp_path / "a").mkdir()
+    for name in ("x.wav", "y.flac"):
+        sf.write(tmp_path / "a" / name, sine(300, 1.2, SR), SR)
+    (tmp_path / "m.csv").write_text("path,track_id\na/x.wav,X1\na/y.flac,\n")
+    (tmp_path / "m.json").write_text('[{"path": "a/x.wav", "track_id": 7}, "a/y.flac"]')
+    expected = [(tmp_path / "a" / "x.wav", "X1"), (tmp_path / "a" / "y.flac", None)]
+    assert read_manifest(tmp_path / "m.csv") == expected
+    assert read_manifest(tmp_path / "m.json") == [(expected[0][0], "7"), expected[1]]
+    assert list_audio_files(tmp_path / "m.json") == [p for p, _ in expected]
+    (tmp_path / "bad.json").write_text('[{"name": "x.wav"}]')
+    with pytest.raises(ValueError, match="entry 0 has no 'path'"):
+        read_manifest(tmp_path / "bad.json")
+    (tmp_path / "empty.csv").write_text("path\n")
+    with pytest.raises(FileNotFoundError, match="lists no file"):
+        list_audio_files(tmp_path / "empty.csv")
+
+
+def test_int16_tracks_equal_float_tracks(tracks):
+    pcm = [np.round(t * 32768).astype(np.int16) for t in tracks]
+    a = PairPipeline(tracks, offset_margin=0.1).sample(np.arange(6), seed=(3, 3))
+    b = PairPipeline(pcm, offset_margin=0.1).sample(np.arange(6), seed=(3, 3))
+    for key in ("anchors", "replicas", "replica_start"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_speech_mix_own_bank_snr_and_probability(tracks):
+    rng = np.random.default_rng(5)
+    noise = [quantised_noise(rng, 2.0, 2000)]
+    speech = [sine(700, 1.5, SR, 0.25), sine(900, 3.0, SR, 0.1)]
+    pipeline = PairPipeline(
+        tracks, noise=noise, speech=speech, speech_prob=1.0, speech_snr_db_range=(3.0, 6.0), noise_prob=0.0
+    )
+    out = pipeline.sample(np.arange(8), seed=(0, 1))
+    clean, residual = out["clean_replicas"], out["replicas"] - out["clean_replicas"]
+    measured = 10 * np.log10(np.mean(clean**2, axis=1) / np.mean(residual**2, axis=1))
+    np.testing.assert_allclose(measured, out["speech_snr_db"], atol=0.01)
+    assert out["speech_snr_db"].min() >= 3 and out["speech_snr_db"].max() <= 6
+    # the residual is speech (a 700 or 900 Hz tone here), not the noise bank
+    assert all(abs(peak_hz(r, SR) - f) < 3 for r, f in zip(residual, np.where(out["speech_start"] < 12000, 700, 900), strict=True))
+    off = PairPipeline(tracks, speech=speech, speech_prob=0.0).sample(np.arange(4), seed=(0, 1))
+    np.testing.assert_array_equal(off["replicas"], off["clean_replicas"])
+    half = PairPipeline(tracks, speech=speech, speech_prob=0.5).sample(np.arange(200) % 12, seed=(0, 2))
+    assert 0.35 < half["speech_on"].mean() < 0.65
+    with pytest.raises(ValueError, match="speech_prob must be in"):
+        PairPipeline(tracks, speech=speech, speech_prob=1.5)
+
+
+def test_prepared_cache_is_a_source(tmp_path):
+    from nnfp.data import load_source
+    from nnfp.prepare import prepare_audio
+
+    sf.write(tmp_path / "song.flac", sine(440, 1.5, 16000), 16000)
+    prepare_audio(tmp_path, tmp_path / "cache", progress=False)
+    cached, paths, skipped = load_source(tmp_path / "cache", sample_rate=SR)
+    direct, _, _ = load_source(tmp_path / "song.flac", sample_rate=SR)
+    assert cached[0].dtype == np.int16 and paths == [tmp_path / "song.flac"] and not skipped
+    np.testing.assert_allclose(cached[0] / 32768.0, direct[0], atol=1 / 32768)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nnfp.config import load_config
+from nnfp.config import CONFIG_DIR, load_config
 from nnfp.training import train
 
 TINY = [
@@ -25,6 +25,10 @@ TINY = [
     "train.mini_search_scopes=[1,3]",
     "train.verbose=0",
     "data.val_max_segments=16",
+    "data.train=embedded",
+    "data.val=embedded",
+    "data.noise=embedded",
+    "data.impulse_responses=embedded",
 ]
 
 
@@ -123,3 +127,88 @@ def test_training_reduces_loss(cache, tmp_path):
     first, last = history.history["loss"][0], history.history["loss"][-1]
     assert last < 0.5 * first
     assert model.evaluate(dataset, steps=1, verbose=0, return_dict=True)["batch_top1"] == 1.0
+
+
+# ----------------------------------------------------------------------------- official layout
+
+OFFICIAL_FOLDERS = {
+    "music/train-10k-30s": "music",
+    "music/val-query-db-500-30s/db": "music",
+    "music/val-query-db-500-30s/query": "music",
+    "music/test-dummy-db-100k-full": "music",
+    "music/test-query-db-500-30s/db": "music",
+    "music/test-query-db-500-30s/query": "music",
+    "aug/bg/tr": "noise",
+    "aug/bg/ts": "noise",
+    "aug/ir/tr": "ir",
+    "aug/ir/ts": "ir",
+    "aug/speech/common_voice_8k/en/train": "speech",
+}
+
+
+@pytest.fixture(scope="module")
+def official_root(tmp_path_factory):
+    """A small mock of the neural-audio-fp-dataset layout: a few short wav files per folder."""
+    import soundfile as sf
+
+    from nnfp.corpus import compose_track, make_impulse_response, make_noise
+
+    root = tmp_path_factory.mktemp("neural-audio-fp-dataset")
+    for i, (folder, kind) in enumerate(OFFICIAL_FOLDERS.items()):
+        (root / folder).mkdir(parents=True)
+        for j in range(3 if kind == "music" else 2):
+            seed = 100 * i + j
+            x = {
+                "music": lambda s: compose_track(s, 6.0, 8000),
+                "noise": lambda s: make_noise(s, 3.0, 8000),
+                "ir": lambda s: make_impulse_response(s, 8000),
+                "speech": lambda s: make_noise(s, 3.0, 8000, kind="babble"),
+            }[kind](seed)
+            sf.write(root / folder / f"{j:04d}.wav", x, 8000, subtype="PCM_16")
+    return root
+
+
+def test_paper_config_without_data_root_names_the_expected_folder(tmp_path, monkeypatch):
+    from nnfp.training import prepare_data
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"data\.train: music/train-10k-30s not found; data\.root is not set.*neural-audio-fp-dataset"):
+        prepare_data(load_config(None))
+    config = load_config(None, [f"data.root={tmp_path / 'elsewhere'}"])
+    with pytest.raises(FileNotFoundError, match=r"data\.root=.*elsewhere does not exist"):
+        prepare_data(config)
+
+
+def test_default_config_trains_on_the_official_layout(official_root, tmp_path):
+    """configs/default.yaml + data.root, only the model and batch shrunk: the paper's data setup."""
+    from nnfp.training import resolve_data_path
+
+    overrides = [o for o in TINY if not o.startswith(("data.train", "data.val=", "data.noise", "data.impulse"))]
+    config = load_config(
+        CONFIG_DIR / "default.yaml",
+        [*overrides, f"data.root={official_root}", "train.epochs=1", "train.steps_per_epoch=2",
+         "train.tensorboard=false", "data.speech_prob=0.5", "data.speech=aug/speech/common_voice_8k/en/train"],
+    )
+    for key in ("test_db", "test_query_db", "test_queries", "test_noise", "test_impulse_responses"):
+        assert resolve_data_path(config, key).is_dir()
+    lines = []
+    _, history, summary = train(config, tmp_path / "run", log=lines.append)
+    assert "data: 3 training tracks (33 segments), 3 validation tracks (16 segments), 2 noise files, " \
+        "2 impulse responses, 2 speech files, 0 skipped" in lines
+    assert summary["steps_per_epoch"] == 2 and np.isfinite(history.history["loss"][-1])
+    assert "val_loss" in history.history
+
+
+def test_prepared_cache_trains_like_its_folder(official_root, tmp_path):
+    from nnfp.prepare import prepare_audio
+    from nnfp.training import prepare_data
+
+    prepare_audio(official_root / "music" / "train-10k-30s", tmp_path / "cache", progress=False)
+    base = [f"data.root={official_root}", "train.batch_size=8", "train.n_anchors=4", "data.val=null"]
+    from_folder = prepare_data(load_config(None, base), log=lambda *_: None)
+    from_cache = prepare_data(load_config(None, [*base, f"data.train={tmp_path / 'cache'}"]), log=lambda *_: None)
+    assert from_cache.n_train_segments == from_folder.n_train_segments == 33
+    a = next(iter(from_folder.train_dataset))
+    b = next(iter(from_cache.train_dataset))
+    np.testing.assert_allclose(a[0].numpy(), b[0].numpy(), atol=1 / 32768)
+    np.testing.assert_allclose(a[1].numpy(), b[1].numpy(), atol=1e-3)
