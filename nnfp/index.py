@@ -535,7 +535,7 @@ class Identifier:
         db=None,
         embedder=None,
     ):
-        index_dir = Path(index_dir)
+        index_dir = Path(index_dir) if index_dir is not None else None
         self.db = db if db is not None else FingerprintDB.load(index_dir, threads=threads)
         if nprobe is not None:
             self.db.set_search_params(nprobe=nprobe)

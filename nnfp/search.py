@@ -540,13 +540,14 @@ class FingerprintDB:
         rows = starts[:, None] + np.arange(n_query)  # (n_candidates, n_query)
         valid = rows <= self._track_end[starts][:, None]
         rows = np.minimum(rows, self.n_segments - 1)
-        # Read each needed DB row once (overlapping windows share most rows), then
-        # pick sim[c, i] = <q_i, db[start_c + i]> from the (rows, n_query) products.
+        # Read each needed DB row once from the (memory-mapped) store, in row order
+        # (overlapping windows share most rows), then only the n_candidates * n_query
+        # products that count: sim[c, i] = <q_i, db[start_c + i]>.
         unique_rows, where = np.unique(rows, return_inverse=True)
-        block = np.asarray(self.embeddings[unique_rows], dtype=np.float64)  # (n_rows, d)
-        products = block @ query.astype(np.float64).T  # (n_rows, n_query)
-        sims = products[where.reshape(rows.shape), np.arange(n_query)]
-        return np.where(valid, sims, 0.0).sum(axis=1) / n_query
+        block = np.asarray(self.embeddings[unique_rows], dtype=np.float32)  # (n_rows, d)
+        windows = block[where.reshape(rows.shape).T]  # (n_query, n_candidates, d)
+        sims = np.matmul(windows, query[:, :, None])[:, :, 0].T  # (n_candidates, n_query)
+        return np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64) / n_query
 
     def search(self, query_embeddings, top_k=20, n_results=5, min_score=None):
         """Finds the tracks and offsets best matching a query of consecutive segments.
