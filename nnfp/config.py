@@ -27,6 +27,7 @@ _NULLABLE = {
     "data.test_impulse_responses": (str,),
     "embedded.directory": (str,),
     "train.steps_per_epoch": (int,),
+    "train.devices": (list,),
     "wandb.entity": (str,),
     "wandb.name": (str,),
 }
@@ -39,6 +40,7 @@ _CHOICES = {
     "optimizer.schedule": ("cos", "cos-restart", "constant"),
     "wandb.mode": ("offline", "online", "disabled"),
     "train.verbose": (0, 1, 2),
+    "train.distribute": ("none", "mirrored", "multi_worker"),
 }
 _POSITIVE = (
     "frontend.sample_rate", "frontend.segment_seconds", "frontend.n_fft", "frontend.hop_length",

@@ -241,6 +241,24 @@ def prepare_data(config, log=print):
     return TrainingData(dataset, steps, originals, replicas, len(tracks), n_segments, skipped)
 
 
+def distribution_strategy(config):
+    """The `tf.distribute` strategy named by `train.distribute`.
+
+    `none` is the default strategy (one device). `mirrored` uses every local GPU
+    (or the devices in `train.devices`); `multi_worker` reads the cluster from
+    `TF_CONFIG` (one process per host). The contrastive loss always sees the global
+    batch: `FingerPrinter` all-gathers embeddings across replicas.
+    """
+    import tensorflow as tf
+
+    kind = config["train"]["distribute"]
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=config["train"]["devices"] or None)
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
 class _Timer(keras.callbacks.Callback):
     """Records per-step wall times (for the median step time in the run summary)."""
 
@@ -325,8 +343,9 @@ def train(config, run_dir, log=print, extra_callbacks=()):
     keras.utils.set_random_seed(config["train"]["seed"])
     data = prepare_data(config, log=log)
     total_steps = config["train"]["epochs"] * data.steps_per_epoch
-    model = build_model(config)
-    model.compile(optimizer=build_optimizer(config, total_steps), loss=build_loss(config))
+    with distribution_strategy(config).scope():
+        model = build_model(config)
+        model.compile(optimizer=build_optimizer(config, total_steps), loss=build_loss(config))
     validation = None
     if data.val_originals is not None:
         import tensorflow as tf

@@ -103,3 +103,44 @@ def test_two_replica_step_equals_single_device(loss, n_anchors, n_replicas):
     assert result["max_grad_diff"] < 1e-5 and result["grad_scale"] > 1e-4
     assert result["eval_loss"] == pytest.approx(result["single_eval_loss"], abs=1e-5)
     assert result["fit_loss"] > 0
+
+
+FIT_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    os.environ["NNFP_CACHE"] = sys.argv[2]
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from nnfp.config import CONFIG_DIR, load_config
+    from nnfp.training import train
+
+    config = load_config(CONFIG_DIR / "demo.yaml", [
+        "train.distribute=mirrored", "train.devices=['/cpu:0', '/cpu:1']",
+        "encoder.width=0.03125", "projection.embedding_dim=16", "embedded.n_tracks=3",
+        "embedded.n_val_tracks=2", "embedded.track_seconds=6", "embedded.n_noise=2", "embedded.n_irs=2",
+        "train.batch_size=12", "train.n_anchors=4", "train.val_batch_size=8", "train.steps_per_epoch=2",
+        "train.epochs=2", "train.mini_search_scopes=[1,3]", "train.verbose=0", "data.val_max_segments=16",
+    ])
+    model, history, summary = train(config, sys.argv[1], log=lambda *_: None)
+    print(json.dumps({
+        "replicas": model.distribute_strategy.num_replicas_in_sync,
+        "iterations": int(model.optimizer.iterations.numpy()),
+        "keys": sorted(history.history),
+    }))
+    """
+)
+
+
+def test_fit_from_config_under_mirrored_strategy(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", FIT_SCRIPT, str(tmp_path / "run"), str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2 and result["iterations"] == 4
+    assert "ms_gf_top1_s1" in result["keys"] and "val_loss" in result["keys"]
+    assert (tmp_path / "run" / "model.keras").exists()
