@@ -89,7 +89,8 @@ def cmd_demo(args):
     after = probe.evaluate()["g(f)"]
     print(
         f"top-1 g(f), 1 segment: {before['top1'][0]:.1f}% before -> {after['top1'][0]:.1f}% after "
-        f"({summary['train_seconds']:.0f} s, median step {summary['median_step_seconds']:.3f} s)"
+        f"({summary['train_seconds']:.0f} s"
+        + (f", median step {summary['median_step_seconds']:.3f} s)" if summary["median_step_seconds"] else "; run already complete)")
     )
 
     print("== 3. fingerprint and index the whole corpus ==")
