@@ -1,6 +1,6 @@
 """Does the input pipeline keep up with the model? Pairs/s of the pipeline, and training samples/s.
 
-    python benchmarks/input_pipeline.py [--train DIR] [--steps 20] [--paper-steps 6]
+    python benchmarks/input_pipeline.py [--train DIR] [--steps 15] [--paper-steps 4] [--rounds 3]
 
 For the demo config (configs/demo.yaml) and the paper config (configs/default.yaml), with
 the training data wiring of `nnfp.training.prepare_data` and every augmentation on
@@ -82,9 +82,10 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", default=None, help="training music (default: embedded corpus)")
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps, demo config")
-    parser.add_argument("--paper-steps", type=int, default=6, help="timed training steps, paper config")
+    parser.add_argument("--steps", type=int, default=15, help="timed training steps, demo config")
+    parser.add_argument("--paper-steps", type=int, default=4, help="timed training steps, paper config")
     parser.add_argument("--batches", type=int, default=60, help="timed pipeline batches")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating model-only / real-pipeline rounds")
     args = parser.parse_args()
     cores = os.cpu_count()
     speech = _speech_folder(os.path.join(tempfile.mkdtemp(prefix="nnfp-bench-"), "speech"), 8000)
@@ -111,26 +112,31 @@ def main():
         anchors, replicas = next(iter(prepared.train_dataset))
         synthetic = tf.data.Dataset.from_tensors((anchors, replicas)).repeat()
         model.fit(synthetic, epochs=1, steps_per_epoch=3, verbose=0)  # trace and warm up
-        # Alternate the two so machine drift hits both alike; one untimed step per fit call.
+        # Alternate the two so machine drift hits both alike (medians over rounds; each
+        # round's rate is the mean over its timed steps, so input stalls count in full).
         model_only, real = [], []
-        for _ in range(2):
+        for _ in range(args.rounds):
             model_only.append(_fit_rate(model, synthetic, batch_size, 1, steps))
             real.append(_fit_rate(model, prepared.train_dataset, batch_size, 1, steps))
-        model_only, real = float(np.mean(model_only)), float(np.mean(real))
-        rows.append((name, batch_size, n_anchors, one_core, all_cores, model_only, real, prepared.n_train_tracks))
+        ratios = np.array(real) / np.array(model_only)
+        rows.append((
+            name, batch_size, n_anchors, one_core, all_cores, float(np.median(model_only)),
+            float(np.median(real)), (ratios.min(), ratios.max()), prepared.n_train_tracks,
+        ))
 
     print(f"\ninput pipeline vs model on {cores} CPU cores (TF {tf.__version__}); all augmentations on "
           "(noise, speech, IR, gain, offset)")
     header = (
         f"{'config':<6} {'N (anchors)':>12} {'pairs/s 1 core':>15} {'pairs/s all cores':>18} "
-        f"{'per core':>9} {'model-only samples/s':>21} {'real-pipeline samples/s':>24} {'ratio':>6}"
+        f"{'per core':>9} {'model-only samples/s':>21} {'real-pipeline samples/s':>24} {'ratio':>6} "
+        f"{'(rounds)':>11}"
     )
     print(header)
     print("-" * len(header))
-    for name, batch, anchors, one, total, model_only, real, _ in rows:
+    for name, batch, anchors, one, total, model_only, real, (low, high), _ in rows:
         print(
             f"{name:<6} {f'{batch} ({anchors})':>12} {one:>15.0f} {total:>18.0f} {total / cores:>9.0f} "
-            f"{model_only:>21.1f} {real:>24.1f} {real / model_only:>5.0%}"
+            f"{model_only:>21.1f} {real:>24.1f} {real / model_only:>6.0%} {f'{low:.0%}-{high:.0%}':>11}"
         )
     print(f"(pairs = augmented (anchor, replica) pairs; {rows[0][-1]} training tracks; "
           f"targets: >= 1000 pairs/s per core, ratio >= 90%)")
