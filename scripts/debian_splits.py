@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Split the Debian audio fetched by ../shared/data/fetch_debian_audio.py by package.
+
+    python scripts/debian_splits.py data        # reads data/debian-{music,noise,speech}
+
+Writes JSON manifests to data/splits/: music-train, music-val, music-heldout (the
+evaluation DB: never trained on), noise-train/test, speech-train/test. Whole packages
+go to one side, so no track, noise or voice is shared between training and evaluation.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+SPLITS = {
+    "music": {
+        "heldout": {"warzone2100-music", "drascula-music", "pushover-data"},
+        "val": {"extremetuxracer-data"},
+    },
+    "noise": {"test": {"redeclipse-data", "sonic-pi-samples"}},
+    "speech": {"test": {"asterisk-core-sounds-en-wav"}},
+}
+
+
+def main(root):
+    root = Path(root)
+    out = root / "splits"
+    out.mkdir(exist_ok=True)
+    for kind, held in SPLITS.items():
+        with open(root / f"debian-{kind}" / "manifest.json") as handle:
+            entries = json.load(handle)
+        parts = {name: [] for name in [*held, "train"]}
+        for entry in entries:
+            name = next((n for n, packages in held.items() if entry["package"] in packages), "train")
+            parts[name].append({"path": f"../debian-{kind}/{entry['file']}", "package": entry["package"]})
+        for name, rows in parts.items():
+            path = out / f"{kind}-{name}.json"
+            with open(f"{path}.tmp", "w") as handle:
+                json.dump(rows, handle, indent=0)
+            os.replace(f"{path}.tmp", path)
+            hours = sum(e["seconds"] for e in entries if any(r["path"].endswith(e["file"]) for r in rows)) / 3600
+            print(f"{path}: {len(rows)} files, {hours:.2f} h")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "data")
