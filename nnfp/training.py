@@ -367,6 +367,10 @@ def train(config, run_dir, log=print, extra_callbacks=()):
         shuffle=False,
     )
     seconds = time.perf_counter() - started
+    if any(type(c).__name__ == "WandbMetricsLogger" for c in callbacks):
+        import wandb
+
+        wandb.finish()
     model.save(run_dir / "model.keras")
     summary = {
         "epochs": config["train"]["epochs"],

@@ -212,3 +212,16 @@ def test_prepared_cache_trains_like_its_folder(official_root, tmp_path):
     b = next(iter(from_cache.train_dataset))
     np.testing.assert_allclose(a[0].numpy(), b[0].numpy(), atol=1 / 32768)
     np.testing.assert_allclose(a[1].numpy(), b[1].numpy(), atol=1e-3)
+
+
+def test_wandb_logs_offline_without_network(cache, tmp_path, monkeypatch):
+    """wandb.enabled with the default offline mode writes a local run; nothing needs a network."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = load_config(None, [*TINY, "train.epochs=1", "train.tensorboard=false", "wandb.enabled=true"])
+    assert config["wandb"]["mode"] == "offline"
+    train(config, tmp_path / "run", log=lambda *_: None)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    logs = list(runs[0].glob("run-*.wandb"))
+    assert len(logs) == 1 and logs[0].stat().st_size > 1000  # the epoch's metrics were written
