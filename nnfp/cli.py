@@ -1,4 +1,4 @@
-"""`nnfp` command line: train, model-summary, export, index build|add, identify, evaluate, demo."""
+"""`nnfp` command line: train, model-summary, export, index build|add|merge, identify, evaluate, demo."""
 
 import argparse
 import json
@@ -189,8 +189,31 @@ def _print_report(report, action):
 
 
 def cmd_index_build(args):
-    from nnfp.index import build_index
+    from nnfp.index import build_index, build_shard, parse_shard, shard_dir_name
 
+    if args.shard is not None:
+        shard, n_shards = parse_shard(args.shard)
+        given = [f"--{name.replace('_', '-')}" for name in _index_params(args)]
+        if args.index_type != "auto":
+            given.insert(0, "--index-type")
+        if given:
+            raise ValueError(
+                "a --shard build only fingerprints; give the index options to `nnfp index merge`. "
+                f"Received: {' '.join(given)}"
+            )
+        report = build_shard(
+            args.audio_dir, args.index_dir, shard, n_shards, model=args.model,
+            batch_size=args.batch_size, chunk_files=args.chunk_files, progress=not args.quiet,
+        )
+        out = Path(args.index_dir) / shard_dir_name(shard, n_shards)
+        print(
+            f"shard {shard}/{n_shards}: fingerprinted {report.n_tracks} tracks ({report.n_segments} segments, "
+            f"{report.audio_seconds / 3600:.2f} h of audio) into {out}"
+            + (f"; {report.resumed_chunks} chunks reused from an interrupted run" if report.resumed_chunks else "")
+        )
+        for path, reason in report.skipped:
+            print(f"  skipped {path}: {reason}")
+        return 0
     report = build_index(
         args.audio_dir, args.index_dir, model=args.model, index_type=args.index_type,
         batch_size=args.batch_size, chunk_files=args.chunk_files, progress=not args.quiet,
@@ -208,6 +231,26 @@ def cmd_index_add(args):
         progress=not args.quiet,
     )
     _print_report(report, "added")
+    return 0
+
+
+def cmd_index_merge(args):
+    from nnfp.index import merge_shards
+
+    report = merge_shards(
+        args.shard_dirs, args.index_dir, index_type=args.index_type, progress=not args.quiet,
+        **_index_params(args),
+    )
+    db = report.db
+    print(
+        f"merged {db.metadata['shards']['n_shards']} shards: {report.n_tracks} tracks "
+        f"({report.n_segments} segments, {report.audio_seconds / 3600:.2f} h of audio) into {args.index_dir}"
+    )
+    print(f"index: {db.index_type} {db.index_params}")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} files while fingerprinting:")
+        for path, reason in report.skipped:
+            print(f"  {path}: {reason}")
     return 0
 
 
@@ -259,10 +302,11 @@ def cmd_evaluate(args):
     return 0
 
 
-def _add_index_arguments(parser):
+def _add_index_arguments(parser, model=True):
     from nnfp.search import INDEX_TYPES
 
-    parser.add_argument("--model", default=None, help="run directory, .keras file or SavedModel (default: the packaged model)")
+    if model:
+        parser.add_argument("--model", default=None, help="run directory, .keras file or SavedModel (default: the packaged model)")
     parser.add_argument(
         "--index-type", default="auto", choices=("auto", *INDEX_TYPES),
         help="faiss index; auto: flat (exact) below 100k segments (~14 h), ivfpq above",
@@ -359,14 +403,27 @@ def build_parser():
 
     from nnfp.index import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE
 
-    index = sub.add_parser("index", help="build or extend a fingerprint index of an audio folder")
+    index = sub.add_parser("index", help="build, extend or merge (sharded build) a fingerprint index")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     p = index_sub.add_parser("build", help="fingerprint every track of AUDIO_DIR into INDEX_DIR (resumable)")
     p.add_argument("audio_dir")
-    p.add_argument("index_dir")
+    p.add_argument("index_dir", help="output index folder; with --shard, the folder receiving shard-I-of-N/")
+    p.add_argument(
+        "--shard", default=None, metavar="I/N",
+        help="fingerprint only shard I of N (0 <= I < N) into INDEX_DIR/shard-I-of-N; "
+        "combine the N shards with `nnfp index merge`",
+    )
     _add_index_arguments(p)
     _add_fingerprint_arguments(p)
     p.set_defaults(func=cmd_index_build)
+    p = index_sub.add_parser(
+        "merge", help="combine the shards of `index build --shard I/N` runs into INDEX_DIR"
+    )
+    p.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR", help="OUT_DIR/shard-I-of-N folders, or OUT_DIR")
+    p.add_argument("index_dir", metavar="INDEX_DIR")
+    _add_index_arguments(p, model=False)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_index_merge)
     p = index_sub.add_parser("add", help="append the tracks of MORE_AUDIO_DIR to INDEX_DIR")
     p.add_argument("index_dir")
     p.add_argument("audio_dir", metavar="more_audio_dir")

@@ -10,6 +10,10 @@ the track table and metadata; `index.faiss`) and a copy of the model that made
 the fingerprints (`model.keras`, or `model/` for a SavedModel), so queries are
 always fingerprinted by the same model as the catalogue.
 
+A large catalogue can be fingerprinted in N independent jobs (`build_shard`, one
+contiguous slice of the sorted file list each) and the shards combined by
+`merge_shards` into the index a single `build_index` would have written.
+
 >>> report = build_index("music/", "my_index", model="runs/demo")
 >>> identifier = Identifier("my_index")
 >>> identifier.identify_file("clip.wav")[0]  # Match(track_id, path, offset_s, score, ...)
@@ -29,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnfp.search import INDEX_TYPES, FingerprintDB
+from nnfp.search import INDEX_TYPES, FingerprintDB, atomic_directory
 
 __all__ = [
     "DEFAULT_K_PROBE",
@@ -39,12 +43,17 @@ __all__ = [
     "IndexReport",
     "NoDefaultModelError",
     "QueryError",
+    "ShardError",
     "add_to_index",
     "build_index",
+    "build_shard",
     "fingerprint_tracks",
     "load_model",
+    "merge_shards",
+    "parse_shard",
     "resolve_model",
     "segment_waveform",
+    "shard_dir_name",
 ]
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "default.keras"
@@ -54,6 +63,9 @@ DEFAULT_K_PROBE = 20  # faiss neighbours per query segment (the original `k_prob
 DEFAULT_MIN_SCORE = 0.5
 SMALL_DB_SEGMENTS = 100_000  # "auto" index: exact flat search below (~14 h of audio), IVF-PQ above
 _PARTIAL_SUFFIX = ".partial"
+SHARD_FORMAT_VERSION = 1
+_COPY_CHUNK_ROWS = 262_144  # rows per chunk when concatenating shard stores
+_SHARD_META = "shard.json"
 
 
 class NoDefaultModelError(FileNotFoundError):
@@ -64,12 +76,16 @@ class QueryError(ValueError):
     """A query that cannot be searched (too short). The message starts with the query name."""
 
 
+class ShardError(ValueError):
+    """Shards that cannot be merged: missing, repeated, or built differently."""
+
+
 @dataclasses.dataclass
 class IndexReport:
     """What `build_index` / `add_to_index` did.
 
     Attributes:
-        db: the saved database, reopened from disk (memory-mapped store).
+        db: the saved database, reopened from disk (memory-mapped store); None for a shard.
         n_tracks: tracks added by this call.
         n_segments: segments added by this call.
         audio_seconds: duration of the audio fingerprinted by this call.
@@ -329,6 +345,39 @@ def _gather_chunks(chunk_paths, relative_paths, store_path):
     )
 
 
+@dataclasses.dataclass
+class _Catalogue:
+    """Fingerprints of a list of files, in file order (what a build gathers from its chunks)."""
+
+    store: np.ndarray | None  # (n_segments, d) memory-mapped, None when no file was usable
+    segment_track: np.ndarray  # (n_segments,) int32 index into `tracks`
+    segment_start: np.ndarray  # (n_segments,) float32 seconds
+    tracks: list  # {"track_id": 0.., "path": relative path, "duration_s"}
+    skipped: list  # [relative path, reason]
+    audio_seconds: float
+    fingerprint_seconds: float
+    resumed_chunks: int
+
+
+def _fingerprint_catalogue(root, relative, embedder, model_path, work_dir, sample_rate, hop_seconds, **options):
+    """`_fingerprint_files` + `_gather_chunks` into `work_dir`; tracks numbered from 0."""
+    chunks, resumed, seconds = _fingerprint_files(
+        root, relative, embedder, model_path, work_dir, sample_rate, hop_seconds, **options
+    )
+    store, segment_file, segment_start, kept, durations, skipped = _gather_chunks(
+        chunks, relative, Path(work_dir) / "embeddings.npy"
+    )
+    track_of_file = {f: i for i, f in enumerate(kept)}
+    segment_track = np.array([track_of_file[f] for f in segment_file.tolist()], np.int32)
+    tracks = [
+        {"track_id": i, "path": relative[f], "duration_s": round(float(dur), 4)}
+        for i, (f, dur) in enumerate(zip(kept, durations, strict=True))
+    ]
+    return _Catalogue(
+        store, segment_track, segment_start, tracks, skipped, float(sum(durations)), seconds, resumed
+    )
+
+
 def _partial_dir(index_dir):
     index_dir = Path(index_dir).absolute()
     return index_dir.with_name(index_dir.name + _PARTIAL_SUFFIX)
@@ -395,52 +444,54 @@ def build_index(
     embedder, model_path = load_model(model)
     root, relative = _list_relative(audio_dir)
     work_dir = _partial_dir(index_dir)
-    chunks, resumed, seconds = _fingerprint_files(
+    found = _fingerprint_catalogue(
         root, relative, embedder, model_path, work_dir, sample_rate, hop_seconds,
         batch_size=batch_size, chunk_files=chunk_files, progress=progress, on_chunk=on_chunk,
     )
-    store, segment_file, segment_start, kept, durations, skipped = _gather_chunks(
-        chunks, relative, work_dir / "embeddings.npy"
-    )
-    if store is None:
+    if found.store is None:
         raise FileNotFoundError(
             f"{audio_dir}: none of the {len(relative)} audio files could be fingerprinted "
-            f"(e.g. {skipped[0][0]}: {skipped[0][1]})"
+            f"(e.g. {found.skipped[0][0]}: {found.skipped[0][1]})"
         )
-    track_of_file = {f: i for i, f in enumerate(kept)}
-    segment_track = np.array([track_of_file[f] for f in segment_file.tolist()], np.int32)
-    tracks = [
-        {"track_id": i, "path": relative[f], "duration_s": round(float(dur), 4)}
-        for i, (f, dur) in enumerate(zip(kept, durations, strict=True))
-    ]
     if index_type == "auto":
-        index_type = "flat" if len(store) < SMALL_DB_SEGMENTS else "ivfpq"
+        index_type = _auto_index_type(len(found.store))
     model_name, _ = _model_entry(model_path)
-    metadata = {
+    metadata = _index_metadata(
+        model_name, model_path, sample_rate, embedder.segment_samples, root, found.tracks, found.skipped
+    )
+    db = FingerprintDB.build(
+        found.store, found.segment_track, found.segment_start, found.tracks, hop_seconds=hop_seconds,
+        index_type=index_type, metadata=metadata, **index_params,
+    )
+    db.save(index_dir, extra_files={model_name: model_path})
+    del db
+    found.store = None
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return IndexReport(
+        db=FingerprintDB.load(index_dir),
+        n_tracks=len(found.tracks),
+        n_segments=len(found.segment_track),
+        audio_seconds=found.audio_seconds,
+        fingerprint_seconds=found.fingerprint_seconds,
+        skipped=found.skipped,
+        resumed_chunks=found.resumed_chunks,
+    )
+
+
+def _auto_index_type(n_segments):
+    return "flat" if n_segments < SMALL_DB_SEGMENTS else "ivfpq"
+
+
+def _index_metadata(model_name, model_path, sample_rate, segment_samples, root, tracks, skipped):
+    return {
         "model_file": model_name,
         "model_source": str(Path(model_path).absolute()),
         "sample_rate": int(sample_rate),
-        "segment_seconds": embedder.segment_samples / sample_rate,
+        "segment_seconds": segment_samples / sample_rate,
         "sources": [{"audio_dir": str(root), "first_track_id": 0, "n_tracks": len(tracks)}],
         "skipped": skipped,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    db = FingerprintDB.build(
-        store, segment_track, segment_start, tracks, hop_seconds=hop_seconds,
-        index_type=index_type, metadata=metadata, **index_params,
-    )
-    db.save(index_dir, extra_files={model_name: model_path})
-    del db, store
-    shutil.rmtree(work_dir, ignore_errors=True)
-    return IndexReport(
-        db=FingerprintDB.load(index_dir),
-        n_tracks=len(tracks),
-        n_segments=len(segment_track),
-        audio_seconds=float(sum(durations)),
-        fingerprint_seconds=seconds,
-        skipped=skipped,
-        resumed_chunks=resumed,
-    )
 
 
 def add_to_index(
@@ -466,38 +517,326 @@ def add_to_index(
     if not relative:
         return IndexReport(db, 0, 0, 0.0, 0.0, [])
     work_dir = _partial_dir(index_dir)
-    chunks, resumed, seconds = _fingerprint_files(
+    found = _fingerprint_catalogue(
         root, relative, embedder, model_path, work_dir, meta["sample_rate"], db.hop_seconds,
         batch_size=batch_size, chunk_files=chunk_files, progress=progress, on_chunk=on_chunk,
     )
-    store, segment_file, segment_start, kept, durations, skipped = _gather_chunks(
-        chunks, relative, work_dir / "embeddings.npy"
-    )
     first_id = db.next_track_id
-    if store is not None:
-        track_of_file = {f: i for i, f in enumerate(kept)}
-        segment_track = np.array([track_of_file[f] for f in segment_file.tolist()], np.int32)
-        tracks = [
-            {"track_id": i, "path": relative[f], "duration_s": round(float(dur), 4)}
-            for i, (f, dur) in enumerate(zip(kept, durations, strict=True))
-        ]
-        db.add(store, segment_track, segment_start, tracks)
-    if kept:
+    if found.store is not None:
+        db.add(found.store, found.segment_track, found.segment_start, found.tracks)
+    if found.tracks:
         db.metadata["sources"].append(
-            {"audio_dir": str(root), "first_track_id": first_id, "n_tracks": len(kept)}
+            {"audio_dir": str(root), "first_track_id": first_id, "n_tracks": len(found.tracks)}
         )
-    db.metadata["skipped"].extend(s for s in skipped if s not in db.metadata["skipped"])
+    db.metadata["skipped"].extend(s for s in found.skipped if s not in db.metadata["skipped"])
     db.save(index_dir, extra_files={meta["model_file"]: model_path})
+    del db
+    found.store = None
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return IndexReport(
+        db=FingerprintDB.load(index_dir),
+        n_tracks=len(found.tracks),
+        n_segments=len(found.segment_track),
+        audio_seconds=found.audio_seconds,
+        fingerprint_seconds=found.fingerprint_seconds,
+        skipped=found.skipped,
+        resumed_chunks=found.resumed_chunks,
+    )
+
+
+# ------------------------------------------------------------------ shards
+
+
+def parse_shard(text):
+    """`"I/N"` -> `(I, N)` with `0 <= I < N`."""
+    try:
+        shard, n_shards = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        shard = n_shards = -1
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"`--shard` must be I/N with 0 <= I < N, e.g. 0/4. Received: --shard {text}")
+    return shard, n_shards
+
+
+def shard_dir_name(shard, n_shards):
+    """The folder `build_shard` writes under its output folder: `shard-I-of-N`."""
+    return f"shard-{shard}-of-{n_shards}"
+
+
+def _shard_slice(n_files, shard, n_shards, chunk_files):
+    # Contiguous runs of whole chunks (`chunk_files` files) of the sorted file list: the
+    # shards' chunks are the chunks of a single-process build, so the same segments are
+    # batched together (bit-identical fingerprints), and concatenating the shards in
+    # order gives the single-process track ids, segment rows and IVF list order.
+    n_chunks = -(-n_files // chunk_files)
+    first = shard * n_chunks // n_shards * chunk_files
+    last = (shard + 1) * n_chunks // n_shards * chunk_files
+    return slice(first, min(last, n_files))
+
+
+def _model_digest(model_path):
+    """SHA-1 of the model's bytes (every file of a SavedModel): the same model copied to
+    several hosts gives the same digest, unlike `_model_signature`."""
+    model_path = Path(model_path)
+    files = [model_path] if model_path.is_file() else sorted(p for p in model_path.rglob("*") if p.is_file())
+    digest = hashlib.sha1()
+    for f in files:
+        digest.update(f.relative_to(model_path).as_posix().encode() if f != model_path else b"")
+        with open(f, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def build_shard(
+    audio_dir,
+    out_dir,
+    shard,
+    n_shards,
+    model=None,
+    sample_rate=8000,
+    hop_seconds=0.5,
+    batch_size=256,
+    chunk_files=32,
+    progress=True,
+    on_chunk=None,
+):
+    """Fingerprints shard `shard` of `n_shards` of the audio under `audio_dir`.
+
+    The sorted file list (the order `build_index` uses) is cut into chunks of
+    `chunk_files` files, and the chunks into `n_shards` contiguous runs of (almost)
+    equal length (a catalogue of fewer than `n_shards` chunks leaves some shards
+    empty); this call fingerprints run `shard` into `out_dir/shard-<shard>-of-<n_shards>/`: `embeddings.npy`,
+    `segments.npz` (segment -> shard-local track, start seconds), `shard.json`
+    (tracks, skipped files, catalogue listing digest, model digest, settings) and a
+    copy of the model. Resumable (`<shard folder>.partial/`) and atomic like
+    `build_index`. Every job must see the same catalogue (same relative paths) and
+    use the same `chunk_files`; `merge_shards` checks both. The fingerprints are those
+    a single `build_index` with the same `chunk_files` and `batch_size` computes on the
+    same hardware. No faiss index is built: `merge_shards` does that.
+
+    Returns:
+        An `IndexReport` with `db=None`.
+    """
+    shard, n_shards = parse_shard(f"{shard}/{n_shards}")
+    embedder, model_path = load_model(model)
+    root, relative = _list_relative(audio_dir)
+    shard_dir = Path(out_dir).absolute() / shard_dir_name(shard, n_shards)
+    if int(chunk_files) < 1:
+        raise ValueError(f"`chunk_files` must be >= 1. Received: chunk_files={chunk_files}")
+    mine = relative[_shard_slice(len(relative), shard, n_shards, int(chunk_files))]
+    work_dir = _partial_dir(shard_dir)
+    found = _fingerprint_catalogue(
+        root, mine, embedder, model_path, work_dir, sample_rate, hop_seconds,
+        batch_size=batch_size, chunk_files=chunk_files, progress=progress, on_chunk=on_chunk,
+    )
+    model_name, _ = _model_entry(model_path)
+    meta = {
+        "format": "nnfp-shard",
+        "version": SHARD_FORMAT_VERSION,
+        "shard": shard,
+        "n_shards": n_shards,
+        "catalogue": {
+            "audio_dir": str(root),
+            "n_files": len(relative),
+            "files_sha1": hashlib.sha1("\n".join(relative).encode()).hexdigest(),
+        },
+        "n_files": len(mine),
+        "chunk_files": int(chunk_files),
+        "model_file": model_name,
+        "model_source": str(Path(model_path).absolute()),
+        "model_sha1": _model_digest(model_path),
+        "sample_rate": int(sample_rate),
+        "hop_seconds": float(hop_seconds),
+        "segment_samples": int(embedder.segment_samples),
+        "d": None if found.store is None else int(found.store.shape[1]),
+        "n_segments": len(found.segment_track),
+        "audio_seconds": found.audio_seconds,
+        "tracks": found.tracks,
+        "skipped": found.skipped,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with atomic_directory(shard_dir) as tmp:
+        if found.store is None:  # an empty slice, or nothing usable in it
+            np.save(tmp / "embeddings.npy", np.zeros((0, 0), np.float32))
+        else:
+            found.store.flush()
+            found.store = None
+            os.replace(work_dir / "embeddings.npy", tmp / "embeddings.npy")
+        np.savez(tmp / "segments.npz", track=found.segment_track, start=found.segment_start)
+        if model_path.is_dir():
+            shutil.copytree(model_path, tmp / model_name)
+        else:
+            shutil.copyfile(model_path, tmp / model_name)
+        (tmp / _SHARD_META).write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return IndexReport(
+        db=None,
+        n_tracks=len(found.tracks),
+        n_segments=len(found.segment_track),
+        audio_seconds=found.audio_seconds,
+        fingerprint_seconds=found.fingerprint_seconds,
+        skipped=found.skipped,
+        resumed_chunks=found.resumed_chunks,
+    )
+
+
+def _find_shards(shard_dirs):
+    """Shard folders given directly, or the `shard-*-of-*` folders inside given folders."""
+    found = []
+    for path in map(Path, shard_dirs):
+        if (path / _SHARD_META).is_file():
+            found.append(path)
+            continue
+        inside = sorted(p for p in path.glob("shard-*-of-*") if (p / _SHARD_META).is_file())
+        if not inside:
+            raise ShardError(
+                f"{path}: not a shard folder (no {_SHARD_META}) and no shard-I-of-N folder inside; "
+                "shards are written by `nnfp index build AUDIO_DIR OUT_DIR --shard I/N`"
+            )
+        found.extend(inside)
+    return found
+
+
+def _load_shards(shard_dirs):
+    """Reads and cross-checks the shards; returns their `(folder, shard.json)` in shard order."""
+    shards = []
+    for path in _find_shards(shard_dirs):
+        meta = json.loads((path / _SHARD_META).read_text())
+        if meta.get("format") != "nnfp-shard" or meta.get("version") != SHARD_FORMAT_VERSION:
+            raise ShardError(
+                f"{path / _SHARD_META}: not an nnfp shard of version {SHARD_FORMAT_VERSION}. "
+                f"Received: format={meta.get('format')!r}, version={meta.get('version')!r}"
+            )
+        shards.append((path, meta))
+    first_path, first = shards[0]
+    n_shards = first["n_shards"]
+    by_number = {}
+    for path, meta in shards:
+        label = f"shard {meta['shard']}/{meta['n_shards']} ({path})"
+        if meta["n_shards"] != n_shards:
+            raise ShardError(
+                f"shards of different splits: {label}, but shard {first['shard']}/{n_shards} "
+                f"({first_path}); merge the N shards of one `--shard I/N` run"
+            )
+        if meta["shard"] in by_number:
+            raise ShardError(f"{label} given twice: also {by_number[meta['shard']][0]}")
+        for key in ("catalogue", "chunk_files", "model_sha1", "sample_rate", "hop_seconds", "segment_samples"):
+            if meta[key] != first[key]:
+                what = {"catalogue": "catalogue (audio file list)", "model_sha1": "model"}.get(key, key)
+                raise ShardError(
+                    f"shards were built differently: the {what} of {label} is {meta[key]!r}; "
+                    f"shard {first['shard']}/{n_shards} ({first_path}) has {first[key]!r}"
+                )
+        by_number[meta["shard"]] = (path, meta)
+    dims = {meta["d"] for _, meta in shards if meta["d"] is not None}
+    if len(dims) > 1:
+        raise ShardError(f"shards hold fingerprints of different sizes: d={sorted(dims)}")
+    missing = [i for i in range(n_shards) if i not in by_number]
+    if missing:
+        where = first_path.parent
+        unfinished = [i for i in missing if _partial_dir(where / shard_dir_name(i, n_shards)).exists()]
+        raise ShardError(
+            f"missing shard(s) {', '.join(f'{i}/{n_shards}' for i in missing)} of {n_shards} "
+            f"(expected {where / shard_dir_name(missing[0], n_shards)}"
+            + (f"; unfinished: {', '.join(f'{i}/{n_shards}' for i in unfinished)}" if unfinished else "")
+            + f"); run `nnfp index build AUDIO_DIR {where} --shard I/{n_shards}` for each"
+        )
+    return [by_number[i] for i in range(n_shards)]
+
+
+def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, **index_params):
+    """Combines the N shards of a sharded build into one index, like `build_index` would.
+
+    Tracks are numbered in shard order, which is the sorted file order of a single
+    `build_index`, so track ids, segment rows and the stored fingerprints are the same.
+    The embeddings of all shards are concatenated into one memory-mapped store (in
+    chunks), and the faiss index is built from it: IVF types are trained once, on the
+    same seeded sample a single build draws; then every shard fills its own copy of
+    the trained index, and faiss' `merge_ondisk` merges their inverted lists into
+    `index.ivfdata`, memory-mapped at search time. Flat and HNSW indexes are built
+    from the store directly.
+
+    Args:
+        shard_dirs: shard folders (`OUT_DIR/shard-I-of-N`), or folders holding them.
+        index_dir: output folder (written atomically, like `build_index`).
+        index_type, **index_params: as for `build_index`.
+
+    Raises:
+        ShardError: a shard is missing or repeated, or shards differ in catalogue,
+            model or settings.
+    """
+    if index_type != "auto" and index_type not in INDEX_TYPES:
+        raise ValueError(
+            f"`index_type` must be 'auto' or one of {INDEX_TYPES}. Received: index_type={index_type!r}"
+        )
+    index_dir = Path(index_dir).absolute()
+    shards = _load_shards(shard_dirs)
+    first = shards[0][1]
+    n_segments = sum(meta["n_segments"] for _, meta in shards)
+    skipped = [entry for _, meta in shards for entry in meta["skipped"]]
+    if n_segments == 0:
+        raise FileNotFoundError(
+            f"{first['catalogue']['audio_dir']}: none of the {first['catalogue']['n_files']} audio "
+            "files could be fingerprinted"
+            + (f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else "")
+        )
+    d = next(meta["d"] for _, meta in shards if meta["d"] is not None)
+    work_dir = _partial_dir(index_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    store = np.lib.format.open_memmap(
+        work_dir / "embeddings.npy", mode="w+", dtype=np.float32, shape=(n_segments, d)
+    )
+    tracks, segment_track, segment_start, part_rows = [], [], [], []
+    bar = _Progress(len(shards), "merging shards", enabled=progress)
+    row = 0
+    for number, (path, meta) in enumerate(shards):
+        part = np.load(path / "embeddings.npy", mmap_mode="r")
+        with np.load(path / "segments.npz") as segments:
+            local_track, start = segments["track"], segments["start"]
+        if len(part) != meta["n_segments"] or len(local_track) != len(part):
+            raise ShardError(
+                f"{path}: inconsistent shard: {len(part)} embeddings, {len(local_track)} segments, "
+                f"{_SHARD_META} says n_segments={meta['n_segments']}"
+            )
+        for first_row in range(0, len(part), _COPY_CHUNK_ROWS):  # never the whole store in RAM
+            chunk = part[first_row : first_row + _COPY_CHUNK_ROWS]
+            store[row + first_row : row + first_row + len(chunk)] = chunk
+        first_id = len(tracks)
+        segment_track.append(local_track.astype(np.int32) + first_id)
+        segment_start.append(start.astype(np.float32))
+        tracks += [dict(track, track_id=first_id + i) for i, track in enumerate(meta["tracks"])]
+        part_rows.append(len(part))
+        row += len(part)
+        del part
+        bar.update(number + 1, f"shards, {row} segments,")
+    store.flush()
+    segment_track = np.concatenate(segment_track)
+    segment_start = np.concatenate(segment_start)
+    if index_type == "auto":
+        index_type = _auto_index_type(n_segments)
+    model_path = shards[0][0] / first["model_file"]
+    metadata = _index_metadata(
+        first["model_file"], first["model_source"], first["sample_rate"], first["segment_samples"],
+        first["catalogue"]["audio_dir"], tracks, skipped,
+    )
+    metadata["shards"] = {"n_shards": len(shards), "dirs": [str(Path(path).absolute()) for path, _ in shards]}
+    db = FingerprintDB.build(
+        store, segment_track, segment_start, tracks, hop_seconds=first["hop_seconds"],
+        index_type=index_type, metadata=metadata, on_disk_dir=work_dir / "ivf", part_rows=part_rows,
+        **index_params,
+    )
+    db.save(index_dir, extra_files={first["model_file"]: model_path})
     del db, store
     shutil.rmtree(work_dir, ignore_errors=True)
     return IndexReport(
         db=FingerprintDB.load(index_dir),
-        n_tracks=len(kept),
-        n_segments=len(segment_file),
-        audio_seconds=float(sum(durations)),
-        fingerprint_seconds=seconds,
+        n_tracks=len(tracks),
+        n_segments=n_segments,
+        audio_seconds=float(sum(meta["audio_seconds"] for _, meta in shards)),
+        fingerprint_seconds=0.0,
         skipped=skipped,
-        resumed_chunks=resumed,
     )
 
 

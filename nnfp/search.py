@@ -13,10 +13,13 @@ start is scored by the mean inner product of the `n` query segments with the
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,6 +30,7 @@ __all__ = [
     "INDEX_TYPES",
     "FingerprintDB",
     "Match",
+    "atomic_directory",
     "format_hit_rate_table",
     "sequence_hit_rates",
 ]
@@ -36,6 +40,7 @@ FORMAT_VERSION = 1
 _MIN_POINTS_PER_CENTROID = 39  # below this faiss k-means warns and clusters poorly
 _MAX_POINTS_PER_CENTROID = 256  # faiss k-means subsamples beyond this anyway
 _ADD_CHUNK_ROWS = 262_144  # rows per faiss add / disk copy: bounds RAM for memory-mapped stores
+IVF_DATA_FILE = "index.ivfdata"  # inverted lists of an on-disk IVF index, beside index.faiss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +138,213 @@ def _check_segments(embeddings, segment_track, segment_start, tracks, d=None):
     )
 
 
+@contextlib.contextmanager
+def atomic_directory(directory):
+    """Yields a temporary folder beside `directory` that replaces it once the block succeeds.
+
+    An existing `directory` is replaced only when the new one is complete; on error the
+    temporary folder is removed and `directory` is left as it was.
+    """
+    target = Path(directory).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a saved DB is an ordinary folder
+    try:
+        yield tmp
+        if target.exists():
+            # A non-empty directory cannot be replaced in one rename: move the
+            # old one aside first so `target` is never half-written.
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old.rmdir()
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _quiet_faiss():
+    """Drops what faiss' C++ code prints on stdout (on-disk list resizing and renaming notes),
+    which would otherwise end up in `nnfp identify --json` output."""
+    try:
+        libc = ctypes.CDLL(None)
+        saved = os.dup(1)
+    except OSError:  # no C library handle or no stdout: nothing to silence
+        yield
+        return
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _index_settings(index_type, n_segments, d, nlist, m, nbits, nprobe, hnsw_m, ef_search):
+    """Validated faiss parameters for `index_type` (what `FingerprintDB.index_params` records)."""
+    params = {}
+    if index_type in ("ivf", "ivfpq"):
+        if nlist is None:
+            nlist = _default_nlist(n_segments)
+        if not 1 <= int(nlist) <= n_segments:
+            raise ValueError(
+                f"`nlist` must be in [1, n_segments={n_segments}]. Received: nlist={nlist}"
+            )
+        if int(nprobe) < 1:
+            raise ValueError(f"`nprobe` must be >= 1. Received: nprobe={nprobe}")
+        params.update(nlist=int(nlist), nprobe=int(nprobe))
+    if index_type == "ivfpq":
+        if int(m) < 1 or d % int(m):
+            raise ValueError(f"`m` must divide d={d}. Received: m={m}")
+        if not 1 <= int(nbits) <= 16:
+            raise ValueError(f"`nbits` must be in [1, 16]. Received: nbits={nbits}")
+        if n_segments < 2 ** int(nbits):
+            raise ValueError(
+                f"Too few segments to train a product quantiser with nbits={nbits}: "
+                f"it needs at least {2 ** int(nbits)}. Received: n_segments={n_segments}. "
+                "Use index_type='flat' or a smaller `nbits`."
+            )
+        params.update(m=int(m), nbits=int(nbits))
+    if index_type == "hnsw":
+        if int(hnsw_m) < 2 or int(ef_search) < 1:
+            raise ValueError(
+                "`hnsw_m` must be >= 2 and `ef_search` >= 1. "
+                f"Received: hnsw_m={hnsw_m}, ef_search={ef_search}"
+            )
+        params.update(hnsw_m=int(hnsw_m), ef_search=int(ef_search))
+    return params
+
+
+def _trained_index(embeddings, index_type, params, train_size):
+    """An empty faiss index of `index_type`, trained (IVF types) on a seeded sample of `embeddings`.
+
+    The sample depends only on the number of rows, so the same store always gives the
+    same quantisers (a sharded build trains exactly like a single-process one).
+    """
+    n_segments, d = embeddings.shape
+    factory = {
+        "flat": "Flat",
+        "ivf": f"IVF{params.get('nlist')},Flat",
+        "ivfpq": f"IVF{params.get('nlist')},PQ{params.get('m')}x{params.get('nbits')}",
+        "hnsw": f"HNSW{params.get('hnsw_m')},Flat",
+    }[index_type]
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    if index_type == "ivfpq":
+        # The factory turns on polysemous training (an annealing over code
+        # orderings, tens of seconds) which only Hamming-filtered search uses.
+        index.do_polysemous_training = False
+    if not index.is_trained:
+        points_needed = max(params["nlist"], 2 ** params.get("nbits", 0))
+        max_train = _MAX_POINTS_PER_CENTROID * points_needed
+        if train_size is not None:
+            if int(train_size) < points_needed:
+                raise ValueError(
+                    f"`train_size` must be >= {points_needed} (nlist or 2**nbits). "
+                    f"Received: train_size={train_size}"
+                )
+            max_train = int(train_size)
+        if n_segments > max_train:
+            rng = np.random.default_rng(0)
+            sample = np.sort(rng.choice(n_segments, size=max_train, replace=False))
+            index.train(np.ascontiguousarray(embeddings[sample]))
+        else:
+            index.train(np.ascontiguousarray(embeddings))
+    return index
+
+
+def _add_in_chunks(index, embeddings, first_row=0, n_rows=None, with_ids=False):
+    n_rows = len(embeddings) - first_row if n_rows is None else n_rows
+    for first in range(first_row, first_row + n_rows, _ADD_CHUNK_ROWS):
+        last = min(first + _ADD_CHUNK_ROWS, first_row + n_rows)
+        rows = np.ascontiguousarray(embeddings[first:last])
+        if with_ids:
+            index.add_with_ids(rows, np.arange(first, last, dtype=np.int64))
+        else:
+            index.add(rows)
+
+
+def _merge_parts_on_disk(trained, embeddings, part_rows, work_dir):
+    """Fills one copy of the trained IVF index per part of consecutive rows, writes each to
+    `work_dir`, then merges their inverted lists into `work_dir/index.ivfdata` with
+    `faiss.contrib.ondisk.merge_ondisk` (the per-part files are read memory-mapped)."""
+    from faiss.contrib.ondisk import merge_ondisk
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    blank = faiss.serialize_index(trained)
+    part_files, first = [], 0
+    for number, n_rows in enumerate(part_rows):
+        if n_rows:
+            part = faiss.deserialize_index(blank)
+            # Global row numbers as ids: the merged lists hold the same (id, code)
+            # entries, in the same order, as one index filled with every row at once.
+            _add_in_chunks(part, embeddings, first, n_rows, with_ids=True)
+            part_files.append(str(work_dir / f"part_{number:05d}.faiss"))
+            faiss.write_index(part, part_files[-1])
+            del part
+        first += n_rows
+    if first != len(embeddings):
+        raise ValueError(
+            f"`part_rows` must add up to the {len(embeddings)} rows of `embeddings`. "
+            f"Received: sum(part_rows)={first}"
+        )
+    merged = faiss.deserialize_index(blank)
+    ivfdata = work_dir / IVF_DATA_FILE
+    ivfdata.unlink(missing_ok=True)
+    with _quiet_faiss():
+        merge_ondisk(merged, part_files, str(ivfdata))
+    for name in part_files:
+        os.remove(name)
+    return merged
+
+
+def _invlists_on_disk(index):
+    ivf = faiss.try_extract_index_ivf(index)
+    return ivf is not None and isinstance(
+        faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists
+    )
+
+
+def _write_index_on_disk(index, index_path, ivfdata_path):
+    """Writes an IVF index as `index_path` + its inverted lists in `ivfdata_path` (faiss'
+    `OnDiskInvertedLists`), copying the lists of `index` (in RAM or on disk) without
+    changing `index`. faiss records the lists' file name in `index_path`; `load` finds
+    it beside `index_path` (IO_FLAG_ONDISK_SAME_DIR), so the folder can be renamed."""
+    ivf = faiss.extract_index_ivf(index)
+    current, owned = ivf.invlists, ivf.own_invlists
+    with _quiet_faiss():
+        on_disk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivfdata_path))
+        sources = faiss.InvertedListsPtrVector()
+        sources.push_back(current)
+        on_disk.merge_from_multiple(sources.data(), sources.size(), False)
+    ivf.own_invlists = False  # so replace_invlists does not free the current lists
+    ivf.replace_invlists(on_disk, False)
+    try:
+        faiss.write_index(index, str(index_path))
+    finally:
+        ivf.replace_invlists(current, owned)
+    del on_disk
+
+
+def _invlists_to_ram(index):
+    """Replaces memory-mapped, read-only on-disk inverted lists by an in-RAM copy (to add to)."""
+    ivf = faiss.extract_index_ivf(index)
+    in_ram = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.invlists.copy_subset_to(in_ram, faiss.InvertedLists.SUBSET_TYPE_ID_RANGE, 0, 2**62)
+    ivf.replace_invlists(in_ram, True)
+    in_ram.this.disown()
+
+
 class FingerprintDB:
     """A database of segment fingerprints with a faiss index and sequence search.
 
@@ -224,6 +436,8 @@ class FingerprintDB:
         threads=None,
         train_size=None,
         metadata=None,
+        on_disk_dir=None,
+        part_rows=None,
     ):
         """Builds (and trains, for IVF types) a database from segment fingerprints.
 
@@ -241,6 +455,15 @@ class FingerprintDB:
             train_size: IVF/PQ training points, sampled from `embeddings`;
                 default `256 * max(nlist, 2**nbits)` (capped at N).
             metadata: see the class docstring.
+            on_disk_dir: IVF types only: a scratch folder. The quantisers are trained
+                once, every part of `part_rows` consecutive rows (one part by
+                default) fills its own copy of the trained index, and the parts'
+                inverted lists are merged by `faiss.contrib.ondisk.merge_ondisk`
+                into a memory-mapped file in this folder; `save` writes them to
+                `index.ivfdata` beside `index.faiss`. Search results are the same
+                as without it.
+            part_rows: row counts of the parts (they add up to N), e.g. the
+                segments of each shard of a sharded build.
 
         `embeddings` may be a memory-mapped array (`np.load(..., mmap_mode="r")`
         or `np.lib.format.open_memmap`): it is then never copied into RAM;
@@ -256,68 +479,16 @@ class FingerprintDB:
             embeddings, segment_track, segment_start, tracks
         )
         n_segments, d = embeddings.shape
-        params = {}
-        if index_type in ("ivf", "ivfpq"):
-            if nlist is None:
-                nlist = _default_nlist(n_segments)
-            if not 1 <= int(nlist) <= n_segments:
-                raise ValueError(
-                    f"`nlist` must be in [1, n_segments={n_segments}]. Received: nlist={nlist}"
-                )
-            if int(nprobe) < 1:
-                raise ValueError(f"`nprobe` must be >= 1. Received: nprobe={nprobe}")
-            params.update(nlist=int(nlist), nprobe=int(nprobe))
-        if index_type == "ivfpq":
-            if int(m) < 1 or d % int(m):
-                raise ValueError(f"`m` must divide d={d}. Received: m={m}")
-            if not 1 <= int(nbits) <= 16:
-                raise ValueError(f"`nbits` must be in [1, 16]. Received: nbits={nbits}")
-            if n_segments < 2 ** int(nbits):
-                raise ValueError(
-                    f"Too few segments to train a product quantiser with nbits={nbits}: "
-                    f"it needs at least {2 ** int(nbits)}. Received: n_segments={n_segments}. "
-                    "Use index_type='flat' or a smaller `nbits`."
-                )
-            params.update(m=int(m), nbits=int(nbits))
-        if index_type == "hnsw":
-            if int(hnsw_m) < 2 or int(ef_search) < 1:
-                raise ValueError(
-                    "`hnsw_m` must be >= 2 and `ef_search` >= 1. "
-                    f"Received: hnsw_m={hnsw_m}, ef_search={ef_search}"
-                )
-            params.update(hnsw_m=int(hnsw_m), ef_search=int(ef_search))
-
+        params = _index_settings(index_type, n_segments, d, nlist, m, nbits, nprobe, hnsw_m, ef_search)
         threads = _default_threads() if threads is None else int(threads)
         faiss.omp_set_num_threads(threads)
-        factory = {
-            "flat": "Flat",
-            "ivf": f"IVF{params.get('nlist')},Flat",
-            "ivfpq": f"IVF{params.get('nlist')},PQ{params.get('m')}x{params.get('nbits')}",
-            "hnsw": f"HNSW{params.get('hnsw_m')},Flat",
-        }[index_type]
-        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-        if index_type == "ivfpq":
-            # The factory turns on polysemous training (an annealing over code
-            # orderings, tens of seconds) which only Hamming-filtered search uses.
-            index.do_polysemous_training = False
-        if not index.is_trained:
-            points_needed = max(params["nlist"], 2 ** params.get("nbits", 0))
-            max_train = _MAX_POINTS_PER_CENTROID * points_needed
-            if train_size is not None:
-                if int(train_size) < points_needed:
-                    raise ValueError(
-                        f"`train_size` must be >= {points_needed} (nlist or 2**nbits). "
-                        f"Received: train_size={train_size}"
-                    )
-                max_train = int(train_size)
-            if n_segments > max_train:
-                rng = np.random.default_rng(0)
-                sample = np.sort(rng.choice(n_segments, size=max_train, replace=False))
-                index.train(np.ascontiguousarray(embeddings[sample]))
-            else:
-                index.train(np.ascontiguousarray(embeddings))
-        for first in range(0, n_segments, _ADD_CHUNK_ROWS):
-            index.add(np.ascontiguousarray(embeddings[first : first + _ADD_CHUNK_ROWS]))
+        index = _trained_index(embeddings, index_type, params, train_size)
+        if on_disk_dir is not None and index_type in ("ivf", "ivfpq"):
+            part_rows = [n_segments] if part_rows is None else [int(n) for n in part_rows]
+            index = _merge_parts_on_disk(index, embeddings, part_rows, on_disk_dir)
+            params["on_disk"] = True
+        else:
+            _add_in_chunks(index, embeddings)
         return cls(
             embeddings,
             segment_track,
@@ -351,6 +522,11 @@ class FingerprintDB:
         tracks = [dict(t, track_id=new_id[t["track_id"]]) for t in tracks]
 
         self._set_threads()
+        if _invlists_on_disk(self.index):
+            # Loaded lists are mapped read-only from the saved folder, which must stay
+            # intact until `save` replaces it: add to a copy in RAM; `save` writes the
+            # lists to disk again (`index_params["on_disk"]`).
+            _invlists_to_ram(self.index)
         self.index.add(embeddings)
         self.embeddings = np.concatenate([np.asarray(self.embeddings), embeddings])
         self.segment_track = np.concatenate([self.segment_track, segment_track.astype(np.int32)])
@@ -412,13 +588,7 @@ class FingerprintDB:
             extra_files: optional `{name: source path}` of files or folders copied
                 into the database folder (e.g. the model that made the fingerprints).
         """
-        target = Path(directory).absolute()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a saved DB is an ordinary folder
-        try:
+        with atomic_directory(directory) as tmp:
             # Copied in chunks so a memory-mapped store is never read into RAM at once.
             store = np.lib.format.open_memmap(
                 tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=self.embeddings.shape
@@ -447,24 +617,18 @@ class FingerprintDB:
                 "tracks": self.tracks,
             }
             (tmp / "tracks.json").write_text(json.dumps(meta, indent=1))
-            faiss.write_index(self.index, str(tmp / "index.faiss"))
-            if target.exists():
-                # A non-empty directory cannot be replaced in one rename: move the
-                # old one aside first so `target` is never half-written.
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-                old.rmdir()
-                os.rename(target, old)
-                os.rename(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
+            if self.index_params.get("on_disk"):
+                _write_index_on_disk(self.index, tmp / "index.faiss", tmp / IVF_DATA_FILE)
             else:
-                os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                faiss.write_index(self.index, str(tmp / "index.faiss"))
 
     @classmethod
     def load(cls, directory, mmap=True, threads=None):
-        """Opens a saved database; `embeddings` are memory-mapped when `mmap`."""
+        """Opens a saved database; `embeddings` are memory-mapped when `mmap`.
+
+        An index saved with on-disk inverted lists (`index_params["on_disk"]`, e.g. from
+        `nnfp index merge`) maps `index.ivfdata` read-only instead of loading it.
+        """
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"Fingerprint DB directory not found: {directory}")
@@ -491,7 +655,21 @@ class FingerprintDB:
                 f"{embeddings.shape}, {len(segment_track)} segments, meta "
                 f"n_segments={meta['n_segments']}, d={meta['d']}"
             )
-        index = faiss.read_index(str(directory / "index.faiss"))
+        if meta["params"].get("on_disk"):
+            if not (directory / IVF_DATA_FILE).is_file():
+                raise FileNotFoundError(
+                    f"Fingerprint DB directory {directory} is missing {IVF_DATA_FILE} "
+                    f"(the on-disk inverted lists): {directory / IVF_DATA_FILE}"
+                )
+            # faiss stores the lists' file path in index.faiss; SAME_DIR looks for it
+            # beside index.faiss instead, so a moved or renamed folder still loads.
+            with _quiet_faiss():
+                index = faiss.read_index(
+                    str(directory / "index.faiss"),
+                    faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY,
+                )
+        else:
+            index = faiss.read_index(str(directory / "index.faiss"))
         return cls(
             embeddings,
             segment_track,
