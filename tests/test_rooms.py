@@ -10,7 +10,6 @@ from nnfp.cli import main
 
 
 def test_make_irs_writes_deterministic_room_responses(tmp_path, capsys):
-    pytest.importorskip("pyroomacoustics", reason='install the extra: pip install "nnfp[rooms]"')
     assert main(["data", "make-irs", str(tmp_path / "a"), "3", "--seed", "7"]) == 0
     assert "wrote 3 impulse responses" in capsys.readouterr().out
     from nnfp.rooms import make_room_impulse_responses
