@@ -463,9 +463,14 @@ def build_index(
         found.store, found.segment_track, found.segment_start, found.tracks, hop_seconds=hop_seconds,
         index_type=index_type, metadata=metadata, **index_params,
     )
-    db.save(index_dir, extra_files={model_name: model_path})
+    return _save_and_report(db, index_dir, model_name, model_path, work_dir, found)
+
+
+def _save_and_report(db, index_dir, model_file, model_path, work_dir, found):
+    """Save `db` with its model atomically, drop the work dir, and report on the reloaded index."""
+    db.save(index_dir, extra_files={model_file: model_path})
     del db
-    found.store = None
+    found.store = None  # release the memory-mapped scratch store before deleting it
     shutil.rmtree(work_dir, ignore_errors=True)
     return IndexReport(
         db=FingerprintDB.load(index_dir),
@@ -529,19 +534,7 @@ def add_to_index(
             {"audio_dir": str(root), "first_track_id": first_id, "n_tracks": len(found.tracks)}
         )
     db.metadata["skipped"].extend(s for s in found.skipped if s not in db.metadata["skipped"])
-    db.save(index_dir, extra_files={meta["model_file"]: model_path})
-    del db
-    found.store = None
-    shutil.rmtree(work_dir, ignore_errors=True)
-    return IndexReport(
-        db=FingerprintDB.load(index_dir),
-        n_tracks=len(found.tracks),
-        n_segments=len(found.segment_track),
-        audio_seconds=found.audio_seconds,
-        fingerprint_seconds=found.fingerprint_seconds,
-        skipped=found.skipped,
-        resumed_chunks=found.resumed_chunks,
-    )
+    return _save_and_report(db, index_dir, meta["model_file"], model_path, work_dir, found)
 
 
 # ------------------------------------------------------------------ shards
