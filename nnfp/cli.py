@@ -63,6 +63,8 @@ def cmd_export(args):
 
 
 def cmd_demo(args):
+    import keras
+
     from nnfp.callbacks import MiniSearchValidation
     from nnfp.config import CONFIG_DIR, load_config
     from nnfp.corpus import make_impulse_response, make_noise
@@ -76,6 +78,7 @@ def cmd_demo(args):
     rate = config["frontend"]["sample_rate"]
 
     print("== 1. untrained model: mini-search on the validation tracks ==")
+    keras.utils.set_random_seed(config["train"]["seed"])  # the same "before" on every run
     untrained = build_model(config)
     data = prepare_data(config)
     probe = MiniSearchValidation(data.val_originals, data.val_replicas, config["train"]["mini_search_scopes"])
