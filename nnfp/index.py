@@ -466,14 +466,10 @@ def build_index(
     return _save_and_report(db, index_dir, model_name, model_path, work_dir, found)
 
 
-def _save_and_report(db, index_dir, model_file, model_path, work_dir, found):
-    """Save `db` with its model atomically, drop the work dir, and report on the reloaded index."""
-    db.save(index_dir, extra_files={model_file: model_path})
-    del db
-    found.store = None  # release the memory-mapped scratch store before deleting it
-    shutil.rmtree(work_dir, ignore_errors=True)
+def _report(found, db):
+    """The `IndexReport` of a fingerprinting pass (`db`: the saved index, or None for a shard)."""
     return IndexReport(
-        db=FingerprintDB.load(index_dir),
+        db=db,
         n_tracks=len(found.tracks),
         n_segments=len(found.segment_track),
         audio_seconds=found.audio_seconds,
@@ -481,6 +477,15 @@ def _save_and_report(db, index_dir, model_file, model_path, work_dir, found):
         skipped=found.skipped,
         resumed_chunks=found.resumed_chunks,
     )
+
+
+def _save_and_report(db, index_dir, model_file, model_path, work_dir, found):
+    """Save `db` with its model atomically, drop the work dir, and report on the reloaded index."""
+    db.save(index_dir, extra_files={model_file: model_path})
+    del db
+    found.store = None  # release the memory-mapped scratch store before deleting it
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return _report(found, FingerprintDB.load(index_dir))
 
 
 def _auto_index_type(n_segments):
@@ -663,15 +668,7 @@ def build_shard(
             shutil.copyfile(model_path, tmp / model_name)
         (tmp / _SHARD_META).write_text(json.dumps(meta, indent=1))
     shutil.rmtree(work_dir, ignore_errors=True)
-    return IndexReport(
-        db=None,
-        n_tracks=len(found.tracks),
-        n_segments=len(found.segment_track),
-        audio_seconds=found.audio_seconds,
-        fingerprint_seconds=found.fingerprint_seconds,
-        skipped=found.skipped,
-        resumed_chunks=found.resumed_chunks,
-    )
+    return _report(found, None)
 
 
 def _find_shards(shard_dirs):
