@@ -9,7 +9,7 @@ ids itself: anchors get `0..n_anchors-1`, replica j gets `j % n_anchors`.
 import keras
 from keras import ops
 
-__all__ = ["NTXent", "OnlineTripletLoss", "similarity_matrix", "source_ids"]
+__all__ = ["NTXent", "OnlineTripletLoss", "pair_masks", "similarity_matrix", "source_ids"]
 
 _TRIPLET_MODES = ("semi-hard", "all", "hard")
 
@@ -26,7 +26,8 @@ def similarity_matrix(anchors, replicas):
     return ops.matmul(anchors, ops.transpose(replicas))
 
 
-def _positive_mask(labels):
+def pair_masks(labels):
+    """Boolean (batch, batch) masks: positives (same source id, not self) and not-self."""
     labels = ops.reshape(labels, (-1,))
     same = ops.equal(labels[:, None], labels[None, :])
     not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
@@ -65,7 +66,7 @@ class NTXent(keras.losses.Loss):
         self.temperature = float(temperature)
 
     def call(self, y_true, y_pred):
-        positives, not_self = _positive_mask(y_true)
+        positives, not_self = pair_masks(y_true)
         logits = ops.matmul(y_pred, ops.transpose(y_pred)) / self.temperature  # (batch, batch)
         logits = ops.where(not_self, logits, -1e9)
         log_prob = logits - ops.logsumexp(logits, axis=1, keepdims=True)
@@ -113,7 +114,7 @@ class OnlineTripletLoss(keras.losses.Loss):
         self.mode = mode
 
     def call(self, y_true, y_pred):
-        positives, not_self = _positive_mask(y_true)
+        positives, not_self = pair_masks(y_true)
         negatives = ops.logical_and(not_self, ops.logical_not(positives))
         squared = ops.sum(ops.square(y_pred), axis=1)
         distances = squared[:, None] + squared[None, :] - 2.0 * ops.matmul(y_pred, ops.transpose(y_pred))

@@ -6,7 +6,7 @@ from keras import ops
 from nnfp.augment import SpecAugment
 from nnfp.encoder import DivideAndEncode, Encoder
 from nnfp.frontend import LogMelSpectrogram
-from nnfp.losses import similarity_matrix, source_ids
+from nnfp.losses import pair_masks, similarity_matrix, source_ids
 
 __all__ = ["FingerPrinter"]
 
@@ -113,9 +113,7 @@ class FingerPrinter(keras.Model):
     def _update_metrics(self, loss, labels, embeddings):
         import tensorflow as tf
 
-        positives = ops.equal(labels[:, None], labels[None, :])
-        not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
-        positives = ops.logical_and(positives, not_self)
+        positives, not_self = pair_masks(labels)
         negatives = ops.logical_and(not_self, ops.logical_not(positives))
         sim = ops.matmul(embeddings, ops.transpose(embeddings))
         positive_f = ops.cast(positives, sim.dtype)
