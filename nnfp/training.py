@@ -168,7 +168,13 @@ def prepare_data(config, log=print):
     Each source is the embedded corpus, a folder, a CSV/JSON manifest or a prepared cache
     (`nnfp data prepare`); unusable files are skipped and reported, never fatal mid-run.
     """
-    from nnfp.data import load_source, load_tracks, make_pair_dataset, make_validation_pairs
+    from nnfp.data import (
+        load_source,
+        load_tracks,
+        make_pair_dataset,
+        make_validation_pairs,
+        segment_starts,
+    )
 
     data, train, rate = config["data"], config["train"], config["frontend"]["sample_rate"]
     keys = ["train", "val", "noise", "impulse_responses"] + (["speech"] if data["speech_prob"] > 0 else [])
@@ -220,7 +226,7 @@ def prepare_data(config, log=print):
     )
     segment = int(round(config["frontend"]["segment_seconds"] * rate))
     hop = int(round(data["hop_seconds"] * rate))
-    n_segments = sum(max(0, (len(t) - segment) // hop + 1) for t in tracks)
+    n_segments = sum(len(segment_starts(len(t), segment, hop)) for t in tracks)
     steps = train["steps_per_epoch"] or max(1, n_segments // train["n_anchors"])
 
     originals = replicas = None
