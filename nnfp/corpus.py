@@ -261,6 +261,13 @@ def _envelope(n_hold, n_total, sample_rate, attack, decay, sustain):
 # ------------------------------------------------------------------------------ timbres
 
 
+_ENVELOPE_RANGES = {
+    "pad": ((0.08, 0.5), (0.3, 1.0), (0.6, 0.9), (0.2, 0.6)),
+    "bass": ((0.002, 0.01), (0.1, 0.4), (0.3, 0.8), (0.03, 0.1)),
+    "other": ((0.002, 0.04), (0.08, 0.6), (0.1, 0.7), (0.04, 0.25)),
+}
+
+
 def _random_instrument(rng, role):
     kinds = {
         "lead": ("additive", "fm", "pluck", "square", "saw", "pulse", "mallet", "organ"),
@@ -270,27 +277,10 @@ def _random_instrument(rng, role):
     }[role]
     kind = str(rng.choice(kinds))
     spec = {"kind": kind, "role": role}
-    if role == "pad":
-        spec.update(
-            attack=rng.uniform(0.08, 0.5),
-            decay=rng.uniform(0.3, 1.0),
-            sustain=rng.uniform(0.6, 0.9),
-        )
-        spec.update(release=rng.uniform(0.2, 0.6))
-    elif role == "bass":
-        spec.update(
-            attack=rng.uniform(0.002, 0.01),
-            decay=rng.uniform(0.1, 0.4),
-            sustain=rng.uniform(0.3, 0.8),
-        )
-        spec.update(release=rng.uniform(0.03, 0.1))
-    else:
-        spec.update(
-            attack=rng.uniform(0.002, 0.04),
-            decay=rng.uniform(0.08, 0.6),
-            sustain=rng.uniform(0.1, 0.7),
-        )
-        spec.update(release=rng.uniform(0.04, 0.25))
+    # (low, high) of attack, decay, sustain and release, drawn in this order.
+    envelope = _ENVELOPE_RANGES.get(role, _ENVELOPE_RANGES["other"])
+    for name, (low, high) in zip(("attack", "decay", "sustain", "release"), envelope, strict=True):
+        spec[name] = rng.uniform(low, high)
     if kind in ("additive", "square", "saw", "pulse", "organ", "pad"):
         spec["wave"] = {"pad": "saw"}.get(kind, kind)
         spec["rolloff"] = rng.uniform(0.8, 2.0)
