@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 
-from nnfp.search import format_hit_rate_table, sequence_hit_rates
+from nnfp.search import sequence_hit_rates
 
-__all__ = ["MiniSearchValidation", "SimilarityMatrixImages", "similarity_image"]
+__all__ = ["EpochProgress", "MiniSearchValidation", "SimilarityMatrixImages", "mini_search_line", "similarity_image"]
 
 # Embedding name -> (log-key stem, search metric). f is compared by L2 distance and the
 # normalised embeddings by inner product, as the official seed (argmin L2 == argmax IP on
@@ -13,11 +13,10 @@ __all__ = ["MiniSearchValidation", "SimilarityMatrixImages", "similarity_image"]
 _EMBEDDINGS = {"f": ("f", "l2"), "L2(f)": ("l2f", "ip"), "g(f)": ("gf", "ip")}
 
 
-def _embed_batches(model, waveforms, batch_size):
-    """embed_all() over an array in batches -> dict of (N, dim) arrays."""
+def _embed_batches(embed, waveforms, batch_size):
+    """`embed` (a model's `embed_all`, as a `tf.function`) over an array in batches -> dict of (N, dim) arrays."""
     import tensorflow as tf
 
-    embed = tf.function(model.embed_all, reduce_retracing=True)
     parts = {key: [] for key in _EMBEDDINGS}
     for start in range(0, len(waveforms), batch_size):
         out = embed(tf.constant(waveforms[start : start + batch_size]))
@@ -42,7 +41,9 @@ class MiniSearchValidation(keras.callbacks.Callback):
         scopes: query lengths in segments.
         batch_size: inference batch size.
         every: run every `every` epochs.
-        verbose: print the tables.
+        verbose: print one line per epoch (g(f) top-1 at each scope); the full
+            results stay in `logs` and in `last_results` (`format_hit_rate_table`
+            renders them as tables).
 
     Example:
     >>> cb = MiniSearchValidation(val_originals, val_replicas)
@@ -68,11 +69,18 @@ class MiniSearchValidation(keras.callbacks.Callback):
         self.every = every
         self.verbose = verbose
         self.last_results = None
+        self._embed = self._embed_model = None
 
     def evaluate(self):
         """Run the mini search now; returns {embedding name: hit-rate dict}."""
-        db = _embed_batches(self.model, self.originals, self.batch_size)
-        queries = _embed_batches(self.model, self.replicas, self.batch_size)
+        import tensorflow as tf
+
+        if self._embed is None or self._embed_model is not self.model:
+            # One tf.function per model: later epochs reuse its trace instead of retracing.
+            self._embed = tf.function(self.model.embed_all, reduce_retracing=True)
+            self._embed_model = self.model
+        db = _embed_batches(self._embed, self.originals, self.batch_size)
+        queries = _embed_batches(self._embed, self.replicas, self.batch_size)
         return {
             name: sequence_hit_rates(db[name], queries[name], scopes=self.scopes, metric=metric)
             for name, (_, metric) in _EMBEDDINGS.items()
@@ -90,8 +98,35 @@ class MiniSearchValidation(keras.callbacks.Callback):
                     for metric in ("top1", "top3", "top10", "mean_rank"):
                         logs[f"ms_{stem}_{metric}_s{scope}"] = float(result[metric][i])
         if self.verbose:
-            for name, result in results.items():
-                print(format_hit_rate_table(result, f"mini-search validation (epoch {epoch + 1}): {name}"))
+            print(mini_search_line(results["g(f)"]))
+
+
+def mini_search_line(result):
+    """One line of g(f) top-1 hit rates per scope, e.g. `mini-search g(f) top-1 %: 1s 41.2 | 3s 70.3`."""
+    cells = " | ".join(f"{scope}s {top1:.1f}" for scope, top1 in zip(result["scopes"], result["top1"]))
+    return f"mini-search g(f) top-1 %: {cells}"
+
+
+class EpochProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar without the mini-search scalars, plus one compact mini-search line.
+
+    `MiniSearchValidation` writes 4 metrics x 3 embeddings x each scope into `logs`
+    (72 scalars with the default scopes) for checkpoints, CSV, TensorBoard and W&B.
+    This logger leaves the `ms_*` keys out of the epoch line and prints g(f) top-1 at
+    each scope on a line of its own. Passing it to `fit` replaces Keras' default
+    progress bar; `fit(verbose=...)` still sets its verbosity.
+
+    Example:
+    >>> model.fit(ds, callbacks=[MiniSearchValidation(o, r, verbose=0), EpochProgress()])
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        super().on_epoch_end(epoch, {k: v for k, v in logs.items() if not k.startswith("ms_")})
+        top1 = {int(k.rsplit("_s", 1)[1]): v for k, v in logs.items() if k.startswith("ms_gf_top1_s")}
+        if self.verbose and top1:
+            scopes = sorted(top1)
+            print(mini_search_line({"scopes": scopes, "top1": [top1[s] for s in scopes]}))
 
 
 def similarity_image(similarity):

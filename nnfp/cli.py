@@ -1,6 +1,7 @@
-"""`nnfp` command line: train, model-summary, export, index build|add|merge, identify, evaluate, demo."""
+"""`nnfp` command line: train, model-summary, export, index build|add|merge, identify, monitor, evaluate, demo."""
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -41,7 +42,14 @@ def cmd_model_summary(args):
     from nnfp.config import load_config
     from nnfp.training import build_model
 
-    model = build_model(load_config(args.config, args.overrides))
+    config = args.config
+    if args.legacy_config is not None:
+        if config is not None:
+            print("error: give the config once, as --config", file=sys.stderr)
+            return 2
+        print("note: `nnfp model-summary CONFIG` is deprecated; use `nnfp model-summary --config CONFIG`", file=sys.stderr)
+        config = args.legacy_config
+    model = build_model(load_config(config, args.overrides))
     model.summary(expand_nested=True, line_length=110)
     print(f"params: {model.count_params()}")
     return 0
@@ -54,10 +62,13 @@ def cmd_export(args):
     run_dir = Path(args.run_dir)
     config_path = run_dir / "config.yaml"
     config = load_config(config_path) if config_path.exists() else None
+    from nnfp.outputs import claim_output_dir
+
+    claim_output_dir(args.out_dir, "export", overwrite=args.overwrite, inputs=[run_dir])  # before loading
     embedder = load_fingerprinter(run_dir)
     if not hasattr(embedder, "model"):
-        raise SystemExit(f"{run_dir}: already a SavedModel; export needs a run directory or .keras file")
-    out = export_saved_model(embedder.model, args.out_dir, config)
+        raise ValueError(f"{run_dir}: already a SavedModel; export needs a run directory or .keras file")
+    out = export_saved_model(embedder.model, args.out_dir, config, overwrite=args.overwrite, inputs=[run_dir])
     print(f"exported {out} (serving_default: waveforms (batch, {embedder.segment_samples}) -> fingerprint)")
     return 0
 
@@ -177,10 +188,11 @@ def _index_params(args):
 
 
 def _print_report(report, action):
+    fresh = report.audio_seconds if report.fresh_audio_seconds is None else report.fresh_audio_seconds
     print(
         f"{action} {report.n_tracks} tracks ({report.n_segments} segments, "
-        f"{report.audio_seconds / 3600:.2f} h of audio); fingerprinting ran at "
-        f"{report.realtime_factor:.0f}x real time"
+        f"{report.audio_seconds / 3600:.2f} h of audio)"
+        + (f"; fingerprinting ran at {report.realtime_factor:.0f}x real time" if fresh > 0 else "")
         + (f"; {report.resumed_chunks} chunks reused from an interrupted run" if report.resumed_chunks else "")
     )
     db = report.db
@@ -188,7 +200,13 @@ def _print_report(report, action):
     if report.skipped:
         print(f"skipped {len(report.skipped)} files:")
         for path, reason in report.skipped:
-            print(f"  {path}: {reason}")
+            print(f"  {_printable(path)}: {reason}")
+
+
+def _printable(name):
+    """A file name on one line: names with newlines or other control characters are quoted, escaped."""
+    name = str(name)
+    return name if name.isprintable() else repr(name)
 
 
 def cmd_index_build(args):
@@ -205,7 +223,7 @@ def cmd_index_build(args):
                 f"Received: {' '.join(given)}"
             )
         report = build_shard(
-            args.audio_dir, args.index_dir, shard, n_shards, model=args.model,
+            args.audio_dir, args.index_dir, shard, n_shards, model=args.model, trust_model=args.trust_model,
             batch_size=args.batch_size, chunk_files=args.chunk_files, progress=not args.quiet,
         )
         out = Path(args.index_dir) / shard_dir_name(shard, n_shards)
@@ -218,9 +236,9 @@ def cmd_index_build(args):
             print(f"  skipped {path}: {reason}")
         return 0
     report = build_index(
-        args.audio_dir, args.index_dir, model=args.model, index_type=args.index_type,
+        args.audio_dir, args.index_dir, model=args.model, trust_model=args.trust_model, index_type=args.index_type,
         batch_size=args.batch_size, chunk_files=args.chunk_files, progress=not args.quiet,
-        **_index_params(args),
+        overwrite=args.overwrite, **_index_params(args),
     )
     _print_report(report, "indexed")
     return 0
@@ -231,9 +249,26 @@ def cmd_index_add(args):
 
     report = add_to_index(
         args.index_dir, args.audio_dir, batch_size=args.batch_size, chunk_files=args.chunk_files,
-        progress=not args.quiet,
+        progress=not args.quiet, trust_model=args.trust_model, lock_timeout=args.lock_timeout,
     )
     _print_report(report, "added")
+    return 0
+
+
+def cmd_index_verify(args):
+    from nnfp.index import verify_index
+
+    problems, notes = verify_index(args.index_dir, model=args.model, trust_model=args.trust_model)
+    for note in notes:
+        print(f"note: {note}")
+    if problems:
+        for problem in problems:
+            print(f"PROBLEM: {problem}")
+        print(f"{args.index_dir}: {len(problems)} problem(s); rebuild the index (`nnfp index build`) "
+              "or restore it from a backup")
+        return 2
+    print(f"{args.index_dir}: OK (every file matches its checksum; the model reproduces the probe fingerprints)"
+          if not notes else f"{args.index_dir}: OK as far as it can be checked")
     return 0
 
 
@@ -242,7 +277,7 @@ def cmd_index_merge(args):
 
     report = merge_shards(
         args.shard_dirs, args.index_dir, index_type=args.index_type, progress=not args.quiet,
-        **_index_params(args),
+        overwrite=args.overwrite, **_index_params(args),
     )
     db = report.db
     print(
@@ -262,16 +297,20 @@ def cmd_identify(args):
     from nnfp.index import Identifier, QueryError
 
     identifier = Identifier(
-        args.index_dir, model=args.model, k_probe=args.k_probe, min_score=args.min_score,
-        threads=args.threads, nprobe=args.nprobe,
+        args.index_dir, model=args.model, k_probe=args.k_probe,
+        min_score="calibrated" if args.min_score is None else args.min_score,
+        threads=args.threads, nprobe=args.nprobe, trust_model=args.trust_model, phases=args.phases,
     )
+    if identifier.db.integrity is None:
+        print(f"nnfp identify: note: {args.index_dir} records no checksums (built by an older nnfp); "
+              "rebuild it to have its files checked", file=sys.stderr)
     failed = 0
     for query in args.queries:
         try:
             matches = identifier.identify_file(query, n_results=args.top_k)
         except (AudioError, QueryError) as error:
             failed += 1
-            print(f"nnfp identify: error: {error}", file=sys.stderr)
+            print(f"nnfp identify: error: {_one_line(error)}", file=sys.stderr)
             if args.json:
                 print(json.dumps({"query": query, "matches": [], "error": str(error)}), flush=True)
             continue
@@ -282,12 +321,66 @@ def cmd_identify(args):
             ]
             print(json.dumps({"query": query, "matches": found}), flush=True)
         elif not matches:
-            print(f"{query}: no match (no candidate scored >= {args.min_score})")
+            seconds = identifier.last_query_seconds
+            threshold = identifier.match_threshold(seconds)
+            how = "calibrated " if args.min_score is None and identifier.calibration is not None else ""
+            print(
+                f"{_printable(query)}: no match (not in the catalogue: no place scored >= the {how}"
+                f"threshold {threshold:.3f} for a {seconds:.1f} s query)"
+            )
         else:
-            print(f"{query}:")
+            print(f"{_printable(query)}:")
             for rank, m in enumerate(matches, 1):
-                print(f"  {rank}. {m.path}  offset {m.offset_s:.1f} s  score {m.score:.3f}")
+                print(f"  {rank}. {_printable(m.path)}  offset {m.offset_s:.1f} s  score {m.score:.3f}")
     return 1 if failed == len(args.queries) else 0
+
+
+def cmd_monitor(args):
+    from nnfp.data import AudioError
+    from nnfp.index import Identifier
+    from nnfp.monitor import format_detection, monitor_stream, read_blocks, read_pcm_blocks
+
+    if args.rate <= 0:
+        raise ValueError(f"--rate must be > 0. Received: --rate {args.rate}")
+    identifier = Identifier(
+        args.index_dir, model=args.model, k_probe=args.k_probe, threads=args.threads,
+        nprobe=args.nprobe, trust_model=args.trust_model,
+    )
+    failed = 0
+    for recording in args.recordings:
+        if recording == "-":
+            blocks = read_pcm_blocks(sys.stdin.buffer, args.rate, identifier.sample_rate)
+        else:
+            blocks = read_blocks(recording, identifier.sample_rate)
+        if not args.json:
+            print(f"{_printable(recording)}:", flush=True)
+        found = 0
+        try:
+            for play in monitor_stream(
+                identifier, blocks, recording, window_seconds=args.window, max_gap_seconds=args.max_gap,
+                min_score=args.min_score, batch_size=args.batch_size,
+            ):
+                found += 1
+                line = json.dumps(play.as_dict()) if args.json else "  " + format_detection(play)
+                print(line, flush=True)
+        except AudioError as error:
+            failed += 1
+            print(f"nnfp monitor: error: {_one_line(error)}", file=sys.stderr)
+            continue
+        if not args.json and not found:
+            print("  (no catalogue track detected)", flush=True)
+    return 2 if failed else 0
+
+
+def cmd_index_calibrate(args):
+    from nnfp.evaluation import calibrate_index
+
+    calibrate_index(
+        args.index_dir, args.unknown, out=args.out, n_queries=args.n_queries, lengths_seconds=tuple(args.lengths),
+        target_false_match=args.target, snr_db_range=tuple(args.snr_range), noise_dir=args.noise_dir,
+        ir_dir=args.ir_dir, phases=args.phases, k_probe=args.k_probe, seed=args.seed, progress=not args.quiet,
+    )
+    return 0
 
 
 def cmd_evaluate(args):
@@ -295,10 +388,12 @@ def cmd_evaluate(args):
 
     evaluate(
         args.out, index_dir=args.index_dir, db_dir=args.db, model=args.model, dummy_dir=args.dummy_dir,
-        query_dir=args.query_dir, n_queries=args.n_queries, lengths_seconds=tuple(args.lengths),
+        query_dir=args.query_dir, n_queries=args.n_queries, trust_model=args.trust_model, lengths_seconds=tuple(args.lengths),
         snr_db_range=tuple(args.snr_range), noise_dir=args.noise_dir, ir_dir=args.ir_dir,
         noise_kind=args.noise_kind, add_noise=not (args.clean or args.no_noise),
         add_reverb=not (args.clean or args.no_reverb), seed=args.seed, k_probe=args.k_probe,
+        unknown_dir=args.unknown_dir, n_unknown=args.n_unknown, aligned=args.aligned, phases=args.phases,
+        min_score="calibrated" if args.min_score is None else args.min_score,
         index_type=args.index_type, threads=args.threads, progress=not args.quiet,
         **_index_params(args),
     )
@@ -310,6 +405,7 @@ def _add_index_arguments(parser, model=True):
 
     if model:
         parser.add_argument("--model", default=None, help="run directory, .keras file or SavedModel (default: the packaged model)")
+        _add_trust_argument(parser)
     parser.add_argument(
         "--index-type", default="auto", choices=("auto", *INDEX_TYPES),
         help="faiss index; auto: flat (exact) below 100k segments (~14 h), ivfpq above",
@@ -321,6 +417,39 @@ def _add_index_arguments(parser, model=True):
     parser.add_argument("--hnsw-m", dest="hnsw_m", type=int, default=None, help="HNSW degree (default 32)")
     parser.add_argument("--ef-search", dest="ef_search", type=int, default=None, help="HNSW search breadth (default 128)")
     parser.add_argument("--train-size", dest="train_size", type=int, default=None, help="IVF/PQ training sample")
+
+
+def _add_trust_argument(parser):
+    parser.add_argument(
+        "--trust-model", action="store_true",
+        help="allow a TensorFlow SavedModel, which can run arbitrary operations when loaded "
+        "(.keras models load in Keras safe mode and need no flag)",
+    )
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, received {text!r}")
+    return value
+
+
+def _finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, received {text!r}") from None
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, received {text!r}")
+    return value
+
+
+def _one_line(error):
+    """An error message on one line (file names with newlines are escaped)."""
+    return str(error).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _add_fingerprint_arguments(parser):
@@ -386,13 +515,15 @@ def build_parser():
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("model-summary", help="print the Keras summary of a config's model")
-    p.add_argument("config")
+    p.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
+    p.add_argument("legacy_config", nargs="?", default=None, metavar="CONFIG", help="deprecated: use --config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.set_defaults(func=cmd_model_summary)
 
     p = sub.add_parser("export", help="export a trained run as a TF SavedModel")
     p.add_argument("run_dir", help="run directory (or .keras file)")
-    p.add_argument("out_dir")
+    p.add_argument("out_dir", help="new or empty folder (or an earlier export, with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing nnfp export at OUT_DIR")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="train briefly on the embedded corpus, index it, identify noisy queries")
@@ -404,13 +535,18 @@ def build_parser():
 
     _add_data_commands(sub)
 
-    from nnfp.index import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE
+    from nnfp.index import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE, DEFAULT_PHASES
 
     index = sub.add_parser("index", help="build, extend or merge (sharded build) a fingerprint index")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     p = index_sub.add_parser("build", help="fingerprint every track of AUDIO_DIR into INDEX_DIR (resumable)")
     p.add_argument("audio_dir")
-    p.add_argument("index_dir", help="output index folder; with --shard, the folder receiving shard-I-of-N/")
+    p.add_argument(
+        "index_dir",
+        help="output index folder (new, empty, or an nnfp index with --overwrite; never a folder nnfp did "
+        "not create); with --shard, the folder receiving shard-I-of-N/",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing nnfp index at INDEX_DIR")
     p.add_argument(
         "--shard", default=None, metavar="I/N",
         help="fingerprint only shard I of N (0 <= I < N) into INDEX_DIR/shard-I-of-N; "
@@ -424,6 +560,7 @@ def build_parser():
     )
     p.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR", help="OUT_DIR/shard-I-of-N folders, or OUT_DIR")
     p.add_argument("index_dir", metavar="INDEX_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing nnfp index at INDEX_DIR")
     _add_index_arguments(p, model=False)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index_merge)
@@ -431,19 +568,80 @@ def build_parser():
     p.add_argument("index_dir")
     p.add_argument("audio_dir", metavar="more_audio_dir")
     _add_fingerprint_arguments(p)
+    _add_trust_argument(p)
+    p.add_argument(
+        "--lock-timeout", type=float, default=None, metavar="SECONDS",
+        help="give up after waiting this long for another add of the same index (default: wait)",
+    )
     p.set_defaults(func=cmd_index_add)
+    p = index_sub.add_parser(
+        "calibrate",
+        help="calibrate the match threshold per query length (<= 1 %% false matches) into INDEX_DIR/calibration.json",
+    )
+    p.add_argument("index_dir")
+    p.add_argument("--unknown", required=True, help="folder of tracks NOT in the index (out-of-catalogue queries)")
+    p.add_argument("--out", default=None, help="where to write it (default INDEX_DIR/calibration.json; "
+                   "MODEL.calibration.json next to a .keras model ships it with the model)")
+    p.add_argument("--n-queries", type=_positive_int, default=500, help="queries of each kind (default 500)")
+    p.add_argument("--lengths", type=float, nargs="+", default=[1, 2, 3, 5, 6, 10], help="query lengths in seconds")
+    p.add_argument("--target", type=_finite_float, default=0.01, help="false-match rate allowed (default 0.01)")
+    p.add_argument("--snr-range", type=float, nargs=2, default=[0.0, 10.0], metavar=("LOW", "HIGH"))
+    p.add_argument("--noise-dir", default=None, help="background noise folder (default: generated noise)")
+    p.add_argument("--ir-dir", default=None, help="impulse response folder (default: generated rooms)")
+    p.add_argument("--phases", type=_positive_int, default=DEFAULT_PHASES)
+    p.add_argument("--k-probe", type=_positive_int, default=DEFAULT_K_PROBE)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_index_calibrate)
+    p = index_sub.add_parser(
+        "verify", help="check every file of INDEX_DIR against its checksum and its model against the probes"
+    )
+    p.add_argument("index_dir")
+    p.add_argument("--model", default=None, help="check this model instead of the index's own")
+    _add_trust_argument(p)
+    p.set_defaults(func=cmd_index_verify)
 
     p = sub.add_parser("identify", help="find the track and offset of query recordings")
     p.add_argument("index_dir")
     p.add_argument("queries", nargs="+", metavar="QUERY", help="audio files, any format/rate, >= 1 s")
     p.add_argument("--json", action="store_true", help="one JSON object per query and line")
-    p.add_argument("--top-k", type=int, default=5, help="matches printed per query (default 5)")
-    p.add_argument("--k-probe", type=int, default=DEFAULT_K_PROBE, help=f"faiss neighbours per query segment (default {DEFAULT_K_PROBE})")
-    p.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE, help=f"drop matches scoring below this (default {DEFAULT_MIN_SCORE})")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="matches printed per query (default 5)")
+    p.add_argument("--k-probe", type=_positive_int, default=DEFAULT_K_PROBE, help=f"faiss neighbours per query segment (default {DEFAULT_K_PROBE})")
+    p.add_argument(
+        "--min-score", type=_finite_float, default=None,
+        help="fixed match threshold (default: the index's calibrated threshold for the query's length, "
+        f"or {DEFAULT_MIN_SCORE} when the index has no calibration)",
+    )
+    p.add_argument("--phases", type=_positive_int, default=DEFAULT_PHASES,
+                   help=f"query phases per index hop (default {DEFAULT_PHASES})")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default: as built)")
     p.add_argument("--threads", type=int, default=1, help="faiss threads (default 1)")
     p.add_argument("--model", default=None, help="override the index's model")
+    _add_trust_argument(p)
     p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser(
+        "monitor", help="every catalogue track played in long recordings or a stream (-: raw PCM on stdin)"
+    )
+    p.add_argument("index_dir")
+    p.add_argument(
+        "recordings", nargs="+", metavar="RECORDING",
+        help="audio files, any format/rate; - reads raw 16-bit little-endian mono PCM from stdin",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per detected play and line, as it ends")
+    p.add_argument("--rate", type=int, default=8000, help="sample rate of the PCM on stdin (default 8000)")
+    p.add_argument("--window", type=_finite_float, default=5.0, help="seconds of audio per searched window (default 5)")
+    p.add_argument("--max-gap", dest="max_gap", type=_finite_float, default=10.0,
+                   help="a play survives this many seconds without a match (default 10)")
+    p.add_argument("--min-score", type=_finite_float, default=None,
+                   help="window score threshold (default: the index's calibrated threshold)")
+    p.add_argument("--k-probe", type=_positive_int, default=DEFAULT_K_PROBE)
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="segments per inference batch")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default: as built)")
+    p.add_argument("--threads", type=int, default=1, help="faiss threads (default 1)")
+    p.add_argument("--model", default=None, help="override the index's model")
+    _add_trust_argument(p)
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("evaluate", help="the paper's search evaluation: hit rates against query length")
     p.add_argument("index_dir", nargs="?", default=None, help="a saved index (or use --db)")
@@ -462,6 +660,14 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k-probe", type=int, default=DEFAULT_K_PROBE)
     p.add_argument("--threads", type=int, default=1, help="faiss threads (default 1)")
+    p.add_argument("--aligned", action="store_true",
+                   help="cut queries on the DB hop grid (the paper's protocol); default: random sample positions")
+    p.add_argument("--unknown-dir", default=None, help="tracks NOT in the index: queries for the false-match rate")
+    p.add_argument("--n-unknown", type=int, default=None, help="out-of-catalogue queries (default: --n-queries)")
+    p.add_argument("--phases", type=_positive_int, default=DEFAULT_PHASES,
+                   help=f"query phases per index hop (default {DEFAULT_PHASES})")
+    p.add_argument("--min-score", type=_finite_float, default=None,
+                   help="fixed match threshold (default: the index's calibrated threshold per query length)")
     p.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
     _add_index_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -473,10 +679,19 @@ def main(argv=None):
     from nnfp.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    command = " ".join(
+        [args.command] + [getattr(args, f"{args.command}_command", None) or ""]
+    ).strip()  # "index build", "data prepare", "identify"
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"nnfp {args.command}: error: {error}", file=sys.stderr)
+        print(f"nnfp {command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, no permission, a lock not obtained...
+        hint = ""
+        if error.errno == errno.ENOSPC:
+            hint = "; free some space and run again (an existing index or output folder was left as it was)"
+        print(f"nnfp {command}: error: {_one_line(error)}{hint}", file=sys.stderr)
         return 2
 
 

@@ -1,6 +1,7 @@
 """YAML configuration: load, merge, override and validate before anything is built."""
 
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -59,17 +60,32 @@ def _type_name(types):
     return " or ".join("number" if t is float else t.__name__ for t in types)
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _as_float(value):
+    """YAML 1.1 reads `1e-4` (no dot) as text: such text is a number where one is expected."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def _check_type(key, value, default):
+    """Raises ConfigError unless `value` suits `key`; returns it (number text made a float)."""
     if key in _NULLABLE:
         if value is None:
-            return
+            return value
         types = _NULLABLE[key]
     elif default is None:
-        return
+        return value
     else:
         types = (type(default),)
+    if float in types:
+        value = _as_float(value)
+    if isinstance(value, list) and isinstance(default, list) and default and isinstance(default[0], float):
+        value = [_as_float(item) for item in value]
     if float in types and isinstance(value, int) and not isinstance(value, bool):
-        return
+        return value
     if bool not in types and isinstance(value, bool):
         raise ConfigError(f"config key '{key}': expected {_type_name(types)}, received {value!r} (bool)")
     if not isinstance(value, types):
@@ -84,6 +100,7 @@ def _check_type(key, value, default):
                 raise ConfigError(
                     f"config key '{key}': expected a list of {_type_name((element,))}, received {value!r}"
                 )
+    return value
 
 
 def _merge(base, update, prefix, defaults):
@@ -97,8 +114,7 @@ def _merge(base, update, prefix, defaults):
                 raise ConfigError(f"config key '{path}': expected a section (mapping), received {value!r}")
             _merge(base[key], value, f"{path}.", defaults[key])
         else:
-            _check_type(path, value, defaults[key])
-            base[key] = value
+            base[key] = _check_type(path, value, defaults[key])
 
 
 def _read_yaml(path):
@@ -126,7 +142,16 @@ def parse_overrides(items):
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is set to a value and used as a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:  # unbalanced brackets, tags such as !!python/object...
+            problem = " ".join(str(getattr(error, "problem", None) or error).split())
+            raise ConfigError(
+                f"--set {item!r}: not a valid YAML value ({problem}); quote text values, "
+                "e.g. --set 'section.key=\"text\"'"
+            ) from None
     return nested
 
 
@@ -205,6 +230,11 @@ def validate(config):
             f"into projection.embedding_dim={d} slices, received {frontend['segment_seconds']} s"
         )
     data = config["data"]
+    if data["speech"] == "embedded":
+        raise ConfigError(
+            "config key 'data.speech': the embedded corpus has no speech; expected a folder, manifest or "
+            "prepared cache of speech recordings (or null), received 'embedded'"
+        )
     if data["offset_margin"] < 0 or data["offset_margin"] > data["hop_seconds"]:
         raise ConfigError(
             f"config key 'data.offset_margin': expected 0 <= offset_margin <= data.hop_seconds = "

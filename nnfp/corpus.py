@@ -1174,6 +1174,38 @@ def _write_json(path, payload):
     os.replace(tmp, path)
 
 
+def _corpus_entries(params):
+    """The corpus's files: {group: [(relative path, entry, audio function)]}, nothing rendered yet."""
+    seed, rate = params["seed"], params["sample_rate"]
+    entries = {"music": [], "noise": [], "ir": []}
+    for index in range(params["n_tracks"]):
+        track_seed = _derived_seed(seed, "music", index)
+        entries["music"].append((
+            f"music/track_{index:04d}.wav", {"seed": track_seed},
+            lambda s=track_seed: compose_track(s, params["track_seconds"], rate),
+        ))
+    for index in range(params["n_noise"]):
+        noise_seed = _derived_seed(seed, "noise", index)
+        kind = NOISE_KINDS[index % len(NOISE_KINDS)]
+        entries["noise"].append((
+            f"noise/noise_{index:03d}.wav", {"seed": noise_seed, "kind": kind},
+            lambda s=noise_seed, k=kind: make_noise(s, params["noise_seconds"], rate, kind=k),
+        ))
+    for index in range(params["n_irs"]):
+        ir_seed = _derived_seed(seed, "ir", index)
+        entries["ir"].append((
+            f"ir/ir_{index:03d}.wav", {"seed": ir_seed}, lambda s=ir_seed: make_impulse_response(s, rate)
+        ))
+    return entries
+
+
+def _read_manifest(root):
+    try:
+        return json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def generate_corpus(
     out_dir,
     n_tracks=40,
@@ -1189,8 +1221,18 @@ def generate_corpus(
     Files: `music/track_0000.wav`, `noise/noise_000.wav` (kinds cycle through
     `NOISE_KINDS`), `ir/ir_000.wav`, all 16-bit PCM, and `manifest.json` with the
     parameters, per-file seeds and file list. A directory whose manifest has the same
-    parameters and whose files all exist is returned untouched. Each file is written
-    to a temporary name and renamed; the manifest is written last."""
+    parameters and whose files all exist is returned untouched; files missing from
+    it are written again (the same seed gives the same bytes).
+
+    A new corpus is written to a temporary folder beside `out_dir` and renamed into
+    place, so a concurrent run never sees half a corpus; when two runs race, the
+    first rename wins and the other run uses its corpus. Nothing is ever deleted
+    from `out_dir`: a folder holding a different corpus, or other files, is refused.
+
+    Raises:
+        ValueError: a count is negative, or `out_dir` holds a different corpus or
+            files that are not a corpus.
+    """
     for name, value in (("n_tracks", n_tracks), ("n_noise", n_noise), ("n_irs", n_irs)):
         if value < 0:
             raise ValueError(f"`{name}` must be non-negative. Received: {name}={value}")
@@ -1206,51 +1248,52 @@ def generate_corpus(
         "noise_seconds": float(noise_seconds),
         "n_irs": int(n_irs),
     }
-    manifest_path = root / "manifest.json"
-    if manifest_path.exists():
+    entries = _corpus_entries(params)
+    manifest = _read_manifest(root)
+    if manifest is not None and manifest.get("params") == params:
+        for group in entries.values():  # repair: rewrite missing files, identical bytes
+            for relative, _, render in group:
+                if not (root / relative).exists():
+                    _write_wav(root / relative, render(), sample_rate)
+        return paths
+    if root.is_dir() and any(root.iterdir()):
+        if manifest is not None:
+            changed = {k: (manifest.get("params", {}).get(k), v) for k, v in params.items()
+                       if manifest.get("params", {}).get(k) != v}
+            reason = "a different corpus (" + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()) + ")"
+        else:
+            reason = "files that are not a generated corpus (no manifest.json)"
+        raise ValueError(
+            f"{root} holds {reason}; another run may be reading it, so it is not rewritten. "
+            f"Use another folder or delete this one. Received: out_dir={out_dir}"
+        )
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        for group in ("music", "noise", "ir"):
+            (staging / group).mkdir()
+        for group in entries.values():
+            for relative, _, render in group:
+                _write_wav(staging / relative, render(), sample_rate)
+        manifest = {
+            "params": params,
+            "files": {group: [relative for relative, _, _ in items] for group, items in entries.items()},
+            "entries": {
+                group: [{"file": relative, **entry} for relative, entry, _ in items]
+                for group, items in entries.items()
+            },
+        }
+        _write_json(staging / "manifest.json", manifest)
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            manifest = {}
-        files = [f for group in manifest.get("files", {}).values() for f in group]
-        if manifest.get("params") == params and all((root / f).exists() for f in files):
-            return paths
-        manifest_path.unlink()  # never leave a manifest describing half-rewritten files
+            os.rename(staging, root)  # atomic; replaces only a missing or empty folder
+        except OSError:
+            if (_read_manifest(root) or {}).get("params") != params:
+                raise
+            # another run finished the same corpus first: use it
+        return paths
+    finally:
+        if staging.exists():
+            import shutil
 
-    for directory in (paths.music_dir, paths.noise_dir, paths.ir_dir):
-        directory.mkdir(parents=True, exist_ok=True)
-    entries = {"music": [], "noise": [], "ir": []}
-    for index in range(n_tracks):
-        track_seed = _derived_seed(seed, "music", index)
-        path = paths.music_dir / f"track_{index:04d}.wav"
-        _write_wav(path, compose_track(track_seed, track_seconds, sample_rate), sample_rate)
-        entries["music"].append({"file": f"music/{path.name}", "seed": track_seed})
-    for index in range(n_noise):
-        noise_seed = _derived_seed(seed, "noise", index)
-        kind = NOISE_KINDS[index % len(NOISE_KINDS)]
-        path = paths.noise_dir / f"noise_{index:03d}.wav"
-        _write_wav(path, make_noise(noise_seed, noise_seconds, sample_rate, kind=kind), sample_rate)
-        entries["noise"].append({"file": f"noise/{path.name}", "seed": noise_seed, "kind": kind})
-    for index in range(n_irs):
-        ir_seed = _derived_seed(seed, "ir", index)
-        path = paths.ir_dir / f"ir_{index:03d}.wav"
-        _write_wav(path, make_impulse_response(ir_seed, sample_rate), sample_rate)
-        entries["ir"].append({"file": f"ir/{path.name}", "seed": ir_seed})
-
-    # Files left over from a bigger corpus would be picked up by directory globs.
-    keep = {e["file"] for group in entries.values() for e in group}
-    for directory, pattern in (
-        (paths.music_dir, "track_*.wav"),
-        (paths.noise_dir, "noise_*.wav"),
-        (paths.ir_dir, "ir_*.wav"),
-    ):
-        for stale in directory.glob(pattern):
-            if f"{directory.name}/{stale.name}" not in keep:
-                stale.unlink()
-    manifest = {
-        "params": params,
-        "files": {group: [e["file"] for e in items] for group, items in entries.items()},
-        "entries": entries,
-    }
-    _write_json(manifest_path, manifest)
-    return paths
+            shutil.rmtree(staging, ignore_errors=True)

@@ -8,8 +8,10 @@ background noise at a random SNR and convolved with a room/microphone impulse re
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import csv
+import itertools
 import json
 import logging
 import math
@@ -24,8 +26,10 @@ import tensorflow as tf
 __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioError",
+    "AudioInfo",
     "MANIFEST_EXTENSIONS",
     "PairPipeline",
+    "audio_info",
     "is_prepared_cache",
     "list_audio_files",
     "load_audio",
@@ -37,12 +41,20 @@ __all__ = [
     "make_validation_pairs",
     "read_manifest",
     "segment_starts",
+    "stream_audio",
     "usability_problem",
 ]
 
 logger = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
+# Read by libsndfile (the fast path) or, failing that, by FFmpeg through PyAV: phone
+# recordings (m4a/AAC, 3gp/AMR), downloads (webm/opus, wma) and the audio track of videos.
+AUDIO_EXTENSIONS = (
+    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc",
+    ".au", ".caf", ".w64", ".m4a", ".m4b", ".aac", ".mp4", ".m4v", ".mov", ".3gp", ".3g2",
+    ".amr", ".awb", ".wma", ".asf", ".webm", ".mka", ".mkv", ".ac3", ".eac3", ".mp2",
+    ".wv", ".ape", ".spx",
+)  # fmt: skip
 MANIFEST_EXTENSIONS = (".csv", ".json")
 # `format` field of the manifest.json that `nnfp data prepare` writes (see nnfp/prepare.py).
 PREPARED_FORMAT = "nnfp-prepared-audio"
@@ -52,6 +64,7 @@ PREPARED_FORMAT = "nnfp-prepared-audio"
 # of two keeps int16 -> float32 exact whether a graph divides or multiplies by it.
 _INT16_SCALE = 32768.0
 _VALIDATION_CHUNK = 256
+_LOAD_BLOCK_SECONDS = 64.0  # decoding block of load_audio (bounds its native-rate buffers)
 
 
 class AudioError(ValueError):
@@ -74,36 +87,181 @@ class AudioError(ValueError):
 # ----------------------------------------------------------------------------- files
 
 
-def load_audio(path, sample_rate=8000):
-    """Reads an audio file as float32 mono at `sample_rate` (channels averaged, soxr resampling).
-
-    Raises:
-        AudioError: missing, empty, undecodable, zero-length, or non-finite audio.
-    """
+def _checked_path(path, sample_rate):
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be > 0. Received: sample_rate={sample_rate}")
     path = pathlib.Path(path)
     if not path.is_file():
         raise AudioError(path, "file not found")
     if path.stat().st_size == 0:
-        raise AudioError(path, "empty file (0 bytes); expected audio readable by soundfile")
+        raise AudioError(path, "empty file (0 bytes); expected audio")
+    return path
+
+
+def _open_soundfile(path):
+    """`(libsndfile handle, None)`, or `(None, why libsndfile cannot read it)`."""
     try:
-        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # libsndfile raises LibsndfileError, RuntimeError, TypeError...
-        raise AudioError(
-            path,
-            f"cannot decode audio ({type(exc).__name__}: {exc}); expected a format "
-            f"supported by libsndfile {sf.__libsndfile_version__} "
-            f"({', '.join(sorted(sf.available_formats()))})",
-        ) from exc
-    if data.size == 0:
-        raise AudioError(path, "contains no samples (zero-length audio)")
-    if not np.isfinite(data).all():
+        return sf.SoundFile(str(path)), None
+    except Exception as exc:  # LibsndfileError, RuntimeError, TypeError...
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _undecodable(path, sndfile_error, exc):
+    return AudioError(
+        path,
+        f"cannot decode audio: neither libsndfile ({sndfile_error}) nor FFmpeg "
+        f"({type(exc).__name__}: {exc}) can read it",
+    )
+
+
+def _ffmpeg_blocks(path, sndfile_error):
+    """Yields `(file rate, mono float32 frame)` for the first audio stream, decoded by FFmpeg."""
+    import av  # only for what libsndfile cannot read
+
+    try:
+        container = av.open(str(path))
+    except Exception as exc:  # av.FFmpegError subclasses, OSError
+        raise _undecodable(path, sndfile_error, exc) from exc
+    with container:
+        if not container.streams.audio:
+            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+            raise AudioError(path, f"no audio stream (FFmpeg found: {', '.join(kinds)})")
+        # Planar float at the first frame's rate and layout: later frames are converted to it.
+        resampler = av.AudioResampler(format="fltp")
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                for out in resampler.resample(frame):
+                    yield out.sample_rate, out.to_ndarray().mean(axis=0, dtype=np.float32)
+            for out in resampler.resample(None):
+                yield out.sample_rate, out.to_ndarray().mean(axis=0, dtype=np.float32)
+        except av.FFmpegError as exc:
+            raise _undecodable(path, sndfile_error, exc) from exc
+
+
+def _soundfile_blocks(path, handle, block_frames):
+    with handle:
+        try:
+            for block in handle.blocks(block_frames, dtype="float32", always_2d=True):
+                yield block.mean(axis=1, dtype=np.float32)
+        except Exception as exc:
+            raise AudioError(path, f"cannot decode audio ({type(exc).__name__}: {exc})") from exc
+
+
+def _finite(path, mono):
+    if not np.isfinite(mono).all():
         raise AudioError(path, "contains NaN or Inf samples; expected finite audio")
-    mono = data.mean(axis=1, dtype=np.float32)  # (samples,)
+    return mono
+
+
+def load_audio(path, sample_rate=8000):
+    """Reads an audio file as float32 mono at `sample_rate` (channels averaged, soxr resampling).
+
+    libsndfile reads wav/flac/ogg/mp3/aiff...; anything else FFmpeg decodes (m4a/AAC, 3gp/AMR,
+    wma, webm, the audio track of an mp4) is read through PyAV. The file is decoded block by
+    block (`stream_audio`), so memory peaks at twice the result, not at the decoded file.
+
+    Raises:
+        AudioError: missing, empty, undecodable, zero-length, or non-finite audio.
+    """
+    blocks = list(stream_audio(path, sample_rate, block_seconds=_LOAD_BLOCK_SECONDS))
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+def stream_audio(path, sample_rate=8000, block_seconds=64.0):
+    """Yields an audio file as float32 mono blocks at `sample_rate`, in bounded memory.
+
+    Every block holds `round(block_seconds * sample_rate)` samples except the last;
+    concatenated, they are exactly `load_audio(path, sample_rate)` (same decoder, same
+    channel mean, and soxr's streaming resampler gives the one-shot result).
+
+    >>> for block in stream_audio("two_hours.m4a", 8000, block_seconds=60):
+    ...     peak = max(peak, np.abs(block).max())
+
+    Raises:
+        AudioError: as `load_audio`, possibly after some blocks were yielded.
+    """
+    if block_seconds <= 0:
+        raise ValueError(f"block_seconds must be > 0. Received: block_seconds={block_seconds}")
+    path = _checked_path(path, sample_rate)
+    out_samples = max(1, int(round(block_seconds * sample_rate)))
+    handle, sndfile_error = _open_soundfile(path)
+    if handle is not None:
+        file_rate = handle.samplerate
+        native = _soundfile_blocks(path, handle, max(1, int(block_seconds * file_rate)))
+    else:
+        frames = _ffmpeg_blocks(path, sndfile_error)
+        first = next(frames, None)
+        if first is None:
+            raise AudioError(
+                path,
+                f"cannot decode audio: libsndfile cannot read it ({sndfile_error}) and FFmpeg "
+                "decoded no samples from it (zero-length audio, or not audio at all)",
+            )
+        file_rate = first[0]
+        native = itertools.chain([first[1]], (f for _, f in frames))
+    resampler = None
     if file_rate != sample_rate:
-        mono = soxr.resample(mono, file_rate, sample_rate)
-    return np.ascontiguousarray(mono, dtype=np.float32)
+        resampler = soxr.ResampleStream(file_rate, sample_rate, 1, dtype="float32")
+    pending, n_pending, n_yielded = [], 0, 0
+    for block in native:
+        _finite(path, block)
+        out = resampler.resample_chunk(block) if resampler is not None else block
+        pending.append(out)
+        n_pending += len(out)
+        if n_pending >= out_samples:
+            joined = np.concatenate(pending)
+            n_full = len(joined) - len(joined) % out_samples
+            for first in range(0, n_full, out_samples):
+                yield joined[first : first + out_samples].copy()
+            n_yielded += n_full
+            pending, n_pending = [joined[n_full:]], len(joined) - n_full
+    if resampler is not None:
+        pending.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    tail = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+    if n_yielded + len(tail) == 0:
+        raise AudioError(path, "contains no samples (zero-length audio)")
+    if len(tail):
+        yield np.ascontiguousarray(tail, dtype=np.float32)
+
+
+AudioInfo = collections.namedtuple("AudioInfo", "sample_rate channels seconds format")
+
+
+def audio_info(path):
+    """`AudioInfo(sample_rate, channels, seconds, format)` from the file header, without decoding.
+
+    `seconds` is None when the container does not say (some streams are only measured by
+    decoding them).
+
+    Raises:
+        AudioError: missing, empty or unreadable file.
+    """
+    path = _checked_path(path, 1)
+    handle, sndfile_error = _open_soundfile(path)
+    if handle is not None:
+        with handle:
+            return AudioInfo(
+                handle.samplerate, handle.channels, handle.frames / handle.samplerate,
+                f"{handle.format}/{handle.subtype}",
+            )
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(path, "no audio stream")
+            stream = container.streams.audio[0]
+            seconds = None
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / av.time_base
+            return AudioInfo(
+                stream.codec_context.sample_rate, stream.codec_context.channels, seconds,
+                f"{container.format.name}/{stream.codec_context.name}",
+            )
+    except av.FFmpegError as exc:
+        raise _undecodable(path, sndfile_error, exc) from exc
 
 
 def read_manifest(path):
@@ -155,13 +313,30 @@ def read_manifest(path):
     return entries
 
 
-def list_audio_files(source, extensions=AUDIO_EXTENSIONS):
-    """Lists audio files: every file under a directory (recursive, sorted), the entries of a
-    CSV/JSON manifest (see `read_manifest`), one audio file, or a list of paths (kept in order).
+def _walk_files(root):
+    """Every file path under `root`, following symlinked folders; a folder reached again
+    (a symlink loop, or two links to one folder) is not read twice."""
+    seen, files = set(), []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        files.extend(pathlib.Path(folder) / name for name in names)
+    return files
+
+
+def list_audio_files(source, extensions=AUDIO_EXTENSIONS, ignored=None):
+    """Lists audio files: every file under a directory (recursive, sorted, symlinked folders
+    followed), the entries of a CSV/JSON manifest (see `read_manifest`), one audio file, or
+    a list of paths (kept in order).
 
     Args:
         source: a directory, a manifest (`.csv`/`.json`), an audio file, or a list of paths.
         extensions: suffixes to keep when scanning a directory (case-insensitive).
+        ignored: a list that receives `(path, reason)` for every other file of the directory
+            (other extension, broken link), so callers can report what they left out.
 
     Raises:
         FileNotFoundError: the directory does not exist or holds no matching file.
@@ -175,7 +350,21 @@ def list_audio_files(source, extensions=AUDIO_EXTENSIONS):
         if not root.is_dir():
             raise FileNotFoundError(f"Audio directory not found: {root}")
         wanted = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
+        files, others = [], []
+        for path in sorted(_walk_files(root)):
+            if not path.is_file():
+                others.append((path, "broken link or not a regular file"))
+            elif path.suffix.lower() in wanted:
+                files.append(path)
+            else:
+                others.append((path, f"not an audio file extension ({path.suffix or 'none'})"))
+        if ignored is not None:
+            ignored.extend(others)
+        elif others:
+            logger.warning(
+                "Left out %d file(s) under %s that are not audio, e.g. %s: %s",
+                len(others), root, others[0][0], others[0][1],
+            )  # fmt: skip
         if not files:
             raise FileNotFoundError(
                 f"No audio files in {root} (searched recursively for extensions "
@@ -188,12 +377,20 @@ def list_audio_files(source, extensions=AUDIO_EXTENSIONS):
     return files
 
 
-def usability_problem(audio, sample_rate, min_seconds):
-    """Why decoded mono `audio` cannot be used for training (None when it can)."""
-    if len(audio) < int(round(min_seconds * sample_rate)):
-        return f"too short: {len(audio) / sample_rate:.3f} s < min_seconds={min_seconds}"
-    peak = np.max(np.abs(audio)) if len(audio) else 0
-    if (audio.dtype == np.int16 and peak < 1) or (audio.dtype != np.int16 and peak < 1 / 32768):
+def usability_problem(audio, sample_rate, min_seconds, peak=None):
+    """Why decoded mono `audio` cannot be used for training (None when it can).
+
+    `audio` may also be a sample count, with the `peak` absolute amplitude (float scale)
+    measured while streaming.
+    """
+    n_samples = audio if peak is not None else len(audio)
+    if n_samples < int(round(min_seconds * sample_rate)):
+        return f"too short: {n_samples / sample_rate:.3f} s < min_seconds={min_seconds}"
+    if peak is None:
+        peak = np.max(np.abs(audio)) if len(audio) else 0
+        if audio.dtype == np.int16:
+            peak = peak / _INT16_SCALE
+    if peak < 1 / 32768:
         return "silent: peak amplitude below one 16-bit step"
     return None
 
@@ -441,10 +638,12 @@ class PairPipeline:
     All tracks live in one int16 array with a table of segment starts, so a batch is one
     vectorised `tf.gather` plus batched augmentation. A replica of an anchor starts at a
     random offset within `offset_margin` seconds (clipped to its track), then gets, each
-    with its own probability, background noise at a uniform random SNR (`snr_db_range`),
-    speech at its own SNR (`speech_snr_db_range`; off in the paper), an impulse response
-    (batched FFT convolution with cached IR spectra, energy re-normalised), and a random
-    gain. SNRs are energy ratios over the 1 s segment, as in the original
+    with its own probability, an impulse response (batched FFT convolution with cached IR
+    spectra over the replica and the `reverb_context_seconds` before it, so earlier notes'
+    reverberation reaches it; energy re-normalised), background noise at a uniform random
+    SNR (`snr_db_range`), speech at its own SNR (`speech_snr_db_range`; off in the paper),
+    and a random gain. With `random_anchors`, an anchor starts anywhere in the hop after its
+    grid position (a fresh draw every batch), so training sees every alignment. SNRs are energy ratios over the 1 s segment, as in the original
     `background_mix`; unlike it the mix is not max-normalised (the gain does that job).
     Random draws are stateless, seeded by `(seed, batch index)`: reproducible streams.
     The banks are CPU `tf.Variable`s (no 2 GB graph limit); build the pipeline outside
@@ -466,6 +665,8 @@ class PairPipeline:
         speech_prob: per-replica probability of the speech mix.
         speech_snr_db_range: (low, high) SNR in dB of the speech mix.
         gain_db_range: (low, high) random gain in dB applied last.
+        random_anchors: draw anchor starts uniformly within the hop (not on the grid).
+        reverb_context_seconds: audio before the replica that passes through the room.
 
     Output of `dataset(...)`: batches `(anchors, replicas)` of float32, shapes
     `(n_anchors, segment_samples)` and `(batch_size - n_anchors, segment_samples)`;
@@ -493,6 +694,8 @@ class PairPipeline:
         speech=None,
         speech_prob=1.0,
         speech_snr_db_range=(0.0, 10.0),
+        random_anchors=False,
+        reverb_context_seconds=0.0,
     ):
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0. Received: sample_rate={sample_rate}")
@@ -504,6 +707,10 @@ class PairPipeline:
             raise ValueError(f"hop_seconds must be > 0. Received: hop_seconds={hop_seconds}")
         if offset_margin < 0:
             raise ValueError(f"offset_margin must be >= 0. Received: offset_margin={offset_margin}")
+        if reverb_context_seconds < 0:
+            raise ValueError(
+                f"reverb_context_seconds must be >= 0. Received: reverb_context_seconds={reverb_context_seconds}"
+            )
         for name, prob in (
             ("noise_prob", noise_prob),
             ("ir_prob", ir_prob),
@@ -524,6 +731,9 @@ class PairPipeline:
         self.segment_samples = int(round(segment_seconds * sample_rate))
         self.hop_samples = int(round(hop_seconds * sample_rate))
         self.margin_samples = int(round(offset_margin * sample_rate))
+        self.random_anchors = bool(random_anchors)
+        self.reverb_context_seconds = float(reverb_context_seconds)
+        self.context_samples = int(round(reverb_context_seconds * sample_rate))
         if self.segment_samples < 1 or self.hop_samples < 1:
             raise ValueError(
                 "segment_seconds and hop_seconds must each span at least one sample. "
@@ -543,7 +753,7 @@ class PairPipeline:
             for i, ir in enumerate(impulse_responses):
                 padded[i, : len(ir)] = ir
             # Spectra computed once: a batch then needs 2 FFTs per replica instead of 3.
-            self._ir_n_fft = _next_pow2(self.segment_samples + ir_length - 1)
+            self._ir_n_fft = _next_pow2(self.segment_samples + self.context_samples + ir_length - 1)
             spectra = tf.signal.rfft(tf.constant(padded), [self._ir_n_fft]).numpy()
             self._ir_spectra = _cpu_variable(spectra)  # (n_ir, n_fft // 2 + 1) complex64
             self.n_impulse_responses = len(impulse_responses)
@@ -630,6 +840,13 @@ class PairPipeline:
         seeds = tf.random.experimental.stateless_split(seed, 8)  # (8, 2)
         n_anchors = tf.shape(segment_ids)[0]
         anchor_start = tf.gather(self._segment_start, segment_ids)  # (n_anchors,)
+        if self.random_anchors:
+            # Anywhere in the hop after the grid start (clipped to the track): over the
+            # epochs the model sees every sample position, as queries in the wild do.
+            jitter = tf.random.stateless_uniform(
+                [n_anchors], tf.random.experimental.stateless_fold_in(seed, 8), 0, self.hop_samples, tf.int64
+            )
+            anchor_start = tf.minimum(anchor_start + jitter, tf.gather(self._segment_high, segment_ids))
         anchors = _windows(self._audio, anchor_start, seg)  # (n_anchors, seg)
 
         source = tf.range(n_replicas) % n_anchors  # (n_replicas,) tiled anchor order
@@ -651,6 +868,29 @@ class PairPipeline:
         }
         replicas = clean
 
+        if self._ir_spectra is not None:
+            # The room comes first (it colours the music, not the noise at the phone), and
+            # it hears `context_samples` of audio before the replica, so reverberation tails
+            # of earlier notes reach it as they do in a real room.
+            n_ir = self.n_impulse_responses
+            ir_index = tf.random.stateless_uniform([n_replicas], seeds[4], 0, n_ir, tf.int32)
+            ir_on = tf.random.stateless_uniform([n_replicas], seeds[5]) < self.ir_prob
+            context = self.context_samples
+            dry = clean
+            if context:
+                low = tf.gather(self._segment_low, source_ids)
+                grid = (replica_start - context)[:, None] + tf.range(seg + context, dtype=tf.int64)[None, :]
+                inside = tf.cast(grid >= low[:, None], tf.float32)  # nothing before the track
+                dry = tf.cast(tf.gather(self._audio, tf.maximum(grid, 0)), tf.float32) / _INT16_SCALE * inside
+            reverberant = _fft_convolve(
+                dry, ir_spectra=tf.gather(self._ir_spectra, ir_index), n_fft=self._ir_n_fft
+            )[:, context:]  # (n_replicas, seg)
+            dry_power = tf.reduce_mean(tf.square(clean), axis=-1, keepdims=True)
+            wet_power = tf.reduce_mean(tf.square(reverberant), axis=-1, keepdims=True)
+            reverberant = reverberant * tf.sqrt(tf.math.divide_no_nan(dry_power, wet_power))
+            replicas = tf.where(ir_on[:, None], reverberant, replicas)
+            out.update(ir_index=ir_index, ir_on=ir_on)
+
         if self._noise is not None:
             snr_db = tf.random.stateless_uniform([n_replicas], seeds[1], *self.snr_db_range)
             noise, noise_start = self._excerpts(self._noise, n_replicas, seeds[2])
@@ -669,18 +909,6 @@ class PairPipeline:
             mixed = _mix_at_snr(replicas, speech, speech_snr_db)
             replicas = tf.where(speech_on[:, None], mixed, replicas)
             out.update(speech_snr_db=speech_snr_db, speech_start=speech_start, speech_on=speech_on)
-
-        if self._ir_spectra is not None:
-            n_ir = self.n_impulse_responses
-            ir_index = tf.random.stateless_uniform([n_replicas], seeds[4], 0, n_ir, tf.int32)
-            ir_on = tf.random.stateless_uniform([n_replicas], seeds[5]) < self.ir_prob
-            reverberant = _apply_impulse_responses(
-                replicas,
-                ir_spectra=tf.gather(self._ir_spectra, ir_index),
-                n_fft=self._ir_n_fft,
-            )
-            replicas = tf.where(ir_on[:, None], reverberant, replicas)
-            out.update(ir_index=ir_index, ir_on=ir_on)
 
         if self.gain_db_range != (0.0, 0.0):
             gain_db = tf.random.stateless_uniform([n_replicas], seeds[6], *self.gain_db_range)
@@ -761,6 +989,8 @@ def make_pair_dataset(
     speech=None,
     speech_prob=1.0,
     speech_snr_db_range=(0.0, 10.0),
+    random_anchors=False,
+    reverb_context_seconds=0.0,
     shuffle=True,
     seed=0,
     repeat=True,
@@ -781,6 +1011,8 @@ def make_pair_dataset(
         speech=speech,
         speech_prob=speech_prob,
         speech_snr_db_range=speech_snr_db_range,
+        random_anchors=random_anchors,
+        reverb_context_seconds=reverb_context_seconds,
     )
     return pipeline.dataset(batch_size, n_anchors, shuffle=shuffle, seed=seed, repeat=repeat)
 
@@ -799,6 +1031,7 @@ def make_validation_pairs(
     speech=None,
     speech_prob=1.0,
     speech_snr_db_range=(0.0, 10.0),
+    reverb_context_seconds=0.0,
 ):
     """Deterministic `(originals, replicas)`, each `(N, segment_samples)` float32.
 
@@ -820,6 +1053,7 @@ def make_validation_pairs(
         speech=speech,
         speech_prob=speech_prob,
         speech_snr_db_range=speech_snr_db_range,
+        reverb_context_seconds=reverb_context_seconds,
     )
     n = pipeline.n_segments
     if n_segments_max is not None:

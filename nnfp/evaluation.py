@@ -1,18 +1,24 @@
-"""The paper's search evaluation: hit rates of degraded query sequences against an index.
+"""Search evaluation: how often `nnfp identify` names the right track and second.
 
-Follows `eval/eval_faiss.py` of mimbres/neural-audio-fp (Chang et al., ICASSP 2021):
-every query is a sequence of consecutive 1 s segments (0.5 s hop) of a DB track,
-degraded; for query lengths of 1, 2, 3, 5, 6 and 10 s (1, 3, 5, 9, 11, 19 segments)
-the sequence search ranks candidate start rows of the DB and we count
+Queries are cut from the DB tracks **at random sample positions** (`aligned=True`
+keeps the paper's protocol of mimbres/neural-audio-fp `eval/eval_faiss.py`: starts on
+the DB hop grid), from the source audio at its own sample rate: room (the full
+impulse response, with the reverberation of the audio before the cut inside the
+window), background noise at a random SNR, then resampled to the index rate like a
+user's file. Every query is scored through `nnfp.index.Identifier`, the path of
+`nnfp identify` (query phases, distinct places, the match threshold), for query
+lengths of 1, 2, 3, 5, 6 and 10 s (prefixes of one degraded query), counting
 
-- top-1 exact: the best candidate is the true start row,
-- top-1 near: the best candidate is within one segment (±0.5 s) of it,
-- top-3 / top-10 exact: the true start row is among the 3 / 10 best,
-- song top-1: the best candidate lies in the right track (any offset).
+- right track: the best match is the right track (any offset),
+- right track + offset: ... and |offset - truth| <= 0.5 s,
+- answered right: right track + offset and the match passes the decision rule
+  (what a user gets: a wrong or missing answer otherwise),
+- false match (queries cut from tracks NOT in the index, `unknown_dir`): the
+  decision rule returned a match at all,
+- the paper's metrics: top-1 exact / near (±1 row) / top-3 / top-10 exact on
+  the DB row nearest to the truth, song top-1.
 
-Queries are synthesised deterministically from a seed: a random track, a random
-hop-aligned start, background noise at a random SNR and an impulse response (from
-given folders, or generated with `nnfp.corpus.make_noise` / `make_impulse_response`).
+Deterministic from a seed (tracks, positions, SNRs, noise and rooms).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import numpy as np
 
 __all__ = [
     "LENGTHS_SECONDS",
+    "calibrate_index",
+    "degrade",
     "METRICS",
     "evaluate",
     "format_table",
@@ -40,8 +48,13 @@ __all__ = [
 ]
 
 LENGTHS_SECONDS = (1, 2, 3, 5, 6, 10)
-METRICS = ("top1_exact", "top1_near", "top3", "top10", "song_top1")
+METRICS = ("track_top1", "offset_top1", "answered_right", "top1_exact", "top1_near", "top3", "top10", "song_top1")
+OFFSET_TOLERANCE_S = 0.5  # |offset - truth| for a right offset
 _LABELS = {
+    "track_top1": "right track",
+    "offset_top1": "right track+offset (±0.5 s)",
+    "answered_right": "answered right (decision rule)",
+    "false_match": "false match (not in index)",
     "top1_exact": "top-1 exact",
     "top1_near": "top-1 near (±1 seg)",
     "top3": "top-3 exact",
@@ -55,36 +68,83 @@ def n_segments_for(seconds, hop_seconds=0.5, segment_seconds=1.0):
     return int(round((seconds - segment_seconds) / hop_seconds)) + 1
 
 
-def hit_rates(predicted_rows, true_rows, predicted_tracks, true_tracks, valid=None):
-    """Paper metrics from ranked predictions.
+def hit_rates(
+    predicted_rows, true_rows, predicted_tracks, true_tracks, valid=None,
+    predicted_offsets=None, true_offsets=None, decided=None,
+):
+    """Hit rates from ranked predictions.
 
     Args:
         predicted_rows: (n_queries, n_lengths, k) ranked DB start rows, -1 padded.
-        true_rows: (n_queries,) true start row of each query.
+        true_rows: (n_queries,) true start row of each query (nearest grid row).
         predicted_tracks: (n_queries, n_lengths, k) track ids of the predictions, -1 padded.
         true_tracks: (n_queries,) true track id.
         valid: optional (n_queries, n_lengths) bool, False where a query is too short
             for a length (excluded from that length's rates).
+        predicted_offsets: optional (n_queries, n_lengths, k) offsets in seconds.
+        true_offsets: optional (n_queries,) true offsets in seconds.
+        decided: optional (n_queries, n_lengths) bool, the top-1 passed the decision rule.
 
     Returns:
-        `{metric: (n_lengths,) percentages}` for `METRICS`, plus `"n"` (queries per length).
+        `{metric: (n_lengths,) percentages}` for `METRICS` (the offset metrics need the
+        offsets), plus `"n"` (queries per length).
     """
     pred = np.asarray(predicted_rows)
     true = np.asarray(true_rows)[:, None, None]
     tracks = np.asarray(predicted_tracks)
     valid = np.ones(pred.shape[:2], bool) if valid is None else np.asarray(valid, bool)
     found = pred[..., 0] >= 0
+    right_track = found & (tracks[..., 0] == np.asarray(true_tracks)[:, None])
     hits = {
+        "track_top1": right_track,
         "top1_exact": pred[..., 0] == true[..., 0],
         "top1_near": found & (np.abs(pred[..., 0] - true[..., 0]) <= 1),
         "top3": np.any(pred[..., :3] == true, axis=-1),
         "top10": np.any(pred[..., :10] == true, axis=-1),
-        "song_top1": found & (tracks[..., 0] == np.asarray(true_tracks)[:, None]),
+        "song_top1": right_track,
     }
+    if predicted_offsets is not None and true_offsets is not None:
+        error = np.abs(np.asarray(predicted_offsets)[..., 0] - np.asarray(true_offsets)[:, None])
+        hits["offset_top1"] = right_track & (error <= OFFSET_TOLERANCE_S + 1e-6)
+        if decided is not None:
+            hits["answered_right"] = hits["offset_top1"] & np.asarray(decided, bool)
     n = valid.sum(axis=0)
     rates = {k: 100.0 * (v & valid).sum(axis=0) / np.maximum(n, 1) for k, v in hits.items()}
     rates["n"] = n
     return rates
+
+
+def degrade(
+    track, start, length, track_rate, sample_rate=8000, noise=None, snr_db=None, impulse_response=None
+):
+    """A query as a user records it: `track[start:start+length]` (samples at `track_rate`) played in
+    a room, with background noise, resampled to `sample_rate`.
+
+    The room convolves the audio before the cut too (as long as the impulse response), so
+    the window holds the full reverberation tail of earlier audio; the result is rescaled
+    to the energy of the dry excerpt. Noise (at `track_rate`, tiled if short) is added
+    after the room at `snr_db`. Resampling uses soxr, like `nnfp.data.load_audio`.
+    """
+    import soxr
+    from scipy.signal import fftconvolve
+
+    track = np.asarray(track, np.float32)
+    dry = track[start : start + length].astype(np.float64)
+    wet = dry
+    if impulse_response is not None:
+        ir = np.asarray(impulse_response, np.float64)
+        context = min(start, len(ir) - 1)
+        source = track[start - context : start + length].astype(np.float64)
+        wet = fftconvolve(source, ir)[context : context + length]
+        wet *= np.sqrt(np.mean(dry**2) / max(np.mean(wet**2), 1e-20))
+    if noise is not None:
+        noise = np.resize(np.asarray(noise, np.float64), length)
+        scale = np.sqrt(np.mean(wet**2) * 10 ** (-snr_db / 10) / max(np.mean(noise**2), 1e-20))
+        wet = wet + scale * noise
+    out = wet.astype(np.float32)
+    if track_rate != sample_rate:
+        out = soxr.resample(out, track_rate, sample_rate)
+    return np.ascontiguousarray(out, np.float32)
 
 
 def synthesize_queries(
@@ -101,27 +161,31 @@ def synthesize_queries(
     noise_kind=None,
     add_noise=True,
     add_reverb=True,
+    aligned=False,
     seed=0,
 ):
-    """Degraded excerpts of DB tracks at random hop-aligned offsets, deterministic from `seed`.
+    """Degraded excerpts of tracks at random positions, deterministic from `seed` (see `degrade`).
 
     Args:
         durations: `{track_id: seconds}` of the tracks queries may be cut from.
-        load_track: `load_track(track_id)` -> waveform at `sample_rate` (called once per track).
-        track_first_rows: `{track_id: DB row of the track's first segment}`.
-        noise / impulse_responses: lists of waveforms to draw from; None generates
-            one per query with `make_noise(kind=noise_kind)` / `make_impulse_response`.
+        load_track: `load_track(track_id)` -> `(waveform, rate)` at the file's own rate
+            (or a waveform at `sample_rate`); called once per track.
+        track_first_rows: `{track_id: DB row of the track's first segment}` (None: tracks
+            not in the index; `true_row` is then -1).
+        noise / impulse_responses: lists of waveforms at `sample_rate` to draw from; None
+            generates one per query with `make_noise(kind=noise_kind)` / `make_impulse_response`.
         add_noise / add_reverb: False leaves that degradation out.
+        aligned: starts on the `hop_seconds` grid (the paper's protocol) instead of at
+            random sample positions.
 
     Returns:
-        `(waveforms list, info dict of arrays: track, true_row, offset_s, snr_db)`.
+        `(waveforms list at sample_rate, info dict of arrays: track, true_row, offset_s, snr_db)`.
     """
-    from nnfp.corpus import make_impulse_response, make_noise
-    from nnfp.data import make_query
+    import soxr
 
-    length = int(round(seconds * sample_rate))
-    hop = int(round(hop_seconds * sample_rate))
-    eligible = sorted(t for t, d in durations.items() if int(round(d * sample_rate)) >= length)
+    from nnfp.corpus import make_impulse_response, make_noise
+
+    eligible = sorted(t for t, d in durations.items() if d >= seconds)
     if not eligible:
         raise ValueError(f"No track is long enough for {seconds} s queries")
     rng = np.random.default_rng(seed)
@@ -130,86 +194,119 @@ def synthesize_queries(
     for _ in range(int(n_queries)):
         track_id = eligible[int(rng.integers(len(eligible)))]
         if track_id not in cache:
-            cache[track_id] = load_track(track_id)
-        wave = cache[track_id]
-        start_segment = int(rng.integers((len(wave) - length) // hop + 1))
-        offset_s = start_segment * hop / sample_rate
+            loaded = load_track(track_id)
+            cache[track_id] = loaded if isinstance(loaded, tuple) else (loaded, sample_rate)
+        wave, rate = cache[track_id]
+        length = int(round(seconds * rate))
+        if aligned:
+            hop = int(round(hop_seconds * rate))
+            start = int(rng.integers((len(wave) - length) // hop + 1)) * hop
+        else:
+            start = int(rng.integers(len(wave) - length + 1))
+        offset_s = start / rate
         snr_db = float(rng.uniform(*snr_db_range))
         noise_seed, ir_seed = (int(s) for s in rng.integers(0, 2**31, size=2))
         noise_wave = ir = None
         if add_noise:
             if noise:
                 source = noise[noise_seed % len(noise)]
-                begin = noise_seed % max(1, len(source) - length) if len(source) > length else 0
+                need = int(round(seconds * sample_rate))
+                begin = noise_seed % max(1, len(source) - need) if len(source) > need else 0
                 noise_wave = np.roll(source, -begin)
+                if rate != sample_rate:
+                    noise_wave = soxr.resample(noise_wave, sample_rate, rate)
             else:
-                noise_wave = make_noise(noise_seed, seconds, sample_rate, kind=noise_kind)
+                noise_wave = make_noise(noise_seed, seconds, rate, kind=noise_kind)
         if add_reverb:
-            ir = (
-                impulse_responses[ir_seed % len(impulse_responses)]
-                if impulse_responses
-                else make_impulse_response(ir_seed, sample_rate)
-            )
+            if impulse_responses:
+                ir = impulse_responses[ir_seed % len(impulse_responses)]
+                if rate != sample_rate:
+                    ir = soxr.resample(ir, sample_rate, rate)
+            else:
+                ir = make_impulse_response(ir_seed, rate)
         waveforms.append(
-            make_query(
-                wave, offset_s, seconds, noise=noise_wave, impulse_response=ir,
-                snr_db=snr_db if add_noise else None, sample_rate=sample_rate,
-            )
+            degrade(wave, start, length, rate, sample_rate, noise=noise_wave,
+                    snr_db=snr_db if add_noise else None, impulse_response=ir)
         )
         info["track"].append(track_id)
-        info["true_row"].append(track_first_rows[track_id] + start_segment)
+        row = -1
+        if track_first_rows is not None:
+            row = track_first_rows[track_id] + int(round(offset_s / hop_seconds))
+        info["true_row"].append(row)
         info["offset_s"].append(offset_s)
         info["snr_db"].append(snr_db if add_noise else np.inf)
     return waveforms, {k: np.asarray(v) for k, v in info.items()}
 
 
 def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress=True):
-    """Searches the first n segments of every query for every length.
+    """Identifies the first `seconds` of every query for every length, as `nnfp identify` does.
 
-    Returns `{"rows", "tracks", "scores"}` (n_queries, n_lengths, 10) ranked predictions
-    (-1 / NaN padded), `"valid"` (n_queries, n_lengths) and `"search_ms"` per search.
+    Uses the identifier's phases, distinct places and decision rule
+    (`Identifier.match_threshold`); rankings are kept whatever the threshold.
+
+    Returns `{"rows", "tracks", "offsets", "scores"}` (n_queries, n_lengths, 10) ranked
+    predictions (-1 / NaN padded; rows are the DB rows nearest to the offsets),
+    `"valid"` (n_queries, n_lengths), `"decided"` (the top-1 passed the decision rule),
+    `"search_ms"` per search and `"fingerprint_ms"` per query (all phases, full length).
     """
-    from nnfp.index import _Progress
+    from nnfp.index import QueryError, _Progress
 
     db = identifier.db
     n_lengths = len(lengths_seconds)
     shape = (len(waveforms), n_lengths, N_RANKED)
     rows = np.full(shape, -1, np.int64)
     tracks = np.full(shape, -1, np.int64)
+    offsets = np.full(shape, np.nan)
     scores = np.full(shape, np.nan)
     valid = np.zeros(shape[:2], bool)
-    search_ms = []
-    segment_seconds = identifier.embedder.segment_samples / identifier.sample_rate
-    counts = [n_segments_for(s, db.hop_seconds, segment_seconds) for s in lengths_seconds]
+    decided = np.zeros(shape[:2], bool)
+    search_ms, fingerprint_ms = [], []
+    rate = identifier.sample_rate
+    first_rows = dict(zip(*(a.tolist() for a in np.unique(db.segment_track, return_index=True)), strict=True))
     bar = _Progress(len(waveforms), "queries", enabled=progress)
     for q, wave in enumerate(waveforms):
-        fingerprints = identifier.fingerprint(wave, name=f"query {q}")
-        for j, n in enumerate(counts):
-            if n > len(fingerprints):
+        wave = np.asarray(wave, np.float32)
+        started = time.perf_counter()
+        try:
+            phases = identifier.phase_fingerprints(wave, name=f"query {q}")
+        except QueryError:
+            phases = None  # unusable audio: no answer at any length
+        fingerprint_ms.append(1000 * (time.perf_counter() - started))
+        for j, seconds in enumerate(lengths_seconds):
+            if int(round(seconds * rate)) > len(wave) or seconds < identifier.min_query_seconds:
                 continue
             valid[q, j] = True
+            if phases is None:
+                continue
             started = time.perf_counter()
-            matches = db.search(
-                fingerprints[:n], top_k=identifier.k_probe, n_results=N_RANKED, min_score=None
-            )
+            matches = identifier.rank(phases, n_results=N_RANKED, min_score=None, max_seconds=seconds)
             search_ms.append(1000 * (time.perf_counter() - started))
+            threshold = identifier.match_threshold(seconds)
+            decided[q, j] = bool(matches) and (threshold is None or matches[0].score >= threshold)
             for r, match in enumerate(matches):
-                rows[q, j, r] = match.segment_index
+                rows[q, j, r] = first_rows[match.track_id] + max(0, int(round(match.offset_s / db.hop_seconds)))
                 tracks[q, j, r] = match.track_id
+                offsets[q, j, r] = match.offset_s
                 scores[q, j, r] = match.score
         if q % 20 == 0 or q == len(waveforms) - 1:
             bar.update(q + 1)
-    return {"rows": rows, "tracks": tracks, "scores": scores, "valid": valid, "search_ms": np.array(search_ms)}
+    return {
+        "rows": rows, "tracks": tracks, "offsets": offsets, "scores": scores, "valid": valid,
+        "decided": decided, "search_ms": np.array(search_ms), "fingerprint_ms": np.array(fingerprint_ms),
+    }
 
 
 def format_table(rates, lengths_seconds, counts, title="Search evaluation (hit rate, %)"):
-    width = max(len(v) for v in _LABELS.values()) + 1
+    width = max(len(v) for v in _LABELS.values()) + 2
     header = f"{'query length':<{width}}" + "".join(f"{f'{s:g} s':>8}" for s in lengths_seconds)
     lines = [title, header, f"{'segments':<{width}}" + "".join(f"{c:>8}" for c in counts)]
     lines.append("-" * len(header))
-    for key in METRICS:
-        lines.append(f"{_LABELS[key]:<{width}}" + "".join(f"{v:>8.1f}" for v in rates[key]))
+    for key in (*METRICS, "false_match"):
+        if key in rates:
+            lines.append(f"{_LABELS[key]:<{width}}" + "".join(f"{v:>8.1f}" for v in rates[key]))
     lines.append(f"{'queries':<{width}}" + "".join(f"{int(v):>8}" for v in rates["n"]))
+    if "n_unknown" in rates:
+        lines.append(f"{'queries not in index':<{width}}" + "".join(f"{int(v):>8}" for v in rates["n_unknown"]))
     return "\n".join(lines)
 
 
@@ -217,9 +314,12 @@ def markdown_table(rates, lengths_seconds, counts):
     head = "| metric | " + " | ".join(f"{s:g} s ({c} seg)" for s, c in zip(lengths_seconds, counts, strict=True)) + " |"
     rule = "| --- |" + " ---: |" * len(lengths_seconds)
     lines = [head, rule]
-    for key in METRICS:
-        lines.append(f"| {_LABELS[key]} | " + " | ".join(f"{v:.1f}" for v in rates[key]) + " |")
+    for key in (*METRICS, "false_match"):
+        if key in rates:
+            lines.append(f"| {_LABELS[key]} | " + " | ".join(f"{v:.1f}" for v in rates[key]) + " |")
     lines.append("| queries | " + " | ".join(str(int(v)) for v in rates["n"]) + " |")
+    if "n_unknown" in rates:
+        lines.append("| queries not in index | " + " | ".join(str(int(v)) for v in rates["n_unknown"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -260,7 +360,7 @@ def save_results(out_dir, rates, lengths_seconds, counts, raw, query_info, setti
     _atomic_bytes(out_dir / "results.json", json.dumps(payload, indent=1, default=str).encode())
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key in METRICS:
+    for key in [k for k in METRICS if k in rates]:
         ax.plot(lengths_seconds, rates[key], marker="o", label=_LABELS[key])
     ax.set_xlabel("query length (s)")
     ax.set_ylabel("hit rate (%)")
@@ -292,6 +392,85 @@ def read_labels(query_dir):
     return rows
 
 
+def _query_sources(identifier):
+    """`(durations, load_track, first_rows)` of the tracks of the index's first source folder."""
+    import soundfile as sf
+
+    from nnfp.data import load_audio
+
+    db = identifier.db
+    source = db.metadata["sources"][0]
+    by_id = {t["track_id"]: t for t in db.tracks}
+    first_rows = dict(zip(*(a.tolist() for a in np.unique(db.segment_track, return_index=True)), strict=True))
+    ids = range(source["first_track_id"], source["first_track_id"] + source["n_tracks"])
+
+    def load_track(track_id):
+        path = Path(source["audio_dir"]) / by_id[track_id]["path"]
+        try:
+            rate = int(sf.info(str(path)).samplerate)
+        except Exception:  # formats libsndfile cannot read: decoded at the index rate
+            rate = identifier.sample_rate
+        return load_audio(path, rate), rate
+
+    return {i: by_id[i]["duration_s"] for i in ids}, load_track, first_rows
+
+
+def _unknown_sources(unknown_dir):
+    """`(durations, load_track)` of the audio files of a folder of tracks that are not in the index."""
+    import soundfile as sf
+
+    from nnfp.data import AudioError, list_audio_files, load_audio
+
+    files = list_audio_files(unknown_dir)
+    durations, paths = {}, {}
+    for i, path in enumerate(files):
+        try:
+            info = sf.info(str(path))
+        except Exception:
+            continue
+        durations[i] = info.frames / info.samplerate
+        paths[i] = (path, int(info.samplerate))
+
+    def load_track(i):
+        path, rate = paths[i]
+        try:
+            return load_audio(path, rate), rate
+        except AudioError:
+            return np.zeros(int(durations[i] * rate), np.float32), rate
+
+    if not durations:
+        raise FileNotFoundError(f"{unknown_dir}: no readable audio files for out-of-catalogue queries")
+    return durations, load_track
+
+
+def _make_queries(identifier, n_queries, seconds, degradation, seed, aligned, unknown_dir=None):
+    """Synthesised queries from the index's tracks, or (`unknown_dir`) from tracks not in it."""
+    if unknown_dir is None:
+        durations, load_track, first_rows = _query_sources(identifier)
+    else:
+        (durations, load_track), first_rows = _unknown_sources(unknown_dir), None
+    return synthesize_queries(
+        durations, load_track, first_rows, n_queries, seconds=seconds, hop_seconds=identifier.db.hop_seconds,
+        sample_rate=identifier.sample_rate, aligned=aligned, seed=seed, **degradation,
+    )
+
+
+def _degradation(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb):
+    from nnfp.data import list_audio_files, load_tracks
+
+    def bank(folder):
+        if folder is None:
+            return None
+        arrays, _, _ = load_tracks(list_audio_files(folder), sample_rate=identifier.sample_rate, min_seconds=0.0)
+        return arrays or None
+
+    return {
+        "snr_db_range": snr_db_range, "noise": bank(noise_dir) if add_noise else None,
+        "impulse_responses": bank(ir_dir) if add_reverb else None, "noise_kind": noise_kind,
+        "add_noise": add_noise, "add_reverb": add_reverb,
+    }
+
+
 def evaluate(
     out_dir,
     index_dir=None,
@@ -299,7 +478,9 @@ def evaluate(
     model=None,
     dummy_dir=None,
     query_dir=None,
+    unknown_dir=None,
     n_queries=2000,
+    n_unknown=None,
     lengths_seconds=LENGTHS_SECONDS,
     snr_db_range=(0.0, 10.0),
     noise_dir=None,
@@ -307,24 +488,31 @@ def evaluate(
     noise_kind=None,
     add_noise=True,
     add_reverb=True,
+    aligned=False,
+    phases=None,
+    min_score="calibrated",
     seed=0,
     k_probe=20,
     index_type="auto",
     threads=1,
     progress=True,
     log=print,
+    trust_model=False,
     **index_params,
 ):
-    """Runs the paper's evaluation and writes its files to `out_dir`; returns the hit rates.
+    """Runs the evaluation and writes its files to `out_dir`; returns the hit rates.
 
     Either `index_dir` (a saved index; queries come from the tracks it was built
     from, i.e. its first source folder) or `db_dir` (an index is built in
     `out_dir/index` with `model`, plus the tracks of `dummy_dir` as distractors).
-    Queries are synthesised from the DB tracks (see `synthesize_queries`) unless
-    `query_dir` holds recorded queries and a `labels.csv`.
+    Queries are synthesised from the DB tracks (see `synthesize_queries`; random
+    positions unless `aligned`) unless `query_dir` holds recorded queries and a
+    `labels.csv`. `unknown_dir`: tracks not in the index, for the false-match rate
+    (`n_unknown` queries, default `n_queries`). `phases`, `min_score`, `k_probe`: as
+    for `nnfp.index.Identifier` (None phases: its default).
     """
-    from nnfp.data import list_audio_files, load_audio, load_tracks
-    from nnfp.index import Identifier, add_to_index, build_index
+    from nnfp.data import load_audio
+    from nnfp.index import DEFAULT_PHASES, Identifier, add_to_index, build_index
 
     out_dir = Path(out_dir)
     if (index_dir is None) == (db_dir is None):
@@ -332,41 +520,31 @@ def evaluate(
     if index_dir is None:
         index_dir = out_dir / "index"
         log(f"building the index of {db_dir} in {index_dir}")
-        build_index(db_dir, index_dir, model=model, index_type=index_type, progress=progress, **index_params)
+        build_index(
+            db_dir, index_dir, model=model, index_type=index_type, progress=progress,
+            trust_model=trust_model, **index_params,
+        )
         if dummy_dir is not None:
             log(f"adding the dummy tracks of {dummy_dir}")
             add_to_index(index_dir, dummy_dir, progress=progress)
         model = None
     elif dummy_dir is not None:
         raise ValueError("--dummy-dir needs --db (add dummy tracks to an index with `nnfp index add`)")
-    identifier = Identifier(index_dir, model=model, k_probe=k_probe, min_score=None, threads=threads)
+    phases = DEFAULT_PHASES if phases is None else int(phases)
+    identifier = Identifier(
+        index_dir, model=model, k_probe=k_probe, min_score=min_score, threads=threads, phases=phases,
+        trust_model=trust_model,
+    )
     db = identifier.db
     rate = identifier.sample_rate
-    source = db.metadata["sources"][0]
-    by_id = {t["track_id"]: t for t in db.tracks}
-    first_rows = dict(zip(*(a.tolist() for a in np.unique(db.segment_track, return_index=True)), strict=True))
     segment_seconds = identifier.embedder.segment_samples / rate
     counts = [n_segments_for(s, db.hop_seconds, segment_seconds) for s in lengths_seconds]
+    degradation = _degradation(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
 
     if query_dir is None:
-        ids = range(source["first_track_id"], source["first_track_id"] + source["n_tracks"])
-
-        def load_track(track_id):
-            return load_audio(Path(source["audio_dir"]) / by_id[track_id]["path"], rate)
-
-        def bank(folder):
-            if folder is None:
-                return None
-            arrays, _, _ = load_tracks(list_audio_files(folder), sample_rate=rate, min_seconds=0.0)
-            return arrays or None
-
-        waveforms, info = synthesize_queries(
-            {i: by_id[i]["duration_s"] for i in ids}, load_track, first_rows, n_queries,
-            seconds=max(lengths_seconds), hop_seconds=db.hop_seconds, sample_rate=rate,
-            snr_db_range=snr_db_range, noise=bank(noise_dir), impulse_responses=bank(ir_dir),
-            noise_kind=noise_kind, add_noise=add_noise, add_reverb=add_reverb, seed=seed,
-        )
+        waveforms, info = _make_queries(identifier, n_queries, max(lengths_seconds), degradation, seed, aligned)
     else:
+        first_rows = dict(zip(*(a.tolist() for a in np.unique(db.segment_track, return_index=True)), strict=True))
         track_by_path = {t["path"]: t["track_id"] for t in db.tracks}
         waveforms, info = [], {"track": [], "true_row": [], "offset_s": [], "snr_db": []}
         for row in read_labels(query_dir):
@@ -385,7 +563,21 @@ def evaluate(
             raise ValueError(f"{len(too_short)} queries are shorter than one segment (e.g. #{too_short[0]})")
 
     raw = run_queries(identifier, waveforms, lengths_seconds, progress=progress)
-    rates = hit_rates(raw["rows"], info["true_row"], raw["tracks"], info["track"], raw["valid"])
+    rates = hit_rates(
+        raw["rows"], info["true_row"], raw["tracks"], info["track"], raw["valid"],
+        predicted_offsets=raw["offsets"], true_offsets=info["offset_s"], decided=raw["decided"],
+    )
+    if unknown_dir is not None:
+        unknown_waves, unknown_info = _make_queries(
+            identifier, n_queries if n_unknown is None else n_unknown, max(lengths_seconds), degradation,
+            seed + 1, aligned, unknown_dir=unknown_dir,
+        )
+        unknown = run_queries(identifier, unknown_waves, lengths_seconds, progress=progress)
+        n_unknown_valid = unknown["valid"].sum(axis=0)
+        rates["false_match"] = 100.0 * (unknown["decided"] & unknown["valid"]).sum(axis=0) / np.maximum(n_unknown_valid, 1)
+        rates["n_unknown"] = n_unknown_valid
+        raw.update({f"unknown_{k}": v for k, v in unknown.items()})
+    thresholds = [identifier.match_threshold(s) for s in lengths_seconds]
     settings = {
         "index": str(Path(index_dir).absolute()),
         "index_type": db.index_type,
@@ -394,14 +586,84 @@ def evaluate(
         "db_segments": db.n_segments,
         "queries": len(waveforms),
         "query_source": str(query_dir) if query_dir else "synthesised from the DB tracks",
+        "protocol": "hop-aligned starts (paper)" if aligned else "random sample positions",
+        "unknown_queries": f"{int(rates['n_unknown'].max())} from {unknown_dir}" if unknown_dir else "none",
         "noise": "none" if not add_noise else (str(noise_dir) if noise_dir else f"generated (kind={noise_kind or 'any'})"),
-        "impulse_responses": "none" if not add_reverb else (str(ir_dir) if ir_dir else "generated"),
+        "impulse_responses": "none" if not add_reverb else (str(ir_dir) if ir_dir else "generated (full tails)"),
         "snr_db_range": list(snr_db_range),
         "seed": seed,
         "k_probe": k_probe,
+        "phases": phases,
+        "match_threshold": "none" if min_score is None else ", ".join(
+            f"{s:g} s: {t:.4f}" for s, t in zip(lengths_seconds, thresholds, strict=True)
+        ) + (" (calibrated)" if min_score == "calibrated" and identifier.calibration is not None else ""),
         "median_search_ms": float(np.median(raw["search_ms"])) if len(raw["search_ms"]) else None,
+        "median_fingerprint_ms": float(np.median(raw["fingerprint_ms"])) if len(raw["fingerprint_ms"]) else None,
     }
     title = f"nnfp evaluate: {len(waveforms)} queries, DB of {len(db.tracks)} tracks ({db.n_segments} segments)"
     save_results(out_dir, rates, lengths_seconds, counts, raw, info, settings, title)
     log(format_table(rates, lengths_seconds, counts, title=title))
     return rates
+
+
+def calibrate_index(
+    index_dir,
+    unknown_dir,
+    out=None,
+    n_queries=500,
+    lengths_seconds=LENGTHS_SECONDS,
+    target_false_match=0.01,
+    snr_db_range=(0.0, 10.0),
+    noise_dir=None,
+    ir_dir=None,
+    noise_kind=None,
+    add_noise=True,
+    add_reverb=True,
+    phases=None,
+    k_probe=20,
+    seed=0,
+    threads=1,
+    progress=True,
+    log=print,
+):
+    """Calibrates the match threshold of an index per query length and saves it.
+
+    In-catalogue queries are cut from the index's tracks, out-of-catalogue ones from the
+    tracks of `unknown_dir` (not in the index), both at random positions with the
+    degradation of `evaluate`; `nnfp.calibration.calibrate` picks the thresholds. Saved
+    to `out` (default `INDEX/calibration.json`, which `Identifier` then uses; write it
+    next to a model, e.g. `nnfp/weights/default.calibration.json`, to ship it with the
+    model: every index built with that model copies it).
+
+    Returns:
+        The `nnfp.calibration.Calibration`.
+    """
+    from nnfp.calibration import INDEX_CALIBRATION_FILE, calibrate, format_calibration_table
+    from nnfp.index import DEFAULT_PHASES, Identifier
+
+    phases = DEFAULT_PHASES if phases is None else int(phases)
+    identifier = Identifier(index_dir, k_probe=k_probe, min_score=None, threads=threads, phases=phases)
+    degradation = _degradation(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
+    seconds = max(lengths_seconds)
+    known_waves, known_info = _make_queries(identifier, n_queries, seconds, degradation, seed, aligned=False)
+    unknown_waves, _ = _make_queries(
+        identifier, n_queries, seconds, degradation, seed + 1, aligned=False, unknown_dir=unknown_dir
+    )
+    known = run_queries(identifier, known_waves, lengths_seconds, progress=progress)
+    unknown = run_queries(identifier, unknown_waves, lengths_seconds, progress=progress)
+    error = np.abs(known["offsets"][..., 0] - known_info["offset_s"][:, None])
+    right = (known["tracks"][..., 0] == known_info["track"][:, None]) & (error <= OFFSET_TOLERANCE_S + 1e-6)
+    calibration = calibrate(
+        list(lengths_seconds), known["scores"][..., 0], right, unknown["scores"][..., 0], target_false_match
+    )
+    calibration.info.update(
+        phases=phases, k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),
+        unknown_dir=str(Path(unknown_dir).absolute()), snr_db_range=list(snr_db_range),
+        noise=str(noise_dir) if noise_dir else ("generated" if add_noise else "none"),
+        impulse_responses=str(ir_dir) if ir_dir else ("generated" if add_reverb else "none"),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    path = Path(out) if out is not None else Path(index_dir) / INDEX_CALIBRATION_FILE
+    calibration.save(path)
+    log(format_calibration_table(calibration, title=f"Calibrated thresholds -> {path}"))
+    return calibration

@@ -21,6 +21,7 @@ contiguous slice of the sorted file list each) and the shards combined by
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -33,20 +34,25 @@ from pathlib import Path
 
 import numpy as np
 
-from nnfp.search import INDEX_TYPES, FingerprintDB, atomic_directory
+from nnfp.outputs import OutputFolderError, claim_output_dir, output_kind, write_marker
+from nnfp.search import INDEX_TYPES, CorruptIndexError, FingerprintDB, atomic_directory
 
 __all__ = [
+    "CALIBRATED",
     "DEFAULT_K_PROBE",
+    "DEFAULT_PHASES",
     "DEFAULT_MIN_SCORE",
     "DEFAULT_MODEL_PATH",
     "Identifier",
     "IndexReport",
     "NoDefaultModelError",
     "QueryError",
+    "STREAM_SECONDS",
     "ShardError",
     "add_to_index",
     "build_index",
     "build_shard",
+    "fingerprint_stream",
     "fingerprint_tracks",
     "load_model",
     "merge_shards",
@@ -60,7 +66,14 @@ DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "default.kera
 DEFAULT_K_PROBE = 20  # faiss neighbours per query segment (the original `k_probe`)
 # Sequence scores are mean cosine similarities. Wrong-track best candidates of the demo
 # model score ~0.4 (median) for 10 s queries, but up to 0.7 for 1 s ones; raise it for short queries.
-DEFAULT_MIN_SCORE = 0.5
+DEFAULT_MIN_SCORE = 0.5  # used only when neither the index nor its model has a calibration
+CALIBRATED = "calibrated"  # Identifier(min_score=...): the calibrated threshold of the query's length
+DEFAULT_PHASES = 4  # query phases per index hop (`Identifier(phases=...)`, `--phases`)
+SILENT_PEAK_DB = -60.0  # queries quieter than this (peak, dBFS) are rejected as silent
+SILENT_RMS_DB = -70.0  # ... and those whose varying part is below this RMS level (dBFS)
+_ONE_BATCH_SEGMENTS = 256  # query phases fingerprinted as one batch up to this many segments
+STREAM_SECONDS = 600.0  # index build decodes longer files block by block (bounded memory)
+_STREAM_BLOCK_SECONDS = 64.0
 SMALL_DB_SEGMENTS = 100_000  # "auto" index: exact flat search below (~14 h of audio), IVF-PQ above
 _PARTIAL_SUFFIX = ".partial"
 SHARD_FORMAT_VERSION = 1
@@ -73,7 +86,7 @@ class NoDefaultModelError(FileNotFoundError):
 
 
 class QueryError(ValueError):
-    """A query that cannot be searched (too short). The message starts with the query name."""
+    """A query that cannot be searched (too short, silent, constant). The message starts with the query name."""
 
 
 class ShardError(ValueError):
@@ -88,10 +101,12 @@ class IndexReport:
         db: the saved database, reopened from disk (memory-mapped store); None for a shard.
         n_tracks: tracks added by this call.
         n_segments: segments added by this call.
-        audio_seconds: duration of the audio fingerprinted by this call.
-        fingerprint_seconds: wall time spent decoding and fingerprinting.
+        audio_seconds: duration of the audio added by this call (reused chunks included).
+        fingerprint_seconds: wall time spent decoding and fingerprinting by this call.
         skipped: `(relative path, reason)` of files that could not be used.
         resumed_chunks: chunks reused from an interrupted earlier run.
+        fresh_audio_seconds: the part of `audio_seconds` decoded and fingerprinted by this
+            call (not reused from an interrupted run); None: all of it.
     """
 
     db: FingerprintDB
@@ -101,10 +116,13 @@ class IndexReport:
     fingerprint_seconds: float
     skipped: list
     resumed_chunks: int = 0
+    fresh_audio_seconds: float | None = None
 
     @property
     def realtime_factor(self):
-        return self.audio_seconds / max(self.fingerprint_seconds, 1e-9)
+        """Audio seconds fingerprinted per second of wall time, over this call's own work."""
+        fresh = self.audio_seconds if self.fresh_audio_seconds is None else self.fresh_audio_seconds
+        return fresh / max(self.fingerprint_seconds, 1e-9)
 
 
 # ------------------------------------------------------------------ models
@@ -124,12 +142,190 @@ def resolve_model(model=None):
     return resolve_model_path(model)
 
 
-def load_model(model=None):
-    """Loads a fingerprinter; returns `(embedder, resolved_path)`."""
+def load_model(model=None, trust_model=False):
+    """Loads a fingerprinter; returns `(embedder, resolved_path)`.
+
+    A SavedModel can run arbitrary TensorFlow operations and needs `trust_model=True`
+    (see `nnfp.export.load_fingerprinter`); `.keras` files load in Keras safe mode.
+    """
     from nnfp.export import load_fingerprinter
 
     path = resolve_model(model)
-    return load_fingerprinter(path), path
+    return load_fingerprinter(path, trust_model=trust_model), path
+
+
+# ------------------------------------------------------------------ integrity
+
+PROBE_SEED = 20_210_606
+N_PROBES = 3
+# Max |difference| of a probe fingerprint component (vectors of norm 1) for the same model:
+# CPU/GPU/XLA arithmetic moves them by ~1e-4; a different model by ~0.1 or more.
+PROBE_TOLERANCE = 1e-2
+
+
+class ModelMismatchError(ValueError):
+    """A model that does not reproduce the probe fingerprints recorded in an index."""
+
+
+class IndexLockedError(TimeoutError):
+    """Another process holds the lock of an index being changed."""
+
+
+def probe_waveforms(segment_samples, sample_rate):
+    """`N_PROBES` fixed (segment_samples,) waveforms: seeded noise plus three tones each."""
+    rng = np.random.default_rng(PROBE_SEED)
+    t = np.arange(segment_samples) / sample_rate
+    probes = []
+    for _ in range(N_PROBES):
+        tones = sum(
+            0.2 * np.sin(2 * np.pi * f * t + phase)
+            for f, phase in zip(rng.uniform(80, 0.4 * sample_rate, 3), rng.uniform(0, 2 * np.pi, 3), strict=True)
+        )
+        probes.append(tones + 0.05 * rng.standard_normal(segment_samples))
+    return np.stack(probes).astype(np.float32)  # (N_PROBES, segment_samples)
+
+
+def probe_fingerprints(embedder, sample_rate):
+    """(N_PROBES, d) fingerprints of `probe_waveforms` by `embedder`."""
+    return np.asarray(embedder.fingerprint(probe_waveforms(embedder.segment_samples, sample_rate)), np.float32)
+
+
+def _probe_entry(embedder, sample_rate):
+    """What an index records of its model's probe fingerprints (tracks.json metadata)."""
+    fingerprints = probe_fingerprints(embedder, sample_rate)
+    return {"seed": PROBE_SEED, "fingerprints": np.round(fingerprints, 6).tolist()}
+
+
+def check_model(embedder, metadata, sample_rate, what):
+    """Raises `ModelMismatchError` when `embedder` does not reproduce the index's probe
+    fingerprints; returns the max |difference| (None: the index records no probes)."""
+    probe = metadata.get("probe")
+    if not probe:
+        return None
+    expected = np.asarray(probe["fingerprints"], np.float32)
+    got = probe_fingerprints(embedder, sample_rate) if probe.get("seed") == PROBE_SEED else None
+    if got is None:
+        return None  # probes of another nnfp version: cannot be compared
+    if got.shape != expected.shape:
+        raise ModelMismatchError(
+            f"{what} does not make the fingerprints of this index (size {got.shape[-1]}, "
+            f"the index holds size {expected.shape[-1]})"
+        )
+    difference = float(np.max(np.abs(got - expected)))
+    if not difference <= PROBE_TOLERANCE:  # also catches NaN
+        raise ModelMismatchError(
+            f"{what} does not reproduce the fingerprints of this index (probe difference "
+            f"{difference:.3g} > {PROBE_TOLERANCE:g}): it is not the model that built the index"
+        )
+    return difference
+
+
+def _index_model_path(index_dir, metadata):
+    """The model inside an index folder; its recorded name may not lead outside the folder."""
+    name = metadata.get("model_file")
+    if name is None:
+        raise FileNotFoundError(f"{index_dir}: the index records no model; pass --model")
+    relative = Path(str(name))
+    index_dir = Path(index_dir)
+    if (
+        relative.is_absolute()
+        or ".." in relative.parts
+        or not str(name).strip()
+        or not (index_dir / relative).resolve().is_relative_to(index_dir.resolve())
+    ):
+        raise CorruptIndexError(
+            f"{index_dir / 'tracks.json'}: the index's model path {name!r} leads outside the index "
+            "folder, which nnfp refuses (an index must carry its own model); rebuild the index"
+        )
+    return index_dir / relative
+
+
+def _index_embedder(index_dir, metadata, sample_rate, model=None, trust_model=False):
+    """The model of an index (or `model` instead), checked against the index's probes."""
+    own = model is None
+    path = _index_model_path(index_dir, metadata) if own else model
+    embedder, path = load_model(path, trust_model=trust_model)
+    what = f"the index's own model {path}" if own else f"the model {path}"
+    try:
+        check_model(embedder, metadata, sample_rate, what)
+    except ModelMismatchError as error:
+        hint = (
+            "; the index folder was changed: rebuild it (`nnfp index build`)"
+            if own
+            else "; leave out --model to use the index's own model, or rebuild the index with this model"
+        )
+        raise ModelMismatchError(f"{index_dir}: {error}{hint}") from None
+    return embedder
+
+
+@contextlib.contextmanager
+def index_lock(index_dir, timeout=None, log=None):
+    """Holds an exclusive lock for changing `index_dir` (`fcntl.flock` on `.<name>.lock`
+    beside it, removed afterwards: the folder itself is replaced by `save`).
+
+    Waits for another holder; `timeout` seconds (None: no limit) then `IndexLockedError`.
+    `log` (e.g. `print`) is told once when it has to wait.
+    """
+    import fcntl
+
+    index_dir = Path(index_dir).absolute()
+    path = index_dir.with_name(f".{index_dir.name}.lock")
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    waiting = False
+    while True:
+        handle = open(path, "a")
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    handle.close()
+                    raise IndexLockedError(
+                        f"{index_dir}: another process is changing this index (it holds {path}); "
+                        f"gave up after {timeout:g} s: run again once it has finished"
+                    ) from None
+                if not waiting and log is not None:
+                    log(f"waiting for another process changing {index_dir} (lock {path})")
+                waiting = True
+                time.sleep(0.1)
+        # The holder removes the file before releasing it: a lock won on a removed file
+        # is stale, and the next process must lock the file now at `path`.
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()  # releases the lock
+
+
+def verify_index(index_dir, model=None, trust_model=False):
+    """Checks everything of a saved index: every file against its recorded size and SHA-256,
+    that each loads, and that the model (the index's own, or `model`) reproduces the
+    probe fingerprints. Returns `(problems, notes)`: one-line messages (empty: intact)
+    and remarks (e.g. an older index without checksums)."""
+    from nnfp.search import verify_db
+
+    index_dir = Path(index_dir)
+    problems, has_checksums = verify_db(index_dir)
+    notes = []
+    if not has_checksums and not problems:
+        notes.append(f"{index_dir}: no checksums recorded (built by an older nnfp); rebuild it to add them")
+    if problems:
+        return problems, notes
+    metadata = FingerprintDB.load(index_dir, checksums=False).metadata
+    if not metadata.get("probe"):
+        notes.append(f"{index_dir}: no probe fingerprints recorded (built by an older nnfp); model not checked")
+    try:
+        _index_embedder(index_dir, metadata, int(metadata.get("sample_rate", 8000)), model, trust_model)
+    except (FileNotFoundError, ValueError) as error:
+        problems.append(str(error))
+    return problems, notes
 
 
 # ------------------------------------------------------------ fingerprints
@@ -165,6 +361,113 @@ def fingerprint_tracks(embedder, tracks, hop_samples, batch_size=256):
         out.append(embedder.fingerprint(batch, batch_size=batch_size))
     embeddings = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
     return embeddings.astype(np.float32), owners, starts
+
+
+def fingerprint_stream(embedder, blocks, hop_samples, batch_size=256):
+    """Fingerprints every segment of a waveform given as consecutive blocks (for instance
+    `nnfp.data.stream_audio`), in memory bounded by the block size: each block is joined to
+    the tail of the previous ones that the next segments still need.
+
+    Gives the fingerprints `fingerprint_tracks` gives for the whole waveform.
+
+    Returns:
+        `(embeddings (n, d) float32, segment_start (n,) int64 start sample, n_samples,
+        peak absolute amplitude)`.
+    """
+    segment = embedder.segment_samples
+    carry = np.zeros(0, np.float32)  # samples from the next segment's start on
+    to_drop = 0  # samples still to drop before the next start (a hop longer than a segment)
+    out, n_samples, peak = [], 0, 0.0
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float32)
+        if len(block):
+            n_samples += len(block)
+            peak = max(peak, float(np.abs(block).max()))
+        dropped = min(to_drop, len(block))
+        carry = np.concatenate([carry, block[dropped:]])
+        to_drop -= dropped
+        windows = segment_waveform(carry, segment, hop_samples)  # (n, segment) view
+        for first in range(0, len(windows), batch_size):
+            batch = np.ascontiguousarray(windows[first : first + batch_size])
+            out.append(embedder.fingerprint(batch, batch_size=batch_size))
+        used = len(windows) * hop_samples
+        to_drop += max(0, used - len(carry))
+        carry = carry[used:]
+    embeddings = np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+    return embeddings, np.arange(len(embeddings), dtype=np.int64) * hop_samples, n_samples, peak
+
+
+def _should_stream(path):
+    """Long files (or of unknown length) are streamed; the header says, no decoding needed."""
+    from nnfp.data import audio_info
+
+    try:
+        seconds = audio_info(path).seconds
+    except Exception:  # unreadable: decoding it whole reports why
+        return False
+    return seconds is None or seconds > STREAM_SECONDS
+
+
+def _fingerprint_streamed(path, embedder, sample_rate, hop_samples, batch_size):
+    """`(embeddings, starts, duration_s)` of one long file, or the reason it is unusable."""
+    from nnfp.data import AudioError, stream_audio, usability_problem
+
+    try:
+        blocks = stream_audio(path, sample_rate, block_seconds=_STREAM_BLOCK_SECONDS)
+        embeddings, starts, n_samples, peak = fingerprint_stream(embedder, blocks, hop_samples, batch_size)
+    except AudioError as exc:
+        return exc.reason
+    except Exception as exc:  # one bad file must never stop a large scan
+        return f"unexpected error: {type(exc).__name__}: {exc}"
+    min_seconds = embedder.segment_samples / sample_rate
+    problem = usability_problem(n_samples, sample_rate, min_seconds, peak=peak)
+    return problem or (embeddings, starts, n_samples / sample_rate)
+
+
+def _fingerprint_chunk(paths, embedder, sample_rate, hop_samples, batch_size):
+    """Fingerprints files in order: files up to `STREAM_SECONDS` decoded in parallel and batched
+    together, longer ones streamed one by one in bounded memory.
+
+    Returns:
+        `(embeddings (n, d), segment_file (n,) position in paths, segment_start (n,) samples,
+        kept positions, durations (s), skipped [(position, reason)])`.
+    """
+    from nnfp.data import load_tracks
+
+    streamed = {i for i, path in enumerate(paths) if _should_stream(path)}
+    whole = [path for i, path in enumerate(paths) if i not in streamed]
+    position = {str(path): i for i, path in enumerate(paths)}
+    tracks, kept, skipped = load_tracks(
+        whole, sample_rate=sample_rate, min_seconds=embedder.segment_samples / sample_rate
+    )
+    results = {position[str(path)]: reason for path, reason in skipped}
+    if tracks:
+        embeddings, owners, starts = fingerprint_tracks(embedder, tracks, hop_samples, batch_size)
+        bounds = np.cumsum(np.bincount(owners, minlength=len(tracks)))[:-1]
+        for path, track, rows, track_starts in zip(
+            kept, tracks, np.split(embeddings, bounds), np.split(starts, bounds), strict=True
+        ):
+            results[position[str(path)]] = (rows, track_starts, len(track) / sample_rate)
+    del tracks
+    for i in sorted(streamed):
+        results[i] = _fingerprint_streamed(paths[i], embedder, sample_rate, hop_samples, batch_size)
+    out, owners, starts, kept_positions, durations, skipped = [], [], [], [], [], []
+    for i in range(len(paths)):
+        if isinstance(results[i], str):
+            skipped.append((i, results[i]))
+            continue
+        rows, track_starts, seconds = results[i]
+        owners.append(np.full(len(rows), len(kept_positions), np.int32))
+        kept_positions.append(i)
+        out.append(rows)
+        starts.append(track_starts)
+        durations.append(seconds)
+    if not out:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64), [], np.zeros(0), skipped
+    return (
+        np.concatenate(out), np.concatenate(owners), np.concatenate(starts), kept_positions,
+        np.array(durations, np.float64), skipped,
+    )
 
 
 class _Progress:
@@ -234,10 +537,9 @@ def _fingerprint_files(
 ):
     """Fingerprints files chunk by chunk into `work_dir`, reusing chunks of an interrupted run.
 
-    Returns `(chunk paths, resumed chunk count, fingerprinting seconds)`.
+    Returns `(chunk paths, resumed chunk count, fingerprinting seconds, seconds of audio
+    fingerprinted now)` (reused chunks count in neither of the last two).
     """
-    from nnfp.data import load_tracks
-
     work_dir = Path(work_dir)
     plan = {
         "root": str(Path(root).absolute()),
@@ -255,7 +557,12 @@ def _fingerprint_files(
         except (OSError, ValueError):
             same = False
         if not same:
-            shutil.rmtree(work_dir)  # left by a different job: start over
+            if not plan_path.exists() and any(work_dir.iterdir()):
+                raise OutputFolderError(
+                    f"{work_dir}: exists and is not an interrupted nnfp build (no plan.json); "
+                    "move it away, nnfp will not delete a folder it did not create"
+                )
+            shutil.rmtree(work_dir)  # left by a different nnfp job: start over
     work_dir.mkdir(parents=True, exist_ok=True)
     if not plan_path.exists():
         tmp = plan_path.with_name("plan.json.tmp")
@@ -266,7 +573,7 @@ def _fingerprint_files(
     n_chunks = -(-len(relative_paths) // chunk_files)
     chunk_paths, resumed, seconds = [], 0, 0.0
     bar = _Progress(len(relative_paths), "fingerprinting", enabled=progress)
-    audio_seconds = 0.0
+    audio_seconds = fresh_audio = 0.0
     for chunk in range(n_chunks):
         path = work_dir / f"chunk_{chunk:06d}.npz"
         chunk_paths.append(path)
@@ -278,15 +585,10 @@ def _fingerprint_files(
                 audio_seconds += float(np.sum(done["durations"]))
         else:
             started = time.perf_counter()
-            tracks, kept, skipped = load_tracks(
-                [Path(root) / name for name in names],
-                sample_rate=sample_rate,
-                min_seconds=embedder.segment_samples / sample_rate,
+            embeddings, owners, starts, kept, durations, skipped = _fingerprint_chunk(
+                [Path(root) / name for name in names], embedder, sample_rate, hop, batch_size
             )
-            index_of = {str(Path(root) / name): first + i for i, name in enumerate(names)}
-            kept_ids = np.array([index_of[str(p)] for p in kept], np.int32)
-            embeddings, owners, starts = fingerprint_tracks(embedder, tracks, hop, batch_size)
-            durations = np.array([len(t) / sample_rate for t in tracks], np.float64)
+            kept_ids = first + np.array(kept, np.int32)
             _atomic_npz(
                 path,
                 embeddings=embeddings.astype(np.float32) if len(owners) else np.zeros((0, 0), np.float32),
@@ -294,15 +596,16 @@ def _fingerprint_files(
                 segment_start=(starts / sample_rate).astype(np.float32),
                 kept_files=kept_ids,
                 durations=durations,
-                skipped_files=np.array([index_of[str(p)] for p, _ in skipped], np.int32),
+                skipped_files=np.array([first + i for i, _ in skipped], np.int32),
                 skipped_reasons=np.array([reason for _, reason in skipped], dtype=str),
             )
             seconds += time.perf_counter() - started
             audio_seconds += float(durations.sum())
+            fresh_audio += float(durations.sum())
         bar.update(min(first + chunk_files, len(relative_paths)), f"files, {audio_seconds / 3600:.2f} h audio,")
         if on_chunk is not None:
             on_chunk(chunk)
-    return chunk_paths, resumed, seconds
+    return chunk_paths, resumed, seconds, fresh_audio
 
 
 def _gather_chunks(chunk_paths, relative_paths, store_path):
@@ -357,11 +660,12 @@ class _Catalogue:
     audio_seconds: float
     fingerprint_seconds: float
     resumed_chunks: int
+    fresh_audio_seconds: float  # audio of the chunks fingerprinted now (not reused)
 
 
 def _fingerprint_catalogue(root, relative, embedder, model_path, work_dir, sample_rate, hop_seconds, **options):
     """`_fingerprint_files` + `_gather_chunks` into `work_dir`; tracks numbered from 0."""
-    chunks, resumed, seconds = _fingerprint_files(
+    chunks, resumed, seconds, fresh_audio = _fingerprint_files(
         root, relative, embedder, model_path, work_dir, sample_rate, hop_seconds, **options
     )
     store, segment_file, segment_start, kept, durations, skipped = _gather_chunks(
@@ -374,7 +678,8 @@ def _fingerprint_catalogue(root, relative, embedder, model_path, work_dir, sampl
         for i, (f, dur) in enumerate(zip(kept, durations, strict=True))
     ]
     return _Catalogue(
-        store, segment_track, segment_start, tracks, skipped, float(sum(durations)), seconds, resumed
+        store, segment_track, segment_start, tracks, skipped, float(sum(durations)), seconds, resumed,
+        fresh_audio,
     )
 
 
@@ -386,7 +691,7 @@ def _partial_dir(index_dir):
 def _list_relative(audio_dir):
     from nnfp.data import list_audio_files
 
-    root = Path(audio_dir).absolute()
+    root = Path(audio_dir).resolve()  # `music/../music` and `./music` are the same folder as `music`
     files = list_audio_files(root)
     if root.is_file():
         return root.parent, [root.name]
@@ -409,6 +714,8 @@ def build_index(
     chunk_files=32,
     progress=True,
     on_chunk=None,
+    trust_model=False,
+    overwrite=False,
     **index_params,
 ):
     """Fingerprints every audio file under `audio_dir` and saves a searchable index.
@@ -441,7 +748,9 @@ def build_index(
             f"`index_type` must be 'auto' or one of {INDEX_TYPES}. Received: index_type={index_type!r}"
         )
     index_dir = Path(index_dir).absolute()
-    embedder, model_path = load_model(model)
+    # Before anything is loaded or written: never into (or deleting) a user's folder.
+    claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=[audio_dir])
+    embedder, model_path = load_model(model, trust_model=trust_model)
     root, relative = _list_relative(audio_dir)
     work_dir = _partial_dir(index_dir)
     found = _fingerprint_catalogue(
@@ -459,6 +768,7 @@ def build_index(
     metadata = _index_metadata(
         model_name, model_path, sample_rate, embedder.segment_samples, root, found.tracks, found.skipped
     )
+    metadata["probe"] = _probe_entry(embedder, sample_rate)  # checks the model of every later load
     db = FingerprintDB.build(
         found.store, found.segment_track, found.segment_start, found.tracks, hop_seconds=hop_seconds,
         index_type=index_type, metadata=metadata, **index_params,
@@ -476,12 +786,25 @@ def _report(found, db):
         fingerprint_seconds=found.fingerprint_seconds,
         skipped=found.skipped,
         resumed_chunks=found.resumed_chunks,
+        fresh_audio_seconds=found.fresh_audio_seconds,
     )
+
+
+def _calibration_files(model_path, index_dir=None):
+    """`{"calibration.json": source}` to save with an index: the index's own calibration when
+    `index_dir` has one (an `add` keeps it), else the model's (`x.keras` -> `x.calibration.json`)."""
+    from nnfp.calibration import INDEX_CALIBRATION_FILE, model_calibration_path
+
+    own = Path(index_dir) / INDEX_CALIBRATION_FILE if index_dir is not None else None
+    source = own if own is not None and own.is_file() else model_calibration_path(model_path)
+    return {INDEX_CALIBRATION_FILE: source} if source.is_file() else {}
 
 
 def _save_and_report(db, index_dir, model_file, model_path, work_dir, found):
     """Save `db` with its model atomically, drop the work dir, and report on the reloaded index."""
-    db.save(index_dir, extra_files={model_file: model_path})
+    adding = Path(model_path).absolute().parent == Path(index_dir).absolute()  # the index's own model
+    calibration = _calibration_files(model_path, index_dir if adding else None)
+    db.save(index_dir, extra_files={model_file: model_path, **calibration})
     del db
     found.store = None  # release the memory-mapped scratch store before deleting it
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -505,22 +828,42 @@ def _index_metadata(model_name, model_path, sample_rate, segment_samples, root, 
 
 
 def add_to_index(
-    index_dir, audio_dir, batch_size=256, chunk_files=32, progress=True, on_chunk=None
+    index_dir,
+    audio_dir,
+    batch_size=256,
+    chunk_files=32,
+    progress=True,
+    on_chunk=None,
+    trust_model=False,
+    lock_timeout=None,
 ):
     """Appends the tracks under `audio_dir` to a saved index, fingerprinted by its model.
 
-    Files of `audio_dir` already indexed from the same folder are left out. The faiss
-    index is not retrained. Resumable and atomic like `build_index`.
+    Files of `audio_dir` already indexed from the same folder (compared resolved:
+    `music/../music` is `music`) are left out. The faiss index is not retrained.
+    Resumable and atomic like `build_index`. Holds `index_lock(index_dir)`: a second
+    add of the same index waits for the first (`lock_timeout` seconds at most, None:
+    no limit, then `IndexLockedError`) and then sees its tracks. The index's model must
+    reproduce the index's probe fingerprints (`ModelMismatchError`); a SavedModel needs
+    `trust_model=True`.
     """
     index_dir = Path(index_dir).absolute()
+    if not index_dir.is_dir():
+        raise FileNotFoundError(f"Fingerprint DB directory not found: {index_dir}")
+    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    with index_lock(index_dir, timeout=lock_timeout, log=log):
+        return _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_chunk, trust_model)
+
+
+def _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_chunk, trust_model):
     db = FingerprintDB.load(index_dir, mmap=True)
     meta = db.metadata
-    model_path = index_dir / meta["model_file"]
-    embedder, _ = load_model(model_path)
+    model_path = _index_model_path(index_dir, meta)
+    embedder = _index_embedder(index_dir, meta, meta["sample_rate"], trust_model=trust_model)
     root, relative = _list_relative(audio_dir)
     present = set()
     for source in meta["sources"]:
-        if source["audio_dir"] == str(root):
+        if Path(source["audio_dir"]).resolve() == root:
             ids = range(source["first_track_id"], source["first_track_id"] + source["n_tracks"])
             present.update(db._track_by_id[i]["path"] for i in ids)
     relative = [r for r in relative if r not in present]
@@ -598,6 +941,7 @@ def build_shard(
     chunk_files=32,
     progress=True,
     on_chunk=None,
+    trust_model=False,
 ):
     """Fingerprints shard `shard` of `n_shards` of the audio under `audio_dir`.
 
@@ -617,7 +961,10 @@ def build_shard(
         An `IndexReport` with `db=None`.
     """
     shard, n_shards = parse_shard(f"{shard}/{n_shards}")
-    embedder, model_path = load_model(model)
+    # OUT_DIR is shared by the N shard jobs: new, empty, or already a folder of shards.
+    claim_output_dir(out_dir, "shards", reuse=True, inputs=[audio_dir])
+    write_marker(out_dir, "shards")
+    embedder, model_path = load_model(model, trust_model=trust_model)
     root, relative = _list_relative(audio_dir)
     shard_dir = Path(out_dir).absolute() / shard_dir_name(shard, n_shards)
     if int(chunk_files) < 1:
@@ -644,6 +991,7 @@ def build_shard(
         "model_file": model_name,
         "model_source": str(Path(model_path).absolute()),
         "model_sha1": _model_digest(model_path),
+        "probe": _probe_entry(embedder, sample_rate),
         "sample_rate": int(sample_rate),
         "hop_seconds": float(hop_seconds),
         "segment_samples": int(embedder.segment_samples),
@@ -654,7 +1002,7 @@ def build_shard(
         "skipped": found.skipped,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with atomic_directory(shard_dir) as tmp:
+    with atomic_directory(shard_dir, kind="shards") as tmp:
         if found.store is None:  # an empty slice, or nothing usable in it
             np.save(tmp / "embeddings.npy", np.zeros((0, 0), np.float32))
         else:
@@ -735,7 +1083,7 @@ def _load_shards(shard_dirs):
     return [by_number[i] for i in range(n_shards)]
 
 
-def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, **index_params):
+def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, overwrite=False, **index_params):
     """Combines the N shards of a sharded build into one index, like `build_index` would.
 
     Tracks are numbered in shard order, which is the sorted file order of a single
@@ -761,6 +1109,7 @@ def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, **inde
             f"`index_type` must be 'auto' or one of {INDEX_TYPES}. Received: index_type={index_type!r}"
         )
     index_dir = Path(index_dir).absolute()
+    claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=shard_dirs)
     shards = _load_shards(shard_dirs)
     first = shards[0][1]
     n_segments = sum(meta["n_segments"] for _, meta in shards)
@@ -773,8 +1122,14 @@ def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, **inde
         )
     d = next(meta["d"] for _, meta in shards if meta["d"] is not None)
     work_dir = _partial_dir(index_dir)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True)
+    if work_dir.exists():
+        if output_kind(work_dir) != "index" and any(work_dir.iterdir()):
+            raise OutputFolderError(
+                f"{work_dir}: exists and is not an interrupted `nnfp index merge`; move it away, "
+                "nnfp will not delete a folder it did not create"
+            )
+        shutil.rmtree(work_dir)
+    write_marker(work_dir, "index")  # marks the scratch folder as nnfp's, for a rerun after a crash
     store = np.lib.format.open_memmap(
         work_dir / "embeddings.npy", mode="w+", dtype=np.float32, shape=(n_segments, d)
     )
@@ -812,12 +1167,14 @@ def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, **inde
         first["catalogue"]["audio_dir"], tracks, skipped,
     )
     metadata["shards"] = {"n_shards": len(shards), "dirs": [str(Path(path).absolute()) for path, _ in shards]}
+    if first.get("probe"):
+        metadata["probe"] = first["probe"]  # same model in every shard (`model_sha1` checked)
     db = FingerprintDB.build(
         store, segment_track, segment_start, tracks, hop_seconds=first["hop_seconds"],
         index_type=index_type, metadata=metadata, on_disk_dir=work_dir / "ivf", part_rows=part_rows,
         **index_params,
     )
-    db.save(index_dir, extra_files={first["model_file"]: model_path})
+    db.save(index_dir, extra_files={first["model_file"]: model_path, **_calibration_files(first["model_source"])})
     del db, store
     shutil.rmtree(work_dir, ignore_errors=True)
     return IndexReport(
@@ -836,17 +1193,34 @@ def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, **inde
 class Identifier:
     """Identifies query audio against a saved index: which track, where, how sure.
 
-    Queries are cut into 1 s segments on the index hop, fingerprinted by the
-    index's model and matched with `FingerprintDB.search` (per-segment top-k,
-    offset compensation, mean inner product over the whole query).
+    The query is fingerprinted at `phases` phases of the index hop (cut at 0,
+    hop/phases, 2 hop/phases, ...; a phase is dropped when it leaves less than one
+    segment); each phase is matched with the index (per-segment top-k, offset
+    compensation, mean inner product over the whole query), the best score per
+    place wins, and offsets are corrected by the phase, so they have a resolution
+    of hop/phases. Matches of one track less than `collapse_seconds` apart are one
+    place. A match must score at least `match_threshold(query seconds)`, otherwise
+    the answer is "not in the catalogue" (an empty list).
 
     Args:
         index_dir: a folder written by `build_index`.
         model: override the index's model (must produce the same fingerprints).
         k_probe: faiss neighbours per query segment.
-        min_score: matches scoring below this are dropped (None keeps all).
+        min_score: a fixed threshold; None keeps every candidate; `"calibrated"`
+            (default): the index's calibration (`INDEX/calibration.json`, copied from
+            the model's when the index was built) for the query's length, or
+            `DEFAULT_MIN_SCORE` when the index has none.
         threads: faiss threads; 1 is fastest for single queries on small machines.
         nprobe: IVF lists visited (IVF indexes), None keeps the saved value.
+        phases: query phases per index hop (1 = the paper's search).
+        collapse_seconds: matches of one track closer than this are one place.
+        calibration: a `Calibration` or a path overriding the index's.
+        trust_model: allow a SavedModel (index's or `model`), which can run arbitrary
+            TensorFlow operations; `.keras` models load in Keras safe mode regardless.
+
+    The model must reproduce the probe fingerprints recorded in the index
+    (`ModelMismatchError` otherwise), and the index's files their recorded sizes
+    (and checksums, for indexes up to `nnfp.search.CHECKSUM_ON_LOAD_BYTES`).
 
     >>> identifier = Identifier("my_index")
     >>> matches = identifier.identify_file("clip.wav", n_results=3)
@@ -858,55 +1232,158 @@ class Identifier:
         index_dir,
         model=None,
         k_probe=DEFAULT_K_PROBE,
-        min_score=DEFAULT_MIN_SCORE,
+        min_score=CALIBRATED,
         threads=1,
         nprobe=None,
         db=None,
         embedder=None,
+        phases=DEFAULT_PHASES,
+        collapse_seconds=1.0,
+        calibration=None,
+        trust_model=False,
     ):
+        from nnfp.calibration import INDEX_CALIBRATION_FILE, Calibration, model_calibration_path
+
         index_dir = Path(index_dir) if index_dir is not None else None
+        if int(phases) < 1:
+            raise ValueError(f"`phases` must be >= 1. Received: phases={phases}")
+        if int(k_probe) < 1:
+            raise ValueError(f"`k_probe` must be >= 1. Received: k_probe={k_probe}")
+        if min_score is not None and min_score != CALIBRATED and not np.isfinite(float(min_score)):
+            raise ValueError(f"`min_score` must be a finite number. Received: min_score={min_score}")
         self.db = db if db is not None else FingerprintDB.load(index_dir, threads=threads)
         if nprobe is not None:
             self.db.set_search_params(nprobe=nprobe)
         meta = self.db.metadata
         if embedder is None:
-            if model is None and "model_file" not in meta:
-                raise FileNotFoundError(f"{index_dir}: the index records no model; pass a model")
-            embedder, _ = load_model(model if model is not None else index_dir / meta["model_file"])
+            rate = int(meta.get("sample_rate", 8000))
+            embedder = _index_embedder(index_dir, meta, rate, model=model, trust_model=trust_model)
         self.embedder = embedder
         self.sample_rate = int(meta.get("sample_rate", 8000))
         self.hop_samples = int(round(self.db.hop_seconds * self.sample_rate))
         self.k_probe = int(k_probe)
         self.min_score = min_score
+        self.phases = int(phases)
+        self.collapse_seconds = collapse_seconds
+        self.last_query_seconds = None  # length of the latest `identify_audio` query
+        if calibration is None and index_dir is not None:
+            candidates = [index_dir / INDEX_CALIBRATION_FILE]
+            if model is not None:
+                candidates.append(model_calibration_path(resolve_model(model)))
+            calibration = next((c for c in candidates if c.is_file()), None)
+        if calibration is not None and not isinstance(calibration, Calibration):
+            calibration = Calibration.load(calibration)
+        self.calibration = calibration
 
     @property
     def min_query_seconds(self):
         return self.embedder.segment_samples / self.sample_rate
 
-    def fingerprint(self, audio, name="query"):
-        """(n_samples,) waveform at the index rate -> (n_segments, d) fingerprints."""
-        segments = segment_waveform(audio, self.embedder.segment_samples, self.hop_samples)
-        if len(segments) == 0:
+    def match_threshold(self, query_seconds):
+        """The score a match of a `query_seconds` long query needs (None: every candidate is a match)."""
+        if self.min_score is None:
+            return None
+        if self.min_score != CALIBRATED:
+            return float(self.min_score)
+        if self.calibration is None:
+            return DEFAULT_MIN_SCORE
+        return self.calibration.threshold(query_seconds)
+
+    def check_audio(self, audio, name="query"):
+        """Raises `QueryError` for a query too short, silent, near-silent or constant to identify."""
+        audio = np.asarray(audio, np.float32)
+        if len(audio) < self.embedder.segment_samples:
             raise QueryError(
                 f"{name}: too short: {len(audio) / self.sample_rate:.2f} s; a query needs "
                 f"at least {self.min_query_seconds:g} s of audio"
             )
-        return self.embedder.fingerprint(np.ascontiguousarray(segments))
+        peak = float(np.max(np.abs(audio)))
+        peak_db = 20 * np.log10(max(peak, 1e-10))
+        if peak_db < SILENT_PEAK_DB:
+            raise QueryError(f"{name}: silent (peak {peak_db:.0f} dBFS); nothing to identify")
+        varying = audio - np.mean(audio)
+        rms_db = 10 * np.log10(max(float(np.mean(np.square(varying, dtype=np.float64))), 1e-20))
+        if rms_db < SILENT_RMS_DB:
+            what = "constant (DC offset only)" if peak_db >= SILENT_PEAK_DB + 20 else "near-silent"
+            raise QueryError(
+                f"{name}: {what} (level {rms_db:.0f} dBFS RMS, peak {peak_db:.0f} dBFS); nothing to identify"
+            )
 
-    def search(self, fingerprints, n_results=5):
-        return self.db.search(
-            fingerprints, top_k=self.k_probe, n_results=n_results, min_score=self.min_score
+    def fingerprint(self, audio, name="query"):
+        """(n_samples,) waveform at the index rate -> (n_segments, d) fingerprints on the hop grid."""
+        self.check_audio(audio, name=name)
+        segments = segment_waveform(audio, self.embedder.segment_samples, self.hop_samples)
+        return self.embedder.fingerprint(segments)  # batches are copied from the view
+
+    def phase_fingerprints(self, audio, name="query"):
+        """Fingerprints of the query at every phase: list of `(shift_seconds, (n_segments, d))`.
+
+        Phase p cuts the query `p * hop / phases` later; phases leaving less than one
+        segment are dropped. All phases are fingerprinted in one batch.
+        """
+        self.check_audio(audio, name=name)
+        audio = np.asarray(audio, np.float32)
+        shifts = sorted({int(round(p * self.hop_samples / self.phases)) for p in range(self.phases)})
+        views = [segment_waveform(audio[shift:], self.embedder.segment_samples, self.hop_samples) for shift in shifts]
+        kept = [(shift, view) for shift, view in zip(shifts, views, strict=True) if len(view)]
+        if sum(len(view) for _, view in kept) <= _ONE_BATCH_SEGMENTS:
+            fingerprints = self.embedder.fingerprint(np.concatenate([view for _, view in kept]))
+        else:  # a long query: batches are copied from the views, never the whole query
+            fingerprints = np.concatenate([self.embedder.fingerprint(view) for _, view in kept])
+        out, first = [], 0
+        for shift, view in kept:
+            out.append((shift / self.sample_rate, fingerprints[first : first + len(view)]))
+            first += len(view)
+        return out
+
+    def rank(self, phase_fingerprints, n_results=5, min_score=None, max_seconds=None):
+        """Best distinct places over the phases (see `phase_fingerprints`), best first.
+
+        `max_seconds` uses only the segments that lie inside the query's first
+        `max_seconds` (the fingerprints of a prefix of the query).
+        """
+        segment = self.embedder.segment_samples
+        all_starts, all_scores, all_shifts = [], [], []
+        for shift, fingerprints in phase_fingerprints:
+            if max_seconds is not None:
+                room = int(round((max_seconds - shift) * self.sample_rate)) - segment
+                fingerprints = fingerprints[: max(0, room // self.hop_samples + 1) if room >= 0 else 0]
+            if len(fingerprints) == 0:
+                continue
+            starts = self.db.candidate_starts(fingerprints, top_k=self.k_probe)
+            all_starts.append(starts)
+            all_scores.append(self.db.sequence_scores(fingerprints, starts))
+            all_shifts.append(np.full(len(starts), shift))
+        if not all_starts:
+            return []
+        return self.db.places(
+            np.concatenate(all_starts), np.concatenate(all_scores), shifts=np.concatenate(all_shifts),
+            n_results=n_results, min_score=min_score, collapse_seconds=self.collapse_seconds,
         )
 
+    def search(self, fingerprints, n_results=5):
+        """Matches for fingerprints of consecutive segments on the hop grid (one phase)."""
+        seconds = ((len(fingerprints) - 1) * self.hop_samples + self.embedder.segment_samples) / self.sample_rate
+        return self.rank([(0.0, fingerprints)], n_results=n_results, min_score=self.match_threshold(seconds))
+
     def identify_audio(self, audio, n_results=5, name="query"):
-        """Best matches (list of `nnfp.search.Match`, best first) for a waveform at the index rate."""
-        return self.search(self.fingerprint(audio, name=name), n_results=n_results)
+        """Best matches (list of `nnfp.search.Match`, best first) for a waveform at the index rate.
+
+        An empty list means "not in the catalogue": no place scored `match_threshold`.
+
+        Raises:
+            QueryError: too short, silent, near-silent or constant audio.
+        """
+        self.last_query_seconds = len(audio) / self.sample_rate
+        phases = self.phase_fingerprints(audio, name=name)
+        threshold = self.match_threshold(self.last_query_seconds)
+        return self.rank(phases, n_results=n_results, min_score=threshold)
 
     def identify_file(self, path, n_results=5):
         """Reads any audio file (resampled, mixed to mono) and returns its best matches.
 
         Raises:
-            nnfp.data.AudioError: unreadable file. QueryError: shorter than one segment.
+            nnfp.data.AudioError: unreadable file. QueryError: too short, silent or constant.
         """
         from nnfp.data import load_audio
 

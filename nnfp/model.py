@@ -94,14 +94,6 @@ class FingerPrinter(keras.Model):
             "g(f)": _l2_normalize(self.projection(hidden)),
         }
 
-    def encode(self, waveforms):
-        """f(x): the encoder's output before projection."""
-        return self.embed_all(waveforms)["f"]
-
-    def encode_l2(self, waveforms):
-        """L2(f(x))."""
-        return self.embed_all(waveforms)["L2(f)"]
-
     def fingerprint(self, waveforms):
         """L2(g(f(x))): the fingerprint (same as `model(x)` with training off)."""
         return self(waveforms, training=False)
@@ -231,6 +223,7 @@ class FingerPrinter(keras.Model):
         n_mels=256,
         f_min=300.0,
         f_max=4000.0,
+        top_db=80.0,
         channels=None,
         width=1.0,
         norm="layer_norm2d",
@@ -244,7 +237,7 @@ class FingerPrinter(keras.Model):
 
         segment_samples = int(round(sample_rate * segment_seconds))
         frontend = LogMelSpectrogram(
-            sample_rate, segment_samples, n_fft, hop_length, n_mels, f_min, f_max, name="frontend"
+            sample_rate, segment_samples, n_fft, hop_length, n_mels, f_min, f_max, top_db, name="frontend"
         )
         channels = scaled_channels(width, channels or PAPER_CHANNELS, n_slices=embedding_dim)
         model = cls(

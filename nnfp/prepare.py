@@ -33,6 +33,7 @@ from nnfp.data import (
     MANIFEST_EXTENSIONS,
     PREPARED_FORMAT,
     AudioError,
+    audio_info,
     load_audio,
     read_manifest,
     usability_problem,
@@ -52,7 +53,7 @@ class PrepareSummary(dict):
 def _list_sources(source):
     """(path, track_id, reason) for every file of a folder tree or manifest.
 
-    Files in a folder whose extension soundfile is not asked to read come back with a
+    Files in a folder whose extension is not in `AUDIO_EXTENSIONS` come back with a
     reason, so the summary reports them instead of silently ignoring them.
     """
     source = pathlib.Path(source).absolute()
@@ -96,8 +97,6 @@ def _source_key(path):
 
 def _decode(path, sample_rate, min_seconds):
     """Worker: decode one file -> (int16 PCM or None, record)."""
-    import soundfile as sf
-
     record = {"source": str(path)}
     try:
         record.update(_source_key(path))
@@ -105,7 +104,7 @@ def _decode(path, sample_rate, min_seconds):
         pass  # missing: load_audio says so
     try:
         audio = load_audio(path, sample_rate)
-        info = sf.info(str(path))
+        info = audio_info(path)
         problem = usability_problem(audio, sample_rate, min_seconds)
         if problem:
             raise AudioError(path, problem)
@@ -114,9 +113,9 @@ def _decode(path, sample_rate, min_seconds):
             status="ok",
             duration_s=round(len(pcm) / sample_rate, 4),
             n_samples=len(pcm),
-            source_rate=int(info.samplerate),
+            source_rate=int(info.sample_rate),
             channels=int(info.channels),
-            source_format=f"{info.format}/{info.subtype}",
+            source_format=info.format,
             sha256=_sha256(path),
             pcm_sha256=hashlib.sha256(pcm.tobytes()).hexdigest(),
         )
@@ -201,9 +200,10 @@ def prepare_audio(
     """Decodes, mixes to mono and resamples every file of `source` into an int16 cache.
 
     Args:
-        source: a folder tree of audio files (any format soundfile reads) or a CSV/JSON
+        source: a folder tree of audio files (any format FFmpeg decodes) or a CSV/JSON
             manifest (`path[,track_id]`, see `nnfp.data.read_manifest`).
-        out_dir: the cache folder (created; an existing one is resumed).
+        out_dir: the cache folder (created; an existing cache is resumed; any other
+            non-empty folder, or one inside `source`, is refused untouched).
         sample_rate: target rate in Hz (soxr resampling).
         min_seconds: shorter files are skipped (and reported).
         workers: decoding threads (default: CPU count).
@@ -221,8 +221,12 @@ def prepare_audio(
         ValueError: `out_dir` was prepared at another sample rate.
     """
     started = time.perf_counter()
+    from nnfp.outputs import claim_output_dir, write_marker
+
+    claim_output_dir(out_dir, "prepared", reuse=True, inputs=[source])  # resumes its own cache only
     entries, base = _list_sources(source)
     out_dir = pathlib.Path(out_dir)
+    write_marker(out_dir, "prepared")
     shard_dir = out_dir / _SHARDS
     shard_dir.mkdir(parents=True, exist_ok=True)
     settings_path = out_dir / "settings.json"

@@ -115,7 +115,16 @@ def make_room_impulse_responses(out_dir, n, sample_rate=8000, seed=0, max_second
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths, meta = [], []
+    # A draw fails when its reverberation time is impossible in its room (a few % of
+    # draws); a long run of failures means the settings cannot work, not bad luck.
+    max_attempts, attempts = 20 * n + 100, 0
     while len(paths) < n:
+        attempts += 1
+        if attempts > max_attempts:
+            raise RuntimeError(
+                f"only {len(paths)} of {n} rooms could be simulated in {max_attempts} attempts. "
+                f"Received: sample_rate={sample_rate}, max_seconds={max_seconds}"
+            )
         result = simulate_room(rng, sample_rate, max_seconds=max_seconds)
         if result is None:
             continue

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -26,13 +27,17 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from nnfp.outputs import OutputFolderError, output_kind, write_marker
+
 __all__ = [
     "INDEX_TYPES",
+    "CorruptIndexError",
     "FingerprintDB",
     "Match",
     "atomic_directory",
     "format_hit_rate_table",
     "sequence_hit_rates",
+    "verify_db",
 ]
 
 INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
@@ -40,7 +45,113 @@ FORMAT_VERSION = 1
 _MIN_POINTS_PER_CENTROID = 39  # below this faiss k-means warns and clusters poorly
 _MAX_POINTS_PER_CENTROID = 256  # faiss k-means subsamples beyond this anyway
 _ADD_CHUNK_ROWS = 262_144  # rows per faiss add / disk copy: bounds RAM for memory-mapped stores
+# sequence_scores works on tiles of at most this many (query row, candidate) pairs:
+# ~32 MB of gathered float32 rows at d=128, whatever the query length.
+_SCORE_TILE_PAIRS = 65_536
+_SCORE_TILE_QUERY_ROWS = 64
 IVF_DATA_FILE = "index.ivfdata"  # inverted lists of an on-disk IVF index, beside index.faiss
+# `load` hashes every recorded file (a damaged store of the same size is found at once)
+# when they add up to at most this; larger indexes check sizes only (`verify_files` does all).
+CHECKSUM_ON_LOAD_BYTES = 256 * 2**20
+_REBUILD_HINT = "rebuild the index (`nnfp index build`) or restore the folder from a backup"
+
+
+class CorruptIndexError(ValueError):
+    """A saved index whose files are damaged, truncated or inconsistent. The message names
+    the file and what to do."""
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_records(directory):
+    """`{relative name: {"size", "sha256"}}` of every file under `directory` except tracks.json."""
+    directory = Path(directory)
+    records = {}
+    for path in sorted(directory.rglob("*")):
+        name = path.relative_to(directory).as_posix()
+        if path.is_file() and name != "tracks.json":
+            records[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return records
+
+
+def _meta_digest(meta):
+    """SHA-256 of tracks.json's content without its own `integrity` entry."""
+    content = {key: value for key, value in meta.items() if key != "integrity"}
+    content = json.loads(json.dumps(content))  # as read back: str keys, lists for tuples
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _one_line(error):
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def _damaged(path, error):
+    return CorruptIndexError(f"{path}: damaged or unreadable ({_one_line(error)}); {_REBUILD_HINT}")
+
+
+def _read_meta(directory):
+    """tracks.json of a saved DB, checked to be a DB description of the supported version."""
+    path = Path(directory) / "tracks.json"
+    try:
+        meta = json.loads(path.read_text())
+        missing = {"version", "d", "n_segments", "hop_seconds", "index_type", "params", "tracks"} - set(meta)
+    except Exception as error:  # UnicodeDecodeError, JSONDecodeError, not a mapping...
+        raise _damaged(path, error) from None
+    if missing:
+        raise CorruptIndexError(f"{path}: damaged (no {', '.join(sorted(missing))}); {_REBUILD_HINT}")
+    if meta.get("version") != FORMAT_VERSION:
+        raise CorruptIndexError(
+            f"{path}: unsupported fingerprint DB version {meta.get('version')!r} (this nnfp reads "
+            f"version {FORMAT_VERSION}); rebuild the index with this nnfp (`nnfp index build`)"
+        )
+    return meta
+
+
+def verify_db(directory):
+    """Checks every file of a saved DB: sizes and SHA-256 recorded at save time, and that
+    each file loads. Returns `(problems, has_checksums)`: one-line messages (empty: intact),
+    and False for a folder saved by an older nnfp, which recorded no checksums."""
+    directory = Path(directory)
+    try:
+        meta = _read_meta(directory)
+    except (FileNotFoundError, CorruptIndexError) as error:
+        return [str(error)], False
+    problems = _integrity_problems(directory, meta, checksums=True)
+    if not problems:
+        try:
+            FingerprintDB.load(directory, checksums=False)
+        except (FileNotFoundError, CorruptIndexError) as error:
+            problems.append(str(error))
+    return problems, bool(meta.get("integrity"))
+
+
+def _integrity_problems(directory, meta, checksums):
+    """What is wrong with the recorded files of a saved DB: sizes always, contents when
+    `checksums`. Returns a list of one-line messages (empty: all good)."""
+    integrity = meta.get("integrity")
+    if not integrity:
+        return []
+    directory = Path(directory)
+    problems = []
+    if checksums and integrity.get("tracks_sha256") != _meta_digest(meta):
+        problems.append(f"{directory / 'tracks.json'}: content does not match its checksum (edited or damaged)")
+    for name, record in integrity.get("files", {}).items():
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != record["size"]:
+            problems.append(
+                f"{path}: {path.stat().st_size} bytes, expected {record['size']} (truncated or replaced)"
+            )
+        elif checksums and _sha256(path) != record["sha256"]:
+            problems.append(f"{path}: content does not match its checksum (damaged or replaced)")
+    return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,13 +250,23 @@ def _check_segments(embeddings, segment_track, segment_start, tracks, d=None):
 
 
 @contextlib.contextmanager
-def atomic_directory(directory):
+def atomic_directory(directory, kind="index"):
     """Yields a temporary folder beside `directory` that replaces it once the block succeeds.
 
-    An existing `directory` is replaced only when the new one is complete; on error the
-    temporary folder is removed and `directory` is left as it was.
+    The new folder is marked as nnfp output of `kind` (`nnfp.outputs`). An existing
+    `directory` is replaced only when it is nnfp output of the same `kind` (anything
+    else raises `OutputFolderError` before the block runs, and nothing is touched), and
+    only when the new one is complete; on error the temporary folder is removed and
+    `directory` is left as it was.
     """
     target = Path(directory).absolute()
+    if target.exists():
+        found = output_kind(target)
+        if not target.is_dir() or (found != kind and any(target.iterdir())):
+            raise OutputFolderError(
+                f"{directory}: exists and is not an nnfp {kind} folder; nnfp only replaces its own "
+                "output (nothing was written)"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     umask = os.umask(0)
@@ -153,6 +274,7 @@ def atomic_directory(directory):
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a saved DB is an ordinary folder
     try:
         yield tmp
+        write_marker(tmp, kind)
         if target.exists():
             # A non-empty directory cannot be replaced in one rename: move the
             # old one aside first so `target` is never half-written.
@@ -407,6 +529,7 @@ class FingerprintDB:
         self.index_type = index_type
         self.index_params = dict(index_params)
         self.metadata = dict(metadata or {})
+        self.integrity = None  # checksums recorded in the saved folder (set by `load`)
         self.threads = _default_threads() if threads is None else int(threads)
         if self.threads < 1:
             raise ValueError(f"`threads` must be >= 1. Received: threads={threads}")
@@ -616,18 +739,29 @@ class FingerprintDB:
                 "metadata": self.metadata,
                 "tracks": self.tracks,
             }
-            (tmp / "tracks.json").write_text(json.dumps(meta, indent=1))
             if self.index_params.get("on_disk"):
                 _write_index_on_disk(self.index, tmp / "index.faiss", tmp / IVF_DATA_FILE)
             else:
                 faiss.write_index(self.index, str(tmp / "index.faiss"))
+            # Written last: sizes and SHA-256 of every other file, and of this file's content.
+            meta["integrity"] = {"files": _file_records(tmp), "tracks_sha256": _meta_digest(meta)}
+            (tmp / "tracks.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
-    def load(cls, directory, mmap=True, threads=None):
+    def load(cls, directory, mmap=True, threads=None, checksums="auto"):
         """Opens a saved database; `embeddings` are memory-mapped when `mmap`.
 
         An index saved with on-disk inverted lists (`index_params["on_disk"]`, e.g. from
         `nnfp index merge`) maps `index.ivfdata` read-only instead of loading it.
+
+        The sizes of the files recorded in `tracks.json` are always checked; their SHA-256
+        too when `checksums` is True, or `"auto"` and they add up to at most
+        `CHECKSUM_ON_LOAD_BYTES` (`verify_db` checks everything). `db.integrity` is None
+        for a folder saved by an older nnfp, which recorded no checksums.
+
+        Raises:
+            FileNotFoundError: no such folder, or a file of it is missing.
+            CorruptIndexError: a damaged, truncated or inconsistent file (named in the message).
         """
         directory = Path(directory)
         if not directory.is_dir():
@@ -635,53 +769,78 @@ class FingerprintDB:
         for name in ("embeddings.npy", "segments.npz", "tracks.json", "index.faiss"):
             if not (directory / name).is_file():
                 raise FileNotFoundError(
-                    f"Fingerprint DB directory {directory} is missing {name}: {directory / name}"
+                    f"Fingerprint DB directory {directory} is missing {name}: {directory / name}; "
+                    f"{_REBUILD_HINT}"
                 )
-        meta = json.loads((directory / "tracks.json").read_text())
-        if meta.get("version") != FORMAT_VERSION:
-            raise ValueError(
-                f"Unsupported fingerprint DB version in {directory / 'tracks.json'}. "
-                f"Expected {FORMAT_VERSION}. Received: version={meta.get('version')}"
-            )
-        embeddings = np.load(directory / "embeddings.npy", mmap_mode="r" if mmap else None)
-        with np.load(directory / "segments.npz") as segments:
-            segment_track = segments["track"].astype(np.int32)
-            segment_start = segments["start"].astype(np.float32)
-        if embeddings.shape != (meta["n_segments"], meta["d"]) or len(segment_track) != len(
-            embeddings
+        meta = _read_meta(directory)
+        if checksums == "auto":
+            recorded = meta.get("integrity", {}).get("files", {}).values()
+            checksums = sum(record["size"] for record in recorded) <= CHECKSUM_ON_LOAD_BYTES
+        problems = _integrity_problems(directory, meta, checksums=bool(checksums))
+        if problems:
+            more = f" ({len(problems) - 1} more: run `nnfp index verify {directory}`)" if len(problems) > 1 else ""
+            raise CorruptIndexError(f"{problems[0]}; {_REBUILD_HINT}{more}")
+        try:
+            embeddings = np.load(directory / "embeddings.npy", mmap_mode="r" if mmap else None)
+        except Exception as error:  # any unreadable content is a damaged file
+            raise _damaged(directory / "embeddings.npy", error) from None
+        try:
+            with np.load(directory / "segments.npz") as segments:
+                segment_track = segments["track"].astype(np.int32)
+                segment_start = segments["start"].astype(np.float32)
+        except Exception as error:  # BadZipFile, Bad CRC-32, EOFError, zlib.error, KeyError...
+            raise _damaged(directory / "segments.npz", error) from None
+        if (
+            embeddings.ndim != 2
+            or embeddings.dtype != np.float32
+            or embeddings.shape != (meta["n_segments"], meta["d"])
+            or len(segment_track) != len(embeddings)
+            or len(segment_start) != len(embeddings)
         ):
-            raise ValueError(
-                f"Inconsistent fingerprint DB in {directory}: embeddings.shape="
-                f"{embeddings.shape}, {len(segment_track)} segments, meta "
-                f"n_segments={meta['n_segments']}, d={meta['d']}"
+            raise CorruptIndexError(
+                f"{directory}: inconsistent files: embeddings.npy holds {embeddings.dtype} "
+                f"{embeddings.shape}, segments.npz {len(segment_track)} segments, tracks.json "
+                f"n_segments={meta['n_segments']}, d={meta['d']}; {_REBUILD_HINT}"
             )
-        if meta["params"].get("on_disk"):
-            if not (directory / IVF_DATA_FILE).is_file():
-                raise FileNotFoundError(
-                    f"Fingerprint DB directory {directory} is missing {IVF_DATA_FILE} "
-                    f"(the on-disk inverted lists): {directory / IVF_DATA_FILE}"
-                )
-            # faiss stores the lists' file path in index.faiss; SAME_DIR looks for it
-            # beside index.faiss instead, so a moved or renamed folder still loads.
-            with _quiet_faiss():
-                index = faiss.read_index(
-                    str(directory / "index.faiss"),
-                    faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY,
-                )
-        else:
-            index = faiss.read_index(str(directory / "index.faiss"))
-        return cls(
-            embeddings,
-            segment_track,
-            segment_start,
-            meta["tracks"],
-            hop_seconds=meta["hop_seconds"],
-            index=index,
-            index_type=meta["index_type"],
-            index_params=meta["params"],
-            threads=threads,
-            metadata=meta.get("metadata"),
-        )
+        try:
+            if meta["params"].get("on_disk"):
+                if not (directory / IVF_DATA_FILE).is_file():
+                    raise FileNotFoundError(
+                        f"Fingerprint DB directory {directory} is missing {IVF_DATA_FILE} "
+                        f"(the on-disk inverted lists): {directory / IVF_DATA_FILE}; {_REBUILD_HINT}"
+                    )
+                # faiss stores the lists' file path in index.faiss; SAME_DIR looks for it
+                # beside index.faiss instead, so a moved or renamed folder still loads.
+                with _quiet_faiss():
+                    index = faiss.read_index(
+                        str(directory / "index.faiss"),
+                        faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY,
+                    )
+            else:
+                index = faiss.read_index(str(directory / "index.faiss"))
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # faiss raises RuntimeError on any bad content
+            raise _damaged(directory / "index.faiss", error) from None
+        try:
+            db = cls(
+                embeddings,
+                segment_track,
+                segment_start,
+                meta["tracks"],
+                hop_seconds=meta["hop_seconds"],
+                index=index,
+                index_type=meta["index_type"],
+                index_params=meta["params"],
+                threads=threads,
+                metadata=meta.get("metadata"),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise CorruptIndexError(
+                f"{directory}: inconsistent files ({_one_line(error)}); {_REBUILD_HINT}"
+            ) from None
+        db.integrity = meta.get("integrity")
+        return db
 
     # ---------------------------------------------------------------- search
 
@@ -715,19 +874,32 @@ class FingerprintDB:
         starts = np.asarray(starts, dtype=np.int64)
         if starts.size == 0:
             return np.zeros(0)
-        rows = starts[:, None] + np.arange(n_query)  # (n_candidates, n_query)
-        valid = rows <= self._track_end[starts][:, None]
-        rows = np.minimum(rows, self.n_segments - 1)
-        # Read each needed DB row once from the (memory-mapped) store, in row order
-        # (overlapping windows share most rows), then only the n_candidates * n_query
-        # products that count: sim[c, i] = <q_i, db[start_c + i]>.
-        unique_rows, where = np.unique(rows, return_inverse=True)
-        block = np.asarray(self.embeddings[unique_rows], dtype=np.float32)  # (n_rows, d)
-        windows = block[where.reshape(rows.shape).T]  # (n_query, n_candidates, d)
-        sims = np.matmul(windows, query[:, :, None])[:, :, 0].T  # (n_candidates, n_query)
-        return np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64) / n_query
+        # Query row i counts for candidate c while start_c + i is still in c's track.
+        n_valid = np.minimum(self._track_end[starts] - starts + 1, n_query)  # (n_candidates,)
+        totals = np.zeros(len(starts), dtype=np.float64)
+        # Tiles of (query rows x candidates) keep memory flat whatever the query length
+        # (one (n_query, n_candidates, d) array was 26 GB for a 30-minute query).
+        query_rows = min(n_query, _SCORE_TILE_QUERY_ROWS)
+        n_per_tile = max(1, _SCORE_TILE_PAIRS // query_rows)
+        for first in range(0, n_query, query_rows):
+            offsets = np.arange(first, min(first + query_rows, n_query))  # (q,)
+            live = np.flatnonzero(n_valid > first)  # candidates with rows left in their track
+            for tile in range(0, len(live), n_per_tile):
+                cands = live[tile : tile + n_per_tile]
+                rows = starts[cands, None] + offsets  # (c, q)
+                valid = offsets < n_valid[cands, None]
+                rows = np.minimum(rows, self.n_segments - 1)
+                # Read each needed DB row once from the (memory-mapped) store, in row order
+                # (overlapping windows share most rows), then only the c * q products
+                # that count: sim[c, i] = <q_i, db[start_c + i]>.
+                unique_rows, where = np.unique(rows, return_inverse=True)
+                block = np.asarray(self.embeddings[unique_rows], dtype=np.float32)  # (n_rows, d)
+                windows = block[where.reshape(rows.shape).T]  # (q, c, d)
+                sims = np.matmul(windows, query[offsets, :, None])[:, :, 0].T  # (c, q)
+                totals[cands] += np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64)
+        return totals / n_query
 
-    def search(self, query_embeddings, top_k=20, n_results=5, min_score=None):
+    def search(self, query_embeddings, top_k=20, n_results=5, min_score=None, collapse_seconds=1.0):
         """Finds the tracks and offsets best matching a query of consecutive segments.
 
         Args:
@@ -736,31 +908,62 @@ class FingerprintDB:
             top_k: faiss neighbours retrieved per query segment.
             n_results: number of matches returned, best first.
             min_score: drop matches whose score is below this.
+            collapse_seconds: matches of one track whose offsets differ by less than
+                this are one place; only the best scoring is kept (None or 0 keeps
+                every candidate window).
 
         Returns:
-            A list of up to `n_results` `Match`, distinct (track, offset), sorted
-            by decreasing score.
+            A list of up to `n_results` `Match`, distinct places, sorted by
+            decreasing score.
         """
         if int(n_results) < 1:
             raise ValueError(f"`n_results` must be >= 1. Received: n_results={n_results}")
         starts = self.candidate_starts(query_embeddings, top_k=top_k)
         scores = self.sequence_scores(query_embeddings, starts)
+        return self.places(starts, scores, n_results=n_results, min_score=min_score, collapse_seconds=collapse_seconds)
+
+    def places(self, starts, scores, shifts=None, n_results=5, min_score=None, collapse_seconds=1.0):
+        """Best distinct places among scored candidate windows (`search`'s last step).
+
+        Args:
+            starts: (n,) DB start rows; scores: (n,) their sequence scores.
+            shifts: optional (n,) seconds subtracted from each window's offset (the
+                query phase that produced it: the query was cut that much later).
+            n_results, min_score, collapse_seconds: as for `search`.
+
+        Returns:
+            Up to `n_results` `Match`, best first; per track, no two offsets closer
+            than `collapse_seconds`.
+        """
+        starts = np.asarray(starts, np.int64)
+        scores = np.asarray(scores, np.float64)
+        offsets = self.segment_start[starts].astype(np.float64)
+        if shifts is not None:
+            offsets = offsets - np.asarray(shifts, np.float64)
         order = np.argsort(-scores, kind="stable")
         if min_score is not None:
             order = order[scores[order] >= min_score]
+        tracks = self.segment_track[starts]
+        kept = {}  # track id -> offsets already reported
         matches = []
-        for row in order[: int(n_results)]:
-            start = int(starts[row])
-            track = self._track_by_id[int(self.segment_track[start])]
+        for row in order:
+            track_id = int(tracks[row])
+            offset = float(offsets[row])
+            if collapse_seconds and any(abs(offset - o) < collapse_seconds for o in kept.get(track_id, ())):
+                continue
+            kept.setdefault(track_id, []).append(offset)
+            track = self._track_by_id[track_id]
             matches.append(
                 Match(
                     track_id=track["track_id"],
                     path=track["path"],
-                    offset_s=float(self.segment_start[start]),
+                    offset_s=offset,
                     score=float(scores[row]),
-                    segment_index=start,
+                    segment_index=int(starts[row]),
                 )
             )
+            if len(matches) == int(n_results):
+                break
         return matches
 
     def _check_query(self, query_embeddings):

@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from nnfp.config import save_config
+from nnfp.config import ConfigError, save_config
 
 __all__ = [
     "TrainingData",
@@ -17,7 +17,9 @@ __all__ = [
     "build_loss",
     "build_optimizer",
     "build_callbacks",
+    "checkpoint_mode",
     "prepare_data",
+    "corpus_directory",
     "resolve_data_path",
     "train",
 ]
@@ -40,10 +42,8 @@ def build_model(config):
     """FingerPrinter from the `frontend`, `spec_augment`, `encoder` and `projection` sections."""
     from nnfp.model import FingerPrinter
 
-    frontend = dict(config["frontend"])
-    frontend.pop("top_db")
     return FingerPrinter.from_settings(
-        **frontend,
+        **config["frontend"],
         width=config["encoder"]["width"],
         norm=config["encoder"]["norm"],
         embedding_dim=config["projection"]["embedding_dim"],
@@ -126,17 +126,32 @@ def resolve_data_path(config, key):
     raise FileNotFoundError(f"data.{key}: {where} not found; {hint}")
 
 
+def corpus_directory(config):
+    """Folder of the embedded corpus: `embedded.directory`, or by default
+    `$NNFP_CACHE/corpus-<params>` (`NNFP_CACHE` defaults to `~/.cache/nnfp`).
+
+    The default folder name holds every parameter of the corpus (and its version), so
+    two configs never share a folder unless they share the corpus.
+    """
+    from nnfp.corpus import CORPUS_VERSION
+
+    emb = config["embedded"]
+    if emb["directory"] is not None:
+        return Path(emb["directory"]).expanduser()
+    tag = (
+        f"v{CORPUS_VERSION}_n{emb['n_tracks'] + emb['n_val_tracks']}_s{emb['track_seconds']:g}"
+        f"_noise{emb['n_noise']}_ir{emb['n_irs']}_sr{config['frontend']['sample_rate']}_seed{emb['seed']}"
+    )
+    return Path(os.environ.get("NNFP_CACHE") or Path.home() / ".cache" / "nnfp") / f"corpus-{tag}"
+
+
 def embedded_corpus(config):
-    """Generate (or reuse) the embedded corpus; returns its `CorpusPaths`."""
+    """Generate (or reuse) the embedded corpus in `corpus_directory(config)`; returns its `CorpusPaths`."""
     from nnfp.corpus import generate_corpus
 
     emb = config["embedded"]
-    directory = emb["directory"]
-    if directory is None:
-        tag = f"n{emb['n_tracks'] + emb['n_val_tracks']}_s{emb['track_seconds']:g}_seed{emb['seed']}"
-        directory = Path(os.environ.get("NNFP_CACHE", Path.home() / ".cache" / "nnfp")) / f"corpus-{tag}"
     return generate_corpus(
-        directory,
+        corpus_directory(config),
         n_tracks=emb["n_tracks"] + emb["n_val_tracks"],
         track_seconds=emb["track_seconds"],
         n_noise=emb["n_noise"],
@@ -159,7 +174,10 @@ def _audio_files(config, key, corpus):
         return list_audio_files(corpus.music_dir)[:n_train]
     if key == "val":
         return list_audio_files(corpus.music_dir)[n_train:]
-    return list_audio_files(corpus.noise_dir if key == "noise" else corpus.ir_dir)
+    folders = {"noise": corpus.noise_dir, "impulse_responses": corpus.ir_dir}
+    if key not in folders:  # config validation refuses data.speech=embedded first
+        raise ValueError(f"the embedded corpus has no data for data.{key}. Received: data.{key}=embedded")
+    return list_audio_files(folders[key])
 
 
 def prepare_data(config, log=print):
@@ -210,6 +228,7 @@ def prepare_data(config, log=print):
         speech=speech,
         speech_prob=data["speech_prob"],
         speech_snr_db_range=tuple(data["speech_snr_db_range"]),
+        reverb_context_seconds=data["reverb_context_seconds"],
     )
     dataset = make_pair_dataset(
         tracks,
@@ -220,6 +239,7 @@ def prepare_data(config, log=print):
         noise_prob=data["noise_prob"],
         ir_prob=data["ir_prob"],
         gain_db_range=tuple(data["gain_db_range"]),
+        random_anchors=data["random_anchors"],
         shuffle=True,
         seed=train["seed"],
         **augment,
@@ -279,9 +299,35 @@ class _Timer(keras.callbacks.Callback):
         self.step_seconds.append(time.perf_counter() - self._start)
 
 
+# Logged scalar -> whether a larger value is better. Mini-search keys are
+# `ms_<embedding>_<metric>_s<scope>`; `val_` prefixes the validation copy of a metric.
+_HIGHER_IS_BETTER = {
+    "loss": False, "neg_sim": False, "pos_sim": True, "batch_top1": True,
+    "top1": True, "top3": True, "top10": True, "mean_rank": False,
+}
+
+
+def checkpoint_mode(monitor):
+    """`"min"` or `"max"`: the ModelCheckpoint mode for a logged scalar.
+
+    Raises:
+        ConfigError: `monitor` is not a scalar that training logs.
+    """
+    name = monitor.removeprefix("val_")
+    if name.startswith("ms_"):
+        parts = name.split("_")  # ms, embedding, metric..., s<scope>
+        name = "_".join(parts[2:-1]) if len(parts) >= 4 and parts[-1][1:].isdigit() else name
+    if name not in _HIGHER_IS_BETTER:
+        raise ConfigError(
+            f"config key 'train.checkpoint_monitor': expected loss, pos_sim, neg_sim, batch_top1 (optionally "
+            f"val_...) or a mini-search key such as ms_gf_top1_s1, received {monitor!r}"
+        )
+    return "max" if _HIGHER_IS_BETTER[name] else "min"
+
+
 def build_callbacks(config, run_dir, data):
     """Mini-search first (so later callbacks see its logs), then checkpoints, backup, logging."""
-    from nnfp.callbacks import MiniSearchValidation, SimilarityMatrixImages
+    from nnfp.callbacks import EpochProgress, MiniSearchValidation, SimilarityMatrixImages
 
     run_dir = Path(run_dir)
     train = config["train"]
@@ -292,11 +338,11 @@ def build_callbacks(config, run_dir, data):
                 data.val_originals,
                 data.val_replicas,
                 scopes=train["mini_search_scopes"],
-                verbose=train["verbose"],
+                verbose=0,  # EpochProgress prints its one-line summary
             )
         )
     monitor = train["checkpoint_monitor"] if data.val_originals is not None else "loss"
-    mode = "max" if "top" in monitor else "min"
+    mode = checkpoint_mode(monitor)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     callbacks += [
         keras.callbacks.ModelCheckpoint(run_dir / "checkpoints" / "last.keras"),
@@ -316,12 +362,15 @@ def build_callbacks(config, run_dir, data):
     wandb_logger = _wandb_callback(config, run_dir)
     if wandb_logger is not None:
         callbacks.append(wandb_logger)
+    callbacks.append(EpochProgress())  # the epoch line without the ms_* scalars (fit's verbose sets it)
     return callbacks
 
 
 def _wandb_callback(config, run_dir):
+    # `wandb.enabled` is the only switch: the WANDB_MODE environment variable never turns
+    # logging on (wandb.init gets the configured mode explicitly).
     settings = config["wandb"]
-    mode = os.environ.get("WANDB_MODE") or (settings["mode"] if settings["enabled"] else None)
+    mode = settings["mode"] if settings["enabled"] else None
     if mode in (None, "disabled"):
         return None
     try:
@@ -341,17 +390,53 @@ def _wandb_callback(config, run_dir):
     return WandbMetricsLogger(log_freq="epoch")
 
 
+def _flatten(tree, prefix=""):
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_resumed_config(config, saved_path):
+    """A run directory resumes only the run it holds: a changed config is refused, not saved over it."""
+    import yaml
+
+    if not saved_path.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    new = _flatten(config)
+    changed = sorted(k for k in set(saved) | set(new) if saved.get(k, "<unset>") != new.get(k, "<unset>"))
+    if changed:
+        listing = "; ".join(f"{k}: {saved.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in changed[:6])
+        raise ConfigError(
+            f"{saved_path.parent}: this run directory holds a run with a different config ({listing}"
+            f"{'; ...' if len(changed) > 6 else ''}); resuming would mix two runs. Use a new --run-dir, "
+            "or the run's own config.yaml to resume it"
+        )
+
+
 def train(config, run_dir, log=print, extra_callbacks=()):
     """Train from a validated config; writes config, checkpoints, logs and `model.keras` to `run_dir`."""
+    from nnfp.outputs import claim_output_dir, write_marker
+
+    claim_output_dir(run_dir, "run", reuse=True)  # a run resumes; anything else is refused
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_resumed_config(config, run_dir / "config.yaml")
+    checkpoint_mode(config["train"]["checkpoint_monitor"])  # a misspelt monitor fails before data loads
+    write_marker(run_dir, "run")
     save_config(config, run_dir / "config.yaml")
     keras.utils.set_random_seed(config["train"]["seed"])
     data = prepare_data(config, log=log)
     total_steps = config["train"]["epochs"] * data.steps_per_epoch
     with distribution_strategy(config).scope():
         model = build_model(config)
-        model.compile(optimizer=build_optimizer(config, total_steps), loss=build_loss(config))
+        model.compile(
+            optimizer=build_optimizer(config, total_steps), loss=build_loss(config),
+            jit_compile=config["train"]["jit_compile"],
+        )
     validation = None
     if data.val_originals is not None:
         import tensorflow as tf

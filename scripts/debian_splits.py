@@ -4,7 +4,9 @@
     python scripts/debian_splits.py data        # reads data/debian-{music,noise,speech}
 
 Writes JSON manifests to data/splits/: music-train, music-val, music-heldout (the
-evaluation DB: never trained on), noise-train/test, speech-train/test. Whole packages
+evaluation DB: never trained on), music-unknown (never trained on and never indexed:
+out-of-catalogue queries for the false-match rate and the threshold calibration),
+noise-train/test, speech-train/test. Whole packages
 go to one side, so no track, noise or voice is shared between training and evaluation.
 """
 
@@ -17,6 +19,7 @@ SPLITS = {
     "music": {
         "heldout": {"warzone2100-music", "drascula-music", "pushover-data"},
         "val": {"extremetuxracer-data"},
+        "unknown": {"hyperrogue-music", "lordsawar-data"},
     },
     "noise": {"test": {"redeclipse-data", "sonic-pi-samples"}},
     "speech": {"test": {"asterisk-core-sounds-en-wav"}},

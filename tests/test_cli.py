@@ -10,6 +10,7 @@ from nnfp.cli import fingerprint_tracks, main
 from nnfp.corpus import compose_track
 
 TINY = [
+    "train.jit_compile=false",  # XLA compiles in ~10 s: worth it for long runs, not for 2-step tests
     "encoder.width=0.03125",
     "projection.embedding_dim=16",
     "train.batch_size=8",

@@ -41,6 +41,7 @@ def test_overrides_are_typed():
         (["loss.temperature=-1"], "'loss.temperature': expected a positive value"),
         (["train.epochs=true"], "'train.epochs': expected int"),
         (["noequals"], "section.key=value"),
+        (["data.speech=embedded"], "'data.speech': the embedded corpus has no speech"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

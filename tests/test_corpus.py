@@ -1,5 +1,5 @@
 import json
-import time
+import pathlib
 
 import numpy as np
 import pytest
@@ -190,25 +190,73 @@ def test_generate_corpus_writes_files_and_manifest(tmp_path):
             assert sf.info(tmp_path / entry["file"]).subtype == "PCM_16"
 
 
-def test_generate_corpus_cache_and_regeneration(tmp_path):
+def test_generate_corpus_cache_and_repair(tmp_path, monkeypatch):
     generate_corpus(tmp_path, **_corpus_kwargs())
     before = _mtimes(tmp_path)
-    start = time.perf_counter()
-    generate_corpus(tmp_path, **_corpus_kwargs())
-    assert time.perf_counter() - start < 0.5
+    from nnfp import corpus
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a cached corpus is not composed again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(corpus, "compose_track", fail)
+        generate_corpus(tmp_path, **_corpus_kwargs())
     assert _mtimes(tmp_path) == before
 
-    (tmp_path / "ir" / "ir_001.wav").unlink()  # a missing file is a cache miss
+    old = sf.read(tmp_path / "ir" / "ir_001.wav", dtype="int16")[0]
+    (tmp_path / "ir" / "ir_001.wav").unlink()  # a missing file is written again, same bytes
     generate_corpus(tmp_path, **_corpus_kwargs())
-    assert (tmp_path / "ir" / "ir_001.wav").exists()
+    np.testing.assert_array_equal(sf.read(tmp_path / "ir" / "ir_001.wav", dtype="int16")[0], old)
+    assert {k: v for k, v in _mtimes(tmp_path).items() if k != "ir/ir_001.wav"} == {
+        k: v for k, v in before.items() if k != "ir/ir_001.wav"
+    }
 
-    old_track = sf.read(tmp_path / "music" / "track_0000.wav", dtype="int16")[0]
-    generate_corpus(tmp_path, **_corpus_kwargs(seed=8, n_tracks=1))
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["params"]["seed"] == 8
-    assert not (tmp_path / "music" / "track_0001.wav").exists()
-    new_track = sf.read(tmp_path / "music" / "track_0000.wav", dtype="int16")[0]
-    assert not np.array_equal(old_track, new_track)
+
+def test_generate_corpus_never_rewrites_a_folder_another_run_may_read(tmp_path):
+    root = tmp_path / "corpus"
+    generate_corpus(root, **_corpus_kwargs())
+    before = _mtimes(root)
+    with pytest.raises(ValueError, match=r"holds a different corpus \(seed: 7 -> 8, n_tracks: 2 -> 1\)"):
+        generate_corpus(root, **_corpus_kwargs(seed=8, n_tracks=1))
+    assert _mtimes(root) == before and json.loads((root / "manifest.json").read_text())["params"]["seed"] == 7
+
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a generated corpus"):
+        generate_corpus(other, **_corpus_kwargs())
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "mine"]  # no staging folder left
+
+
+def test_generate_corpus_is_renamed_into_place_whole(tmp_path, monkeypatch):
+    """The corpus appears at out_dir only once complete; a run that loses the race uses the winner's."""
+    import os
+
+    from nnfp import corpus
+
+    root = tmp_path / "corpus"
+    renamed = []
+
+    def rename(src, dst):
+        assert (pathlib.Path(src) / "manifest.json").exists() and not root.exists()
+        renamed.append(dst)
+        if len(renamed) == 1:  # first call: another run wins the race while we were writing
+            generate_corpus_without_patch(root)
+        return real_rename(src, dst)
+
+    real_rename = os.rename
+
+    def generate_corpus_without_patch(path):
+        with monkeypatch.context() as inner:
+            inner.setattr(corpus.os, "rename", real_rename)
+            generate_corpus(path, **_corpus_kwargs())
+
+    monkeypatch.setattr(corpus.os, "rename", rename)
+    paths = generate_corpus(root, **_corpus_kwargs())
+    assert renamed == [root] and paths.root == root
+    assert json.loads((root / "manifest.json").read_text())["params"]["seed"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]  # the loser's staging folder is gone
 
 
 def test_track_seed_does_not_depend_on_n_tracks(tmp_path):

@@ -411,9 +411,10 @@ def test_prepared_cache_is_a_source(tmp_path):
     from nnfp.data import load_source
     from nnfp.prepare import prepare_audio
 
-    sf.write(tmp_path / "song.flac", sine(440, 1.5, 16000), 16000)
-    prepare_audio(tmp_path, tmp_path / "cache", progress=False)
+    (tmp_path / "music").mkdir()
+    sf.write(tmp_path / "music" / "song.flac", sine(440, 1.5, 16000), 16000)
+    prepare_audio(tmp_path / "music", tmp_path / "cache", progress=False)
     cached, paths, skipped = load_source(tmp_path / "cache", sample_rate=SR)
-    direct, _, _ = load_source(tmp_path / "song.flac", sample_rate=SR)
-    assert cached[0].dtype == np.int16 and paths == [tmp_path / "song.flac"] and not skipped
+    direct, _, _ = load_source(tmp_path / "music" / "song.flac", sample_rate=SR)
+    assert cached[0].dtype == np.int16 and paths == [tmp_path / "music" / "song.flac"] and not skipped
     np.testing.assert_allclose(cached[0] / 32768.0, direct[0], atol=1 / 32768)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 SCRIPT = textwrap.dedent(
@@ -75,7 +76,7 @@ SCRIPT = textwrap.dedent(
     data = tf.data.Dataset.from_tensors((anchors, replicas)).repeat()
     evaluated = fitted.evaluate(data, steps=1, verbose=0, return_dict=True)
     single_eval, _, _ = single.contrastive_loss((anchors, replicas), training=False)
-    history = fitted.fit(data, epochs=1, steps_per_epoch=2, verbose=0)
+    history = fitted.fit(data, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)  # loss before the update
     print(json.dumps({
         "replicas": strategy.num_replicas_in_sync,
         "single_loss": float(loss), "mirrored_loss": float(total_loss),
@@ -102,7 +103,50 @@ def test_two_replica_step_equals_single_device(loss, n_anchors, n_replicas):
     assert result["mirrored_loss"] == pytest.approx(result["single_loss"], abs=1e-5)
     assert result["max_grad_diff"] < 1e-5 and result["grad_scale"] > 1e-4
     assert result["eval_loss"] == pytest.approx(result["single_eval_loss"], abs=1e-5)
-    assert result["fit_loss"] > 0
+    assert result["fit_loss"] == pytest.approx(result["single_loss"], abs=1e-5)
+
+
+MASK_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import numpy as np
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from nnfp.augment import SpecAugment
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        augment = SpecAugment(chain=("cutout", "vertical"), fill="zeros", seed=None)
+
+    def shard(context):  # each replica holds different rows of the global batch
+        return tf.random.uniform((2, 32, 16, 1), 1.0, 2.0, seed=context.replica_id_in_sync_group)
+
+    batch = strategy.experimental_distribute_values_from_function(shard)
+
+    @tf.function
+    def step(x):
+        return tf.cast(augment(x, training=True) == 0.0, tf.int32)[0, :, :, 0]  # (freq, time) mask
+
+    masks = []
+    for _ in range(4):
+        a, b = (v.numpy() for v in strategy.experimental_local_results(strategy.run(step, args=(batch,))))
+        masks.append((a.tolist(), b.tolist()))
+    print(json.dumps(masks))
+    """
+)
+
+
+def test_one_spec_augment_mask_per_global_batch():
+    """Every replica masks its rows with the same draw (the seed state is a mirrored variable)."""
+    out = subprocess.run([sys.executable, "-c", MASK_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    masks = [(np.array(a), np.array(b)) for a, b in json.loads(out.stdout.strip().splitlines()[-1])]
+    for a, b in masks:
+        assert a.any() and np.array_equal(a, b)  # masked, and the same mask on both replicas
+    assert len({a.tobytes() for a, _ in masks}) > 1  # a new draw each step
 
 
 FIT_SCRIPT = textwrap.dedent(
@@ -118,7 +162,7 @@ FIT_SCRIPT = textwrap.dedent(
     from nnfp.training import train
 
     config = load_config(CONFIG_DIR / "demo.yaml", [
-        "train.distribute=mirrored", "train.devices=['/cpu:0', '/cpu:1']",
+        "train.distribute=mirrored", "train.devices=['/cpu:0', '/cpu:1']", "train.jit_compile=false",
         "encoder.width=0.03125", "projection.embedding_dim=16", "embedded.n_tracks=3",
         "embedded.n_val_tracks=2", "embedded.track_seconds=6", "embedded.n_noise=2", "embedded.n_irs=2",
         "train.batch_size=12", "train.n_anchors=4", "train.val_batch_size=8", "train.steps_per_epoch=2",

@@ -30,3 +30,14 @@ def test_make_irs_without_pyroomacoustics_says_what_to_install(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "pyroomacoustics", None)  # import now fails
     assert main(["data", "make-irs", str(tmp_path), "2"]) == 2
     assert 'pip install "nnfp[rooms]"' in capsys.readouterr().err
+
+
+def test_make_irs_gives_up_after_a_bounded_number_of_failed_rooms(tmp_path, monkeypatch):
+    pytest.importorskip("pyroomacoustics")
+    from nnfp import rooms
+
+    calls = []
+    monkeypatch.setattr(rooms, "simulate_room", lambda *a, **k: calls.append(1))  # every room infeasible
+    with pytest.raises(RuntimeError, match="only 0 of 2 rooms could be simulated in 140 attempts"):
+        rooms.make_room_impulse_responses(tmp_path, 2)
+    assert len(calls) == 140

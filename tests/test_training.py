@@ -11,6 +11,7 @@ from nnfp.config import CONFIG_DIR, load_config
 from nnfp.training import train
 
 TINY = [
+    "train.jit_compile=false",  # XLA compiles in ~10 s: worth it for long runs, not for 2-step tests
     "encoder.width=0.03125",
     "projection.embedding_dim=16",
     "embedded.n_tracks=4",
@@ -34,11 +35,11 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    import os
-
+    """NNFP_CACHE for this module's tests only (undone afterwards, never leaking into later modules)."""
     path = tmp_path_factory.mktemp("cache")
-    os.environ["NNFP_CACHE"] = str(path)
-    return path
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NNFP_CACHE", str(path))
+        yield path
 
 
 class _Crash(keras.callbacks.Callback):
@@ -81,13 +82,37 @@ def test_fit_logs_mini_search_and_resumes_after_kill(cache, tmp_path):
     logs = history.history
     for key in ("loss", "val_loss", "pos_sim", "batch_top1", "ms_gf_top1_s1", "ms_f_mean_rank_s3", "ms_l2f_top10_s1"):
         assert key in logs, key
-    assert 0.0 <= logs["ms_gf_top1_s1"][-1] <= 100.0
+    # the logged mini-search is a search of the validation pairs with the final weights
+    from nnfp.search import sequence_hit_rates
+    from nnfp.training import prepare_data
+
+    data = prepare_data(config, log=lambda *_: None)
+    db, queries = model.predict(data.val_originals, verbose=0), model.predict(data.val_replicas, verbose=0)
+    expected = sequence_hit_rates(db, queries, scopes=(1, 3), metric="ip")
+    assert logs["ms_gf_top1_s1"][-1] == pytest.approx(expected["top1"][0], abs=1e-6)
+    assert logs["ms_gf_top1_s3"][-1] == pytest.approx(expected["top1"][1], abs=1e-6)
+    assert logs["ms_gf_mean_rank_s1"][-1] == pytest.approx(expected["mean_rank"][0], abs=1e-6)
     assert (run / "checkpoints" / "best.keras").exists() and (run / "model.keras").exists()
     with open(run / "history.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["epoch"] for r in rows] == ["0", "1", "2"] and "ms_gf_top1_s1" in rows[0]
     assert summary["params"] == model.count_params()
     assert list((run / "logs").rglob("events.out.tfevents*"))  # TensorBoard scalars and images
+    # the last similarity image is the final model's anchor x replica matrix of the first 16 pairs
+    from nnfp.callbacks import similarity_image
+
+    images = []
+    for event_file in sorted((run / "logs" / "similarity").glob("events.out.tfevents*")):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                if value.tag == "batch_similarity":
+                    images.append((event.step, tf.make_ndarray(value.tensor)[-1]))
+    assert [step for step, _ in images] == [0, 1, 2]
+    png = tf.io.decode_png(images[-1][1]).numpy()
+    n = min(64, len(data.val_originals))
+    expected_image = similarity_image(model.batch_similarity(data.val_originals[:n], data.val_replicas[:n]))
+    assert png.shape == (n, n, 3)
+    assert np.abs(png.astype(int) - expected_image.astype(int)).max() <= 1
 
 
 def test_keras_round_trip_and_export_match_predict(cache, tmp_path):
@@ -108,7 +133,7 @@ def test_keras_round_trip_and_export_match_predict(cache, tmp_path):
     assert fingerprints.shape == (5, 16)
     np.testing.assert_allclose(fingerprints, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(fingerprints, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(load_fingerprinter(out).fingerprint(x), expected, atol=1e-5)
+    np.testing.assert_allclose(load_fingerprinter(out, trust_model=True).fingerprint(x), expected, atol=1e-5)
     assert not list(tmp_path.glob(".export*"))  # no temp folder left
 
 
@@ -225,3 +250,68 @@ def test_wandb_logs_offline_without_network(cache, tmp_path, monkeypatch):
     assert len(runs) == 1
     logs = list(runs[0].glob("run-*.wandb"))
     assert len(logs) == 1 and logs[0].stat().st_size > 1000  # the epoch's metrics were written
+
+
+def test_wandb_enabled_is_the_only_switch(tmp_path, monkeypatch):
+    from nnfp.training import _wandb_callback
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert _wandb_callback(load_config(None), tmp_path) is None  # wandb.enabled: false wins
+
+
+def test_jit_compiled_training_runs(cache, tmp_path):
+    """train.jit_compile=true (the default; TINY turns it off for speed) compiles the step with XLA."""
+    config = load_config(None, [*TINY, "train.jit_compile=true", "train.epochs=1", "train.steps_per_epoch=2",
+                                "train.tensorboard=false"])
+    model, history, summary = train(config, tmp_path / "run", log=lambda *_: None)
+    assert model.jit_compile is True
+    assert summary["steps_per_epoch"] == 2 and int(model.optimizer.iterations.numpy()) == 2
+    assert np.isfinite(history.history["loss"][-1]) and history.history["loss"][-1] > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, optimizer, schedule",
+    [
+        ([], keras.optimizers.Adam, keras.optimizers.schedules.CosineDecay),
+        (["optimizer.name=lamb"], keras.optimizers.Lamb, keras.optimizers.schedules.CosineDecay),
+        (["optimizer.schedule=cos-restart"], keras.optimizers.Adam, keras.optimizers.schedules.CosineDecayRestarts),
+        (["optimizer.schedule=constant"], keras.optimizers.Adam, float),
+    ],
+)
+def test_optimizer_branches(overrides, optimizer, schedule):
+    from nnfp.training import build_optimizer
+
+    built = build_optimizer(load_config(None, overrides), total_steps=200)
+    assert type(built) is optimizer
+    assert isinstance(built._learning_rate, schedule)
+    if schedule is keras.optimizers.schedules.CosineDecayRestarts:
+        assert built._learning_rate.first_decay_steps == 20  # a tenth of the run
+    if schedule is keras.optimizers.schedules.CosineDecay:
+        assert built._learning_rate.decay_steps == 200 and built._learning_rate.alpha == 1e-6
+    assert float(built.learning_rate) == pytest.approx(1e-4)
+    assert built.weight_decay is None
+
+
+def test_optimizer_weight_decay_and_batch_scaling():
+    from nnfp.training import build_optimizer, learning_rate
+
+    config = load_config(None, ["optimizer.name=lamb", "optimizer.scale_by_batch=true", "optimizer.weight_decay=0.01",
+                                "optimizer.schedule=constant", "train.batch_size=1280", "train.n_anchors=640"])
+    assert learning_rate(config) == pytest.approx(2e-4)  # 1e-4 * 1280 / 640
+    built = build_optimizer(config, total_steps=10)
+    assert type(built) is keras.optimizers.Lamb and built.weight_decay == pytest.approx(0.01)
+    assert float(built.learning_rate) == pytest.approx(2e-4)
+
+
+def test_corpus_folder_name_holds_every_corpus_parameter(monkeypatch, tmp_path):
+    from nnfp.training import corpus_directory
+
+    monkeypatch.setenv("NNFP_CACHE", str(tmp_path))
+    base = corpus_directory(load_config(None))
+    assert base.parent == tmp_path
+    for override in ("frontend.sample_rate=16000", "embedded.n_noise=3", "embedded.n_irs=5", "embedded.n_tracks=7",
+                     "embedded.n_val_tracks=3", "embedded.track_seconds=12", "embedded.seed=1"):
+        assert corpus_directory(load_config(None, [override])) != base, override
+    assert corpus_directory(load_config(None, [f"embedded.directory={tmp_path / 'mine'}"])) == tmp_path / "mine"
+    monkeypatch.delenv("NNFP_CACHE")
+    assert corpus_directory(load_config(None)).parent == __import__("pathlib").Path.home() / ".cache" / "nnfp"

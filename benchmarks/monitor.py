@@ -1,0 +1,260 @@
+"""`nnfp monitor` on a simulated broadcast: recall, precision, false detections, boundaries, speed, RSS.
+
+    python benchmarks/monitor.py [--minutes 30] [--catalogue DIR --unknown DIR --speech DIR --noise DIR]
+                                 [--room] [--model M] [--workdir /tmp/nnfp-monitor] [--seed 0]
+
+The broadcast is a sequence of catalogue plays (20-90 s excerpts of indexed tracks at
+random positions), unknown music (not in the index, 20-60 s) and speech (5-20 s),
+joined by 0-3 s crossfades; 30 % of the plays get 3-8 s of talk-over speech; background
+noise at 5-20 dB SNR (redrawn every 30 s) lies under everything; `--room` convolves the
+whole broadcast with a room impulse response. Without folders, everything is generated
+(`nnfp.corpus`: composed tracks, babble as speech, generated noise). The index is built
+from the catalogue with the model (default: the packaged one); the broadcast is written
+as a 16-bit WAV beside `truth.json` (a play's boundaries are the middles of its
+crossfades) and `nnfp monitor INDEX broadcast.wav --json` runs in a child process,
+whose wall time and peak RSS are reported.
+
+Scores: a truth play (>= 10 s) is found when a detection of the same track covers >= 50 %
+of it; a detection is correct when >= 50 % of it lies in a play of its track; false
+detections per hour count detections mostly over unknown music, per hour of it.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+RATE = 8000
+
+
+def _audio_files(directory):
+    from nnfp.data import list_audio_files
+
+    return list_audio_files(directory) if directory else []
+
+
+def _generated_tracks(out_dir, n, seconds, first_seed):
+    from nnfp.corpus import compose_track
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = out_dir / f"track_{i:04d}.wav"
+        if not path.exists():
+            sf.write(path, compose_track(first_seed + i, seconds, RATE), RATE, subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+class _Bank:
+    """Audio files loaded on demand (or a generator), each drawn as a random excerpt."""
+
+    def __init__(self, paths, make=None):
+        self.paths, self.make, self.cache = list(paths), make, {}
+
+    def excerpt(self, rng, seconds):
+        n = int(round(seconds * RATE))
+        if not self.paths:
+            return self.make(int(rng.integers(1 << 30)), seconds + 0.1)[:n]
+        from nnfp.data import load_audio
+
+        path = self.paths[int(rng.integers(len(self.paths)))]
+        if path not in self.cache:
+            self.cache[path] = load_audio(path, RATE)
+        audio = self.cache[path]
+        if len(audio) < n:
+            audio = np.tile(audio, -(-n // len(audio)))
+        start = int(rng.integers(len(audio) - n + 1))
+        return audio[start : start + n]
+
+
+def _rms(x):
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12))
+
+
+def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noise, room=False):
+    """Returns `(audio, truth)`; truth: {"plays": [...], "unknown": [[start, end], ...], ...}."""
+    from nnfp.data import load_audio
+
+    items, t = [], 0.0  # (kind, audio, start_s, fade_in_s, info)
+    previous_music = False
+    while t < minutes * 60:
+        kind = rng.choice(["play", "unknown", "speech"], p=[0.6, 0.25, 0.15])
+        music = kind != "speech"
+        fade = float(rng.uniform(0, 3)) if music and previous_music else 0.0
+        if kind == "play":
+            path = catalogue[int(rng.integers(len(catalogue)))]
+            track = load_audio(path, RATE)
+            seconds = float(min(rng.uniform(20, 90), len(track) / RATE - 1))
+            offset = float(rng.uniform(0, len(track) / RATE - seconds))
+            audio = track[int(offset * RATE) : int(offset * RATE) + int(seconds * RATE)].copy()
+            if rng.random() < 0.3:  # talk-over
+                talk = float(rng.uniform(3, 8))
+                at = int(rng.uniform(0, max(seconds - talk, 0.1)) * RATE)
+                voice = speech.excerpt(rng, talk)[: len(audio) - at]
+                gain = _rms(audio) / _rms(voice) * 10 ** (rng.uniform(-3, 3) / 20)
+                audio[at : at + len(voice)] += gain * voice
+            info = {"track": Path(path).relative_to(catalogue_root).as_posix(), "offset_s": offset}
+        elif kind == "unknown":
+            audio, info = unknown.excerpt(rng, float(rng.uniform(20, 60))), {}
+        else:
+            audio, info = speech.excerpt(rng, float(rng.uniform(5, 20))), {}
+            audio = audio / _rms(audio) * 0.1
+        start = max(t - fade, 0.0)
+        items.append((kind, audio.astype(np.float32), start, fade, info))
+        t = start + len(audio) / RATE
+        previous_music = music
+    out = np.zeros(int(t * RATE) + 1, np.float32)
+    plays, unknown_spans = [], []
+    for i, (kind, audio, start, fade_in, info) in enumerate(items):
+        fade_out = items[i + 1][3] if i + 1 < len(items) else 0.0
+        envelope = np.ones(len(audio), np.float32)
+        n_in, n_out = int(fade_in * RATE), int(fade_out * RATE)
+        if n_in:
+            envelope[:n_in] = np.linspace(0, 1, n_in)
+        if n_out:
+            envelope[-n_out:] = np.minimum(envelope[-n_out:], np.linspace(1, 0, n_out))
+        first = int(round(start * RATE))
+        out[first : first + len(audio)] += envelope * audio
+        # The middles of the crossfades are where one item gives way to the next.
+        begin, end = start + fade_in / 2, start + len(audio) / RATE - fade_out / 2
+        if kind == "play":
+            plays.append({"track": info["track"], "start_s": round(begin, 3), "end_s": round(end, 3),
+                          "track_start_s": round(info["offset_s"] + fade_in / 2, 3)})
+        elif kind == "unknown":
+            unknown_spans.append([round(begin, 3), round(end, 3)])
+    level = _rms(out)
+    for first in range(0, len(out), 30 * RATE):
+        piece = out[first : first + 30 * RATE]
+        background = noise.excerpt(rng, len(piece) / RATE + 0.01)[: len(piece)]
+        snr_db = rng.uniform(5, 20)
+        piece += background / _rms(background) * level * 10 ** (-snr_db / 20)
+    if room:
+        from scipy.signal import fftconvolve
+
+        from nnfp.corpus import make_impulse_response
+
+        out = fftconvolve(out, make_impulse_response(int(rng.integers(1 << 30)), RATE))[: len(out)]
+    out = (0.9 * out / max(np.abs(out).max(), 1e-9)).astype(np.float32)
+    truth = {"seconds": len(out) / RATE, "plays": plays, "unknown": unknown_spans}
+    return out, truth
+
+
+def _overlap(a0, a1, b0, b1):
+    return max(0.0, min(a1, b1) - max(a0, b0))
+
+
+def score(truth, detections, min_play_s=10.0):
+    plays = [p for p in truth["plays"] if p["end_s"] - p["start_s"] >= min_play_s]
+    found, start_err, end_err = 0, [], []
+    for play in plays:
+        length = play["end_s"] - play["start_s"]
+        best = max(
+            (d for d in detections if d["track"] == play["track"]),
+            key=lambda d: _overlap(play["start_s"], play["end_s"], d["start_s"], d["end_s"]),
+            default=None,
+        )
+        if best is not None and _overlap(play["start_s"], play["end_s"], best["start_s"], best["end_s"]) >= 0.5 * length:
+            found += 1
+            start_err.append(abs(best["start_s"] - play["start_s"]))
+            end_err.append(abs(best["end_s"] - play["end_s"]))
+    correct, false_unknown = 0, 0
+    for d in detections:
+        length = max(d["end_s"] - d["start_s"], 1e-9)
+        inside = sum(
+            _overlap(p["start_s"], p["end_s"], d["start_s"], d["end_s"])
+            for p in truth["plays"] if p["track"] == d["track"]
+        )
+        if inside >= 0.5 * length:
+            correct += 1
+        elif sum(_overlap(a, b, d["start_s"], d["end_s"]) for a, b in truth["unknown"]) >= 0.5 * length:
+            false_unknown += 1
+    unknown_hours = sum(b - a for a, b in truth["unknown"]) / 3600
+    return {
+        "plays": len(plays),
+        "recall": found / max(len(plays), 1),
+        "detections": len(detections),
+        "precision": correct / max(len(detections), 1),
+        "false_per_hour_unknown": false_unknown / max(unknown_hours, 1e-9),
+        "unknown_hours": unknown_hours,
+        "median_start_error_s": float(np.median(start_err)) if start_err else float("nan"),
+        "median_end_error_s": float(np.median(end_err)) if end_err else float("nan"),
+    }
+
+
+def run_monitor(index_dir, recording, extra=()):
+    """`nnfp monitor --json` in a child process: (detections, wall seconds, peak RSS bytes)."""
+    command = [sys.executable, "-m", "nnfp.cli", "monitor", str(index_dir), str(recording), "--json", *extra]
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout = child.stdout.read()
+    stderr = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"nnfp monitor failed ({child.returncode}): {stderr.strip()[-2000:]}")
+    rss = usage.ru_maxrss * 1024  # kilobytes on Linux
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()], wall, rss
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0, help="broadcast length (default 30)")
+    parser.add_argument("--catalogue", default=None, help="indexed music (default: 24 generated 2-min tracks)")
+    parser.add_argument("--unknown", default=None, help="music not in the index (default: 8 generated tracks)")
+    parser.add_argument("--speech", default=None, help="speech recordings (default: generated babble)")
+    parser.add_argument("--noise", default=None, help="background noise recordings (default: generated noise)")
+    parser.add_argument("--room", action="store_true", help="convolve the broadcast with a room")
+    parser.add_argument("--model", default=None, help="model for the index (default: the packaged model)")
+    parser.add_argument("--workdir", default="/tmp/nnfp-monitor")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--monitor-args", default="", help="extra `nnfp monitor` options, e.g. '--window 6'")
+    args = parser.parse_args(argv)
+
+    from nnfp.corpus import make_noise
+    from nnfp.index import build_index
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    catalogue_root = Path(args.catalogue) if args.catalogue else work / "catalogue"
+    catalogue = _audio_files(args.catalogue) if args.catalogue else _generated_tracks(catalogue_root, 24, 120.0, 1000)
+    unknown = _audio_files(args.unknown) if args.unknown else _generated_tracks(work / "unknown", 8, 120.0, 9000)
+    speech = _Bank(_audio_files(args.speech), make=lambda s, sec: make_noise(s, sec, RATE, kind="babble"))
+    kinds = ("pink", "brown", "wind", "traffic", "rain", "hum", "mixture")
+    noise = _Bank(_audio_files(args.noise), make=lambda s, sec: make_noise(s, sec, RATE, kind=kinds[s % len(kinds)]))
+
+    index_dir = work / "index"
+    if not index_dir.exists():
+        report = build_index(catalogue_root, index_dir, model=args.model, progress=False)
+        print(f"index: {report.n_tracks} tracks, {report.audio_seconds / 3600:.2f} h, "
+              f"built at {report.realtime_factor:.0f}x real time")
+    rng = np.random.default_rng(args.seed)
+    audio, truth = make_broadcast(rng, args.minutes, catalogue, catalogue_root, _Bank(unknown), speech, noise, args.room)
+    recording = work / "broadcast.wav"
+    sf.write(recording, audio, RATE, subtype="PCM_16")
+    (work / "truth.json").write_text(json.dumps(truth, indent=1))
+    del audio
+
+    detections, wall, rss = run_monitor(index_dir, recording, args.monitor_args.split())
+    (work / "detections.jsonl").write_text("".join(json.dumps(d) + "\n" for d in detections))
+    result = score(truth, detections)
+    print(f"broadcast: {truth['seconds'] / 60:.1f} min, {result['plays']} plays >= 10 s, "
+          f"{result['unknown_hours'] * 60:.1f} min of unknown music{', room' if args.room else ''}")
+    print(f"{'recall':>8} | {'precision':>9} | {'false/h unknown':>15} | {'start err':>9} | {'end err':>7} | "
+          f"{'speed':>7} | {'peak RSS':>8}")
+    print(f"{100 * result['recall']:>7.1f}% | {100 * result['precision']:>8.1f}% | "
+          f"{result['false_per_hour_unknown']:>15.2f} | {result['median_start_error_s']:>7.2f} s | "
+          f"{result['median_end_error_s']:>5.2f} s | {truth['seconds'] / wall:>6.0f}x | {rss / 2**20:>5.0f} MB")
+    print(f"({result['detections']} detections; end to end incl. model load: {wall:.1f} s; "
+          f"truth and detections in {work})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Match / no-match thresholds calibrated per query length ("not in the catalogue" is an answer).
+
+A query's best sequence score is compared with a threshold that depends on the query
+length: short queries of music that is not in the catalogue reach much higher scores
+than long ones. `calibrate` picks, for every calibrated length, the lowest threshold
+that keeps the false-match rate of out-of-catalogue queries at or below a target
+(1 % by default), and reports the fraction of right answers of in-catalogue queries
+that the threshold keeps.
+
+Thresholds are stored as JSON:
+`{"lengths_s": [...], "min_score": [...], "target_false_match": 0.01, ...}`, next to
+a model (`default.keras` -> `default.calibration.json`; copied into every index built
+with it) or inside an index (`INDEX/calibration.json`, which takes precedence).
+
+>>> calibration = Calibration.load("my_index/calibration.json")
+>>> calibration.threshold(3.0)  # the 3 s threshold; shorter lengths use the shortest one
+0.61
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["INDEX_CALIBRATION_FILE", "Calibration", "calibrate", "format_calibration_table", "model_calibration_path"]
+
+INDEX_CALIBRATION_FILE = "calibration.json"
+
+
+def model_calibration_path(model_path):
+    """Where a model's calibration lives: `x.keras` -> `x.calibration.json`, a folder -> `folder/calibration.json`."""
+    model_path = Path(model_path)
+    if model_path.is_dir():
+        return model_path / INDEX_CALIBRATION_FILE
+    return model_path.with_name(model_path.stem + ".calibration.json")
+
+
+@dataclasses.dataclass
+class Calibration:
+    """Per-length score thresholds for deciding match vs "not in the catalogue".
+
+    Args:
+        lengths_s: calibrated query lengths in seconds, increasing.
+        min_score: the threshold of each length (a match needs score >= it).
+        target_false_match: the false-match rate the thresholds were chosen for.
+        info: anything else stored with them (kept fractions, query counts, data, phases).
+
+    A query of length L uses the threshold of the longest calibrated length <= L
+    (the shortest one below it): thresholds fall with length, so this never admits
+    more false matches than calibrated.
+    """
+
+    lengths_s: list
+    min_score: list
+    target_false_match: float = 0.01
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.lengths_s = [float(x) for x in self.lengths_s]
+        self.min_score = [float(x) for x in self.min_score]
+        if not self.lengths_s or len(self.lengths_s) != len(self.min_score):
+            raise ValueError(
+                "`lengths_s` and `min_score` must be non-empty lists of equal length. "
+                f"Received: lengths_s={self.lengths_s}, min_score={self.min_score}"
+            )
+        if any(b <= a for a, b in zip(self.lengths_s, self.lengths_s[1:], strict=False)):
+            raise ValueError(f"`lengths_s` must increase. Received: lengths_s={self.lengths_s}")
+        if not all(np.isfinite(self.min_score)):
+            raise ValueError(f"`min_score` must be finite. Received: min_score={self.min_score}")
+
+    def threshold(self, query_seconds):
+        """The minimum score for a match of a `query_seconds` long query."""
+        position = int(np.searchsorted(self.lengths_s, float(query_seconds) + 1e-6, side="right")) - 1
+        return self.min_score[max(position, 0)]
+
+    def to_json(self):
+        return {
+            "lengths_s": self.lengths_s,
+            "min_score": self.min_score,
+            "target_false_match": self.target_false_match,
+            **self.info,
+        }
+
+    def save(self, path):
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path):
+        path = Path(path)
+        try:
+            payload = json.loads(path.read_text())
+            return cls(
+                payload.pop("lengths_s"),
+                payload.pop("min_score"),
+                payload.pop("target_false_match", 0.01),
+                info=payload,
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(
+                f"{path}: not a calibration file ({type(error).__name__}: {error}); expected JSON "
+                '{"lengths_s": [...], "min_score": [...]}; recalibrate with `nnfp index calibrate`'
+            ) from error
+
+
+def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false_match=0.01):
+    """Lowest thresholds with <= `target_false_match` false matches, per query length.
+
+    Args:
+        lengths_s: (n_lengths,) query lengths.
+        known_scores: (n_known, n_lengths) top-1 score of in-catalogue queries (NaN: no candidate).
+        known_right: (n_known, n_lengths) bool, the top-1 answer is right (track + offset).
+        unknown_scores: (n_unknown, n_lengths) top-1 score of out-of-catalogue queries.
+        target_false_match: allowed fraction of out-of-catalogue queries that match.
+
+    Returns:
+        A `Calibration`; `info` holds per length the right answers without a threshold
+        (`right`), those kept by it (`right_kept`), the false-match rate reached
+        (`false_match`), and the query counts.
+    """
+    known = np.asarray(known_scores, np.float64)
+    right = np.asarray(known_right, bool)
+    unknown = np.asarray(unknown_scores, np.float64)
+    if not 0 <= target_false_match < 1:
+        raise ValueError(f"`target_false_match` must be in [0, 1). Received: {target_false_match}")
+    thresholds, kept, rate, correct = [], [], [], []
+    for j in range(len(lengths_s)):
+        found = unknown[:, j][np.isfinite(unknown[:, j])]
+        n_unknown = len(unknown)
+        allowed = int(np.floor(target_false_match * n_unknown + 1e-9))
+        ranked = np.sort(found)[::-1]
+        if len(ranked) <= allowed:
+            threshold = float(np.nanmin(known[:, j])) if np.isfinite(known[:, j]).any() else 0.0
+            threshold = min(threshold, float(ranked[-1]) if len(ranked) else threshold)
+        else:
+            # Just above the (allowed + 1)-th best out-of-catalogue score.
+            threshold = float(np.nextafter(ranked[allowed], np.inf))
+        thresholds.append(round(threshold + 5e-5, 4))  # rounded up: stored scores stay on the safe side
+        scores = known[:, j]
+        kept.append(float(np.mean(right[:, j] & (np.nan_to_num(scores, nan=-np.inf) >= thresholds[-1]))))
+        rate.append(float(np.mean(np.nan_to_num(unknown[:, j], nan=-np.inf) >= thresholds[-1])))
+        correct.append(float(np.mean(right[:, j])))
+    info = {
+        "right": correct,
+        "right_kept": kept,
+        "false_match": rate,
+        "n_known": int(len(known)),
+        "n_unknown": int(len(unknown)),
+    }
+    return Calibration(list(lengths_s), thresholds, float(target_false_match), info=info)
+
+
+def format_calibration_table(calibration, title="Calibrated thresholds"):
+    """Text table: per length the threshold, false-match rate, right answers and those kept."""
+    info = calibration.info
+    lines = [title, f"{'length':>7} {'min score':>10} {'false match':>12} {'right':>7} {'right kept':>11}"]
+    for j, seconds in enumerate(calibration.lengths_s):
+        lines.append(
+            f"{seconds:>6g}s {calibration.min_score[j]:>10.4f} {100 * info['false_match'][j]:>11.1f}% "
+            f"{100 * info['right'][j]:>6.1f}% {100 * info['right_kept'][j]:>10.1f}%"
+        )
+    lines.append(
+        f"({info.get('n_known', '?')} in-catalogue and {info.get('n_unknown', '?')} out-of-catalogue queries; "
+        f"target <= {100 * calibration.target_false_match:g} % false matches)"
+    )
+    return "\n".join(lines)

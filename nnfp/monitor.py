@@ -1,0 +1,376 @@
+"""Every catalogue track played in a long recording or a live stream, with its start and end.
+
+The recording is fingerprinted once, streaming, on the index hop; windows of a few
+seconds slide over the stream of fingerprints and are searched in the index. A *play*
+is a run of windows agreeing on one track whose offset advances one second per second
+of recording (a constant `track time - recording time`). Plays survive short dropouts
+(talk-over, a noisy patch), end when another track is confirmed (track changes and
+crossfades) or after `max_gap_seconds` without a consistent window, and are emitted as
+soon as they end. Start and end are then refined to the hop from the similarity of
+each recording segment to the aligned track segment.
+
+Memory is constant in the recording length: audio is consumed block by block and only
+a ring of recent fingerprints is kept.
+
+>>> identifier = Identifier("my_index")
+>>> for play in monitor_stream(identifier, read_blocks("broadcast.mp3", 8000), "broadcast.mp3"):
+...     print(play.start_s, play.end_s, play.track, play.track_start_s)
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import numpy as np
+
+__all__ = ["Detection", "format_detection", "monitor_stream", "read_blocks", "read_pcm_blocks"]
+
+_LIVE_CANDIDATES = 64  # open candidate plays kept at once (the oldest unconfirmed go first)
+_STEP_MARGIN = 0.1  # aligned-similarity drop that marks a play's boundary
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """One play of a catalogue track in a recording.
+
+    Attributes:
+        recording: the recording's name (`"-"` for stdin).
+        start_s, end_s: where the play starts and ends in the recording, in seconds.
+        track: the track's relative path in the index.
+        track_start_s: the track position playing at `start_s`.
+        score: mean sequence score of the play's windows (mean cosine similarity).
+    """
+
+    recording: str
+    start_s: float
+    end_s: float
+    track: str
+    track_start_s: float
+    score: float
+
+    def as_dict(self):
+        return {
+            "recording": self.recording,
+            "start_s": round(self.start_s, 2),
+            "end_s": round(self.end_s, 2),
+            "track": self.track,
+            "track_start_s": round(self.track_start_s, 2),
+            "score": round(self.score, 4),
+        }
+
+
+def _clock(seconds):
+    seconds = max(float(seconds), 0.0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{int(hours)}:{int(minutes):02d}:{secs:04.1f}"
+
+
+def format_detection(detection):
+    """A readable timeline line: `0:01:02.0 - 0:02:31.5  track.wav  (from 0:00:30.5, score 0.81)`."""
+    return (
+        f"{_clock(detection.start_s)} - {_clock(detection.end_s)}  {detection.track}  "
+        f"(from {_clock(detection.track_start_s)}, score {detection.score:.2f})"
+    )
+
+
+# ------------------------------------------------------------------------ audio in
+
+
+def read_blocks(path, sample_rate, block_seconds=30.0):
+    """Float32 mono blocks of an audio file at `sample_rate`, decoded as they are needed."""
+    from nnfp.data import stream_audio
+
+    return stream_audio(path, sample_rate, block_seconds=block_seconds)
+
+
+def read_pcm_blocks(stream, rate, sample_rate, block_seconds=1.0):
+    """Float32 mono blocks at `sample_rate` from raw 16-bit little-endian mono PCM at `rate`.
+
+    Blocks are short (a live stream should not wait for 30 s of audio before it is read).
+    """
+    resampler = None
+    if rate != sample_rate:
+        import soxr
+
+        resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32")
+    n_bytes = 2 * max(int(block_seconds * rate), 1)
+    pending = b""
+    while True:
+        chunk = stream.read(n_bytes - len(pending))
+        last = not chunk
+        pending += chunk or b""
+        if len(pending) >= n_bytes or last:
+            usable = len(pending) - len(pending) % 2
+            block = np.frombuffer(pending[:usable], "<i2").astype(np.float32) / 32768.0
+            pending = pending[usable:] if not last else b""
+            if resampler is not None:
+                block = resampler.resample_chunk(block, last=last)
+            if len(block):
+                yield block
+        if last:
+            return
+
+
+# --------------------------------------------------------------- fingerprint stream
+
+
+def _stream_fingerprints(embedder, blocks, segment_samples, hop_samples, batch_size):
+    """Fingerprints of consecutive hop-spaced segments of a block stream, `batch_size` at a time.
+
+    Yields `(first segment number, (n, d) fingerprints)`. Only the samples of the
+    segments not yet fingerprinted are kept.
+    """
+    from nnfp.index import segment_waveform
+
+    span = segment_samples + (batch_size - 1) * hop_samples  # samples of one full batch
+    buffer = np.zeros(0, np.float32)
+    done = 0
+    for block in blocks:
+        buffer = np.concatenate([buffer, np.asarray(block, np.float32).reshape(-1)])
+        while len(buffer) >= span:
+            segments = segment_waveform(buffer[:span], segment_samples, hop_samples)
+            yield done, embedder.fingerprint(np.ascontiguousarray(segments), batch_size=batch_size)
+            done += batch_size
+            buffer = buffer[batch_size * hop_samples :]
+    segments = segment_waveform(buffer, segment_samples, hop_samples)
+    if len(segments):
+        yield done, embedder.fingerprint(np.ascontiguousarray(segments), batch_size=batch_size)
+
+
+# -------------------------------------------------------------------------- plays
+
+
+@dataclasses.dataclass
+class _Candidate:
+    """A run of windows agreeing on one track and one alignment."""
+
+    track_id: int
+    path: str
+    delta: float  # track time - recording time, seconds
+    first: int  # first agreeing window (segment number of its start)
+    last: int  # last agreeing window
+    scores: list
+    deltas: list
+    start_s: float  # refined start in the recording
+    confirmed: bool = False
+
+
+class _Monitor:
+    def __init__(self, db, threshold, window, step, max_gap, min_windows, tolerance, top_k, seg_seconds, batch):
+        self.db = db
+        self.hop_s = float(db.hop_seconds)
+        self.threshold = threshold
+        self.window, self.step, self.max_gap = window, step, max_gap  # in segments
+        self.min_windows, self.tolerance, self.top_k = min_windows, tolerance, top_k
+        self.seg_seconds = seg_seconds
+        self.candidates = []
+        self.ring = collections.deque()  # (segment number, fingerprint), the recent past
+        # Segments the windows of one batch and their refinements may look back at.
+        self.keep = batch + max_gap + 4 * window + 8
+        self.newest = -1
+        tracks = db.segment_track
+        boundaries = np.flatnonzero(tracks[1:] != tracks[:-1]) + 1
+        begins = np.concatenate([[0], boundaries])
+        ends = np.concatenate([boundaries, [len(tracks)]])
+        self.rows_of = {int(tracks[b]): (int(b), int(e)) for b, e in zip(begins, ends, strict=True)}
+        self.next_window = 0
+
+    # -- fingerprints ------------------------------------------------------
+
+    def push(self, first, fingerprints):
+        for i, row in enumerate(fingerprints):
+            self.ring.append((first + i, row))
+        self.newest = first + len(fingerprints) - 1
+        while self.ring and self.ring[0][0] < self.newest - self.keep:
+            self.ring.popleft()
+
+    def _segments(self, lo, hi):
+        """Ring fingerprints of segments lo..hi (inclusive) that are still held."""
+        base = self.ring[0][0]
+        picked = [self.ring[i - base] for i in range(max(lo, base), min(hi, self.newest) + 1)]
+        if not picked:
+            return np.zeros(0, np.int64), None
+        return np.array([n for n, _ in picked]), np.stack([f for _, f in picked])
+
+    def _aligned_similarity(self, candidate, lo, hi):
+        """Similarity of recording segments lo..hi to the track segments aligned with them.
+
+        Only segments whose aligned track position lies inside the track are returned: a
+        play cannot start before its track does or outlast it, and a made-up score for
+        those segments would be the largest step in the fit and pull the boundary onto
+        the track's edge (a track restarted after a jingle was cut 4.75 s early).
+        """
+        numbers, query = self._segments(lo, hi)
+        if query is None:
+            return numbers, np.zeros(0)
+        begin, end = self.rows_of[candidate.track_id]
+        rows = begin + np.round((numbers * self.hop_s + candidate.delta) / self.hop_s).astype(np.int64)
+        inside = (rows >= begin) & (rows < end)
+        numbers, rows, query = numbers[inside], rows[inside], query[inside]
+        sims = np.einsum("nd,nd->n", np.asarray(self.db.embeddings[rows], np.float32), query)
+        return numbers, sims
+
+    @staticmethod
+    def _step(sims):
+        """Best two-level fit of `sims`: (first index of the right part, left mean - right mean)."""
+        if len(sims) < 2:
+            return 0, 0.0
+        left = np.cumsum(sims)[:-1]
+        k = np.arange(1, len(sims))
+        right = sims.sum() - left
+        # Minimising the squared error of a step = maximising this between-part term.
+        gain = left**2 / k + right**2 / (len(sims) - k)
+        best = int(np.argmax(gain))
+        return best + 1, float(left[best] / k[best] - right[best] / (len(sims) - k[best]))
+
+    def _refine_start(self, candidate):
+        numbers, sims = self._aligned_similarity(candidate, candidate.first - self.window, candidate.first + self.window - 1)
+        if not len(sims):
+            return candidate.first * self.hop_s
+        split, drop = self._step(sims)
+        if drop > -_STEP_MARGIN:  # no rise: the play starts with the region (stream or track start)
+            split = 0
+        b = numbers[split]
+        if b == 0:
+            return 0.0
+        # A segment is counted as in the play once half of it is: unbiased to +-hop/2.
+        return b * self.hop_s + self.seg_seconds / 2 - self.hop_s / 2
+
+    def _refine_end(self, candidate):
+        numbers, sims = self._aligned_similarity(candidate, candidate.last, candidate.last + 2 * self.window)
+        if not len(sims):
+            return candidate.last * self.hop_s + self.seg_seconds
+        split, drop = self._step(sims)
+        if drop < _STEP_MARGIN:  # no fall: the play lasts to the region's end (stream or track end)
+            split = len(sims)
+        e = numbers[max(split - 1, 0)]
+        return e * self.hop_s + self.seg_seconds / 2 + self.hop_s / 2
+
+    def _finish(self, candidate, recording, successor=None):
+        end = self._refine_end(candidate)
+        if successor is not None and candidate.start_s < successor.start_s < end:
+            # A crossfade: both tracks are heard in between; the boundary is its middle.
+            end = successor.start_s = (successor.start_s + end) / 2
+        end = max(end, candidate.start_s + self.hop_s)
+        delta = float(np.median(candidate.deltas))
+        return Detection(
+            recording=recording,
+            start_s=float(candidate.start_s),
+            end_s=float(end),
+            track=candidate.path,
+            track_start_s=float(max(candidate.start_s + delta, 0.0)),
+            score=float(np.mean(candidate.scores)),
+        )
+
+    # -- windows -----------------------------------------------------------
+
+    def windows(self, recording, final=False):
+        """Searches every window now complete; yields the plays that ended."""
+        while self.next_window + self.window - 1 <= self.newest:
+            yield from self._window(self.next_window, recording)
+            self.next_window += self.step
+        if final:
+            for candidate in sorted(self.candidates, key=lambda c: c.start_s):
+                if candidate.confirmed:
+                    yield self._finish(candidate, recording)
+            self.candidates = []
+
+    def _window(self, w, recording):
+        _, query = self._segments(w, w + self.window - 1)
+        matches = self.db.search(query, top_k=self.top_k, n_results=3, min_score=self.threshold)
+        t = w * self.hop_s
+        extended = None
+        for match in matches:
+            delta = match.offset_s - t
+            for candidate in self.candidates:
+                if candidate.track_id == match.track_id and abs(candidate.delta - delta) <= self.tolerance:
+                    extended = candidate
+                    break
+            if extended is not None:
+                extended.last = w
+                extended.scores.append(match.score)
+                extended.deltas.append(delta)
+                extended.delta = float(np.median(extended.deltas[-9:]))
+                break
+        if extended is None and matches:
+            best = matches[0]
+            extended = _Candidate(
+                best.track_id, best.path, best.offset_s - t, w, w, [best.score], [best.offset_s - t], 0.0
+            )
+            extended.start_s = self._refine_start(extended)
+            self.candidates.append(extended)
+            if len(self.candidates) > _LIVE_CANDIDATES:
+                self.candidates.remove(min(self.candidates, key=lambda c: (c.confirmed, c.last)))
+        if extended is not None and not extended.confirmed and len(extended.scores) >= self.min_windows:
+            extended.confirmed = True
+            # A newly confirmed play ends the plays heard before it (track change, crossfade).
+            for other in sorted(self.candidates, key=lambda c: c.start_s):
+                if other is not extended and other.last < extended.last:
+                    self.candidates.remove(other)
+                    if other.confirmed:
+                        yield self._finish(other, recording, successor=extended)
+        for candidate in sorted(self.candidates, key=lambda c: c.start_s):
+            if w - candidate.last > self.max_gap:
+                self.candidates.remove(candidate)
+                if candidate.confirmed:
+                    yield self._finish(candidate, recording)
+
+
+def monitor_stream(
+    identifier,
+    blocks,
+    recording="-",
+    window_seconds=5.0,
+    step_seconds=1.0,
+    max_gap_seconds=10.0,
+    min_windows=3,
+    tolerance_seconds=1.0,
+    min_score=None,
+    batch_size=64,
+):
+    """Detects the plays of catalogue tracks in a stream of audio blocks, as they end.
+
+    Args:
+        identifier: an `nnfp.index.Identifier` (its index, model and `k_probe`); build
+            one from objects in memory with `Identifier(None, db=db, embedder=embedder)`.
+        blocks: any iterable of float32 mono blocks at the index sample rate, of any sizes.
+        recording: name reported in the detections.
+        window_seconds: audio searched per window (a query of this length).
+        step_seconds: recording time between window starts (a multiple of the hop).
+        max_gap_seconds: a play survives this long without an agreeing window
+            (talk-over, noise); longer gaps end it.
+        min_windows: agreeing windows a play needs to be reported.
+        tolerance_seconds: how far a window's alignment (track time - recording time)
+            may stray from its play's.
+        min_score: window score threshold; None: `identifier.match_threshold(window_seconds)`
+            (the index's calibrated threshold for a query of one window).
+        batch_size: segments fingerprinted per model call.
+
+    Yields:
+        `Detection`s, each as soon as its play has ended (or the stream ended).
+    """
+    db = identifier.db
+    hop_s = float(db.hop_seconds)
+    sample_rate = identifier.sample_rate
+    segment_samples = identifier.embedder.segment_samples
+    seg_seconds = segment_samples / sample_rate
+
+    def segments(seconds):  # whole segments of `seconds` of recording
+        return max(int(round(seconds / hop_s)), 1)
+
+    window = max(int(round((window_seconds - seg_seconds) / hop_s)) + 1, 1)
+    if min_score is None:
+        min_score = identifier.match_threshold(window_seconds)
+    state = _Monitor(
+        db, min_score, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
+        float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size),
+    )
+    hop_samples = identifier.hop_samples
+    for first, fingerprints in _stream_fingerprints(
+        identifier.embedder, blocks, segment_samples, hop_samples, int(batch_size)
+    ):
+        state.push(first, fingerprints)
+        yield from state.windows(recording)
+    yield from state.windows(recording, final=True)

@@ -1,0 +1,97 @@
+"""Evaluation protocol: random positions, native-rate degradation, full room tails, determinism by seed."""
+
+import json
+
+import numpy as np
+import pytest
+
+from nnfp.evaluation import degrade, hit_rates, synthesize_queries
+
+
+def _tracks(rate):
+    rng = np.random.default_rng(5)
+    return {i: (rng.standard_normal(int(12 * rate)).astype(np.float32) * 0.1, rate) for i in range(3)}
+
+
+def _synth(seed, aligned=False, rate=16000):
+    tracks = _tracks(rate)
+    return synthesize_queries(
+        {i: 12.0 for i in tracks}, tracks.__getitem__, {0: 0, 1: 23, 2: 46}, 8, seconds=3.0,
+        sample_rate=8000, aligned=aligned, seed=seed,
+    )
+
+
+def test_queries_are_deterministic_by_seed_and_resampled_to_the_index_rate():
+    waves, info = _synth(seed=1)
+    again, info_again = _synth(seed=1)
+    other, info_other = _synth(seed=2)
+    assert all(len(w) == 24000 for w in waves)  # 3 s at 8 kHz, cut from 16 kHz audio
+    for a, b in zip(waves, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for key in info:
+        np.testing.assert_array_equal(info[key], info_again[key])
+    assert not np.array_equal(info["offset_s"], info_other["offset_s"])
+
+
+def test_random_positions_by_default_grid_positions_when_aligned():
+    _, info = _synth(seed=0)
+    off_grid = np.abs(info["offset_s"] / 0.5 - np.round(info["offset_s"] / 0.5)) > 1e-6
+    assert off_grid.sum() >= 6  # of 8: random sample positions
+    np.testing.assert_array_equal(info["true_row"], [{0: 0, 1: 23, 2: 46}[t] for t in info["track"]]
+                                  + np.round(info["offset_s"] / 0.5).astype(int))
+    _, aligned = _synth(seed=0, aligned=True)
+    np.testing.assert_allclose(aligned["offset_s"] % 0.5, 0.0)
+
+
+def test_room_keeps_the_tail_of_audio_before_the_cut():
+    rate = 8000
+    track = np.full(4 * rate, 0.01, np.float32) * np.sin(np.arange(4 * rate)).astype(np.float32)
+    track[rate - 400 : rate] = 1.0  # a loud burst that ends just before the cut at 1 s
+    ir = np.exp(-np.arange(rate) / 2000.0).astype(np.float32)  # 1 s tail
+    query = degrade(track, rate, rate, rate, rate, impulse_response=ir)
+    no_context = degrade(track[rate:], 0, rate, rate, rate, impulse_response=ir)
+
+    def head_share(x):  # energy of the first 0.1 s over the whole window
+        return np.sum(x[:800] ** 2) / np.sum(x**2)
+
+    assert head_share(query) > 0.5 > head_share(no_context)  # the burst's reverberation is inside the window
+
+
+def test_hit_rates_offset_and_decision_columns():
+    rows = np.array([[[5, -1]], [[9, -1]], [[7, -1]]])
+    tracks = np.array([[[0, -1]], [[0, -1]], [[1, -1]]])
+    offsets = np.array([[[2.6, np.nan]], [[4.4, np.nan]], [[1.0, np.nan]]])
+    rates = hit_rates(
+        rows, np.array([5, 5, 7]), tracks, np.array([0, 0, 0]), predicted_offsets=offsets,
+        true_offsets=np.array([2.3, 2.3, 1.0]), decided=np.array([[True], [True], [True]]),
+    )
+    assert rates["track_top1"][0] == pytest.approx(200 / 3)
+    assert rates["offset_top1"][0] == pytest.approx(100 / 3)  # |2.6 - 2.3| <= 0.5; 4.4 is 2.1 s out
+    assert rates["answered_right"][0] == pytest.approx(100 / 3)
+
+
+@pytest.mark.skipif(
+    not __import__("nnfp.index", fromlist=["DEFAULT_MODEL_PATH"]).DEFAULT_MODEL_PATH.exists(), reason="no shipped model"
+)
+def test_evaluate_is_deterministic_by_seed_with_unknown_tracks(tmp_path):
+    import shutil
+
+    from nnfp.corpus import generate_corpus
+    from nnfp.evaluation import evaluate
+
+    corpus = generate_corpus(tmp_path / "corpus", n_tracks=3, track_seconds=12, n_noise=1, n_irs=1, seed=4)
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    shutil.move(corpus.music_dir / "track_0002.wav", unknown / "track_0002.wav")
+    runs = []
+    for name in ("a", "b"):
+        evaluate(
+            tmp_path / name, db_dir=corpus.music_dir if name == "a" else None,
+            index_dir=None if name == "a" else tmp_path / "a" / "index", unknown_dir=unknown, n_queries=4,
+            lengths_seconds=(1, 3), seed=3, index_type="flat", progress=False, log=lambda *_: None,
+        )
+        runs.append(json.loads((tmp_path / name / "results.json").read_text()))
+    assert runs[0]["hit_rates"] == runs[1]["hit_rates"]
+    assert set(runs[0]["hit_rates"]) >= {"track_top1", "offset_top1", "answered_right", "false_match", "top1_exact"}
+    assert runs[0]["settings"]["protocol"] == "random sample positions"
+    assert runs[0]["settings"]["phases"] == 4

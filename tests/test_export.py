@@ -1,0 +1,44 @@
+"""XLA-compiled fingerprinters give the fingerprints of the plain forward pass."""
+
+import numpy as np
+import pytest
+
+from nnfp.config import CONFIG_DIR, load_config
+from nnfp.export import _padded_size, export_saved_model, load_fingerprinter
+from nnfp.training import build_model
+
+TINY = ["encoder.width=0.0625", "projection.embedding_dim=16"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return build_model(load_config(CONFIG_DIR / "demo.yaml", TINY))
+
+
+def test_padded_sizes_are_few_and_bounded():
+    assert [_padded_size(n, 64) for n in (1, 8, 9, 33, 64)] == [8, 8, 16, 64, 64]
+    assert _padded_size(200, 256) == 256 and _padded_size(3, 4) == 4
+
+
+@pytest.mark.parametrize("n", [1, 13, 40])  # one short batch, a padded one, several batches
+def test_xla_fingerprints_match_plain_forward_pass(model, tmp_path, n):
+    x = np.random.default_rng(n).standard_normal((n, model.segment_samples)).astype("float32") * 0.1
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "m.keras")
+    xla = load_fingerprinter(tmp_path / "m.keras")
+    plain = load_fingerprinter(tmp_path / "m.keras", jit_compile=False)
+    got = xla.fingerprint(x, batch_size=16)
+    assert got.shape == (n, 16)
+    assert np.abs(got - expected).max() <= 1e-5
+    assert np.abs(plain.fingerprint(x, batch_size=16) - expected).max() <= 1e-5
+
+
+def test_xla_saved_model_matches(model, tmp_path):
+    x = np.random.default_rng(1).standard_normal((5, model.segment_samples)).astype("float32") * 0.1
+    out = export_saved_model(model, tmp_path / "export")
+    got = load_fingerprinter(out).fingerprint(x, batch_size=4)
+    assert got.shape == (5, 16)
+    assert np.abs(got - model.predict(x, verbose=0)).max() <= 1e-5

@@ -1,0 +1,129 @@
+"""Identifier: sub-hop query phases, distinct places, silent queries, calibrated match thresholds.
+
+Uses the shipped model (`nnfp/weights/default.keras`) on three generated 12 s tracks.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from nnfp.calibration import Calibration, calibrate
+from nnfp.cli import main
+from nnfp.index import DEFAULT_MODEL_PATH, Identifier, QueryError, build_index
+
+pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.exists(), reason="no shipped model")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from nnfp.corpus import generate_corpus
+
+    root = tmp_path_factory.mktemp("identify")
+    corpus = generate_corpus(root / "corpus", n_tracks=3, track_seconds=12, n_noise=1, n_irs=1, seed=3)
+    model = root / "m.keras"  # a copy of the shipped model with its own calibration file
+    shutil.copyfile(DEFAULT_MODEL_PATH, model)
+    Calibration([1, 3], [0.999, 0.995], info={"note": "test"}).save(root / "m.calibration.json")
+    build_index(corpus.music_dir, root / "idx", model=model, index_type="flat", progress=False)
+    track, rate = sf.read(corpus.music_dir / "track_0001.wav", dtype="float32")
+    assert rate == 8000
+    reference = Identifier(root / "idx", min_score=None)  # loads the model once for the module
+    return {
+        "root": root, "index": root / "idx", "music": corpus.music_dir, "track": track,
+        "shared": {"db": reference.db, "embedder": reference.embedder},
+    }
+
+
+def test_phase_search_finds_an_off_grid_query_at_the_right_offset(setup):
+    query = setup["track"][int(4.2 * 8000) : int(7.2 * 8000)]  # 0.2 s off the 0.5 s grid
+    identifier = Identifier(setup["index"], min_score=None, phases=4, **setup["shared"])
+    best = identifier.identify_audio(query)[0]
+    assert best.path == "track_0001.wav"
+    assert abs(best.offset_s - 4.2) <= 0.1
+    one_phase = Identifier(setup["index"], min_score=None, phases=1, **setup["shared"])
+    grid = one_phase.identify_audio(query)[0].offset_s
+    assert grid % 0.5 == 0  # one phase: offsets on the index hop only
+
+
+def test_phases_are_cut_at_fractions_of_the_hop_and_short_ones_dropped(setup):
+    identifier = Identifier(setup["index"], min_score=None, phases=4, **setup["shared"])
+    phases = identifier.phase_fingerprints(setup["track"][: 8000 + 2500])  # 1.3125 s
+    assert [shift for shift, _ in phases] == [0.0, 0.125, 0.25]  # 0.375 s leaves < 1 s
+    assert [len(f) for _, f in phases] == [1, 1, 1]
+
+
+def test_neighbouring_offsets_collapse_into_one_place(setup):
+    db = setup["shared"]["db"]
+    first = int(np.flatnonzero(db.segment_track == 1)[0])
+    starts = np.array([first + 4, first + 5, first + 6, first + 12])  # 2.0, 2.5, 3.0 and 6.0 s
+    scores = np.array([0.5, 0.9, 0.7, 0.6])
+    places = db.places(starts, scores, n_results=5)
+    assert [(m.offset_s, m.score) for m in places] == [(2.5, 0.9), (6.0, 0.6)]
+    assert len(db.places(starts, scores, n_results=5, collapse_seconds=0)) == 4
+    shifted = db.places(starts, scores, shifts=np.full(4, 0.25), n_results=1)
+    assert shifted[0].offset_s == 2.25
+    query = setup["track"][int(2.3 * 8000) : int(7.3 * 8000)]
+    matches = Identifier(setup["index"], min_score=None, **setup["shared"]).identify_audio(query, n_results=10)
+    for i, a in enumerate(matches):
+        for b in matches[i + 1 :]:
+            assert a.track_id != b.track_id or abs(a.offset_s - b.offset_s) >= 1.0
+
+
+@pytest.mark.parametrize(
+    ("audio", "message"),
+    [
+        (np.zeros(16000, np.float32), "silent (peak -200 dBFS); nothing to identify"),
+        (np.full(16000, 1e-4, np.float32), "silent (peak -80 dBFS)"),
+        (np.full(16000, 0.5, np.float32), "constant (DC offset only)"),
+        (1e-4 * np.sign(np.sin(np.arange(16000))).astype(np.float32) * 0.25 + 2e-3, "near-silent"),
+    ],
+)
+def test_silent_near_silent_and_constant_queries_are_rejected(setup, audio, message):
+    identifier = Identifier(setup["index"], **setup["shared"])
+    with pytest.raises(QueryError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        identifier.identify_audio(audio, name="query.wav")
+
+
+def test_index_build_copies_the_model_calibration_and_identify_applies_it(setup):
+    index = setup["index"]
+    assert json.loads((index / "calibration.json").read_text())["min_score"] == [0.999, 0.995]
+    identifier = Identifier(index, **setup["shared"])
+    assert identifier.match_threshold(0.5) == 0.999 and identifier.match_threshold(2.9) == 0.999
+    assert identifier.match_threshold(3.0) == 0.995 and identifier.match_threshold(30) == 0.995
+    query = setup["track"][int(4.2 * 8000) : int(7.2 * 8000)]
+    score = Identifier(index, min_score=None, **setup["shared"]).identify_audio(query)[0].score
+    assert score < 0.995
+    assert identifier.identify_audio(query) == []  # below the stored threshold: not in the catalogue
+    below = Identifier(index, **setup["shared"], calibration=Calibration([1, 3], [score + 0.01, score - 0.01]))
+    assert below.identify_audio(query)[0].path == "track_0001.wav"  # 3 s threshold below the score
+    assert below.identify_audio(query[:16000]) == [] or below.identify_audio(query[:16000])[0].score >= score + 0.01
+    assert Identifier(index, min_score=0.1, **setup["shared"]).match_threshold(3.0) == 0.1  # explicit wins
+
+
+def test_identify_cli_no_match_and_silent_query(setup, tmp_path, capsys):
+    query = tmp_path / "clip.wav"
+    sf.write(query, setup["track"][int(4.2 * 8000) : int(7.2 * 8000)], 8000)
+    silent = tmp_path / "silence.wav"
+    sf.write(silent, np.zeros(16000, np.float32), 8000)
+    assert main(["identify", str(setup["index"]), str(query)]) == 0
+    out = capsys.readouterr().out
+    assert "no match (not in the catalogue" in out and "calibrated threshold 0.995 for a 3.0 s query" in out
+    assert main(["identify", str(setup["index"]), str(query), str(silent), "--json", "--min-score", "0.3"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["matches"][0]["track"] == "track_0001.wav"
+    assert abs(lines[0]["matches"][0]["offset_s"] - 4.2) <= 0.1
+    assert lines[1]["matches"] == [] and "silent" in lines[1]["error"]
+
+
+def test_calibrate_picks_the_lowest_threshold_with_at_most_the_target_false_matches():
+    unknown = np.linspace(0.0, 0.99, 100)[:, None]  # out-of-catalogue best scores
+    known = np.array([[0.2], [0.985], [0.995], [0.999]])
+    right = np.array([[True], [True], [False], [True]])
+    calibration = calibrate([3.0], known, right, unknown, target_false_match=0.01)
+    # 1 false match allowed of 100: just above the 2nd best unknown score (0.98)
+    assert 0.98 < calibration.min_score[0] <= 0.9801
+    assert calibration.info["false_match"] == [0.01]
+    assert calibration.info["right_kept"] == [0.5]  # 0.985 and 0.999 kept; 0.995 is a wrong answer
+    assert calibration.info["right"] == [0.75]

@@ -1,0 +1,126 @@
+"""`nnfp monitor`: plays of catalogue tracks in a generated broadcast, from files and stdin."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from nnfp.cli import main
+from nnfp.corpus import compose_track, make_noise
+from nnfp.index import DEFAULT_MODEL_PATH
+
+RATE = 8000
+
+pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.exists(), reason="needs the packaged model")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """An index of 3 generated 40 s tracks (packaged model) and one unknown track."""
+    root = tmp_path_factory.mktemp("monitor")
+    music = root / "music"
+    music.mkdir()
+    tracks = {}
+    for i, name in enumerate(["a.wav", "b.wav", "c.wav"]):
+        tracks[name] = compose_track(300 + i, 40.0, RATE)
+        sf.write(music / name, tracks[name], RATE, subtype="PCM_16")
+    tracks["unknown"] = compose_track(900, 40.0, RATE)
+    index = root / "index"
+    assert main(["index", "build", str(music), str(index), "--index-type", "flat", "--quiet"]) == 0
+    return {"root": root, "index": index, "tracks": tracks}
+
+
+def _mix(parts, fades, seed=0, snr_db=15.0):
+    """Concatenates `parts` with linear crossfades (`fades[i]` s between part i and i+1), plus noise."""
+    out = parts[0].astype(np.float32)
+    for part, fade in zip(parts[1:], fades, strict=True):
+        n = int(fade * RATE)
+        if n:
+            ramp = np.linspace(0, 1, n, dtype=np.float32)
+            overlap = out[-n:] * (1 - ramp) + part[:n] * ramp
+            out = np.concatenate([out[:-n], overlap, part[n:]])
+        else:
+            out = np.concatenate([out, part])
+    noise = make_noise(seed, len(out) / RATE + 0.1, RATE, kind="pink")[: len(out)]
+    rms = np.sqrt(np.mean(out**2))
+    return (out + noise / np.sqrt(np.mean(noise**2)) * rms * 10 ** (-snr_db / 20)).astype(np.float32)
+
+
+def _cut(track, start, end):
+    return track[int(start * RATE) : int(end * RATE)]
+
+
+def _monitor_json(args, capsys):
+    capsys.readouterr()
+    assert main(["monitor", *args, "--json"]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_three_plays_with_crossfade_and_unknown_stretch(setup, tmp_path, capsys):
+    t = setup["tracks"]
+    # a 2..27 s | 2 s crossfade | b 5..30 s | unknown 15 s | c 8..33 s
+    audio = _mix(
+        [_cut(t["a.wav"], 2, 27), _cut(t["b.wav"], 5, 30), _cut(t["unknown"], 10, 25), _cut(t["c.wav"], 8, 33)],
+        [2.0, 0.0, 0.0],
+    )
+    path = tmp_path / "mix.wav"
+    sf.write(path, audio, RATE, subtype="PCM_16")
+    plays = _monitor_json([str(setup["index"]), str(path)], capsys)
+    expected = [("a.wav", 0.0, 24.0, 2.0), ("b.wav", 24.0, 48.0, 6.0), ("c.wav", 63.0, 88.0, 8.0)]
+    assert [p["track"] for p in plays] == ["a.wav", "b.wav", "c.wav"]
+    for play, (track, start, end, track_start) in zip(plays, expected, strict=True):
+        assert play["track"] == track
+        assert abs(play["start_s"] - start) <= 1.5, play
+        assert abs(play["end_s"] - end) <= 1.5, play
+        assert abs(play["track_start_s"] - track_start) <= 1.5, play
+    # The JSON lines carry exactly the documented fields.
+    assert list(plays[0]) == ["recording", "start_s", "end_s", "track", "track_start_s", "score"]
+    assert plays[0]["recording"] == str(path) and 0 < plays[0]["score"] <= 1
+
+    # stdin: the same audio as raw 16-bit PCM gives the same plays.
+    pcm = sf.read(path, dtype="int16")[0].astype("<i2").tobytes()
+
+    class FakeStdin:
+        buffer = io.BytesIO(pcm)
+
+    capsys.readouterr()
+    import sys
+
+    saved, sys.stdin = sys.stdin, FakeStdin()
+    try:
+        assert main(["monitor", str(setup["index"]), "-", "--json"]) == 0
+    finally:
+        sys.stdin = saved
+    from_stdin = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["recording"] for p in from_stdin] == ["-"] * 3
+    assert [{**p, "recording": None} for p in from_stdin] == [{**p, "recording": None} for p in plays]
+
+
+def test_same_track_twice_is_two_plays(setup, tmp_path, capsys):
+    a = setup["tracks"]["a.wav"]
+    # a 5..25 s | 6 s jingle | a 5..25 s | a 5..25 s again, back to back: three plays, told
+    # apart by the jump of the alignment (track time - recording time), not by the track.
+    parts = [_cut(a, 5, 25), _cut(setup["tracks"]["unknown"], 0, 6), _cut(a, 5, 25), _cut(a, 5, 25)]
+    audio = _mix(parts, [0.0, 0.0, 0.0], seed=1)
+    path = tmp_path / "twice.wav"
+    sf.write(path, audio, RATE, subtype="PCM_16")
+    plays = _monitor_json([str(setup["index"]), str(path)], capsys)
+    assert [p["track"] for p in plays] == ["a.wav"] * 3
+    for play, (start, end) in zip(plays, [(0, 20), (26, 46), (46, 66)], strict=True):
+        assert abs(play["start_s"] - start) <= 1.5, play
+        assert abs(play["end_s"] - end) <= 1.5, play
+        assert abs(play["track_start_s"] - 5) <= 1.5, play
+
+
+def test_timeline_and_errors(setup, tmp_path, capsys):
+    path = tmp_path / "a.wav"
+    sf.write(path, _mix([_cut(setup["tracks"]["a.wav"], 0, 20)], []), RATE, subtype="PCM_16")
+    capsys.readouterr()
+    assert main(["monitor", str(setup["index"]), str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{path}:" and "a.wav" in out[1] and out[1].strip().startswith("0:00:")
+    assert main(["monitor", str(setup["index"]), str(tmp_path / "missing.wav")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nnfp monitor: error:") and "missing.wav" in err[0]
