@@ -136,9 +136,8 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
         n_unknown = len(unknown)
         allowed = int(np.floor(target_false_match * n_unknown + 1e-9))
         ranked = np.sort(found)[::-1]
-        if len(ranked) <= allowed:
-            threshold = float(np.nanmin(known[:, j])) if np.isfinite(known[:, j]).any() else 0.0
-            threshold = min(threshold, float(ranked[-1]) if len(ranked) else threshold)
+        if len(ranked) <= allowed:  # (almost) no out-of-catalogue query found a candidate at all
+            threshold = -1.0  # the lowest cosine score: every candidate is a match
         else:
             # Just above the (allowed + 1)-th best out-of-catalogue score.
             threshold = float(np.nextafter(ranked[allowed], np.inf))

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from nnfp.search import sequence_hit_rates
+from nnfp.minisearch import sequence_hit_rates
 
 __all__ = ["EpochProgress", "MiniSearchValidation", "SimilarityMatrixImages", "mini_search_line", "similarity_image"]
 
@@ -102,8 +102,9 @@ class MiniSearchValidation(keras.callbacks.Callback):
 
 
 def mini_search_line(result):
-    """One line of g(f) top-1 hit rates per scope, e.g. `mini-search g(f) top-1 %: 1s 41.2 | 3s 70.3`."""
-    cells = " | ".join(f"{scope}s {top1:.1f}" for scope, top1 in zip(result["scopes"], result["top1"]))
+    """One line of g(f) top-1 hit rates per scope (segments), e.g. `mini-search g(f) top-1 %: 1 seg 41.2 | 3 seg 70.3`."""
+    pairs = zip(result["scopes"], result["top1"], strict=True)
+    cells = " | ".join(f"{scope} seg {top1:.1f}" for scope, top1 in pairs)
     return f"mini-search g(f) top-1 %: {cells}"
 
 

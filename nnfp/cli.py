@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnfp.index import fingerprint_tracks
-
-__all__ = ["main", "fingerprint_tracks"]
+__all__ = ["main"]
 
 
 def _add_train_arguments(parser):
@@ -111,7 +109,7 @@ def cmd_demo(args):
     corpus = embedded_corpus(config)
     report = build_index(
         corpus.music_dir, run_dir / "index", model=run_dir, index_type="flat", sample_rate=rate,
-        hop_seconds=config["data"]["hop_seconds"], progress=False,
+        hop_seconds=config["data"]["hop_seconds"], progress=False, overwrite=True,  # the demo's own index
     )
     print(
         f"{report.n_tracks} tracks, {report.n_segments} segments; fingerprinting ran at "
@@ -175,8 +173,8 @@ def _demo_shipped_model(music_dir, run_dir, track, rate):
     query_path = Path(run_dir) / "query.wav"
     sf.write(query_path, query, rate)
     index_dir = Path(run_dir) / "index-default"
-    print(f"$ nnfp index build {music_dir} {index_dir} --index-type flat --quiet")
-    main(["index", "build", str(music_dir), str(index_dir), "--index-type", "flat", "--quiet"])
+    print(f"$ nnfp index build {music_dir} {index_dir} --index-type flat --quiet --overwrite")
+    main(["index", "build", str(music_dir), str(index_dir), "--index-type", "flat", "--quiet", "--overwrite"])
     print(f"$ nnfp identify {index_dir} {query_path} --json   "
           "# 5 s from 12.3 s of the last track, 5 dB SNR noise + room")
     main(["identify", str(index_dir), str(query_path), "--json"])
@@ -401,7 +399,7 @@ def cmd_evaluate(args):
 
 
 def _add_index_arguments(parser, model=True):
-    from nnfp.search import INDEX_TYPES
+    from nnfp.defaults import INDEX_TYPES
 
     if model:
         parser.add_argument("--model", default=None, help="run directory, .keras file or SavedModel (default: the packaged model)")
@@ -535,7 +533,7 @@ def build_parser():
 
     _add_data_commands(sub)
 
-    from nnfp.index import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE, DEFAULT_PHASES
+    from nnfp.defaults import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE, DEFAULT_PHASES
 
     index = sub.add_parser("index", help="build, extend or merge (sharded build) a fingerprint index")
     index_sub = index.add_subparsers(dest="index_command", required=True)

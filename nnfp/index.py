@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnfp.defaults import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE, DEFAULT_PHASES
 from nnfp.outputs import OutputFolderError, claim_output_dir, output_kind, write_marker
 from nnfp.search import INDEX_TYPES, CorruptIndexError, FingerprintDB, atomic_directory
 
@@ -63,12 +64,7 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "default.keras"
-DEFAULT_K_PROBE = 20  # faiss neighbours per query segment (the original `k_probe`)
-# Sequence scores are mean cosine similarities. Wrong-track best candidates of the demo
-# model score ~0.4 (median) for 10 s queries, but up to 0.7 for 1 s ones; raise it for short queries.
-DEFAULT_MIN_SCORE = 0.5  # used only when neither the index nor its model has a calibration
 CALIBRATED = "calibrated"  # Identifier(min_score=...): the calibrated threshold of the query's length
-DEFAULT_PHASES = 4  # query phases per index hop (`Identifier(phases=...)`, `--phases`)
 SILENT_PEAK_DB = -60.0  # queries quieter than this (peak, dBFS) are rejected as silent
 SILENT_RMS_DB = -70.0  # ... and those whose varying part is below this RMS level (dBFS)
 _ONE_BATCH_SEGMENTS = 256  # query phases fingerprinted as one batch up to this many segments

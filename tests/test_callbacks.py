@@ -44,13 +44,13 @@ def test_epoch_line_leaves_out_mini_search_scalars(tiny, capsys):
     out = capsys.readouterr().out
     assert "loss:" in out and "ms_" not in out
     top1 = search.last_results["g(f)"]["top1"]
-    assert f"mini-search g(f) top-1 %: 1s {top1[0]:.1f} | 3s {top1[1]:.1f}" in out
+    assert f"mini-search g(f) top-1 %: 1 seg {top1[0]:.1f} | 3 seg {top1[1]:.1f}" in out
     model.fit(data, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False, callbacks=[search, EpochProgress()])
     assert capsys.readouterr().out == ""
 
 
 def test_mini_search_line():
-    assert mini_search_line({"scopes": [1, 3], "top1": [41.25, 70.0]}) == "mini-search g(f) top-1 %: 1s 41.2 | 3s 70.0"
+    assert mini_search_line({"scopes": [1, 3], "top1": [41.25, 70.0]}) == "mini-search g(f) top-1 %: 1 seg 41.2 | 3 seg 70.0"
 
 
 @pytest.mark.parametrize(

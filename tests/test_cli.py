@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from nnfp.cli import fingerprint_tracks, main
+from nnfp.cli import main
 from nnfp.corpus import compose_track
+from nnfp.index import fingerprint_tracks
 
 TINY = [
     "train.jit_compile=false",  # XLA compiles in ~10 s: worth it for long runs, not for 2-step tests
@@ -94,3 +95,19 @@ def test_missing_data_folder_is_named(tmp_path, capsys):
         args += ["--set", item]
     assert main(args) == 2
     assert str(tmp_path / "nope") in capsys.readouterr().err
+
+
+def test_help_and_training_do_not_import_faiss():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io\n"
+        "from nnfp.cli import build_parser\n"
+        "import nnfp.training\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    build_parser().parse_args(['--help'])\n"
+        "print(sorted(m for m in ('faiss', 'nnfp.search', 'nnfp.index') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

