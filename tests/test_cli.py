@@ -64,7 +64,7 @@ def test_train_from_folders_then_export_and_identify(audio_root, tmp_path, capsy
     from nnfp.export import load_fingerprinter
     from nnfp.search import FingerprintDB
 
-    embedder = load_fingerprinter(tmp_path / "exported")
+    embedder = load_fingerprinter(tmp_path / "exported", trust_model=True)  # our own export
     tracks, paths, _ = load_tracks(sorted((audio_root / "val").glob("*.wav")))
     embeddings, owners, starts = fingerprint_tracks(embedder, tracks, 4000)
     assert embeddings.shape == (len(owners), 16)

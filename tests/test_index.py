@@ -186,8 +186,9 @@ def test_no_default_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
     import nnfp.index
 
     monkeypatch.setattr(nnfp.index, "DEFAULT_MODEL_PATH", tmp_path / "none.keras")
-    sf.write(tmp_path / "a.wav", np.zeros(16000, "float32"), 8000)
-    assert main(["index", "build", str(tmp_path), str(tmp_path / "idx")]) == 2
+    (tmp_path / "music").mkdir()
+    sf.write(tmp_path / "music" / "a.wav", np.zeros(16000, "float32"), 8000)
+    assert main(["index", "build", str(tmp_path / "music"), str(tmp_path / "idx")]) == 2
     err = capsys.readouterr().err
     assert "no default model ships with this version of nnfp; pass --model RUN_DIR|FILE.keras|SAVEDMODEL_DIR" in err
 

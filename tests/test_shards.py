@@ -33,7 +33,7 @@ def _build_sharded(catalogue, out, n_shards, capsys):
         args = ["index", "build", str(catalogue["music"]), str(out), "--shard", f"{shard}/{n_shards}"]
         assert main([*args, "--model", str(catalogue["model"]), "--chunk-files", "2", "--quiet"]) == 0
         assert f"shard {shard}/{n_shards}: fingerprinted" in capsys.readouterr().out
-    assert sorted(os.listdir(out)) == [f"shard-{i}-of-{n_shards}" for i in range(n_shards)]
+    assert sorted(os.listdir(out)) == [".nnfp-output.json"] + [f"shard-{i}-of-{n_shards}" for i in range(n_shards)]
 
 
 def _assert_same_db(single, merged, queries):
