@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from nnfp.calibration import Calibration, calibrate
+from nnfp.calibration import Calibration, allowed_false_matches, binomial_upper_bound, calibrate
 from nnfp.cli import main
 from nnfp.index import DEFAULT_MODEL_PATH, Identifier, QueryError, build_index
 
@@ -121,9 +121,35 @@ def test_calibrate_picks_the_lowest_threshold_with_at_most_the_target_false_matc
     unknown = np.linspace(0.0, 0.99, 100)[:, None]  # out-of-catalogue best scores
     known = np.array([[0.2], [0.985], [0.995], [0.999]])
     right = np.array([[True], [True], [False], [True]])
-    calibration = calibrate([3.0], known, right, unknown, target_false_match=0.01)
-    # 1 false match allowed of 100: just above the 2nd best unknown score (0.98)
+    calibration = calibrate([3.0], known, right, unknown, target_false_match=0.01, confidence=None)
+    # point estimate: 1 false match allowed of 100: just above the 2nd best unknown score (0.98)
     assert 0.98 < calibration.min_score[0] <= 0.9801
     assert calibration.info["false_match"] == [0.01]
     assert calibration.info["right_kept"] == [0.5]  # 0.985 and 0.999 kept; 0.995 is a wrong answer
     assert calibration.info["right"] == [0.75]
+
+
+def test_binomial_upper_bound_matches_the_beta_quantile():
+    # Clopper-Pearson: the upper bound is the (confidence) quantile of Beta(k + 1, n - k).
+    from scipy import stats
+    for k, n in [(0, 300), (3, 300), (4, 1000), (12, 2000)]:
+        assert binomial_upper_bound(k, n) == pytest.approx(stats.beta.ppf(0.95, k + 1, n - k), rel=1e-6)
+    assert allowed_false_matches(300, 0.01) == 0  # 0/300 -> 0.99 % at 95 % confidence
+    assert allowed_false_matches(1000, 0.01) == 4
+    assert allowed_false_matches(100, 0.01) == -1  # no count of 100 queries shows 1 %
+    assert allowed_false_matches(1000, 0.01, confidence=None) == 10
+
+
+def test_calibrate_with_confidence_admits_fewer_false_matches():
+    unknown = np.linspace(0.0, 0.999, 1000)[:, None]
+    known = np.array([[0.9], [0.999]])
+    right = np.array([[True], [True]])
+    calibration = calibrate([3.0], known, right, unknown, target_false_match=0.01)
+    # 4 false matches allowed of 1000 at 95 %: just above the 5th best unknown score
+    fifth = np.sort(unknown[:, 0])[-5]
+    assert fifth < calibration.min_score[0] <= fifth + 2e-4
+    assert calibration.info["false_match"] == [0.004] and calibration.info["allowed_false_matches"] == 4
+    few = calibrate([3.0], known, right, unknown[:100], target_false_match=0.01)
+    assert few.min_score[0] > unknown[:100].max()  # 100 queries cannot show 1 %: above all of them
+    with pytest.raises(ValueError, match="confidence"):
+        calibrate([3.0], known, right, unknown, confidence=1.0)
