@@ -340,3 +340,17 @@ def test_add_then_search(tmp_path, data):
     db.save(tmp_path / "db")
     reloaded = FingerprintDB.load(tmp_path / "db")
     assert len(reloaded) == len(db) and reloaded.next_track_id == 33
+
+
+def test_candidate_starts_batch_equals_one_search_per_query(data, flat_db):
+    # One faiss search of every phase's segments (BLAS path) finds the same start rows
+    # as a search per phase, and each start is a row where some hit's sequence begins.
+    rng = np.random.default_rng(7)
+    queries = [q for _, q in sample_queries(rng, data[1], 6, data[0], noise=0.8)]
+    batched = flat_db.candidate_starts_batch(queries, top_k=5)
+    assert len(batched) == len(queries)
+    for query, starts in zip(queries, batched, strict=True):
+        np.testing.assert_array_equal(starts, flat_db.candidate_starts(query, top_k=5))
+        scores = query @ data[0].T  # (n, n_segments) exact inner products
+        top = np.argsort(-scores, axis=1)[:, :5] - np.arange(len(query))[:, None]
+        assert set(starts.tolist()) <= set(top[top >= 0].tolist())
