@@ -34,7 +34,7 @@ RATE = 8000
 
 
 def _audio_files(directory):
-    from nnfp.data import list_audio_files
+    from nnfp.audio.sources import list_audio_files
 
     return list_audio_files(directory) if directory else []
 
@@ -62,7 +62,7 @@ class _Bank:
         n = int(round(seconds * RATE))
         if not self.paths:
             return self.make(int(rng.integers(1 << 30)), seconds + 0.1)[:n]
-        from nnfp.data import load_audio
+        from nnfp.audio.io import load_audio
 
         path = self.paths[int(rng.integers(len(self.paths)))]
         if path not in self.cache:
@@ -80,7 +80,7 @@ def _rms(x):
 
 def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noise, room=False):
     """Returns `(audio, truth)`; truth: {"plays": [...], "unknown": [[start, end], ...], ...}."""
-    from nnfp.data import load_audio
+    from nnfp.audio.io import load_audio
 
     items, t = [], 0.0  # (kind, audio, start_s, fade_in_s, info)
     previous_music = False

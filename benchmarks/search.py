@@ -166,8 +166,9 @@ def measure(index_dir, n_queries, seed=1):
 
 def recall(model, n_queries, seed=0):
     """Top-1 agreement of approximate indexes with exact flat search on real fingerprints."""
+    from nnfp.audio.io import load_audio
+    from nnfp.audio.sources import list_audio_files, load_tracks
     from nnfp.config import CONFIG_DIR, load_config
-    from nnfp.data import list_audio_files, load_audio, load_tracks
     from nnfp.evaluation import synthesize_queries
     from nnfp.index import Identifier, fingerprint_tracks
     from nnfp.search import FingerprintDB

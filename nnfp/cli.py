@@ -74,11 +74,12 @@ def cmd_export(args):
 def cmd_demo(args):
     import keras
 
+    from nnfp.audio.sources import list_audio_files, load_tracks
     from nnfp.callbacks import MiniSearchValidation
     from nnfp.config import CONFIG_DIR, load_config
     from nnfp.corpus import make_impulse_response, make_noise
-    from nnfp.data import list_audio_files, load_tracks, make_query
     from nnfp.index import Identifier, build_index
+    from nnfp.pipeline.degrade import make_query
     from nnfp.training import build_model, embedded_corpus, prepare_data, train
 
     started = time.perf_counter()
@@ -159,8 +160,8 @@ def _demo_shipped_model(music_dir, run_dir, track, rate):
     import soundfile as sf
 
     from nnfp.corpus import make_impulse_response, make_noise
-    from nnfp.data import make_query
     from nnfp.index import DEFAULT_MODEL_PATH
+    from nnfp.pipeline.degrade import make_query
 
     if not DEFAULT_MODEL_PATH.exists():
         print("== 5. (no default model ships with this version of nnfp: skipped) ==")
@@ -291,7 +292,7 @@ def cmd_index_merge(args):
 
 
 def cmd_identify(args):
-    from nnfp.data import AudioError
+    from nnfp.audio.io import AudioError
     from nnfp.index import Identifier, QueryError
 
     identifier = Identifier(
@@ -334,7 +335,7 @@ def cmd_identify(args):
 
 
 def cmd_monitor(args):
-    from nnfp.data import AudioError
+    from nnfp.audio.io import AudioError
     from nnfp.index import Identifier
     from nnfp.monitor import format_detection, monitor_stream, read_blocks, read_pcm_blocks
 
@@ -457,7 +458,7 @@ def _add_fingerprint_arguments(parser):
 
 
 def cmd_data_prepare(args):
-    from nnfp.prepare import format_summary, prepare_audio
+    from nnfp.audio.prepare import format_summary, prepare_audio
 
     summary = prepare_audio(
         args.src, args.out_dir, sample_rate=args.sample_rate, min_seconds=args.min_seconds,

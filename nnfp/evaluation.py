@@ -396,7 +396,7 @@ def _query_sources(identifier):
     """`(durations, load_track, first_rows)` of the tracks of the index's first source folder."""
     import soundfile as sf
 
-    from nnfp.data import load_audio
+    from nnfp.audio.io import load_audio
 
     db = identifier.db
     source = db.metadata["sources"][0]
@@ -419,7 +419,8 @@ def _unknown_sources(unknown_dir):
     """`(durations, load_track)` of the audio files of a folder of tracks that are not in the index."""
     import soundfile as sf
 
-    from nnfp.data import AudioError, list_audio_files, load_audio
+    from nnfp.audio.io import AudioError, load_audio
+    from nnfp.audio.sources import list_audio_files
 
     files = list_audio_files(unknown_dir)
     durations, paths = {}, {}
@@ -456,7 +457,7 @@ def _make_queries(identifier, n_queries, seconds, degradation, seed, aligned, un
 
 
 def _degradation(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb):
-    from nnfp.data import list_audio_files, load_tracks
+    from nnfp.audio.sources import list_audio_files, load_tracks
 
     def bank(folder):
         if folder is None:
@@ -511,7 +512,7 @@ def evaluate(
     (`n_unknown` queries, default `n_queries`). `phases`, `min_score`, `k_probe`: as
     for `nnfp.index.Identifier` (None phases: its default).
     """
-    from nnfp.data import load_audio
+    from nnfp.audio.io import load_audio
     from nnfp.index import DEFAULT_PHASES, Identifier, add_to_index, build_index
 
     out_dir = Path(out_dir)

@@ -395,7 +395,7 @@ def fingerprint_stream(embedder, blocks, hop_samples, batch_size=256):
 
 def _should_stream(path):
     """Long files (or of unknown length) are streamed; the header says, no decoding needed."""
-    from nnfp.data import audio_info
+    from nnfp.audio.io import audio_info
 
     try:
         seconds = audio_info(path).seconds
@@ -406,7 +406,8 @@ def _should_stream(path):
 
 def _fingerprint_streamed(path, embedder, sample_rate, hop_samples, batch_size):
     """`(embeddings, starts, duration_s)` of one long file, or the reason it is unusable."""
-    from nnfp.data import AudioError, stream_audio, usability_problem
+    from nnfp.audio.io import AudioError, stream_audio
+    from nnfp.audio.sources import usability_problem
 
     try:
         blocks = stream_audio(path, sample_rate, block_seconds=_STREAM_BLOCK_SECONDS)
@@ -428,7 +429,7 @@ def _fingerprint_chunk(paths, embedder, sample_rate, hop_samples, batch_size):
         `(embeddings (n, d), segment_file (n,) position in paths, segment_start (n,) samples,
         kept positions, durations (s), skipped [(position, reason)])`.
     """
-    from nnfp.data import load_tracks
+    from nnfp.audio.sources import load_tracks
 
     streamed = {i for i, path in enumerate(paths) if _should_stream(path)}
     whole = [path for i, path in enumerate(paths) if i not in streamed]
@@ -685,7 +686,7 @@ def _partial_dir(index_dir):
 
 
 def _list_relative(audio_dir):
-    from nnfp.data import list_audio_files
+    from nnfp.audio.sources import list_audio_files
 
     root = Path(audio_dir).resolve()  # `music/../music` and `./music` are the same folder as `music`
     files = list_audio_files(root)
@@ -1381,7 +1382,7 @@ class Identifier:
         Raises:
             nnfp.data.AudioError: unreadable file. QueryError: too short, silent or constant.
         """
-        from nnfp.data import load_audio
+        from nnfp.audio.io import load_audio
 
         audio = load_audio(path, self.sample_rate)
         return self.identify_audio(audio, n_results=n_results, name=str(path))

@@ -80,7 +80,7 @@ def format_detection(detection):
 
 def read_blocks(path, sample_rate, block_seconds=30.0):
     """Float32 mono blocks of an audio file at `sample_rate`, decoded as they are needed."""
-    from nnfp.data import stream_audio
+    from nnfp.audio.io import stream_audio
 
     return stream_audio(path, sample_rate, block_seconds=block_seconds)
 

@@ -162,7 +162,7 @@ def embedded_corpus(config):
 
 
 def _audio_files(config, key, corpus):
-    from nnfp.data import list_audio_files
+    from nnfp.audio.sources import list_audio_files
 
     where = resolve_data_path(config, key)
     if where is None:
@@ -186,13 +186,9 @@ def prepare_data(config, log=print):
     Each source is the embedded corpus, a folder, a CSV/JSON manifest or a prepared cache
     (`nnfp data prepare`); unusable files are skipped and reported, never fatal mid-run.
     """
-    from nnfp.data import (
-        load_source,
-        load_tracks,
-        make_pair_dataset,
-        make_validation_pairs,
-        segment_starts,
-    )
+    from nnfp.audio.segments import segment_starts
+    from nnfp.audio.sources import load_source, load_tracks
+    from nnfp.pipeline.pairs import make_pair_dataset, make_validation_pairs
 
     data, train, rate = config["data"], config["train"], config["frontend"]["sample_rate"]
     keys = ["train", "val", "noise", "impulse_responses"] + (["speech"] if data["speech_prob"] > 0 else [])

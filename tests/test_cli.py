@@ -60,7 +60,7 @@ def test_train_from_folders_then_export_and_identify(audio_root, tmp_path, capsy
     assert (run / "config.yaml").exists()
 
     assert main(["export", str(run), str(tmp_path / "exported")]) == 0
-    from nnfp.data import load_tracks
+    from nnfp.audio.sources import load_tracks
     from nnfp.export import load_fingerprinter
     from nnfp.search import FingerprintDB
 

@@ -57,8 +57,9 @@ def setup(tmp_path_factory):
 
 
 def _query(music, name, start, seconds, seed, snr_db=15.0):
+    from nnfp.audio.io import load_audio
     from nnfp.corpus import make_impulse_response, make_noise
-    from nnfp.data import load_audio, make_query
+    from nnfp.pipeline.degrade import make_query
 
     track = load_audio(music / name)
     return make_query(
@@ -214,7 +215,7 @@ def test_hit_rates_known_answers():
 
 
 def test_evaluate_writes_files_and_matches_naive_reference(setup, tmp_path, capsys):
-    from nnfp.data import load_audio
+    from nnfp.audio.io import load_audio
     from nnfp.evaluation import hit_rates, synthesize_queries
     from nnfp.index import Identifier
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from nnfp.audio.io import load_audio
+from nnfp.audio.prepare import prepare_audio
+from nnfp.audio.sources import is_prepared_cache, load_prepared, load_source
 from nnfp.cli import main
 from nnfp.corpus import compose_track
-from nnfp.data import is_prepared_cache, load_audio, load_prepared, load_source
-from nnfp.prepare import prepare_audio
 
 SR = 8000
 

@@ -225,7 +225,7 @@ def test_default_config_trains_on_the_official_layout(official_root, tmp_path):
 
 
 def test_prepared_cache_trains_like_its_folder(official_root, tmp_path):
-    from nnfp.prepare import prepare_audio
+    from nnfp.audio.prepare import prepare_audio
     from nnfp.training import prepare_data
 
     prepare_audio(official_root / "music" / "train-10k-30s", tmp_path / "cache", progress=False)

@@ -28,13 +28,11 @@ from collections import deque
 
 import numpy as np
 
-from nnfp.data import (
+from nnfp.audio.io import AudioError, audio_info, load_audio
+from nnfp.audio.sources import (
     AUDIO_EXTENSIONS,
     MANIFEST_EXTENSIONS,
     PREPARED_FORMAT,
-    AudioError,
-    audio_info,
-    load_audio,
     read_manifest,
     usability_problem,
 )
@@ -201,7 +199,7 @@ def prepare_audio(
 
     Args:
         source: a folder tree of audio files (any format FFmpeg decodes) or a CSV/JSON
-            manifest (`path[,track_id]`, see `nnfp.data.read_manifest`).
+            manifest (`path[,track_id]`, see `nnfp.audio.sources.read_manifest`).
         out_dir: the cache folder (created; an existing cache is resumed; any other
             non-empty folder, or one inside `source`, is refused untouched).
         sample_rate: target rate in Hz (soxr resampling).

@@ -1,21 +1,11 @@
-import pathlib
+"""`nnfp.pipeline.pairs`: (anchor, replica) batches, their random draws, validation pairs."""
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-from nnfp import data
-from nnfp.data import (
-    AudioError,
-    PairPipeline,
-    list_audio_files,
-    load_audio,
-    load_tracks,
-    make_pair_dataset,
-    make_query,
-    make_validation_pairs,
-    segment_starts,
-)
+from nnfp.audio.segments import segment_starts
+from nnfp.pipeline import pairs
+from nnfp.pipeline.pairs import PairPipeline, make_pair_dataset, make_validation_pairs
 
 SR = 8000
 SEG = 8000
@@ -55,101 +45,6 @@ def sine(freq, seconds, rate, amplitude=0.5):
 def peak_hz(x, rate):
     spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     return np.argmax(spectrum) * rate / len(x)
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-@pytest.mark.parametrize(
-    "suffix, rate, subtype",
-    [(".wav", 16000, "PCM_16"), (".flac", 44100, "PCM_16"), (".ogg", 16000, "VORBIS")],
-)
-def test_load_audio_mixes_to_mono_and_resamples(tmp_path, suffix, rate, subtype):
-    left, right = sine(440, 1.0, rate, 0.6), sine(440, 1.0, rate, 0.2)
-    path = tmp_path / f"tone{suffix}"
-    sf.write(path, np.stack([left, right], axis=1), rate, subtype=subtype)
-    x = load_audio(path, sample_rate=SR)
-    assert x.dtype == np.float32 and x.ndim == 1
-    assert abs(len(x) - SR) <= 1
-    assert abs(peak_hz(x, SR) - 440) <= 1.0
-    # Mean of the channels: amplitude (0.6 + 0.2) / 2 = 0.4, i.e. RMS 0.4 / sqrt(2).
-    rms = np.sqrt(np.mean(x[800:-800] ** 2))
-    assert rms == pytest.approx(0.4 / np.sqrt(2), rel=0.03)
-
-
-def test_load_audio_same_rate_is_exact(tmp_path):
-    x = sine(1000, 0.5, SR)
-    sf.write(tmp_path / "a.wav", x, SR, subtype="FLOAT")
-    np.testing.assert_array_equal(load_audio(tmp_path / "a.wav"), x)
-
-
-def test_load_audio_errors_name_the_file(tmp_path):
-    corrupt = tmp_path / "corrupt.wav"
-    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
-    empty = tmp_path / "empty.wav"
-    empty.write_bytes(b"")
-    nan = tmp_path / "nan.wav"
-    x = sine(440, 0.2, SR)
-    x[100] = np.nan
-    sf.write(nan, x, SR, subtype="FLOAT")
-    no_samples = tmp_path / "zero.wav"
-    sf.write(no_samples, np.zeros(0, np.float32), SR)
-    cases = [
-        (corrupt, "cannot decode"),
-        (empty, "empty file"),
-        (nan, "NaN"),
-        (no_samples, "no samples"),
-        (tmp_path / "missing.wav", "not found"),
-    ]
-    for path, expected in cases:
-        with pytest.raises(AudioError) as info:
-            load_audio(path)
-        assert str(info.value).startswith(str(path))
-        assert expected in str(info.value)
-        assert isinstance(info.value, ValueError)
-
-
-def test_load_tracks_skips_bad_files_and_reports(tmp_path):
-    sf.write(tmp_path / "good.wav", sine(300, 2.0, 16000), 16000)
-    sf.write(tmp_path / "short.wav", sine(300, 0.5, SR), SR)
-    sf.write(tmp_path / "silent.wav", np.zeros(2 * SR, np.float32), SR)
-    (tmp_path / "bad.flac").write_bytes(b"not audio at all" * 10)
-    sf.write(tmp_path / "good2.flac", sine(500, 1.5, SR), SR)
-    paths = [
-        tmp_path / n for n in ("good.wav", "short.wav", "silent.wav", "bad.flac", "good2.flac")
-    ]
-    tracks, kept, skipped = load_tracks(paths, sample_rate=SR, min_seconds=1.0)
-    assert kept == [paths[0], paths[4]]
-    assert [len(t) for t in tracks] == [2 * SR, int(1.5 * SR)]
-    reasons = dict(skipped)
-    assert list(reasons) == [paths[1], paths[2], paths[3]]
-    assert "too short" in reasons[paths[1]]
-    assert "silent" in reasons[paths[2]]
-    assert "cannot decode" in reasons[paths[3]]
-
-
-def test_list_audio_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        list_audio_files(tmp_path / "nowhere")
-    (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(FileNotFoundError) as info:
-        list_audio_files(tmp_path)
-    assert str(tmp_path) in str(info.value) and ".wav" in str(info.value)
-    (tmp_path / "b").mkdir()
-    for name in ("b/z.WAV", "a.flac", "b/c.mp3"):
-        (tmp_path / name).write_bytes(b"")
-    found = list_audio_files(tmp_path)
-    assert found == sorted([tmp_path / "a.flac", tmp_path / "b/c.mp3", tmp_path / "b/z.WAV"])
-    assert list_audio_files(["x.wav", pathlib.Path("y.ogg")]) == [
-        pathlib.Path("x.wav"),
-        pathlib.Path("y.ogg"),
-    ]
-
-
-def test_segment_starts():
-    np.testing.assert_array_equal(segment_starts(20000, 8000, 4000), [0, 4000, 8000, 12000])
-    np.testing.assert_array_equal(segment_starts(8000, 8000, 4000), [0])
-    assert segment_starts(7999, 8000, 4000).shape == (0,)
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -216,24 +111,6 @@ def test_noise_mix_hits_drawn_snr():
     for r, start in zip(residual, out["noise_start"], strict=True):
         excerpt = bank[start : start + SEG]
         assert np.corrcoef(r, excerpt)[0, 1] > 0.9999
-
-
-def test_mix_handles_silence_without_nan():
-    x = np.stack([np.zeros(SEG), sine(300, 1.0, SR)]).astype(np.float32)
-    n = np.stack([sine(50, 1.0, SR), np.zeros(SEG)]).astype(np.float32)
-    y = data._mix_at_snr(x, n, np.array([0.0, 0.0], np.float32)).numpy()
-    assert np.isfinite(y).all()
-    np.testing.assert_array_equal(y, x)
-
-
-@pytest.mark.parametrize("ir_len", [1, 37, 600, 9000])
-def test_fft_convolution_matches_numpy(ir_len):
-    rng = np.random.default_rng(ir_len)
-    x = rng.standard_normal((3, SEG)).astype(np.float32) * 0.3
-    irs = (rng.standard_normal((3, ir_len)) * np.exp(-np.arange(ir_len) / 200)).astype(np.float32)
-    y = data._fft_convolve(x, irs).numpy()
-    expected = np.stack([np.convolve(a, h)[:SEG] for a, h in zip(x, irs, strict=True)])
-    np.testing.assert_allclose(y, expected, atol=1e-4)
 
 
 def test_pipeline_ir_and_gain(tracks):
@@ -310,7 +187,7 @@ def test_argument_errors(tracks):
         make_pair_dataset(tracks, 400, 200)
 
 
-# ----------------------------------------------------------------------------- validation / query
+# ----------------------------------------------------------------------------- validation
 
 
 def test_validation_pairs_deterministic_and_ordered():
@@ -321,7 +198,7 @@ def test_validation_pairs_deterministic_and_ordered():
     originals, replicas = make_validation_pairs(tracks, noise=noise, impulse_responses=irs)
     starts = [segment_starts(len(t), SEG, SEG // 2) for t in tracks]
     expected = np.stack([t[s : s + SEG] for t, ss in zip(tracks, starts, strict=True) for s in ss])
-    assert len(expected) > data._VALIDATION_CHUNK  # crosses a chunk boundary
+    assert len(expected) > pairs._VALIDATION_CHUNK  # crosses a chunk boundary
     assert originals.shape == replicas.shape == expected.shape
     np.testing.assert_array_equal(originals, expected)
     again = make_validation_pairs(tracks, noise=noise, impulse_responses=irs)
@@ -333,48 +210,7 @@ def test_validation_pairs_deterministic_and_ordered():
     np.testing.assert_array_equal(first, expected[:10])
 
 
-def test_make_query_matches_numpy_twin():
-    rng = np.random.default_rng(6)
-    track = rng.standard_normal(5 * SR).astype(np.float32) * 0.2
-    noise = rng.standard_normal(SR).astype(np.float32)  # shorter than the query: tiled
-    ir = (rng.standard_normal(400) * np.exp(-np.arange(400) / 80)).astype(np.float32)
-    query = make_query(track, 1.0, 3.0, noise=noise, impulse_response=ir, snr_db=5.0)
-    x = track[SR : 4 * SR].astype(np.float64)
-    n = np.resize(noise, len(x)).astype(np.float64)
-    mixed = x + n * np.sqrt(np.mean(x**2) / (np.mean(n**2) * 10**0.5))
-    assert 10 * np.log10(np.mean(x**2) / np.mean((mixed - x) ** 2)) == pytest.approx(5.0)
-    wet = np.convolve(mixed, ir)[: len(x)]
-    wet *= np.sqrt(np.mean(mixed**2) / np.mean(wet**2))
-    assert query.shape == (3 * SR,) and query.dtype == np.float32
-    np.testing.assert_allclose(query, wet, atol=1e-4)
-    np.testing.assert_array_equal(make_query(track, 0.5, 1.0), track[SR // 2 : SR // 2 + SR])
-    with pytest.raises(ValueError, match="outside the track"):
-        make_query(track, 4.5, 1.0)
-    with pytest.raises(ValueError, match="snr_db"):
-        make_query(track, 0.0, 1.0, noise=noise)
-
-
-# ----------------------------------------------------------------------------- sources, speech
-
-
-def test_manifest_sources_csv_and_json(tmp_path):
-    from nnfp.data import read_manifest
-
-    (tmp_path / "a").mkdir()
-    for name in ("x.wav", "y.flac"):
-        sf.write(tmp_path / "a" / name, sine(300, 1.2, SR), SR)
-    (tmp_path / "m.csv").write_text("path,track_id\na/x.wav,X1\na/y.flac,\n")
-    (tmp_path / "m.json").write_text('[{"path": "a/x.wav", "track_id": 7}, "a/y.flac"]')
-    expected = [(tmp_path / "a" / "x.wav", "X1"), (tmp_path / "a" / "y.flac", None)]
-    assert read_manifest(tmp_path / "m.csv") == expected
-    assert read_manifest(tmp_path / "m.json") == [(expected[0][0], "7"), expected[1]]
-    assert list_audio_files(tmp_path / "m.json") == [p for p, _ in expected]
-    (tmp_path / "bad.json").write_text('[{"name": "x.wav"}]')
-    with pytest.raises(ValueError, match="entry 0 has no 'path'"):
-        read_manifest(tmp_path / "bad.json")
-    (tmp_path / "empty.csv").write_text("path\n")
-    with pytest.raises(FileNotFoundError, match="lists no file"):
-        list_audio_files(tmp_path / "empty.csv")
+# ----------------------------------------------------------------------------- int16 tracks, speech
 
 
 def test_int16_tracks_equal_float_tracks(tracks):
@@ -407,14 +243,3 @@ def test_speech_mix_own_bank_snr_and_probability(tracks):
         PairPipeline(tracks, speech=speech, speech_prob=1.5)
 
 
-def test_prepared_cache_is_a_source(tmp_path):
-    from nnfp.data import load_source
-    from nnfp.prepare import prepare_audio
-
-    (tmp_path / "music").mkdir()
-    sf.write(tmp_path / "music" / "song.flac", sine(440, 1.5, 16000), 16000)
-    prepare_audio(tmp_path / "music", tmp_path / "cache", progress=False)
-    cached, paths, skipped = load_source(tmp_path / "cache", sample_rate=SR)
-    direct, _, _ = load_source(tmp_path / "music" / "song.flac", sample_rate=SR)
-    assert cached[0].dtype == np.int16 and paths == [tmp_path / "music" / "song.flac"] and not skipped
-    np.testing.assert_allclose(cached[0] / 32768.0, direct[0], atol=1 / 32768)

@@ -1,5 +1,7 @@
-"""Every format users have (decoded by FFmpeg through PyAV when libsndfile cannot), streaming
-decode and fingerprinting in bounded memory, folder walks, and long-query scoring in tiles."""
+"""`nnfp.audio.io`: mono float32 at a sample rate from every format users have (FFmpeg through
+PyAV when libsndfile cannot), errors that name the file, and streaming decode in bounded memory.
+
+Also, until they move to their own modules' tests: streaming fingerprints and long-query scoring."""
 
 import fractions
 import json
@@ -12,8 +14,8 @@ import soundfile as sf
 
 import nnfp.index
 import nnfp.search
+from nnfp.audio.io import AudioError, audio_info, load_audio, stream_audio
 from nnfp.cli import main
-from nnfp.data import AudioError, audio_info, list_audio_files, load_audio, stream_audio
 
 SR = 8000
 
@@ -80,6 +82,60 @@ def write_with_ffmpeg(path, audio, rate, codec, bit_rate=None, video=False):
 
 
 # ----------------------------------------------------------------------------- decoding
+
+
+def sine(freq, seconds, rate, amplitude=0.5):
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "suffix, rate, subtype",
+    [(".wav", 16000, "PCM_16"), (".flac", 44100, "PCM_16"), (".ogg", 16000, "VORBIS")],
+)
+def test_load_audio_mixes_to_mono_and_resamples(tmp_path, suffix, rate, subtype):
+    left, right = sine(440, 1.0, rate, 0.6), sine(440, 1.0, rate, 0.2)
+    path = tmp_path / f"tone{suffix}"
+    sf.write(path, np.stack([left, right], axis=1), rate, subtype=subtype)
+    x = load_audio(path, sample_rate=SR)
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert abs(len(x) - SR) <= 1
+    assert abs(peak_hz(x, SR) - 440) <= 1.0
+    # Mean of the channels: amplitude (0.6 + 0.2) / 2 = 0.4, i.e. RMS 0.4 / sqrt(2).
+    rms = np.sqrt(np.mean(x[800:-800] ** 2))
+    assert rms == pytest.approx(0.4 / np.sqrt(2), rel=0.03)
+
+
+def test_load_audio_same_rate_is_exact(tmp_path):
+    x = sine(1000, 0.5, SR)
+    sf.write(tmp_path / "a.wav", x, SR, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(tmp_path / "a.wav"), x)
+
+
+def test_load_audio_errors_name_the_file(tmp_path):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    nan = tmp_path / "nan.wav"
+    x = sine(440, 0.2, SR)
+    x[100] = np.nan
+    sf.write(nan, x, SR, subtype="FLOAT")
+    no_samples = tmp_path / "zero.wav"
+    sf.write(no_samples, np.zeros(0, np.float32), SR)
+    cases = [
+        (corrupt, "cannot decode"),
+        (empty, "empty file"),
+        (nan, "NaN"),
+        (no_samples, "no samples"),
+        (tmp_path / "missing.wav", "not found"),
+    ]
+    for path, expected in cases:
+        with pytest.raises(AudioError) as info:
+            load_audio(path)
+        assert str(info.value).startswith(str(path))
+        assert expected in str(info.value)
+        assert isinstance(info.value, ValueError)
 
 
 @pytest.mark.parametrize("name, codec, rate, bit_rate", FORMATS, ids=[f[0] for f in FORMATS])
@@ -152,33 +208,6 @@ def test_stream_audio_blocks_equal_load_audio(tmp_path, name, rate):
 
 
 # ----------------------------------------------------------------------------- folders
-
-
-def test_symlinked_folders_are_followed_and_loops_do_not_repeat(tmp_path):
-    music, elsewhere = tmp_path / "music", tmp_path / "elsewhere"
-    (music / "albums").mkdir(parents=True)
-    elsewhere.mkdir()
-    for path in (music / "a.wav", music / "albums" / "b.m4a", elsewhere / "c.flac"):
-        path.write_bytes(b"x")
-    (music / "linked").symlink_to(elsewhere, target_is_directory=True)
-    (music / "albums" / "loop").symlink_to(music, target_is_directory=True)  # music/albums/loop -> music
-    (music / "gone").symlink_to(tmp_path / "deleted.wav")
-    (music / "cover.jpg").write_bytes(b"x")
-    ignored = []
-    found = list_audio_files(music, ignored=ignored)
-    assert found == [music / "a.wav", music / "albums" / "b.m4a", music / "linked" / "c.flac"]
-    reasons = {path.name: reason for path, reason in ignored}
-    assert reasons == {
-        "cover.jpg": "not an audio file extension (.jpg)",
-        "gone": "broken link or not a regular file",
-    }
-
-
-def test_folder_walk_warns_about_files_it_leaves_out(tmp_path, caplog):
-    (tmp_path / "a.m4a").write_bytes(b"x")
-    (tmp_path / "notes.txt").write_text("x")
-    assert list_audio_files(tmp_path) == [tmp_path / "a.m4a"]
-    assert "Left out 1 file(s)" in caplog.text and "notes.txt: not an audio file extension (.txt)" in caplog.text
 
 
 # ----------------------------------------------------------------------------- index build

@@ -1,0 +1,2 @@
+"""Training pairs: the degradation maths (`degrade`) and the tf.data (anchor, replica) pipeline
+(`pairs`)."""
