@@ -23,7 +23,7 @@ def main(argv=None):
     parser.add_argument("--model", default=None, help="default: the packaged model")
     args = parser.parse_args(argv)
 
-    from nnfp.corpus import compose_track
+    from nnfp.corpus.synth import compose_track
     from nnfp.export import load_fingerprinter
     from nnfp.index import fingerprint_tracks, resolve_model
 

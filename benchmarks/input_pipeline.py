@@ -66,7 +66,7 @@ def _pipeline_rate(dataset, n_replicas, threads, batches):
 def _speech_folder(directory, rate):
     import soundfile as sf
 
-    from nnfp.corpus import make_noise
+    from nnfp.corpus.noise import make_noise
 
     os.makedirs(directory, exist_ok=True)
     for i in range(8):

@@ -69,7 +69,7 @@ def main():
     parser.add_argument("--workdir", default="/tmp/nnfp-memory")
     args = parser.parse_args()
 
-    from nnfp.corpus import compose_track
+    from nnfp.corpus.synth import compose_track
 
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)

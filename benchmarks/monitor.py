@@ -40,7 +40,7 @@ def _audio_files(directory):
 
 
 def _generated_tracks(out_dir, n, seconds, first_seed):
-    from nnfp.corpus import compose_track
+    from nnfp.corpus.synth import compose_track
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -138,7 +138,7 @@ def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noi
     if room:
         from scipy.signal import fftconvolve
 
-        from nnfp.corpus import make_impulse_response
+        from nnfp.corpus.rooms import make_impulse_response
 
         out = fftconvolve(out, make_impulse_response(int(rng.integers(1 << 30)), RATE))[: len(out)]
     out = (0.9 * out / max(np.abs(out).max(), 1e-9)).astype(np.float32)
@@ -218,7 +218,7 @@ def main(argv=None):
     parser.add_argument("--monitor-args", default="", help="extra `nnfp monitor` options, e.g. '--window 6'")
     args = parser.parse_args(argv)
 
-    from nnfp.corpus import make_noise
+    from nnfp.corpus.noise import make_noise
     from nnfp.index import build_index
 
     work = Path(args.workdir)

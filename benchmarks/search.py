@@ -213,7 +213,7 @@ def recall(model, n_queries, seed=0):
 
 def throughput(seconds=60.0, batch_size=128):
     from nnfp.config import CONFIG_DIR, load_config
-    from nnfp.corpus import compose_track
+    from nnfp.corpus.synth import compose_track
     from nnfp.export import _KerasFingerprinter
     from nnfp.index import fingerprint_tracks
     from nnfp.training import build_model

@@ -77,7 +77,8 @@ def cmd_demo(args):
     from nnfp.audio.sources import list_audio_files, load_tracks
     from nnfp.callbacks import MiniSearchValidation
     from nnfp.config import CONFIG_DIR, load_config
-    from nnfp.corpus import make_impulse_response, make_noise
+    from nnfp.corpus.noise import make_noise
+    from nnfp.corpus.rooms import make_impulse_response
     from nnfp.index import Identifier, build_index
     from nnfp.pipeline.degrade import make_query
     from nnfp.training import build_model, embedded_corpus, prepare_data, train
@@ -159,7 +160,8 @@ def _demo_shipped_model(music_dir, run_dir, track, rate):
     """Identify a degraded excerpt with the model that ships with nnfp, through the CLI."""
     import soundfile as sf
 
-    from nnfp.corpus import make_impulse_response, make_noise
+    from nnfp.corpus.noise import make_noise
+    from nnfp.corpus.rooms import make_impulse_response
     from nnfp.index import DEFAULT_MODEL_PATH
     from nnfp.pipeline.degrade import make_query
 
@@ -469,7 +471,7 @@ def cmd_data_prepare(args):
 
 
 def cmd_data_make_irs(args):
-    from nnfp.rooms import make_room_impulse_responses
+    from nnfp.corpus.rooms import make_room_impulse_responses
 
     try:
         paths = make_room_impulse_responses(

@@ -183,7 +183,8 @@ def synthesize_queries(
     """
     import soxr
 
-    from nnfp.corpus import make_impulse_response, make_noise
+    from nnfp.corpus.noise import make_noise
+    from nnfp.corpus.rooms import make_impulse_response
 
     eligible = sorted(t for t, d in durations.items() if d >= seconds)
     if not eligible:

@@ -133,7 +133,7 @@ def corpus_directory(config):
     The default folder name holds every parameter of the corpus (and its version), so
     two configs never share a folder unless they share the corpus.
     """
-    from nnfp.corpus import CORPUS_VERSION
+    from nnfp.corpus.generate import CORPUS_VERSION
 
     emb = config["embedded"]
     if emb["directory"] is not None:
@@ -147,7 +147,7 @@ def corpus_directory(config):
 
 def embedded_corpus(config):
     """Generate (or reuse) the embedded corpus in `corpus_directory(config)`; returns its `CorpusPaths`."""
-    from nnfp.corpus import generate_corpus
+    from nnfp.corpus.generate import generate_corpus
 
     emb = config["embedded"]
     return generate_corpus(

@@ -223,7 +223,7 @@ def tiny_model(tmp_path_factory):
 
 
 def _music(folder):
-    from nnfp.corpus import compose_track
+    from nnfp.corpus.synth import compose_track
 
     folder.mkdir()
     sf.write(folder / "a.wav", compose_track(1, 9.3), SR)

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from nnfp.cli import main
-from nnfp.corpus import compose_track
+from nnfp.corpus.synth import compose_track
 from nnfp.index import fingerprint_tracks
 
 TINY = [

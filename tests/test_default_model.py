@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from nnfp.corpus import compose_track, make_noise
+from nnfp.corpus.noise import make_noise
+from nnfp.corpus.synth import compose_track
 from nnfp.export import load_fingerprinter
 from nnfp.index import DEFAULT_MODEL_PATH, resolve_model
 

@@ -76,7 +76,7 @@ def test_hit_rates_offset_and_decision_columns():
 def test_evaluate_is_deterministic_by_seed_with_unknown_tracks(tmp_path):
     import shutil
 
-    from nnfp.corpus import generate_corpus
+    from nnfp.corpus.generate import generate_corpus
     from nnfp.evaluation import evaluate
 
     corpus = generate_corpus(tmp_path / "corpus", n_tracks=3, track_seconds=12, n_noise=1, n_irs=1, seed=4)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.exists(), reason="no ship
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from nnfp.corpus import generate_corpus
+    from nnfp.corpus.generate import generate_corpus
 
     root = tmp_path_factory.mktemp("identify")
     corpus = generate_corpus(root / "corpus", n_tracks=3, track_seconds=12, n_noise=1, n_irs=1, seed=3)

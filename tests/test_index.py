@@ -58,7 +58,8 @@ def setup(tmp_path_factory):
 
 def _query(music, name, start, seconds, seed, snr_db=15.0):
     from nnfp.audio.io import load_audio
-    from nnfp.corpus import make_impulse_response, make_noise
+    from nnfp.corpus.noise import make_noise
+    from nnfp.corpus.rooms import make_impulse_response
     from nnfp.pipeline.degrade import make_query
 
     track = load_audio(music / name)

@@ -23,7 +23,7 @@ def setup(tmp_path_factory):
     import keras
 
     from nnfp.config import load_config
-    from nnfp.corpus import compose_track
+    from nnfp.corpus.synth import compose_track
     from nnfp.index import build_index
     from nnfp.training import build_model
 

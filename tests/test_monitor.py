@@ -8,7 +8,8 @@ import pytest
 import soundfile as sf
 
 from nnfp.cli import main
-from nnfp.corpus import compose_track, make_noise
+from nnfp.corpus.noise import make_noise
+from nnfp.corpus.synth import compose_track
 from nnfp.index import DEFAULT_MODEL_PATH
 
 RATE = 8000

@@ -11,7 +11,7 @@ from nnfp.audio.io import load_audio
 from nnfp.audio.prepare import prepare_audio
 from nnfp.audio.sources import is_prepared_cache, load_prepared, load_source
 from nnfp.cli import main
-from nnfp.corpus import compose_track
+from nnfp.corpus.synth import compose_track
 
 SR = 8000
 

@@ -14,7 +14,7 @@ from nnfp.cli import main
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory):
     """8 composed 6 s tracks (one in a subfolder) and a tiny random-init model."""
-    from nnfp.corpus import compose_track
+    from nnfp.corpus.synth import compose_track
     from nnfp.model import FingerPrinter
 
     root = tmp_path_factory.mktemp("shards")

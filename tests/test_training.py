@@ -176,7 +176,9 @@ def official_root(tmp_path_factory):
     """A small mock of the neural-audio-fp-dataset layout: a few short wav files per folder."""
     import soundfile as sf
 
-    from nnfp.corpus import compose_track, make_impulse_response, make_noise
+    from nnfp.corpus.noise import make_noise
+    from nnfp.corpus.rooms import make_impulse_response
+    from nnfp.corpus.synth import compose_track
 
     root = tmp_path_factory.mktemp("neural-audio-fp-dataset")
     for i, (folder, kind) in enumerate(OFFICIAL_FOLDERS.items()):

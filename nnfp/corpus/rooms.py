@@ -1,6 +1,11 @@
-"""Simulated room impulse responses (`nnfp data make-irs`), for users without an IR set.
+"""Room + microphone impulse responses: a fast NumPy model for the embedded corpus, and
+simulated rooms (`nnfp data make-irs`) for users without an IR set.
 
-Shoebox rooms from pyroomacoustics (image source method with randomised image positions,
+`make_impulse_response(seed)` (NumPy only): direct path, early reflections, a
+frequency-dependent exponential tail (RT60 0.1-0.8 s at 1 kHz) and a random microphone
+colouration (phone band, laptop, cheap mic, muffled, flat).
+
+`make_room_impulse_responses` simulates shoebox rooms with pyroomacoustics (image source method with randomised image positions,
 air absorption), with random sizes, reverberation times, wall materials and source/microphone
 positions; a random microphone colouration (a short band-pass) stands in for the phone or
 laptop microphone of the paper's room + microphone IRs. pyroomacoustics is an optional
@@ -15,7 +20,9 @@ import pathlib
 
 import numpy as np
 
-__all__ = ["make_room_impulse_responses", "simulate_room"]
+from nnfp.corpus.dsp import butter_gain, peak_gain
+
+__all__ = ["make_impulse_response", "make_room_impulse_responses", "simulate_room"]
 
 _MATERIALS = (
     "hard_surface", "brickwork", "rough_concrete", "plasterboard", "wooden_lining",
@@ -45,6 +52,70 @@ def _microphone(rng, sample_rate):
     gain = 1 / np.sqrt(1 + (low / np.maximum(freqs, 1)) ** 4) / np.sqrt(1 + (freqs / high) ** 8)
     gain *= 10 ** (rng.normal(0, 2, len(freqs)) / 20)  # a few dB of ripple
     return np.roll(irfft(gain, n), n // 2) * np.hanning(n)
+
+
+def _synthetic_microphone(rng, sample_rate):
+    kind = str(rng.choice(["flat", "phone", "laptop", "cheap", "muffled"]))
+    nyquist = sample_rate / 2.0
+    freqs = np.fft.rfftfreq(256, 1.0 / sample_rate)
+    ripple = peak_gain(
+        freqs, rng.uniform(200.0, nyquist), rng.uniform(100.0, 600.0), rng.uniform(-3.0, 3.0)
+    )
+    if kind == "phone":
+        gain = butter_gain(
+            freqs, rng.uniform(250.0, 400.0), min(rng.uniform(3000.0, 3500.0), 0.9 * nyquist), 4
+        )
+    elif kind == "laptop":
+        gain = butter_gain(freqs, rng.uniform(200.0, 500.0), 0.9 * nyquist, 2)
+        gain *= peak_gain(freqs, rng.uniform(1000.0, 3000.0), 400.0, rng.uniform(3.0, 8.0))
+    elif kind == "cheap":
+        gain = butter_gain(freqs, rng.uniform(80.0, 150.0), None, 2) * (
+            np.maximum(freqs, 100.0) / 1000.0
+        ) ** rng.uniform(-0.3, 0.3)
+    elif kind == "muffled":
+        gain = butter_gain(freqs, None, rng.uniform(1200.0, 2800.0), 2)
+    else:
+        gain = np.ones_like(freqs)
+    fir = np.roll(np.fft.irfft(gain * ripple, 256), 128) * np.hanning(256)
+    return fir, kind
+
+
+def make_impulse_response(seed: int, sample_rate: int = 8000) -> np.ndarray:
+    """Room + microphone impulse response from `seed`: float32, shape (n,) with
+    n <= sample_rate, max |h| = 1 and the peak positive. RT60 (at 1 kHz) is uniform in
+    [0.1, 0.8] s; low bands decay slower than high ones."""
+    rng = np.random.default_rng(seed)
+    rt60 = rng.uniform(0.1, 0.8)
+    n = min(sample_rate, int((1.3 * rt60 + 0.05) * sample_rate))
+    t = np.arange(n) / sample_rate
+    direct = int(rng.integers(0, int(0.004 * sample_rate) + 1))
+    early = np.zeros(n)
+    early[direct] = 1.0
+    for _ in range(int(rng.integers(3, 9))):
+        delay = rng.uniform(0.001, 0.03)
+        index = min(direct + int(delay * sample_rate), n - 1)
+        early[index] += rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.7) * np.exp(-delay / 0.05)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+    log_f = np.log2(np.maximum(freqs, 1.0))
+    tail = np.zeros(n)
+    edges = np.log2([250.0, 700.0, 1400.0, 2800.0])
+    factors = np.array([1.3, 1.1, 1.0, 0.8, 0.6]) * rng.uniform(0.9, 1.1, 5)
+    previous = np.zeros_like(freqs)
+    for band, factor in enumerate(factors):
+        # Smooth complementary crossovers, one octave wide, in log frequency.
+        below = 1.0 if band == len(edges) else np.clip(0.5 - (log_f - edges[band]), 0.0, 1.0)
+        mask = np.sin(0.5 * np.pi * below) ** 2 - previous if band < len(edges) else 1.0 - previous
+        previous = previous + mask
+        tail += np.fft.irfft(spectrum * mask, n) * np.exp(-6.908 * t / (rt60 * factor))
+    onset = direct + int(rng.uniform(0.004, 0.02) * sample_rate)
+    tail *= np.clip((np.arange(n) - onset) / (0.005 * sample_rate), 0.0, 1.0)
+    direct_to_reverb_db = rng.uniform(-6.0, 8.0)
+    tail *= np.sqrt(np.sum(early**2) / np.sum(tail**2) / 10.0 ** (direct_to_reverb_db / 10.0))
+    fir, _ = _synthetic_microphone(rng, sample_rate)
+    h = np.convolve(early + tail, fir)[128 : 128 + n]
+    h /= h[np.argmax(np.abs(h))]
+    return h.astype(np.float32)
 
 
 def simulate_room(rng, sample_rate=8000, rt60_range=(0.1, 0.8), max_seconds=1.0):
