@@ -4,13 +4,14 @@
 # protocol of scripts/evaluate_model.sh (random cuts, unseen rooms with full tails, unseen noise).
 #   scripts/ablation.sh OUT_DIR [STEPS] [N_QUERIES] [ROW ...]
 # Rows run in order and are skipped when OUT_DIR/ROW/eval/results.json exists, so a stopped run
-# resumes where it was (a stopped training resumes from its BackupAndRestore backup).
+# resumes where it was: a finished training (ROW/run/model.keras) is not repeated, a stopped one
+# resumes from its BackupAndRestore backup at the last finished epoch.
 # Needs data/splits/music-train-half.json (half the training hours, whole packages) and
 # data/irs-train-1s (`nnfp data make-irs data/irs-train-1s 200 --seed 0 --max-seconds 1.0`).
 set -euo pipefail
 out=$1; steps=${2:-600}; n=${3:-200}; shift $(( $# < 3 ? $# : 3 ))
 rows=("$@")
-[ ${#rows[@]} -gt 0 ] || rows=(base half-data speech gain grid-anchors ir-1s lr-1e-4)
+[ ${#rows[@]} -gt 0 ] || rows=(base grid-anchors speech ir-1s gain lr-1e-4 half-data)
 nnfp=${NNFP:-nnfp}
 for row in "${rows[@]}"; do
   case $row in
@@ -25,10 +26,12 @@ for row in "${rows[@]}"; do
   esac
   dir=$out/$row
   if [ -f "$dir/eval/results.json" ]; then echo "$row: done"; continue; fi
+  if [ ! -f "$dir/run/model.keras" ]; then
   echo "$row: training $steps steps ($(date +%T))"
   $nnfp train --config configs/debian.yaml --run-dir "$dir/run" \
     --set train.epochs=1 --set train.steps_per_epoch="$steps" --set train.tensorboard=false \
     --set train.similarity_images=false "${change[@]}"
+  fi
   echo "$row: evaluating ($(date +%T))"
   $nnfp index build data/eval/heldout "$dir/index" --model "$dir/run/model.keras" --index-type flat --quiet --overwrite
   $nnfp evaluate "$dir/index" --n-queries "$n" --lengths 1 3 10 --noise-dir data/eval/noise-test \
