@@ -3,7 +3,7 @@
     python benchmarks/index_speed.py [--minutes 4] [--rounds 3] [--batch-sizes 256] [--model M]
 
 Generated music (`nnfp.corpus.compose_track`) is fingerprinted the way `index build`
-does (`nnfp.index.fingerprint_tracks`, 0.5 s hop). Each configuration is compiled and
+does (`nnfp.catalogue.fingerprint.fingerprint_tracks`, 0.5 s hop). Each configuration is compiled and
 warmed up once, then the configurations take turns for `--rounds` rounds (interleaved,
 so a busy machine slows them alike); the table gives the median throughput and the
 largest fingerprint difference from the plain (no XLA) forward pass.
@@ -23,9 +23,9 @@ def main(argv=None):
     parser.add_argument("--model", default=None, help="default: the packaged model")
     args = parser.parse_args(argv)
 
+    from nnfp.catalogue.fingerprint import fingerprint_tracks, resolve_model
     from nnfp.corpus.synth import compose_track
     from nnfp.export import load_fingerprinter
-    from nnfp.index import fingerprint_tracks, resolve_model
 
     rate, hop = 8000, 4000
     path = resolve_model(args.model)

@@ -13,7 +13,7 @@ with NumPy (music-like composed tracks, noise) and written as WAV with soundfile
   (resampled on load), identified with `nnfp identify`;
 - build: one `--build-hours` file (8 kHz mono, 16-bit) indexed with `nnfp index build`:
   it is decoded and fingerprinted block by block (files longer than
-  `nnfp.index.STREAM_SECONDS`), so memory does not grow with its length.
+  `nnfp.catalogue.fingerprint.STREAM_SECONDS`), so memory does not grow with its length.
 
 Targets (issue 10): the 1 h query under 2 GB; the 2 h file far below the 4.6 GB it took
 when decoded whole.

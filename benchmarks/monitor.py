@@ -218,8 +218,8 @@ def main(argv=None):
     parser.add_argument("--monitor-args", default="", help="extra `nnfp monitor` options, e.g. '--window 6'")
     args = parser.parse_args(argv)
 
+    from nnfp.catalogue.build import build_index
     from nnfp.corpus.noise import make_noise
-    from nnfp.index import build_index
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

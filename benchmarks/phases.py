@@ -1,7 +1,7 @@
 """Sub-hop query phases: accuracy and latency for 1, 2, 4 and 8 phases (plus k_probe and decision statistics).
 
 Queries are cut at random sample positions from the index's tracks, played in a
-generated room (full tail) with generated noise at 0-10 dB SNR (`nnfp.evaluation`),
+generated room (full tail) with generated noise at 0-10 dB SNR (`nnfp.catalogue.evaluation`),
 and identified like `nnfp identify`. The 8 phases of every query are fingerprinted
 once; fewer phases use a subset of them (the shifts of 1, 2 and 4 phases are shifts
 of 8). Search latency is the single-thread time of `Identifier.rank` for the 10 s
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from nnfp.evaluation import _degradation, _make_queries
-from nnfp.index import Identifier
+from nnfp.catalogue.evaluation import _degradation, _make_queries
+from nnfp.catalogue.identify import Identifier
 
 LENGTHS = (1, 2, 3, 5, 6, 10)
 

@@ -75,7 +75,7 @@ class _PeakAnon:
 
 def build_random(n, workdir, threads):
     """Writes n random unit vectors in chunks to a memmap, builds + saves an IVF-PQ DB."""
-    from nnfp.search import FingerprintDB
+    from nnfp.store.db import FingerprintDB
 
     with _PeakAnon() as peak:
         info = _build_random(n, workdir, threads, FingerprintDB)
@@ -129,7 +129,7 @@ def measure(index_dir, n_queries, seed=1):
     """In a fresh process: RAM of the opened DB and single-thread latency of 19-segment queries."""
     import faiss
 
-    from nnfp.search import FingerprintDB
+    from nnfp.store.db import FingerprintDB
 
     faiss.omp_set_num_threads(1)
     anon0, file0 = _status_kb("RssAnon"), _status_kb("RssFile")
@@ -168,10 +168,11 @@ def recall(model, n_queries, seed=0):
     """Top-1 agreement of approximate indexes with exact flat search on real fingerprints."""
     from nnfp.audio.io import load_audio
     from nnfp.audio.sources import list_audio_files, load_tracks
+    from nnfp.catalogue.evaluation import synthesize_queries
+    from nnfp.catalogue.fingerprint import fingerprint_tracks
+    from nnfp.catalogue.identify import Identifier
     from nnfp.config import CONFIG_DIR, load_config
-    from nnfp.evaluation import synthesize_queries
-    from nnfp.index import Identifier, fingerprint_tracks
-    from nnfp.search import FingerprintDB
+    from nnfp.store.db import FingerprintDB
     from nnfp.training import build_model, embedded_corpus
 
     config = load_config(CONFIG_DIR / "demo.yaml")
@@ -212,10 +213,10 @@ def recall(model, n_queries, seed=0):
 
 
 def throughput(seconds=60.0, batch_size=128):
+    from nnfp.catalogue.fingerprint import fingerprint_tracks
     from nnfp.config import CONFIG_DIR, load_config
     from nnfp.corpus.synth import compose_track
     from nnfp.export import _KerasFingerprinter
-    from nnfp.index import fingerprint_tracks
     from nnfp.training import build_model
 
     audio = compose_track(1, seconds, 8000)

@@ -1,6 +1,7 @@
 """YAML configuration: load, merge, override and validate before anything is built."""
 
 import copy
+import importlib.util
 import re
 from pathlib import Path
 
@@ -10,7 +11,18 @@ from nnfp.encoder import PAPER_CHANNELS, encoder_output_shape, scaled_channels
 
 __all__ = ["ConfigError", "CONFIG_DIR", "load_config", "parse_overrides", "save_config", "validate"]
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def _config_dir():
+    """The YAML configs: the package `nnfp.configs` (the repository's `configs/` folder, mapped
+    by pyproject.toml in normal and editable installs), or `configs/` beside a source checkout."""
+    spec = importlib.util.find_spec("nnfp.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
 
 # Keys whose default is null, with the types they accept.
 _NULLABLE = {

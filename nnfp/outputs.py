@@ -9,17 +9,38 @@ of the same kind is resumed or, where the command replaces it, replaced only wit
 nnfp output) is refused with a message, and nothing is touched. An output folder may
 not be, or lie inside, one of the command's input folders.
 
+Files and folders are written atomically: to a temporary name beside the target, then
+renamed over it (`atomic_file`, `atomic_write_bytes`/`_json`/`_npz`, `atomic_directory`), so
+a reader or a killed run never sees half a file.
+
 >>> claim_output_dir("my_index", "index", inputs=["music"])
 'new'
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-__all__ = ["MARKER_FILE", "OutputFolderError", "claim_output_dir", "output_kind", "write_marker"]
+__all__ = [
+    "MARKER_FILE",
+    "OutputFolderError",
+    "atomic_directory",
+    "atomic_file",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_npz",
+    "claim_output_dir",
+    "output_kind",
+    "sha256_file",
+    "write_marker",
+]
 
 MARKER_FILE = ".nnfp-output.json"
 KINDS = ("index", "export", "prepared", "run", "evaluation", "shards")
@@ -80,9 +101,7 @@ def write_marker(folder, kind):
         raise ValueError(f"`kind` must be one of {KINDS}. Received: kind={kind!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (MARKER_FILE + ".tmp")
-    tmp.write_text(json.dumps({"kind": kind, "written_by": "nnfp"}) + "\n")
-    os.replace(tmp, folder / MARKER_FILE)
+    atomic_write_bytes(folder / MARKER_FILE, (json.dumps({"kind": kind, "written_by": "nnfp"}) + "\n").encode())
 
 
 def _is_within(path, other):
@@ -149,3 +168,110 @@ def claim_output_dir(path, kind, overwrite=False, inputs=(), reuse=False, flag="
         f"writes into or deletes a folder it did not create as an {what}, even with {flag}; "
         "choose a new or empty folder (nothing was written)"
     )
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """Yields a temporary path beside `path`; once the block succeeds, the file written
+    there is flushed to disk and renamed over `path` (on error it is removed).
+
+    The temporary name is unique (`.<name>.<random>.tmp`), so two processes writing the
+    same file never write into each other's temporary file; the last rename wins.
+
+    >>> with atomic_file("clip.wav") as tmp:
+    ...     soundfile.write(tmp, audio, 8000)
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; outputs are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path, data):
+    """Writes `data` (bytes) to `path` atomically (`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path, payload, indent=1, **kwargs):
+    """Writes `payload` as JSON to `path` atomically; `kwargs` go to `json.dumps`."""
+    atomic_write_bytes(path, json.dumps(payload, indent=indent, **kwargs).encode())
+
+
+def atomic_write_npz(path, **arrays):
+    """Writes `arrays` as an uncompressed `.npz` to `path` atomically (`np.savez`)."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _read_umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# Read once: setting the umask to read it is not thread-safe.
+_UMASK = _read_umask()
+
+
+@contextlib.contextmanager
+def atomic_directory(directory, kind="index"):
+    """Yields a temporary folder beside `directory` that replaces it once the block succeeds.
+
+    The new folder is marked as nnfp output of `kind` (`nnfp.outputs`). An existing
+    `directory` is replaced only when it is nnfp output of the same `kind` (anything
+    else raises `OutputFolderError` before the block runs, and nothing is touched), and
+    only when the new one is complete; on error the temporary folder is removed and
+    `directory` is left as it was.
+    """
+    target = Path(directory).absolute()
+    if target.exists():
+        found = output_kind(target)
+        if not target.is_dir() or (found != kind and any(target.iterdir())):
+            raise OutputFolderError(
+                f"{directory}: exists and is not an nnfp {kind} folder; nnfp only replaces its own "
+                "output (nothing was written)"
+            )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; a saved DB is an ordinary folder
+    try:
+        yield tmp
+        write_marker(tmp, kind)
+        if target.exists():
+            # A non-empty directory cannot be replaced in one rename: move the
+            # old one aside first so `target` is never half-written.
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old.rmdir()
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path):
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

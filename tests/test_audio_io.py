@@ -1,21 +1,14 @@
 """`nnfp.audio.io`: mono float32 at a sample rate from every format users have (FFmpeg through
-PyAV when libsndfile cannot), errors that name the file, and streaming decode in bounded memory.
-
-Also, until they move to their own modules' tests: streaming fingerprints and long-query scoring."""
+PyAV when libsndfile cannot), errors that name the file, and streaming decode in bounded memory."""
 
 import fractions
-import json
-import tracemalloc
 
 import av
 import numpy as np
 import pytest
 import soundfile as sf
 
-import nnfp.index
-import nnfp.search
 from nnfp.audio.io import AudioError, audio_info, load_audio, stream_audio
-from nnfp.cli import main
 
 SR = 8000
 
@@ -205,143 +198,3 @@ def test_stream_audio_blocks_equal_load_audio(tmp_path, name, rate):
     assert {len(b) for b in blocks[:-1]} == {int(0.7 * SR)} and 0 < len(blocks[-1]) <= int(0.7 * SR)
     assert all(b.dtype == np.float32 for b in blocks)
     np.testing.assert_array_equal(np.concatenate(blocks), whole)  # same samples, bit for bit
-
-
-# ----------------------------------------------------------------------------- folders
-
-
-# ----------------------------------------------------------------------------- index build
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from nnfp.model import FingerPrinter
-
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    FingerPrinter.from_settings(width=0.03125, embedding_dim=16).save(path)
-    return path
-
-
-def _music(folder):
-    from nnfp.corpus.synth import compose_track
-
-    folder.mkdir()
-    sf.write(folder / "a.wav", compose_track(1, 9.3), SR)
-    sf.write(folder / "b.flac", np.stack([compose_track(2, 6.1, 44100)] * 2, axis=1), 44100)
-    write_with_ffmpeg(folder / "c.m4a", compose_track(3, 5.0, 16000), 16000, "aac")
-    write_with_ffmpeg(folder / "d.webm", compose_track(4, 4.0, 48000), 48000, "libopus")
-    (folder / "corrupt.mp3").write_bytes(np.random.default_rng(0).bytes(4096))
-    sf.write(folder / "silent.wav", np.zeros(3 * SR, np.float32), SR)
-    return folder
-
-
-def test_index_build_indexes_every_format_and_lists_what_it_skipped(tmp_path, tiny_model, capsys):
-    music = _music(tmp_path / "music")
-    assert main(["index", "build", str(music), str(tmp_path / "idx"), "--model", str(tiny_model), "--quiet"]) == 0
-    table = json.loads((tmp_path / "idx" / "tracks.json").read_text())
-    assert [t["path"] for t in table["tracks"]] == ["a.wav", "b.flac", "c.m4a", "d.webm"]
-    skipped = dict(map(tuple, table["metadata"]["skipped"]))
-    assert set(skipped) == {"corrupt.mp3", "silent.wav"}
-    assert "cannot decode" in skipped["corrupt.mp3"] and "silent" in skipped["silent.wav"]
-    out = capsys.readouterr()
-    assert "corrupt.mp3" in out.out + out.err
-
-
-def test_streamed_fingerprints_equal_whole_file_fingerprints(tmp_path, tiny_model, monkeypatch):
-    music = _music(tmp_path / "music")
-    whole, streamed = tmp_path / "whole", tmp_path / "streamed"
-    assert main(["index", "build", str(music), str(whole), "--model", str(tiny_model), "--quiet"]) == 0
-    calls = []
-    real = nnfp.index.fingerprint_stream
-    monkeypatch.setattr(nnfp.index, "fingerprint_stream", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(nnfp.index, "STREAM_SECONDS", 0.0)  # every file streamed...
-    monkeypatch.setattr(nnfp.index, "_STREAM_BLOCK_SECONDS", 1.3)  # ... in blocks of 2.6 hops
-    assert main(["index", "build", str(music), str(streamed), "--model", str(tiny_model), "--quiet"]) == 0
-    assert len(calls) == 5  # the readable files (the corrupt one is caught by the header probe)
-    a, b = (json.loads((d / "tracks.json").read_text()) for d in (whole, streamed))
-    assert a["tracks"] == b["tracks"]  # same files, same durations
-    assert a["metadata"]["skipped"] == b["metadata"]["skipped"]
-    x, y = (np.load(d / "embeddings.npy") for d in (whole, streamed))
-    assert x.shape == y.shape and len(x) > 40
-    assert np.abs(x - y).max() <= 1e-5
-    for key in ("track", "start"):
-        np.testing.assert_array_equal(*(np.load(d / "segments.npz")[key] for d in (whole, streamed)))
-
-
-class _FirstSamples:
-    """A stand-in fingerprinter: the first samples of each segment, so results are exact."""
-
-    segment_samples = 50
-
-    def fingerprint(self, waveforms, batch_size=256):
-        return np.asarray(waveforms)[:, [0, 1, 49]].copy()
-
-
-@pytest.mark.parametrize("hop", [20, 50, 70])
-def test_fingerprint_stream_carries_the_overlap_exactly(hop):
-    audio = np.random.default_rng(2).standard_normal(1003).astype(np.float32)
-    blocks = [audio[i : i + 37] for i in range(0, len(audio), 37)]
-    embeddings, starts, n_samples, peak = nnfp.index.fingerprint_stream(_FirstSamples(), blocks, hop, batch_size=4)
-    expected, _, expected_starts = nnfp.index.fingerprint_tracks(_FirstSamples(), [audio], hop, batch_size=4)
-    np.testing.assert_array_equal(embeddings, expected)
-    np.testing.assert_array_equal(starts, expected_starts)
-    assert n_samples == 1003 and peak == np.abs(audio).max()
-
-
-# ----------------------------------------------------------------------------- long queries
-
-
-def _dense_sequence_scores(db, query, starts):
-    """The former one-shot formula: an (n_query, n_candidates, d) array."""
-    rows = starts[:, None] + np.arange(len(query))
-    valid = rows <= db._track_end[starts][:, None]
-    rows = np.minimum(rows, db.n_segments - 1)
-    windows = np.asarray(db.embeddings, np.float32)[rows.T]
-    sims = np.matmul(windows, query[:, :, None])[:, :, 0].T
-    return np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64) / len(query)
-
-
-def _random_db(rng, lengths, d):
-    from nnfp.search import FingerprintDB
-
-    embeddings = rng.standard_normal((sum(lengths), d)).astype(np.float32)
-    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-    segment_track = np.repeat(np.arange(len(lengths)), lengths)
-    segment_start = np.concatenate([0.5 * np.arange(n) for n in lengths])
-    tracks = [{"track_id": i, "path": f"{i}.wav", "duration_s": 0.5 * n} for i, n in enumerate(lengths)]
-    return FingerprintDB.build(embeddings, segment_track, segment_start, tracks, index_type="flat", threads=1)
-
-
-@pytest.mark.parametrize("tile_pairs, tile_rows", [(7, 3), (1000, 64), (65_536, 64)])
-def test_tiled_sequence_scores_equal_the_dense_formula(monkeypatch, tile_pairs, tile_rows):
-    monkeypatch.setattr(nnfp.search, "_SCORE_TILE_PAIRS", tile_pairs)
-    monkeypatch.setattr(nnfp.search, "_SCORE_TILE_QUERY_ROWS", tile_rows)
-    rng = np.random.default_rng(3)
-    db = _random_db(rng, [40, 7, 90, 25], d=24)  # queries longer than some tracks
-    for n_query in (1, 5, 30, 120):
-        query = rng.standard_normal((n_query, 24)).astype(np.float32)
-        query /= np.linalg.norm(query, axis=1, keepdims=True)
-        starts = np.sort(rng.choice(db.n_segments, size=60, replace=False)).astype(np.int64)
-        # Sums are float64 in both; float32 dot products may round differently per tile shape.
-        np.testing.assert_allclose(
-            db.sequence_scores(query, starts), _dense_sequence_scores(db, query, starts), rtol=1e-6, atol=1e-7
-        )
-
-
-def test_long_query_scoring_memory_does_not_grow_with_query_times_candidates():
-    rng = np.random.default_rng(4)
-    d, n_query, n_candidates = 64, 1200, 1500
-    db = _random_db(rng, [2000, 1500], d=d)
-    query = rng.standard_normal((n_query, d)).astype(np.float32)
-    query /= np.linalg.norm(query, axis=1, keepdims=True)
-    starts = np.arange(0, 3000, 2, dtype=np.int64)[:n_candidates]
-    dense_bytes = n_query * n_candidates * d * 4  # 460 MB for the one-shot formula
-    tracemalloc.start()
-    try:
-        scores = db.sequence_scores(query, starts)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 60e6 < dense_bytes / 7, f"peak {peak / 1e6:.0f} MB"
-    check = starts[::100]
-    np.testing.assert_allclose(scores[::100], _dense_sequence_scores(db, query, check), rtol=1e-6, atol=1e-7)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from nnfp.catalogue.fingerprint import fingerprint_tracks
 from nnfp.cli import main
 from nnfp.corpus.synth import compose_track
-from nnfp.index import fingerprint_tracks
 
 TINY = [
     "train.jit_compile=false",  # XLA compiles in ~10 s: worth it for long runs, not for 2-step tests
@@ -62,7 +62,7 @@ def test_train_from_folders_then_export_and_identify(audio_root, tmp_path, capsy
     assert main(["export", str(run), str(tmp_path / "exported")]) == 0
     from nnfp.audio.sources import load_tracks
     from nnfp.export import load_fingerprinter
-    from nnfp.search import FingerprintDB
+    from nnfp.store.db import FingerprintDB
 
     embedder = load_fingerprinter(tmp_path / "exported", trust_model=True)  # our own export
     tracks, paths, _ = load_tracks(sorted((audio_root / "val").glob("*.wav")))
@@ -97,17 +97,3 @@ def test_missing_data_folder_is_named(tmp_path, capsys):
     assert str(tmp_path / "nope") in capsys.readouterr().err
 
 
-def test_help_and_training_do_not_import_faiss():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, contextlib, io\n"
-        "from nnfp.cli import build_parser\n"
-        "import nnfp.training\n"
-        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-        "    build_parser().parse_args(['--help'])\n"
-        "print(sorted(m for m in ('faiss', 'nnfp.search', 'nnfp.index') if m in sys.modules))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"

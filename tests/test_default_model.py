@@ -2,10 +2,10 @@
 
 import numpy as np
 
+from nnfp.catalogue.fingerprint import DEFAULT_MODEL_PATH, resolve_model
 from nnfp.corpus.noise import make_noise
 from nnfp.corpus.synth import compose_track
 from nnfp.export import load_fingerprinter
-from nnfp.index import DEFAULT_MODEL_PATH, resolve_model
 
 
 def test_default_model_ships_and_is_the_default():

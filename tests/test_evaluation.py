@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from nnfp.evaluation import degrade, hit_rates, synthesize_queries
+from nnfp.catalogue.evaluation import degrade, hit_rates, synthesize_queries
 
 
 def _tracks(rate):
@@ -71,13 +71,13 @@ def test_hit_rates_offset_and_decision_columns():
 
 
 @pytest.mark.skipif(
-    not __import__("nnfp.index", fromlist=["DEFAULT_MODEL_PATH"]).DEFAULT_MODEL_PATH.exists(), reason="no shipped model"
+    not __import__("nnfp.catalogue.fingerprint", fromlist=["DEFAULT_MODEL_PATH"]).DEFAULT_MODEL_PATH.exists(), reason="no shipped model"
 )
 def test_evaluate_is_deterministic_by_seed_with_unknown_tracks(tmp_path):
     import shutil
 
+    from nnfp.catalogue.evaluation import evaluate
     from nnfp.corpus.generate import generate_corpus
-    from nnfp.evaluation import evaluate
 
     corpus = generate_corpus(tmp_path / "corpus", n_tracks=3, track_seconds=12, n_noise=1, n_irs=1, seed=4)
     unknown = tmp_path / "unknown"

@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from nnfp.calibration import Calibration, allowed_false_matches, binomial_upper_bound, calibrate
+from nnfp.catalogue.build import build_index
+from nnfp.catalogue.calibration import (
+    Calibration,
+    allowed_false_matches,
+    binomial_upper_bound,
+    calibrate,
+)
+from nnfp.catalogue.fingerprint import DEFAULT_MODEL_PATH
+from nnfp.catalogue.identify import Identifier, QueryError
 from nnfp.cli import main
-from nnfp.index import DEFAULT_MODEL_PATH, Identifier, QueryError, build_index
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.exists(), reason="no shipped model")
 

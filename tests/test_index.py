@@ -70,7 +70,7 @@ def _query(music, name, start, seconds, seed, snr_db=15.0):
 
 
 def test_index_folder_is_complete_and_atomic(setup):
-    from nnfp.search import FingerprintDB
+    from nnfp.store.db import FingerprintDB
 
     index = setup["index"]
     assert sorted(os.listdir(index.parent)) == ["idx"]  # no .partial / .tmp folders left
@@ -85,7 +85,7 @@ def test_index_folder_is_complete_and_atomic(setup):
 
 
 def test_identifies_noisy_reverberant_excerpts_at_random_offsets(setup):
-    from nnfp.index import Identifier
+    from nnfp.catalogue.identify import Identifier
 
     identifier = Identifier(setup["index"], min_score=None)
     rng = np.random.default_rng(0)
@@ -135,8 +135,8 @@ def test_identify_cli_json_text_and_bad_queries(setup, tmp_path, capsys):
 
 
 def test_build_resumes_after_interruption_then_add(setup, tmp_path, capsys):
-    from nnfp.index import build_index
-    from nnfp.search import FingerprintDB
+    from nnfp.catalogue.build import build_index
+    from nnfp.store.db import FingerprintDB
 
     first, more = tmp_path / "first", tmp_path / "more"
     first.mkdir()
@@ -185,9 +185,9 @@ def test_build_resumes_after_interruption_then_add(setup, tmp_path, capsys):
 
 
 def test_no_default_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    import nnfp.index
+    import nnfp.catalogue.fingerprint
 
-    monkeypatch.setattr(nnfp.index, "DEFAULT_MODEL_PATH", tmp_path / "none.keras")
+    monkeypatch.setattr(nnfp.catalogue.fingerprint, "DEFAULT_MODEL_PATH", tmp_path / "none.keras")
     (tmp_path / "music").mkdir()
     sf.write(tmp_path / "music" / "a.wav", np.zeros(16000, "float32"), 8000)
     assert main(["index", "build", str(tmp_path / "music"), str(tmp_path / "idx")]) == 2
@@ -196,7 +196,7 @@ def test_no_default_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 
 def test_hit_rates_known_answers():
-    from nnfp.evaluation import hit_rates
+    from nnfp.catalogue.evaluation import hit_rates
 
     true_rows = np.array([10, 20, 30, 40])
     true_tracks = np.array([1, 2, 3, 4])
@@ -217,8 +217,8 @@ def test_hit_rates_known_answers():
 
 def test_evaluate_writes_files_and_matches_naive_reference(setup, tmp_path, capsys):
     from nnfp.audio.io import load_audio
-    from nnfp.evaluation import hit_rates, synthesize_queries
-    from nnfp.index import Identifier
+    from nnfp.catalogue.evaluation import hit_rates, synthesize_queries
+    from nnfp.catalogue.identify import Identifier
 
     out = tmp_path / "eval"
     args = [

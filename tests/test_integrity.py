@@ -22,9 +22,9 @@ def setup(tmp_path_factory):
     """Two untrained tiny models (different weights), four 4 s tracks and an index of them."""
     import keras
 
+    from nnfp.catalogue.build import build_index
     from nnfp.config import load_config
     from nnfp.corpus.synth import compose_track
-    from nnfp.index import build_index
     from nnfp.training import build_model
 
     root = tmp_path_factory.mktemp("integrity")
@@ -65,8 +65,9 @@ def _error_line(capsys):
 
 
 def test_index_records_checksums_and_probes(setup, capsys):
-    from nnfp.index import N_PROBES, Identifier
-    from nnfp.search import FingerprintDB
+    from nnfp.catalogue.fingerprint import N_PROBES
+    from nnfp.catalogue.identify import Identifier
+    from nnfp.store.db import FingerprintDB
 
     root, index = setup
     meta = json.loads((index / "tracks.json").read_text())
@@ -182,7 +183,8 @@ def test_other_model_is_refused(setup, capsys):
 
 
 def test_replaced_model_inside_index_is_refused(setup, tmp_path):
-    from nnfp.index import Identifier, ModelMismatchError
+    from nnfp.catalogue.fingerprint import ModelMismatchError
+    from nnfp.catalogue.identify import Identifier
 
     root, index = setup
     index = _copy(index, tmp_path)
@@ -207,8 +209,8 @@ def test_older_index_without_checksums_still_loads(setup, tmp_path, capsys):
 
 
 def test_savedmodel_needs_trust(setup, tmp_path, capsys):
+    from nnfp.catalogue.build import build_index
     from nnfp.export import UntrustedModelError, export_saved_model, load_fingerprinter
-    from nnfp.index import build_index
 
     root, _ = setup
     saved = export_saved_model(load_fingerprinter(root / "a.keras").model, tmp_path / "saved")
@@ -242,8 +244,8 @@ def test_model_path_may_not_leave_the_index(setup, tmp_path, capsys, model_file)
 
 
 def test_concurrent_adds_wait_for_each_other(setup, tmp_path):
-    from nnfp.index import add_to_index
-    from nnfp.search import FingerprintDB
+    from nnfp.catalogue.build import add_to_index
+    from nnfp.store.db import FingerprintDB
 
     root, index = setup
     index = _copy(index, tmp_path)
@@ -268,7 +270,7 @@ def test_concurrent_adds_wait_for_each_other(setup, tmp_path):
 
 
 def test_add_gives_up_after_lock_timeout(setup, tmp_path, capsys):
-    from nnfp.index import IndexLockedError, add_to_index, index_lock
+    from nnfp.catalogue.build import IndexLockedError, add_to_index, index_lock
 
     root, index = setup
     index = _copy(index, tmp_path)
@@ -296,7 +298,7 @@ def test_add_gives_up_after_lock_timeout(setup, tmp_path, capsys):
 
 
 def test_same_folder_by_another_path_is_not_added_twice(setup, tmp_path, monkeypatch):
-    from nnfp.index import add_to_index
+    from nnfp.catalogue.build import add_to_index
 
     root, index = setup
     index = _copy(index, tmp_path)
@@ -308,7 +310,7 @@ def test_same_folder_by_another_path_is_not_added_twice(setup, tmp_path, monkeyp
 
 
 def test_full_disk_leaves_the_index_intact(setup, tmp_path, capsys, monkeypatch):
-    import nnfp.search
+    import nnfp.store.db
 
     root, index = setup
     index = _copy(index, tmp_path)
@@ -317,7 +319,7 @@ def test_full_disk_leaves_the_index_intact(setup, tmp_path, capsys, monkeypatch)
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(nnfp.search.faiss, "write_index", full)
+    monkeypatch.setattr(nnfp.store.db.faiss, "write_index", full)
     assert main(["index", "add", str(index), str(root / "more"), "--quiet"]) == 2
     err = _error_line(capsys)
     assert "No space left on device" in err and "free some space and run again" in err
@@ -327,7 +329,7 @@ def test_full_disk_leaves_the_index_intact(setup, tmp_path, capsys, monkeypatch)
 
 
 def test_speed_after_resume_counts_only_fresh_audio(setup, tmp_path):
-    from nnfp.index import build_index
+    from nnfp.catalogue.build import build_index
 
     root, _ = setup
 

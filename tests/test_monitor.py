@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from nnfp.catalogue.fingerprint import DEFAULT_MODEL_PATH
 from nnfp.cli import main
 from nnfp.corpus.noise import make_noise
 from nnfp.corpus.synth import compose_track
-from nnfp.index import DEFAULT_MODEL_PATH
 
 RATE = 8000
 

@@ -70,8 +70,8 @@ def _inverted_lists(db):
     ids=["flat", "ivf", "ivfpq"],
 )
 def test_sharded_build_equals_single_process_build(catalogue, index_args, tmp_path, capsys):
-    from nnfp.index import Identifier
-    from nnfp.search import FingerprintDB
+    from nnfp.catalogue.identify import Identifier
+    from nnfp.store.db import FingerprintDB
 
     single_dir, shards, merged_dir = tmp_path / "single", tmp_path / "shards", tmp_path / "merged"
     common = ["--model", str(catalogue["model"]), "--chunk-files", "2", "--quiet"]
@@ -112,7 +112,7 @@ def test_sharded_build_equals_single_process_build(catalogue, index_args, tmp_pa
 
 
 def test_merge_errors_and_empty_shards(catalogue, tmp_path, capsys):
-    from nnfp.search import FingerprintDB
+    from nnfp.store.db import FingerprintDB
 
     shards = tmp_path / "shards"
     _build_sharded(catalogue, shards, 3, capsys)

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["AudioError", "AudioInfo", "audio_info", "load_audio", "stream_audio"]
+__all__ = ["AudioError", "AudioInfo", "audio_info", "load_audio", "resample", "stream_audio", "stream_resampler"]
 
 _LOAD_BLOCK_SECONDS = 64.0  # decoding block of load_audio (bounds its native-rate buffers)
 
@@ -152,7 +152,7 @@ def stream_audio(path, sample_rate=8000, block_seconds=64.0):
         native = itertools.chain([first[1]], (f for _, f in frames))
     resampler = None
     if file_rate != sample_rate:
-        resampler = soxr.ResampleStream(file_rate, sample_rate, 1, dtype="float32")
+        resampler = stream_resampler(file_rate, sample_rate)
     pending, n_pending, n_yielded = [], 0, 0
     for block in native:
         _finite(path, block)
@@ -214,3 +214,13 @@ def audio_info(path):
     except av.FFmpegError as exc:
         raise _undecodable(path, sndfile_error, exc) from exc
 
+
+def resample(audio, from_rate, to_rate):
+    """Resamples mono audio in one go with soxr (the resampler of `load_audio`)."""
+    return soxr.resample(audio, from_rate, to_rate)
+
+
+def stream_resampler(from_rate, to_rate):
+    """A soxr streaming resampler of float32 mono blocks: `.resample_chunk(block, last=False)`;
+    concatenated, its outputs equal `resample` of the whole signal."""
+    return soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32")

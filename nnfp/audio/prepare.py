@@ -27,6 +27,7 @@ import time
 from collections import deque
 
 import numpy as np
+from tqdm import tqdm
 
 from nnfp.audio.io import AudioError, audio_info, load_audio
 from nnfp.audio.sources import (
@@ -35,6 +36,14 @@ from nnfp.audio.sources import (
     PREPARED_FORMAT,
     read_manifest,
     usability_problem,
+)
+from nnfp.outputs import (
+    atomic_file,
+    atomic_write_bytes,
+    atomic_write_json,
+    claim_output_dir,
+    sha256_file,
+    write_marker,
 )
 
 __all__ = ["PrepareSummary", "prepare_audio", "format_summary"]
@@ -80,14 +89,6 @@ def _list_sources(source):
     return entries, source
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _source_key(path):
     stat = path.stat()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -114,7 +115,7 @@ def _decode(path, sample_rate, min_seconds):
             source_rate=int(info.sample_rate),
             channels=int(info.channels),
             source_format=info.format,
-            sha256=_sha256(path),
+            sha256=sha256_file(path),
             pcm_sha256=hashlib.sha256(pcm.tobytes()).hexdigest(),
         )
         return pcm, record
@@ -123,41 +124,6 @@ def _decode(path, sample_rate, min_seconds):
     except Exception as exc:  # one bad file must never stop a long run
         record.update(status="skipped", reason=f"unexpected error: {type(exc).__name__}: {exc}")
     return None, record
-
-
-class _Progress:
-    """A one-line progress bar on stderr (throttled; a final line when done)."""
-
-    def __init__(self, total, stream=None, enabled=True):
-        self.total, self.done, self.skipped, self.seconds = total, 0, 0, 0.0
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.started = self.last = time.perf_counter()
-
-    def update(self, record, sample_rate):
-        self.done += 1
-        if record["status"] == "ok":
-            self.seconds += record["n_samples"] / sample_rate
-        else:
-            self.skipped += 1
-        now = time.perf_counter()
-        if self.enabled and (now - self.last > 0.5 or self.done == self.total):
-            self.last = now
-            self._draw(now)
-
-    def _draw(self, now):
-        elapsed = max(now - self.started, 1e-9)
-        rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 else 0
-        filled = int(30 * self.done / max(self.total, 1))
-        self.stream.write(
-            f"\rprepare [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} files"
-            f" | {self.seconds / 3600:.2f} h | {self.skipped} skipped | {rate:.1f} files/s"
-            f" | ETA {int(eta) // 60}:{int(eta) % 60:02d} "
-        )
-        if self.done == self.total:
-            self.stream.write("\n")
-        self.stream.flush()
 
 
 def _read_journal(out_dir):
@@ -174,15 +140,6 @@ def _read_journal(out_dir):
                 continue  # torn final line of a killed run: that file is redone
             done[record["source"]] = record
     return done
-
-
-def _write_atomic(path, write):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def prepare_audio(
@@ -219,8 +176,6 @@ def prepare_audio(
         ValueError: `out_dir` was prepared at another sample rate.
     """
     started = time.perf_counter()
-    from nnfp.outputs import claim_output_dir, write_marker
-
     claim_output_dir(out_dir, "prepared", reuse=True, inputs=[source])  # resumes its own cache only
     entries, base = _list_sources(source)
     out_dir = pathlib.Path(out_dir)
@@ -237,7 +192,7 @@ def prepare_audio(
                 f"{sample_rate} Hz would mix rates. Use a new output folder."
             )
     else:
-        _write_atomic(settings_path, lambda h: h.write(json.dumps(settings).encode()))
+        atomic_write_bytes(settings_path, json.dumps(settings).encode())
 
     journal = _read_journal(out_dir)
     # Shards not referenced by the journal were written by a run killed before it could
@@ -273,15 +228,25 @@ def prepare_audio(
         for r in records:
             journal[r["source"]] = r
 
-    bar = _Progress(len(entries), enabled=progress)
+    bar = tqdm(total=len(entries), desc="prepare", unit="file", disable=not progress, file=sys.stderr)
+    hours_done, n_skipped = 0.0, 0
+
+    def advance(record):
+        nonlocal hours_done, n_skipped
+        if record["status"] == "ok":
+            hours_done += record["n_samples"] / sample_rate / 3600
+        else:
+            n_skipped += 1
+        bar.set_postfix_str(f"{hours_done:.2f} h, {n_skipped} skipped", refresh=False)
+        bar.update(1)
     for path, _, reason in entries:
         if finished(path):
             done_before += 1
-            bar.update(journal[str(path)], sample_rate)
+            advance(journal[str(path)])
         elif reason is not None:
             record = {"source": str(path), **_source_key(path), "status": "skipped", "reason": reason}
             log([record])
-            bar.update(record, sample_rate)
+            advance(record)
             if on_result is not None:
                 on_result(record)
         else:
@@ -296,7 +261,8 @@ def prepare_audio(
             return
         name = f"shard-{next_shard:05d}.npy"
         pcm = np.concatenate([p for p, _ in pending])
-        _write_atomic(shard_dir / name, lambda h: np.save(h, pcm, allow_pickle=False))
+        with atomic_file(shard_dir / name) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, pcm, allow_pickle=False)
         offset, records = 0, []
         for p, record in pending:
             records.append({**record, "shard": name, "offset": offset})
@@ -315,7 +281,7 @@ def prepare_audio(
             pending_samples += len(pcm)
             if pending_samples >= limit:
                 flush()
-        bar.update(record, sample_rate)
+        advance(record)
         if on_result is not None:
             on_result(record)
 
@@ -333,6 +299,7 @@ def prepare_audio(
             flush()
     finally:
         journal_handle.close()
+        bar.close()
 
     manifest = _write_manifest(out_dir, journal, entries, base, track_ids, sample_rate, source)
     return PrepareSummary(
@@ -397,7 +364,7 @@ def _write_manifest(out_dir, journal, entries, base, track_ids, sample_rate, sou
             "shards": len(shards),
         },
     }
-    _write_atomic(out_dir / _MANIFEST, lambda h: h.write(json.dumps(manifest, indent=1).encode()))
+    atomic_write_json(out_dir / _MANIFEST, manifest)
     return manifest
 
 

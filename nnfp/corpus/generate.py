@@ -27,11 +27,12 @@ import soundfile as sf
 from nnfp.corpus.noise import NOISE_KINDS, make_noise
 from nnfp.corpus.rooms import make_impulse_response
 from nnfp.corpus.synth import compose_track
+from nnfp.outputs import atomic_file, atomic_write_json
 
 __all__ = ["CORPUS_VERSION", "CorpusPaths", "generate_corpus"]
 
 # Bump whenever a generator changes its output, so cached corpora are rebuilt.
-CORPUS_VERSION = "2"
+CORPUS_VERSION = "3"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,21 +59,8 @@ def _derived_seed(seed, kind, index):
 
 def _write_wav(path, audio, sample_rate):
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         sf.write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path, payload):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _corpus_entries(params):
@@ -185,7 +173,7 @@ def generate_corpus(
                 for group, items in entries.items()
             },
         }
-        _write_json(staging / "manifest.json", manifest)
+        atomic_write_json(staging / "manifest.json", manifest, indent=2)
         try:
             os.rename(staging, root)  # atomic; replaces only a missing or empty folder
         except OSError:

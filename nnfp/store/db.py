@@ -1,4 +1,4 @@
-"""Fingerprint database and sequence search.
+"""The fingerprint database (`FingerprintDB`) and its sequence search; the only module importing faiss.
 
 Pure NumPy + faiss: this module receives embeddings and never imports the model.
 
@@ -11,31 +11,37 @@ start is scored by the mean inner product of the `n` query segments with the
 `n` stored DB segments that follow it.
 """
 
+
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from nnfp.defaults import INDEX_TYPES
-from nnfp.outputs import OutputFolderError, output_kind, write_marker
+from nnfp.outputs import atomic_directory
+from nnfp.store.integrity import (
+    REBUILD_HINT,
+    CorruptIndexError,
+    corrupt_file_error,
+    file_records,
+    integrity_problems,
+    meta_digest,
+    one_line,
+)
 
 __all__ = [
     "INDEX_TYPES",
-    "CorruptIndexError",
     "FingerprintDB",
     "Match",
-    "atomic_directory",
     "verify_db",
 ]
 
@@ -55,46 +61,6 @@ IVF_DATA_FILE = "index.ivfdata"  # inverted lists of an on-disk IVF index, besid
 # `load` hashes every recorded file (a damaged store of the same size is found at once)
 # when they add up to at most this; larger indexes check sizes only (`verify_files` does all).
 CHECKSUM_ON_LOAD_BYTES = 256 * 2**20
-_REBUILD_HINT = "rebuild the index (`nnfp index build`) or restore the folder from a backup"
-
-
-class CorruptIndexError(ValueError):
-    """A saved index whose files are damaged, truncated or inconsistent. The message names
-    the file and what to do."""
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_records(directory):
-    """`{relative name: {"size", "sha256"}}` of every file under `directory` except tracks.json."""
-    directory = Path(directory)
-    records = {}
-    for path in sorted(directory.rglob("*")):
-        name = path.relative_to(directory).as_posix()
-        if path.is_file() and name != "tracks.json":
-            records[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-    return records
-
-
-def _meta_digest(meta):
-    """SHA-256 of tracks.json's content without its own `integrity` entry."""
-    content = {key: value for key, value in meta.items() if key != "integrity"}
-    content = json.loads(json.dumps(content))  # as read back: str keys, lists for tuples
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def _one_line(error):
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
-def _damaged(path, error):
-    return CorruptIndexError(f"{path}: damaged or unreadable ({_one_line(error)}); {_REBUILD_HINT}")
 
 
 def _read_meta(directory):
@@ -104,9 +70,9 @@ def _read_meta(directory):
         meta = json.loads(path.read_text())
         missing = {"version", "d", "n_segments", "hop_seconds", "index_type", "params", "tracks"} - set(meta)
     except Exception as error:  # UnicodeDecodeError, JSONDecodeError, not a mapping...
-        raise _damaged(path, error) from None
+        raise corrupt_file_error(path, error) from None
     if missing:
-        raise CorruptIndexError(f"{path}: damaged (no {', '.join(sorted(missing))}); {_REBUILD_HINT}")
+        raise CorruptIndexError(f"{path}: damaged (no {', '.join(sorted(missing))}); {REBUILD_HINT}")
     if meta.get("version") != FORMAT_VERSION:
         raise CorruptIndexError(
             f"{path}: unsupported fingerprint DB version {meta.get('version')!r} (this nnfp reads "
@@ -124,36 +90,13 @@ def verify_db(directory):
         meta = _read_meta(directory)
     except (FileNotFoundError, CorruptIndexError) as error:
         return [str(error)], False
-    problems = _integrity_problems(directory, meta, checksums=True)
+    problems = integrity_problems(directory, meta, checksums=True)
     if not problems:
         try:
             FingerprintDB.load(directory, checksums=False)
         except (FileNotFoundError, CorruptIndexError) as error:
             problems.append(str(error))
     return problems, bool(meta.get("integrity"))
-
-
-def _integrity_problems(directory, meta, checksums):
-    """What is wrong with the recorded files of a saved DB: sizes always, contents when
-    `checksums`. Returns a list of one-line messages (empty: all good)."""
-    integrity = meta.get("integrity")
-    if not integrity:
-        return []
-    directory = Path(directory)
-    problems = []
-    if checksums and integrity.get("tracks_sha256") != _meta_digest(meta):
-        problems.append(f"{directory / 'tracks.json'}: content does not match its checksum (edited or damaged)")
-    for name, record in integrity.get("files", {}).items():
-        path = directory / name
-        if not path.is_file():
-            problems.append(f"{path}: missing")
-        elif path.stat().st_size != record["size"]:
-            problems.append(
-                f"{path}: {path.stat().st_size} bytes, expected {record['size']} (truncated or replaced)"
-            )
-        elif checksums and _sha256(path) != record["sha256"]:
-            problems.append(f"{path}: content does not match its checksum (damaged or replaced)")
-    return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,47 +192,6 @@ def _check_segments(embeddings, segment_track, segment_start, tracks, d=None):
         segment_start.astype(np.float32),
         clean_tracks,
     )
-
-
-@contextlib.contextmanager
-def atomic_directory(directory, kind="index"):
-    """Yields a temporary folder beside `directory` that replaces it once the block succeeds.
-
-    The new folder is marked as nnfp output of `kind` (`nnfp.outputs`). An existing
-    `directory` is replaced only when it is nnfp output of the same `kind` (anything
-    else raises `OutputFolderError` before the block runs, and nothing is touched), and
-    only when the new one is complete; on error the temporary folder is removed and
-    `directory` is left as it was.
-    """
-    target = Path(directory).absolute()
-    if target.exists():
-        found = output_kind(target)
-        if not target.is_dir() or (found != kind and any(target.iterdir())):
-            raise OutputFolderError(
-                f"{directory}: exists and is not an nnfp {kind} folder; nnfp only replaces its own "
-                "output (nothing was written)"
-            )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a saved DB is an ordinary folder
-    try:
-        yield tmp
-        write_marker(tmp, kind)
-        if target.exists():
-            # A non-empty directory cannot be replaced in one rename: move the
-            # old one aside first so `target` is never half-written.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            old.rmdir()
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @contextlib.contextmanager
@@ -747,7 +649,7 @@ class FingerprintDB:
             else:
                 faiss.write_index(self.index, str(tmp / "index.faiss"))
             # Written last: sizes and SHA-256 of every other file, and of this file's content.
-            meta["integrity"] = {"files": _file_records(tmp), "tracks_sha256": _meta_digest(meta)}
+            meta["integrity"] = {"files": file_records(tmp), "tracks_sha256": meta_digest(meta)}
             (tmp / "tracks.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
@@ -773,26 +675,26 @@ class FingerprintDB:
             if not (directory / name).is_file():
                 raise FileNotFoundError(
                     f"Fingerprint DB directory {directory} is missing {name}: {directory / name}; "
-                    f"{_REBUILD_HINT}"
+                    f"{REBUILD_HINT}"
                 )
         meta = _read_meta(directory)
         if checksums == "auto":
             recorded = meta.get("integrity", {}).get("files", {}).values()
             checksums = sum(record["size"] for record in recorded) <= CHECKSUM_ON_LOAD_BYTES
-        problems = _integrity_problems(directory, meta, checksums=bool(checksums))
+        problems = integrity_problems(directory, meta, checksums=bool(checksums))
         if problems:
             more = f" ({len(problems) - 1} more: run `nnfp index verify {directory}`)" if len(problems) > 1 else ""
-            raise CorruptIndexError(f"{problems[0]}; {_REBUILD_HINT}{more}")
+            raise CorruptIndexError(f"{problems[0]}; {REBUILD_HINT}{more}")
         try:
             embeddings = np.load(directory / "embeddings.npy", mmap_mode="r" if mmap else None)
         except Exception as error:  # any unreadable content is a damaged file
-            raise _damaged(directory / "embeddings.npy", error) from None
+            raise corrupt_file_error(directory / "embeddings.npy", error) from None
         try:
             with np.load(directory / "segments.npz") as segments:
                 segment_track = segments["track"].astype(np.int32)
                 segment_start = segments["start"].astype(np.float32)
         except Exception as error:  # BadZipFile, Bad CRC-32, EOFError, zlib.error, KeyError...
-            raise _damaged(directory / "segments.npz", error) from None
+            raise corrupt_file_error(directory / "segments.npz", error) from None
         if (
             embeddings.ndim != 2
             or embeddings.dtype != np.float32
@@ -803,14 +705,14 @@ class FingerprintDB:
             raise CorruptIndexError(
                 f"{directory}: inconsistent files: embeddings.npy holds {embeddings.dtype} "
                 f"{embeddings.shape}, segments.npz {len(segment_track)} segments, tracks.json "
-                f"n_segments={meta['n_segments']}, d={meta['d']}; {_REBUILD_HINT}"
+                f"n_segments={meta['n_segments']}, d={meta['d']}; {REBUILD_HINT}"
             )
         try:
             if meta["params"].get("on_disk"):
                 if not (directory / IVF_DATA_FILE).is_file():
                     raise FileNotFoundError(
                         f"Fingerprint DB directory {directory} is missing {IVF_DATA_FILE} "
-                        f"(the on-disk inverted lists): {directory / IVF_DATA_FILE}; {_REBUILD_HINT}"
+                        f"(the on-disk inverted lists): {directory / IVF_DATA_FILE}; {REBUILD_HINT}"
                     )
                 # faiss stores the lists' file path in index.faiss; SAME_DIR looks for it
                 # beside index.faiss instead, so a moved or renamed folder still loads.
@@ -824,7 +726,7 @@ class FingerprintDB:
         except FileNotFoundError:
             raise
         except Exception as error:  # faiss raises RuntimeError on any bad content
-            raise _damaged(directory / "index.faiss", error) from None
+            raise corrupt_file_error(directory / "index.faiss", error) from None
         try:
             db = cls(
                 embeddings,
@@ -840,7 +742,7 @@ class FingerprintDB:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise CorruptIndexError(
-                f"{directory}: inconsistent files ({_one_line(error)}); {_REBUILD_HINT}"
+                f"{directory}: inconsistent files ({one_line(error)}); {REBUILD_HINT}"
             ) from None
         db.integrity = meta.get("integrity")
         return db

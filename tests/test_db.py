@@ -1,9 +1,13 @@
+"""`nnfp.store.db`: `FingerprintDB` build, search against NumPy references, save/load, add,
+and long queries scored in tiles."""
+
+import tracemalloc
 
 import numpy as np
 import pytest
 
-from nnfp.minisearch import format_hit_rate_table, sequence_hit_rates
-from nnfp.search import FingerprintDB, Match
+import nnfp.store.db
+from nnfp.store.db import FingerprintDB, Match
 
 D = 64
 
@@ -68,90 +72,10 @@ def flat_db(data):
 # --------------------------------------------------------------- references
 
 
-def naive_hit_ranks(db, query, scope, metric):
-    """Double loop over (query start, DB start): rank of the true start."""
-    db = db.astype(np.float64)
-    query = query.astype(np.float64)
-    n_starts = len(db) - scope + 1
-    ranks = []
-    for i in range(n_starts):
-        scores = []
-        for j in range(n_starts):
-            q, r = query[i : i + scope], db[j : j + scope]
-            if metric == "ip":
-                scores.append(np.sum(q * r))
-            else:
-                scores.append(-np.sum((q - r) ** 2))
-        ranks.append(sum(score > scores[i] for score in scores))
-    return np.array(ranks)
-
-
 def naive_sequence_score(db_embeddings, query, start):
     """eval_faiss.py: mean of diag(q @ db[start:start+n].T)."""
     window = np.asarray(db_embeddings[start : start + len(query)], dtype=np.float64)
     return np.mean(np.diag(query.astype(np.float64) @ window.T))
-
-
-# ------------------------------------------------------- sequence_hit_rates
-
-
-@pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_hit_rates_match_naive_double_loop(metric):
-    rng = np.random.default_rng(1)
-    db = unit(rng.standard_normal((40, 8)))
-    query = noisy(db, rng, 2.5)  # hard enough that ranks spread out
-    scopes = (1, 3, 5, 9)
-    results = sequence_hit_rates(db, query, scopes=scopes, metric=metric)
-    assert results["scopes"] == list(scopes)
-    for column, scope in enumerate(scopes):
-        ranks = naive_hit_ranks(db, query, scope, metric)
-        assert results["mean_rank"][column] == pytest.approx(ranks.mean(), abs=1e-12)
-        for k in (1, 3, 10):
-            assert results[f"top{k}"][column] == pytest.approx(100 * np.mean(ranks < k), abs=1e-12)
-    # The case must be non-trivial for the comparison to mean something.
-    assert 0 < results["top1"][0] < 100
-    assert results["mean_rank"][0] > 1
-
-
-def test_hit_rates_known_answers():
-    rng = np.random.default_rng(2)
-    db = unit(rng.standard_normal((500, 32)))
-    clean = sequence_hit_rates(db, noisy(db, rng, 0.1))
-    np.testing.assert_array_equal(clean["top1"], 100.0)
-    np.testing.assert_array_equal(clean["mean_rank"], 0.0)
-
-    unrelated = sequence_hit_rates(db, unit(rng.standard_normal((500, 32))), scopes=(1, 5))
-    # Chance: top-k = k / n_starts, mean rank = (n_starts - 1) / 2.
-    for column, scope in enumerate((1, 5)):
-        n_starts = 500 - scope + 1
-        assert unrelated["top10"][column] == pytest.approx(100 * 10 / n_starts, abs=3.0)
-        assert unrelated["mean_rank"][column] == pytest.approx((n_starts - 1) / 2, rel=0.1)
-
-
-def test_hit_rates_longer_scope_helps():
-    rng = np.random.default_rng(3)
-    db = unit(rng.standard_normal((3000, 128)))
-    query = noisy(db, rng, 8.0)  # one segment is ambiguous, a sequence is not
-    results = sequence_hit_rates(db, query)
-    assert results["top1"][0] < 10
-    assert results["top1"][-1] > 95
-    assert np.all(np.diff(results["top1"]) >= 0)
-
-
-def test_hit_rates_errors_and_table():
-    db = unit(np.random.default_rng(4).standard_normal((10, 4)))
-    with pytest.raises(ValueError, match="metric='cos'"):
-        sequence_hit_rates(db, db, metric="cos")
-    with pytest.raises(ValueError, match="scopes"):
-        sequence_hit_rates(db, db, scopes=(1, 11))
-    with pytest.raises(ValueError, match="equal shapes"):
-        sequence_hit_rates(db, db[:5])
-    table = format_hit_rate_table(sequence_hit_rates(db, db, scopes=(1, 3)), title="val")
-    lines = table.splitlines()
-    assert lines[0] == "val"
-    assert "1 seg" in lines[1] and "3 seg" in lines[1]
-    assert lines[3].split() == ["top-1", "(%)", "100.0", "100.0"]
-    assert lines[-1].split() == ["mean", "rank", "0.00", "0.00"]
 
 
 # ------------------------------------------------------------------- search
@@ -354,3 +278,62 @@ def test_candidate_starts_batch_equals_one_search_per_query(data, flat_db):
         scores = query @ data[0].T  # (n, n_segments) exact inner products
         top = np.argsort(-scores, axis=1)[:, :5] - np.arange(len(query))[:, None]
         assert set(starts.tolist()) <= set(top[top >= 0].tolist())
+
+
+# ----------------------------------------------------------------------------- long queries
+
+
+def _dense_sequence_scores(db, query, starts):
+    """The former one-shot formula: an (n_query, n_candidates, d) array."""
+    rows = starts[:, None] + np.arange(len(query))
+    valid = rows <= db._track_end[starts][:, None]
+    rows = np.minimum(rows, db.n_segments - 1)
+    windows = np.asarray(db.embeddings, np.float32)[rows.T]
+    sims = np.matmul(windows, query[:, :, None])[:, :, 0].T
+    return np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64) / len(query)
+
+
+def _random_db(rng, lengths, d):
+    from nnfp.store.db import FingerprintDB
+
+    embeddings = rng.standard_normal((sum(lengths), d)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    segment_track = np.repeat(np.arange(len(lengths)), lengths)
+    segment_start = np.concatenate([0.5 * np.arange(n) for n in lengths])
+    tracks = [{"track_id": i, "path": f"{i}.wav", "duration_s": 0.5 * n} for i, n in enumerate(lengths)]
+    return FingerprintDB.build(embeddings, segment_track, segment_start, tracks, index_type="flat", threads=1)
+
+
+@pytest.mark.parametrize("tile_pairs, tile_rows", [(7, 3), (1000, 64), (65_536, 64)])
+def test_tiled_sequence_scores_equal_the_dense_formula(monkeypatch, tile_pairs, tile_rows):
+    monkeypatch.setattr(nnfp.store.db, "_SCORE_TILE_PAIRS", tile_pairs)
+    monkeypatch.setattr(nnfp.store.db, "_SCORE_TILE_QUERY_ROWS", tile_rows)
+    rng = np.random.default_rng(3)
+    db = _random_db(rng, [40, 7, 90, 25], d=24)  # queries longer than some tracks
+    for n_query in (1, 5, 30, 120):
+        query = rng.standard_normal((n_query, 24)).astype(np.float32)
+        query /= np.linalg.norm(query, axis=1, keepdims=True)
+        starts = np.sort(rng.choice(db.n_segments, size=60, replace=False)).astype(np.int64)
+        # Sums are float64 in both; float32 dot products may round differently per tile shape.
+        np.testing.assert_allclose(
+            db.sequence_scores(query, starts), _dense_sequence_scores(db, query, starts), rtol=1e-6, atol=1e-7
+        )
+
+
+def test_long_query_scoring_memory_does_not_grow_with_query_times_candidates():
+    rng = np.random.default_rng(4)
+    d, n_query, n_candidates = 64, 1200, 1500
+    db = _random_db(rng, [2000, 1500], d=d)
+    query = rng.standard_normal((n_query, d)).astype(np.float32)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    starts = np.arange(0, 3000, 2, dtype=np.int64)[:n_candidates]
+    dense_bytes = n_query * n_candidates * d * 4  # 460 MB for the one-shot formula
+    tracemalloc.start()
+    try:
+        scores = db.sequence_scores(query, starts)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 60e6 < dense_bytes / 7, f"peak {peak / 1e6:.0f} MB"
+    check = starts[::100]
+    np.testing.assert_allclose(scores[::100], _dense_sequence_scores(db, query, check), rtol=1e-6, atol=1e-7)

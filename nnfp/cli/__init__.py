@@ -4,10 +4,11 @@ import argparse
 import errno
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from nnfp.cli.demo import cmd_demo
 
 __all__ = ["main"]
 
@@ -71,118 +72,6 @@ def cmd_export(args):
     return 0
 
 
-def cmd_demo(args):
-    import keras
-
-    from nnfp.audio.sources import list_audio_files, load_tracks
-    from nnfp.callbacks import MiniSearchValidation
-    from nnfp.config import CONFIG_DIR, load_config
-    from nnfp.corpus.noise import make_noise
-    from nnfp.corpus.rooms import make_impulse_response
-    from nnfp.index import Identifier, build_index
-    from nnfp.pipeline.degrade import make_query
-    from nnfp.training import build_model, embedded_corpus, prepare_data, train
-
-    started = time.perf_counter()
-    config = load_config(args.config or CONFIG_DIR / "demo.yaml", args.overrides)
-    run_dir = Path(args.run_dir)
-    rate = config["frontend"]["sample_rate"]
-
-    print("== 1. untrained model: mini-search on the validation tracks ==")
-    keras.utils.set_random_seed(config["train"]["seed"])  # the same "before" on every run
-    untrained = build_model(config)
-    data = prepare_data(config)
-    probe = MiniSearchValidation(data.val_originals, data.val_replicas, config["train"]["mini_search_scopes"])
-    probe.set_model(untrained)
-    before = probe.evaluate()["g(f)"]
-    print(f"top-1 g(f), 1 segment, before training: {before['top1'][0]:.1f}%")
-
-    print("== 2. training ==")
-    model, _, summary = train(config, run_dir)
-    probe.set_model(model)
-    after = probe.evaluate()["g(f)"]
-    print(
-        f"top-1 g(f), 1 segment: {before['top1'][0]:.1f}% before -> {after['top1'][0]:.1f}% after "
-        f"({summary['train_seconds']:.0f} s"
-        + (f", median step {summary['median_step_seconds']:.3f} s)" if summary["median_step_seconds"] else "; run already complete)")
-    )
-
-    print("== 3. fingerprint and index the whole corpus ==")
-    corpus = embedded_corpus(config)
-    report = build_index(
-        corpus.music_dir, run_dir / "index", model=run_dir, index_type="flat", sample_rate=rate,
-        hop_seconds=config["data"]["hop_seconds"], progress=False, overwrite=True,  # the demo's own index
-    )
-    print(
-        f"{report.n_tracks} tracks, {report.n_segments} segments; fingerprinting ran at "
-        f"{report.realtime_factor:.0f}x real time"
-    )
-    identifier = Identifier(run_dir / "index", min_score=None, db=report.db)
-    tracks, paths, _ = load_tracks(list_audio_files(corpus.music_dir), sample_rate=rate)
-    names = [p.relative_to(corpus.music_dir).as_posix() for p in paths]
-
-    print("== 4. identify degraded queries from held-out tracks (unseen noise and rooms, 0-10 dB SNR) ==")
-    n_train = config["embedded"]["n_tracks"]
-    rng = np.random.default_rng(2024)
-    lengths = (1, 2, 3, 5, 6, 10)
-    rows = []
-    for seconds in lengths:
-        track_hits = offset_hits = 0
-        latencies = []
-        for q in range(args.queries):
-            track_id = int(rng.integers(n_train, len(tracks)))
-            track = tracks[track_id]
-            start = float(rng.uniform(0, len(track) / rate - seconds))
-            seed = 100_000 + 1000 * seconds + q
-            query = make_query(
-                track, start, seconds,
-                noise=make_noise(seed, seconds + 1.0, rate),
-                impulse_response=make_impulse_response(seed, rate),
-                snr_db=float(rng.uniform(0, 10)), sample_rate=rate,
-            )
-            t1 = time.perf_counter()
-            matches = identifier.identify_audio(query, n_results=1)
-            latencies.append(time.perf_counter() - t1)
-            if matches and matches[0].path == names[track_id]:
-                track_hits += 1
-                offset_hits += abs(matches[0].offset_s - start) <= 0.5
-        rows.append((seconds, 100 * track_hits / args.queries, 100 * offset_hits / args.queries, np.median(latencies)))
-    print(f"{'query':>6} | {'track top-1':>11} | {'track+offset (±0.5 s)':>21} | {'median ms/query':>15}")
-    for seconds, track_rate, offset_rate, latency in rows:
-        print(f"{seconds:>5}s | {track_rate:>10.1f}% | {offset_rate:>20.1f}% | {1000 * latency:>15.1f}")
-    print(f"({args.queries} queries per length, DB of {len(tracks)} tracks; chance = {100 / len(tracks):.1f}%)")
-    _demo_shipped_model(corpus.music_dir, run_dir, tracks[-1], rate)
-    print(f"demo finished in {time.perf_counter() - started:.0f} s; run directory: {run_dir}")
-    return 0
-
-
-def _demo_shipped_model(music_dir, run_dir, track, rate):
-    """Identify a degraded excerpt with the model that ships with nnfp, through the CLI."""
-    import soundfile as sf
-
-    from nnfp.corpus.noise import make_noise
-    from nnfp.corpus.rooms import make_impulse_response
-    from nnfp.index import DEFAULT_MODEL_PATH
-    from nnfp.pipeline.degrade import make_query
-
-    if not DEFAULT_MODEL_PATH.exists():
-        print("== 5. (no default model ships with this version of nnfp: skipped) ==")
-        return
-    print("== 5. the shipped default model (trained on real music): identify a degraded excerpt ==")
-    query = make_query(
-        track, 12.3, 5.0, noise=make_noise(7, 6.0, rate), impulse_response=make_impulse_response(7, rate),
-        snr_db=5.0, sample_rate=rate,
-    )
-    query_path = Path(run_dir) / "query.wav"
-    sf.write(query_path, query, rate)
-    index_dir = Path(run_dir) / "index-default"
-    print(f"$ nnfp index build {music_dir} {index_dir} --index-type flat --quiet --overwrite")
-    main(["index", "build", str(music_dir), str(index_dir), "--index-type", "flat", "--quiet", "--overwrite"])
-    print(f"$ nnfp identify {index_dir} {query_path} --json   "
-          "# 5 s from 12.3 s of the last track, 5 dB SNR noise + room")
-    main(["identify", str(index_dir), str(query_path), "--json"])
-
-
 def _index_params(args):
     names = ("nlist", "m", "nbits", "nprobe", "hnsw_m", "ef_search", "train_size")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
@@ -211,7 +100,8 @@ def _printable(name):
 
 
 def cmd_index_build(args):
-    from nnfp.index import build_index, build_shard, parse_shard, shard_dir_name
+    from nnfp.catalogue.build import build_index
+    from nnfp.catalogue.shards import build_shard, parse_shard, shard_dir_name
 
     if args.shard is not None:
         shard, n_shards = parse_shard(args.shard)
@@ -246,7 +136,7 @@ def cmd_index_build(args):
 
 
 def cmd_index_add(args):
-    from nnfp.index import add_to_index
+    from nnfp.catalogue.build import add_to_index
 
     report = add_to_index(
         args.index_dir, args.audio_dir, batch_size=args.batch_size, chunk_files=args.chunk_files,
@@ -257,7 +147,7 @@ def cmd_index_add(args):
 
 
 def cmd_index_verify(args):
-    from nnfp.index import verify_index
+    from nnfp.catalogue.build import verify_index
 
     problems, notes = verify_index(args.index_dir, model=args.model, trust_model=args.trust_model)
     for note in notes:
@@ -274,7 +164,7 @@ def cmd_index_verify(args):
 
 
 def cmd_index_merge(args):
-    from nnfp.index import merge_shards
+    from nnfp.catalogue.shards import merge_shards
 
     report = merge_shards(
         args.shard_dirs, args.index_dir, index_type=args.index_type, progress=not args.quiet,
@@ -295,7 +185,7 @@ def cmd_index_merge(args):
 
 def cmd_identify(args):
     from nnfp.audio.io import AudioError
-    from nnfp.index import Identifier, QueryError
+    from nnfp.catalogue.identify import Identifier, QueryError
 
     identifier = Identifier(
         args.index_dir, model=args.model, k_probe=args.k_probe,
@@ -338,8 +228,13 @@ def cmd_identify(args):
 
 def cmd_monitor(args):
     from nnfp.audio.io import AudioError
-    from nnfp.index import Identifier
-    from nnfp.monitor import format_detection, monitor_stream, read_blocks, read_pcm_blocks
+    from nnfp.catalogue.identify import Identifier
+    from nnfp.catalogue.monitor import (
+        format_detection,
+        monitor_stream,
+        read_blocks,
+        read_pcm_blocks,
+    )
 
     if args.rate <= 0:
         raise ValueError(f"--rate must be > 0. Received: --rate {args.rate}")
@@ -374,7 +269,7 @@ def cmd_monitor(args):
 
 
 def cmd_index_calibrate(args):
-    from nnfp.evaluation import calibrate_index
+    from nnfp.catalogue.evaluation import calibrate_index
 
     calibrate_index(
         args.index_dir, args.unknown, out=args.out, n_queries=args.n_queries, lengths_seconds=tuple(args.lengths),
@@ -385,7 +280,7 @@ def cmd_index_calibrate(args):
 
 
 def cmd_evaluate(args):
-    from nnfp.evaluation import evaluate
+    from nnfp.catalogue.evaluation import evaluate
 
     evaluate(
         args.out, index_dir=args.index_dir, db_dir=args.db, model=args.model, dummy_dir=args.dummy_dir,

@@ -5,7 +5,7 @@ keeps the paper's protocol of mimbres/neural-audio-fp `eval/eval_faiss.py`: star
 the DB hop grid), from the source audio at its own sample rate: room (the full
 impulse response, with the reverberation of the audio before the cut inside the
 window), background noise at a random SNR, then resampled to the index rate like a
-user's file. Every query is scored through `nnfp.index.Identifier`, the path of
+user's file. Every query is scored through `nnfp.catalogue.identify.Identifier`, the path of
 `nnfp identify` (query phases, distinct places, the match threshold), for query
 lengths of 1, 2, 3, 5, 6 and 10 s (prefixes of one degraded query), counting
 
@@ -26,11 +26,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from nnfp.audio.segments import n_segments
+from nnfp.outputs import atomic_write_bytes
 
 __all__ = [
     "LENGTHS_SECONDS",
@@ -62,10 +65,6 @@ _LABELS = {
     "song_top1": "song top-1",
 }
 N_RANKED = 10
-
-
-def n_segments_for(seconds, hop_seconds=0.5, segment_seconds=1.0):
-    return int(round((seconds - segment_seconds) / hop_seconds)) + 1
 
 
 def hit_rates(
@@ -123,10 +122,11 @@ def degrade(
     The room convolves the audio before the cut too (as long as the impulse response), so
     the window holds the full reverberation tail of earlier audio; the result is rescaled
     to the energy of the dry excerpt. Noise (at `track_rate`, tiled if short) is added
-    after the room at `snr_db`. Resampling uses soxr, like `nnfp.data.load_audio`.
+    after the room at `snr_db`. Resampling is `nnfp.audio.io.resample` (soxr), like `load_audio`'s.
     """
-    import soxr
     from scipy.signal import fftconvolve
+
+    from nnfp.audio.io import resample
 
     track = np.asarray(track, np.float32)
     dry = track[start : start + length].astype(np.float64)
@@ -143,7 +143,7 @@ def degrade(
         wet = wet + scale * noise
     out = wet.astype(np.float32)
     if track_rate != sample_rate:
-        out = soxr.resample(out, track_rate, sample_rate)
+        out = resample(out, track_rate, sample_rate)
     return np.ascontiguousarray(out, np.float32)
 
 
@@ -181,8 +181,7 @@ def synthesize_queries(
     Returns:
         `(waveforms list at sample_rate, info dict of arrays: track, true_row, offset_s, snr_db)`.
     """
-    import soxr
-
+    from nnfp.audio.io import resample
     from nnfp.corpus.noise import make_noise
     from nnfp.corpus.rooms import make_impulse_response
 
@@ -201,7 +200,7 @@ def synthesize_queries(
         length = int(round(seconds * rate))
         if aligned:
             hop = int(round(hop_seconds * rate))
-            start = int(rng.integers((len(wave) - length) // hop + 1)) * hop
+            start = int(rng.integers(n_segments(len(wave), length, hop))) * hop
         else:
             start = int(rng.integers(len(wave) - length + 1))
         offset_s = start / rate
@@ -215,14 +214,14 @@ def synthesize_queries(
                 begin = noise_seed % max(1, len(source) - need) if len(source) > need else 0
                 noise_wave = np.roll(source, -begin)
                 if rate != sample_rate:
-                    noise_wave = soxr.resample(noise_wave, sample_rate, rate)
+                    noise_wave = resample(noise_wave, sample_rate, rate)
             else:
                 noise_wave = make_noise(noise_seed, seconds, rate, kind=noise_kind)
         if add_reverb:
             if impulse_responses:
                 ir = impulse_responses[ir_seed % len(impulse_responses)]
                 if rate != sample_rate:
-                    ir = soxr.resample(ir, sample_rate, rate)
+                    ir = resample(ir, sample_rate, rate)
             else:
                 ir = make_impulse_response(ir_seed, rate)
         waveforms.append(
@@ -250,7 +249,9 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     `"valid"` (n_queries, n_lengths), `"decided"` (the top-1 passed the decision rule),
     `"search_ms"` per search and `"fingerprint_ms"` per query (all phases, full length).
     """
-    from nnfp.index import QueryError, _Progress
+    from tqdm import tqdm
+
+    from nnfp.catalogue.identify import QueryError
 
     db = identifier.db
     n_lengths = len(lengths_seconds)
@@ -264,7 +265,7 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     search_ms, fingerprint_ms = [], []
     rate = identifier.sample_rate
     first_rows = dict(zip(*(a.tolist() for a in np.unique(db.segment_track, return_index=True)), strict=True))
-    bar = _Progress(len(waveforms), "queries", enabled=progress)
+    bar = tqdm(total=len(waveforms), desc="queries", unit="query", disable=not progress, file=sys.stderr)
     for q, wave in enumerate(waveforms):
         wave = np.asarray(wave, np.float32)
         started = time.perf_counter()
@@ -289,8 +290,8 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
                 tracks[q, j, r] = match.track_id
                 offsets[q, j, r] = match.offset_s
                 scores[q, j, r] = match.score
-        if q % 20 == 0 or q == len(waveforms) - 1:
-            bar.update(q + 1)
+        bar.update(1)
+    bar.close()
     return {
         "rows": rows, "tracks": tracks, "offsets": offsets, "scores": scores, "valid": valid,
         "decided": decided, "search_ms": np.array(search_ms), "fingerprint_ms": np.array(fingerprint_ms),
@@ -324,12 +325,6 @@ def markdown_table(rates, lengths_seconds, counts):
     return "\n".join(lines) + "\n"
 
 
-def _atomic_bytes(path, data):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_results(out_dir, rates, lengths_seconds, counts, raw, query_info, settings, title):
     """Writes `scores.npz` (raw), `results.md`, `results.json` and `hit_rates.png`, each atomically."""
     import matplotlib
@@ -348,17 +343,17 @@ def save_results(out_dir, rates, lengths_seconds, counts, raw, query_info, setti
         **{f"query_{k}": v for k, v in query_info.items()},
         **{f"rate_{k}": np.asarray(v) for k, v in rates.items()},
     )
-    _atomic_bytes(out_dir / "scores.npz", buffer.getvalue())
+    atomic_write_bytes(out_dir / "scores.npz", buffer.getvalue())
     markdown = f"# {title}\n\n" + markdown_table(rates, lengths_seconds, counts)
     markdown += "\n" + "".join(f"- {k}: {v}\n" for k, v in settings.items())
-    _atomic_bytes(out_dir / "results.md", markdown.encode())
+    atomic_write_bytes(out_dir / "results.md", markdown.encode())
     payload = {
         "lengths_seconds": list(lengths_seconds),
         "n_segments": list(counts),
         "hit_rates": {k: np.asarray(v).tolist() for k, v in rates.items()},
         "settings": settings,
     }
-    _atomic_bytes(out_dir / "results.json", json.dumps(payload, indent=1, default=str).encode())
+    atomic_write_bytes(out_dir / "results.json", json.dumps(payload, indent=1, default=str).encode())
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in [k for k in METRICS if k in rates]:
@@ -374,7 +369,7 @@ def save_results(out_dir, rates, lengths_seconds, counts, raw, query_info, setti
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    _atomic_bytes(out_dir / "hit_rates.png", png.getvalue())
+    atomic_write_bytes(out_dir / "hit_rates.png", png.getvalue())
 
 
 def read_labels(query_dir):
@@ -511,10 +506,12 @@ def evaluate(
     positions unless `aligned`) unless `query_dir` holds recorded queries and a
     `labels.csv`. `unknown_dir`: tracks not in the index, for the false-match rate
     (`n_unknown` queries, default `n_queries`). `phases`, `min_score`, `k_probe`: as
-    for `nnfp.index.Identifier` (None phases: its default).
+    for `nnfp.catalogue.identify.Identifier` (None phases: its default).
     """
     from nnfp.audio.io import load_audio
-    from nnfp.index import DEFAULT_PHASES, Identifier, add_to_index, build_index
+    from nnfp.catalogue.build import add_to_index, build_index
+    from nnfp.catalogue.identify import Identifier
+    from nnfp.defaults import DEFAULT_PHASES
 
     out_dir = Path(out_dir)
     if (index_dir is None) == (db_dir is None):
@@ -539,8 +536,8 @@ def evaluate(
     )
     db = identifier.db
     rate = identifier.sample_rate
-    segment_seconds = identifier.embedder.segment_samples / rate
-    counts = [n_segments_for(s, db.hop_seconds, segment_seconds) for s in lengths_seconds]
+    segment, hop = identifier.embedder.segment_samples, identifier.hop_samples
+    counts = [n_segments(int(round(s * rate)), segment, hop) for s in lengths_seconds]
     degradation = _degradation(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
 
     if query_dir is None:
@@ -632,16 +629,21 @@ def calibrate_index(
 
     In-catalogue queries are cut from the index's tracks, out-of-catalogue ones from the
     tracks of `unknown_dir` (not in the index), both at random positions with the
-    degradation of `evaluate`; `nnfp.calibration.calibrate` picks the thresholds. Saved
+    degradation of `evaluate`; `nnfp.catalogue.calibration.calibrate` picks the thresholds. Saved
     to `out` (default `INDEX/calibration.json`, which `Identifier` then uses; write it
     next to a model, e.g. `nnfp/weights/default.calibration.json`, to ship it with the
     model: every index built with that model copies it).
 
     Returns:
-        The `nnfp.calibration.Calibration`.
+        The `nnfp.catalogue.calibration.Calibration`.
     """
-    from nnfp.calibration import INDEX_CALIBRATION_FILE, calibrate, format_calibration_table
-    from nnfp.index import DEFAULT_PHASES, Identifier
+    from nnfp.catalogue.calibration import (
+        INDEX_CALIBRATION_FILE,
+        calibrate,
+        format_calibration_table,
+    )
+    from nnfp.catalogue.identify import Identifier
+    from nnfp.defaults import DEFAULT_PHASES
 
     phases = DEFAULT_PHASES if phases is None else int(phases)
     identifier = Identifier(index_dir, k_probe=k_probe, min_score=None, threads=threads, phases=phases)

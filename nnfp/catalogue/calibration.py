@@ -27,10 +27,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+
+from nnfp.outputs import atomic_write_json
 
 __all__ = ["INDEX_CALIBRATION_FILE", "Calibration", "calibrate", "format_calibration_table", "model_calibration_path"]
 
@@ -93,9 +94,7 @@ class Calibration:
 
     def save(self, path):
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
+        atomic_write_json(path, self.to_json())
         return path
 
     @classmethod

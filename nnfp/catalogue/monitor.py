@@ -24,6 +24,8 @@ import dataclasses
 
 import numpy as np
 
+from nnfp.audio.segments import n_segments, segment_waveform
+
 __all__ = ["Detection", "format_detection", "monitor_stream", "read_blocks", "read_pcm_blocks"]
 
 _LIVE_CANDIDATES = 64  # open candidate plays kept at once (the oldest unconfirmed go first)
@@ -92,9 +94,9 @@ def read_pcm_blocks(stream, rate, sample_rate, block_seconds=1.0):
     """
     resampler = None
     if rate != sample_rate:
-        import soxr
+        from nnfp.audio.io import stream_resampler
 
-        resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32")
+        resampler = stream_resampler(rate, sample_rate)
     n_bytes = 2 * max(int(block_seconds * rate), 1)
     pending = b""
     while True:
@@ -122,8 +124,6 @@ def _stream_fingerprints(embedder, blocks, segment_samples, hop_samples, batch_s
     Yields `(first segment number, (n, d) fingerprints)`. Only the samples of the
     segments not yet fingerprinted are kept.
     """
-    from nnfp.index import segment_waveform
-
     span = segment_samples + (batch_size - 1) * hop_samples  # samples of one full batch
     buffer = np.zeros(0, np.float32)
     done = 0
@@ -333,7 +333,7 @@ def monitor_stream(
     """Detects the plays of catalogue tracks in a stream of audio blocks, as they end.
 
     Args:
-        identifier: an `nnfp.index.Identifier` (its index, model and `k_probe`); build
+        identifier: an `nnfp.catalogue.identify.Identifier` (its index, model and `k_probe`); build
             one from objects in memory with `Identifier(None, db=db, embedder=embedder)`.
         blocks: any iterable of float32 mono blocks at the index sample rate, of any sizes.
         recording: name reported in the detections.
@@ -360,14 +360,14 @@ def monitor_stream(
     def segments(seconds):  # whole segments of `seconds` of recording
         return max(int(round(seconds / hop_s)), 1)
 
-    window = max(int(round((window_seconds - seg_seconds) / hop_s)) + 1, 1)
+    hop_samples = identifier.hop_samples
+    window = max(n_segments(int(round(window_seconds * sample_rate)), segment_samples, hop_samples), 1)
     if min_score is None:
         min_score = identifier.match_threshold(window_seconds)
     state = _Monitor(
         db, min_score, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
         float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size),
     )
-    hop_samples = identifier.hop_samples
     for first, fingerprints in _stream_fingerprints(
         identifier.embedder, blocks, segment_samples, hop_samples, int(batch_size)
     ):

@@ -1,0 +1,340 @@
+"""Build, extend and check a saved index: the catalogue's fingerprints in a `FingerprintDB`
+folder with the model that made them.
+
+An index folder holds the `FingerprintDB` files (`embeddings.npy`, the exact
+fingerprints, memory-mapped at search time; `segments.npz`; `tracks.json` with
+the track table and metadata; `index.faiss`) and a copy of the model that made
+the fingerprints (`model.keras`, or `model/` for a SavedModel), so queries are
+always fingerprinted by the same model as the catalogue. It is what
+`nnfp index build|add|verify` run.
+
+>>> report = build_index("music/", "my_index", model="runs/demo")
+>>> report.n_tracks, report.db
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from nnfp.catalogue.chunks import fingerprint_catalogue, list_catalogue, partial_dir
+from nnfp.catalogue.fingerprint import index_embedder, index_model_path, load_model, probe_entry
+from nnfp.defaults import INDEX_TYPES
+from nnfp.outputs import claim_output_dir
+from nnfp.store.db import FingerprintDB
+
+__all__ = [
+    "SMALL_DB_SEGMENTS",
+    "IndexLockedError",
+    "IndexReport",
+    "add_to_index",
+    "auto_index_type",
+    "build_index",
+    "calibration_files",
+    "index_lock",
+    "index_metadata",
+    "model_file_name",
+    "verify_index",
+]
+
+SMALL_DB_SEGMENTS = 100_000  # "auto" index: exact flat search below (~14 h of audio), IVF-PQ above
+
+
+@dataclasses.dataclass
+class IndexReport:
+    """What `build_index` / `add_to_index` did.
+
+    Attributes:
+        db: the saved database, reopened from disk (memory-mapped store); None for a shard.
+        n_tracks: tracks added by this call.
+        n_segments: segments added by this call.
+        audio_seconds: duration of the audio added by this call (reused chunks included).
+        fingerprint_seconds: wall time spent decoding and fingerprinting by this call.
+        skipped: `(relative path, reason)` of files that could not be used.
+        resumed_chunks: chunks reused from an interrupted earlier run.
+        fresh_audio_seconds: the part of `audio_seconds` decoded and fingerprinted by this
+            call (not reused from an interrupted run); None: all of it.
+    """
+
+    db: FingerprintDB
+    n_tracks: int
+    n_segments: int
+    audio_seconds: float
+    fingerprint_seconds: float
+    skipped: list
+    resumed_chunks: int = 0
+    fresh_audio_seconds: float | None = None
+
+    @classmethod
+    def from_catalogue(cls, found, db):
+        """The report of a fingerprinting pass (a `Catalogue`); `db`: the saved index, or None for a shard."""
+        return cls(
+            db=db,
+            n_tracks=len(found.tracks),
+            n_segments=len(found.segment_track),
+            audio_seconds=found.audio_seconds,
+            fingerprint_seconds=found.fingerprint_seconds,
+            skipped=found.skipped,
+            resumed_chunks=found.resumed_chunks,
+            fresh_audio_seconds=found.fresh_audio_seconds,
+        )
+
+    @property
+    def realtime_factor(self):
+        """Audio seconds fingerprinted per second of wall time, over this call's own work."""
+        fresh = self.audio_seconds if self.fresh_audio_seconds is None else self.fresh_audio_seconds
+        return fresh / max(self.fingerprint_seconds, 1e-9)
+
+
+class IndexLockedError(TimeoutError):
+    """Another process holds the lock of an index being changed."""
+
+
+@contextlib.contextmanager
+def index_lock(index_dir, timeout=None, log=None):
+    """Holds an exclusive lock for changing `index_dir` (`fcntl.flock` on `.<name>.lock`
+    beside it, removed afterwards: the folder itself is replaced by `save`).
+
+    Waits for another holder; `timeout` seconds (None: no limit) then `IndexLockedError`.
+    `log` (e.g. `print`) is told once when it has to wait.
+    """
+    import fcntl
+
+    index_dir = Path(index_dir).absolute()
+    path = index_dir.with_name(f".{index_dir.name}.lock")
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    waiting = False
+    while True:
+        handle = open(path, "a")
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    handle.close()
+                    raise IndexLockedError(
+                        f"{index_dir}: another process is changing this index (it holds {path}); "
+                        f"gave up after {timeout:g} s: run again once it has finished"
+                    ) from None
+                if not waiting and log is not None:
+                    log(f"waiting for another process changing {index_dir} (lock {path})")
+                waiting = True
+                time.sleep(0.1)
+        # The holder removes the file before releasing it: a lock won on a removed file
+        # is stale, and the next process must lock the file now at `path`.
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()  # releases the lock
+
+
+def verify_index(index_dir, model=None, trust_model=False):
+    """Checks everything of a saved index: every file against its recorded size and SHA-256,
+    that each loads, and that the model (the index's own, or `model`) reproduces the
+    probe fingerprints. Returns `(problems, notes)`: one-line messages (empty: intact)
+    and remarks (e.g. an older index without checksums)."""
+    from nnfp.store.db import verify_db
+
+    index_dir = Path(index_dir)
+    problems, has_checksums = verify_db(index_dir)
+    notes = []
+    if not has_checksums and not problems:
+        notes.append(f"{index_dir}: no checksums recorded (built by an older nnfp); rebuild it to add them")
+    if problems:
+        return problems, notes
+    metadata = FingerprintDB.load(index_dir, checksums=False).metadata
+    if not metadata.get("probe"):
+        notes.append(f"{index_dir}: no probe fingerprints recorded (built by an older nnfp); model not checked")
+    try:
+        index_embedder(index_dir, metadata, int(metadata.get("sample_rate", 8000)), model, trust_model)
+    except (FileNotFoundError, ValueError) as error:
+        problems.append(str(error))
+    return problems, notes
+
+
+def model_file_name(model_path):
+    """The name of the model's copy inside an index or shard folder: `model/` for a
+    SavedModel folder, `model.keras` for a file."""
+    return "model" if Path(model_path).is_dir() else "model.keras"
+
+
+def build_index(
+    audio_dir,
+    index_dir,
+    model=None,
+    index_type="auto",
+    sample_rate=8000,
+    hop_seconds=0.5,
+    batch_size=256,
+    chunk_files=32,
+    progress=True,
+    on_chunk=None,
+    trust_model=False,
+    overwrite=False,
+    **index_params,
+):
+    """Fingerprints every audio file under `audio_dir` and saves a searchable index.
+
+    Resumable: fingerprints are written chunk by chunk (`chunk_files` files each) to
+    `<index_dir>.partial/`; calling again after an interruption reuses the finished
+    chunks. The index folder is written to a temporary name and renamed, and the
+    partial folder is removed once it is in place. Unusable files are skipped and
+    listed in the report and in the index metadata.
+
+    Args:
+        audio_dir: folder of audio files (searched recursively), any format/rate.
+        index_dir: output folder.
+        model: run directory, `.keras` file or SavedModel; None: the packaged model.
+        index_type: `"auto"` (flat below 100k segments, else IVF-PQ) or one of
+            `nnfp.defaults.INDEX_TYPES`.
+        sample_rate, hop_seconds: the model's rate and the segment hop.
+        batch_size: segments per inference batch.
+        chunk_files: files per resumable chunk.
+        progress: print a progress bar to stderr.
+        on_chunk: called with the chunk number after each chunk is saved.
+        **index_params: `FingerprintDB.build` arguments (nlist, m, nbits, nprobe,
+            hnsw_m, ef_search, threads, train_size).
+
+    Returns:
+        An `IndexReport`.
+    """
+    if index_type != "auto" and index_type not in INDEX_TYPES:
+        raise ValueError(
+            f"`index_type` must be 'auto' or one of {INDEX_TYPES}. Received: index_type={index_type!r}"
+        )
+    index_dir = Path(index_dir).absolute()
+    # Before anything is loaded or written: never into (or deleting) a user's folder.
+    claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=[audio_dir])
+    embedder, model_path = load_model(model, trust_model=trust_model)
+    root, relative = list_catalogue(audio_dir)
+    work_dir = partial_dir(index_dir)
+    found = fingerprint_catalogue(
+        root, relative, embedder, model_path, work_dir, sample_rate, hop_seconds,
+        batch_size=batch_size, chunk_files=chunk_files, progress=progress, on_chunk=on_chunk,
+    )
+    if found.store is None:
+        raise FileNotFoundError(
+            f"{audio_dir}: none of the {len(relative)} audio files could be fingerprinted "
+            f"(e.g. {found.skipped[0][0]}: {found.skipped[0][1]})"
+        )
+    if index_type == "auto":
+        index_type = auto_index_type(len(found.store))
+    model_name = model_file_name(model_path)
+    metadata = index_metadata(
+        model_name, model_path, sample_rate, embedder.segment_samples, root, found.tracks, found.skipped
+    )
+    metadata["probe"] = probe_entry(embedder, sample_rate)  # checks the model of every later load
+    db = FingerprintDB.build(
+        found.store, found.segment_track, found.segment_start, found.tracks, hop_seconds=hop_seconds,
+        index_type=index_type, metadata=metadata, **index_params,
+    )
+    return _save_and_report(db, index_dir, model_name, model_path, work_dir, found)
+
+
+def calibration_files(model_path, index_dir=None):
+    """`{"calibration.json": source}` to save with an index: the index's own calibration when
+    `index_dir` has one (an `add` keeps it), else the model's (`x.keras` -> `x.calibration.json`)."""
+    from nnfp.catalogue.calibration import INDEX_CALIBRATION_FILE, model_calibration_path
+
+    own = Path(index_dir) / INDEX_CALIBRATION_FILE if index_dir is not None else None
+    source = own if own is not None and own.is_file() else model_calibration_path(model_path)
+    return {INDEX_CALIBRATION_FILE: source} if source.is_file() else {}
+
+
+def _save_and_report(db, index_dir, model_file, model_path, work_dir, found):
+    """Save `db` with its model atomically, drop the work dir, and report on the reloaded index."""
+    adding = Path(model_path).absolute().parent == Path(index_dir).absolute()  # the index's own model
+    calibration = calibration_files(model_path, index_dir if adding else None)
+    db.save(index_dir, extra_files={model_file: model_path, **calibration})
+    del db
+    found.store = None  # release the memory-mapped scratch store before deleting it
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return IndexReport.from_catalogue(found, FingerprintDB.load(index_dir))
+
+
+def auto_index_type(n_segments):
+    return "flat" if n_segments < SMALL_DB_SEGMENTS else "ivfpq"
+
+
+def index_metadata(model_name, model_path, sample_rate, segment_samples, root, tracks, skipped):
+    return {
+        "model_file": model_name,
+        "model_source": str(Path(model_path).absolute()),
+        "sample_rate": int(sample_rate),
+        "segment_seconds": segment_samples / sample_rate,
+        "sources": [{"audio_dir": str(root), "first_track_id": 0, "n_tracks": len(tracks)}],
+        "skipped": skipped,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def add_to_index(
+    index_dir,
+    audio_dir,
+    batch_size=256,
+    chunk_files=32,
+    progress=True,
+    on_chunk=None,
+    trust_model=False,
+    lock_timeout=None,
+):
+    """Appends the tracks under `audio_dir` to a saved index, fingerprinted by its model.
+
+    Files of `audio_dir` already indexed from the same folder (compared resolved:
+    `music/../music` is `music`) are left out. The faiss index is not retrained.
+    Resumable and atomic like `build_index`. Holds `index_lock(index_dir)`: a second
+    add of the same index waits for the first (`lock_timeout` seconds at most, None:
+    no limit, then `IndexLockedError`) and then sees its tracks. The index's model must
+    reproduce the index's probe fingerprints (`ModelMismatchError`); a SavedModel needs
+    `trust_model=True`.
+    """
+    index_dir = Path(index_dir).absolute()
+    if not index_dir.is_dir():
+        raise FileNotFoundError(f"Fingerprint DB directory not found: {index_dir}")
+    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    with index_lock(index_dir, timeout=lock_timeout, log=log):
+        return _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_chunk, trust_model)
+
+
+def _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_chunk, trust_model):
+    db = FingerprintDB.load(index_dir, mmap=True)
+    meta = db.metadata
+    model_path = index_model_path(index_dir, meta)
+    embedder = index_embedder(index_dir, meta, meta["sample_rate"], trust_model=trust_model)
+    root, relative = list_catalogue(audio_dir)
+    path_of = {track["track_id"]: track["path"] for track in db.tracks}
+    present = set()
+    for source in meta["sources"]:
+        if Path(source["audio_dir"]).resolve() == root:
+            ids = range(source["first_track_id"], source["first_track_id"] + source["n_tracks"])
+            present.update(path_of[i] for i in ids)
+    relative = [r for r in relative if r not in present]
+    if not relative:
+        return IndexReport(db, 0, 0, 0.0, 0.0, [])
+    work_dir = partial_dir(index_dir)
+    found = fingerprint_catalogue(
+        root, relative, embedder, model_path, work_dir, meta["sample_rate"], db.hop_seconds,
+        batch_size=batch_size, chunk_files=chunk_files, progress=progress, on_chunk=on_chunk,
+    )
+    first_id = db.next_track_id
+    if found.store is not None:
+        db.add(found.store, found.segment_track, found.segment_start, found.tracks)
+    if found.tracks:
+        db.metadata["sources"].append(
+            {"audio_dir": str(root), "first_track_id": first_id, "n_tracks": len(found.tracks)}
+        )
+    db.metadata["skipped"].extend(s for s in found.skipped if s not in db.metadata["skipped"])
+    return _save_and_report(db, index_dir, meta["model_file"], model_path, work_dir, found)

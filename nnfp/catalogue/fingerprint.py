@@ -1,0 +1,323 @@
+"""From audio to fingerprints: the model (resolved, loaded, checked by probes) and the
+segments of tracks, streams and files fingerprinted on the hop grid.
+
+>>> embedder, path = load_model("runs/demo")
+>>> embeddings, segment_track, segment_start = fingerprint_tracks(embedder, tracks, hop_samples=4000)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from nnfp.audio.segments import segment_waveform
+from nnfp.store.integrity import CorruptIndexError
+
+__all__ = [
+    "DEFAULT_MODEL_PATH",
+    "N_PROBES",
+    "PROBE_SEED",
+    "PROBE_TOLERANCE",
+    "STREAM_SECONDS",
+    "ModelMismatchError",
+    "NoDefaultModelError",
+    "check_model",
+    "fingerprint_files",
+    "fingerprint_stream",
+    "fingerprint_tracks",
+    "index_embedder",
+    "index_model_path",
+    "load_model",
+    "model_digest",
+    "probe_entry",
+    "probe_fingerprints",
+    "probe_waveforms",
+    "resolve_model",
+]
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "weights" / "default.keras"
+STREAM_SECONDS = 600.0  # index build decodes longer files block by block (bounded memory)
+_STREAM_BLOCK_SECONDS = 64.0
+
+
+class NoDefaultModelError(FileNotFoundError):
+    """No `--model` was given and the package ships no default model."""
+
+
+class ModelMismatchError(ValueError):
+    """A model that does not reproduce the probe fingerprints recorded in an index."""
+
+
+# ------------------------------------------------------------------ models
+
+
+def resolve_model(model=None):
+    """`model` (run dir, `.keras` file or SavedModel dir) -> path; None -> the packaged model."""
+    from nnfp.export import resolve_model_path
+
+    if model is None:
+        if DEFAULT_MODEL_PATH.exists():
+            return DEFAULT_MODEL_PATH
+        raise NoDefaultModelError(
+            "no default model ships with this version of nnfp; "
+            "pass --model RUN_DIR|FILE.keras|SAVEDMODEL_DIR"
+        )
+    return resolve_model_path(model)
+
+
+def load_model(model=None, trust_model=False):
+    """Loads a fingerprinter; returns `(embedder, resolved_path)`.
+
+    A SavedModel can run arbitrary TensorFlow operations and needs `trust_model=True`
+    (see `nnfp.export.load_fingerprinter`); `.keras` files load in Keras safe mode.
+    """
+    from nnfp.export import load_fingerprinter
+
+    path = resolve_model(model)
+    return load_fingerprinter(path, trust_model=trust_model), path
+
+
+def model_digest(model_path):
+    """SHA-1 of the model's bytes (every file of a SavedModel, with their relative names):
+    the same model copied to several hosts gives the same digest."""
+    model_path = Path(model_path)
+    files = [model_path] if model_path.is_file() else sorted(p for p in model_path.rglob("*") if p.is_file())
+    digest = hashlib.sha1()
+    for f in files:
+        digest.update(f.relative_to(model_path).as_posix().encode() if f != model_path else b"")
+        with open(f, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------ probes
+
+PROBE_SEED = 20_210_606
+N_PROBES = 3
+# Max |difference| of a probe fingerprint component (vectors of norm 1) for the same model:
+# CPU/GPU/XLA arithmetic moves them by ~1e-4; a different model by ~0.1 or more.
+PROBE_TOLERANCE = 1e-2
+
+
+def probe_waveforms(segment_samples, sample_rate):
+    """`N_PROBES` fixed (segment_samples,) waveforms: seeded noise plus three tones each."""
+    rng = np.random.default_rng(PROBE_SEED)
+    t = np.arange(segment_samples) / sample_rate
+    probes = []
+    for _ in range(N_PROBES):
+        tones = sum(
+            0.2 * np.sin(2 * np.pi * f * t + phase)
+            for f, phase in zip(rng.uniform(80, 0.4 * sample_rate, 3), rng.uniform(0, 2 * np.pi, 3), strict=True)
+        )
+        probes.append(tones + 0.05 * rng.standard_normal(segment_samples))
+    return np.stack(probes).astype(np.float32)  # (N_PROBES, segment_samples)
+
+
+def probe_fingerprints(embedder, sample_rate):
+    """(N_PROBES, d) fingerprints of `probe_waveforms` by `embedder`."""
+    return np.asarray(embedder.fingerprint(probe_waveforms(embedder.segment_samples, sample_rate)), np.float32)
+
+
+def probe_entry(embedder, sample_rate):
+    """What an index records of its model's probe fingerprints (tracks.json metadata)."""
+    fingerprints = probe_fingerprints(embedder, sample_rate)
+    return {"seed": PROBE_SEED, "fingerprints": np.round(fingerprints, 6).tolist()}
+
+
+def check_model(embedder, metadata, sample_rate, what):
+    """Raises `ModelMismatchError` when `embedder` does not reproduce the index's probe
+    fingerprints; returns the max |difference| (None: the index records no probes)."""
+    probe = metadata.get("probe")
+    if not probe:
+        return None
+    expected = np.asarray(probe["fingerprints"], np.float32)
+    got = probe_fingerprints(embedder, sample_rate) if probe.get("seed") == PROBE_SEED else None
+    if got is None:
+        return None  # probes of another nnfp version: cannot be compared
+    if got.shape != expected.shape:
+        raise ModelMismatchError(
+            f"{what} does not make the fingerprints of this index (size {got.shape[-1]}, "
+            f"the index holds size {expected.shape[-1]})"
+        )
+    difference = float(np.max(np.abs(got - expected)))
+    if not difference <= PROBE_TOLERANCE:  # also catches NaN
+        raise ModelMismatchError(
+            f"{what} does not reproduce the fingerprints of this index (probe difference "
+            f"{difference:.3g} > {PROBE_TOLERANCE:g}): it is not the model that built the index"
+        )
+    return difference
+
+
+def index_model_path(index_dir, metadata):
+    """The model inside an index folder; its recorded name may not lead outside the folder."""
+    name = metadata.get("model_file")
+    if name is None:
+        raise FileNotFoundError(f"{index_dir}: the index records no model; pass --model")
+    relative = Path(str(name))
+    index_dir = Path(index_dir)
+    if (
+        relative.is_absolute()
+        or ".." in relative.parts
+        or not str(name).strip()
+        or not (index_dir / relative).resolve().is_relative_to(index_dir.resolve())
+    ):
+        raise CorruptIndexError(
+            f"{index_dir / 'tracks.json'}: the index's model path {name!r} leads outside the index "
+            "folder, which nnfp refuses (an index must carry its own model); rebuild the index"
+        )
+    return index_dir / relative
+
+
+def index_embedder(index_dir, metadata, sample_rate, model=None, trust_model=False):
+    """The model of an index (or `model` instead), checked against the index's probes."""
+    own = model is None
+    path = index_model_path(index_dir, metadata) if own else model
+    embedder, path = load_model(path, trust_model=trust_model)
+    what = f"the index's own model {path}" if own else f"the model {path}"
+    try:
+        check_model(embedder, metadata, sample_rate, what)
+    except ModelMismatchError as error:
+        hint = (
+            "; the index folder was changed: rebuild it (`nnfp index build`)"
+            if own
+            else "; leave out --model to use the index's own model, or rebuild the index with this model"
+        )
+        raise ModelMismatchError(f"{index_dir}: {error}{hint}") from None
+    return embedder
+
+
+# ------------------------------------------------------------ fingerprints
+
+
+def fingerprint_tracks(embedder, tracks, hop_samples, batch_size=256):
+    """Fingerprints every segment of every track, batching across tracks.
+
+    Returns:
+        `(embeddings (n, d) float32, segment_track (n,) int32 index into tracks,
+        segment_start (n,) int64 start sample)`.
+    """
+    segment = embedder.segment_samples
+    views = [segment_waveform(track, segment, hop_samples) for track in tracks]
+    owners = np.concatenate([np.full(len(v), i, np.int32) for i, v in enumerate(views)] or [[]])
+    owners = owners.astype(np.int32)
+    starts = np.concatenate([np.arange(len(v), dtype=np.int64) * hop_samples for v in views] or [[]])
+    starts = starts.astype(np.int64)
+    within = np.concatenate([np.arange(len(v)) for v in views] or [[]]).astype(np.int64)
+    out = []
+    for first in range(0, len(owners), batch_size):
+        rows = slice(first, first + batch_size)
+        batch = np.stack([views[o][w] for o, w in zip(owners[rows], within[rows], strict=True)])
+        out.append(embedder.fingerprint(batch, batch_size=batch_size))
+    embeddings = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return embeddings.astype(np.float32), owners, starts
+
+
+def fingerprint_stream(embedder, blocks, hop_samples, batch_size=256):
+    """Fingerprints every segment of a waveform given as consecutive blocks (for instance
+    `nnfp.audio.io.stream_audio`), in memory bounded by the block size: each block is joined to
+    the tail of the previous ones that the next segments still need.
+
+    Gives the fingerprints `fingerprint_tracks` gives for the whole waveform.
+
+    Returns:
+        `(embeddings (n, d) float32, segment_start (n,) int64 start sample, n_samples,
+        peak absolute amplitude)`.
+    """
+    segment = embedder.segment_samples
+    carry = np.zeros(0, np.float32)  # samples from the next segment's start on
+    to_drop = 0  # samples still to drop before the next start (a hop longer than a segment)
+    out, n_samples, peak = [], 0, 0.0
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float32)
+        if len(block):
+            n_samples += len(block)
+            peak = max(peak, float(np.abs(block).max()))
+        dropped = min(to_drop, len(block))
+        carry = np.concatenate([carry, block[dropped:]])
+        to_drop -= dropped
+        windows = segment_waveform(carry, segment, hop_samples)  # (n, segment) view
+        for first in range(0, len(windows), batch_size):
+            batch = np.ascontiguousarray(windows[first : first + batch_size])
+            out.append(embedder.fingerprint(batch, batch_size=batch_size))
+        used = len(windows) * hop_samples
+        to_drop += max(0, used - len(carry))
+        carry = carry[used:]
+    embeddings = np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+    return embeddings, np.arange(len(embeddings), dtype=np.int64) * hop_samples, n_samples, peak
+
+
+def _should_stream(path):
+    """Long files (or of unknown length) are streamed; the header says, no decoding needed."""
+    from nnfp.audio.io import audio_info
+
+    try:
+        seconds = audio_info(path).seconds
+    except Exception:  # unreadable: decoding it whole reports why
+        return False
+    return seconds is None or seconds > STREAM_SECONDS
+
+
+def _fingerprint_streamed(path, embedder, sample_rate, hop_samples, batch_size):
+    """`(embeddings, starts, duration_s)` of one long file, or the reason it is unusable."""
+    from nnfp.audio.io import AudioError, stream_audio
+    from nnfp.audio.sources import usability_problem
+
+    try:
+        blocks = stream_audio(path, sample_rate, block_seconds=_STREAM_BLOCK_SECONDS)
+        embeddings, starts, n_samples, peak = fingerprint_stream(embedder, blocks, hop_samples, batch_size)
+    except AudioError as exc:
+        return exc.reason
+    except Exception as exc:  # one bad file must never stop a large scan
+        return f"unexpected error: {type(exc).__name__}: {exc}"
+    min_seconds = embedder.segment_samples / sample_rate
+    problem = usability_problem(n_samples, sample_rate, min_seconds, peak=peak)
+    return problem or (embeddings, starts, n_samples / sample_rate)
+
+
+def fingerprint_files(paths, embedder, sample_rate, hop_samples, batch_size):
+    """Fingerprints files in order: files up to `STREAM_SECONDS` decoded in parallel and batched
+    together, longer ones streamed one by one in bounded memory.
+
+    Returns:
+        `(embeddings (n, d), segment_file (n,) position in paths, segment_start (n,) samples,
+        kept positions, durations (s), skipped [(position, reason)])`.
+    """
+    from nnfp.audio.sources import load_tracks
+
+    streamed = {i for i, path in enumerate(paths) if _should_stream(path)}
+    whole = [path for i, path in enumerate(paths) if i not in streamed]
+    position = {str(path): i for i, path in enumerate(paths)}
+    tracks, kept, skipped = load_tracks(
+        whole, sample_rate=sample_rate, min_seconds=embedder.segment_samples / sample_rate
+    )
+    results = {position[str(path)]: reason for path, reason in skipped}
+    if tracks:
+        embeddings, owners, starts = fingerprint_tracks(embedder, tracks, hop_samples, batch_size)
+        bounds = np.cumsum(np.bincount(owners, minlength=len(tracks)))[:-1]
+        for path, track, rows, track_starts in zip(
+            kept, tracks, np.split(embeddings, bounds), np.split(starts, bounds), strict=True
+        ):
+            results[position[str(path)]] = (rows, track_starts, len(track) / sample_rate)
+    del tracks
+    for i in sorted(streamed):
+        results[i] = _fingerprint_streamed(paths[i], embedder, sample_rate, hop_samples, batch_size)
+    out, owners, starts, kept_positions, durations, skipped = [], [], [], [], [], []
+    for i in range(len(paths)):
+        if isinstance(results[i], str):
+            skipped.append((i, results[i]))
+            continue
+        rows, track_starts, seconds = results[i]
+        owners.append(np.full(len(rows), len(kept_positions), np.int32))
+        kept_positions.append(i)
+        out.append(rows)
+        starts.append(track_starts)
+        durations.append(seconds)
+    if not out:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64), [], np.zeros(0), skipped
+    return (
+        np.concatenate(out), np.concatenate(owners), np.concatenate(starts), kept_positions,
+        np.array(durations, np.float64), skipped,
+    )

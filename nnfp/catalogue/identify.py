@@ -1,0 +1,232 @@
+"""Identify query audio against a saved index: which track, where, how sure.
+
+>>> identifier = Identifier("my_index")
+>>> identifier.identify_file("clip.wav")[0]  # Match(track_id, path, offset_s, score, ...)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nnfp.audio.segments import n_segments, segment_waveform
+from nnfp.catalogue.fingerprint import index_embedder, resolve_model
+from nnfp.defaults import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE, DEFAULT_PHASES
+from nnfp.store.db import FingerprintDB
+
+__all__ = ["CALIBRATED", "Identifier", "QueryError"]
+
+CALIBRATED = "calibrated"  # Identifier(min_score=...): the calibrated threshold of the query's length
+SILENT_PEAK_DB = -60.0  # queries quieter than this (peak, dBFS) are rejected as silent
+SILENT_RMS_DB = -70.0  # ... and those whose varying part is below this RMS level (dBFS)
+_ONE_BATCH_SEGMENTS = 256  # query phases fingerprinted as one batch up to this many segments
+
+
+class QueryError(ValueError):
+    """A query that cannot be searched (too short, silent, constant). The message starts with the query name."""
+
+
+class Identifier:
+    """Identifies query audio against a saved index: which track, where, how sure.
+
+    The query is fingerprinted at `phases` phases of the index hop (cut at 0,
+    hop/phases, 2 hop/phases, ...; a phase is dropped when it leaves less than one
+    segment); each phase is matched with the index (per-segment top-k, offset
+    compensation, mean inner product over the whole query), the best score per
+    place wins, and offsets are corrected by the phase, so they have a resolution
+    of hop/phases. Matches of one track less than `collapse_seconds` apart are one
+    place. A match must score at least `match_threshold(query seconds)`, otherwise
+    the answer is "not in the catalogue" (an empty list).
+
+    Args:
+        index_dir: a folder written by `build_index`.
+        model: override the index's model (must produce the same fingerprints).
+        k_probe: faiss neighbours per query segment.
+        min_score: a fixed threshold; None keeps every candidate; `"calibrated"`
+            (default): the index's calibration (`INDEX/calibration.json`, copied from
+            the model's when the index was built) for the query's length, or
+            `DEFAULT_MIN_SCORE` when the index has none.
+        threads: faiss threads; 1 is fastest for single queries on small machines.
+        nprobe: IVF lists visited (IVF indexes), None keeps the saved value.
+        phases: query phases per index hop (1 = the paper's search).
+        collapse_seconds: matches of one track closer than this are one place.
+        calibration: a `Calibration` or a path overriding the index's.
+        trust_model: allow a SavedModel (index's or `model`), which can run arbitrary
+            TensorFlow operations; `.keras` models load in Keras safe mode regardless.
+
+    The model must reproduce the probe fingerprints recorded in the index
+    (`ModelMismatchError` otherwise), and the index's files their recorded sizes
+    (and checksums, for indexes up to `nnfp.store.db.CHECKSUM_ON_LOAD_BYTES`).
+
+    >>> identifier = Identifier("my_index")
+    >>> matches = identifier.identify_file("clip.wav", n_results=3)
+    >>> matches[0].path, matches[0].offset_s, matches[0].score
+    """
+
+    def __init__(
+        self,
+        index_dir,
+        model=None,
+        k_probe=DEFAULT_K_PROBE,
+        min_score=CALIBRATED,
+        threads=1,
+        nprobe=None,
+        db=None,
+        embedder=None,
+        phases=DEFAULT_PHASES,
+        collapse_seconds=1.0,
+        calibration=None,
+        trust_model=False,
+    ):
+        from nnfp.catalogue.calibration import (
+            INDEX_CALIBRATION_FILE,
+            Calibration,
+            model_calibration_path,
+        )
+
+        index_dir = Path(index_dir) if index_dir is not None else None
+        if int(phases) < 1:
+            raise ValueError(f"`phases` must be >= 1. Received: phases={phases}")
+        if int(k_probe) < 1:
+            raise ValueError(f"`k_probe` must be >= 1. Received: k_probe={k_probe}")
+        if min_score is not None and min_score != CALIBRATED and not np.isfinite(float(min_score)):
+            raise ValueError(f"`min_score` must be a finite number. Received: min_score={min_score}")
+        self.db = db if db is not None else FingerprintDB.load(index_dir, threads=threads)
+        if nprobe is not None:
+            self.db.set_search_params(nprobe=nprobe)
+        meta = self.db.metadata
+        if embedder is None:
+            rate = int(meta.get("sample_rate", 8000))
+            embedder = index_embedder(index_dir, meta, rate, model=model, trust_model=trust_model)
+        self.embedder = embedder
+        self.sample_rate = int(meta.get("sample_rate", 8000))
+        self.hop_samples = int(round(self.db.hop_seconds * self.sample_rate))
+        self.k_probe = int(k_probe)
+        self.min_score = min_score
+        self.phases = int(phases)
+        self.collapse_seconds = collapse_seconds
+        self.last_query_seconds = None  # length of the latest `identify_audio` query
+        if calibration is None and index_dir is not None:
+            candidates = [index_dir / INDEX_CALIBRATION_FILE]
+            if model is not None:
+                candidates.append(model_calibration_path(resolve_model(model)))
+            calibration = next((c for c in candidates if c.is_file()), None)
+        if calibration is not None and not isinstance(calibration, Calibration):
+            calibration = Calibration.load(calibration)
+        self.calibration = calibration
+
+    @property
+    def min_query_seconds(self):
+        return self.embedder.segment_samples / self.sample_rate
+
+    def match_threshold(self, query_seconds):
+        """The score a match of a `query_seconds` long query needs (None: every candidate is a match)."""
+        if self.min_score is None:
+            return None
+        if self.min_score != CALIBRATED:
+            return float(self.min_score)
+        if self.calibration is None:
+            return DEFAULT_MIN_SCORE
+        return self.calibration.threshold(query_seconds)
+
+    def check_audio(self, audio, name="query"):
+        """Raises `QueryError` for a query too short, silent, near-silent or constant to identify."""
+        audio = np.asarray(audio, np.float32)
+        if len(audio) < self.embedder.segment_samples:
+            raise QueryError(
+                f"{name}: too short: {len(audio) / self.sample_rate:.2f} s; a query needs "
+                f"at least {self.min_query_seconds:g} s of audio"
+            )
+        peak = float(np.max(np.abs(audio)))
+        peak_db = 20 * np.log10(max(peak, 1e-10))
+        if peak_db < SILENT_PEAK_DB:
+            raise QueryError(f"{name}: silent (peak {peak_db:.0f} dBFS); nothing to identify")
+        varying = audio - np.mean(audio)
+        rms_db = 10 * np.log10(max(float(np.mean(np.square(varying, dtype=np.float64))), 1e-20))
+        if rms_db < SILENT_RMS_DB:
+            what = "constant (DC offset only)" if peak_db >= SILENT_PEAK_DB + 20 else "near-silent"
+            raise QueryError(
+                f"{name}: {what} (level {rms_db:.0f} dBFS RMS, peak {peak_db:.0f} dBFS); nothing to identify"
+            )
+
+    def fingerprint(self, audio, name="query"):
+        """(n_samples,) waveform at the index rate -> (n_segments, d) fingerprints on the hop grid."""
+        self.check_audio(audio, name=name)
+        segments = segment_waveform(audio, self.embedder.segment_samples, self.hop_samples)
+        return self.embedder.fingerprint(segments)  # batches are copied from the view
+
+    def phase_fingerprints(self, audio, name="query"):
+        """Fingerprints of the query at every phase: list of `(shift_seconds, (n_segments, d))`.
+
+        Phase p cuts the query `p * hop / phases` later; phases leaving less than one
+        segment are dropped. All phases are fingerprinted in one batch.
+        """
+        self.check_audio(audio, name=name)
+        audio = np.asarray(audio, np.float32)
+        shifts = sorted({int(round(p * self.hop_samples / self.phases)) for p in range(self.phases)})
+        views = [segment_waveform(audio[shift:], self.embedder.segment_samples, self.hop_samples) for shift in shifts]
+        kept = [(shift, view) for shift, view in zip(shifts, views, strict=True) if len(view)]
+        if sum(len(view) for _, view in kept) <= _ONE_BATCH_SEGMENTS:
+            fingerprints = self.embedder.fingerprint(np.concatenate([view for _, view in kept]))
+        else:  # a long query: batches are copied from the views, never the whole query
+            fingerprints = np.concatenate([self.embedder.fingerprint(view) for _, view in kept])
+        out, first = [], 0
+        for shift, view in kept:
+            out.append((shift / self.sample_rate, fingerprints[first : first + len(view)]))
+            first += len(view)
+        return out
+
+    def rank(self, phase_fingerprints, n_results=5, min_score=None, max_seconds=None):
+        """Best distinct places over the phases (see `phase_fingerprints`), best first.
+
+        `max_seconds` uses only the segments that lie inside the query's first
+        `max_seconds` (the fingerprints of a prefix of the query).
+        """
+        segment = self.embedder.segment_samples
+        all_starts, all_scores, all_shifts = [], [], []
+        for shift, fingerprints in phase_fingerprints:
+            if max_seconds is not None:
+                samples = int(round((max_seconds - shift) * self.sample_rate))
+                fingerprints = fingerprints[: n_segments(samples, segment, self.hop_samples)]
+            if len(fingerprints) == 0:
+                continue
+            starts = self.db.candidate_starts(fingerprints, top_k=self.k_probe)
+            all_starts.append(starts)
+            all_scores.append(self.db.sequence_scores(fingerprints, starts))
+            all_shifts.append(np.full(len(starts), shift))
+        if not all_starts:
+            return []
+        return self.db.places(
+            np.concatenate(all_starts), np.concatenate(all_scores), shifts=np.concatenate(all_shifts),
+            n_results=n_results, min_score=min_score, collapse_seconds=self.collapse_seconds,
+        )
+
+    def search(self, fingerprints, n_results=5):
+        """Matches for fingerprints of consecutive segments on the hop grid (one phase)."""
+        seconds = ((len(fingerprints) - 1) * self.hop_samples + self.embedder.segment_samples) / self.sample_rate
+        return self.rank([(0.0, fingerprints)], n_results=n_results, min_score=self.match_threshold(seconds))
+
+    def identify_audio(self, audio, n_results=5, name="query"):
+        """Best matches (list of `nnfp.store.db.Match`, best first) for a waveform at the index rate.
+
+        An empty list means "not in the catalogue": no place scored `match_threshold`.
+
+        Raises:
+            QueryError: too short, silent, near-silent or constant audio.
+        """
+        self.last_query_seconds = len(audio) / self.sample_rate
+        phases = self.phase_fingerprints(audio, name=name)
+        threshold = self.match_threshold(self.last_query_seconds)
+        return self.rank(phases, n_results=n_results, min_score=threshold)
+
+    def identify_file(self, path, n_results=5):
+        """Reads any audio file (resampled, mixed to mono) and returns its best matches.
+
+        Raises:
+            nnfp.audio.io.AudioError: unreadable file. QueryError: too short, silent or constant.
+        """
+        from nnfp.audio.io import load_audio
+
+        audio = load_audio(path, self.sample_rate)
+        return self.identify_audio(audio, n_results=n_results, name=str(path))
