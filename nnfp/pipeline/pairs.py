@@ -8,86 +8,37 @@ background noise at a random SNR and convolved with a room/microphone impulse re
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tensorflow as tf
 
 from nnfp.audio.segments import segment_starts
-from nnfp.audio.sources import INT16_SCALE
-from nnfp.pipeline.degrade import fft_convolve, mix_at_snr, next_pow2
+from nnfp.pipeline.augment import BackgroundMix, RandomGain, RandomTimeShift, RoomImpulseResponse
+from nnfp.pipeline.bank import check_clips, cpu_variable, gather_windows, to_int16
 
 __all__ = ["PairPipeline", "make_pair_dataset", "make_validation_pairs"]
 
 _VALIDATION_CHUNK = 256
 
 
-def _to_int16(audio):
-    if audio.dtype == np.int16:  # already PCM (a prepared cache): stored as is
-        return audio
-    return np.clip(np.round(audio * INT16_SCALE), -32768, 32767).astype(np.int16)
-
-
-def _windows(bank, starts, length):
-    """Gathers `bank[s:s+length]` for every start: (n,) -> (n, length) float32."""
-    grid = starts[:, None] + tf.range(length, dtype=tf.int64)[None, :]  # (n, length)
-    return tf.cast(tf.gather(bank, grid), tf.float32) / INT16_SCALE
-
-
-# ----------------------------------------------------------------------------- pipeline
-
-
-def _check_range(name, value):
-    try:
-        low, high = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a (low, high) pair. Received: {name}={value}") from None
-    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-        raise ValueError(f"{name} must be finite with low <= high. Received: {name}={value}")
-    return low, high
-
-
-def _check_bank(name, arrays):
-    if arrays is None:
-        return None
-    if len(arrays) == 0:
-        raise ValueError(
-            f"{name} must be None or a non-empty list of 1-D arrays. Received: {name}=[]"
-        )
-    checked = []
-    for i, x in enumerate(arrays):
-        x = np.asarray(x)
-        x = x / np.float32(INT16_SCALE) if x.dtype == np.int16 else x.astype(np.float32)
-        if x.ndim != 1 or x.size == 0:
-            raise ValueError(f"{name}[{i}] must be a non-empty 1-D array. Received shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError(f"{name}[{i}] contains NaN or Inf")
-        checked.append(x)
-    return checked
-
-
-def _cpu_variable(array):
-    # A variable, not a constant: banks can exceed the 2 GB limit of serialised graphs.
-    with tf.device("/CPU:0"):
-        return tf.Variable(array, trainable=False)
-
-
 class PairPipeline:
     """Source of (anchor, replica) waveform pairs for contrastive fingerprint training.
 
     All tracks live in one int16 array with a table of segment starts, so a batch is one
-    vectorised `tf.gather` plus batched augmentation. A replica of an anchor starts at a
-    random offset within `offset_margin` seconds (clipped to its track), then gets, each
-    with its own probability, an impulse response (batched FFT convolution with cached IR
-    spectra over the replica and the `reverb_context_seconds` before it, so earlier notes'
-    reverberation reaches it; energy re-normalised), background noise at a uniform random
-    SNR (`snr_db_range`), speech at its own SNR (`speech_snr_db_range`; off in the paper),
-    and a random gain. With `random_anchors`, an anchor starts anywhere in the hop after its
-    grid position (a fresh draw every batch), so training sees every alignment. SNRs are energy ratios over the 1 s segment, as in the original
-    `background_mix`; unlike it the mix is not max-normalised (the gain does that job).
-    Random draws are stateless, seeded by `(seed, batch index)`: reproducible streams.
-    The banks are CPU `tf.Variable`s (no 2 GB graph limit); build the pipeline outside
-    any `tf.distribute` strategy scope so they are not mirrored onto accelerators.
+    vectorised `tf.gather` plus batched augmentation by the layers of
+    `nnfp.pipeline.augment`, each with its own probability: a replica of an anchor starts at
+    a random offset within `offset_margin` seconds (`RandomTimeShift`, clipped to its
+    track), goes through a room (`RoomImpulseResponse`, over the replica and the
+    `reverb_context_seconds` before it, so earlier notes' reverberation reaches it), gets
+    background noise at a uniform random SNR (`BackgroundMix`, `snr_db_range`), speech at
+    its own SNR (a second `BackgroundMix`, `speech_snr_db_range`; off in the paper), and a
+    random gain (`RandomGain`). The layers are attributes (`time_shift`, `room`, `noise`,
+    `speech`, `gain`). With `random_anchors`, an anchor starts anywhere in the hop after its
+    grid position (a fresh draw every batch), so training sees every alignment. SNRs are
+    energy ratios over the 1 s segment, as in the original `background_mix`; unlike it the
+    mix is not max-normalised (the gain does that job). Random draws are stateless, seeded
+    by `(seed, batch index)`: reproducible streams. The banks are CPU `tf.Variable`s (no
+    2 GB graph limit); build the pipeline outside any `tf.distribute` strategy scope so they
+    are not mirrored onto accelerators.
 
     Args:
         tracks: list of 1-D float arrays (mono, at `sample_rate`), or int16 PCM arrays
@@ -162,12 +113,9 @@ class PairPipeline:
         self.segment_seconds = segment_seconds
         self.hop_seconds = hop_seconds
         self.offset_margin = offset_margin
-        self.snr_db_range = _check_range("snr_db_range", snr_db_range)
         self.noise_prob = float(noise_prob)
         self.ir_prob = float(ir_prob)
-        self.gain_db_range = _check_range("gain_db_range", gain_db_range)
         self.speech_prob = float(speech_prob)
-        self.speech_snr_db_range = _check_range("speech_snr_db_range", speech_snr_db_range)
         self.segment_samples = int(round(segment_seconds * sample_rate))
         self.hop_samples = int(round(hop_seconds * sample_rate))
         self.margin_samples = int(round(offset_margin * sample_rate))
@@ -180,23 +128,50 @@ class PairPipeline:
                 f"Received: segment_seconds={segment_seconds}, hop_seconds={hop_seconds}"
             )
 
+        # The degradations, in the order a replica gets them (nnfp.pipeline.augment); built
+        # first, so bad arguments fail before any audio is copied. Their draws come from the
+        # stateless seeds of `_sample`: the layers' own seeds are unused (fixed, so building
+        # a pipeline leaves Python's global random state alone).
+        seg = self.segment_samples
+        self.time_shift = RandomTimeShift(self.margin_samples, seed=0, name="time_shift")
+        self.room = RoomImpulseResponse(
+            segment_samples=seg,
+            context_samples=self.context_samples,
+            probability=ir_prob,
+            seed=0,
+            name="room",
+        )
+        self.noise = BackgroundMix(
+            segment_samples=seg,
+            snr_db_range=snr_db_range,
+            probability=noise_prob,
+            seed=0,
+            name="noise",
+        )
+        try:
+            self.speech = BackgroundMix(
+                segment_samples=seg,
+                snr_db_range=speech_snr_db_range,
+                probability=speech_prob,
+                seed=0,
+                name="speech",
+            )
+        except ValueError as exc:
+            exc.add_note(f"(PairPipeline's speech mix: speech_snr_db_range={speech_snr_db_range})")
+            raise
+        self.gain = RandomGain(gain_db_range, seed=0, name="gain")
+        self.snr_db_range = self.noise.snr_db_range
+        self.speech_snr_db_range = self.speech.snr_db_range
+        self.gain_db_range = self.gain.gain_db_range
+
         self._build_track_bank(tracks)
-        noise = _check_bank("noise", noise)
-        speech = _check_bank("speech", speech)
-        impulse_responses = _check_bank("impulse_responses", impulse_responses)
-        self._noise = None if noise is None else self._build_clip_bank(noise)
-        self._speech = None if speech is None else self._build_clip_bank(speech)
-        self._ir_spectra = None
+        # Checked here, so a bad clip is reported under the pipeline's argument name.
         if impulse_responses is not None:
-            ir_length = max(len(ir) for ir in impulse_responses)
-            padded = np.zeros((len(impulse_responses), ir_length), np.float32)
-            for i, ir in enumerate(impulse_responses):
-                padded[i, : len(ir)] = ir
-            # Spectra computed once: a batch then needs 2 FFTs per replica instead of 3.
-            self._ir_n_fft = next_pow2(self.segment_samples + self.context_samples + ir_length - 1)
-            spectra = tf.signal.rfft(tf.constant(padded), [self._ir_n_fft]).numpy()
-            self._ir_spectra = _cpu_variable(spectra)  # (n_ir, n_fft // 2 + 1) complex64
-            self.n_impulse_responses = len(impulse_responses)
+            self.room.set_impulse_responses(check_clips("impulse_responses", impulse_responses))
+        if noise is not None:
+            self.noise.set_clips(check_clips("noise", noise))
+        if speech is not None:
+            self.speech.set_clips(check_clips("speech", speech))
         self._sample_fn = tf.function(
             self._sample,
             input_signature=[
@@ -236,41 +211,17 @@ class PairPipeline:
         bank = np.empty(offset, np.int16)
         position = 0
         for track in kept:
-            bank[position : position + len(track)] = _to_int16(track)
+            bank[position : position + len(track)] = to_int16(track)
             position += len(track)
         self.n_tracks = len(kept)
         self.n_segments = int(sum(len(s) for s in starts))
         self.segment_start = np.concatenate(starts)  # (n_segments,) absolute start
         # Building the variable briefly needs ~3x the int16 bank (numpy + conversion copies).
-        self._audio = _cpu_variable(bank)  # (total_samples,) int16
+        self._audio = cpu_variable(bank)  # (total_samples,) int16
         del bank
         self._segment_start = tf.constant(self.segment_start)
         self._segment_low = tf.constant(np.concatenate(low))  # earliest start in its track
         self._segment_high = tf.constant(np.concatenate(high))  # latest start in its track
-
-    def _build_clip_bank(self, clips):
-        """Noise or speech clips in one int16 array, for uniform excerpt draws."""
-        seg = self.segment_samples
-        clips = [np.resize(x, seg) if len(x) < seg else x for x in clips]  # tile short clips
-        lengths = np.array([len(x) for x in clips], np.int64)
-        n_starts = lengths - seg + 1  # valid excerpt starts per clip
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        cumulative = np.cumsum(n_starts)
-        # A uniform draw u in [0, total starts) maps to clip i = searchsorted(cumulative, u)
-        # and absolute start u + (offsets[i] - (cumulative[i] - n_starts[i])).
-        return {
-            "audio": _cpu_variable(np.concatenate([_to_int16(x) for x in clips])),
-            "cumulative": tf.constant(cumulative),
-            "shift": tf.constant(offsets - (cumulative - n_starts)),
-            "total_starts": int(cumulative[-1]),
-        }
-
-    def _excerpts(self, bank, n, seed):
-        """`n` uniformly drawn one-segment excerpts of a clip bank and their starts."""
-        draw = tf.random.stateless_uniform([n], seed, 0, bank["total_starts"], tf.int64)
-        clip = tf.searchsorted(bank["cumulative"], draw, side="right")
-        start = draw + tf.gather(bank["shift"], clip)
-        return _windows(bank["audio"], start, self.segment_samples), start
 
     # -- sampling
 
@@ -287,73 +238,51 @@ class PairPipeline:
                 [n_anchors], tf.random.experimental.stateless_fold_in(seed, 8), 0, self.hop_samples, tf.int64
             )
             anchor_start = tf.minimum(anchor_start + jitter, tf.gather(self._segment_high, segment_ids))
-        anchors = _windows(self._audio, anchor_start, seg)  # (n_anchors, seg)
+        anchors = gather_windows(self._audio, anchor_start, seg)  # (n_anchors, seg)
 
         source = tf.range(n_replicas) % n_anchors  # (n_replicas,) tiled anchor order
         source_ids = tf.gather(segment_ids, source)
-        shift = tf.random.stateless_uniform(
-            [n_replicas], seeds[0], -self.margin_samples, self.margin_samples + 1, tf.int64
-        )
-        replica_start = tf.clip_by_value(
-            tf.gather(anchor_start, source) + shift,
-            tf.gather(self._segment_low, source_ids),
-            tf.gather(self._segment_high, source_ids),
-        )
-        clean = _windows(self._audio, replica_start, seg)  # (n_replicas, seg)
+        origin = tf.gather(anchor_start, source)  # (n_replicas,) where each replica's anchor starts
+        low = tf.gather(self._segment_low, source_ids)
+        high = tf.gather(self._segment_high, source_ids)
+        drawn = self.time_shift.get_random_transformation(origin, seed=seeds[0:1])  # per replica
+        replica_start = tf.clip_by_value(origin + drawn["shift"], low, high)
+        # RandomTimeShift's crop, read straight from the bank (the track is the window, and no
+        # window is copied): each replica and the room's context before it, silent before the
+        # start of its track.
+        context = self.context_samples if self.room.n_impulse_responses else 0
+        if context:
+            shifted = gather_windows(self._audio, replica_start - context, context + seg, floor=low)
+        else:
+            shifted = gather_windows(self._audio, replica_start, seg)  # (n_replicas, seg)
+        clean = shifted[:, context:]  # (n_replicas, seg)
         out = {
             "anchors": anchors,
             "clean_replicas": clean,
             "replica_start": replica_start,
-            "offset": replica_start - tf.gather(anchor_start, source),
+            "offset": replica_start - origin,
         }
         replicas = clean
-
-        if self._ir_spectra is not None:
-            # The room comes first (it colours the music, not the noise at the phone), and
-            # it hears `context_samples` of audio before the replica, so reverberation tails
-            # of earlier notes reach it as they do in a real room.
-            n_ir = self.n_impulse_responses
-            ir_index = tf.random.stateless_uniform([n_replicas], seeds[4], 0, n_ir, tf.int32)
-            ir_on = tf.random.stateless_uniform([n_replicas], seeds[5]) < self.ir_prob
-            context = self.context_samples
-            dry = clean
-            if context:
-                low = tf.gather(self._segment_low, source_ids)
-                grid = (replica_start - context)[:, None] + tf.range(seg + context, dtype=tf.int64)[None, :]
-                inside = tf.cast(grid >= low[:, None], tf.float32)  # nothing before the track
-                dry = tf.cast(tf.gather(self._audio, tf.maximum(grid, 0)), tf.float32) / INT16_SCALE * inside
-            reverberant = fft_convolve(
-                dry, ir_spectra=tf.gather(self._ir_spectra, ir_index), n_fft=self._ir_n_fft
-            )[:, context:]  # (n_replicas, seg)
-            dry_power = tf.reduce_mean(tf.square(clean), axis=-1, keepdims=True)
-            wet_power = tf.reduce_mean(tf.square(reverberant), axis=-1, keepdims=True)
-            reverberant = reverberant * tf.sqrt(tf.math.divide_no_nan(dry_power, wet_power))
-            replicas = tf.where(ir_on[:, None], reverberant, replicas)
-            out.update(ir_index=ir_index, ir_on=ir_on)
-
-        if self._noise is not None:
-            snr_db = tf.random.stateless_uniform([n_replicas], seeds[1], *self.snr_db_range)
-            noise, noise_start = self._excerpts(self._noise, n_replicas, seeds[2])
-            noise_on = tf.random.stateless_uniform([n_replicas], seeds[3]) < self.noise_prob
-            noisy = mix_at_snr(replicas, noise, snr_db)
-            replicas = tf.where(noise_on[:, None], noisy, replicas)
-            out.update(snr_db=snr_db, noise_start=noise_start, noise_on=noise_on)
-
-        if self._speech is not None and self.speech_prob > 0:
+        # The room comes first: it colours the music, not the noise at the phone.
+        if self.room.n_impulse_responses:
+            drawn = self.room.get_random_transformation(shifted, seed=tf.gather(seeds, [4, 5]))
+            replicas = self.room.transform(shifted, drawn)
+            out.update(ir_index=drawn["index"], ir_on=drawn["on"])
+        if self.noise.n_clips:
+            drawn = self.noise.get_random_transformation(replicas, seed=seeds[1:4])
+            replicas = self.noise.transform(replicas, drawn)
+            out.update(snr_db=drawn["snr_db"], noise_start=drawn["start"], noise_on=drawn["on"])
+        if self.speech.n_clips and self.speech_prob > 0:
             speech_seeds = tf.random.experimental.stateless_split(seeds[7], 3)  # (3, 2)
-            speech_snr_db = tf.random.stateless_uniform(
-                [n_replicas], speech_seeds[0], *self.speech_snr_db_range
+            drawn = self.speech.get_random_transformation(replicas, seed=speech_seeds)
+            replicas = self.speech.transform(replicas, drawn)
+            out.update(
+                speech_snr_db=drawn["snr_db"], speech_start=drawn["start"], speech_on=drawn["on"]
             )
-            speech, speech_start = self._excerpts(self._speech, n_replicas, speech_seeds[1])
-            speech_on = tf.random.stateless_uniform([n_replicas], speech_seeds[2]) < self.speech_prob
-            mixed = mix_at_snr(replicas, speech, speech_snr_db)
-            replicas = tf.where(speech_on[:, None], mixed, replicas)
-            out.update(speech_snr_db=speech_snr_db, speech_start=speech_start, speech_on=speech_on)
-
         if self.gain_db_range != (0.0, 0.0):
-            gain_db = tf.random.stateless_uniform([n_replicas], seeds[6], *self.gain_db_range)
-            replicas = replicas * tf.pow(10.0, gain_db / 20.0)[:, None]
-            out.update(gain_db=gain_db)
+            drawn = self.gain.get_random_transformation(replicas, seed=seeds[6:7])
+            replicas = self.gain.transform(replicas, drawn)
+            out.update(gain_db=drawn["gain_db"])
 
         out["replicas"] = tf.ensure_shape(replicas, [None, seg])
         out["anchors"] = tf.ensure_shape(anchors, [None, seg])
