@@ -612,6 +612,8 @@ def calibrate_index(
     n_queries=500,
     lengths_seconds=LENGTHS_SECONDS,
     target_false_match=0.01,
+    confidence=0.95,
+    n_unknown=None,
     snr_db_range=(0.0, 10.0),
     noise_dir=None,
     ir_dir=None,
@@ -629,7 +631,9 @@ def calibrate_index(
 
     In-catalogue queries are cut from the index's tracks, out-of-catalogue ones from the
     tracks of `unknown_dir` (not in the index), both at random positions with the
-    degradation of `evaluate`; `nnfp.catalogue.calibration.calibrate` picks the thresholds. Saved
+    degradation of `evaluate` (`n_queries` in-catalogue, `n_unknown` out-of-catalogue: the
+    more, the lower the thresholds that `confidence` allows); `nnfp.catalogue.calibration.calibrate`
+    picks the thresholds. Saved
     to `out` (default `INDEX/calibration.json`, which `Identifier` then uses; write it
     next to a model, e.g. `nnfp/weights/default.calibration.json`, to ship it with the
     model: every index built with that model copies it).
@@ -650,15 +654,17 @@ def calibrate_index(
     degradation = _degradation(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
     seconds = max(lengths_seconds)
     known_waves, known_info = _make_queries(identifier, n_queries, seconds, degradation, seed, aligned=False)
+    n_unknown = n_queries if n_unknown is None else int(n_unknown)
     unknown_waves, _ = _make_queries(
-        identifier, n_queries, seconds, degradation, seed + 1, aligned=False, unknown_dir=unknown_dir
+        identifier, n_unknown, seconds, degradation, seed + 1, aligned=False, unknown_dir=unknown_dir
     )
     known = run_queries(identifier, known_waves, lengths_seconds, progress=progress)
     unknown = run_queries(identifier, unknown_waves, lengths_seconds, progress=progress)
     error = np.abs(known["offsets"][..., 0] - known_info["offset_s"][:, None])
     right = (known["tracks"][..., 0] == known_info["track"][:, None]) & (error <= OFFSET_TOLERANCE_S + 1e-6)
     calibration = calibrate(
-        list(lengths_seconds), known["scores"][..., 0], right, unknown["scores"][..., 0], target_false_match
+        list(lengths_seconds), known["scores"][..., 0], right, unknown["scores"][..., 0], target_false_match,
+        confidence=confidence,
     )
     calibration.info.update(
         phases=phases, k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),

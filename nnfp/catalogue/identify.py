@@ -184,19 +184,19 @@ class Identifier:
         `max_seconds` (the fingerprints of a prefix of the query).
         """
         segment = self.embedder.segment_samples
-        all_starts, all_scores, all_shifts = [], [], []
+        used = []
         for shift, fingerprints in phase_fingerprints:
             if max_seconds is not None:
                 samples = int(round((max_seconds - shift) * self.sample_rate))
                 fingerprints = fingerprints[: n_segments(samples, segment, self.hop_samples)]
-            if len(fingerprints) == 0:
-                continue
-            starts = self.db.candidate_starts(fingerprints, top_k=self.k_probe)
-            all_starts.append(starts)
-            all_scores.append(self.db.sequence_scores(fingerprints, starts))
-            all_shifts.append(np.full(len(starts), shift))
-        if not all_starts:
+            if len(fingerprints):
+                used.append((shift, fingerprints))
+        if not used:
             return []
+        candidates = self.db.candidate_starts_batch([f for _, f in used], top_k=self.k_probe)
+        all_scores = [self.db.sequence_scores(f, starts) for (_, f), starts in zip(used, candidates, strict=True)]
+        all_shifts = [np.full(len(starts), shift) for (shift, _), starts in zip(used, candidates, strict=True)]
+        all_starts = candidates
         return self.db.places(
             np.concatenate(all_starts), np.concatenate(all_scores), shifts=np.concatenate(all_shifts),
             n_results=n_results, min_score=min_score, collapse_seconds=self.collapse_seconds,

@@ -273,7 +273,8 @@ def cmd_index_calibrate(args):
 
     calibrate_index(
         args.index_dir, args.unknown, out=args.out, n_queries=args.n_queries, lengths_seconds=tuple(args.lengths),
-        target_false_match=args.target, snr_db_range=tuple(args.snr_range), noise_dir=args.noise_dir,
+        target_false_match=args.target, confidence=args.confidence or None, n_unknown=args.n_unknown,
+        snr_db_range=tuple(args.snr_range), noise_dir=args.noise_dir,
         ir_dir=args.ir_dir, phases=args.phases, k_probe=args.k_probe, seed=args.seed, progress=not args.quiet,
     )
     return 0
@@ -480,7 +481,13 @@ def build_parser():
                    "MODEL.calibration.json next to a .keras model ships it with the model)")
     p.add_argument("--n-queries", type=_positive_int, default=500, help="queries of each kind (default 500)")
     p.add_argument("--lengths", type=float, nargs="+", default=[1, 2, 3, 5, 6, 10], help="query lengths in seconds")
+    p.add_argument("--n-unknown", type=_positive_int, default=None,
+                   help="out-of-catalogue queries (default: --n-queries; 1000 lets a 1 %% target at 95 %% "
+                   "confidence admit 4 false matches)")
     p.add_argument("--target", type=_finite_float, default=0.01, help="false-match rate allowed (default 0.01)")
+    p.add_argument("--confidence", type=_finite_float, default=0.95,
+                   help="the target must hold at this confidence (Clopper-Pearson upper bound over the "
+                   "out-of-catalogue queries; default 0.95; 0: point estimate, fits the calibration music only)")
     p.add_argument("--snr-range", type=float, nargs=2, default=[0.0, 10.0], metavar=("LOW", "HIGH"))
     p.add_argument("--noise-dir", default=None, help="background noise folder (default: generated noise)")
     p.add_argument("--ir-dir", default=None, help="impulse response folder (default: generated rooms)")
