@@ -147,7 +147,7 @@ def measure(index_dir, n_queries, seed=1):
         query = 0.7 * clean + 0.71 * noise
         query /= np.linalg.norm(query, axis=1, keepdims=True)
         started = time.perf_counter()
-        match = db.search(query, top_k=20, n_results=1)
+        match = db.search(query, k_probe=20, n_results=1)
         elapsed = time.perf_counter() - started
         if q >= 20:  # warm-up excluded
             latencies.append(elapsed)
@@ -202,7 +202,7 @@ def recall(model, n_queries, seed=0):
     rows = {}
     for name, db in dbs.items():
         rows[name] = {
-            n: np.array([(db.search(f[:n], top_k=20, n_results=1) or [None])[0].segment_index for f in fingerprints])
+            n: np.array([(db.search(f[:n], k_probe=20, n_results=1) or [None])[0].segment_index for f in fingerprints])
             for n in (1, QUERY_SEGMENTS)
         }
     agreement = {

@@ -105,7 +105,7 @@ def test_search_scores_match_naive_reference(data, flat_db):
     embeddings, segment_track, _, _ = data
     rng = np.random.default_rng(6)
     for _, query in sample_queries(rng, segment_track, 20, embeddings):
-        matches = flat_db.search(query, top_k=20, n_results=50)
+        matches = flat_db.search(query, k_probe=20, n_results=50)
         assert all(isinstance(m, Match) for m in matches)
         scores = [m.score for m in matches]
         assert scores == sorted(scores, reverse=True)
@@ -128,7 +128,7 @@ def test_search_scores_match_naive_reference(data, flat_db):
             if s + len(query) <= len(segment_track)
             and segment_track[s + len(query) - 1] == segment_track[s]
         }
-        assert set(flat_db.candidate_starts(query, top_k=20).tolist()) == expected_starts
+        assert set(flat_db.candidate_starts(query, k_probe=20).tolist()) == expected_starts
 
 
 def test_search_min_score_and_random_queries(data, flat_db):
@@ -271,10 +271,10 @@ def test_candidate_starts_batch_equals_one_search_per_query(data, flat_db):
     # as a search per phase, and each start is a row where some hit's sequence begins.
     rng = np.random.default_rng(7)
     queries = [q for _, q in sample_queries(rng, data[1], 6, data[0], noise=0.8)]
-    batched = flat_db.candidate_starts_batch(queries, top_k=5)
+    batched = flat_db.candidate_starts_batch(queries, k_probe=5)
     assert len(batched) == len(queries)
     for query, starts in zip(queries, batched, strict=True):
-        np.testing.assert_array_equal(starts, flat_db.candidate_starts(query, top_k=5))
+        np.testing.assert_array_equal(starts, flat_db.candidate_starts(query, k_probe=5))
         scores = query @ data[0].T  # (n, n_segments) exact inner products
         top = np.argsort(-scores, axis=1)[:, :5] - np.arange(len(query))[:, None]
         assert set(starts.tolist()) <= set(top[top >= 0].tolist())

@@ -43,8 +43,8 @@ def _assert_same_db(single, merged, queries):
     np.testing.assert_array_equal(np.asarray(merged.embeddings), np.asarray(single.embeddings))
     assert merged.index_type == single.index_type and merged.index.ntotal == single.index.ntotal
     for query in queries:
-        a = single.search(query, top_k=5, n_results=5)
-        b = merged.search(query, top_k=5, n_results=5)
+        a = single.search(query, k_probe=5, n_results=5)
+        b = merged.search(query, k_probe=5, n_results=5)
         assert [(m.track_id, m.offset_s, m.segment_index) for m in b] == [
             (m.track_id, m.offset_s, m.segment_index) for m in a
         ]

@@ -193,7 +193,7 @@ class Identifier:
                 used.append((shift, fingerprints))
         if not used:
             return []
-        candidates = self.db.candidate_starts_batch([f for _, f in used], top_k=self.k_probe)
+        candidates = self.db.candidate_starts_batch([f for _, f in used], k_probe=self.k_probe)
         all_scores = [self.db.sequence_scores(f, starts) for (_, f), starts in zip(used, candidates, strict=True)]
         all_shifts = [np.full(len(starts), shift) for (shift, _), starts in zip(used, candidates, strict=True)]
         all_starts = candidates

@@ -158,12 +158,12 @@ class _Candidate:
 
 
 class _Monitor:
-    def __init__(self, db, threshold, window, step, max_gap, min_windows, tolerance, top_k, seg_seconds, batch):
+    def __init__(self, db, threshold, window, step, max_gap, min_windows, tolerance, k_probe, seg_seconds, batch):
         self.db = db
         self.hop_s = float(db.hop_seconds)
         self.threshold = threshold
         self.window, self.step, self.max_gap = window, step, max_gap  # in segments
-        self.min_windows, self.tolerance, self.top_k = min_windows, tolerance, top_k
+        self.min_windows, self.tolerance, self.k_probe = min_windows, tolerance, k_probe
         self.seg_seconds = seg_seconds
         self.candidates = []
         self.ring = collections.deque()  # (segment number, fingerprint), the recent past
@@ -279,7 +279,7 @@ class _Monitor:
 
     def _window(self, w, recording):
         _, query = self._segments(w, w + self.window - 1)
-        matches = self.db.search(query, top_k=self.top_k, n_results=3, min_score=self.threshold)
+        matches = self.db.search(query, k_probe=self.k_probe, n_results=3, min_score=self.threshold)
         t = w * self.hop_s
         extended = None
         for match in matches:

@@ -5,7 +5,7 @@ Pure NumPy + faiss: this module receives embeddings and never imports the model.
 A song is cut into 1 s segments on a `hop_seconds` hop; every segment has an
 L2-normalised fingerprint. A query of `n` consecutive segments (same hop) is
 matched as in the paper's evaluation (mimbres/neural-audio-fp `eval/eval_faiss.py`):
-each query segment retrieves `top_k` nearest DB segments, each hit at DB row `c`
+each query segment retrieves `k_probe` nearest DB segments, each hit at DB row `c`
 for query segment `i` proposes the sequence start `c - i`, and every proposed
 start is scored by the mean inner product of the `n` query segments with the
 `n` stored DB segments that follow it.
@@ -749,20 +749,20 @@ class FingerprintDB:
 
     # ---------------------------------------------------------------- search
 
-    def candidate_starts(self, query_embeddings, top_k=20):
+    def candidate_starts(self, query_embeddings, k_probe=20):
         """Unique DB rows where a query sequence could start (offset-compensated hits)."""
-        return self.candidate_starts_batch([query_embeddings], top_k=top_k)[0]
+        return self.candidate_starts_batch([query_embeddings], k_probe=k_probe)[0]
 
-    def candidate_starts_batch(self, queries, top_k=20):
+    def candidate_starts_batch(self, queries, k_probe=20):
         """`candidate_starts` of several queries (e.g. the phases of one) in one faiss search.
 
         One search of all their segments is several times faster than one per query: faiss
         multiplies with BLAS only from `_BLAS_MIN_QUERIES` query vectors on.
         """
         queries = [self._check_query(query) for query in queries]
-        k = min(int(top_k), self.n_segments)
+        k = min(int(k_probe), self.n_segments)
         if k < 1:
-            raise ValueError(f"`top_k` must be >= 1. Received: top_k={top_k}")
+            raise ValueError(f"`k_probe` must be >= 1. Received: k_probe={k_probe}")
         self._set_threads()
         _, hits = self.index.search(np.concatenate(queries), k)  # (sum n_query, k), -1 where no hit
         bounds = np.cumsum([0] + [len(query) for query in queries])
@@ -816,13 +816,13 @@ class FingerprintDB:
                 totals[cands] += np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64)
         return totals / n_query
 
-    def search(self, query_embeddings, top_k=20, n_results=5, min_score=None, collapse_seconds=1.0):
+    def search(self, query_embeddings, k_probe=20, n_results=5, min_score=None, collapse_seconds=1.0):
         """Finds the tracks and offsets best matching a query of consecutive segments.
 
         Args:
             query_embeddings: (n, d) fingerprints of consecutive query segments
                 on the DB hop (a (d,) vector is one segment).
-            top_k: faiss neighbours retrieved per query segment.
+            k_probe: faiss neighbours retrieved per query segment.
             n_results: number of matches returned, best first.
             min_score: drop matches whose score is below this.
             collapse_seconds: matches of one track whose offsets differ by less than
@@ -835,7 +835,7 @@ class FingerprintDB:
         """
         if int(n_results) < 1:
             raise ValueError(f"`n_results` must be >= 1. Received: n_results={n_results}")
-        starts = self.candidate_starts(query_embeddings, top_k=top_k)
+        starts = self.candidate_starts(query_embeddings, k_probe=k_probe)
         scores = self.sequence_scores(query_embeddings, starts)
         return self.places(starts, scores, n_results=n_results, min_score=min_score, collapse_seconds=collapse_seconds)
 
