@@ -1,13 +1,5 @@
-"""YAML configuration: load, merge and override; keys and types checked before anything is built.
+"""YAML configuration: load, merge, override and validate before anything is built."""
 
-Each model section holds the keyword arguments of the object it builds
-(`LogMelSpectrogram(**config["frontend"])`); those objects check their own values
-and `config_errors` turns their `ValueError` into a `ConfigError` naming the key.
-This module checks what no constructor sees: unknown keys, types, and the
-`data`/`train` settings wired by `nnfp.training`.
-"""
-
-import contextlib
 import copy
 import importlib.util
 import re
@@ -15,16 +7,10 @@ from pathlib import Path
 
 import yaml
 
-__all__ = [
-    "ConfigError",
-    "CONFIG_DIR",
-    "RENAMED_KEYS",
-    "config_errors",
-    "load_config",
-    "parse_overrides",
-    "save_config",
-    "validate",
-]
+from nnfp.encoder import PAPER_CHANNELS, encoder_output_shape, scaled_channels
+
+__all__ = ["ConfigError", "CONFIG_DIR", "load_config", "parse_overrides", "save_config", "validate"]
+
 
 
 def _config_dir():
@@ -37,17 +23,6 @@ def _config_dir():
 
 
 CONFIG_DIR = _config_dir()
-
-# Old key -> its name now. Config files written before a rename (a run's config.yaml,
-# nnfp/weights/default.yaml) load with the value moved to the new key.
-RENAMED_KEYS = {
-    "loss.temperature": "loss.ntxent.temperature",
-    "loss.margin": "loss.triplet.margin",
-    "loss.mode": "loss.triplet.mode",
-    "optimizer.schedule": "schedule.name",
-    "optimizer.alpha": "schedule.alpha",
-    "optimizer.scale_by_batch": "schedule.scale_by_batch",
-}
 
 # Keys whose default is null, with the types they accept.
 _NULLABLE = {
@@ -69,57 +44,28 @@ _NULLABLE = {
     "wandb.entity": (str,),
     "wandb.name": (str,),
 }
-# Keys only `nnfp.training` reads, each one of a few names.
 _CHOICES = {
-    "schedule.name": ("cos", "cos-restart", "constant"),
+    "spec_augment.fill": ("zeros", "min", "random"),
+    "encoder.norm": ("layer_norm2d", "layer_norm1d", "batch_norm"),
+    "loss.type": ("ntxent", "triplet"),
+    "loss.mode": ("semi-hard", "all", "hard"),
+    "optimizer.name": ("adam", "lamb"),
+    "optimizer.schedule": ("cos", "cos-restart", "constant"),
     "wandb.mode": ("offline", "online", "disabled"),
     "train.verbose": (0, 1, 2),
     "train.distribute": ("none", "mirrored", "multi_worker"),
 }
 _POSITIVE = (
-    "optimizer.learning_rate", "data.hop_seconds", "train.epochs", "train.batch_size", "train.n_anchors",
-    "train.val_batch_size", "train.steps_per_epoch", "embedded.n_tracks", "embedded.n_val_tracks",
-    "embedded.track_seconds",
+    "frontend.sample_rate", "frontend.segment_seconds", "frontend.n_fft", "frontend.hop_length",
+    "frontend.n_mels", "frontend.top_db", "encoder.width", "projection.embedding_dim",
+    "projection.hidden_units", "loss.temperature", "optimizer.learning_rate", "data.hop_seconds",
+    "train.epochs", "train.batch_size", "train.n_anchors", "train.val_batch_size",
+    "train.steps_per_epoch", "embedded.n_tracks", "embedded.n_val_tracks", "embedded.track_seconds",
 )
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, misspelt, of the wrong type or out of range."""
-
-
-_RECEIVED_NAME = re.compile(r"(\w+)=")
-
-
-def _section(config, path):
-    node = config
-    for part in path.split("."):
-        node = node.get(part, {}) if isinstance(node, dict) else {}
-    return node if isinstance(node, dict) else {}
-
-
-@contextlib.contextmanager
-def config_errors(config, *sections):
-    """Re-raise a constructor's error while building from `sections` as a ConfigError naming the key.
-
-    `sections` are dotted paths (`"encoder"`, `"loss.ntxent"`). The key is the first
-    `name=` after "Received:" in the message that is a key of one of them; the
-    message is the constructor's own.
-
-    Example:
-    >>> with config_errors(config, "encoder"):
-    ...     Encoder(**config["encoder"])  # ConfigError: config key 'encoder.width': ...
-    """
-    try:
-        yield
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as error:
-        message = str(error)
-        received = message.rpartition("Received:")[2]
-        names = _RECEIVED_NAME.findall(received) if "Received:" in message else []
-        keys = [f"{section}.{name}" for name in names for section in sections if name in _section(config, section)]
-        where = f"config key '{keys[0]}'" if keys else f"config section '{'/'.join(sections)}'"
-        raise ConfigError(f"{where}: {message}") from error
 
 
 def _type_name(types):
@@ -173,8 +119,6 @@ def _merge(base, update, prefix, defaults):
     for key, value in update.items():
         path = f"{prefix}{key}"
         if key not in defaults:
-            if path in RENAMED_KEYS:
-                raise ConfigError(f"config key '{path}' is now '{RENAMED_KEYS[path]}'")
             allowed = ", ".join(sorted(defaults))
             raise ConfigError(f"unknown config key '{path}' (allowed here: {allowed})")
         if isinstance(defaults[key], dict):
@@ -223,70 +167,45 @@ def parse_overrides(items):
     return nested
 
 
-def _upgrade(data, path):
-    """Move keys of `RENAMED_KEYS` found in a config file to their new names (in place)."""
-    for old, new in RENAMED_KEYS.items():
-        old_section, old_name = old.split(".")
-        section = data.get(old_section)
-        if not isinstance(section, dict) or old_name not in section:
-            continue
-        *parents, name = new.split(".")
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{path}: config key '{old}' is now '{new}', but '{part}' is not a section")
-        if name in node:
-            raise ConfigError(f"{path}: config key '{old}' is now '{new}'; give only '{new}'")
-        node[name] = section.pop(old_name)
-    return data
-
-
 def load_config(path=None, overrides=None):
-    """Default config <- YAML file at `path` <- `--set` overrides; keys and types checked.
-
-    A file may use the old names of `RENAMED_KEYS` (configs saved before a rename);
-    `--set` overrides must use the current names.
-    """
+    """Default config <- YAML file at `path` <- `--set` overrides; validated."""
     defaults = _read_yaml(CONFIG_DIR / "default.yaml")
     config = copy.deepcopy(defaults)
     if path is not None:
-        _merge(config, _upgrade(_read_yaml(path), path), "", defaults)
+        _merge(config, _read_yaml(path), "", defaults)
     if overrides:
         _merge(config, parse_overrides(overrides) if isinstance(overrides, list | tuple) else overrides, "", defaults)
-    validate(config, defaults)
+    validate(config)
     return config
 
 
 def _get(config, key):
-    node = config
-    for part in key.split("."):
-        node = node[part]
-    return node
+    section, name = key.split(".")
+    return config[section][name]
 
 
-def validate(config, defaults=None):
-    """Check what no constructor sees: choices and ranges of keys `nnfp.training` wires itself.
-
-    The values of the model sections (`frontend`, `spec_augment`, `encoder`,
-    `projection`, `loss`) are checked by the objects they build; see `config_errors`.
-    """
-    defaults = defaults or _read_yaml(CONFIG_DIR / "default.yaml")
-    losses = [name for name, value in defaults["loss"].items() if isinstance(value, dict)]
-    if config["loss"]["type"] not in losses:
-        raise ConfigError(f"config key 'loss.type': expected one of {losses}, received {config['loss']['type']!r}")
+def validate(config):
+    """Check ranges and cross-key constraints; raise ConfigError naming the key."""
     for key, allowed in _CHOICES.items():
         if _get(config, key) not in allowed:
             raise ConfigError(f"config key '{key}': expected one of {list(allowed)}, received {_get(config, key)!r}")
+    for name in config["spec_augment"]["chain"]:
+        if name not in ("cutout", "horizontal", "vertical"):
+            raise ConfigError(
+                f"config key 'spec_augment.chain': entries must be cutout, horizontal or vertical, received {name!r}"
+            )
     for key in _POSITIVE:
         value = _get(config, key)
         if value is not None and value <= 0:
             raise ConfigError(f"config key '{key}': expected a positive value, received {value!r}")
-    for key in ("data.snr_db_range", "data.speech_snr_db_range", "data.gain_db_range"):
+    for key in ("spec_augment.size_range", "data.snr_db_range", "data.speech_snr_db_range", "data.gain_db_range"):
         value = _get(config, key)
         if len(value) != 2 or value[0] > value[1]:
             raise ConfigError(f"config key '{key}': expected [low, high] with low <= high, received {value!r}")
-    for key in ("data.noise_prob", "data.ir_prob", "data.speech_prob"):
+    low, high = config["spec_augment"]["size_range"]
+    if not 0 < low <= high <= 1:
+        raise ConfigError(f"config key 'spec_augment.size_range': expected 0 < low <= high <= 1, received {[low, high]}")
+    for key in ("spec_augment.probability", "data.noise_prob", "data.ir_prob", "data.speech_prob"):
         if not 0 <= _get(config, key) <= 1:
             raise ConfigError(f"config key '{key}': expected a probability in [0, 1], received {_get(config, key)!r}")
 
@@ -298,6 +217,29 @@ def validate(config, defaults=None):
         raise ConfigError(
             f"config key 'train.n_anchors': expected at most train.batch_size / 2 = {train['batch_size'] // 2} "
             f"(each anchor needs a replica), received {train['n_anchors']}"
+        )
+
+    frontend = config["frontend"]
+    if frontend["f_max"] > frontend["sample_rate"] / 2 or frontend["f_min"] >= frontend["f_max"]:
+        raise ConfigError(
+            f"config keys 'frontend.f_min'/'frontend.f_max': expected 0 <= f_min < f_max <= sample_rate / 2 = "
+            f"{frontend['sample_rate'] / 2}, received f_min={frontend['f_min']}, f_max={frontend['f_max']}"
+        )
+    samples = frontend["segment_seconds"] * frontend["sample_rate"]
+    if abs(samples - round(samples)) > 1e-6 or samples < frontend["n_fft"]:
+        raise ConfigError(
+            f"config key 'frontend.segment_seconds': the encoder needs a whole number of samples, at least "
+            f"n_fft={frontend['n_fft']} ({frontend['n_fft'] / frontend['sample_rate']:.3f} s), received "
+            f"{frontend['segment_seconds']} s = {samples:g} samples"
+        )
+    d = config["projection"]["embedding_dim"]
+    channels = scaled_channels(config["encoder"]["width"], PAPER_CHANNELS, n_slices=d)
+    frames = 1 + int(round(samples)) // frontend["hop_length"]
+    freq, time, width = encoder_output_shape((frontend["n_mels"], frames), channels)
+    if (freq * time * width) % d:
+        raise ConfigError(
+            f"config key 'frontend.segment_seconds': encoder output {freq}x{time}x{width} is not divisible "
+            f"into projection.embedding_dim={d} slices, received {frontend['segment_seconds']} s"
         )
     data = config["data"]
     if data["speech"] == "embedded":
@@ -313,20 +255,10 @@ def validate(config, defaults=None):
     return config
 
 
-class _Dumper(yaml.SafeDumper):
-    """Lists on one line (`chain: [cutout, horizontal]`), as configs/default.yaml writes them."""
-
-    def represent_list(self, data):
-        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
-
-
-_Dumper.add_representer(list, _Dumper.represent_list)
-
-
 def save_config(config, path):
     """Write the resolved config as YAML, atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as handle:
-        yaml.dump(config, handle, Dumper=_Dumper, sort_keys=False)
+        yaml.safe_dump(config, handle, sort_keys=False)
     tmp.replace(path)

@@ -33,8 +33,7 @@ class LogMelSpectrogram(keras.layers.Layer):
 
     Args:
         sample_rate: input sampling rate in Hz.
-        segment_seconds: length of an input example in seconds (a whole number
-            of samples, at least `n_fft`); `segment_samples` is that in samples.
+        segment_samples: samples per input example.
         n_fft: FFT and window length.
         hop_length: STFT hop in samples.
         n_mels: number of mel bands.
@@ -42,8 +41,7 @@ class LogMelSpectrogram(keras.layers.Layer):
         top_db: dynamic range kept below each example's maximum, in dB.
         amin: power floor before the logarithm.
 
-    Input: `(batch, segment_samples)` float waveforms, `segment_samples =
-    segment_seconds * sample_rate`.
+    Input: `(batch, segment_samples)` float waveforms.
     Output: `(batch, n_mels, n_frames, 1)` in dB, within `[-top_db, 0]`.
 
     Example:
@@ -57,7 +55,7 @@ class LogMelSpectrogram(keras.layers.Layer):
     def __init__(
         self,
         sample_rate=8000,
-        segment_seconds=1.0,
+        segment_samples=8000,
         n_fft=1024,
         hop_length=256,
         n_mels=256,
@@ -69,28 +67,20 @@ class LogMelSpectrogram(keras.layers.Layer):
     ):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
-        for name, value in (("sample_rate", sample_rate), ("n_fft", n_fft), ("hop_length", hop_length), ("n_mels", n_mels)):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive. Received: {name}={value}")
-        if f_max > sample_rate / 2:
+        if not 0 <= f_min < f_max <= sample_rate / 2:
             raise ValueError(
-                f"f_max must be at most sample_rate / 2 = {sample_rate / 2}. Received: f_max={f_max}"
+                "Expected 0 <= f_min < f_max <= sample_rate / 2. "
+                f"Received: f_min={f_min}, f_max={f_max}, sample_rate={sample_rate}"
             )
-        if not 0 <= f_min < f_max:
-            raise ValueError(f"f_min must be in [0, f_max={f_max}). Received: f_min={f_min}")
-        samples = segment_seconds * sample_rate
-        if abs(samples - round(samples)) > 1e-6 or round(samples) < n_fft:
+        if hop_length <= 0 or n_fft <= 0 or segment_samples <= 0:
             raise ValueError(
-                f"segment_seconds must hold a whole number of samples, at least n_fft={n_fft} "
-                f"({n_fft / sample_rate:.3f} s at sample_rate={sample_rate}). "
-                f"Received: segment_seconds={segment_seconds} ({samples:g} samples)"
+                "n_fft, hop_length and segment_samples must be positive. Received: "
+                f"n_fft={n_fft}, hop_length={hop_length}, segment_samples={segment_samples}"
             )
         if top_db <= 0:
             raise ValueError(f"top_db must be positive. Received: top_db={top_db}")
-        if amin <= 0:
-            raise ValueError(f"amin must be positive. Received: amin={amin}")
         self.sample_rate = sample_rate
-        self.segment_seconds = segment_seconds
+        self.segment_samples = segment_samples
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.n_mels = n_mels
@@ -100,10 +90,6 @@ class LogMelSpectrogram(keras.layers.Layer):
         self.amin = amin
         self.mel_weights = _mel_weight_matrix(sample_rate, n_fft, n_mels, f_min, f_max)
         self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype("float32")
-
-    @property
-    def segment_samples(self):
-        return int(round(self.segment_seconds * self.sample_rate))
 
     @property
     def n_frames(self):
@@ -130,7 +116,7 @@ class LogMelSpectrogram(keras.layers.Layer):
         config = super().get_config()
         config.update(
             sample_rate=self.sample_rate,
-            segment_seconds=self.segment_seconds,
+            segment_samples=self.segment_samples,
             n_fft=self.n_fft,
             hop_length=self.hop_length,
             n_mels=self.n_mels,
@@ -140,10 +126,3 @@ class LogMelSpectrogram(keras.layers.Layer):
             amin=self.amin,
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if "segment_samples" in config:  # models saved before the argument was in seconds
-            config["segment_seconds"] = config.pop("segment_samples") / config.get("sample_rate", 8000)
-        return cls(**config)

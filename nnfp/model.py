@@ -11,13 +11,6 @@ from nnfp.losses import pair_masks, similarity_matrix, source_ids
 __all__ = ["FingerPrinter"]
 
 
-def _part(cls, value, name):
-    """A model part: given built, built from its keyword arguments, or the default one."""
-    if isinstance(value, dict):
-        return cls(**{"name": name, **value})
-    return cls(name=name) if value is None else value
-
-
 def _l2_normalize(x):
     return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
 
@@ -34,20 +27,16 @@ class FingerPrinter(keras.Model):
     as the paper), builds the source ids of the rows and calls the compiled
     contrastive loss.
 
-    Each part is given built, or as the keyword arguments of its class (a dict,
-    e.g. a config section), or left out for the paper's part. The model is built
-    on construction: its input length is the frontend's `segment_samples`.
-
     Args:
-        frontend: a `LogMelSpectrogram`, or its arguments.
-        encoder: an `Encoder` (f), or its arguments.
-        projection: a `DivideAndEncode` (g), or its arguments.
-        spec_augment: a `SpecAugment`, its arguments, or None for no spectrogram masking.
+        frontend: a `LogMelSpectrogram`.
+        encoder: an `Encoder` (f).
+        projection: a `DivideAndEncode` (g).
+        spec_augment: a `SpecAugment`, or None for no spectrogram masking.
 
     Input `(batch, segment_samples)` float32 waveforms; output `(batch, d)` unit vectors.
 
     Example:
-    >>> model = FingerPrinter(encoder={"width": 0.25}, projection=DivideAndEncode(128))
+    >>> model = FingerPrinter(LogMelSpectrogram(), Encoder(), DivideAndEncode(128))
     >>> model.compile(optimizer="adam", loss=NTXent(0.05))
     >>> model.fit(pairs_dataset, epochs=1)  # batches of (anchors, replicas)
 
@@ -55,17 +44,16 @@ class FingerPrinter(keras.Model):
     Retrieval based on Contrastive Learning", ICASSP 2021.
     """
 
-    def __init__(self, frontend=None, encoder=None, projection=None, spec_augment=None, **kwargs):
+    def __init__(self, frontend, encoder, projection, spec_augment=None, **kwargs):
         super().__init__(**kwargs)
-        self.frontend = _part(LogMelSpectrogram, frontend, "frontend")
-        self.encoder = _part(Encoder, encoder, "encoder")
-        self.projection = _part(DivideAndEncode, projection, "projection")
-        self.spec_augment = None if spec_augment is None else _part(SpecAugment, spec_augment, "spec_augment")
+        self.frontend = frontend
+        self.encoder = encoder
+        self.projection = projection
+        self.spec_augment = spec_augment
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.positive_tracker = keras.metrics.Mean(name="pos_sim")
         self.negative_tracker = keras.metrics.Mean(name="neg_sim")
         self.accuracy_tracker = keras.metrics.Mean(name="batch_top1")
-        self.build((None, self.segment_samples))
 
     @property
     def segment_samples(self):
@@ -73,7 +61,7 @@ class FingerPrinter(keras.Model):
 
     @property
     def embedding_dim(self):
-        return self.projection.embedding_dim
+        return self.projection.n_slices
 
     def build(self, input_shape):
         # Deserialised parts arrive already built from their own build configs.
@@ -224,3 +212,40 @@ class FingerPrinter(keras.Model):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+    @classmethod
+    def from_settings(
+        cls,
+        sample_rate=8000,
+        segment_seconds=1.0,
+        n_fft=1024,
+        hop_length=256,
+        n_mels=256,
+        f_min=300.0,
+        f_max=4000.0,
+        top_db=80.0,
+        channels=None,
+        width=1.0,
+        norm="layer_norm2d",
+        embedding_dim=128,
+        hidden_units=32,
+        spec_augment=None,
+        **kwargs,
+    ):
+        """Build a built model from plain settings (`spec_augment`: kwargs of `SpecAugment` or None)."""
+        from nnfp.encoder import PAPER_CHANNELS, scaled_channels
+
+        segment_samples = int(round(sample_rate * segment_seconds))
+        frontend = LogMelSpectrogram(
+            sample_rate, segment_samples, n_fft, hop_length, n_mels, f_min, f_max, top_db, name="frontend"
+        )
+        channels = scaled_channels(width, channels or PAPER_CHANNELS, n_slices=embedding_dim)
+        model = cls(
+            frontend=frontend,
+            encoder=Encoder(channels=channels, norm=norm, name="encoder"),
+            projection=DivideAndEncode(embedding_dim, hidden_units, name="projection"),
+            spec_augment=SpecAugment(**spec_augment, name="spec_augment") if spec_augment else None,
+            **kwargs,
+        )
+        model.build((None, segment_samples))
+        return model

@@ -9,15 +9,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from nnfp.config import ConfigError, config_errors, load_config, save_config
+from nnfp.config import ConfigError, save_config
 
 __all__ = [
     "TrainingData",
-    "build_all",
     "build_model",
     "build_loss",
     "build_optimizer",
-    "build_schedule",
     "build_callbacks",
     "checkpoint_mode",
     "prepare_data",
@@ -41,95 +39,55 @@ class TrainingData:
 
 
 def build_model(config):
-    """FingerPrinter from the `frontend`, `spec_augment`, `encoder` and `projection` sections.
-
-    Each section is the keyword arguments of its layer; a value a layer refuses
-    raises a ConfigError naming the key (`config key 'encoder.width': ...`).
-    """
-    from nnfp.augment import SpecAugment
-    from nnfp.encoder import DivideAndEncode, Encoder
-    from nnfp.frontend import LogMelSpectrogram
+    """FingerPrinter from the `frontend`, `spec_augment`, `encoder` and `projection` sections."""
     from nnfp.model import FingerPrinter
 
-    parts = {}
-    for section, layer in (
-        ("frontend", LogMelSpectrogram),
-        ("spec_augment", SpecAugment),
-        ("encoder", Encoder),
-        ("projection", DivideAndEncode),
-    ):
-        with config_errors(config, section):
-            parts[section] = layer(**config[section], name=section)
-    if not config["spec_augment"]["chain"]:
-        parts["spec_augment"] = None  # no masks: no layer (and no seed state) in the model
-    with config_errors(config, "projection", "encoder", "frontend"):  # building checks that the shapes fit
-        return FingerPrinter(**parts, name="fingerprinter")
+    return FingerPrinter.from_settings(
+        **config["frontend"],
+        width=config["encoder"]["width"],
+        norm=config["encoder"]["norm"],
+        embedding_dim=config["projection"]["embedding_dim"],
+        hidden_units=config["projection"]["hidden_units"],
+        spec_augment=config["spec_augment"] if config["spec_augment"]["chain"] else None,
+        name="fingerprinter",
+    )
 
 
 def build_loss(config):
-    """The loss named by `loss.type`, built from its own section (`NTXent(**config["loss"]["ntxent"])`)."""
     from nnfp.losses import NTXent, OnlineTripletLoss
 
-    kind = config["loss"]["type"]
-    with config_errors(config, f"loss.{kind}"):
-        return {"ntxent": NTXent, "triplet": OnlineTripletLoss}[kind](**config["loss"][kind])
+    loss = config["loss"]
+    if loss["type"] == "ntxent":
+        return NTXent(temperature=loss["temperature"])
+    return OnlineTripletLoss(margin=loss["margin"], mode=loss["mode"])
 
 
 def learning_rate(config):
-    """Initial learning rate, scaled by batch size / 640 when `schedule.scale_by_batch`."""
+    """Initial learning rate, scaled by batch size / 640 when `optimizer.scale_by_batch`."""
     lr = config["optimizer"]["learning_rate"]
-    if config["schedule"]["scale_by_batch"]:
+    if config["optimizer"]["scale_by_batch"]:
         lr = lr * config["train"]["batch_size"] / 640
     return lr
 
 
-_WRAPPERS = ("optimizer", "lossscaleoptimizer", "multioptimizer")  # base class, or wrap other optimizers
-
-
-def _optimizer_class(name):
-    """`keras.optimizers.<Name>` for a lower-case `name` (`adam`, `lamb`, `adamw`, ...)."""
-    classes = {
-        cls.__name__.lower(): cls
-        for cls in vars(keras.optimizers).values()
-        if isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer) and cls.__name__.lower() not in _WRAPPERS
-    }
-    if name not in classes:
-        raise ConfigError(f"config key 'optimizer.name': expected one of {sorted(classes)}, received {name!r}")
-    return classes[name]
-
-
-def build_schedule(config, total_steps):
-    """The learning rate given to the optimizer: a schedule over `total_steps`, or a constant."""
-    settings, lr = config["schedule"], learning_rate(config)
-    with config_errors(config, "schedule"):
-        if settings["name"] == "cos":
-            return keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(total_steps, 1), alpha=settings["alpha"])
-        if settings["name"] == "cos-restart":
-            return keras.optimizers.schedules.CosineDecayRestarts(
-                lr, first_decay_steps=max(total_steps // 10, 1), alpha=settings["alpha"]
-            )
-    return lr
-
-
 def build_optimizer(config, total_steps):
-    """`keras.optimizers.<optimizer.name>` with the `schedule` section's learning rate over `total_steps`."""
+    """Adam or LAMB with a cosine, cosine-restart or constant schedule over `total_steps`."""
     settings = config["optimizer"]
-    cls = _optimizer_class(settings["name"])
-    # null keys take the optimizer's own default (no weight decay for Adam and LAMB, 0.004 for AdamW)
-    arguments = {k: v for k, v in settings.items() if k not in ("name", "learning_rate") and v is not None}
-    with config_errors(config, "optimizer"):
-        return cls(learning_rate=build_schedule(config, total_steps), **arguments)
-
-
-def build_all(config):
-    """Build the model, loss and optimizer once to check every model setting (errors name the key).
-
-    `train` calls it before it writes anything or loads data, so a value that a
-    constructor refuses fails in seconds.
-    """
-    build_loss(config)
-    build_optimizer(config, total_steps=1)
-    return build_model(config)
+    lr = learning_rate(config)
+    if settings["schedule"] == "cos":
+        schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(total_steps, 1), alpha=settings["alpha"])
+    elif settings["schedule"] == "cos-restart":
+        schedule = keras.optimizers.schedules.CosineDecayRestarts(
+            lr, first_decay_steps=max(total_steps // 10, 1), alpha=settings["alpha"]
+        )
+    else:
+        schedule = lr
+    kwargs = {"learning_rate": schedule}
+    if settings["weight_decay"] is not None:
+        kwargs["weight_decay"] = settings["weight_decay"]
+    if settings["name"] == "lamb":
+        return keras.optimizers.Lamb(**kwargs)
+    return keras.optimizers.Adam(**kwargs)
 
 
 def _resolve(config, key):
@@ -170,7 +128,7 @@ def resolve_data_path(config, key):
 
 def corpus_directory(config):
     """Folder of the embedded corpus: `embedded.directory`, or by default
-    `<embedded.cache_dir>/corpus-<params>` (`cache_dir` defaults to `~/.cache/nnfp`).
+    `$NNFP_CACHE/corpus-<params>` (`NNFP_CACHE` defaults to `~/.cache/nnfp`).
 
     The default folder name holds every parameter of the corpus (and its version), so
     two configs never share a folder unless they share the corpus.
@@ -184,7 +142,7 @@ def corpus_directory(config):
         f"v{CORPUS_VERSION}_n{emb['n_tracks'] + emb['n_val_tracks']}_s{emb['track_seconds']:g}"
         f"_noise{emb['n_noise']}_ir{emb['n_irs']}_sr{config['frontend']['sample_rate']}_seed{emb['seed']}"
     )
-    return Path(emb["cache_dir"]).expanduser() / f"corpus-{tag}"
+    return Path(os.environ.get("NNFP_CACHE") or Path.home() / ".cache" / "nnfp") / f"corpus-{tag}"
 
 
 def embedded_corpus(config):
@@ -444,10 +402,7 @@ def _check_resumed_config(config, saved_path):
 
     if not saved_path.is_file():
         return
-    try:  # through load_config: renamed keys take their new names, keys added since get their defaults
-        saved = _flatten(load_config(saved_path))
-    except ConfigError:
-        saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
     new = _flatten(config)
     changed = sorted(k for k in set(saved) | set(new) if saved.get(k, "<unset>") != new.get(k, "<unset>"))
     if changed:
@@ -467,7 +422,6 @@ def train(config, run_dir, log=print, extra_callbacks=()):
     run_dir = Path(run_dir)
     _check_resumed_config(config, run_dir / "config.yaml")
     checkpoint_mode(config["train"]["checkpoint_monitor"])  # a misspelt monitor fails before data loads
-    build_all(config)  # a value a constructor refuses fails now, before the seed is set (same draws after)
     write_marker(run_dir, "run")
     save_config(config, run_dir / "config.yaml")
     keras.utils.set_random_seed(config["train"]["seed"])

@@ -13,7 +13,7 @@ from nnfp.training import checkpoint_mode
 
 @pytest.fixture(scope="module")
 def tiny():
-    model = FingerPrinter(encoder={"width": 0.03125}, projection={"embedding_dim": 16})
+    model = FingerPrinter.from_settings(width=0.03125, embedding_dim=16)
     model.compile(optimizer="adam", loss=NTXent(0.1))
     rng = np.random.default_rng(0)
     originals = rng.standard_normal((6, 8000)).astype("float32")

@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
         return NTXent(0.1) if loss_name == "ntxent" else OnlineTripletLoss(0.5, "semi-hard")
 
     def build():
-        model = FingerPrinter(encoder={"width": 0.03125, "norm": "layer_norm1d"}, projection={"embedding_dim": 16})
+        model = FingerPrinter.from_settings(width=0.03125, embedding_dim=16, norm="layer_norm1d")
         model.compile(optimizer="adam", loss=make_loss())
         return model
 
@@ -153,6 +153,7 @@ FIT_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     os.environ["KERAS_BACKEND"] = "tensorflow"
+    os.environ["NNFP_CACHE"] = sys.argv[2]
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -166,7 +167,6 @@ FIT_SCRIPT = textwrap.dedent(
         "embedded.n_val_tracks=2", "embedded.track_seconds=6", "embedded.n_noise=2", "embedded.n_irs=2",
         "train.batch_size=12", "train.n_anchors=4", "train.val_batch_size=8", "train.steps_per_epoch=2",
         "train.epochs=2", "train.mini_search_scopes=[1,3]", "train.verbose=0", "data.val_max_segments=16",
-        f"embedded.cache_dir={sys.argv[2]}",
     ])
     model, history, summary = train(config, sys.argv[1], log=lambda *_: None)
     print(json.dumps({

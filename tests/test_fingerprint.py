@@ -19,7 +19,7 @@ def tiny_model(tmp_path_factory):
     from nnfp.model import FingerPrinter
 
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    FingerPrinter(encoder={"width": 0.03125}, projection={"embedding_dim": 16}).save(path)
+    FingerPrinter.from_settings(width=0.03125, embedding_dim=16).save(path)
     return path
 
 

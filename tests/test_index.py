@@ -40,9 +40,17 @@ def setup(tmp_path_factory):
     from nnfp.training import embedded_corpus, train
 
     root = tmp_path_factory.mktemp("index")
-    config = load_config(CONFIG_DIR / "demo.yaml", [*TINY, f"embedded.cache_dir={root / 'cache'}"])
-    corpus = embedded_corpus(config)
-    train(config, root / "run", log=lambda *_: None)
+    previous = os.environ.get("NNFP_CACHE")
+    os.environ["NNFP_CACHE"] = str(root / "cache")
+    try:
+        config = load_config(CONFIG_DIR / "demo.yaml", TINY)
+        corpus = embedded_corpus(config)
+        train(config, root / "run", log=lambda *_: None)
+    finally:
+        if previous is None:
+            os.environ.pop("NNFP_CACHE", None)
+        else:
+            os.environ["NNFP_CACHE"] = previous
     index = root / "built" / "idx"
     assert main(["index", "build", str(corpus.music_dir), str(index), "--model", str(root / "run"), "--quiet"]) == 0
     return {"root": root, "music": corpus.music_dir, "run": root / "run", "index": index}

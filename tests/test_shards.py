@@ -23,7 +23,7 @@ def catalogue(tmp_path_factory):
     for i in range(8):
         folder = music / "sub" if i == 5 else music
         sf.write(folder / f"track_{i}.wav", compose_track(100 + i, 6.0), 8000)
-    model = FingerPrinter(encoder={"width": 0.03125}, projection={"embedding_dim": 16})
+    model = FingerPrinter.from_settings(width=0.03125, embedding_dim=16)
     model.save(root / "tiny.keras")
     return {"root": root, "music": music, "model": root / "tiny.keras"}
 
