@@ -1,7 +1,6 @@
 """Signal helpers of the generated corpus: filters as gain curves, normalisation, wavetables.
 
-NumPy only; shared by the music synthesiser (`synth`), the noise generator (`noise`) and the
-room + microphone impulse responses (`rooms`).
+NumPy only; shared by the music synthesiser (`synth`) and the noise generator (`noise`).
 """
 
 from __future__ import annotations

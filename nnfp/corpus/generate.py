@@ -32,7 +32,7 @@ from nnfp.outputs import atomic_file, atomic_write_json
 __all__ = ["CORPUS_VERSION", "CorpusPaths", "generate_corpus"]
 
 # Bump whenever a generator changes its output, so cached corpora are rebuilt.
-CORPUS_VERSION = "2"
+CORPUS_VERSION = "3"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,13 +3,15 @@ simulated rooms (`nnfp data make-irs`) for users without an IR set.
 
 `make_impulse_response(seed)` (NumPy only): direct path, early reflections, a
 frequency-dependent exponential tail (RT60 0.1-0.8 s at 1 kHz) and a random microphone
-colouration (flat, phone band, laptop, cheap mic, muffled).
+colouration.
 
 `make_room_impulse_responses` simulates shoebox rooms with pyroomacoustics (image source
 method with randomised image positions, air absorption), with random sizes, reverberation
-times, wall materials and source/microphone positions; a random short band-pass stands in
-for the phone or laptop microphone of the paper's room + microphone IRs. pyroomacoustics is
-an optional extra: `pip install "nnfp[rooms]"`.
+times, wall materials and source/microphone positions. pyroomacoustics is an optional
+extra: `pip install "nnfp[rooms]"`.
+
+Both use the same microphone model: a random short band-pass standing in for the phone or
+laptop microphone of the paper's room + microphone IRs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import pathlib
 
 import numpy as np
 
-from nnfp.corpus.dsp import butter_gain, peak_gain
 from nnfp.outputs import atomic_file, atomic_write_json
 
 __all__ = ["make_impulse_response", "make_room_impulse_responses", "simulate_room"]
@@ -41,15 +42,9 @@ def _pyroomacoustics():
     return pyroomacoustics
 
 
-def _bandpass_microphone(rng, sample_rate):
-    """A short random band-pass FIR (64 taps, ripple of a few dB): the colouration of a small
-    microphone in the simulated rooms of `nnfp data make-irs`.
-
-    Two microphone models on purpose, for now: using this one for the corpus changes every
-    corpus impulse response (and lowers the tiny-model identification test of
-    tests/test_index.py from 0.7 to 0.45), using the corpus one here changes every
-    `make-irs` output for a seed (the IR sets the shipped model was trained with).
-    """
+def _microphone(rng, sample_rate):
+    """A short random band-pass FIR centred at its middle tap: the colouration of a small
+    (phone, laptop) microphone, shared by the NumPy rooms and the simulated ones."""
     from numpy.fft import irfft
 
     n = 64
@@ -58,37 +53,6 @@ def _bandpass_microphone(rng, sample_rate):
     gain = 1 / np.sqrt(1 + (low / np.maximum(freqs, 1)) ** 4) / np.sqrt(1 + (freqs / high) ** 8)
     gain *= 10 ** (rng.normal(0, 2, len(freqs)) / 20)  # a few dB of ripple
     return np.roll(irfft(gain, n), n // 2) * np.hanning(n)
-
-
-def _microphone_of_kind(rng, sample_rate):
-    """A 256-tap microphone colouration of a random kind: flat, phone band, laptop, cheap, muffled.
-
-    Returns `(fir centred at tap 128, kind)`. The corpus model; `nnfp data make-irs` uses
-    `_bandpass_microphone` (see the note there).
-    """
-    kind = str(rng.choice(["flat", "phone", "laptop", "cheap", "muffled"]))
-    nyquist = sample_rate / 2.0
-    freqs = np.fft.rfftfreq(256, 1.0 / sample_rate)
-    ripple = peak_gain(
-        freqs, rng.uniform(200.0, nyquist), rng.uniform(100.0, 600.0), rng.uniform(-3.0, 3.0)
-    )
-    if kind == "phone":
-        gain = butter_gain(
-            freqs, rng.uniform(250.0, 400.0), min(rng.uniform(3000.0, 3500.0), 0.9 * nyquist), 4
-        )
-    elif kind == "laptop":
-        gain = butter_gain(freqs, rng.uniform(200.0, 500.0), 0.9 * nyquist, 2)
-        gain *= peak_gain(freqs, rng.uniform(1000.0, 3000.0), 400.0, rng.uniform(3.0, 8.0))
-    elif kind == "cheap":
-        gain = butter_gain(freqs, rng.uniform(80.0, 150.0), None, 2) * (
-            np.maximum(freqs, 100.0) / 1000.0
-        ) ** rng.uniform(-0.3, 0.3)
-    elif kind == "muffled":
-        gain = butter_gain(freqs, None, rng.uniform(1200.0, 2800.0), 2)
-    else:
-        gain = np.ones_like(freqs)
-    fir = np.roll(np.fft.irfft(gain * ripple, 256), 128) * np.hanning(256)
-    return fir, kind
 
 
 def make_impulse_response(seed: int, sample_rate: int = 8000) -> np.ndarray:
@@ -123,8 +87,9 @@ def make_impulse_response(seed: int, sample_rate: int = 8000) -> np.ndarray:
     tail *= np.clip((np.arange(n) - onset) / (0.005 * sample_rate), 0.0, 1.0)
     direct_to_reverb_db = rng.uniform(-6.0, 8.0)
     tail *= np.sqrt(np.sum(early**2) / np.sum(tail**2) / 10.0 ** (direct_to_reverb_db / 10.0))
-    fir, _ = _microphone_of_kind(rng, sample_rate)
-    h = np.convolve(early + tail, fir)[128 : 128 + n]
+    fir = _microphone(rng, sample_rate)
+    delay = len(fir) // 2  # the microphone filter is centred: keep the direct path at `direct`
+    h = np.convolve(early + tail, fir)[delay : delay + n]
     h /= h[np.argmax(np.abs(h))]
     return h.astype(np.float32)
 
@@ -159,7 +124,7 @@ def simulate_room(rng, sample_rate=8000, rt60_range=(0.1, 0.8), max_seconds=1.0)
         np.random.seed(seed)
     room.compute_rir()
     h = np.asarray(room.rir[0][0], np.float64)
-    h = np.convolve(h, _bandpass_microphone(rng, sample_rate))[: int(max_seconds * sample_rate)]
+    h = np.convolve(h, _microphone(rng, sample_rate))[: int(max_seconds * sample_rate)]
     peak = np.abs(h).max()
     if not np.isfinite(peak) or peak == 0:
         return None
