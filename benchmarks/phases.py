@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from nnfp.catalogue.calibration import allowed_false_matches
 from nnfp.catalogue.evaluation import _degradation, _make_queries
 from nnfp.catalogue.identify import Identifier
 
@@ -52,7 +53,7 @@ def _rates(identifier, phase_sets, info, lengths, k_probe, collect_scores=False)
 
 def _kept_at(target, known_stat, right, unknown_stat):
     """Fraction of right answers kept by the lowest threshold with <= target false matches."""
-    allowed = int(np.floor(target * len(unknown_stat)))
+    allowed = allowed_false_matches(len(unknown_stat), target, confidence=None)
     ranked = np.sort(np.nan_to_num(unknown_stat, nan=-np.inf))[::-1]
     threshold = np.nextafter(ranked[allowed], np.inf) if allowed < len(ranked) else -np.inf
     return float(np.mean(right & (np.nan_to_num(known_stat, nan=-np.inf) >= threshold)))
