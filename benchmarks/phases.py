@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from nnfp.catalogue.calibration import allowed_false_matches
-from nnfp.catalogue.evaluation import _degradation, _make_queries
+from nnfp.catalogue.evaluation import degradation_settings, index_queries
 from nnfp.catalogue.identify import Identifier
 
 LENGTHS = (1, 2, 3, 5, 6, 10)
@@ -74,8 +74,8 @@ def main():
     if any(most % p for p in args.phases):
         raise SystemExit(f"every --phases value must divide {most}")
     identifier = Identifier(args.index, min_score=None, phases=most, threads=1)
-    degradation = _degradation(identifier, (0.0, 10.0), None, None, None, not args.clean, not args.clean)
-    waves, info = _make_queries(identifier, args.queries, max(LENGTHS), degradation, args.seed, aligned=False)
+    degradation = degradation_settings(identifier, (0.0, 10.0), None, None, None, not args.clean, not args.clean)
+    waves, info = index_queries(identifier, args.queries, max(LENGTHS), degradation, args.seed, aligned=False)
     started = time.perf_counter()
     all_phases = [identifier.phase_fingerprints(w) for w in waves]
     fingerprint_ms = 1000 * (time.perf_counter() - started) / len(waves)
@@ -98,7 +98,7 @@ def main():
             print(f"{p:>6} {k_probe:>7} | {cells} | {np.median(latency):>20.2f} | {per_phase_ms * p:>21.0f}")
 
     if args.unknown:
-        unknown_waves, _ = _make_queries(
+        unknown_waves, _ = index_queries(
             identifier, args.queries, max(LENGTHS), degradation, args.seed + 1, aligned=False, unknown_dir=args.unknown
         )
         unknown_phases = [identifier.phase_fingerprints(w) for w in unknown_waves]

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import yaml
 
-from nnfp.encoder import PAPER_CHANNELS, encoder_output_shape, scaled_channels
-
 __all__ = ["ConfigError", "CONFIG_DIR", "load_config", "parse_overrides", "save_config", "validate"]
 
 
@@ -44,11 +42,10 @@ _NULLABLE = {
     "wandb.entity": (str,),
     "wandb.name": (str,),
 }
+# Selectors read by nnfp.training (no constructor sees them). The model, SpecAugment and loss
+# arguments are checked by their own constructors (`_check_parts`).
 _CHOICES = {
-    "spec_augment.fill": ("zeros", "min", "random"),
-    "encoder.norm": ("layer_norm2d", "layer_norm1d", "batch_norm"),
     "loss.type": ("ntxent", "triplet"),
-    "loss.mode": ("semi-hard", "all", "hard"),
     "optimizer.name": ("adam", "lamb"),
     "optimizer.schedule": ("cos", "cos-restart", "constant"),
     "wandb.mode": ("offline", "online", "disabled"),
@@ -56,12 +53,12 @@ _CHOICES = {
     "train.distribute": ("none", "mirrored", "multi_worker"),
 }
 _POSITIVE = (
-    "frontend.sample_rate", "frontend.segment_seconds", "frontend.n_fft", "frontend.hop_length",
-    "frontend.n_mels", "frontend.top_db", "encoder.width", "projection.embedding_dim",
-    "projection.hidden_units", "loss.temperature", "optimizer.learning_rate", "data.hop_seconds",
+    "optimizer.learning_rate", "data.hop_seconds",
     "train.epochs", "train.batch_size", "train.n_anchors", "train.val_batch_size",
     "train.steps_per_epoch", "embedded.n_tracks", "embedded.n_val_tracks", "embedded.track_seconds",
 )
+_MODEL_SECTIONS = ("frontend", "encoder", "projection", "spec_augment")
+_RECEIVED = re.compile(r"Received: (\w+)=")
 
 
 class ConfigError(ValueError):
@@ -184,30 +181,55 @@ def _get(config, key):
     return config[section][name]
 
 
+def _constructed(config, section, build, key=None):
+    """`build()`, with a constructor's ValueError re-raised as a ConfigError naming the key."""
+    try:
+        return build()
+    except ValueError as error:
+        if key is None:
+            match = _RECEIVED.search(str(error))
+            name = match.group(1) if match else None
+            key = f"{section}.{name}" if name in config[section] else section
+        raise ConfigError(f"config key '{key}': {error}") from None
+
+
+def _check_parts(config):
+    """Construct the model parts and the loss from their sections: their constructors check the values."""
+    from nnfp.augment import SpecAugment
+    from nnfp.encoder import DivideAndEncode, Encoder
+    from nnfp.frontend import LogMelSpectrogram
+    from nnfp.losses import NTXent, OnlineTripletLoss
+
+    frontend = _constructed(config, "frontend", lambda: LogMelSpectrogram(**config["frontend"]))
+    encoder = _constructed(config, "encoder", lambda: Encoder(**config["encoder"]))
+    projection = _constructed(config, "projection", lambda: DivideAndEncode(**config["projection"]))
+    _constructed(config, "spec_augment", lambda: SpecAugment(**config["spec_augment"]))
+    features = encoder.compute_output_shape(frontend.compute_output_shape((None, frontend.segment_samples)))[-1]
+    _constructed(config, "projection", lambda: projection.slice_length_for(features), key="projection.embedding_dim")
+    loss = config["loss"]
+    if loss["type"] == "ntxent":
+        _constructed(config, "loss", lambda: NTXent(temperature=loss["temperature"]))
+    else:
+        _constructed(config, "loss", lambda: OnlineTripletLoss(margin=loss["margin"], mode=loss["mode"]))
+
+
 def validate(config):
     """Check ranges and cross-key constraints; raise ConfigError naming the key."""
     for key, allowed in _CHOICES.items():
         if _get(config, key) not in allowed:
             raise ConfigError(f"config key '{key}': expected one of {list(allowed)}, received {_get(config, key)!r}")
-    for name in config["spec_augment"]["chain"]:
-        if name not in ("cutout", "horizontal", "vertical"):
-            raise ConfigError(
-                f"config key 'spec_augment.chain': entries must be cutout, horizontal or vertical, received {name!r}"
-            )
     for key in _POSITIVE:
         value = _get(config, key)
         if value is not None and value <= 0:
             raise ConfigError(f"config key '{key}': expected a positive value, received {value!r}")
-    for key in ("spec_augment.size_range", "data.snr_db_range", "data.speech_snr_db_range", "data.gain_db_range"):
+    for key in ("data.snr_db_range", "data.speech_snr_db_range", "data.gain_db_range"):
         value = _get(config, key)
         if len(value) != 2 or value[0] > value[1]:
             raise ConfigError(f"config key '{key}': expected [low, high] with low <= high, received {value!r}")
-    low, high = config["spec_augment"]["size_range"]
-    if not 0 < low <= high <= 1:
-        raise ConfigError(f"config key 'spec_augment.size_range': expected 0 < low <= high <= 1, received {[low, high]}")
-    for key in ("spec_augment.probability", "data.noise_prob", "data.ir_prob", "data.speech_prob"):
+    for key in ("data.noise_prob", "data.ir_prob", "data.speech_prob"):
         if not 0 <= _get(config, key) <= 1:
             raise ConfigError(f"config key '{key}': expected a probability in [0, 1], received {_get(config, key)!r}")
+    _check_parts(config)
 
     train = config["train"]
     for key in ("batch_size", "val_batch_size"):
@@ -217,29 +239,6 @@ def validate(config):
         raise ConfigError(
             f"config key 'train.n_anchors': expected at most train.batch_size / 2 = {train['batch_size'] // 2} "
             f"(each anchor needs a replica), received {train['n_anchors']}"
-        )
-
-    frontend = config["frontend"]
-    if frontend["f_max"] > frontend["sample_rate"] / 2 or frontend["f_min"] >= frontend["f_max"]:
-        raise ConfigError(
-            f"config keys 'frontend.f_min'/'frontend.f_max': expected 0 <= f_min < f_max <= sample_rate / 2 = "
-            f"{frontend['sample_rate'] / 2}, received f_min={frontend['f_min']}, f_max={frontend['f_max']}"
-        )
-    samples = frontend["segment_seconds"] * frontend["sample_rate"]
-    if abs(samples - round(samples)) > 1e-6 or samples < frontend["n_fft"]:
-        raise ConfigError(
-            f"config key 'frontend.segment_seconds': the encoder needs a whole number of samples, at least "
-            f"n_fft={frontend['n_fft']} ({frontend['n_fft'] / frontend['sample_rate']:.3f} s), received "
-            f"{frontend['segment_seconds']} s = {samples:g} samples"
-        )
-    d = config["projection"]["embedding_dim"]
-    channels = scaled_channels(config["encoder"]["width"], PAPER_CHANNELS, n_slices=d)
-    frames = 1 + int(round(samples)) // frontend["hop_length"]
-    freq, time, width = encoder_output_shape((frontend["n_mels"], frames), channels)
-    if (freq * time * width) % d:
-        raise ConfigError(
-            f"config key 'frontend.segment_seconds': encoder output {freq}x{time}x{width} is not divisible "
-            f"into projection.embedding_dim={d} slices, received {frontend['segment_seconds']} s"
         )
     data = config["data"]
     if data["speech"] == "embedded":
@@ -257,8 +256,7 @@ def validate(config):
 
 def save_config(config, path):
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        yaml.safe_dump(config, handle, sort_keys=False)
-    tmp.replace(path)
+    from nnfp.outputs import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))

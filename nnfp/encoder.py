@@ -31,14 +31,11 @@ PAPER_STRIDES = (
 _NORMS = ("layer_norm2d", "layer_norm1d", "batch_norm")
 
 
-def scaled_channels(width=1.0, channels=PAPER_CHANNELS, n_slices=None):
-    """Channels of the paper encoder times `width`; the last rounded up to a multiple of `n_slices`."""
+def scaled_channels(width=1.0, channels=PAPER_CHANNELS):
+    """Channels of the paper encoder times `width` (at least 4 per block)."""
     if width <= 0:
         raise ValueError(f"width must be positive. Received: width={width}")
-    scaled = [max(4, int(round(c * width))) for c in channels]
-    if n_slices:
-        scaled[-1] = math.ceil(scaled[-1] / n_slices) * n_slices
-    return tuple(scaled)
+    return tuple(max(4, int(round(c * width))) for c in channels)
 
 
 def encoder_output_shape(input_shape, channels=PAPER_CHANNELS, strides=PAPER_STRIDES):
@@ -114,34 +111,41 @@ class Encoder(keras.layers.Layer):
     """The convolutional encoder f(.): a stack of `ConvBlock`s, then flatten.
 
     Args:
-        channels: filters of each block (paper: 128, 128, 256, 256, 512, 512, 1024, 1024).
-        strides: per-block pair of (freq, time) strides (paper: `PAPER_STRIDES`).
+        width: channel multiplier; block i has `max(4, round(width * channels[i]))`
+            filters (`filters` attribute). 0.25 gives 32 ... 256.
         norm: normalisation of every block, see `ConvBlock`.
+        channels: channels of each block at width 1 (paper: 128, 128, 256, 256,
+            512, 512, 1024, 1024).
+        strides: per-block pair of (freq, time) strides (paper: `PAPER_STRIDES`).
 
-    Input `(batch, n_mels, frames, 1)`; output `(batch, D)`, D = freq' * time' * channels[-1]
-    (1024 for the paper's 1 s input).
+    Input `(batch, n_mels, frames, 1)`; output `(batch, D)`, D = freq' * time' * filters[-1]
+    (1024 for the paper's 1 s input at width 1).
 
     Example:
-    >>> f = Encoder(channels=scaled_channels(0.25))
+    >>> f = Encoder(width=0.25)
     >>> f(np.zeros((2, 256, 32, 1), "float32")).shape
     TensorShape([2, 256])
 
     Follows Chang et al. 2021, section 3.2 and the official neural-audio-fp model.
     """
 
-    def __init__(self, channels=PAPER_CHANNELS, strides=PAPER_STRIDES, norm="layer_norm2d", **kwargs):
+    def __init__(self, width=1.0, norm="layer_norm2d", channels=PAPER_CHANNELS, strides=PAPER_STRIDES, **kwargs):
         super().__init__(**kwargs)
+        if norm not in _NORMS:
+            raise ValueError(f"norm must be one of {_NORMS}. Received: norm={norm!r}")
         if len(channels) != len(strides):
             raise ValueError(
                 "channels and strides must have one entry per block. Received: "
                 f"channels={list(channels)} ({len(channels)} blocks), strides with {len(strides)} blocks"
             )
+        self.width = float(width)
         self.channels = tuple(int(c) for c in channels)
+        self.filters = scaled_channels(self.width, self.channels)
         self.strides = tuple(tuple(tuple(int(v) for v in s) for s in pair) for pair in strides)
         self.norm = norm
         self.blocks = [
             ConvBlock(c, s, norm=norm, name=f"block_{i}")
-            for i, (c, s) in enumerate(zip(self.channels, self.strides, strict=False))
+            for i, (c, s) in enumerate(zip(self.filters, self.strides, strict=False))
         ]
 
     def build(self, input_shape):
@@ -156,15 +160,16 @@ class Encoder(keras.layers.Layer):
         return ops.reshape(x, (ops.shape(x)[0], -1))  # (batch, D)
 
     def compute_output_shape(self, input_shape):
-        freq, time, channels = encoder_output_shape(input_shape[1:3], self.channels, self.strides)
+        freq, time, channels = encoder_output_shape(input_shape[1:3], self.filters, self.strides)
         return (input_shape[0], freq * time * channels)
 
     def get_config(self):
         config = super().get_config()
         config.update(
+            width=self.width,
+            norm=self.norm,
             channels=list(self.channels),
             strides=[[list(s) for s in pair] for pair in self.strides],
-            norm=self.norm,
         )
         return config
 
@@ -173,43 +178,46 @@ class Encoder(keras.layers.Layer):
 class DivideAndEncode(keras.layers.Layer):
     """Divide-and-encode projection g(.): d slices, each Dense(hidden, ELU) -> Dense(1).
 
-    The input is cut into `n_slices` equal slices; slice q goes through its own
-    two-layer MLP. All slices run as one grouped op (an einsum over a
-    `(n_slices, slice, hidden)` kernel) rather than `n_slices` separate layers.
+    The input is cut into d = `embedding_dim` equal slices; slice q goes through
+    its own two-layer MLP. All slices run as one grouped op (an einsum over a
+    `(d, slice, hidden)` kernel) rather than d separate layers.
 
     Args:
-        n_slices: output dimension d (one output per slice).
+        embedding_dim: output dimension d (one output per slice).
         hidden_units: width of each slice's hidden layer (paper: 32).
 
-    Input `(batch, D)` with D divisible by `n_slices`; output `(batch, n_slices)`.
+    Input `(batch, D)` with D divisible by `embedding_dim`; output `(batch, embedding_dim)`.
 
     Example:
-    >>> g = DivideAndEncode(n_slices=128)
+    >>> g = DivideAndEncode(embedding_dim=128)
     >>> g(np.zeros((2, 1024), "float32")).shape
     TensorShape([2, 128])
 
     Follows Lai et al. 2015 and Gfeller et al. 2017 as used by Chang et al. 2021.
     """
 
-    def __init__(self, n_slices=128, hidden_units=32, **kwargs):
+    def __init__(self, embedding_dim=128, hidden_units=32, **kwargs):
         super().__init__(**kwargs)
-        if n_slices <= 0 or hidden_units <= 0:
+        if embedding_dim <= 0 or hidden_units <= 0:
             raise ValueError(
-                "n_slices and hidden_units must be positive. "
-                f"Received: n_slices={n_slices}, hidden_units={hidden_units}"
+                "embedding_dim and hidden_units must be positive. "
+                f"Received: embedding_dim={embedding_dim}, hidden_units={hidden_units}"
             )
-        self.n_slices = int(n_slices)
+        self.embedding_dim = int(embedding_dim)
         self.hidden_units = int(hidden_units)
 
-    def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim % self.n_slices:
+    def slice_length_for(self, input_size):
+        """Length of each slice for an input of `input_size` features; raises unless it divides."""
+        if input_size % self.embedding_dim:
             raise ValueError(
-                f"DivideAndEncode needs an input size divisible by n_slices={self.n_slices}. "
-                f"Received: input size {dim}"
+                f"DivideAndEncode needs an input size divisible by embedding_dim={self.embedding_dim}. "
+                f"Received: input size {input_size}"
             )
-        self.slice_length = dim // self.n_slices
-        q, s, h = self.n_slices, self.slice_length, self.hidden_units
+        return input_size // self.embedding_dim
+
+    def build(self, input_shape):
+        self.slice_length = self.slice_length_for(input_shape[-1])
+        q, s, h = self.embedding_dim, self.slice_length, self.hidden_units
         # Glorot-uniform per slice, with each slice's own fan-in and fan-out.
         limit_1, limit_2 = np.sqrt(6.0 / (s + h)), np.sqrt(6.0 / (h + 1))
         self.kernel_1 = self.add_weight(
@@ -222,14 +230,21 @@ class DivideAndEncode(keras.layers.Layer):
         self.bias_2 = self.add_weight(name="bias_2", shape=(q,), initializer="zeros")
 
     def call(self, x):
-        x = ops.reshape(x, (-1, self.n_slices, self.slice_length))  # (batch, d, slice)
+        x = ops.reshape(x, (-1, self.embedding_dim, self.slice_length))  # (batch, d, slice)
         hidden = ops.elu(ops.einsum("bqs,qsh->bqh", x, self.kernel_1) + self.bias_1)  # (batch, d, hidden)
         return ops.einsum("bqh,qh->bq", hidden, self.kernel_2) + self.bias_2  # (batch, d)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.n_slices)
+        return (input_shape[0], self.embedding_dim)
 
     def get_config(self):
         config = super().get_config()
-        config.update(n_slices=self.n_slices, hidden_units=self.hidden_units)
+        config.update(embedding_dim=self.embedding_dim, hidden_units=self.hidden_units)
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "n_slices" in config:  # models saved before embedding_dim was the argument
+            config["embedding_dim"] = config.pop("n_slices")
+        return cls(**config)

@@ -1,8 +1,5 @@
 """Export a trained fingerprinter as a TF SavedModel, and load any saved form for inference."""
 
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -31,7 +28,7 @@ def export_saved_model(model, out_dir, config=None, overwrite=False, inputs=()):
     import tensorflow as tf
 
     from nnfp.config import save_config
-    from nnfp.outputs import claim_output_dir, write_marker
+    from nnfp.outputs import atomic_directory, claim_output_dir
 
     claim_output_dir(out_dir, "export", overwrite=overwrite, inputs=inputs)
     out_dir = Path(out_dir)
@@ -44,23 +41,10 @@ def export_saved_model(model, out_dir, config=None, overwrite=False, inputs=()):
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(name="serve", fn=serve, input_signature=[spec])
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir, kind="export") as tmp:  # checked above: new, empty or an export
         archive.write_out(str(tmp), verbose=False)
         if config is not None:
             save_config(config, tmp / "config.yaml")
-        write_marker(tmp, "export")
-        if out_dir.exists():  # checked above: empty, or an nnfp export being replaced
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            old.rmdir()
-            os.rename(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir
 
 
@@ -80,17 +64,27 @@ def resolve_model_path(path):
     return path
 
 
-def _padded_size(n, batch_size):
-    """Rows a batch of `n` is padded to: a power of two (>= 8), at most `batch_size`.
+def _padded_size(n, batch_size, compiled=()):
+    """Rows a batch of `n` is padded to: the smallest size already compiled that holds it,
+    else a power of two (>= 8), at most `batch_size`.
 
-    XLA compiles one program per input shape; a handful of sizes keeps compiles
-    rare while a short query is not padded to a whole batch.
+    XLA compiles one program per input shape, which takes seconds; running a few padded
+    rows costs far less. So a handful of sizes keeps compiles rare, a short query is not
+    padded to a whole batch, and the last, partial batch of a long job reuses the
+    program of the full ones.
     """
-    return min(int(batch_size), max(8, 1 << (int(n) - 1).bit_length()))
+    n = int(n)
+    fits = [size for size in compiled if n <= size <= batch_size]
+    if fits:
+        return min(fits)
+    return min(int(batch_size), max(8, 1 << (n - 1).bit_length()))
 
 
-def _fingerprint_batches(embed, waveforms, batch_size, d):
-    """Runs `embed` over fixed-shape batches (the last one zero-padded), drops the padding."""
+def _fingerprint_batches(embed, waveforms, batch_size, d, compiled):
+    """Runs `embed` over fixed-shape batches (the last one zero-padded), drops the padding.
+
+    `compiled`: the set of batch sizes `embed` has run at (updated).
+    """
     import tensorflow as tf
 
     waveforms = np.asarray(waveforms, np.float32)
@@ -98,10 +92,11 @@ def _fingerprint_batches(embed, waveforms, batch_size, d):
     for first in range(0, len(waveforms), batch_size):
         batch = waveforms[first : first + batch_size]
         n = len(batch)
-        size = _padded_size(n, batch_size)
+        size = _padded_size(n, batch_size, compiled)
         if size != n:
             batch = np.concatenate([batch, np.zeros((size - n, batch.shape[1]), np.float32)])
         out.append(np.asarray(embed(tf.constant(batch)))[:n])
+        compiled.add(size)
     return np.concatenate(out) if out else np.zeros((0, d), np.float32)
 
 
@@ -118,9 +113,10 @@ class _SavedModelFingerprinter:
             raise ModelLoadError(path, error) from None
         serve = self._serve
         self._embed = tf.function(lambda x: serve(waveforms=x)["fingerprint"], jit_compile=jit_compile)
+        self._compiled = set()  # batch sizes run so far
 
     def fingerprint(self, waveforms, batch_size=256):
-        return _fingerprint_batches(self._embed, waveforms, batch_size, self.embedding_dim)
+        return _fingerprint_batches(self._embed, waveforms, batch_size, self.embedding_dim, self._compiled)
 
 
 class _KerasFingerprinter:
@@ -143,9 +139,10 @@ class _KerasFingerprinter:
         self.segment_samples = model.segment_samples
         self.embedding_dim = model.embedding_dim
         self._embed = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile)
+        self._compiled = set()  # batch sizes run so far
 
     def fingerprint(self, waveforms, batch_size=256):
-        return _fingerprint_batches(self._embed, waveforms, batch_size, self.embedding_dim)
+        return _fingerprint_batches(self._embed, waveforms, batch_size, self.embedding_dim, self._compiled)
 
 
 def load_fingerprinter(path, jit_compile=True, trust_model=False):

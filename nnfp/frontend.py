@@ -33,7 +33,8 @@ class LogMelSpectrogram(keras.layers.Layer):
 
     Args:
         sample_rate: input sampling rate in Hz.
-        segment_samples: samples per input example.
+        segment_seconds: length of an input example in seconds (a whole number
+            of samples, at least `n_fft`); `segment_samples` is derived from it.
         n_fft: FFT and window length.
         hop_length: STFT hop in samples.
         n_mels: number of mel bands.
@@ -55,7 +56,7 @@ class LogMelSpectrogram(keras.layers.Layer):
     def __init__(
         self,
         sample_rate=8000,
-        segment_samples=8000,
+        segment_seconds=1.0,
         n_fft=1024,
         hop_length=256,
         n_mels=256,
@@ -67,20 +68,29 @@ class LogMelSpectrogram(keras.layers.Layer):
     ):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
-        if not 0 <= f_min < f_max <= sample_rate / 2:
+        if not 0 < f_max <= sample_rate / 2:
             raise ValueError(
-                "Expected 0 <= f_min < f_max <= sample_rate / 2. "
-                f"Received: f_min={f_min}, f_max={f_max}, sample_rate={sample_rate}"
+                f"f_max must be in (0, sample_rate / 2]. Received: f_max={f_max}, sample_rate={sample_rate}"
             )
-        if hop_length <= 0 or n_fft <= 0 or segment_samples <= 0:
+        if not 0 <= f_min < f_max:
+            raise ValueError(f"f_min must be in [0, f_max). Received: f_min={f_min}, f_max={f_max}")
+        if hop_length <= 0 or n_fft <= 0 or n_mels <= 0:
             raise ValueError(
-                "n_fft, hop_length and segment_samples must be positive. Received: "
-                f"n_fft={n_fft}, hop_length={hop_length}, segment_samples={segment_samples}"
+                "n_fft, hop_length and n_mels must be positive. Received: "
+                f"n_fft={n_fft}, hop_length={hop_length}, n_mels={n_mels}"
+            )
+        samples = segment_seconds * sample_rate
+        if abs(samples - round(samples)) > 1e-6 or round(samples) < n_fft:
+            raise ValueError(
+                f"segment_seconds must be a whole number of samples, at least n_fft={n_fft} "
+                f"({n_fft / sample_rate:.3f} s). Received: segment_seconds={segment_seconds} "
+                f"({samples:g} samples at sample_rate={sample_rate})"
             )
         if top_db <= 0:
             raise ValueError(f"top_db must be positive. Received: top_db={top_db}")
         self.sample_rate = sample_rate
-        self.segment_samples = segment_samples
+        self.segment_seconds = segment_seconds
+        self.segment_samples = int(round(samples))
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.n_mels = n_mels
@@ -116,7 +126,7 @@ class LogMelSpectrogram(keras.layers.Layer):
         config = super().get_config()
         config.update(
             sample_rate=self.sample_rate,
-            segment_samples=self.segment_samples,
+            segment_seconds=self.segment_seconds,
             n_fft=self.n_fft,
             hop_length=self.hop_length,
             n_mels=self.n_mels,
@@ -126,3 +136,10 @@ class LogMelSpectrogram(keras.layers.Layer):
             amin=self.amin,
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "segment_samples" in config:  # models saved before segment_seconds was the argument
+            config["segment_seconds"] = config.pop("segment_samples") / config.get("sample_rate", 8000)
+        return cls(**config)

@@ -3,9 +3,10 @@
 import keras
 from keras import ops
 
-from nnfp.augment import SpecAugment
-from nnfp.encoder import DivideAndEncode, Encoder
-from nnfp.frontend import LogMelSpectrogram
+# The parts are imported so that loading a saved FingerPrinter finds their registered classes.
+from nnfp.augment import SpecAugment  # noqa: F401
+from nnfp.encoder import DivideAndEncode, Encoder  # noqa: F401
+from nnfp.frontend import LogMelSpectrogram  # noqa: F401
 from nnfp.losses import pair_masks, similarity_matrix, source_ids
 
 __all__ = ["FingerPrinter"]
@@ -34,9 +35,12 @@ class FingerPrinter(keras.Model):
         spec_augment: a `SpecAugment`, or None for no spectrogram masking.
 
     Input `(batch, segment_samples)` float32 waveforms; output `(batch, d)` unit vectors.
+    A YAML config builds each part from its section, whose keys are the part's
+    constructor arguments (`nnfp.training.build_model`).
 
     Example:
-    >>> model = FingerPrinter(LogMelSpectrogram(), Encoder(), DivideAndEncode(128))
+    >>> model = FingerPrinter(LogMelSpectrogram(), Encoder(width=0.25), DivideAndEncode(128))
+    >>> model.build((None, model.segment_samples))
     >>> model.compile(optimizer="adam", loss=NTXent(0.05))
     >>> model.fit(pairs_dataset, epochs=1)  # batches of (anchors, replicas)
 
@@ -61,7 +65,7 @@ class FingerPrinter(keras.Model):
 
     @property
     def embedding_dim(self):
-        return self.projection.n_slices
+        return self.projection.embedding_dim
 
     def build(self, input_shape):
         # Deserialised parts arrive already built from their own build configs.
@@ -212,40 +216,3 @@ class FingerPrinter(keras.Model):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
-
-    @classmethod
-    def from_settings(
-        cls,
-        sample_rate=8000,
-        segment_seconds=1.0,
-        n_fft=1024,
-        hop_length=256,
-        n_mels=256,
-        f_min=300.0,
-        f_max=4000.0,
-        top_db=80.0,
-        channels=None,
-        width=1.0,
-        norm="layer_norm2d",
-        embedding_dim=128,
-        hidden_units=32,
-        spec_augment=None,
-        **kwargs,
-    ):
-        """Build a built model from plain settings (`spec_augment`: kwargs of `SpecAugment` or None)."""
-        from nnfp.encoder import PAPER_CHANNELS, scaled_channels
-
-        segment_samples = int(round(sample_rate * segment_seconds))
-        frontend = LogMelSpectrogram(
-            sample_rate, segment_samples, n_fft, hop_length, n_mels, f_min, f_max, top_db, name="frontend"
-        )
-        channels = scaled_channels(width, channels or PAPER_CHANNELS, n_slices=embedding_dim)
-        model = cls(
-            frontend=frontend,
-            encoder=Encoder(channels=channels, norm=norm, name="encoder"),
-            projection=DivideAndEncode(embedding_dim, hidden_units, name="projection"),
-            spec_augment=SpecAugment(**spec_augment, name="spec_augment") if spec_augment else None,
-            **kwargs,
-        )
-        model.build((None, segment_samples))
-        return model

@@ -1,6 +1,5 @@
 """Wire a validated config into data, model, loss, optimizer and callbacks, and train."""
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -39,18 +38,22 @@ class TrainingData:
 
 
 def build_model(config):
-    """FingerPrinter from the `frontend`, `spec_augment`, `encoder` and `projection` sections."""
+    """Built FingerPrinter; each part is its class called with its config section as arguments."""
+    from nnfp.augment import SpecAugment
+    from nnfp.encoder import DivideAndEncode, Encoder
+    from nnfp.frontend import LogMelSpectrogram
     from nnfp.model import FingerPrinter
 
-    return FingerPrinter.from_settings(
-        **config["frontend"],
-        width=config["encoder"]["width"],
-        norm=config["encoder"]["norm"],
-        embedding_dim=config["projection"]["embedding_dim"],
-        hidden_units=config["projection"]["hidden_units"],
-        spec_augment=config["spec_augment"] if config["spec_augment"]["chain"] else None,
+    spec_augment = config["spec_augment"]
+    model = FingerPrinter(
+        frontend=LogMelSpectrogram(**config["frontend"], name="frontend"),
+        encoder=Encoder(**config["encoder"], name="encoder"),
+        projection=DivideAndEncode(**config["projection"], name="projection"),
+        spec_augment=SpecAugment(**spec_augment, name="spec_augment") if spec_augment["chain"] else None,
         name="fingerprinter",
     )
+    model.build((None, model.segment_samples))
+    return model
 
 
 def build_loss(config):
@@ -416,7 +419,7 @@ def _check_resumed_config(config, saved_path):
 
 def train(config, run_dir, log=print, extra_callbacks=()):
     """Train from a validated config; writes config, checkpoints, logs and `model.keras` to `run_dir`."""
-    from nnfp.outputs import claim_output_dir, write_marker
+    from nnfp.outputs import atomic_write_json, claim_output_dir, write_marker
 
     claim_output_dir(run_dir, "run", reuse=True)  # a run resumes; anything else is refused
     run_dir = Path(run_dir)
@@ -468,7 +471,5 @@ def train(config, run_dir, log=print, extra_callbacks=()):
         "final": {k: float(v[-1]) for k, v in history.history.items()},
         "skipped": [[str(p), r] for p, r in data.skipped],
     }
-    with open(run_dir / "summary.json.tmp", "w") as handle:
-        json.dump(summary, handle, indent=1)
-    os.replace(run_dir / "summary.json.tmp", run_dir / "summary.json")
+    atomic_write_json(run_dir / "summary.json", summary, indent=1)
     return model, history, summary

@@ -6,6 +6,8 @@ import pytest
 import tensorflow as tf
 
 from nnfp.callbacks import EpochProgress, MiniSearchValidation, mini_search_line, similarity_image
+from nnfp.encoder import DivideAndEncode, Encoder
+from nnfp.frontend import LogMelSpectrogram
 from nnfp.losses import NTXent
 from nnfp.model import FingerPrinter
 from nnfp.training import checkpoint_mode
@@ -13,7 +15,8 @@ from nnfp.training import checkpoint_mode
 
 @pytest.fixture(scope="module")
 def tiny():
-    model = FingerPrinter.from_settings(width=0.03125, embedding_dim=16)
+    model = FingerPrinter(LogMelSpectrogram(), Encoder(width=0.03125), DivideAndEncode(16))
+    model.build((None, 8000))
     model.compile(optimizer="adam", loss=NTXent(0.1))
     rng = np.random.default_rng(0)
     originals = rng.standard_normal((6, 8000)).astype("float32")

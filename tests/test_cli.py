@@ -1,6 +1,7 @@
 """Command line end to end: train on audio folders, model-summary, export, fingerprint, search."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -97,3 +98,31 @@ def test_missing_data_folder_is_named(tmp_path, capsys):
     assert str(tmp_path / "nope") in capsys.readouterr().err
 
 
+
+
+def test_xla_cache_folder_follows_the_environment(tmp_path):
+    from nnfp.cli import xla_cache_directory
+
+    for off in ("off", "", "0"):
+        assert xla_cache_directory({"NNFP_XLA_CACHE": off}) is None
+    chosen = xla_cache_directory({"NNFP_XLA_CACHE": str(tmp_path)})
+    assert chosen.parent == tmp_path and chosen.name.startswith("tf")  # one folder per TF version + CPU
+    default = xla_cache_directory({"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert default.parent == tmp_path / "xdg" / "nnfp" / "xla" and default.name == chosen.name
+
+
+def test_cli_points_tensorflow_at_the_xla_cache(tmp_path, monkeypatch):
+    from nnfp.cli import _use_xla_cache, xla_cache_directory
+
+    monkeypatch.setenv("NNFP_XLA_CACHE", str(tmp_path))
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_auto_jit=0")
+    _use_xla_cache()
+    folder = xla_cache_directory()
+    assert folder.is_dir()
+    assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_auto_jit=0 --tf_xla_persistent_cache_directory={folder}"
+    _use_xla_cache()  # a cache already named is left alone
+    assert os.environ["TF_XLA_FLAGS"].count("persistent_cache") == 1
+    monkeypatch.setenv("NNFP_XLA_CACHE", "off")
+    monkeypatch.setenv("TF_XLA_FLAGS", "")
+    _use_xla_cache()
+    assert os.environ["TF_XLA_FLAGS"] == ""

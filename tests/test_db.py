@@ -280,6 +280,21 @@ def test_candidate_starts_batch_equals_one_search_per_query(data, flat_db):
         assert set(starts.tolist()) <= set(top[top >= 0].tolist())
 
 
+def test_starts_from_stored_neighbours_equal_a_search(data, flat_db):
+    # `nnfp monitor` looks each segment up once and builds every window's candidates
+    # from the stored rows: the same starts, scores and matches as searching the window.
+    rng = np.random.default_rng(8)
+    stream = np.concatenate([q for _, q in sample_queries(rng, data[1], 3, data[0], noise=0.5)])
+    hits = flat_db.neighbours(stream, k_probe=5)
+    assert hits.shape == (len(stream), 5)
+    for first in range(0, len(stream) - 4):
+        window = stream[first : first + 4]
+        starts = flat_db.starts_from_hits(hits[first : first + 4])
+        np.testing.assert_array_equal(starts, flat_db.candidate_starts(window, k_probe=5))
+        matches = flat_db.places(starts, flat_db.sequence_scores(window, starts), n_results=3)
+        assert matches == flat_db.search(window, k_probe=5, n_results=3)
+
+
 # ----------------------------------------------------------------------------- long queries
 
 

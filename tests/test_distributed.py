@@ -23,6 +23,8 @@ SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     from nnfp.losses import NTXent, OnlineTripletLoss
+    from nnfp.encoder import DivideAndEncode, Encoder
+    from nnfp.frontend import LogMelSpectrogram
     from nnfp.model import FingerPrinter
 
     loss_name, n_anchors, n_replicas = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -31,7 +33,8 @@ SCRIPT = textwrap.dedent(
         return NTXent(0.1) if loss_name == "ntxent" else OnlineTripletLoss(0.5, "semi-hard")
 
     def build():
-        model = FingerPrinter.from_settings(width=0.03125, embedding_dim=16, norm="layer_norm1d")
+        model = FingerPrinter(LogMelSpectrogram(), Encoder(width=0.03125, norm="layer_norm1d"), DivideAndEncode(16))
+        model.build((None, 8000))
         model.compile(optimizer="adam", loss=make_loss())
         return model
 

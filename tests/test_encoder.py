@@ -1,18 +1,20 @@
 import numpy as np
 import pytest
 
-from nnfp.encoder import ConvBlock, DivideAndEncode, Encoder, encoder_output_shape, scaled_channels
+from nnfp.encoder import ConvBlock, DivideAndEncode, Encoder, encoder_output_shape
+from nnfp.frontend import LogMelSpectrogram
 from nnfp.model import FingerPrinter
 
 
 def test_paper_parameter_count():
-    model = FingerPrinter.from_settings()  # d=128, 1 s, layer_norm2d, full width
+    model = FingerPrinter(LogMelSpectrogram(), Encoder(), DivideAndEncode(128))  # the paper's 1 s model
+    model.build((None, 8000))
     assert model.count_params() == 16_939_008
 
 
 def test_paper_shapes():
     assert encoder_output_shape((256, 32)) == (1, 1, 1024)
-    f = Encoder(channels=scaled_channels(1 / 16, n_slices=16))
+    f = Encoder(width=1 / 16)
     out = f(np.zeros((2, 256, 32, 1), "float32"))
     assert tuple(out.shape) == (2, 64)
 
@@ -28,7 +30,7 @@ def test_conv_block_strides_and_norms():
 
 def test_divide_and_encode_equals_per_slice_dense():
     rng = np.random.default_rng(0)
-    layer = DivideAndEncode(n_slices=8, hidden_units=5)
+    layer = DivideAndEncode(embedding_dim=8, hidden_units=5)
     x = rng.standard_normal((3, 32)).astype("float32")
     out = np.asarray(layer(x))
     k1, b1, k2, b2 = (np.asarray(w) for w in (layer.kernel_1, layer.bias_1, layer.kernel_2, layer.bias_2))
@@ -40,4 +42,4 @@ def test_divide_and_encode_equals_per_slice_dense():
     np.testing.assert_allclose(out, expected, atol=1e-5)
     assert layer.count_params() == 8 * (4 * 5 + 5 + 5 + 1)
     with pytest.raises(ValueError, match="divisible"):
-        DivideAndEncode(n_slices=7).build((None, 32))
+        DivideAndEncode(embedding_dim=7).build((None, 32))

@@ -21,6 +21,9 @@ def model():
 def test_padded_sizes_are_few_and_bounded():
     assert [_padded_size(n, 64) for n in (1, 8, 9, 33, 64)] == [8, 8, 16, 64, 64]
     assert _padded_size(200, 256) == 256 and _padded_size(3, 4) == 4
+    # Once a size is compiled, a smaller batch reuses it instead of compiling another.
+    assert _padded_size(24, 64, compiled={64}) == 64 and _padded_size(5, 64, compiled={16, 64}) == 16
+    assert _padded_size(40, 64, compiled={16}) == 64
 
 
 @pytest.mark.parametrize("n", [1, 13, 40])  # one short batch, a padded one, several batches
@@ -39,6 +42,10 @@ def test_xla_fingerprints_match_plain_forward_pass(model, tmp_path, n):
 def test_xla_saved_model_matches(model, tmp_path):
     x = np.random.default_rng(1).standard_normal((5, model.segment_samples)).astype("float32") * 0.1
     out = export_saved_model(model, tmp_path / "export")
-    got = load_fingerprinter(out, trust_model=True).fingerprint(x, batch_size=4)
+    served = load_fingerprinter(out, trust_model=True)
+    got = served.fingerprint(x, batch_size=4)
     assert got.shape == (5, 16)
     assert np.abs(got - model.predict(x, verbose=0)).max() <= 1e-5
+    # The exported signature takes any batch size: served again at 8 rows, same fingerprints.
+    assert np.abs(served.fingerprint(x, batch_size=8) - got).max() <= 1e-5
+    assert served._compiled == {4, 8}

@@ -16,10 +16,14 @@ SR = 8000
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
+    from nnfp.encoder import DivideAndEncode, Encoder
+    from nnfp.frontend import LogMelSpectrogram
     from nnfp.model import FingerPrinter
 
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    FingerPrinter.from_settings(width=0.03125, embedding_dim=16).save(path)
+    model = FingerPrinter(LogMelSpectrogram(), Encoder(width=0.03125), DivideAndEncode(16))
+    model.build((None, 8000))
+    model.save(path)
     return path
 
 
@@ -87,3 +91,28 @@ def test_fingerprint_stream_carries_the_overlap_exactly(hop):
     np.testing.assert_array_equal(embeddings, expected)
     np.testing.assert_array_equal(starts, expected_starts)
     assert n_samples == 1003 and peak == np.abs(audio).max()
+
+
+def test_iter_fingerprints_yields_full_batches_as_the_samples_arrive():
+    audio = np.random.default_rng(3).standard_normal(1003).astype(np.float32)
+    seen = []  # blocks handed out so far, when each batch comes back
+
+    def blocks():
+        for i in range(0, len(audio), 37):
+            seen.append(i + 37)
+            yield audio[i : i + 37]
+
+    batches = list(nnfp.catalogue.fingerprint.iter_fingerprints(_FirstSamples(), blocks(), 20, batch_size=8))
+    n_total = 1 + (1003 - 50) // 20
+    assert [first for first, _ in batches] == list(range(0, n_total, 8))
+    assert [len(f) for _, f in batches][:-1] == [8] * (len(batches) - 1)
+    for first, fingerprints in batches:
+        np.testing.assert_array_equal(fingerprints[:, 0], audio[np.arange(first, first + len(fingerprints)) * 20])
+    # Batch k was fingerprinted as soon as its last segment was in, not at the end of the stream.
+    stats = {}
+    stream = nnfp.catalogue.fingerprint.iter_fingerprints(_FirstSamples(), blocks(), 20, batch_size=8, stats=stats)
+    seen.clear()
+    next(stream)
+    assert seen[-1] - 37 < 50 + 7 * 20 <= seen[-1]
+    list(stream)
+    assert stats["n_samples"] == 1003

@@ -16,7 +16,7 @@ SMALL = ["encoder.width=0.03125", "projection.embedding_dim=16"]
 # One override per frontend key, and the frontend attribute it must change.
 FRONTEND_OVERRIDES = {
     "sample_rate": ("16000", "sample_rate", 16000),
-    "segment_seconds": ("2.0", "segment_samples", 16000),
+    "segment_seconds": ("2.0", "segment_seconds", 2.0),
     "n_fft": ("512", "n_fft", 512),
     "hop_length": ("128", "hop_length", 128),
     "n_mels": ("128", "n_mels", 128),
@@ -46,6 +46,31 @@ def test_every_frontend_key_reaches_the_model():
         assert model(x[:, : model.segment_samples]).shape == (1, 16)
 
 
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, list | tuple) else value
+
+
+@pytest.mark.parametrize(
+    "section, cls",
+    [("frontend", LogMelSpectrogram), ("encoder", Encoder), ("projection", DivideAndEncode), ("spec_augment", SpecAugment)],
+)
+def test_section_keys_are_constructor_arguments(section, cls):
+    values = load_config(None, ["encoder.width=0.5", "projection.hidden_units=8", "frontend.n_mels=128"])[section]
+    part = cls(**values)  # the section is the keyword arguments, unchanged
+    saved = part.get_config()
+    for key, value in values.items():
+        assert _plain(saved[key]) == _plain(value), key
+
+
+def test_configs_saved_with_the_old_argument_names_load():
+    frontend = LogMelSpectrogram.from_config({"sample_rate": 16000, "segment_samples": 32000})
+    assert frontend.segment_seconds == 2.0 and frontend.segment_samples == 32000
+    assert DivideAndEncode.from_config({"n_slices": 64, "hidden_units": 8}).embedding_dim == 64
+    scaled = [4, 4, 8, 8, 8, 8, 16, 16]  # saved as the scaled channels, no width
+    assert list(Encoder.from_config({"channels": scaled}).filters) == scaled
+    assert list(Encoder(width=0.25).filters) == [32, 32, 64, 64, 128, 128, 256, 256]
+
+
 def test_top_db_floors_the_spectrogram():
     model = build_model(load_config(None, [*SMALL, "frontend.top_db=30"]))
     mel = np.asarray(model.frontend(_tone_with_noise(8000)))
@@ -62,7 +87,7 @@ def _round_trip(obj):
         (LogMelSpectrogram(n_mels=64, top_db=70.0), (2, 8000)),
         (SpecAugment(chain=("vertical", "cutout"), fill="random", size_range=(0.2, 0.3), seed=4), (2, 64, 32, 1)),
         (Encoder(channels=(4, 4, 8, 8, 8, 8, 16, 16), norm="layer_norm1d"), (2, 64, 32, 1)),
-        (DivideAndEncode(n_slices=4, hidden_units=8), (2, 16)),
+        (DivideAndEncode(embedding_dim=4, hidden_units=8), (2, 16)),
     ],
     ids=["frontend", "spec_augment", "encoder", "projection"],
 )

@@ -15,6 +15,8 @@ from nnfp.cli import main
 def catalogue(tmp_path_factory):
     """8 composed 6 s tracks (one in a subfolder) and a tiny random-init model."""
     from nnfp.corpus.synth import compose_track
+    from nnfp.encoder import DivideAndEncode, Encoder
+    from nnfp.frontend import LogMelSpectrogram
     from nnfp.model import FingerPrinter
 
     root = tmp_path_factory.mktemp("shards")
@@ -23,7 +25,8 @@ def catalogue(tmp_path_factory):
     for i in range(8):
         folder = music / "sub" if i == 5 else music
         sf.write(folder / f"track_{i}.wav", compose_track(100 + i, 6.0), 8000)
-    model = FingerPrinter.from_settings(width=0.03125, embedding_dim=16)
+    model = FingerPrinter(LogMelSpectrogram(), Encoder(width=0.03125), DivideAndEncode(16))
+    model.build((None, 8000))
     model.save(root / "tiny.keras")
     return {"root": root, "music": music, "model": root / "tiny.keras"}
 

@@ -139,13 +139,16 @@ def test_keras_round_trip_and_export_match_predict(cache, tmp_path):
 
 def test_training_reduces_loss(cache, tmp_path):
     """A few dozen steps on a fixed batch must lower NT-Xent well below its start."""
+    from nnfp.encoder import DivideAndEncode, Encoder
+    from nnfp.frontend import LogMelSpectrogram
     from nnfp.losses import NTXent
     from nnfp.model import FingerPrinter
 
     rng = np.random.default_rng(0)
     anchors = rng.standard_normal((8, 8000)).astype("float32")
     replicas = anchors + 0.3 * rng.standard_normal((8, 8000)).astype("float32")
-    model = FingerPrinter.from_settings(width=0.03125, embedding_dim=16, spec_augment=None)
+    model = FingerPrinter(LogMelSpectrogram(), Encoder(width=0.03125), DivideAndEncode(16))
+    model.build((None, 8000))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=NTXent(0.1))
     dataset = tf.data.Dataset.from_tensors((anchors, replicas)).repeat()
     history = model.fit(dataset, epochs=2, steps_per_epoch=15, verbose=0, shuffle=False)

@@ -38,7 +38,9 @@ from nnfp.outputs import atomic_write_bytes
 __all__ = [
     "LENGTHS_SECONDS",
     "calibrate_index",
+    "degradation_settings",
     "degrade",
+    "index_queries",
     "METRICS",
     "evaluate",
     "format_table",
@@ -440,8 +442,21 @@ def _unknown_sources(unknown_dir):
     return durations, load_track
 
 
-def _make_queries(identifier, n_queries, seconds, degradation, seed, aligned, unknown_dir=None):
-    """Synthesised queries from the index's tracks, or (`unknown_dir`) from tracks not in it."""
+def index_queries(identifier, n_queries, seconds, degradation, seed, aligned, unknown_dir=None):
+    """Queries cut from the source files of an index's tracks (as `nnfp evaluate` makes them),
+    or, with `unknown_dir`, from the audio files of a folder of tracks that are not in it.
+
+    Args:
+        identifier: an `nnfp.catalogue.identify.Identifier` (its index names the source folder).
+        n_queries: number of queries.
+        seconds: length of each query (shorter lengths are its prefixes).
+        degradation: keyword arguments of `synthesize_queries`, see `degradation_settings`.
+        seed: random seed; the same seed gives the same queries.
+        aligned: cut on the index's hop grid (the paper's protocol) instead of anywhere.
+
+    Returns:
+        `(waveforms, info)` as `synthesize_queries`.
+    """
     if unknown_dir is None:
         durations, load_track, first_rows = _query_sources(identifier)
     else:
@@ -452,7 +467,9 @@ def _make_queries(identifier, n_queries, seconds, degradation, seed, aligned, un
     )
 
 
-def _degradation(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb):
+def degradation_settings(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb):
+    """The degradation arguments of `synthesize_queries`: noise and impulse responses read from
+    folders at the index rate (None: generated ones), SNR range, and which of them to apply."""
     from nnfp.audio.sources import list_audio_files, load_tracks
 
     def bank(folder):
@@ -538,10 +555,10 @@ def evaluate(
     rate = identifier.sample_rate
     segment, hop = identifier.embedder.segment_samples, identifier.hop_samples
     counts = [n_segments(int(round(s * rate)), segment, hop) for s in lengths_seconds]
-    degradation = _degradation(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
+    degradation = degradation_settings(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
 
     if query_dir is None:
-        waveforms, info = _make_queries(identifier, n_queries, max(lengths_seconds), degradation, seed, aligned)
+        waveforms, info = index_queries(identifier, n_queries, max(lengths_seconds), degradation, seed, aligned)
     else:
         first_rows = dict(zip(*(a.tolist() for a in np.unique(db.segment_track, return_index=True)), strict=True))
         track_by_path = {t["path"]: t["track_id"] for t in db.tracks}
@@ -567,7 +584,7 @@ def evaluate(
         predicted_offsets=raw["offsets"], true_offsets=info["offset_s"], decided=raw["decided"],
     )
     if unknown_dir is not None:
-        unknown_waves, unknown_info = _make_queries(
+        unknown_waves, unknown_info = index_queries(
             identifier, n_queries if n_unknown is None else n_unknown, max(lengths_seconds), degradation,
             seed + 1, aligned, unknown_dir=unknown_dir,
         )
@@ -651,11 +668,11 @@ def calibrate_index(
 
     phases = DEFAULT_PHASES if phases is None else int(phases)
     identifier = Identifier(index_dir, k_probe=k_probe, min_score=None, threads=threads, phases=phases)
-    degradation = _degradation(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
+    degradation = degradation_settings(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
     seconds = max(lengths_seconds)
-    known_waves, known_info = _make_queries(identifier, n_queries, seconds, degradation, seed, aligned=False)
+    known_waves, known_info = index_queries(identifier, n_queries, seconds, degradation, seed, aligned=False)
     n_unknown = n_queries if n_unknown is None else int(n_unknown)
-    unknown_waves, _ = _make_queries(
+    unknown_waves, _ = index_queries(
         identifier, n_unknown, seconds, degradation, seed + 1, aligned=False, unknown_dir=unknown_dir
     )
     known = run_queries(identifier, known_waves, lengths_seconds, progress=progress)

@@ -26,6 +26,7 @@ __all__ = [
     "check_model",
     "fingerprint_files",
     "fingerprint_stream",
+    "iter_fingerprints",
     "fingerprint_tracks",
     "index_embedder",
     "index_model_path",
@@ -215,10 +216,53 @@ def fingerprint_tracks(embedder, tracks, hop_samples, batch_size=256):
     return embeddings.astype(np.float32), owners, starts
 
 
+def iter_fingerprints(embedder, blocks, hop_samples, batch_size=256, stats=None):
+    """Fingerprints every segment of a waveform given as consecutive blocks, batch by batch.
+
+    The stream is cut into segments every `hop_samples` as the blocks arrive; each full
+    batch of `batch_size` segments is fingerprinted as soon as its samples are in, and the
+    rest at the end. Only the samples of segments not yet fingerprinted are kept, so memory
+    is bounded by the batch and block sizes, whatever the length of the stream (an
+    endless one included).
+
+    Args:
+        embedder: a loaded fingerprinter (`nnfp.export.load_fingerprinter`).
+        blocks: any iterable of float32 mono blocks of any sizes (for instance
+            `nnfp.audio.io.stream_audio`).
+        hop_samples: samples between segment starts.
+        batch_size: segments per model call.
+        stats: optional dict; `n_samples` and `peak` (absolute amplitude) are kept in it.
+
+    Yields:
+        `(first segment number, (n, d) float32 fingerprints)`, n = `batch_size` but for the last.
+    """
+    segment = embedder.segment_samples
+    span = segment + (batch_size - 1) * hop_samples  # samples of one full batch
+    carry = np.zeros(0, np.float32)  # samples from the next segment's start on
+    to_drop = 0  # samples still to drop before the next start (a hop longer than a segment)
+    done = 0
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        if stats is not None and len(block):
+            stats["n_samples"] = stats.get("n_samples", 0) + len(block)
+            stats["peak"] = max(stats.get("peak", 0.0), float(np.abs(block).max()))
+        dropped = min(to_drop, len(block))
+        carry = np.concatenate([carry, block[dropped:]])
+        to_drop -= dropped
+        while len(carry) >= span:
+            windows = segment_waveform(carry[:span], segment, hop_samples)  # batch_size segments
+            yield done, embedder.fingerprint(np.ascontiguousarray(windows), batch_size=batch_size)
+            done += batch_size
+            used = batch_size * hop_samples
+            to_drop += max(0, used - len(carry))
+            carry = carry[used:]
+    windows = segment_waveform(carry, segment, hop_samples)
+    if len(windows):
+        yield done, embedder.fingerprint(np.ascontiguousarray(windows), batch_size=batch_size)
+
+
 def fingerprint_stream(embedder, blocks, hop_samples, batch_size=256):
-    """Fingerprints every segment of a waveform given as consecutive blocks (for instance
-    `nnfp.audio.io.stream_audio`), in memory bounded by the block size: each block is joined to
-    the tail of the previous ones that the next segments still need.
+    """Fingerprints of a whole block stream (`iter_fingerprints`, collected).
 
     Gives the fingerprints `fingerprint_tracks` gives for the whole waveform.
 
@@ -226,27 +270,11 @@ def fingerprint_stream(embedder, blocks, hop_samples, batch_size=256):
         `(embeddings (n, d) float32, segment_start (n,) int64 start sample, n_samples,
         peak absolute amplitude)`.
     """
-    segment = embedder.segment_samples
-    carry = np.zeros(0, np.float32)  # samples from the next segment's start on
-    to_drop = 0  # samples still to drop before the next start (a hop longer than a segment)
-    out, n_samples, peak = [], 0, 0.0
-    for block in blocks:
-        block = np.asarray(block, dtype=np.float32)
-        if len(block):
-            n_samples += len(block)
-            peak = max(peak, float(np.abs(block).max()))
-        dropped = min(to_drop, len(block))
-        carry = np.concatenate([carry, block[dropped:]])
-        to_drop -= dropped
-        windows = segment_waveform(carry, segment, hop_samples)  # (n, segment) view
-        for first in range(0, len(windows), batch_size):
-            batch = np.ascontiguousarray(windows[first : first + batch_size])
-            out.append(embedder.fingerprint(batch, batch_size=batch_size))
-        used = len(windows) * hop_samples
-        to_drop += max(0, used - len(carry))
-        carry = carry[used:]
+    stats = {"n_samples": 0, "peak": 0.0}
+    out = [fingerprints for _, fingerprints in iter_fingerprints(embedder, blocks, hop_samples, batch_size, stats)]
     embeddings = np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
-    return embeddings, np.arange(len(embeddings), dtype=np.int64) * hop_samples, n_samples, peak
+    starts = np.arange(len(embeddings), dtype=np.int64) * hop_samples
+    return embeddings, starts, stats["n_samples"], stats["peak"]
 
 
 def _should_stream(path):

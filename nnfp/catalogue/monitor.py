@@ -24,7 +24,8 @@ import dataclasses
 
 import numpy as np
 
-from nnfp.audio.segments import n_segments, segment_waveform
+from nnfp.audio.segments import n_segments
+from nnfp.catalogue.fingerprint import iter_fingerprints
 
 __all__ = ["Detection", "format_detection", "monitor_stream", "read_blocks", "read_pcm_blocks"]
 
@@ -115,30 +116,6 @@ def read_pcm_blocks(stream, rate, sample_rate, block_seconds=1.0):
             return
 
 
-# --------------------------------------------------------------- fingerprint stream
-
-
-def _stream_fingerprints(embedder, blocks, segment_samples, hop_samples, batch_size):
-    """Fingerprints of consecutive hop-spaced segments of a block stream, `batch_size` at a time.
-
-    Yields `(first segment number, (n, d) fingerprints)`. Only the samples of the
-    segments not yet fingerprinted are kept.
-    """
-    span = segment_samples + (batch_size - 1) * hop_samples  # samples of one full batch
-    buffer = np.zeros(0, np.float32)
-    done = 0
-    for block in blocks:
-        buffer = np.concatenate([buffer, np.asarray(block, np.float32).reshape(-1)])
-        while len(buffer) >= span:
-            segments = segment_waveform(buffer[:span], segment_samples, hop_samples)
-            yield done, embedder.fingerprint(np.ascontiguousarray(segments), batch_size=batch_size)
-            done += batch_size
-            buffer = buffer[batch_size * hop_samples :]
-    segments = segment_waveform(buffer, segment_samples, hop_samples)
-    if len(segments):
-        yield done, embedder.fingerprint(np.ascontiguousarray(segments), batch_size=batch_size)
-
-
 # -------------------------------------------------------------------------- plays
 
 
@@ -166,7 +143,9 @@ class _Monitor:
         self.min_windows, self.tolerance, self.k_probe = min_windows, tolerance, k_probe
         self.seg_seconds = seg_seconds
         self.candidates = []
-        self.ring = collections.deque()  # (segment number, fingerprint), the recent past
+        # (segment number, fingerprint, its k_probe nearest DB rows): the recent past. Each
+        # segment is looked up once, when it arrives, and its rows serve every window holding it.
+        self.ring = collections.deque()
         # Segments the windows of one batch and their refinements may look back at.
         self.keep = batch + max_gap + 4 * window + 8
         self.newest = -1
@@ -180,19 +159,24 @@ class _Monitor:
     # -- fingerprints ------------------------------------------------------
 
     def push(self, first, fingerprints):
+        hits = self.db.neighbours(fingerprints, k_probe=self.k_probe)  # one faiss search per batch
         for i, row in enumerate(fingerprints):
-            self.ring.append((first + i, row))
+            self.ring.append((first + i, row, hits[i]))
         self.newest = first + len(fingerprints) - 1
         while self.ring and self.ring[0][0] < self.newest - self.keep:
             self.ring.popleft()
 
-    def _segments(self, lo, hi):
-        """Ring fingerprints of segments lo..hi (inclusive) that are still held."""
+    def _segments(self, lo, hi, with_hits=False):
+        """Ring fingerprints of segments lo..hi (inclusive) that are still held (and their DB rows)."""
         base = self.ring[0][0]
         picked = [self.ring[i - base] for i in range(max(lo, base), min(hi, self.newest) + 1)]
         if not picked:
-            return np.zeros(0, np.int64), None
-        return np.array([n for n, _ in picked]), np.stack([f for _, f in picked])
+            numbers, query, hits = np.zeros(0, np.int64), None, None
+        else:
+            numbers = np.array([n for n, _, _ in picked])
+            query = np.stack([f for _, f, _ in picked])
+            hits = np.stack([h for _, _, h in picked])
+        return (numbers, query, hits) if with_hits else (numbers, query)
 
     def _aligned_similarity(self, candidate, lo, hi):
         """Similarity of recording segments lo..hi to the track segments aligned with them.
@@ -278,8 +262,11 @@ class _Monitor:
             self.candidates = []
 
     def _window(self, w, recording):
-        _, query = self._segments(w, w + self.window - 1)
-        matches = self.db.search(query, k_probe=self.k_probe, n_results=3, min_score=self.threshold)
+        _, query, hits = self._segments(w, w + self.window - 1, with_hits=True)
+        # = db.search(query, k_probe, n_results=3, min_score), from the segments' stored neighbours
+        starts = self.db.starts_from_hits(hits)
+        scores = self.db.sequence_scores(query, starts)
+        matches = self.db.places(starts, scores, n_results=3, min_score=self.threshold)
         t = w * self.hop_s
         extended = None
         for match in matches:
@@ -368,9 +355,7 @@ def monitor_stream(
         db, min_score, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
         float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size),
     )
-    for first, fingerprints in _stream_fingerprints(
-        identifier.embedder, blocks, segment_samples, hop_samples, int(batch_size)
-    ):
+    for first, fingerprints in iter_fingerprints(identifier.embedder, blocks, hop_samples, int(batch_size)):
         state.push(first, fingerprints)
         yield from state.windows(recording)
     yield from state.windows(recording, final=True)

@@ -2,7 +2,10 @@
 
 import argparse
 import errno
+import hashlib
 import json
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -404,7 +407,9 @@ def _add_data_commands(sub):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="nnfp", description="Neural audio fingerprinting with Keras.")
+    parser = argparse.ArgumentParser(
+        prog="nnfp", description="Neural audio fingerprinting with Keras.", epilog=XLA_CACHE_HELP
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a fingerprinter from a YAML config")
@@ -578,10 +583,63 @@ def build_parser():
     return parser
 
 
+XLA_CACHE_HELP = (
+    "Compiled XLA programs of the model are kept in $NNFP_XLA_CACHE (default: "
+    "$XDG_CACHE_HOME/nnfp/xla or ~/.cache/nnfp/xla; 'off' keeps none), one folder per "
+    "TensorFlow version and CPU, so a command after the first skips the seconds of "
+    "compiling. Deleting the folder is always safe."
+)
+
+
+def xla_cache_directory(environ=None):
+    """The folder of persistent XLA programs for this TensorFlow and CPU, or None when off."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    environ = os.environ if environ is None else environ
+    base = environ.get("NNFP_XLA_CACHE")
+    if base is not None and base.strip().lower() in ("", "off", "0", "none"):
+        return None
+    if base is None:
+        cache_home = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        base = Path(cache_home) / "nnfp" / "xla"
+    try:
+        tf_version = version("tensorflow")
+    except PackageNotFoundError:
+        tf_version = "unknown"
+    cpu = platform.machine()
+    try:  # programs are compiled for this CPU's instruction set
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        cpu += "-" + hashlib.sha256(flags.encode()).hexdigest()[:12]
+    except (OSError, StopIteration):
+        cpu += "-" + hashlib.sha256(platform.processor().encode()).hexdigest()[:12]
+    return Path(base) / f"tf{tf_version}-{cpu}"
+
+
+def _use_xla_cache():
+    """Points TensorFlow's persistent XLA cache at `xla_cache_directory()` (before TF starts).
+
+    TensorFlow writes each entry to a temporary file and renames it, so concurrent
+    commands and interrupted ones leave no partial entry. A TF_XLA_FLAGS that already
+    names a cache is left alone.
+    """
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if "tf_xla_persistent_cache_directory" in flags:
+        return
+    directory = xla_cache_directory()
+    if directory is None:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: compile every time, as without the cache
+        return
+    os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
+
+
 def main(argv=None):
     from nnfp.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    _use_xla_cache()
     command = " ".join(
         [args.command] + [getattr(args, f"{args.command}_command", None) or ""]
     ).strip()  # "index build", "data prepare", "identify"

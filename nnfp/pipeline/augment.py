@@ -36,6 +36,12 @@ def _check_range(name, value):
     return low, high
 
 
+def _check_count(name, value, minimum):
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}. Received: {name}={value}")
+    return int(value)
+
+
 def _check_probability(probability):
     if not 0.0 <= probability <= 1.0:
         raise ValueError(f"probability must be in [0, 1]. Received: probability={probability}")
@@ -202,12 +208,7 @@ class BackgroundMix(_WaveformAugmentation):
         **kwargs,
     ):
         super().__init__(seed=seed, **kwargs)
-        if not isinstance(segment_samples, int | np.integer) or segment_samples < 1:
-            raise ValueError(
-                f"segment_samples must be an integer >= 1. "
-                f"Received: segment_samples={segment_samples}"
-            )
-        self.segment_samples = int(segment_samples)
+        self.segment_samples = _check_count("segment_samples", segment_samples, minimum=1)
         self.snr_db_range = _check_range("snr_db_range", snr_db_range)
         self.probability = _check_probability(probability)
         self.n_clips = 0
@@ -315,18 +316,8 @@ class RoomImpulseResponse(_WaveformAugmentation):
         **kwargs,
     ):
         super().__init__(seed=seed, **kwargs)
-        if not isinstance(segment_samples, int | np.integer) or segment_samples < 1:
-            raise ValueError(
-                f"segment_samples must be an integer >= 1. "
-                f"Received: segment_samples={segment_samples}"
-            )
-        if not isinstance(context_samples, int | np.integer) or context_samples < 0:
-            raise ValueError(
-                f"context_samples must be an integer >= 0. "
-                f"Received: context_samples={context_samples}"
-            )
-        self.segment_samples = int(segment_samples)
-        self.context_samples = int(context_samples)
+        self.segment_samples = _check_count("segment_samples", segment_samples, minimum=1)
+        self.context_samples = _check_count("context_samples", context_samples, minimum=0)
         self.probability = _check_probability(probability)
         self.n_impulse_responses = 0
         if impulse_responses is not None:

@@ -760,15 +760,31 @@ class FingerprintDB:
         multiplies with BLAS only from `_BLAS_MIN_QUERIES` query vectors on.
         """
         queries = [self._check_query(query) for query in queries]
+        hits = self.neighbours(np.concatenate(queries), k_probe=k_probe)
+        bounds = np.cumsum([0] + [len(query) for query in queries])
+        return [self.starts_from_hits(hits[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def neighbours(self, query_embeddings, k_probe=20):
+        """The `k_probe` nearest DB rows of each query segment: (n, k) int64, -1 where none.
+
+        A stream searched window by window (`nnfp monitor`) looks each segment up once
+        and reuses its rows in every window that holds it (`starts_from_hits`).
+        """
+        query = self._check_query(query_embeddings)
         k = min(int(k_probe), self.n_segments)
         if k < 1:
             raise ValueError(f"`k_probe` must be >= 1. Received: k_probe={k_probe}")
         self._set_threads()
-        _, hits = self.index.search(np.concatenate(queries), k)  # (sum n_query, k), -1 where no hit
-        bounds = np.cumsum([0] + [len(query) for query in queries])
-        return [self._starts_from_hits(hits[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        _, hits = self.index.search(query, k)
+        return hits
 
-    def _starts_from_hits(self, hits):
+    def starts_from_hits(self, hits):
+        """Candidate start rows of a query sequence from its segments' `neighbours` (in order).
+
+        Segment i's neighbour row r votes for a sequence starting at r - i; the unique
+        starts whose window fits in its track are returned (as `candidate_starts`).
+        """
+        hits = np.asarray(hits)
         n_query = len(hits)
         starts = hits - np.arange(n_query)[:, None]
         starts = starts[(hits >= 0) & (starts >= 0)]
