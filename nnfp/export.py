@@ -1,5 +1,6 @@
 """Export a trained fingerprinter as a TF SavedModel, and load any saved form for inference."""
 
+import collections
 import zipfile
 from pathlib import Path
 
@@ -163,6 +164,40 @@ def load_fingerprinter(path, jit_compile=True, trust_model=False):
     import nnfp.model  # noqa: F401  (registers the serializable classes)
 
     path = resolve_model_path(path)
+    key = _loaded_key(path, jit_compile)
+    if key is not None and key in _LOADED and (trust_model or not path.is_dir()):
+        _LOADED.move_to_end(key)
+        return _LOADED[key]
+    embedder = _load_fingerprinter(path, jit_compile, trust_model)
+    if key is not None:
+        _LOADED[key] = embedder
+        while len(_LOADED) > _MAX_LOADED:
+            _LOADED.popitem(last=False)
+    return embedder
+
+
+# Fingerprinters loaded in this process, most recent last: loading a model and compiling its
+# forward pass takes seconds, and one process (a Python session, a test run) often loads the
+# same model many times (an index holds a copy of its model). A changed file is loaded again.
+_LOADED = collections.OrderedDict()
+_MAX_LOADED = 4
+
+
+def _loaded_key(path, jit_compile):
+    """A `.keras` file by its content (an index's copy of a model is the same model); a
+    SavedModel folder by its path, size and modification time."""
+    from nnfp.outputs import sha256_file
+
+    try:
+        if path.is_dir():
+            stat = (path / "saved_model.pb").stat()
+            return str(path.resolve()), stat.st_size, stat.st_mtime_ns, bool(jit_compile)
+        return sha256_file(path), bool(jit_compile)
+    except OSError:
+        return None
+
+
+def _load_fingerprinter(path, jit_compile, trust_model):
     if path.is_dir():
         if not trust_model:
             raise UntrustedModelError(

@@ -49,3 +49,28 @@ def test_xla_saved_model_matches(model, tmp_path):
     # The exported signature takes any batch size: served again at 8 rows, same fingerprints.
     assert np.abs(served.fingerprint(x, batch_size=8) - got).max() <= 1e-5
     assert served._compiled == {4, 8}
+
+
+def test_loaded_models_are_reused_until_the_file_changes(model, tmp_path):
+    import shutil
+
+    import keras
+
+    path = tmp_path / "model.keras"
+    model.save(path)
+    first = load_fingerprinter(path, jit_compile=False)
+    assert load_fingerprinter(path, jit_compile=False) is first  # no second load and compile
+    shutil.copy(path, tmp_path / "copy.keras")  # an index's copy of the same model
+    assert load_fingerprinter(tmp_path / "copy.keras", jit_compile=False) is first
+    assert load_fingerprinter(path) is not first  # XLA on: another forward pass
+    x = np.random.default_rng(2).standard_normal((3, model.segment_samples)).astype("float32")
+    keras.utils.set_random_seed(1)
+    build_model(load_config(CONFIG_DIR / "demo.yaml", TINY)).save(path)  # other weights, same path
+    changed = load_fingerprinter(path, jit_compile=False)
+    assert changed is not first
+    assert np.abs(changed.fingerprint(x) - first.fingerprint(x)).max() > 1e-3
+    # A SavedModel is never handed out again without trust_model.
+    saved = export_saved_model(model, tmp_path / "export")
+    load_fingerprinter(saved, trust_model=True, jit_compile=False)
+    with pytest.raises(ValueError, match="--trust-model"):
+        load_fingerprinter(saved, jit_compile=False)

@@ -244,13 +244,19 @@ def test_prepared_cache_trains_like_its_folder(official_root, tmp_path):
     np.testing.assert_allclose(a[1].numpy(), b[1].numpy(), atol=1e-3)
 
 
-def test_wandb_logs_offline_without_network(cache, tmp_path, monkeypatch):
-    """wandb.enabled with the default offline mode writes a local run; nothing needs a network."""
+def test_xla_train_step_and_offline_wandb_run(cache, tmp_path, monkeypatch):
+    """One run with the two options TINY leaves off: train.jit_compile=true (the default)
+    compiles the step with XLA, and wandb.enabled with the default offline mode writes a
+    local W&B run without any network."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    config = load_config(None, [*TINY, "train.epochs=1", "train.tensorboard=false", "wandb.enabled=true"])
+    config = load_config(None, [*TINY, "train.jit_compile=true", "train.epochs=1", "train.steps_per_epoch=2",
+                                "train.tensorboard=false", "wandb.enabled=true"])
     assert config["wandb"]["mode"] == "offline"
-    train(config, tmp_path / "run", log=lambda *_: None)
+    model, history, summary = train(config, tmp_path / "run", log=lambda *_: None)
+    assert model.jit_compile is True
+    assert summary["steps_per_epoch"] == 2 and int(model.optimizer.iterations.numpy()) == 2
+    assert np.isfinite(history.history["loss"][-1]) and history.history["loss"][-1] > 0
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     logs = list(runs[0].glob("run-*.wandb"))
@@ -262,16 +268,6 @@ def test_wandb_enabled_is_the_only_switch(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert _wandb_callback(load_config(None), tmp_path) is None  # wandb.enabled: false wins
-
-
-def test_jit_compiled_training_runs(cache, tmp_path):
-    """train.jit_compile=true (the default; TINY turns it off for speed) compiles the step with XLA."""
-    config = load_config(None, [*TINY, "train.jit_compile=true", "train.epochs=1", "train.steps_per_epoch=2",
-                                "train.tensorboard=false"])
-    model, history, summary = train(config, tmp_path / "run", log=lambda *_: None)
-    assert model.jit_compile is True
-    assert summary["steps_per_epoch"] == 2 and int(model.optimizer.iterations.numpy()) == 2
-    assert np.isfinite(history.history["loss"][-1]) and history.history["loss"][-1] > 0
 
 
 @pytest.mark.parametrize(
