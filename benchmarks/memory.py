@@ -3,8 +3,8 @@
     python benchmarks/memory.py [--model nnfp/weights/default.keras] [--query-hours 1]
                                 [--build-hours 2] [--workdir /tmp/nnfp-memory]
 
-Each measured command is a fresh `nnfp` process; its peak RSS is read from the kernel when it
-exits (`os.wait4` rusage, `ru_maxrss`), so imports, the model and faiss count too. A baseline
+Each measured command is a fresh `nnfp` process; its own peak RSS is read from the kernel
+(`VmHWM`, `_child.run_child`), so imports, the model and faiss count too. A baseline
 row (a 10 s query) shows what every process pays before any audio. Audio is generated
 with NumPy (music-like composed tracks, noise) and written as WAV with soundfile:
 
@@ -20,11 +20,9 @@ when decoded whole.
 """
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,15 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def measure(args, label):
     """Runs `nnfp ARGS` in a fresh process -> (peak RSS in MB, wall seconds)."""
+    from _child import run_child
+
     command = [sys.executable, "-c", "import sys; from nnfp.cli import main; sys.exit(main(sys.argv[1:]))", *args]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        sys.exit(f"{label}: nnfp {' '.join(args)} failed ({process.returncode}):\n{stderr.decode()[-3000:]}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - started  # Linux: kilobytes
+    returncode, _, stderr, wall, rss = run_child(command, cwd=ROOT)
+    if returncode != 0:
+        sys.exit(f"{label}: nnfp {' '.join(args)} failed ({returncode}):\n{stderr.decode()[-3000:]}")
+    return rss / 2**20, wall
 
 
 def write_long(path, seconds, rate, tracks, seed):

@@ -12,7 +12,7 @@ whole broadcast with a room impulse response. Without folders, everything is gen
 from the catalogue with the model (default: the packaged one); the broadcast is written
 as a 16-bit WAV beside `truth.json` (a play's boundaries are the middles of its
 crossfades) and `nnfp monitor INDEX broadcast.wav --json` runs in a child process,
-whose wall time and peak RSS are reported.
+whose wall time and own peak RSS (`_child.run_child`) are reported.
 
 Scores: a truth play (>= 10 s) is found when a detection of the same track covers >= 50 %
 of it; a detection is correct when >= 50 % of it lies in a play of its track; false
@@ -21,10 +21,7 @@ detections per hour count detections mostly over unknown music, per hour of it.
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -190,17 +187,12 @@ def score(truth, detections, min_play_s=10.0):
 
 def run_monitor(index_dir, recording, extra=()):
     """`nnfp monitor --json` in a child process: (detections, wall seconds, peak RSS bytes)."""
+    from _child import run_child
+
     command = [sys.executable, "-m", "nnfp.cli", "monitor", str(index_dir), str(recording), "--json", *extra]
-    started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stdout = child.stdout.read()
-    stderr = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"nnfp monitor failed ({child.returncode}): {stderr.strip()[-2000:]}")
-    rss = usage.ru_maxrss * 1024  # kilobytes on Linux
+    returncode, stdout, stderr, wall, rss = run_child(command, text=True)
+    if returncode != 0:
+        raise SystemExit(f"nnfp monitor failed ({returncode}): {stderr.strip()[-2000:]}")
     return [json.loads(line) for line in stdout.splitlines() if line.strip()], wall, rss
 
 
