@@ -4,7 +4,7 @@ Kept free of heavy imports so that `nnfp --help` and `nnfp train` can name them
 without loading faiss or TensorFlow.
 """
 
-__all__ = ["DEFAULT_K_PROBE", "DEFAULT_MIN_SCORE", "DEFAULT_PHASES", "INDEX_TYPES"]
+__all__ = ["DEFAULT_K_PROBE", "DEFAULT_MIN_SCORE", "DEFAULT_PHASES", "INDEX_TYPES", "cache_home"]
 
 INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")  # faiss index kinds of `FingerprintDB.build`
 DEFAULT_K_PROBE = 20  # faiss neighbours per query segment (the original `k_probe`)
@@ -12,3 +12,22 @@ DEFAULT_K_PROBE = 20  # faiss neighbours per query segment (the original `k_prob
 DEFAULT_MIN_SCORE = 0.5
 DEFAULT_PHASES = 2  # query phases per index hop (`Identifier(phases=...)`, `--phases`): benchmarks/phases.py
 # measured 2 as accurate as 4 and 8 at every length, at half the cost (10 s search p50 17 ms)
+
+
+def cache_home(environ=None):
+    """nnfp's cache folder: `$NNFP_CACHE`, else `$XDG_CACHE_HOME/nnfp`, else `~/.cache/nnfp`.
+
+    The one place an environment variable chooses where nnfp writes by default. It holds
+    the generated corpus (`corpus-<parameters>`, unless `embedded.directory` names a folder)
+    and the compiled XLA programs of the CLI (`xla/`, unless `$NNFP_XLA_CACHE` says otherwise).
+    Everything in it can be deleted; it is made again when needed.
+    """
+    import os
+    from pathlib import Path
+
+    environ = os.environ if environ is None else environ
+    if environ.get("NNFP_CACHE"):
+        return Path(environ["NNFP_CACHE"]).expanduser()
+    if environ.get("XDG_CACHE_HOME"):
+        return Path(environ["XDG_CACHE_HOME"]) / "nnfp"
+    return Path.home() / ".cache" / "nnfp"

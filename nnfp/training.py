@@ -1,6 +1,5 @@
 """Wire a validated config into data, model, loss, optimizer and callbacks, and train."""
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,12 +130,13 @@ def resolve_data_path(config, key):
 
 def corpus_directory(config):
     """Folder of the embedded corpus: `embedded.directory`, or by default
-    `$NNFP_CACHE/corpus-<params>` (`NNFP_CACHE` defaults to `~/.cache/nnfp`).
+    `<nnfp.defaults.cache_home()>/corpus-<params>` (`$NNFP_CACHE`, else `~/.cache/nnfp`).
 
     The default folder name holds every parameter of the corpus (and its version), so
     two configs never share a folder unless they share the corpus.
     """
     from nnfp.corpus.generate import CORPUS_VERSION
+    from nnfp.defaults import cache_home
 
     emb = config["embedded"]
     if emb["directory"] is not None:
@@ -145,7 +145,7 @@ def corpus_directory(config):
         f"v{CORPUS_VERSION}_n{emb['n_tracks'] + emb['n_val_tracks']}_s{emb['track_seconds']:g}"
         f"_noise{emb['n_noise']}_ir{emb['n_irs']}_sr{config['frontend']['sample_rate']}_seed{emb['seed']}"
     )
-    return Path(os.environ.get("NNFP_CACHE") or Path.home() / ".cache" / "nnfp") / f"corpus-{tag}"
+    return cache_home() / f"corpus-{tag}"
 
 
 def embedded_corpus(config):

@@ -109,6 +109,8 @@ def test_xla_cache_folder_follows_the_environment(tmp_path):
     assert chosen.parent == tmp_path and chosen.name.startswith("tf")  # one folder per TF version + CPU
     default = xla_cache_directory({"XDG_CACHE_HOME": str(tmp_path / "xdg")})
     assert default.parent == tmp_path / "xdg" / "nnfp" / "xla" and default.name == chosen.name
+    inside = xla_cache_directory({"NNFP_CACHE": str(tmp_path / "cache")})  # nnfp's cache folder
+    assert inside.parent == tmp_path / "cache" / "xla"
 
 
 def test_cli_points_tensorflow_at_the_xla_cache(tmp_path, monkeypatch):

@@ -318,4 +318,7 @@ def test_corpus_folder_name_holds_every_corpus_parameter(monkeypatch, tmp_path):
         assert corpus_directory(load_config(None, [override])) != base, override
     assert corpus_directory(load_config(None, [f"embedded.directory={tmp_path / 'mine'}"])) == tmp_path / "mine"
     monkeypatch.delenv("NNFP_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert corpus_directory(load_config(None)).parent == __import__("pathlib").Path.home() / ".cache" / "nnfp"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert corpus_directory(load_config(None)).parent == tmp_path / "xdg" / "nnfp"

@@ -584,8 +584,8 @@ def build_parser():
 
 
 XLA_CACHE_HELP = (
-    "Compiled XLA programs of the model are kept in $NNFP_XLA_CACHE (default: "
-    "$XDG_CACHE_HOME/nnfp/xla or ~/.cache/nnfp/xla; 'off' keeps none), one folder per "
+    "Compiled XLA programs of the model are kept in $NNFP_XLA_CACHE (default: the xla "
+    "folder of nnfp's cache, $NNFP_CACHE or ~/.cache/nnfp; 'off' keeps none), one folder per "
     "TensorFlow version and CPU, so a command after the first skips the seconds of "
     "compiling. Deleting the folder is always safe."
 )
@@ -596,12 +596,13 @@ def xla_cache_directory(environ=None):
     from importlib.metadata import PackageNotFoundError, version
 
     environ = os.environ if environ is None else environ
+    from nnfp.defaults import cache_home
+
     base = environ.get("NNFP_XLA_CACHE")
     if base is not None and base.strip().lower() in ("", "off", "0", "none"):
         return None
     if base is None:
-        cache_home = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        base = Path(cache_home) / "nnfp" / "xla"
+        base = cache_home(environ) / "xla"
     try:
         tf_version = version("tensorflow")
     except PackageNotFoundError:
