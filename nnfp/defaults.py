@@ -10,8 +10,9 @@ INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")  # faiss index kinds of `Fingerpr
 DEFAULT_K_PROBE = 20  # faiss neighbours per query segment (the original `k_probe`)
 # Used only when neither the index nor its model has a calibration (`nnfp index calibrate`).
 DEFAULT_MIN_SCORE = 0.5
-DEFAULT_PHASES = 2  # query phases per index hop (`Identifier(phases=...)`, `--phases`): benchmarks/phases.py
-# measured 2 as accurate as 4 and 8 at every length, at half the cost (10 s search p50 17 ms)
+DEFAULT_PHASES = 4  # query phases per index hop (`Identifier(phases=...)`, `--phases`): benchmarks/phases.py
+# and MODEL_CARD.md: 2 phases search faster (17 vs 25 ms for 10 s) and score alike on noisy
+# queries, but put 1-2.6 points more clean queries at a wrong offset.
 
 
 def cache_home(environ=None):
