@@ -66,19 +66,19 @@ def resolve_model_path(path):
 
 
 def _padded_size(n, batch_size, compiled=()):
-    """Rows a batch of `n` is padded to: the smallest size already compiled that holds it,
-    else a power of two (>= 8), at most `batch_size`.
+    """Rows a batch of `n` is padded to: a power of two (>= 8), at most `batch_size`, or
+    a size already compiled that holds it and is at most 4 times that.
 
-    XLA compiles one program per input shape, which takes seconds; running a few padded
-    rows costs far less. So a handful of sizes keeps compiles rare, a short query is not
-    padded to a whole batch, and the last, partial batch of a long job reuses the
-    program of the full ones.
+    XLA compiles one program per input shape, which takes seconds, so a handful of sizes
+    keeps compiles rare: the last, partial batch of a long job reuses the program of the
+    full ones (running some padded rows costs less than compiling), while a short query
+    is never padded to a whole batch (a 1 s query run as 256 rows took 0.6 s instead of
+    20 ms).
     """
     n = int(n)
-    fits = [size for size in compiled if n <= size <= batch_size]
-    if fits:
-        return min(fits)
-    return min(int(batch_size), max(8, 1 << (n - 1).bit_length()))
+    size = min(int(batch_size), max(8, 1 << (n - 1).bit_length()))
+    fits = [s for s in compiled if n <= s <= min(int(batch_size), 4 * size)]
+    return min(fits) if fits else size
 
 
 def _fingerprint_batches(embed, waveforms, batch_size, d, compiled):
