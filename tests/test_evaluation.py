@@ -73,6 +73,15 @@ def test_hit_rates_offset_and_decision_columns():
 @pytest.mark.skipif(
     not __import__("nnfp.catalogue.fingerprint", fromlist=["DEFAULT_MODEL_PATH"]).DEFAULT_MODEL_PATH.exists(), reason="no shipped model"
 )
+def test_top1_near_needs_the_right_track():
+    # Query 0 is predicted one row after its truth, in its own track: near. Query 1's truth is
+    # the last row of track 0 and the prediction the first row of track 1: not near.
+    rows = np.array([[[11]], [[20]]])
+    tracks = np.array([[[0]], [[1]]])
+    rates = hit_rates(rows, np.array([10, 19]), tracks, np.array([0, 0]))
+    assert rates["top1_near"].tolist() == [50.0] and rates["top1_exact"].tolist() == [0.0]
+
+
 def test_evaluate_is_deterministic_by_seed_with_unknown_tracks(tmp_path):
     import shutil
 

@@ -99,7 +99,8 @@ def hit_rates(
     hits = {
         "track_top1": right_track,
         "top1_exact": pred[..., 0] == true[..., 0],
-        "top1_near": found & (np.abs(pred[..., 0] - true[..., 0]) <= 1),
+        # The neighbouring row may be the first or last row of another track: not "near".
+        "top1_near": right_track & (np.abs(pred[..., 0] - true[..., 0]) <= 1),
         "top3": np.any(pred[..., :3] == true, axis=-1),
         "top10": np.any(pred[..., :10] == true, axis=-1),
         "song_top1": right_track,
