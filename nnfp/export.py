@@ -65,27 +65,20 @@ def resolve_model_path(path):
     return path
 
 
-def _padded_size(n, batch_size, compiled=()):
-    """Rows a batch of `n` is padded to: a power of two (>= 8), at most `batch_size`, or
-    a size already compiled that holds it and is at most twice that.
+def _padded_size(n, batch_size):
+    """Rows a batch of `n` is padded to: a power of two (>= 8), at most `batch_size`.
 
-    XLA compiles one program per input shape, which takes seconds, so a handful of sizes
-    keeps compiles rare: the last, partial batch of a long job reuses the program of the
-    full ones (running some padded rows costs less than compiling), while a short query
-    is never padded to a whole batch (1 s and 5 s queries run as 256 rows took 0.6 s
-    instead of 20 ms and 0.2 s).
+    XLA compiles one program per input shape, which takes seconds (the CLI keeps them on
+    disk, `nnfp.cli.xla_cache_directory`), so a handful of sizes keeps compiles rare while a
+    short query is never padded to a whole batch. Reusing a larger compiled size instead
+    was tried: a long-lived process that had built an index then ran every 10 s query as
+    256 rows (593 ms instead of ~330 ms per query), paying per query what a compile costs once.
     """
-    n = int(n)
-    size = min(int(batch_size), max(8, 1 << (n - 1).bit_length()))
-    fits = [s for s in compiled if n <= s <= min(int(batch_size), 2 * size)]
-    return min(fits) if fits else size
+    return min(int(batch_size), max(8, 1 << (int(n) - 1).bit_length()))
 
 
-def _fingerprint_batches(embed, waveforms, batch_size, d, compiled):
-    """Runs `embed` over fixed-shape batches (the last one zero-padded), drops the padding.
-
-    `compiled`: the set of batch sizes `embed` has run at (updated).
-    """
+def _fingerprint_batches(embed, waveforms, batch_size, d):
+    """Runs `embed` over fixed-shape batches (the last one zero-padded), drops the padding."""
     import tensorflow as tf
 
     waveforms = np.asarray(waveforms, np.float32)
@@ -93,11 +86,10 @@ def _fingerprint_batches(embed, waveforms, batch_size, d, compiled):
     for first in range(0, len(waveforms), batch_size):
         batch = waveforms[first : first + batch_size]
         n = len(batch)
-        size = _padded_size(n, batch_size, compiled)
+        size = _padded_size(n, batch_size)
         if size != n:
             batch = np.concatenate([batch, np.zeros((size - n, batch.shape[1]), np.float32)])
         out.append(np.asarray(embed(tf.constant(batch)))[:n])
-        compiled.add(size)
     return np.concatenate(out) if out else np.zeros((0, d), np.float32)
 
 
@@ -114,10 +106,9 @@ class _SavedModelFingerprinter:
             raise ModelLoadError(path, error) from None
         serve = self._serve
         self._embed = tf.function(lambda x: serve(waveforms=x)["fingerprint"], jit_compile=jit_compile)
-        self._compiled = set()  # batch sizes run so far
 
     def fingerprint(self, waveforms, batch_size=256):
-        return _fingerprint_batches(self._embed, waveforms, batch_size, self.embedding_dim, self._compiled)
+        return _fingerprint_batches(self._embed, waveforms, batch_size, self.embedding_dim)
 
 
 class _KerasFingerprinter:
@@ -140,10 +131,9 @@ class _KerasFingerprinter:
         self.segment_samples = model.segment_samples
         self.embedding_dim = model.embedding_dim
         self._embed = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile)
-        self._compiled = set()  # batch sizes run so far
 
     def fingerprint(self, waveforms, batch_size=256):
-        return _fingerprint_batches(self._embed, waveforms, batch_size, self.embedding_dim, self._compiled)
+        return _fingerprint_batches(self._embed, waveforms, batch_size, self.embedding_dim)
 
 
 def load_fingerprinter(path, jit_compile=True, trust_model=False):

@@ -21,12 +21,6 @@ def model():
 def test_padded_sizes_are_few_and_bounded():
     assert [_padded_size(n, 64) for n in (1, 8, 9, 33, 64)] == [8, 8, 16, 64, 64]
     assert _padded_size(200, 256) == 256 and _padded_size(3, 4) == 4
-    # Once a size is compiled, a smaller batch reuses it instead of compiling another.
-    assert _padded_size(24, 64, compiled={64}) == 64 and _padded_size(5, 64, compiled={16, 64}) == 16
-    assert _padded_size(40, 64, compiled={16}) == 64 and _padded_size(100, 256, compiled={256}) == 256
-    # ... but a short query is not run as a whole batch of a long job that came before it.
-    assert _padded_size(1, 256, compiled={256}) == 8 and _padded_size(3, 256, compiled={16, 256}) == 16
-    assert _padded_size(36, 256, compiled={256}) == 64  # a 5 s query at 4 phases
 
 
 @pytest.mark.parametrize("n", [1, 13, 40])  # one short batch, a padded one, several batches
@@ -51,7 +45,6 @@ def test_xla_saved_model_matches(model, tmp_path):
     assert np.abs(got - model.predict(x, verbose=0)).max() <= 1e-5
     # The exported signature takes any batch size: served again at 8 rows, same fingerprints.
     assert np.abs(served.fingerprint(x, batch_size=8) - got).max() <= 1e-5
-    assert served._compiled == {4, 8}
 
 
 def test_loaded_models_are_reused_until_the_file_changes(model, tmp_path):
