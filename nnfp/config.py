@@ -57,7 +57,6 @@ _POSITIVE = (
     "train.epochs", "train.batch_size", "train.n_anchors", "train.val_batch_size",
     "train.steps_per_epoch", "embedded.n_tracks", "embedded.n_val_tracks", "embedded.track_seconds",
 )
-_MODEL_SECTIONS = ("frontend", "encoder", "projection", "spec_augment")
 _RECEIVED = re.compile(r"Received: (\w+)=")
 
 
@@ -198,7 +197,7 @@ def _check_parts(config):
     from nnfp.augment import SpecAugment
     from nnfp.encoder import DivideAndEncode, Encoder
     from nnfp.frontend import LogMelSpectrogram
-    from nnfp.losses import NTXent, OnlineTripletLoss
+    from nnfp.training import build_loss
 
     frontend = _constructed(config, "frontend", lambda: LogMelSpectrogram(**config["frontend"]))
     encoder = _constructed(config, "encoder", lambda: Encoder(**config["encoder"]))
@@ -206,11 +205,7 @@ def _check_parts(config):
     _constructed(config, "spec_augment", lambda: SpecAugment(**config["spec_augment"]))
     features = encoder.compute_output_shape(frontend.compute_output_shape((None, frontend.segment_samples)))[-1]
     _constructed(config, "projection", lambda: projection.slice_length_for(features), key="projection.embedding_dim")
-    loss = config["loss"]
-    if loss["type"] == "ntxent":
-        _constructed(config, "loss", lambda: NTXent(temperature=loss["temperature"]))
-    else:
-        _constructed(config, "loss", lambda: OnlineTripletLoss(margin=loss["margin"], mode=loss["mode"]))
+    _constructed(config, "loss", lambda: build_loss(config))
 
 
 def validate(config):

@@ -4,6 +4,9 @@ Kept free of heavy imports so that `nnfp --help` and `nnfp train` can name them
 without loading faiss or TensorFlow.
 """
 
+import os
+from pathlib import Path
+
 __all__ = ["DEFAULT_K_PROBE", "DEFAULT_MIN_SCORE", "DEFAULT_PHASES", "INDEX_TYPES", "cache_home"]
 
 INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")  # faiss index kinds of `FingerprintDB.build`
@@ -23,9 +26,6 @@ def cache_home(environ=None):
     and the compiled XLA programs of the CLI (`xla/`, unless `$NNFP_XLA_CACHE` says otherwise).
     Everything in it can be deleted; it is made again when needed.
     """
-    import os
-    from pathlib import Path
-
     environ = os.environ if environ is None else environ
     if environ.get("NNFP_CACHE"):
         return Path(environ["NNFP_CACHE"]).expanduser()

@@ -145,7 +145,7 @@ class Encoder(keras.layers.Layer):
         self.norm = norm
         self.blocks = [
             ConvBlock(c, s, norm=norm, name=f"block_{i}")
-            for i, (c, s) in enumerate(zip(self.filters, self.strides, strict=False))
+            for i, (c, s) in enumerate(zip(self.filters, self.strides, strict=True))
         ]
 
     def build(self, input_shape):

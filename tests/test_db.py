@@ -291,8 +291,8 @@ def test_starts_from_stored_neighbours_equal_a_search(data, flat_db):
         window = stream[first : first + 4]
         starts = flat_db.starts_from_hits(hits[first : first + 4])
         np.testing.assert_array_equal(starts, flat_db.candidate_starts(window, k_probe=5))
-        matches = flat_db.places(starts, flat_db.sequence_scores(window, starts), n_results=3)
-        assert matches == flat_db.search(window, k_probe=5, n_results=3)
+        stored = flat_db.search(window, hits=hits[first : first + 4], n_results=3)
+        assert stored == flat_db.search(window, k_probe=5, n_results=3)
 
 
 # ----------------------------------------------------------------------------- long queries

@@ -166,17 +166,14 @@ class _Monitor:
         while self.ring and self.ring[0][0] < self.newest - self.keep:
             self.ring.popleft()
 
-    def _segments(self, lo, hi, with_hits=False):
-        """Ring fingerprints of segments lo..hi (inclusive) that are still held (and their DB rows)."""
+    def _segments(self, lo, hi):
+        """Segment numbers, fingerprints and DB neighbours of segments lo..hi (inclusive) still held."""
         base = self.ring[0][0]
         picked = [self.ring[i - base] for i in range(max(lo, base), min(hi, self.newest) + 1)]
         if not picked:
-            numbers, query, hits = np.zeros(0, np.int64), None, None
-        else:
-            numbers = np.array([n for n, _, _ in picked])
-            query = np.stack([f for _, f, _ in picked])
-            hits = np.stack([h for _, _, h in picked])
-        return (numbers, query, hits) if with_hits else (numbers, query)
+            return np.zeros(0, np.int64), None, None
+        numbers, fingerprints, hits = zip(*picked, strict=True)
+        return np.array(numbers), np.stack(fingerprints), np.stack(hits)
 
     def _aligned_similarity(self, candidate, lo, hi):
         """Similarity of recording segments lo..hi to the track segments aligned with them.
@@ -186,7 +183,7 @@ class _Monitor:
         those segments would be the largest step in the fit and pull the boundary onto
         the track's edge (a track restarted after a jingle was cut 4.75 s early).
         """
-        numbers, query = self._segments(lo, hi)
+        numbers, query, _ = self._segments(lo, hi)
         if query is None:
             return numbers, np.zeros(0)
         begin, end = self.rows_of[candidate.track_id]
@@ -262,11 +259,8 @@ class _Monitor:
             self.candidates = []
 
     def _window(self, w, recording):
-        _, query, hits = self._segments(w, w + self.window - 1, with_hits=True)
-        # = db.search(query, k_probe, n_results=3, min_score), from the segments' stored neighbours
-        starts = self.db.starts_from_hits(hits)
-        scores = self.db.sequence_scores(query, starts)
-        matches = self.db.places(starts, scores, n_results=3, min_score=self.threshold)
+        _, query, hits = self._segments(w, w + self.window - 1)
+        matches = self.db.search(query, hits=hits, n_results=3, min_score=self.threshold)
         t = w * self.hop_s
         extended = None
         for match in matches:

@@ -595,9 +595,9 @@ def xla_cache_directory(environ=None):
     """The folder of persistent XLA programs for this TensorFlow and CPU, or None when off."""
     from importlib.metadata import PackageNotFoundError, version
 
-    environ = os.environ if environ is None else environ
     from nnfp.defaults import cache_home
 
+    environ = os.environ if environ is None else environ
     base = environ.get("NNFP_XLA_CACHE")
     if base is not None and base.strip().lower() in ("", "off", "0", "none"):
         return None

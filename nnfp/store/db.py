@@ -832,7 +832,7 @@ class FingerprintDB:
                 totals[cands] += np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64)
         return totals / n_query
 
-    def search(self, query_embeddings, k_probe=20, n_results=5, min_score=None, collapse_seconds=1.0):
+    def search(self, query_embeddings, k_probe=20, n_results=5, min_score=None, collapse_seconds=1.0, hits=None):
         """Finds the tracks and offsets best matching a query of consecutive segments.
 
         Args:
@@ -844,6 +844,9 @@ class FingerprintDB:
             collapse_seconds: matches of one track whose offsets differ by less than
                 this are one place; only the best scoring is kept (None or 0 keeps
                 every candidate window).
+            hits: optional `neighbours` of the query's segments, already looked up
+                (a stream searched window by window looks each segment up once);
+                then no faiss search is made and `k_probe` is not used.
 
         Returns:
             A list of up to `n_results` `Match`, distinct places, sorted by
@@ -851,7 +854,10 @@ class FingerprintDB:
         """
         if int(n_results) < 1:
             raise ValueError(f"`n_results` must be >= 1. Received: n_results={n_results}")
-        starts = self.candidate_starts(query_embeddings, k_probe=k_probe)
+        if hits is None:
+            starts = self.candidate_starts(query_embeddings, k_probe=k_probe)
+        else:
+            starts = self.starts_from_hits(hits)
         scores = self.sequence_scores(query_embeddings, starts)
         return self.places(starts, scores, n_results=n_results, min_score=min_score, collapse_seconds=collapse_seconds)
 
