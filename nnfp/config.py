@@ -39,6 +39,7 @@ _NULLABLE = {
     "embedded.directory": (str,),
     "train.steps_per_epoch": (int,),
     "train.devices": (list,),
+    "train.initial_weights": (str,),
     "wandb.entity": (str,),
     "wandb.name": (str,),
 }

@@ -55,6 +55,45 @@ def build_model(config):
     return model
 
 
+def load_initial_weights(model, source):
+    """Copy the weights of `source` (a `.keras` file, a run directory or "default") into `model`.
+
+    The architectures must match (same frontend, encoder and projection settings); the
+    optimizer state is not copied, so the run starts its own schedule. BackupAndRestore
+    still wins on resume: it restores the run's own backup after this.
+
+    Raises:
+        ConfigError: `source` is missing, not a `.keras` model, or has other weight shapes.
+    """
+    from nnfp.catalogue.fingerprint import DEFAULT_MODEL_PATH
+    from nnfp.export import resolve_model_path
+
+    key = "config key 'train.initial_weights'"
+    try:
+        path = DEFAULT_MODEL_PATH if source == "default" else resolve_model_path(source)
+    except FileNotFoundError as error:
+        raise ConfigError(f"{key}: {error}") from None
+    if Path(path).suffix != ".keras":
+        raise ConfigError(f"{key}: expected a .keras file or a run directory, received {str(path)!r}")
+    try:
+        donor = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - any load failure is reported with the path
+        raise ConfigError(f"{key}: {path}: not a loadable nnfp model ({type(error).__name__}: {error})") from None
+    # Variable paths carry generated layer names (conv2d_16, ...), so weights pair up by order.
+    mine, theirs = model.weights, donor.weights
+    shapes = [tuple(v.shape) for v in mine], [tuple(v.shape) for v in theirs]
+    if shapes[0] != shapes[1]:
+        first = next((i for i, (a, b) in enumerate(zip(*shapes)) if a != b), min(map(len, shapes)))
+        where = mine[first].path if first < len(mine) else theirs[first].path
+        raise ConfigError(
+            f"{key}: {path} has another architecture than this config builds ({len(theirs)} weights vs "
+            f"{len(mine)}; first difference at {where}); set encoder, projection and frontend to the "
+            "model's own settings"
+        )
+    for variable, value in zip(mine, theirs):
+        variable.assign(value)
+
+
 def build_loss(config):
     from nnfp.losses import NTXent, OnlineTripletLoss
 
@@ -432,6 +471,9 @@ def train(config, run_dir, log=print, extra_callbacks=()):
     total_steps = config["train"]["epochs"] * data.steps_per_epoch
     with distribution_strategy(config).scope():
         model = build_model(config)
+        if config["train"]["initial_weights"] is not None:
+            load_initial_weights(model, config["train"]["initial_weights"])
+            log(f"initial weights: {config['train']['initial_weights']}")
         model.compile(
             optimizer=build_optimizer(config, total_steps), loss=build_loss(config),
             jit_compile=config["train"]["jit_compile"],

@@ -2,6 +2,10 @@
 """Split the Debian audio fetched by ../shared/data/fetch_debian_audio.py by package.
 
     python scripts/debian_splits.py data        # reads data/debian-{music,noise,speech}
+    python scripts/debian_splits.py data --music debian-music-full   # the `train` set
+
+With `--music FOLDER` only the music is split, from data/FOLDER, into
+data/splits/music-*-FOLDER-suffix.json (`debian-music-full` -> `music-train-full.json`).
 
 Writes JSON manifests to data/splits/: music-train, music-val, music-heldout (the
 evaluation DB: never trained on), music-unknown (never trained on and never indexed:
@@ -20,25 +24,30 @@ SPLITS = {
         "heldout": {"warzone2100-music", "drascula-music", "pushover-data"},
         "val": {"extremetuxracer-data"},
         "unknown": {"hyperrogue-music", "lordsawar-data"},
+        # its sound effects are test noise: the whole package stays out of training
+        "excluded": {"redeclipse-data"},
     },
     "noise": {"test": {"redeclipse-data", "sonic-pi-samples"}},
     "speech": {"test": {"asterisk-core-sounds-en-wav"}},
 }
 
 
-def main(root):
+def main(root, music=None):
     root = Path(root)
     out = root / "splits"
     out.mkdir(exist_ok=True)
-    for kind, held in SPLITS.items():
-        with open(root / f"debian-{kind}" / "manifest.json") as handle:
+    kinds = {"music": SPLITS["music"]} if music else SPLITS
+    for kind, held in kinds.items():
+        folder = music or f"debian-{kind}"
+        suffix = f"-{folder.removeprefix('debian-music-')}" if music else ""
+        with open(root / folder / "manifest.json") as handle:
             entries = json.load(handle)
         parts = {name: [] for name in [*held, "train"]}
         for entry in entries:
             name = next((n for n, packages in held.items() if entry["package"] in packages), "train")
-            parts[name].append({"path": f"../debian-{kind}/{entry['file']}", "package": entry["package"]})
+            parts[name].append({"path": f"../{folder}/{entry['file']}", "package": entry["package"]})
         for name, rows in parts.items():
-            path = out / f"{kind}-{name}.json"
+            path = out / f"{kind}-{name}{suffix}.json"
             with open(f"{path}.tmp", "w") as handle:
                 json.dump(rows, handle, indent=0)
             os.replace(f"{path}.tmp", path)
@@ -47,4 +56,10 @@ def main(root):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "data")
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("root", nargs="?", default="data")
+    parser.add_argument("--music", default=None, help="split only this music folder under ROOT")
+    args = parser.parse_args()
+    main(args.root, args.music)

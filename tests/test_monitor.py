@@ -125,3 +125,42 @@ def test_timeline_and_errors(setup, tmp_path, capsys):
     assert main(["monitor", str(setup["index"]), str(tmp_path / "missing.wav")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nnfp monitor: error:") and "missing.wav" in err[0]
+
+
+def test_noisy_patch_inside_a_play_keeps_one_play(setup, tmp_path, capsys):
+    a = setup["tracks"]["a.wav"]
+    # a 0..36 s with 12..24 s buried 20 dB under loud noise (a talk-over, a bad patch): the
+    # track comes back at the same alignment, so it is one play, not two.
+    clean = _cut(a, 0, 36).copy()
+    patch = slice(12 * RATE, 24 * RATE)
+    noise = make_noise(7, 12.1, RATE, kind="pink")[: 12 * RATE]
+    rms = np.sqrt(np.mean(clean[patch] ** 2))
+    clean[patch] = clean[patch] + noise / np.sqrt(np.mean(noise**2)) * rms * 10.0
+    path = tmp_path / "patch.wav"
+    sf.write(path, _mix([clean], [], seed=2), RATE, subtype="PCM_16")
+    plays = _monitor_json([str(setup["index"]), str(path)], capsys)
+    assert [p["track"] for p in plays] == ["a.wav"], plays
+    assert abs(plays[0]["start_s"]) <= 1.5 and abs(plays[0]["end_s"] - 36) <= 1.5, plays
+    # With a dropout allowance shorter than the patch, it is two plays of one alignment.
+    capsys.readouterr()
+    assert main(["monitor", str(setup["index"]), str(path), "--json", "--max-gap", "4"]) == 0
+    split = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["track"] for p in split] == ["a.wav", "a.wav"], split
+
+
+def test_bars_repeated_inside_a_track_give_one_play(tmp_path, capsys):
+    # A track whose first 15 s come back at 15 s: each window of the play matches two
+    # alignments of the same track. The alignments are rivals of one play: one detection.
+    part = compose_track(410, 15.0, RATE)
+    track = np.concatenate([part, part, compose_track(411, 15.0, RATE)])
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "loop.wav", track, RATE, subtype="PCM_16")
+    sf.write(music / "other.wav", compose_track(412, 30.0, RATE), RATE, subtype="PCM_16")
+    index = tmp_path / "index"
+    assert main(["index", "build", str(music), str(index), "--index-type", "flat", "--quiet"]) == 0
+    path = tmp_path / "loop-play.wav"
+    sf.write(path, _mix([_cut(track, 5, 45)], [], seed=3), RATE, subtype="PCM_16")
+    plays = _monitor_json([str(index), str(path)], capsys)
+    assert [p["track"] for p in plays] == ["loop.wav"], plays
+    assert abs(plays[0]["start_s"]) <= 1.5 and abs(plays[0]["end_s"] - 40) <= 1.5, plays

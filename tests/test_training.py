@@ -322,3 +322,25 @@ def test_corpus_folder_name_holds_every_corpus_parameter(monkeypatch, tmp_path):
     assert corpus_directory(load_config(None)).parent == __import__("pathlib").Path.home() / ".cache" / "nnfp"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert corpus_directory(load_config(None)).parent == tmp_path / "xdg" / "nnfp"
+
+
+def test_initial_weights_start_a_run_from_another_model(tmp_path):
+    from nnfp.config import ConfigError
+    from nnfp.training import build_model, load_initial_weights
+
+    config = load_config(CONFIG_DIR / "demo.yaml")
+    keras.utils.set_random_seed(1)
+    donor = build_model(config)
+    donor.save(tmp_path / "donor.keras")
+    keras.utils.set_random_seed(2)
+    model = build_model(config)
+    waves = np.random.default_rng(0).standard_normal((3, model.segment_samples)).astype("float32")
+    assert np.abs(model.predict(waves, verbose=0) - donor.predict(waves, verbose=0)).max() > 1e-3
+    load_initial_weights(model, str(tmp_path / "donor.keras"))
+    np.testing.assert_array_equal(model.predict(waves, verbose=0), donor.predict(waves, verbose=0))
+
+    wider = build_model(load_config(CONFIG_DIR / "demo.yaml", ["encoder.width=0.5"]))
+    with pytest.raises(ConfigError, match="train.initial_weights.*another architecture"):
+        load_initial_weights(wider, str(tmp_path / "donor.keras"))
+    with pytest.raises(ConfigError, match="train.initial_weights.*not found"):
+        load_initial_weights(model, str(tmp_path / "missing.keras"))

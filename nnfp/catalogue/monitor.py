@@ -31,6 +31,7 @@ __all__ = ["Detection", "format_detection", "monitor_stream", "read_blocks", "re
 
 _LIVE_CANDIDATES = 64  # open candidate plays kept at once (the oldest unconfirmed go first)
 _STEP_MARGIN = 0.1  # aligned-similarity drop that marks a play's boundary
+_CANDIDATE_GAP_SECONDS = 10.0  # an unconfirmed candidate lasts this long without an agreeing window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +141,9 @@ class _Monitor:
         self.hop_s = float(db.hop_seconds)
         self.threshold = threshold
         self.window, self.step, self.max_gap = window, step, max_gap  # in segments
+        # Unconfirmed candidates get no longer than confirmed plays: a longer dropout allowance
+        # for plays must not give chance agreements in unknown music more time to add up.
+        self.candidate_gap = min(max_gap, max(int(round(_CANDIDATE_GAP_SECONDS / self.hop_s)), 1))
         self.min_windows, self.tolerance, self.k_probe = min_windows, tolerance, k_probe
         self.seg_seconds = seg_seconds
         self.candidates = []
@@ -155,6 +159,7 @@ class _Monitor:
         ends = np.concatenate([boundaries, [len(tracks)]])
         self.rows_of = {int(tracks[b]): (int(b), int(e)) for b, e in zip(begins, ends, strict=True)}
         self.next_window = 0
+        self.emitted = collections.deque(maxlen=16)  # (track, start, last window, windows) of recent plays
 
     # -- fingerprints ------------------------------------------------------
 
@@ -229,6 +234,26 @@ class _Monitor:
         e = numbers[max(split - 1, 0)]
         return e * self.hop_s + self.seg_seconds / 2 + self.hop_s / 2
 
+    def _overlap(self, a, b):
+        """Same track, and each starts before the other's last agreeing window: rival alignments
+        of one play (bars that repeat inside the track), not two plays of it."""
+        return (
+            a.track_id == b.track_id and b.start_s < a.last * self.hop_s and a.start_s < b.last * self.hop_s
+        )
+
+    def _emit(self, candidate, recording, successor=None):
+        """Yields the finished play unless a rival alignment of it holds more agreeing windows."""
+        n = len(candidate.scores)
+        for rival in self.candidates:
+            if rival is not candidate and rival.confirmed and self._overlap(candidate, rival) and len(rival.scores) >= n:
+                rival.start_s = min(rival.start_s, candidate.start_s)
+                return
+        if any(track == candidate.track_id and start < candidate.last * self.hop_s and candidate.start_s < last
+               and count >= n for track, start, last, count in self.emitted):
+            return
+        self.emitted.append((candidate.track_id, candidate.start_s, candidate.last * self.hop_s, n))
+        yield self._finish(candidate, recording, successor)
+
     def _finish(self, candidate, recording, successor=None):
         end = self._refine_end(candidate)
         if successor is not None and candidate.start_s < successor.start_s < end:
@@ -253,10 +278,19 @@ class _Monitor:
             yield from self._window(self.next_window, recording)
             self.next_window += self.step
         if final:
+            self.candidates = [c for c in self.candidates if c.confirmed]
+            # Rival alignments of one play yield to the one with the most windows (fewest
+            # first); the rest are reported in the order they started.
+            for candidate in sorted(self.candidates, key=lambda c: len(c.scores)):
+                if any(r is not candidate and self._overlap(candidate, r) and len(r.scores) >= len(candidate.scores)
+                       for r in self.candidates):
+                    self.candidates.remove(candidate)
+                    for rival in self.candidates:
+                        if self._overlap(candidate, rival):
+                            rival.start_s = min(rival.start_s, candidate.start_s)
             for candidate in sorted(self.candidates, key=lambda c: c.start_s):
-                if candidate.confirmed:
-                    yield self._finish(candidate, recording)
-            self.candidates = []
+                self.candidates.remove(candidate)
+                yield from self._emit(candidate, recording)
 
     def _window(self, w, recording):
         _, query, hits = self._segments(w, w + self.window - 1)
@@ -289,14 +323,16 @@ class _Monitor:
             # A newly confirmed play ends the plays heard before it (track change, crossfade).
             for other in sorted(self.candidates, key=lambda c: c.start_s):
                 if other is not extended and other.last < extended.last:
+                    if other.confirmed and self._overlap(other, extended):
+                        continue  # rival alignments of one play: settled when one of them ends
                     self.candidates.remove(other)
                     if other.confirmed:
-                        yield self._finish(other, recording, successor=extended)
+                        yield from self._emit(other, recording, successor=extended)
         for candidate in sorted(self.candidates, key=lambda c: c.start_s):
-            if w - candidate.last > self.max_gap:
+            if w - candidate.last > (self.max_gap if candidate.confirmed else self.candidate_gap):
                 self.candidates.remove(candidate)
                 if candidate.confirmed:
-                    yield self._finish(candidate, recording)
+                    yield from self._emit(candidate, recording)
 
 
 def monitor_stream(
@@ -305,7 +341,7 @@ def monitor_stream(
     recording="-",
     window_seconds=5.0,
     step_seconds=1.0,
-    max_gap_seconds=10.0,
+    max_gap_seconds=30.0,
     min_windows=3,
     tolerance_seconds=1.0,
     min_score=None,
@@ -320,8 +356,10 @@ def monitor_stream(
         recording: name reported in the detections.
         window_seconds: audio searched per window (a query of this length).
         step_seconds: recording time between window starts (a multiple of the hop).
-        max_gap_seconds: a play survives this long without an agreeing window
-            (talk-over, noise); longer gaps end it.
+        max_gap_seconds: a confirmed play survives this long without an agreeing window
+            (talk-over, noise) and goes on if its track returns at the same alignment;
+            longer gaps end it. A play is reported at most this long after its end,
+            unless another play starts first. Unconfirmed candidates last 10 s at most.
         min_windows: agreeing windows a play needs to be reported.
         tolerance_seconds: how far a window's alignment (track time - recording time)
             may stray from its play's.

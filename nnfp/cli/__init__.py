@@ -539,8 +539,9 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="one JSON object per detected play and line, as it ends")
     p.add_argument("--rate", type=int, default=8000, help="sample rate of the PCM on stdin (default 8000)")
     p.add_argument("--window", type=_finite_float, default=5.0, help="seconds of audio per searched window (default 5)")
-    p.add_argument("--max-gap", dest="max_gap", type=_finite_float, default=10.0,
-                   help="a play survives this many seconds without a match (default 10)")
+    p.add_argument("--max-gap", dest="max_gap", type=_finite_float, default=30.0,
+                   help="a play survives this many seconds without a match and goes on if its track "
+                        "returns at the same alignment; it is reported at most this long after it ends (default 30)")
     p.add_argument("--min-score", type=_finite_float, default=None,
                    help="window score threshold (default: the index's calibrated threshold)")
     p.add_argument("--k-probe", type=_positive_int, default=DEFAULT_K_PROBE)
