@@ -171,7 +171,7 @@ def catalogue_duplicates(paths, root, min_r=0.9, min_seconds=30.0):
     from scipy.signal import fftconvolve
 
     names = [str(Path(p).relative_to(root)) for p in paths]
-    envs = [np.log(_envelope(p)) for p in paths]
+    envs = [_envelope(p) for p in paths]
     envs = [(e - e.mean()) / (e.std() + 1e-9) for e in envs]
     parent = list(range(len(paths)))
 
@@ -196,7 +196,9 @@ def catalogue_duplicates(paths, root, min_r=0.9, min_seconds=30.0):
             if r >= min_r:
                 pairs.append((names[i], names[j], r, lag / 100))
                 parent[find(j)] = find(i)
-    canonical = {names[i]: names[find(i)] for i in range(len(names)) if find(i) != i or i in {find(k) for k in range(len(names)) if find(k) != k}}
+    roots = [find(i) for i in range(len(names))]
+    grouped = {r for i, r in enumerate(roots) if r != i}
+    canonical = {names[i]: names[r] for i, r in enumerate(roots) if r in grouped}
     return canonical, pairs
 
 

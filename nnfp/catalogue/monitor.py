@@ -159,7 +159,7 @@ class _Monitor:
         ends = np.concatenate([boundaries, [len(tracks)]])
         self.rows_of = {int(tracks[b]): (int(b), int(e)) for b, e in zip(begins, ends, strict=True)}
         self.next_window = 0
-        self.emitted = collections.deque(maxlen=16)  # (track, start, last window, windows) of recent plays
+        self.emitted = collections.deque(maxlen=16)  # (track, span, windows) of recent plays
 
     # -- fingerprints ------------------------------------------------------
 
@@ -234,12 +234,20 @@ class _Monitor:
         e = numbers[max(split - 1, 0)]
         return e * self.hop_s + self.seg_seconds / 2 + self.hop_s / 2
 
+    def _span(self, candidate):
+        """Recording time from the candidate's start to the end of its last agreeing window."""
+        return candidate.start_s, (candidate.last + self.window) * self.hop_s
+
+    @staticmethod
+    def _mostly_shared(a, b):
+        """Spans `a` and `b` share at least half of the shorter one."""
+        shared = min(a[1], b[1]) - max(a[0], b[0])
+        return shared >= 0.5 * max(min(a[1] - a[0], b[1] - b[0]), 1e-9)
+
     def _overlap(self, a, b):
-        """Same track, and each starts before the other's last agreeing window: rival alignments
-        of one play (bars that repeat inside the track), not two plays of it."""
-        return (
-            a.track_id == b.track_id and b.start_s < a.last * self.hop_s and a.start_s < b.last * self.hop_s
-        )
+        """Same track over mostly the same stretch of recording: rival alignments of one play
+        (bars that repeat inside the track), not two plays of it (those follow each other)."""
+        return a.track_id == b.track_id and self._mostly_shared(self._span(a), self._span(b))
 
     def _emit(self, candidate, recording, successor=None):
         """Yields the finished play unless a rival alignment of it holds more agreeing windows."""
@@ -248,10 +256,11 @@ class _Monitor:
             if rival is not candidate and rival.confirmed and self._overlap(candidate, rival) and len(rival.scores) >= n:
                 rival.start_s = min(rival.start_s, candidate.start_s)
                 return
-        if any(track == candidate.track_id and start < candidate.last * self.hop_s and candidate.start_s < last
-               and count >= n for track, start, last, count in self.emitted):
+        span = self._span(candidate)
+        if any(track == candidate.track_id and count >= n and self._mostly_shared(span, other)
+               for track, other, count in self.emitted):
             return
-        self.emitted.append((candidate.track_id, candidate.start_s, candidate.last * self.hop_s, n))
+        self.emitted.append((candidate.track_id, span, n))
         yield self._finish(candidate, recording, successor)
 
     def _finish(self, candidate, recording, successor=None):
@@ -292,32 +301,58 @@ class _Monitor:
                 self.candidates.remove(candidate)
                 yield from self._emit(candidate, recording)
 
+    def _agreeing(self, match, delta, exclude=()):
+        for candidate in self.candidates:
+            if (candidate.track_id == match.track_id and abs(candidate.delta - delta) <= self.tolerance
+                    and candidate not in exclude):
+                return candidate
+        return None
+
+    @staticmethod
+    def _extend(candidate, w, match, delta):
+        candidate.last = w
+        candidate.scores.append(match.score)
+        candidate.deltas.append(delta)
+        candidate.delta = float(np.median(candidate.deltas[-9:]))
+
+    def _open(self, w, match):
+        delta = match.offset_s - w * self.hop_s
+        candidate = _Candidate(match.track_id, match.path, delta, w, w, [match.score], [delta], 0.0)
+        candidate.start_s = self._refine_start(candidate)
+        self.candidates.append(candidate)
+        if len(self.candidates) > _LIVE_CANDIDATES:
+            self.candidates.remove(min(self.candidates, key=lambda c: (c.confirmed, c.last)))
+        return candidate
+
     def _window(self, w, recording):
         _, query, hits = self._segments(w, w + self.window - 1)
         matches = self.db.search(query, hits=hits, n_results=3, min_score=self.threshold)
         t = w * self.hop_s
-        extended = None
-        for match in matches:
-            delta = match.offset_s - t
-            for candidate in self.candidates:
-                if candidate.track_id == match.track_id and abs(candidate.delta - delta) <= self.tolerance:
-                    extended = candidate
-                    break
+        extended, used = None, None
+        for match in matches:  # the best match that continues a candidate extends it
+            extended = self._agreeing(match, match.offset_s - t)
             if extended is not None:
-                extended.last = w
-                extended.scores.append(match.score)
-                extended.deltas.append(delta)
-                extended.delta = float(np.median(extended.deltas[-9:]))
+                self._extend(extended, w, match, match.offset_s - t)
+                used = match
                 break
         if extended is None and matches:
-            best = matches[0]
-            extended = _Candidate(
-                best.track_id, best.path, best.offset_s - t, w, w, [best.score], [best.offset_s - t], 0.0
-            )
-            extended.start_s = self._refine_start(extended)
-            self.candidates.append(extended)
-            if len(self.candidates) > _LIVE_CANDIDATES:
-                self.candidates.remove(min(self.candidates, key=lambda c: (c.confirmed, c.last)))
+            extended, used = self._open(w, matches[0]), matches[0]
+        # The same track at other alignments (its bars repeat) is followed too, so that the
+        # alignment holding the play longest wins when the rivals are settled (`_emit`).
+        rivals = []
+        for match in matches:
+            if extended is None or match is used or match.track_id != extended.track_id:
+                continue
+            delta = match.offset_s - t
+            rival = self._agreeing(match, delta, exclude=(extended, *rivals))
+            if rival is None:
+                rival = self._open(w, match)
+            else:
+                self._extend(rival, w, match, delta)
+            rivals.append(rival)
+        for rival in rivals:
+            if not rival.confirmed and len(rival.scores) >= self.min_windows:
+                rival.confirmed = True
         if extended is not None and not extended.confirmed and len(extended.scores) >= self.min_windows:
             extended.confirmed = True
             # A newly confirmed play ends the plays heard before it (track change, crossfade).
