@@ -243,3 +243,26 @@ def test_speech_mix_own_bank_snr_and_probability(tracks):
         PairPipeline(tracks, speech=speech, speech_prob=1.5)
 
 
+
+
+def test_random_anchors_start_anywhere_in_the_hop(tracks, source):
+    concat, starts, bounds = source
+    hop = SEG // 2
+    ds = make_pair_dataset(tracks, batch_size=8, n_anchors=4, seed=5, offset_margin=0.0, random_anchors=True)
+    # White noise: the first 64 samples of an anchor find its start in the concatenation.
+    index = {concat[i : i + 64].tobytes(): i for i in range(len(concat) - 64)}
+    jitters = []
+    for anchors, _ in ds.take(40):
+        for anchor in anchors.numpy():
+            start = index[anchor[:64].tobytes()]
+            np.testing.assert_array_equal(anchor, concat[start : start + SEG])  # an exact source window
+            grid = starts[np.searchsorted(starts, start, side="right") - 1]
+            assert 0 <= start - grid < hop  # within the hop after its grid start ...
+            low, high = bounds[np.searchsorted(starts, start, side="right") - 1]
+            assert low <= start <= high  # ... and inside its track
+            jitters.append(start - grid)
+    jitters = np.array(jitters)
+    # Off the grid, and spread over the whole hop (8 bins of 500 samples all used), not
+    # the grid windows again; segments clipped at a track's end may sit on their grid.
+    assert np.mean(jitters > 0) > 0.8
+    assert len(np.unique(jitters // (hop // 8))) == 8
