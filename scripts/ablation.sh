@@ -11,12 +11,13 @@
 set -euo pipefail
 out=$1; steps=${2:-600}; n=${3:-200}; shift $(( $# < 3 ? $# : 3 ))
 rows=("$@")
-[ ${#rows[@]} -gt 0 ] || rows=(base grid-anchors speech ir-1s gain lr-1e-4 half-data)
+[ ${#rows[@]} -gt 0 ] || rows=(base grid-anchors speech ir-1s gain lr-1e-4 half-data full-data)
 nnfp=${NNFP:-nnfp}
 for row in "${rows[@]}"; do
   case $row in
     base) change=();;
     half-data) change=(--set data.train=splits/music-train-half.json);;
+    full-data) change=(--set data.train=splits/music-train-full.json);;  # 20.37 h (debian_splits.py --music)
     speech) change=(--set data.speech=splits/speech-train.json --set data.speech_prob=0.3);;
     gain) change=(--set "data.gain_db_range=[-6,6]");;
     grid-anchors) change=(--set data.random_anchors=false);;
