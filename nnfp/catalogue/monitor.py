@@ -344,6 +344,8 @@ class _Monitor:
             if extended is None or match is used or match.track_id != extended.track_id:
                 continue
             delta = match.offset_s - t
+            if abs(delta - extended.delta) <= self.tolerance:
+                continue  # the same alignment, found again a little apart
             rival = self._agreeing(match, delta, exclude=(extended, *rivals))
             if rival is None:
                 rival = self._open(w, match)
