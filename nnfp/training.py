@@ -65,13 +65,12 @@ def load_initial_weights(model, source):
     Raises:
         ConfigError: `source` is missing, not a `.keras` model, or has other weight shapes.
     """
-    from nnfp.catalogue.fingerprint import DEFAULT_MODEL_PATH
-    from nnfp.export import resolve_model_path
+    from nnfp.catalogue.fingerprint import resolve_model
 
     key = "config key 'train.initial_weights'"
     try:
-        path = DEFAULT_MODEL_PATH if source == "default" else resolve_model_path(source)
-    except FileNotFoundError as error:
+        path = resolve_model(None if source == "default" else source)
+    except FileNotFoundError as error:  # NoDefaultModelError included
         raise ConfigError(f"{key}: {error}") from None
     if Path(path).suffix != ".keras":
         raise ConfigError(f"{key}: expected a .keras file or a run directory, received {str(path)!r}")
@@ -83,14 +82,14 @@ def load_initial_weights(model, source):
     mine, theirs = model.weights, donor.weights
     shapes = [tuple(v.shape) for v in mine], [tuple(v.shape) for v in theirs]
     if shapes[0] != shapes[1]:
-        first = next((i for i, (a, b) in enumerate(zip(*shapes)) if a != b), min(map(len, shapes)))
+        first = next((i for i, (a, b) in enumerate(zip(*shapes, strict=False)) if a != b), min(map(len, shapes)))
         where = mine[first].path if first < len(mine) else theirs[first].path
         raise ConfigError(
             f"{key}: {path} has another architecture than this config builds ({len(theirs)} weights vs "
             f"{len(mine)}; first difference at {where}); set encoder, projection and frontend to the "
             "model's own settings"
         )
-    for variable, value in zip(mine, theirs):
+    for variable, value in zip(mine, theirs, strict=True):
         variable.assign(value)
 
 

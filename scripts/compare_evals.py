@@ -22,14 +22,15 @@ METRICS = [
 
 def main(pairs):
     runs = [(name, Path(folder)) for name, folder in (p.split("=", 1) for p in pairs)]
-    lengths = None
+    protocols = ("noisy", "noisy-aligned", "clean")
+    results = {(protocol, name): json.loads((folder / protocol / "results.json").read_text())
+               for protocol in protocols for name, folder in runs}
+    lengths = next(iter(results.values()))["lengths_seconds"]
     rows = []
-    for protocol in ("noisy", "noisy-aligned", "clean"):
+    for protocol in protocols:
         for key, label in METRICS:
-            for name, folder in runs:
-                results = json.loads((folder / protocol / "results.json").read_text())
-                lengths = results["lengths_seconds"]
-                values = results["hit_rates"][key]
+            for name, _ in runs:
+                values = results[protocol, name]["hit_rates"][key]
                 rows.append(f"| {protocol} | {label} | {name} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
     print("| protocol | metric | model | " + " | ".join(f"{s} s" for s in lengths) + " |")
     print("| --- | --- | --- | " + " | ".join("---:" for _ in lengths) + " |")

@@ -16,7 +16,6 @@ go to one side, so no track, noise or voice is shared between training and evalu
 
 import json
 import os
-import sys
 from pathlib import Path
 
 SPLITS = {

@@ -249,13 +249,21 @@ class _Monitor:
         (bars that repeat inside the track), not two plays of it (those follow each other)."""
         return a.track_id == b.track_id and self._mostly_shared(self._span(a), self._span(b))
 
-    def _emit(self, candidate, recording, successor=None):
-        """Yields the finished play unless a rival alignment of it holds more agreeing windows."""
+    def _yield_to_rival(self, candidate):
+        """True when a live rival alignment of `candidate` holds at least as many agreeing
+        windows; the rival then starts where `candidate` did, if earlier (one play)."""
         n = len(candidate.scores)
         for rival in self.candidates:
             if rival is not candidate and rival.confirmed and self._overlap(candidate, rival) and len(rival.scores) >= n:
                 rival.start_s = min(rival.start_s, candidate.start_s)
-                return
+                return True
+        return False
+
+    def _emit(self, candidate, recording, successor=None):
+        """Yields the finished play unless a rival alignment of it holds more agreeing windows."""
+        if self._yield_to_rival(candidate):
+            return
+        n = len(candidate.scores)
         span = self._span(candidate)
         if any(track == candidate.track_id and count >= n and self._mostly_shared(span, other)
                for track, other, count in self.emitted):
@@ -291,12 +299,8 @@ class _Monitor:
             # Rival alignments of one play yield to the one with the most windows (fewest
             # first); the rest are reported in the order they started.
             for candidate in sorted(self.candidates, key=lambda c: len(c.scores)):
-                if any(r is not candidate and self._overlap(candidate, r) and len(r.scores) >= len(candidate.scores)
-                       for r in self.candidates):
+                if self._yield_to_rival(candidate):
                     self.candidates.remove(candidate)
-                    for rival in self.candidates:
-                        if self._overlap(candidate, rival):
-                            rival.start_s = min(rival.start_s, candidate.start_s)
             for candidate in sorted(self.candidates, key=lambda c: c.start_s):
                 self.candidates.remove(candidate)
                 yield from self._emit(candidate, recording)
