@@ -1,5 +1,8 @@
 """Sub-hop query phases: accuracy and latency for 1, 2, 4 and 8 phases (plus k_probe and decision statistics).
 
+`--refine all 32` compares searching every phase in faiss with searching phase 0 and
+scoring its 32 best windows at the other phases (`Identifier(refine=...)`).
+
 Queries are cut at random sample positions from the index's tracks, played in a
 generated room (full tail) with generated noise at 0-10 dB SNR (`nnfp.catalogue.evaluation`),
 and identified like `nnfp identify`. The 8 phases of every query are fingerprinted
@@ -11,7 +14,7 @@ With `--unknown DIR` (tracks not in the index) it also compares decision
 statistics: the fraction of right answers kept at <= 1 % false matches for the raw
 score and for the margin between the best and the second-best distinct track.
 
-    python benchmarks/phases.py INDEX [--unknown DIR] [--queries 200] [--k-probe 20 50]
+    python benchmarks/phases.py INDEX [--unknown DIR] [--queries 200] [--k-probe 20 50] [--refine all 32]
 """
 
 import argparse
@@ -22,6 +25,7 @@ import numpy as np
 from nnfp.catalogue.calibration import allowed_false_matches
 from nnfp.catalogue.evaluation import degradation_settings, index_queries
 from nnfp.catalogue.identify import Identifier
+from nnfp.defaults import DEFAULT_REFINE
 
 LENGTHS = (1, 2, 3, 5, 6, 10)
 
@@ -66,6 +70,10 @@ def main():
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--phases", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--k-probe", type=int, nargs="+", default=[20])
+    parser.add_argument(
+        "--refine", nargs="+", default=[str(DEFAULT_REFINE)],
+        help="'all' searches every phase in faiss; N searches phase 0 and scores its N best windows at the other phases",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clean", action="store_true", help="no noise and no room")
     args = parser.parse_args()
@@ -83,19 +91,26 @@ def main():
 
     print(f"{args.queries} queries at random positions ({'clean' if args.clean else 'room + noise 0-10 dB'}), "
           f"index of {len(identifier.db.tracks)} tracks ({identifier.db.n_segments} segments)")
-    header = f"{'phases':>6} {'k_probe':>7} | " + " ".join(f"{f'{s}s trk/off':>13}" for s in LENGTHS)
+    header = f"{'phases':>6} {'refine':>6} {'k_probe':>7} | " + " ".join(f"{f'{s}s trk/off':>13}" for s in LENGTHS)
     header += " | search p50 ms (10 s) | fingerprint ms (10 s)"
     print(header)
     print("-" * len(header))
     results = {}
+    refines = [None if r == "all" else int(r) for r in args.refine]
     for k_probe in args.k_probe:
         for p in args.phases:
             step = most // p
             subsets = [phases[::step] for phases in all_phases]
-            track, offset, best, margin, latency = _rates(identifier, subsets, info, LENGTHS, k_probe)
-            results[p, k_probe] = (offset, best, margin)
-            cells = " ".join(f"{100 * t.mean():>6.1f}/{100 * o.mean():>5.1f}" for t, o in zip(track.T, offset.T, strict=True))
-            print(f"{p:>6} {k_probe:>7} | {cells} | {np.median(latency):>20.2f} | {per_phase_ms * p:>21.0f}")
+            for refine in refines if p > 1 else refines[:1]:
+                identifier.refine = refine
+                track, offset, best, margin, latency = _rates(identifier, subsets, info, LENGTHS, k_probe)
+                results.setdefault((p, k_probe), (offset, best, margin))
+                cells = " ".join(
+                    f"{100 * t.mean():>6.1f}/{100 * o.mean():>5.1f}" for t, o in zip(track.T, offset.T, strict=True)
+                )
+                name = "all" if refine is None else refine
+                print(f"{p:>6} {name:>6} {k_probe:>7} | {cells} | {np.median(latency):>20.2f} | {per_phase_ms * p:>21.0f}")
+    identifier.refine = refines[0]
 
     if args.unknown:
         unknown_waves, _ = index_queries(

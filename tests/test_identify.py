@@ -54,6 +54,30 @@ def test_phase_search_finds_an_off_grid_query_at_the_right_offset(setup):
     assert grid % 0.5 == 0  # one phase: offsets on the index hop only
 
 
+def test_refined_phases_match_searching_every_phase(setup):
+    # Phase 0 searched in faiss and its best windows scored at the other phases gives
+    # the places of searching every phase (the same scores: same windows, same sums).
+    refined = Identifier(setup["index"], min_score=None, phases=4, refine=8, **setup["shared"])
+    every = Identifier(setup["index"], min_score=None, phases=4, refine=None, **setup["shared"])
+    track = setup["track"]
+    for start in (0.0, 1.3, 2.2, 4.2, 5.45, 7.1):
+        query = track[int(start * 8000) : int((start + 3.3) * 8000)]
+        phases = refined.phase_fingerprints(query)
+        got = [(m.path, m.offset_s, m.score) for m in refined.rank(phases, n_results=1)]
+        want = [(m.path, m.offset_s, m.score) for m in every.rank(phases, n_results=1)]
+        assert got == want
+        assert abs(got[0][1] - start) <= 0.0625 + 1e-9  # the phase nearest the cut won
+
+
+def test_later_starts_stay_in_their_track_and_fit_the_query(setup):
+    db = setup["shared"]["db"]
+    rows = np.flatnonzero(db.segment_track == 1)
+    first, last = int(rows[0]), int(rows[-1])
+    starts = np.array([first, last - 5, last - 4, last])
+    np.testing.assert_array_equal(db.later_starts(starts, 1, 5), [first + 1, last - 4])  # last: next track
+    np.testing.assert_array_equal(db.later_starts(starts, 0, 5), [first, last - 5, last - 4])
+
+
 def test_phases_are_cut_at_fractions_of_the_hop_and_short_ones_dropped(setup):
     identifier = Identifier(setup["index"], min_score=None, phases=4, **setup["shared"])
     phases = identifier.phase_fingerprints(setup["track"][: 8000 + 2500])  # 1.3125 s

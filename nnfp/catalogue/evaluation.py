@@ -505,6 +505,7 @@ def evaluate(
     add_reverb=True,
     aligned=False,
     phases=None,
+    refine="default",
     min_score="calibrated",
     seed=0,
     k_probe=20,
@@ -523,13 +524,13 @@ def evaluate(
     Queries are synthesised from the DB tracks (see `synthesize_queries`; random
     positions unless `aligned`) unless `query_dir` holds recorded queries and a
     `labels.csv`. `unknown_dir`: tracks not in the index, for the false-match rate
-    (`n_unknown` queries, default `n_queries`). `phases`, `min_score`, `k_probe`: as
-    for `nnfp.catalogue.identify.Identifier` (None phases: its default).
+    (`n_unknown` queries, default `n_queries`). `phases`, `refine`, `min_score`, `k_probe`:
+    as for `nnfp.catalogue.identify.Identifier` (None phases, "default" refine: its defaults).
     """
     from nnfp.audio.io import load_audio
     from nnfp.catalogue.build import add_to_index, build_index
     from nnfp.catalogue.identify import Identifier
-    from nnfp.defaults import DEFAULT_PHASES
+    from nnfp.defaults import DEFAULT_PHASES, DEFAULT_REFINE
 
     out_dir = Path(out_dir)
     if (index_dir is None) == (db_dir is None):
@@ -548,9 +549,10 @@ def evaluate(
     elif dummy_dir is not None:
         raise ValueError("--dummy-dir needs --db (add dummy tracks to an index with `nnfp index add`)")
     phases = DEFAULT_PHASES if phases is None else int(phases)
+    refine = DEFAULT_REFINE if refine == "default" else refine
     identifier = Identifier(
         index_dir, model=model, k_probe=k_probe, min_score=min_score, threads=threads, phases=phases,
-        trust_model=trust_model,
+        refine=refine, trust_model=trust_model,
     )
     db = identifier.db
     rate = identifier.sample_rate
@@ -611,6 +613,7 @@ def evaluate(
         "seed": seed,
         "k_probe": k_probe,
         "phases": phases,
+        "refine": "all" if refine is None else int(refine),
         "match_threshold": "none" if min_score is None else ", ".join(
             f"{s:g} s: {t:.4f}" for s, t in zip(lengths_seconds, thresholds, strict=True)
         ) + (" (calibrated)" if min_score == "calibrated" and identifier.calibration is not None else ""),
@@ -639,6 +642,7 @@ def calibrate_index(
     add_noise=True,
     add_reverb=True,
     phases=None,
+    refine="default",
     k_probe=20,
     seed=0,
     threads=1,
@@ -665,10 +669,13 @@ def calibrate_index(
         format_calibration_table,
     )
     from nnfp.catalogue.identify import Identifier
-    from nnfp.defaults import DEFAULT_PHASES
+    from nnfp.defaults import DEFAULT_PHASES, DEFAULT_REFINE
 
     phases = DEFAULT_PHASES if phases is None else int(phases)
-    identifier = Identifier(index_dir, k_probe=k_probe, min_score=None, threads=threads, phases=phases)
+    refine = DEFAULT_REFINE if refine == "default" else refine
+    identifier = Identifier(
+        index_dir, k_probe=k_probe, min_score=None, threads=threads, phases=phases, refine=refine
+    )
     degradation = degradation_settings(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
     seconds = max(lengths_seconds)
     known_waves, known_info = index_queries(identifier, n_queries, seconds, degradation, seed, aligned=False)
@@ -685,7 +692,7 @@ def calibrate_index(
         confidence=confidence,
     )
     calibration.info.update(
-        phases=phases, k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),
+        phases=phases, refine="all" if refine is None else int(refine), k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),
         unknown_dir=str(Path(unknown_dir).absolute()), snr_db_range=list(snr_db_range),
         noise=str(noise_dir) if noise_dir else ("generated" if add_noise else "none"),
         impulse_responses=str(ir_dir) if ir_dir else ("generated" if add_reverb else "none"),

@@ -194,6 +194,7 @@ def cmd_identify(args):
         args.index_dir, model=args.model, k_probe=args.k_probe,
         min_score="calibrated" if args.min_score is None else args.min_score,
         threads=args.threads, nprobe=args.nprobe, trust_model=args.trust_model, phases=args.phases,
+        refine=args.refine,
     )
     if identifier.db.integrity is None:
         print(f"nnfp identify: note: {args.index_dir} records no checksums (built by an older nnfp); "
@@ -278,7 +279,7 @@ def cmd_index_calibrate(args):
         args.index_dir, args.unknown, out=args.out, n_queries=args.n_queries, lengths_seconds=tuple(args.lengths),
         target_false_match=args.target, confidence=args.confidence or None, n_unknown=args.n_unknown,
         snr_db_range=tuple(args.snr_range), noise_dir=args.noise_dir,
-        ir_dir=args.ir_dir, phases=args.phases, k_probe=args.k_probe, seed=args.seed, progress=not args.quiet,
+        ir_dir=args.ir_dir, phases=args.phases, refine=args.refine, k_probe=args.k_probe, seed=args.seed, progress=not args.quiet,
     )
     return 0
 
@@ -293,6 +294,7 @@ def cmd_evaluate(args):
         noise_kind=args.noise_kind, add_noise=not (args.clean or args.no_noise),
         add_reverb=not (args.clean or args.no_reverb), seed=args.seed, k_probe=args.k_probe,
         unknown_dir=args.unknown_dir, n_unknown=args.n_unknown, aligned=args.aligned, phases=args.phases,
+        refine=args.refine,
         min_score="calibrated" if args.min_score is None else args.min_score,
         index_type=args.index_type, threads=args.threads, progress=not args.quiet,
         **_index_params(args),
@@ -325,6 +327,15 @@ def _add_trust_argument(parser):
         help="allow a TensorFlow SavedModel, which can run arbitrary operations when loaded "
         "(.keras models load in Keras safe mode and need no flag)",
     )
+
+
+def _refine(text):
+    if text == "all":
+        return None
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or a whole number >= 1, received {text!r}") from None
 
 
 def _positive_int(text):
@@ -437,7 +448,7 @@ def build_parser():
 
     _add_data_commands(sub)
 
-    from nnfp.defaults import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE, DEFAULT_PHASES
+    from nnfp.defaults import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE, DEFAULT_PHASES, DEFAULT_REFINE
 
     index = sub.add_parser("index", help="build, extend or merge (sharded build) a fingerprint index")
     index_sub = index.add_subparsers(dest="index_command", required=True)
@@ -497,6 +508,9 @@ def build_parser():
     p.add_argument("--noise-dir", default=None, help="background noise folder (default: generated noise)")
     p.add_argument("--ir-dir", default=None, help="impulse response folder (default: generated rooms)")
     p.add_argument("--phases", type=_positive_int, default=DEFAULT_PHASES)
+    p.add_argument("--refine", type=_refine, default=DEFAULT_REFINE,
+                   help=f"phase-0 windows scored at the other phases (default {DEFAULT_REFINE}; "
+                   "all: search every phase in faiss)")
     p.add_argument("--k-probe", type=_positive_int, default=DEFAULT_K_PROBE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -522,6 +536,9 @@ def build_parser():
     )
     p.add_argument("--phases", type=_positive_int, default=DEFAULT_PHASES,
                    help=f"query phases per index hop (default {DEFAULT_PHASES})")
+    p.add_argument("--refine", type=_refine, default=DEFAULT_REFINE,
+                   help=f"phase-0 windows scored at the other phases (default {DEFAULT_REFINE}; "
+                   "all: search every phase in faiss)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default: as built)")
     p.add_argument("--threads", type=int, default=1, help="faiss threads (default 1)")
     p.add_argument("--model", default=None, help="override the index's model")
@@ -577,6 +594,9 @@ def build_parser():
     p.add_argument("--n-unknown", type=int, default=None, help="out-of-catalogue queries (default: --n-queries)")
     p.add_argument("--phases", type=_positive_int, default=DEFAULT_PHASES,
                    help=f"query phases per index hop (default {DEFAULT_PHASES})")
+    p.add_argument("--refine", type=_refine, default=DEFAULT_REFINE,
+                   help=f"phase-0 windows scored at the other phases (default {DEFAULT_REFINE}; "
+                   "all: search every phase in faiss)")
     p.add_argument("--min-score", type=_finite_float, default=None,
                    help="fixed match threshold (default: the index's calibrated threshold per query length)")
     p.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")

@@ -788,7 +788,17 @@ class FingerprintDB:
         n_query = len(hits)
         starts = hits - np.arange(n_query)[:, None]
         starts = starts[(hits >= 0) & (starts >= 0)]
-        starts = np.unique(starts)
+        return self._fitting(np.unique(starts), n_query)
+
+    def later_starts(self, starts, rows, n_query):
+        """The start rows `rows` rows after each of `starts` in the same track, whose
+        window of `n_query` segments fits (as `starts_from_hits`); unique, sorted."""
+        starts = np.asarray(starts, np.int64)
+        moved = starts + int(rows)
+        moved = np.unique(moved[(moved >= 0) & (moved <= self._track_end[starts]) & (moved >= self._track_begin[starts])])
+        return self._fitting(moved, n_query)
+
+    def _fitting(self, starts, n_query):
         # A window running into the next track is no match, unless the query is
         # longer than the whole track: then it is kept and scored on the overlap.
         fits = starts + n_query - 1 <= self._track_end[starts]
