@@ -134,6 +134,28 @@ def test_identify_cli_json_text_and_bad_queries(setup, tmp_path, capsys):
     assert main(["identify", str(setup["index"]), str(short), str(bad)]) == 1  # all failed
 
 
+def test_build_with_a_denser_hop(setup, tmp_path, capsys):
+    from nnfp.store.db import FingerprintDB
+
+    dense = tmp_path / "dense"
+    args = ["index", "build", str(setup["music"]), str(dense), "--model", str(setup["run"]), "--quiet"]
+    assert main([*args, "--hop", "0.25"]) == 0
+    coarse, fine = FingerprintDB.load(setup["index"]), FingerprintDB.load(dense)
+    assert fine.hop_seconds == 0.25
+    for track in coarse.tracks:  # 12 s tracks: 23 segments at 0.5 s, 45 at 0.25 s
+        rows_c = np.flatnonzero(coarse.segment_track == track["track_id"])
+        rows_f = np.flatnonzero(fine.segment_track == track["track_id"])
+        assert len(rows_f) == 2 * len(rows_c) - 1
+        np.testing.assert_allclose(fine.segment_start[rows_f[::2]], coarse.segment_start[rows_c])
+        # Every other dense segment is a coarse one: the same fingerprint.
+        np.testing.assert_allclose(fine.embeddings[rows_f[::2]], coarse.embeddings[rows_c], atol=1e-5)
+
+    bad = tmp_path / "bad"
+    assert main([*args[:3], str(bad), *args[4:], "--hop", "0.00001"]) == 2
+    assert "hop_seconds` (--hop) must be a whole number of samples at 8000 Hz" in capsys.readouterr().err
+    assert not bad.exists()
+
+
 def test_build_resumes_after_interruption_then_add(setup, tmp_path, capsys):
     from nnfp.catalogue.build import build_index
     from nnfp.store.db import FingerprintDB

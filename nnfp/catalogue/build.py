@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from nnfp.catalogue.chunks import fingerprint_catalogue, list_catalogue, partial_dir
+from nnfp.catalogue.chunks import fingerprint_catalogue, hop_samples, list_catalogue, partial_dir
 from nnfp.catalogue.fingerprint import index_embedder, index_model_path, load_model, probe_entry
 from nnfp.defaults import INDEX_TYPES
 from nnfp.outputs import claim_output_dir
@@ -215,6 +215,7 @@ def build_index(
         raise ValueError(
             f"`index_type` must be 'auto' or one of {INDEX_TYPES}. Received: index_type={index_type!r}"
         )
+    hop_samples(hop_seconds, sample_rate)
     index_dir = Path(index_dir).absolute()
     # Before anything is loaded or written: never into (or deleting) a user's folder.
     claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=[audio_dir])

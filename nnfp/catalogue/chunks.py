@@ -44,6 +44,7 @@ def _fingerprint_files(
     Returns `(chunk paths, resumed chunk count, fingerprinting seconds, seconds of audio
     fingerprinted now)` (reused chunks count in neither of the last two).
     """
+    hop = hop_samples(hop_seconds, sample_rate, embedder.segment_samples)
     work_dir = Path(work_dir)
     plan = {
         "root": str(Path(root).absolute()),
@@ -71,7 +72,6 @@ def _fingerprint_files(
     if not plan_path.exists():
         atomic_write_bytes(plan_path, json.dumps(plan).encode())
 
-    hop = int(round(hop_seconds * sample_rate))
     n_chunks = -(-len(relative_paths) // chunk_files)
     chunk_paths, resumed, seconds = [], 0, 0.0
     bar = tqdm(total=len(relative_paths), desc="fingerprinting", unit="file", disable=not progress, file=sys.stderr)
@@ -165,6 +165,21 @@ class Catalogue:
     fingerprint_seconds: float
     resumed_chunks: int
     fresh_audio_seconds: float  # audio of the chunks fingerprinted now (not reused)
+
+
+def hop_samples(hop_seconds, sample_rate, segment_samples=None):
+    """The index hop in samples; a clear error unless it is a whole number of samples from
+    1 to the segment (`segment_samples`, when known)."""
+    exact = float(hop_seconds) * sample_rate
+    hop = int(round(exact))
+    longest = segment_samples if segment_samples is not None else float("inf")
+    if not (1 <= hop <= longest) or abs(hop - exact) > 1e-6:
+        segment = f" to the {segment_samples / sample_rate:g} s segment" if segment_samples is not None else " or more"
+        raise ValueError(
+            f"`hop_seconds` (--hop) must be a whole number of samples at {sample_rate} Hz, from 1 sample"
+            f"{segment}. Received: hop_seconds={hop_seconds}"
+        )
+    return hop
 
 
 def fingerprint_catalogue(root, relative, embedder, model_path, work_dir, sample_rate, hop_seconds, **options):

@@ -25,7 +25,7 @@ from nnfp.catalogue.build import (
     index_metadata,
     model_file_name,
 )
-from nnfp.catalogue.chunks import fingerprint_catalogue, list_catalogue, partial_dir
+from nnfp.catalogue.chunks import fingerprint_catalogue, hop_samples, list_catalogue, partial_dir
 from nnfp.catalogue.fingerprint import load_model, model_digest, probe_entry
 from nnfp.defaults import INDEX_TYPES
 from nnfp.outputs import (
@@ -107,6 +107,7 @@ def build_shard(
         An `IndexReport` with `db=None`.
     """
     shard, n_shards = parse_shard(f"{shard}/{n_shards}")
+    hop_samples(hop_seconds, sample_rate)
     # OUT_DIR is shared by the N shard jobs: new, empty, or already a folder of shards.
     claim_output_dir(out_dir, "shards", reuse=True, inputs=[audio_dir])
     write_marker(out_dir, "shards")
