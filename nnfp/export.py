@@ -77,19 +77,74 @@ def _padded_size(n, batch_size):
     return min(int(batch_size), max(8, 1 << (int(n) - 1).bit_length()))
 
 
+# Rows per model call, and calls run at once (`_fingerprint_batches`). Small calls on every
+# core at once beat one large call split over the cores: on 2 cores, 2 calls of 16 rows
+# ran the default model at 322x real time against 174x for one call at a time
+# (benchmarks/index_speed.py; the CLI also gives each op one thread, `use_inference_threads`).
+CALL_ROWS = 16
+
+
+def inference_workers():
+    """Model calls run at once: one per core this process may use."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def use_inference_threads():
+    """One TensorFlow thread per op (each concurrent model call then keeps one core busy).
+
+    For processes that only fingerprint (the `nnfp` index, identify, monitor and evaluate
+    commands), before TensorFlow starts; once it has started this changes nothing. Training
+    keeps TensorFlow's default, every op split over all cores.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already running: its threads are fixed
+        pass
+
+
+_POOL = None
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(inference_workers(), thread_name_prefix="nnfp-inference")
+    return _POOL
+
+
 def _fingerprint_batches(embed, waveforms, batch_size, d):
-    """Runs `embed` over fixed-shape batches (the last one zero-padded), drops the padding."""
+    """Runs `embed` over calls of at most `min(batch_size, CALL_ROWS)` rows, several at once.
+
+    Each call has a fixed shape (`_padded_size`; the last one is zero-padded and the padding
+    dropped); results come back in order and do not depend on how many run at once.
+    """
     import tensorflow as tf
 
     waveforms = np.asarray(waveforms, np.float32)
-    out = []
-    for first in range(0, len(waveforms), batch_size):
-        batch = waveforms[first : first + batch_size]
+    rows = max(1, min(int(batch_size), CALL_ROWS))
+
+    def call(first):
+        batch = waveforms[first : first + rows]
         n = len(batch)
-        size = _padded_size(n, batch_size)
+        size = _padded_size(n, rows)
         if size != n:
             batch = np.concatenate([batch, np.zeros((size - n, batch.shape[1]), np.float32)])
-        out.append(np.asarray(embed(tf.constant(batch)))[:n])
+        return np.asarray(embed(tf.constant(batch)))[:n]
+
+    starts = range(0, len(waveforms), rows)
+    if len(starts) > 1 and inference_workers() > 1:
+        out = list(_pool().map(call, starts))
+    else:
+        out = [call(first) for first in starts]
     return np.concatenate(out) if out else np.zeros((0, d), np.float32)
 
 

@@ -36,6 +36,22 @@ def test_xla_fingerprints_match_plain_forward_pass(model, tmp_path, n):
     assert np.abs(plain.fingerprint(x, batch_size=16) - expected).max() <= 1e-5
 
 
+def test_concurrent_model_calls_give_the_fingerprints_of_one_at_a_time(model, tmp_path, monkeypatch):
+    import nnfp.export as export
+
+    x = np.random.default_rng(7).standard_normal((50, model.segment_samples)).astype("float32") * 0.1
+    model.save(tmp_path / "m.keras")
+    embedder = load_fingerprinter(tmp_path / "m.keras")
+    monkeypatch.setattr(export, "inference_workers", lambda: 1)
+    one_at_a_time = embedder.fingerprint(x, batch_size=256)  # calls of CALL_ROWS rows, in turn
+    monkeypatch.setattr(export, "inference_workers", lambda: 4)
+    monkeypatch.setattr(export, "_POOL", None)  # a pool of 4 threads for this test
+    at_once = embedder.fingerprint(x, batch_size=256)
+    export._POOL.shutdown()
+    np.testing.assert_array_equal(at_once, one_at_a_time)  # same calls, same order
+    assert np.abs(at_once - model.predict(x, verbose=0)).max() <= 1e-5
+
+
 def test_xla_saved_model_matches(model, tmp_path):
     x = np.random.default_rng(1).standard_normal((5, model.segment_samples)).astype("float32") * 0.1
     out = export_saved_model(model, tmp_path / "export")

@@ -664,6 +664,12 @@ def _use_xla_cache():
     os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
 
 
+# Commands that run the model and never train (`main` sets TensorFlow's threads for them).
+_FINGERPRINTING_COMMANDS = (
+    "index build", "index add", "index calibrate", "index verify", "identify", "monitor", "evaluate",
+)
+
+
 def main(argv=None):
     from nnfp.config import ConfigError
 
@@ -672,6 +678,12 @@ def main(argv=None):
     command = " ".join(
         [args.command] + [getattr(args, f"{args.command}_command", None) or ""]
     ).strip()  # "index build", "data prepare", "identify"
+    if argv is None and command in _FINGERPRINTING_COMMANDS:
+        # A process of its own (not main([...]) inside a Python session): it only
+        # fingerprints, so one thread per op and one model call per core.
+        from nnfp.export import use_inference_threads
+
+        use_inference_threads()
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as error:
