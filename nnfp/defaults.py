@@ -14,12 +14,12 @@ DEFAULT_K_PROBE = 20  # faiss neighbours per query segment (the original `k_prob
 # Used only when neither the index nor its model has a calibration (`nnfp index calibrate`).
 DEFAULT_MIN_SCORE = 0.5
 DEFAULT_PHASES = 4  # query phases per index hop (`Identifier(phases=...)`, `--phases`): benchmarks/phases.py
-# and MODEL_CARD.md: 2 phases search faster (17 vs 25 ms for 10 s) and score alike on noisy
+# and MODEL_CARD.md: 2 phases search faster (13.4 vs 16.9 ms for 10 s) and score alike on noisy
 # queries, but put 1-2.6 points more clean queries at a wrong offset.
 # Only phase 0 is searched in faiss; its best DEFAULT_REFINE windows are scored at the other
 # phases (`Identifier(refine=...)`, `--refine`; None / "all" searches every phase). In
 # benchmarks/phases.py (200 held-out queries, 2, 4 and 8 phases) 32 gave the hit rates of
-# searching every phase in every cell, and 10 s queries at 4 phases searched 1.7x faster.
+# searching every phase in every cell; a 10 s query at 4 phases: 16.9 instead of 23.7 ms.
 DEFAULT_REFINE = 32
 
 

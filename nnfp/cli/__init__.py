@@ -364,7 +364,10 @@ def _one_line(error):
 
 
 def _add_fingerprint_arguments(parser):
-    parser.add_argument("--batch-size", type=int, default=256, help="segments per inference batch")
+    parser.add_argument(
+        "--batch-size", type=int, default=256,
+        help="segments gathered per step (the model runs them in calls of 16, one per core at once)",
+    )
     parser.add_argument("--chunk-files", type=int, default=32, help="files per resumable chunk")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
