@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from nnfp.audio.segments import n_segments
+from nnfp.defaults import DEFAULT_REFINE
 from nnfp.outputs import atomic_write_bytes
 
 __all__ = [
@@ -505,7 +506,7 @@ def evaluate(
     add_reverb=True,
     aligned=False,
     phases=None,
-    refine="default",
+    refine=DEFAULT_REFINE,
     min_score="calibrated",
     seed=0,
     k_probe=20,
@@ -525,12 +526,13 @@ def evaluate(
     positions unless `aligned`) unless `query_dir` holds recorded queries and a
     `labels.csv`. `unknown_dir`: tracks not in the index, for the false-match rate
     (`n_unknown` queries, default `n_queries`). `phases`, `refine`, `min_score`, `k_probe`:
-    as for `nnfp.catalogue.identify.Identifier` (None phases, "default" refine: its defaults).
+    as for `nnfp.catalogue.identify.Identifier` (None phases: its default; None refine:
+    every phase searched).
     """
     from nnfp.audio.io import load_audio
     from nnfp.catalogue.build import add_to_index, build_index
     from nnfp.catalogue.identify import Identifier
-    from nnfp.defaults import DEFAULT_PHASES, DEFAULT_REFINE
+    from nnfp.defaults import DEFAULT_PHASES
 
     out_dir = Path(out_dir)
     if (index_dir is None) == (db_dir is None):
@@ -549,7 +551,6 @@ def evaluate(
     elif dummy_dir is not None:
         raise ValueError("--dummy-dir needs --db (add dummy tracks to an index with `nnfp index add`)")
     phases = DEFAULT_PHASES if phases is None else int(phases)
-    refine = DEFAULT_REFINE if refine == "default" else refine
     identifier = Identifier(
         index_dir, model=model, k_probe=k_probe, min_score=min_score, threads=threads, phases=phases,
         refine=refine, trust_model=trust_model,
@@ -642,7 +643,7 @@ def calibrate_index(
     add_noise=True,
     add_reverb=True,
     phases=None,
-    refine="default",
+    refine=DEFAULT_REFINE,
     k_probe=20,
     seed=0,
     threads=1,
@@ -669,10 +670,9 @@ def calibrate_index(
         format_calibration_table,
     )
     from nnfp.catalogue.identify import Identifier
-    from nnfp.defaults import DEFAULT_PHASES, DEFAULT_REFINE
+    from nnfp.defaults import DEFAULT_PHASES
 
     phases = DEFAULT_PHASES if phases is None else int(phases)
-    refine = DEFAULT_REFINE if refine == "default" else refine
     identifier = Identifier(
         index_dir, k_probe=k_probe, min_score=None, threads=threads, phases=phases, refine=refine
     )
