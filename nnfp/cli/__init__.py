@@ -329,6 +329,16 @@ def _add_trust_argument(parser):
     )
 
 
+def _add_phase_arguments(parser):
+    from nnfp.defaults import DEFAULT_PHASES, DEFAULT_REFINE
+
+    parser.add_argument("--phases", type=_positive_int, default=DEFAULT_PHASES,
+                        help=f"query phases per index hop (default {DEFAULT_PHASES})")
+    parser.add_argument("--refine", type=_refine, default=DEFAULT_REFINE,
+                        help=f"phase-0 windows scored at the other phases (default {DEFAULT_REFINE}; "
+                        "all: search every phase in faiss)")
+
+
 def _refine(text):
     if text == "all":
         return None
@@ -451,7 +461,7 @@ def build_parser():
 
     _add_data_commands(sub)
 
-    from nnfp.defaults import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE, DEFAULT_PHASES, DEFAULT_REFINE
+    from nnfp.defaults import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE
 
     index = sub.add_parser("index", help="build, extend or merge (sharded build) a fingerprint index")
     index_sub = index.add_subparsers(dest="index_command", required=True)
@@ -515,10 +525,7 @@ def build_parser():
     p.add_argument("--snr-range", type=float, nargs=2, default=[0.0, 10.0], metavar=("LOW", "HIGH"))
     p.add_argument("--noise-dir", default=None, help="background noise folder (default: generated noise)")
     p.add_argument("--ir-dir", default=None, help="impulse response folder (default: generated rooms)")
-    p.add_argument("--phases", type=_positive_int, default=DEFAULT_PHASES)
-    p.add_argument("--refine", type=_refine, default=DEFAULT_REFINE,
-                   help=f"phase-0 windows scored at the other phases (default {DEFAULT_REFINE}; "
-                   "all: search every phase in faiss)")
+    _add_phase_arguments(p)
     p.add_argument("--k-probe", type=_positive_int, default=DEFAULT_K_PROBE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -542,11 +549,7 @@ def build_parser():
         help="fixed match threshold (default: the index's calibrated threshold for the query's length, "
         f"or {DEFAULT_MIN_SCORE} when the index has no calibration)",
     )
-    p.add_argument("--phases", type=_positive_int, default=DEFAULT_PHASES,
-                   help=f"query phases per index hop (default {DEFAULT_PHASES})")
-    p.add_argument("--refine", type=_refine, default=DEFAULT_REFINE,
-                   help=f"phase-0 windows scored at the other phases (default {DEFAULT_REFINE}; "
-                   "all: search every phase in faiss)")
+    _add_phase_arguments(p)
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default: as built)")
     p.add_argument("--threads", type=int, default=1, help="faiss threads (default 1)")
     p.add_argument("--model", default=None, help="override the index's model")
@@ -600,11 +603,7 @@ def build_parser():
                    help="cut queries on the DB hop grid (the paper's protocol); default: random sample positions")
     p.add_argument("--unknown-dir", default=None, help="tracks NOT in the index: queries for the false-match rate")
     p.add_argument("--n-unknown", type=int, default=None, help="out-of-catalogue queries (default: --n-queries)")
-    p.add_argument("--phases", type=_positive_int, default=DEFAULT_PHASES,
-                   help=f"query phases per index hop (default {DEFAULT_PHASES})")
-    p.add_argument("--refine", type=_refine, default=DEFAULT_REFINE,
-                   help=f"phase-0 windows scored at the other phases (default {DEFAULT_REFINE}; "
-                   "all: search every phase in faiss)")
+    _add_phase_arguments(p)
     p.add_argument("--min-score", type=_finite_float, default=None,
                    help="fixed match threshold (default: the index's calibrated threshold per query length)")
     p.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")

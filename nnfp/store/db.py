@@ -795,7 +795,8 @@ class FingerprintDB:
         window of `n_query` segments fits (as `starts_from_hits`); unique, sorted."""
         starts = np.asarray(starts, np.int64)
         moved = starts + int(rows)
-        moved = np.unique(moved[(moved >= 0) & (moved <= self._track_end[starts]) & (moved >= self._track_begin[starts])])
+        inside = (moved >= self._track_begin[starts]) & (moved <= self._track_end[starts])
+        moved = np.unique(moved[inside])
         return self._fitting(moved, n_query)
 
     def _fitting(self, starts, n_query):
