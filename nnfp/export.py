@@ -65,23 +65,15 @@ def resolve_model_path(path):
     return path
 
 
-def _padded_size(n, batch_size):
-    """Rows a batch of `n` is padded to: a power of two (>= 8), at most `batch_size`.
-
-    XLA compiles one program per input shape, which takes seconds (the CLI keeps them on
-    disk, `nnfp.cli.xla_cache_directory`), so a handful of sizes keeps compiles rare while a
-    short query is never padded to a whole batch. Reusing a larger compiled size instead
-    was tried: a long-lived process that had built an index then ran every 10 s query as
-    256 rows (593 ms instead of ~330 ms per query), paying per query what a compile costs once.
-    """
-    return min(int(batch_size), max(8, 1 << (int(n) - 1).bit_length()))
-
-
 # Rows per model call, and calls run at once (`_fingerprint_batches`). Small calls on every
 # core at once beat one large call split over the cores: on 2 cores, 2 calls of 16 rows
 # ran the default model at 322x real time against 174x for one call at a time
 # (benchmarks/index_speed.py; the CLI also gives each op one thread, `use_inference_threads`).
 CALL_ROWS = 16
+# Every call has exactly that many rows (the last one zero-padded), so a process compiles or
+# loads one XLA program: each input shape costs seconds (~3.5 s to compile, ~1.2 s to load
+# from the CLI's disk cache, `nnfp.cli.xla_cache_directory`), which a second size for short
+# calls paid in every command. A 1-row call costs ~0.05 s instead of ~0.03 s padded to 8 rows.
 
 
 def inference_workers():
@@ -122,10 +114,10 @@ def _pool():
 
 
 def _fingerprint_batches(embed, waveforms, batch_size, d):
-    """Runs `embed` over calls of at most `min(batch_size, CALL_ROWS)` rows, several at once.
+    """Runs `embed` over calls of `min(batch_size, CALL_ROWS)` rows, several at once.
 
-    Each call has a fixed shape (`_padded_size`; the last one is zero-padded and the padding
-    dropped); results come back in order and do not depend on how many run at once.
+    Every call has that one shape (the last one is zero-padded and the padding dropped);
+    results come back in order and do not depend on how many run at once.
     """
     import tensorflow as tf
 
@@ -135,9 +127,8 @@ def _fingerprint_batches(embed, waveforms, batch_size, d):
     def call(first):
         batch = waveforms[first : first + rows]
         n = len(batch)
-        size = _padded_size(n, rows)
-        if size != n:
-            batch = np.concatenate([batch, np.zeros((size - n, batch.shape[1]), np.float32)])
+        if n != rows:
+            batch = np.concatenate([batch, np.zeros((rows - n, batch.shape[1]), np.float32)])
         return np.asarray(embed(tf.constant(batch)))[:n]
 
     starts = range(0, len(waveforms), rows)
@@ -170,8 +161,8 @@ class _KerasFingerprinter:
     """Fingerprints with a Keras model, compiled with XLA.
 
     Keras leaves XLA off on CPU-only machines; compiled, the default model runs its
-    forward pass ~2x faster with fingerprints within 1e-6. Batches are padded to a
-    few fixed sizes (`_padded_size`) so XLA compiles once per size.
+    forward pass ~2x faster with fingerprints within 1e-6. Every call has the same
+    number of rows (`CALL_ROWS`), so XLA compiles once.
 
     Args:
         model: a fingerprinter model (`segment_samples`, `embedding_dim`).

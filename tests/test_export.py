@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nnfp.config import CONFIG_DIR, load_config
-from nnfp.export import _padded_size, export_saved_model, load_fingerprinter
+from nnfp.export import CALL_ROWS, export_saved_model, load_fingerprinter
 from nnfp.training import build_model
 
 TINY = ["encoder.width=0.0625", "projection.embedding_dim=16"]
@@ -18,9 +18,19 @@ def model():
     return build_model(load_config(CONFIG_DIR / "demo.yaml", TINY))
 
 
-def test_padded_sizes_are_few_and_bounded():
-    assert [_padded_size(n, 64) for n in (1, 8, 9, 33, 64)] == [8, 8, 16, 64, 64]
-    assert _padded_size(200, 256) == 256 and _padded_size(3, 4) == 4
+def test_every_model_call_has_one_shape(model, tmp_path):
+    # One compiled XLA program per process, whatever the sizes fingerprinted (seconds per shape).
+    model.save(tmp_path / "m.keras")
+    embedder = load_fingerprinter(tmp_path / "m.keras")
+    shapes = []
+    embed = embedder._embed
+    embedder._embed = lambda x: (shapes.append(tuple(x.shape)), embed(x))[1]
+    x = np.random.default_rng(3).standard_normal((40, model.segment_samples)).astype("float32") * 0.1
+    parts = [embedder.fingerprint(x[:n]) for n in (1, 3, 16, 17, 40)]
+    assert set(shapes) == {(CALL_ROWS, model.segment_samples)}
+    assert [len(part) for part in parts] == [1, 3, 16, 17, 40]
+    np.testing.assert_allclose(parts[0], parts[-1][:1], atol=1e-6)  # padding changes no row
+    assert embed.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.parametrize("n", [1, 13, 40])  # one short batch, a padded one, several batches

@@ -99,6 +99,28 @@ def test_three_plays_with_crossfade_and_unknown_stretch(setup, tmp_path, capsys)
     assert [{**p, "recording": None} for p in from_stdin] == [{**p, "recording": None} for p in plays]
 
 
+def test_own_process_on_a_piped_stream_gives_the_plays_of_main(setup, tmp_path, capsys):
+    # `nnfp monitor -` as users run it: its own process (one thread per op, model calls on
+    # every core, read-ahead, the fast exit), PCM piped in, JSON lines piped out.
+    import subprocess
+    import sys
+
+    t = setup["tracks"]
+    audio = _mix([_cut(t["b.wav"], 3, 28), _cut(t["unknown"], 0, 8), _cut(t["a.wav"], 10, 35)], [1.0, 0.0], seed=3)
+    path = tmp_path / "piped.wav"
+    sf.write(path, audio, RATE, subtype="PCM_16")
+    expected = _monitor_json([str(setup["index"]), str(path)], capsys)
+    assert [p["track"] for p in expected] == ["b.wav", "a.wav"]
+    pcm = sf.read(path, dtype="int16")[0].astype("<i2").tobytes()
+    out = subprocess.run(
+        [sys.executable, "-m", "nnfp.cli", "monitor", str(setup["index"]), "-", "--json"],
+        input=pcm, capture_output=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    piped = [json.loads(line) for line in out.stdout.decode().splitlines()]
+    assert [{**p, "recording": None} for p in piped] == [{**p, "recording": None} for p in expected]
+
+
 def test_same_track_twice_is_two_plays(setup, tmp_path, capsys):
     a = setup["tracks"]["a.wav"]
     # a 5..25 s | 6 s jingle | a 5..25 s | a 5..25 s again, back to back: three plays, told
@@ -164,3 +186,39 @@ def test_bars_repeated_inside_a_track_give_one_play(tmp_path, capsys):
     plays = _monitor_json([str(index), str(path)], capsys)
     assert [p["track"] for p in plays] == ["loop.wav"], plays
     assert abs(plays[0]["start_s"]) <= 1.5 and abs(plays[0]["end_s"] - 40) <= 1.5, plays
+
+
+def test_read_ahead_keeps_order_raises_in_place_and_stops_with_its_consumer():
+    import threading
+
+    from nnfp.catalogue.monitor import read_ahead
+
+    assert list(read_ahead(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("bad block")
+
+    got = []
+    with pytest.raises(ValueError, match="bad block"):
+        for item in read_ahead(failing()):
+            got.append(item)
+    assert got == [1, 2]  # the items before the error, then the error itself
+
+    produced = []
+    finished = threading.Event()
+
+    def endless():
+        try:
+            for i in range(10_000):
+                produced.append(i)
+                yield i
+        finally:
+            finished.set()
+
+    stream = read_ahead(endless(), depth=1)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()
+    assert finished.wait(5)  # the producer stopped (it did not read the whole source)
+    assert len(produced) <= 3 + 2

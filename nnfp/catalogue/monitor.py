@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import queue
+import threading
 
 import numpy as np
 
 from nnfp.audio.segments import n_segments
 from nnfp.catalogue.fingerprint import iter_fingerprints
 
-__all__ = ["Detection", "format_detection", "monitor_stream", "read_blocks", "read_pcm_blocks"]
+__all__ = ["Detection", "format_detection", "monitor_stream", "read_ahead", "read_blocks", "read_pcm_blocks"]
 
 _LIVE_CANDIDATES = 64  # open candidate plays kept at once (the oldest unconfirmed go first)
 _STEP_MARGIN = 0.1  # aligned-similarity drop that marks a play's boundary
@@ -376,6 +378,54 @@ class _Monitor:
                     yield from self._emit(candidate, recording)
 
 
+def read_ahead(iterable, depth=1):
+    """The items of `iterable`, computed up to `depth` items ahead in a thread of their own.
+
+    The model and the decoders release the GIL, so the next batch is decoded and
+    fingerprinted while this one is searched. An error of `iterable` is raised here, in
+    order. Memory holds at most `depth + 1` items; once the consumer stops, the thread
+    stops after the item it is computing.
+    """
+    items = queue.Queue(maxsize=max(int(depth), 1))
+    stop = threading.Event()
+    end = object()
+
+    def put(entry):
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in iterable:
+                if not put((item, None)):
+                    close = getattr(iterable, "close", None)
+                    if close is not None:  # a generator's files are closed here, in its thread
+                        close()
+                    return
+        except BaseException as error:  # handed to the consumer, which raises it
+            put((end, error))
+            return
+        put((end, None))
+
+    thread = threading.Thread(target=produce, name="nnfp-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+
+
 def monitor_stream(
     identifier,
     blocks,
@@ -428,7 +478,8 @@ def monitor_stream(
         db, min_score, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
         float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size),
     )
-    for first, fingerprints in iter_fingerprints(identifier.embedder, blocks, hop_samples, int(batch_size)):
+    stream = iter_fingerprints(identifier.embedder, blocks, hop_samples, int(batch_size))
+    for first, fingerprints in read_ahead(stream):
         state.push(first, fingerprints)
         yield from state.windows(recording)
     yield from state.windows(recording, final=True)
