@@ -35,7 +35,8 @@ class Identifier:
     segment). Phase 0 is matched with the index (per-segment top-k, offset
     compensation, mean inner product over the whole query); its `refine` best
     windows are scored at every other phase too, the best score per place wins,
-    and offsets are corrected by the phase, so they have a resolution of hop/phases. Matches of one track less than `collapse_seconds` apart are one
+    and offsets are corrected by the phase, so they have a resolution of
+    hop/phases. Matches of one track less than `collapse_seconds` apart are one
     place. A match must score at least `match_threshold(query seconds)`, otherwise
     the answer is "not in the catalogue" (an empty list).
 

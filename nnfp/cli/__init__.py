@@ -719,9 +719,10 @@ def _exit_now(status):
     """Ends a fingerprinting process without tearing down the interpreter.
 
     Its output is written and closed by now (`nnfp.outputs` renames finished files into
-    place); what remains is unloading TensorFlow, which took ~1.5 s of every command (a
-    30-min `nnfp monitor` run: 16.3 s to exit against 14.7 s when it returned). Python's
-    exit handlers are skipped, so the standard streams are flushed here.
+    place); what remains is unloading TensorFlow, which took 1.4-1.7 s of every command
+    (two 30-min `nnfp monitor` runs: `main` returned at 15.7 s and 15.2 s, the process
+    ended at 17.4 s and 16.7 s). Python's exit handlers are skipped, so the standard
+    streams are flushed here.
     """
     for stream in (sys.stdout, sys.stderr):
         try:
