@@ -49,9 +49,11 @@ def test_phase_search_finds_an_off_grid_query_at_the_right_offset(setup):
     best = identifier.identify_audio(query)[0]
     assert best.path == "track_0001.wav"
     assert abs(best.offset_s - 4.2) <= 0.1
-    one_phase = Identifier(setup["index"], min_score=None, phases=1, **setup["shared"])
+    one_phase = Identifier(setup["index"], min_score=None, phases=1, interpolate=1, **setup["shared"])
     grid = one_phase.identify_audio(query)[0].offset_s
     assert grid % 0.5 == 0  # one phase: offsets on the index hop only
+    halves = Identifier(setup["index"], min_score=None, phases=1, interpolate=2, **setup["shared"])
+    assert halves.identify_audio(query)[0].offset_s == 4.25  # ... or halfway, interpolated
 
 
 def test_refined_phases_match_searching_every_phase(setup):
@@ -76,6 +78,61 @@ def test_later_starts_stay_in_their_track_and_fit_the_query(setup):
     starts = np.array([first, last - 5, last - 4, last])
     np.testing.assert_array_equal(db.later_starts(starts, 1, 5), [first + 1, last - 4])  # last: next track
     np.testing.assert_array_equal(db.later_starts(starts, 0, 5), [first, last - 5, last - 4])
+
+
+def test_interpolated_scores_equal_the_formula(setup):
+    db = setup["shared"]["db"]
+    rows = np.flatnonzero(db.segment_track == 1)
+    first, last = int(rows[0]), int(rows[-1])
+    # A row earlier stays in the track; the window plus one row must fit in it.
+    np.testing.assert_array_equal(
+        db.interpolated_starts(np.array([first, first + 3, last - 2]), 3), [first, first + 2, first + 3, last - 3]
+    )
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(3, db.dim)).astype(np.float32)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    starts = np.array([first, first + 2, first + 7])
+    embeddings = np.asarray(db.embeddings, np.float64)
+    for fraction in (0.25, 0.5):
+        want = []
+        for start in starts:
+            mixed = (1 - fraction) * embeddings[start : start + 3] + fraction * embeddings[start + 1 : start + 4]
+            mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
+            want.append(np.mean(np.sum(mixed * query, axis=1)))
+        np.testing.assert_allclose(db.interpolated_scores(query, starts, fraction), want, atol=1e-6)
+    with pytest.raises(ValueError, match="next row in its track"):
+        db.interpolated_scores(query, np.array([last - 2]), 0.5)
+
+
+def test_interpolation_places_a_1s_query_between_two_db_rows(setup):
+    # A 1 s query has a single phase: cut halfway between two DB rows, only the
+    # interpolated DB fingerprints put it at its offset.
+    db, track = setup["shared"]["db"], setup["track"]
+    plain = Identifier(setup["index"], min_score=None, interpolate=1, **setup["shared"])
+    halves = Identifier(setup["index"], min_score=None, interpolate=2, **setup["shared"])
+    hits = 0
+    for start in (2.25, 4.25, 6.75, 9.25):
+        query = track[int(start * 8000) : int((start + 1) * 8000)]
+        assert plain.identify_audio(query)[0].offset_s % 0.5 == 0
+        best = halves.identify_audio(query)[0]
+        hits += best.path == "track_0001.wav" and abs(best.offset_s - start) < 1e-6
+        if abs(best.offset_s % 0.5 - 0.25) < 1e-6:  # an interpolated place reports the
+            # score of the better of the two DB windows around it
+            before = (db.segment_track == best.track_id) & (np.abs(db.segment_start - (best.offset_s - 0.25)) < 1e-6)
+            row = int(np.flatnonzero(before)[0])
+            around = np.asarray(db.embeddings[row : row + 2], np.float64) @ halves.fingerprint(query)[0]
+            assert best.score == pytest.approx(around.max(), abs=1e-5)
+    assert hits >= 3
+
+
+def test_interpolation_leaves_queries_with_several_phases_alone(setup):
+    plain = Identifier(setup["index"], min_score=None, interpolate=1, **setup["shared"])
+    quarters = Identifier(setup["index"], min_score=None, interpolate=4, **setup["shared"])
+    phases = plain.phase_fingerprints(setup["track"][int(2.3 * 8000) : int(5.6 * 8000)])
+    assert len(phases) == 4
+    assert plain.rank(phases, n_results=5) == quarters.rank(phases, n_results=5)
+    with pytest.raises(ValueError, match="`interpolate` must be >= 1"):
+        Identifier(setup["index"], interpolate=0, **setup["shared"])
 
 
 def test_phases_are_cut_at_fractions_of_the_hop_and_short_ones_dropped(setup):

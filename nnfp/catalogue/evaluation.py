@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from nnfp.audio.segments import n_segments
-from nnfp.defaults import DEFAULT_REFINE
+from nnfp.defaults import DEFAULT_INTERPOLATE, DEFAULT_REFINE
 from nnfp.outputs import atomic_write_bytes
 
 __all__ = [
@@ -507,6 +507,7 @@ def evaluate(
     aligned=False,
     phases=None,
     refine=DEFAULT_REFINE,
+    interpolate=DEFAULT_INTERPOLATE,
     min_score="calibrated",
     seed=0,
     k_probe=20,
@@ -525,7 +526,7 @@ def evaluate(
     Queries are synthesised from the DB tracks (see `synthesize_queries`; random
     positions unless `aligned`) unless `query_dir` holds recorded queries and a
     `labels.csv`. `unknown_dir`: tracks not in the index, for the false-match rate
-    (`n_unknown` queries, default `n_queries`). `phases`, `refine`, `min_score`, `k_probe`:
+    (`n_unknown` queries, default `n_queries`). `phases`, `refine`, `interpolate`, `min_score`, `k_probe`:
     as for `nnfp.catalogue.identify.Identifier` (None phases: its default; None refine:
     every phase searched).
     """
@@ -553,7 +554,7 @@ def evaluate(
     phases = DEFAULT_PHASES if phases is None else int(phases)
     identifier = Identifier(
         index_dir, model=model, k_probe=k_probe, min_score=min_score, threads=threads, phases=phases,
-        refine=refine, trust_model=trust_model,
+        refine=refine, interpolate=interpolate, trust_model=trust_model,
     )
     db = identifier.db
     rate = identifier.sample_rate
@@ -615,6 +616,7 @@ def evaluate(
         "k_probe": k_probe,
         "phases": phases,
         "refine": "all" if refine is None else int(refine),
+        "interpolate": int(interpolate),
         "match_threshold": "none" if min_score is None else ", ".join(
             f"{s:g} s: {t:.4f}" for s, t in zip(lengths_seconds, thresholds, strict=True)
         ) + (" (calibrated)" if min_score == "calibrated" and identifier.calibration is not None else ""),
@@ -644,6 +646,7 @@ def calibrate_index(
     add_reverb=True,
     phases=None,
     refine=DEFAULT_REFINE,
+    interpolate=DEFAULT_INTERPOLATE,
     k_probe=20,
     seed=0,
     threads=1,
@@ -674,7 +677,8 @@ def calibrate_index(
 
     phases = DEFAULT_PHASES if phases is None else int(phases)
     identifier = Identifier(
-        index_dir, k_probe=k_probe, min_score=None, threads=threads, phases=phases, refine=refine
+        index_dir, k_probe=k_probe, min_score=None, threads=threads, phases=phases, refine=refine,
+        interpolate=interpolate,
     )
     degradation = degradation_settings(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
     seconds = max(lengths_seconds)
@@ -692,7 +696,8 @@ def calibrate_index(
         confidence=confidence,
     )
     calibration.info.update(
-        phases=phases, refine="all" if refine is None else int(refine), k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),
+        phases=phases, refine="all" if refine is None else int(refine), interpolate=int(interpolate),
+        k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),
         unknown_dir=str(Path(unknown_dir).absolute()), snr_db_range=list(snr_db_range),
         noise=str(noise_dir) if noise_dir else ("generated" if add_noise else "none"),
         impulse_responses=str(ir_dir) if ir_dir else ("generated" if add_reverb else "none"),

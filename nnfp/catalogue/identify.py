@@ -12,7 +12,13 @@ import numpy as np
 
 from nnfp.audio.segments import n_segments, segment_waveform
 from nnfp.catalogue.fingerprint import index_embedder, resolve_model
-from nnfp.defaults import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE, DEFAULT_PHASES, DEFAULT_REFINE
+from nnfp.defaults import (
+    DEFAULT_INTERPOLATE,
+    DEFAULT_K_PROBE,
+    DEFAULT_MIN_SCORE,
+    DEFAULT_PHASES,
+    DEFAULT_REFINE,
+)
 from nnfp.store.db import FingerprintDB
 
 __all__ = ["CALIBRATED", "Identifier", "QueryError"]
@@ -36,7 +42,8 @@ class Identifier:
     compensation, mean inner product over the whole query); its `refine` best
     windows are scored at every other phase too, the best score per place wins,
     and offsets are corrected by the phase, so they have a resolution of
-    hop/phases. Matches of one track less than `collapse_seconds` apart are one
+    hop/phases. A query with one phase (1 s) is also scored between DB rows, with
+    interpolated DB fingerprints (`interpolate`). Matches of one track less than `collapse_seconds` apart are one
     place. A match must score at least `match_threshold(query seconds)`, otherwise
     the answer is "not in the catalogue" (an empty list).
 
@@ -54,6 +61,11 @@ class Identifier:
         refine: only phase 0 is searched in faiss and its `refine` best windows are
             scored at the other phases (at the two DB rows around each); None searches
             every phase (4x the faiss work at 4 phases).
+        interpolate: for a query with a single phase (a 1 s query, or `phases=1`),
+            positions per index hop at which its best windows are scored again, with DB
+            fingerprints interpolated between neighbouring rows (1 = only the DB rows);
+            such a window reports the score of the better DB window next to it, which
+            the threshold applies to.
         collapse_seconds: matches of one track closer than this are one place.
         calibration: a `Calibration` or a path overriding the index's.
         trust_model: allow a SavedModel (index's or `model`), which can run arbitrary
@@ -80,6 +92,7 @@ class Identifier:
         embedder=None,
         phases=DEFAULT_PHASES,
         refine=DEFAULT_REFINE,
+        interpolate=DEFAULT_INTERPOLATE,
         collapse_seconds=1.0,
         calibration=None,
         trust_model=False,
@@ -95,6 +108,8 @@ class Identifier:
             raise ValueError(f"`phases` must be >= 1. Received: phases={phases}")
         if int(k_probe) < 1:
             raise ValueError(f"`k_probe` must be >= 1. Received: k_probe={k_probe}")
+        if int(interpolate) < 1:
+            raise ValueError(f"`interpolate` must be >= 1. Received: interpolate={interpolate}")
         if refine is not None and int(refine) < 1:
             raise ValueError(f"`refine` must be >= 1 or None (every phase searched). Received: refine={refine}")
         if min_score is not None and min_score != CALIBRATED and not np.isfinite(float(min_score)):
@@ -113,6 +128,7 @@ class Identifier:
         self.min_score = min_score
         self.phases = int(phases)
         self.refine = None if refine is None else int(refine)
+        self.interpolate = int(interpolate)
         self.collapse_seconds = collapse_seconds
         self.last_query_seconds = None  # length of the latest `identify_audio` query
         if calibration is None and index_dir is not None:
@@ -207,10 +223,44 @@ class Identifier:
         else:
             all_starts, all_scores = self._refined(used)
         all_shifts = [np.full(len(starts), shift) for (shift, _), starts in zip(used, all_starts, strict=True)]
+        all_reported = list(all_scores)
+        if self.interpolate > 1 and len(used) == 1:
+            self._interpolated(used, all_starts, all_scores, all_shifts, all_reported)
         return self.db.places(
             np.concatenate(all_starts), np.concatenate(all_scores), shifts=np.concatenate(all_shifts),
             n_results=n_results, min_score=min_score, collapse_seconds=self.collapse_seconds,
+            reported=np.concatenate(all_reported),
         )
+
+    def _interpolated(self, used, all_starts, all_scores, all_shifts, all_reported):
+        # A query with one phase (up to a segment plus hop/phases long, or `phases=1`):
+        # its best `refine` windows and the windows a row earlier are scored again at
+        # `interpolate - 1` fractions of the hop past their start, with DB fingerprints
+        # interpolated between neighbouring rows (`interpolated_scores`). A place between
+        # two DB rows, which phases cannot reach, can then out-rank a repeat of the same
+        # bars that happens to lie on the grid. These windows rank by their interpolated
+        # score but report (and are thresholded on) the better score of the two DB
+        # windows around them, so "not in the catalogue" keeps the calibrated meaning of
+        # a real window's score. Longer queries have real audio at every phase; there the
+        # interpolated windows changed no clean answer and cost noisy ones (MODEL_CARD.md).
+        n_best = self.refine if self.refine is not None else DEFAULT_REFINE
+        phase_of = np.concatenate([np.full(len(s), p) for p, s in enumerate(all_starts)])
+        flat_starts, flat_scores = np.concatenate(all_starts), np.concatenate(all_scores)
+        best = np.argsort(-flat_scores, kind="stable")[:n_best]
+        hop_seconds = self.hop_samples / self.sample_rate
+        for p, (shift, fingerprints) in enumerate(used):
+            windows = self.db.interpolated_starts(flat_starts[best[phase_of[best] == p]], len(fingerprints))
+            if not len(windows):
+                continue
+            around = np.maximum(
+                self.db.sequence_scores(fingerprints, windows), self.db.sequence_scores(fingerprints, windows + 1)
+            )
+            for step in range(1, self.interpolate):
+                fraction = step / self.interpolate
+                all_starts.append(windows)
+                all_scores.append(self.db.interpolated_scores(fingerprints, windows, fraction))
+                all_shifts.append(np.full(len(windows), shift - fraction * hop_seconds))
+                all_reported.append(around)
 
     def _refined(self, used):
         # Only phase 0 is searched in faiss; the `refine` best of its windows are then

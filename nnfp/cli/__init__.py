@@ -194,7 +194,7 @@ def cmd_identify(args):
         args.index_dir, model=args.model, k_probe=args.k_probe,
         min_score="calibrated" if args.min_score is None else args.min_score,
         threads=args.threads, nprobe=args.nprobe, trust_model=args.trust_model, phases=args.phases,
-        refine=args.refine,
+        refine=args.refine, interpolate=args.interpolate,
     )
     if identifier.db.integrity is None:
         print(f"nnfp identify: note: {args.index_dir} records no checksums (built by an older nnfp); "
@@ -287,7 +287,8 @@ def cmd_index_calibrate(args):
         args.index_dir, args.unknown, out=args.out, n_queries=args.n_queries, lengths_seconds=tuple(args.lengths),
         target_false_match=args.target, confidence=args.confidence or None, n_unknown=args.n_unknown,
         snr_db_range=tuple(args.snr_range), noise_dir=args.noise_dir,
-        ir_dir=args.ir_dir, phases=args.phases, refine=args.refine, k_probe=args.k_probe, seed=args.seed, progress=not args.quiet,
+        ir_dir=args.ir_dir, phases=args.phases, refine=args.refine, interpolate=args.interpolate, k_probe=args.k_probe, seed=args.seed,
+        progress=not args.quiet,
     )
     return 0
 
@@ -302,7 +303,7 @@ def cmd_evaluate(args):
         noise_kind=args.noise_kind, add_noise=not (args.clean or args.no_noise),
         add_reverb=not (args.clean or args.no_reverb), seed=args.seed, k_probe=args.k_probe,
         unknown_dir=args.unknown_dir, n_unknown=args.n_unknown, aligned=args.aligned, phases=args.phases,
-        refine=args.refine,
+        refine=args.refine, interpolate=args.interpolate,
         min_score="calibrated" if args.min_score is None else args.min_score,
         index_type=args.index_type, threads=args.threads, progress=not args.quiet,
         **_index_params(args),
@@ -338,13 +339,16 @@ def _add_trust_argument(parser):
 
 
 def _add_phase_arguments(parser):
-    from nnfp.defaults import DEFAULT_PHASES, DEFAULT_REFINE
+    from nnfp.defaults import DEFAULT_INTERPOLATE, DEFAULT_PHASES, DEFAULT_REFINE
 
     parser.add_argument("--phases", type=_positive_int, default=DEFAULT_PHASES,
                         help=f"query phases per index hop (default {DEFAULT_PHASES})")
     parser.add_argument("--refine", type=_refine, default=DEFAULT_REFINE,
                         help=f"phase-0 windows scored at the other phases (default {DEFAULT_REFINE}; "
                         "all: search every phase in faiss)")
+    parser.add_argument("--interpolate", type=_positive_int, default=DEFAULT_INTERPOLATE,
+                        help="positions per index hop at which the best windows are scored again with DB "
+                        f"fingerprints interpolated between rows (default {DEFAULT_INTERPOLATE}; 1: off)")
 
 
 def _refine(text):

@@ -843,6 +843,40 @@ class FingerprintDB:
                 totals[cands] += np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64)
         return totals / n_query
 
+    def interpolated_starts(self, starts, n_query):
+        """The windows around `starts` that `interpolated_scores` can score: each start and
+        the one a row earlier in its track, whose window plus one more row stays in the
+        track; unique, sorted."""
+        starts = np.asarray(starts, np.int64)
+        earlier = starts - 1
+        both = np.unique(np.concatenate([starts, earlier[earlier >= self._track_begin[starts]]]))
+        return both[both + int(n_query) <= self._track_end[both]]
+
+    def interpolated_scores(self, query_embeddings, starts, fraction):
+        """`sequence_scores` of windows `fraction` of a hop past each start (0 < fraction < 1).
+
+        The fingerprint of a DB segment between rows r and r + 1 is estimated as the unit
+        vector along `(1 - fraction) db[r] + fraction db[r + 1]`; every window must have
+        its next row in its track (`interpolated_starts`). Returns (len(starts),) float64.
+        """
+        query = self._check_query(query_embeddings)
+        starts = np.asarray(starts, dtype=np.int64)
+        if starts.size and np.any(starts + len(query) > self._track_end[starts]):
+            raise ValueError("every window of `interpolated_scores` needs its next row in its track")
+        totals = np.zeros(len(starts), dtype=np.float64)
+        n_per_tile = max(1, _SCORE_TILE_PAIRS // min(len(query), _SCORE_TILE_QUERY_ROWS))
+        for first in range(0, len(query), _SCORE_TILE_QUERY_ROWS):
+            offsets = np.arange(first, min(first + _SCORE_TILE_QUERY_ROWS, len(query)))
+            for tile in range(0, len(starts), n_per_tile):
+                rows = starts[tile : tile + n_per_tile, None] + offsets  # (c, q)
+                unique_rows, where = np.unique(np.concatenate([rows, rows + 1]), return_inverse=True)
+                block = np.asarray(self.embeddings[unique_rows], dtype=np.float32)
+                where = where.reshape(2, *rows.shape)
+                mixed = (1.0 - fraction) * block[where[0]] + fraction * block[where[1]]  # (c, q, d)
+                mixed /= np.maximum(np.linalg.norm(mixed, axis=-1, keepdims=True), 1e-12)
+                totals[tile : tile + n_per_tile] += np.einsum("cqd,qd->c", mixed, query[offsets], dtype=np.float64)
+        return totals / len(query)
+
     def search(self, query_embeddings, k_probe=20, n_results=5, min_score=None, collapse_seconds=1.0, hits=None):
         """Finds the tracks and offsets best matching a query of consecutive segments.
 
@@ -872,7 +906,9 @@ class FingerprintDB:
         scores = self.sequence_scores(query_embeddings, starts)
         return self.places(starts, scores, n_results=n_results, min_score=min_score, collapse_seconds=collapse_seconds)
 
-    def places(self, starts, scores, shifts=None, n_results=5, min_score=None, collapse_seconds=1.0):
+    def places(
+        self, starts, scores, shifts=None, n_results=5, min_score=None, collapse_seconds=1.0, reported=None
+    ):
         """Best distinct places among scored candidate windows (`search`'s last step).
 
         Args:
@@ -880,6 +916,9 @@ class FingerprintDB:
             shifts: optional (n,) seconds subtracted from each window's offset (the
                 query phase that produced it: the query was cut that much later).
             n_results, min_score, collapse_seconds: as for `search`.
+            reported: optional (n,) scores the matches report and `min_score` applies
+                to, when the windows are ranked by other `scores` (interpolated windows,
+                `nnfp.catalogue.identify.Identifier`, report the score of a real DB window).
 
         Returns:
             Up to `n_results` `Match`, best first; per track, no two offsets closer
@@ -890,9 +929,10 @@ class FingerprintDB:
         offsets = self.segment_start[starts].astype(np.float64)
         if shifts is not None:
             offsets = offsets - np.asarray(shifts, np.float64)
+        reported = scores if reported is None else np.asarray(reported, np.float64)
         order = np.argsort(-scores, kind="stable")
         if min_score is not None:
-            order = order[scores[order] >= min_score]
+            order = order[reported[order] >= min_score]
         tracks = self.segment_track[starts]
         kept = {}  # track id -> offsets already reported
         matches = []
@@ -908,7 +948,7 @@ class FingerprintDB:
                     track_id=track["track_id"],
                     path=track["path"],
                     offset_s=offset,
-                    score=float(scores[row]),
+                    score=float(reported[row]),
                     segment_index=int(starts[row]),
                 )
             )
