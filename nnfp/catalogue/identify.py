@@ -42,8 +42,8 @@ class Identifier:
     compensation, mean inner product over the whole query); its `refine` best
     windows are scored at every other phase too, the best score per place wins,
     and offsets are corrected by the phase, so they have a resolution of
-    hop/phases. A query with one phase (1 s) is also scored between DB rows, with
-    interpolated DB fingerprints (`interpolate`). Matches of one track less than `collapse_seconds` apart are one
+    hop/phases. A query too short for a second phase (1 s) is also scored between DB
+    rows, with interpolated DB fingerprints (`interpolate`). Matches of one track less than `collapse_seconds` apart are one
     place. A match must score at least `match_threshold(query seconds)`, otherwise
     the answer is "not in the catalogue" (an empty list).
 
@@ -61,11 +61,11 @@ class Identifier:
         refine: only phase 0 is searched in faiss and its `refine` best windows are
             scored at the other phases (at the two DB rows around each); None searches
             every phase (4x the faiss work at 4 phases).
-        interpolate: for a query with a single phase (a 1 s query, or `phases=1`),
-            positions per index hop at which its best windows are scored again, with DB
-            fingerprints interpolated between neighbouring rows (1 = only the DB rows);
-            such a window reports the score of the better DB window next to it, which
-            the threshold applies to.
+        interpolate: for a query too short for a second phase (1 s), positions per
+            index hop at which its best windows are scored again, with DB fingerprints
+            interpolated between neighbouring rows (1 = only the DB rows; `phases=1`,
+            the paper's search, never interpolates); such a window reports the score of
+            the better DB window next to it, which the threshold applies to.
         collapse_seconds: matches of one track closer than this are one place.
         calibration: a `Calibration` or a path overriding the index's.
         trust_model: allow a SavedModel (index's or `model`), which can run arbitrary
@@ -224,7 +224,7 @@ class Identifier:
             all_starts, all_scores = self._refined(used)
         all_shifts = [np.full(len(starts), shift) for (shift, _), starts in zip(used, all_starts, strict=True)]
         all_reported = list(all_scores)
-        if self.interpolate > 1 and len(used) == 1:
+        if self.interpolate > 1 and self.phases > 1 and len(used) == 1:
             self._interpolated(used, all_starts, all_scores, all_shifts, all_reported)
         return self.db.places(
             np.concatenate(all_starts), np.concatenate(all_scores), shifts=np.concatenate(all_shifts),
@@ -233,7 +233,7 @@ class Identifier:
         )
 
     def _interpolated(self, used, all_starts, all_scores, all_shifts, all_reported):
-        # A query with one phase (up to a segment plus hop/phases long, or `phases=1`):
+        # A query too short for a second phase (up to a segment plus hop/phases long):
         # its best `refine` windows and the windows a row earlier are scored again at
         # `interpolate - 1` fractions of the hop past their start, with DB fingerprints
         # interpolated between neighbouring rows (`interpolated_scores`). A place between
