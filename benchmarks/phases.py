@@ -101,6 +101,7 @@ def main():
         for p in args.phases:
             step = most // p
             subsets = [phases[::step] for phases in all_phases]
+            identifier.phases = p  # as `--phases p`: one phase (the paper's search) never interpolates
             for refine in refines if p > 1 else refines[:1]:
                 identifier.refine = refine
                 track, offset, best, margin, latency = _rates(identifier, subsets, info, LENGTHS, k_probe)
@@ -110,7 +111,7 @@ def main():
                 )
                 name = "all" if refine is None else refine
                 print(f"{p:>6} {name:>6} {k_probe:>7} | {cells} | {np.median(latency):>20.2f} | {per_phase_ms * p:>21.0f}")
-    identifier.refine = refines[0]
+    identifier.refine, identifier.phases = refines[0], most
 
     if args.unknown:
         unknown_waves, _ = index_queries(
@@ -122,6 +123,7 @@ def main():
         for p in args.phases:
             step = most // p
             subsets = [phases[::step] for phases in unknown_phases]
+            identifier.phases = p
             _, _, u_best, u_margin, _ = _rates(identifier, subsets, None, LENGTHS, args.k_probe[0])
             offset, best, margin = results[p, args.k_probe[0]]
             for name, known_stat, unknown_stat in (("score", best, u_best), ("margin", margin, u_margin)):
