@@ -225,14 +225,15 @@ class Identifier:
         all_shifts = [np.full(len(starts), shift) for (shift, _), starts in zip(used, all_starts, strict=True)]
         all_reported = list(all_scores)
         if self.interpolate > 1 and self.phases > 1 and len(used) == 1:
-            self._interpolated(used, all_starts, all_scores, all_shifts, all_reported)
+            (shift, fingerprints), = used
+            self._interpolated(shift, fingerprints, all_starts, all_scores, all_shifts, all_reported)
         return self.db.places(
             np.concatenate(all_starts), np.concatenate(all_scores), shifts=np.concatenate(all_shifts),
             n_results=n_results, min_score=min_score, collapse_seconds=self.collapse_seconds,
             reported=np.concatenate(all_reported),
         )
 
-    def _interpolated(self, used, all_starts, all_scores, all_shifts, all_reported):
+    def _interpolated(self, shift, fingerprints, all_starts, all_scores, all_shifts, all_reported):
         # A query too short for a second phase (up to a segment plus hop/phases long):
         # its best `refine` windows and the windows a row earlier are scored again at
         # `interpolate - 1` fractions of the hop past their start, with DB fingerprints
@@ -244,23 +245,20 @@ class Identifier:
         # a real window's score. Longer queries have real audio at every phase; there the
         # interpolated windows changed no clean answer and cost noisy ones (MODEL_CARD.md).
         n_best = self.refine if self.refine is not None else DEFAULT_REFINE
-        phase_of = np.concatenate([np.full(len(s), p) for p, s in enumerate(all_starts)])
-        flat_starts, flat_scores = np.concatenate(all_starts), np.concatenate(all_scores)
-        best = np.argsort(-flat_scores, kind="stable")[:n_best]
-        hop_seconds = self.hop_samples / self.sample_rate
-        for p, (shift, fingerprints) in enumerate(used):
-            windows = self.db.interpolated_starts(flat_starts[best[phase_of[best] == p]], len(fingerprints))
-            if not len(windows):
-                continue
-            around = np.maximum(
-                self.db.sequence_scores(fingerprints, windows), self.db.sequence_scores(fingerprints, windows + 1)
-            )
-            for step in range(1, self.interpolate):
-                fraction = step / self.interpolate
-                all_starts.append(windows)
-                all_scores.append(self.db.interpolated_scores(fingerprints, windows, fraction))
-                all_shifts.append(np.full(len(windows), shift - fraction * hop_seconds))
-                all_reported.append(around)
+        (starts,), (scores,) = all_starts, all_scores
+        best = starts[np.argsort(-scores, kind="stable")[:n_best]]
+        windows = self.db.interpolated_starts(best, len(fingerprints))
+        if not len(windows):
+            return
+        around = np.maximum(
+            self.db.sequence_scores(fingerprints, windows), self.db.sequence_scores(fingerprints, windows + 1)
+        )
+        for step in range(1, self.interpolate):
+            fraction = step / self.interpolate
+            all_starts.append(windows)
+            all_scores.append(self.db.interpolated_scores(fingerprints, windows, fraction))
+            all_shifts.append(np.full(len(windows), shift - fraction * self.db.hop_seconds))
+            all_reported.append(around)
 
     def _refined(self, used):
         # Only phase 0 is searched in faiss; the `refine` best of its windows are then

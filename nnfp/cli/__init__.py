@@ -347,8 +347,9 @@ def _add_phase_arguments(parser):
                         help=f"phase-0 windows scored at the other phases (default {DEFAULT_REFINE}; "
                         "all: search every phase in faiss)")
     parser.add_argument("--interpolate", type=_positive_int, default=DEFAULT_INTERPOLATE,
-                        help="positions per index hop at which the best windows are scored again with DB "
-                        f"fingerprints interpolated between rows (default {DEFAULT_INTERPOLATE}; 1: off)")
+                        help="for a query too short for a second phase (1 s): positions per index hop at which "
+                        "its best windows are scored again with DB fingerprints interpolated between rows "
+                        f"(default {DEFAULT_INTERPOLATE}; 1: off)")
 
 
 def _refine(text):
