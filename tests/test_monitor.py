@@ -170,6 +170,74 @@ def test_noisy_patch_inside_a_play_keeps_one_play(setup, tmp_path, capsys):
     assert [p["track"] for p in split] == ["a.wav", "a.wav"], split
 
 
+def _traffic_patch(audio, start_s, end_s, snr_db, seed):
+    """`audio` with traffic noise at `snr_db` (against the whole track's level) over start..end s."""
+    noisy = audio.astype(np.float32).copy()
+    patch = slice(int(start_s * RATE), int(end_s * RATE))
+    noise = make_noise(seed, (patch.stop - patch.start) / RATE + 0.1, RATE, kind="traffic")[: patch.stop - patch.start]
+    rms = np.sqrt(np.mean(audio**2))
+    noisy[patch] += noise / np.sqrt(np.mean(noise**2)) * rms * 10 ** (-snr_db / 20)
+    return noisy
+
+
+def test_play_is_held_through_noise_while_its_alignment_stays_the_best_place(setup, tmp_path, capsys):
+    # a 0..40 s with traffic noise 9 dB above it over 12..27 s: no window there clears the
+    # threshold, but a at the play's alignment stays among the index's best places, so the
+    # play is held past a dropout allowance (8 s) shorter than the patch: one play.
+    audio = _traffic_patch(setup["tracks"]["a.wav"], 12, 27, -9.0, seed=5)
+    path = tmp_path / "held.wav"
+    sf.write(path, _mix([audio], [], seed=4), RATE, subtype="PCM_16")
+    plays = _monitor_json([str(setup["index"]), str(path), "--max-gap", "8"], capsys)
+    assert [p["track"] for p in plays] == ["a.wav"], plays
+    assert abs(plays[0]["start_s"]) <= 1.5 and abs(plays[0]["end_s"] - 40) <= 1.5, plays
+
+
+def test_play_starting_in_a_noisy_patch_starts_with_it(setup, tmp_path, capsys):
+    # unknown 0..20 s | a 0..40 s, its first 12 s under traffic noise as loud as it: a is the
+    # best place there before any window clears the threshold, so the play starts at 20 s
+    # (not where the noise ends, 32 s).
+    t = setup["tracks"]
+    audio = np.concatenate([_cut(t["unknown"], 0, 20), _traffic_patch(t["a.wav"], 0, 12, 0.0, seed=7)])
+    path = tmp_path / "lead.wav"
+    sf.write(path, _mix([audio], [], seed=5), RATE, subtype="PCM_16")
+    plays = _monitor_json([str(setup["index"]), str(path)], capsys)
+    assert [p["track"] for p in plays] == ["a.wav"], plays
+    assert abs(plays[0]["start_s"] - 20) <= 1.5 and abs(plays[0]["track_start_s"]) <= 1.5, plays
+    assert abs(plays[0]["end_s"] - 60) <= 1.5, plays
+
+
+def test_one_recording_under_two_names_continues_the_play(setup, tmp_path, capsys):
+    # An index holding a.wav and a cut of it (a_cut.wav = a from 10.06 s, 0.06 s off the grid): a match on the cut
+    # at the play's alignment continues a play of a; b.wav, or the cut elsewhere, does not.
+    from nnfp.catalogue.monitor import _Candidate, _Monitor
+    from nnfp.store.db import FingerprintDB, Match
+
+    music = tmp_path / "music"
+    music.mkdir()
+    a = setup["tracks"]["a.wav"]
+    sf.write(music / "a.wav", a, RATE, subtype="PCM_16")
+    sf.write(music / "a_cut.wav", a[int(10.06 * RATE) :], RATE, subtype="PCM_16")
+    sf.write(music / "b.wav", setup["tracks"]["b.wav"], RATE, subtype="PCM_16")
+    index = tmp_path / "index"
+    assert main(["index", "build", str(music), str(index), "--index-type", "flat", "--quiet"]) == 0
+    db = FingerprintDB.load(index)
+    ids = {track["path"]: track["track_id"] for track in db.tracks}
+    monitor = _Monitor(db, 0.5, window=9, step=2, max_gap=60, min_windows=3, tolerance=1.0, k_probe=20,
+                       seg_seconds=1.0, batch=64)
+    # A play of a at delta 0 (track time = recording time), confirmed; window w = 40 (20 s).
+    play = _Candidate(ids["a.wav"], "a.wav", 0.0, 30, 38, [0.9] * 5, [0.0] * 5, 15.0, confirmed=True)
+    monitor.candidates.append(play)
+
+    def match(path, offset_s):
+        return Match(ids[path], path, offset_s, 0.8, 0)
+
+    assert monitor._agreeing(match("a_cut.wav", 20.0 - 10.06), 20.0 - 10.06 - 20.0, w=40) is play
+    assert monitor._agreeing(match("a_cut.wav", 20.0 - 10.06 + 8.0), 8.0 - 10.06, w=40) is None
+    assert monitor._agreeing(match("b.wav", 20.0), 0.0, w=40) is None
+    # Without the window (rivals of one track), only the same track agrees.
+    assert monitor._agreeing(match("a_cut.wav", 20.0 - 10.06), -10.06) is None
+
+
 def test_bars_repeated_inside_a_track_give_one_play(tmp_path, capsys):
     # A track whose first 15 s come back at 15 s: each window of the play matches two
     # alignments of the same track. The alignments are rivals of one play: one detection.
