@@ -16,7 +16,8 @@ whose wall time and own peak RSS (`_child.run_child`) are reported.
 
 Scores: a truth play (>= 10 s) is found when a detection of the same track covers >= 50 %
 of it; a detection is correct when >= 50 % of it lies in a play of its track; false
-detections per hour count detections mostly over unknown music, per hour of it.
+detections per hour count detections mostly over unknown music, per hour of it (and
+mostly over speech between items, per hour of speech).
 
 A catalogue may hold the same recording twice (a game's `menu` is a 3-minute cut of its
 `menu_enhanced`): no system can tell which of the two a broadcast played. Such pairs are
@@ -114,7 +115,7 @@ def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noi
         t = start + len(audio) / RATE
         previous_music = music
     out = np.zeros(int(t * RATE) + 1, np.float32)
-    plays, unknown_spans = [], []
+    plays, unknown_spans, speech_spans = [], [], []
     for i, (kind, audio, start, fade_in, info) in enumerate(items):
         fade_out = items[i + 1][3] if i + 1 < len(items) else 0.0
         envelope = np.ones(len(audio), np.float32)
@@ -132,6 +133,8 @@ def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noi
                           "track_start_s": round(info["offset_s"] + fade_in / 2, 3)})
         elif kind == "unknown":
             unknown_spans.append([round(begin, 3), round(end, 3)])
+        else:
+            speech_spans.append([round(begin, 3), round(end, 3)])
     level = _rms(out)
     for first in range(0, len(out), 30 * RATE):
         piece = out[first : first + 30 * RATE]
@@ -145,7 +148,7 @@ def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noi
 
         out = fftconvolve(out, make_impulse_response(int(rng.integers(1 << 30)), RATE))[: len(out)]
     out = (0.9 * out / max(np.abs(out).max(), 1e-9)).astype(np.float32)
-    truth = {"seconds": len(out) / RATE, "plays": plays, "unknown": unknown_spans}
+    truth = {"seconds": len(out) / RATE, "plays": plays, "unknown": unknown_spans, "speech": speech_spans}
     return out, truth
 
 
@@ -224,7 +227,7 @@ def score(truth, detections, min_play_s=10.0, same=None):
             found += 1
             start_err.append(abs(best["start_s"] - play["start_s"]))
             end_err.append(abs(best["end_s"] - play["end_s"]))
-    correct, false_unknown = 0, 0
+    correct, false_unknown, false_speech = 0, 0, 0
     for d in detections:
         length = max(d["end_s"] - d["start_s"], 1e-9)
         inside = sum(
@@ -235,7 +238,10 @@ def score(truth, detections, min_play_s=10.0, same=None):
             correct += 1
         elif sum(_overlap(a, b, d["start_s"], d["end_s"]) for a, b in truth["unknown"]) >= 0.5 * length:
             false_unknown += 1
+        elif sum(_overlap(a, b, d["start_s"], d["end_s"]) for a, b in truth.get("speech", [])) >= 0.5 * length:
+            false_speech += 1
     unknown_hours = sum(b - a for a, b in truth["unknown"]) / 3600
+    speech_hours = sum(b - a for a, b in truth.get("speech", [])) / 3600
     return {
         "plays": len(plays),
         "recall": found / max(len(plays), 1),
@@ -243,6 +249,8 @@ def score(truth, detections, min_play_s=10.0, same=None):
         "precision": correct / max(len(detections), 1),
         "false_per_hour_unknown": false_unknown / max(unknown_hours, 1e-9),
         "unknown_hours": unknown_hours,
+        "false_per_hour_speech": false_speech / max(speech_hours, 1e-9),
+        "speech_hours": speech_hours,
         "median_start_error_s": float(np.median(start_err)) if start_err else float("nan"),
         "median_end_error_s": float(np.median(end_err)) if end_err else float("nan"),
     }
@@ -307,12 +315,14 @@ def main(argv=None):
         rows.append(("duplicates as one", score(truth, detections, same=same)))
     result = rows[0][1]
     print(f"broadcast: {truth['seconds'] / 60:.1f} min, {result['plays']} plays >= 10 s, "
-          f"{result['unknown_hours'] * 60:.1f} min of unknown music{', room' if args.room else ''}")
-    print(f"{'scoring':>17} | {'recall':>8} | {'precision':>9} | {'false/h unknown':>15} | {'start err':>9} | "
+          f"{result['unknown_hours'] * 60:.1f} min of unknown music, {result['speech_hours'] * 60:.1f} min of speech"
+          f"{', room' if args.room else ''}")
+    print(f"{'scoring':>17} | {'recall':>8} | {'precision':>9} | {'false/h unknown':>15} | {'false/h speech':>14} | {'start err':>9} | "
           f"{'end err':>7} | {'speed':>7} | {'peak RSS':>8}")
     for name, result in rows:
         print(f"{name:>17} | {100 * result['recall']:>7.1f}% | {100 * result['precision']:>8.1f}% | "
-              f"{result['false_per_hour_unknown']:>15.2f} | {result['median_start_error_s']:>7.2f} s | "
+              f"{result['false_per_hour_unknown']:>15.2f} | {result['false_per_hour_speech']:>14.2f} | "
+              f"{result['median_start_error_s']:>7.2f} s | "
               f"{result['median_end_error_s']:>5.2f} s | {truth['seconds'] / wall:>6.0f}x | {rss / 2**20:>5.0f} MB")
     print(f"({result['detections']} detections; end to end incl. model load: {wall:.1f} s; "
           f"truth and detections in {work})")

@@ -4,10 +4,15 @@ The recording is fingerprinted once, streaming, on the index hop; windows of a f
 seconds slide over the stream of fingerprints and are searched in the index. A *play*
 is a run of windows agreeing on one track whose offset advances one second per second
 of recording (a constant `track time - recording time`). Plays survive short dropouts
-(talk-over, a noisy patch), end when another track is confirmed (track changes and
-crossfades) or after `max_gap_seconds` without a consistent window, and are emitted as
-soon as they end. Start and end are then refined to the hop from the similarity of
-each recording segment to the aligned track segment.
+(talk-over, a noisy patch), and longer ones while their alignment stays among the
+index's best places for a window at any score (`_Monitor._hold`); a play confirmed in a
+noisy patch starts where its alignment was already the best place (`_Monitor._lead_in`).
+Plays end when another track is confirmed (track changes and crossfades) or after
+`max_gap_seconds` without being heard, and are emitted as soon as they end; a play
+inside another track's play that goes on around it is dropped (`_Monitor._nested`), and
+one recording held under two names is one play (`_Monitor._same_audio`). Start and end
+are then refined to the hop from the similarity of each recording segment to the
+aligned track segment.
 
 Memory is constant in the recording length: audio is consumed block by block and only
 a ring of recent fingerprints is kept.
@@ -570,8 +575,10 @@ def monitor_stream(
         step_seconds: recording time between window starts (a multiple of the hop).
         max_gap_seconds: a confirmed play survives this long without an agreeing window
             (talk-over, noise) and goes on if its track returns at the same alignment;
-            longer gaps end it. A play is reported at most this long after its end,
-            unless another play starts first. Unconfirmed candidates last 10 s at most.
+            longer gaps end it, unless its alignment stayed among the best places of
+            the windows in between (held). A play is reported at most this long after it
+            was last heard, unless another play starts first. Unconfirmed candidates
+            last 10 s at most.
         min_windows: agreeing windows a play needs to be reported.
         tolerance_seconds: how far a window's alignment (track time - recording time)
             may stray from its play's.
