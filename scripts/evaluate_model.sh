@@ -14,7 +14,7 @@ set -euo pipefail
 model=$1; out=$2; n=${3:-300}; calibration=${4:-}
 noise=(--noise-dir data/eval/noise-test --ir-dir data/irs-test)
 nnfp index build data/eval/heldout "$out/index" --model "$model" --index-type flat --quiet --overwrite
-nnfp index calibrate "$out/index" --unknown data/eval/unknown-train --n-queries "$n" --n-unknown 1000 "${noise[@]}" --seed 1 --quiet
+nnfp index calibrate "$out/index" --unknown data/eval/unknown-train data/eval/noise-train data/eval/speech-train --n-queries "$n" --n-unknown 1000 "${noise[@]}" --seed 1 --quiet
 if [ -n "$calibration" ]; then cp "$out/index/calibration.json" "$calibration"; fi
 for protocol in noisy noisy-aligned clean; do
   case $protocol in

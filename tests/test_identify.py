@@ -188,6 +188,35 @@ def test_index_build_copies_the_model_calibration_and_identify_applies_it(setup)
     assert Identifier(index, min_score=0.1, **setup["shared"]).match_threshold(3.0) == 0.1  # explicit wins
 
 
+def test_index_calibrate_with_kinds_rewrites_the_calibration_of_a_usable_index(setup, tmp_path, capsys):
+    # An index built with a calibrated model holds a copy of that calibration; `index
+    # calibrate` replaces it (another size: the integrity record must not refuse the index)
+    # and holds each folder of out-of-catalogue audio to the target on its own.
+    from nnfp.corpus.noise import make_noise
+    from nnfp.corpus.synth import compose_track
+
+    index = tmp_path / "idx"
+    build_index(setup["music"], index, model=setup["root"] / "m.keras", index_type="flat", progress=False)
+    kinds = {"music": lambda i: compose_track(700 + i, 12.0, 8000), "noise": lambda i: make_noise(i, 12.0, 8000, kind="rain")}
+    for kind, make in kinds.items():
+        (tmp_path / kind).mkdir()
+        for i in range(2):
+            sf.write(tmp_path / kind / f"{kind}_{i}.wav", make(i), 8000, subtype="PCM_16")
+    args = ["index", "calibrate", str(index), "--unknown", str(tmp_path / "music"), str(tmp_path / "noise"),
+            "--n-queries", "12", "--n-unknown", "12", "--lengths", "1", "3", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "false match on music:" in out and "false match on noise:" in out
+    saved = json.loads((index / "calibration.json").read_text())
+    assert saved["n_unknown_by_kind"] == {"music": 12, "noise": 12}
+    # 12 queries cannot show 1 %: every threshold lies above every out-of-catalogue score of both kinds.
+    assert saved["false_match_by_kind"] == {"music": [0.0, 0.0], "noise": [0.0, 0.0]}
+    assert saved["min_score"] != [0.999, 0.995]
+    identifier = Identifier(index, **setup["shared"])  # the index loads, with the new thresholds
+    assert identifier.match_threshold(3.0) == saved["min_score"][1]
+    assert main(["index", "verify", str(index)]) == 0
+
+
 def test_identify_cli_no_match_and_silent_query(setup, tmp_path, capsys):
     query = tmp_path / "clip.wav"
     sf.write(query, setup["track"][int(4.2 * 8000) : int(7.2 * 8000)], 8000)
@@ -213,6 +242,29 @@ def test_calibrate_picks_the_lowest_threshold_with_at_most_the_target_false_matc
     assert calibration.info["false_match"] == [0.01]
     assert calibration.info["right_kept"] == [0.5]  # 0.985 and 0.999 kept; 0.995 is a wrong answer
     assert calibration.info["right"] == [0.75]
+
+
+def test_calibrate_holds_every_kind_of_unknown_audio_to_the_target():
+    # Two kinds of out-of-catalogue queries, 100 each, two lengths. Point estimate, 1 %:
+    # each kind may put 1 score above the threshold. Music scores high at 1 s, noise at 10 s.
+    rng = np.random.default_rng(0)
+    music = np.stack([rng.uniform(0.5, 0.9, 100), rng.uniform(0.2, 0.5, 100)], axis=1)
+    noise = np.stack([rng.uniform(0.1, 0.6, 100), rng.uniform(0.3, 0.7, 100)], axis=1)
+    known = np.array([[0.95, 0.8], [0.92, 0.55]])
+    right = np.ones((2, 2), bool)
+    calibration = calibrate([1.0, 10.0], known, right, {"music": music, "noise": noise}, 0.01, confidence=None)
+    # Independent reference: the 2nd best score of each kind, the higher of the two kinds.
+    expected = [max(np.sort(music[:, j])[-2], np.sort(noise[:, j])[-2]) for j in range(2)]
+    for threshold, value in zip(calibration.min_score, expected, strict=True):
+        assert value < threshold <= value + 2e-4
+    by_kind = calibration.info["false_match_by_kind"]
+    assert by_kind["music"][0] == 0.01 and by_kind["noise"][1] == 0.01  # the kind that set each length
+    assert by_kind["noise"][0] == 0.0 and by_kind["music"][1] == 0.0
+    assert calibration.info["n_unknown_by_kind"] == {"music": 100, "noise": 100}
+    assert calibration.info["right_kept"] == [1.0, 0.5]  # 0.55 < the 10 s threshold set by noise
+    # Music alone gives the lower 10 s threshold that let noise through.
+    alone = calibrate([1.0, 10.0], known, right, music, 0.01, confidence=None)
+    assert alone.min_score[1] < np.sort(noise[:, 1])[-2]
 
 
 def test_binomial_upper_bound_matches_the_beta_quantile():

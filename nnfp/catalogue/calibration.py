@@ -164,33 +164,10 @@ def allowed_false_matches(n, target_false_match, confidence=0.95):
     return k
 
 
-def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false_match=0.01, confidence=0.95):
-    """Lowest thresholds meeting `target_false_match` false matches, per query length.
-
-    Args:
-        lengths_s: (n_lengths,) query lengths.
-        known_scores: (n_known, n_lengths) top-1 score of in-catalogue queries (NaN: no candidate).
-        known_right: (n_known, n_lengths) bool, the top-1 answer is right (track + offset).
-        unknown_scores: (n_unknown, n_lengths) top-1 score of out-of-catalogue queries.
-        target_false_match: allowed fraction of out-of-catalogue queries that match.
-        confidence: the target must hold at this confidence (Clopper-Pearson upper
-            bound over the calibration queries); `None`: point estimate.
-
-    Returns:
-        A `Calibration`; `info` holds per length the right answers without a threshold
-        (`right`), those kept by it (`right_kept`), the false-match rate reached
-        (`false_match`), and the query counts.
-    """
-    known = np.asarray(known_scores, np.float64)
-    right = np.asarray(known_right, bool)
-    unknown = np.asarray(unknown_scores, np.float64)
-    if not 0 <= target_false_match < 1:
-        raise ValueError(f"`target_false_match` must be in [0, 1). Received: {target_false_match}")
-    if confidence is not None and not 0 < confidence < 1:
-        raise ValueError(f"`confidence` must be in (0, 1) or None. Received: confidence={confidence}")
-    allowed = allowed_false_matches(len(unknown), target_false_match, confidence)
-    thresholds, kept, rate, correct = [], [], [], []
-    for j in range(len(lengths_s)):
+def _class_thresholds(unknown, allowed):
+    """Per length, just above the (allowed + 1)-th best out-of-catalogue score of one class."""
+    thresholds = []
+    for j in range(unknown.shape[1]):
         found = unknown[:, j][np.isfinite(unknown[:, j])]
         ranked = np.sort(found)[::-1]
         if allowed < 0:  # too few calibration queries to show the target: above every one of them
@@ -198,22 +175,71 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
         elif len(ranked) <= allowed:  # (almost) no out-of-catalogue query found a candidate at all
             threshold = -1.0  # the lowest cosine score: every candidate is a match
         else:
-            # Just above the (allowed + 1)-th best out-of-catalogue score.
             threshold = float(np.nextafter(ranked[allowed], np.inf))
-        thresholds.append(round(threshold + 5e-5, 4))  # rounded up: stored scores stay on the safe side
-        scores = known[:, j]
-        kept.append(float(np.mean(right[:, j] & (np.nan_to_num(scores, nan=-np.inf) >= thresholds[-1]))))
-        rate.append(float(np.mean(np.nan_to_num(unknown[:, j], nan=-np.inf) >= thresholds[-1])))
-        correct.append(float(np.mean(right[:, j])))
+        thresholds.append(threshold)
+    return thresholds
+
+
+def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false_match=0.01, confidence=0.95):
+    """Lowest thresholds meeting `target_false_match` false matches, per query length.
+
+    Args:
+        lengths_s: (n_lengths,) query lengths.
+        known_scores: (n_known, n_lengths) top-1 score of in-catalogue queries (NaN: no candidate).
+        known_right: (n_known, n_lengths) bool, the top-1 answer is right (track + offset).
+        unknown_scores: (n_unknown, n_lengths) top-1 score of out-of-catalogue queries, or
+            a dict `{kind: scores}` of several kinds of them (music that is not indexed,
+            environmental noise, speech). Then every kind must meet the target on its own:
+            a length's threshold is the highest of the kinds' thresholds, so that 10 s of
+            wind is held to the same false-match rate as 10 s of unknown music.
+        target_false_match: allowed fraction of out-of-catalogue queries that match.
+        confidence: the target must hold at this confidence (Clopper-Pearson upper
+            bound over the calibration queries of each kind); `None`: point estimate.
+
+    Returns:
+        A `Calibration`; `info` holds per length the right answers without a threshold
+        (`right`), those kept by it (`right_kept`), the false-match rate reached
+        (`false_match`, over all out-of-catalogue queries), and the query counts; with
+        kinds, also `false_match_by_kind` and `n_unknown_by_kind`.
+    """
+    known = np.asarray(known_scores, np.float64)
+    right = np.asarray(known_right, bool)
+    kinds = unknown_scores if isinstance(unknown_scores, dict) else {None: unknown_scores}
+    kinds = {kind: np.asarray(scores, np.float64).reshape(len(scores), -1) for kind, scores in kinds.items()}
+    if not kinds:
+        raise ValueError("`unknown_scores` must hold at least one kind of out-of-catalogue queries.")
+    if not 0 <= target_false_match < 1:
+        raise ValueError(f"`target_false_match` must be in [0, 1). Received: {target_false_match}")
+    if confidence is not None and not 0 < confidence < 1:
+        raise ValueError(f"`confidence` must be in (0, 1) or None. Received: confidence={confidence}")
+    per_kind = {
+        kind: _class_thresholds(scores, allowed_false_matches(len(scores), target_false_match, confidence))
+        for kind, scores in kinds.items()
+    }
+    # Rounded up: stored scores stay on the safe side.
+    thresholds = [round(max(values) + 5e-5, 4) for values in zip(*per_kind.values(), strict=True)]
+    unknown = np.concatenate(list(kinds.values()))
+
+    def false_rate(scores):
+        return [float(np.mean(np.nan_to_num(scores[:, j], nan=-np.inf) >= t)) for j, t in enumerate(thresholds)]
+
+    kept = [
+        float(np.mean(right[:, j] & (np.nan_to_num(known[:, j], nan=-np.inf) >= t))) for j, t in enumerate(thresholds)
+    ]
     info = {
-        "right": correct,
+        "right": [float(np.mean(right[:, j])) for j in range(len(thresholds))],
         "right_kept": kept,
-        "false_match": rate,
+        "false_match": false_rate(unknown),
         "n_known": int(len(known)),
         "n_unknown": int(len(unknown)),
         "confidence": confidence,
-        "allowed_false_matches": int(max(allowed, 0)),
+        "allowed_false_matches": int(max(allowed_false_matches(len(unknown), target_false_match, confidence), 0))
+        if None in kinds else {kind: int(max(allowed_false_matches(len(v), target_false_match, confidence), 0))
+                               for kind, v in kinds.items()},
     }
+    if None not in kinds:
+        info["false_match_by_kind"] = {kind: false_rate(scores) for kind, scores in kinds.items()}
+        info["n_unknown_by_kind"] = {kind: int(len(scores)) for kind, scores in kinds.items()}
     return Calibration(list(lengths_s), thresholds, float(target_false_match), info=info)
 
 
@@ -226,6 +252,8 @@ def format_calibration_table(calibration, title="Calibrated thresholds"):
             f"{seconds:>6g}s {calibration.min_score[j]:>10.4f} {100 * info['false_match'][j]:>11.1f}% "
             f"{100 * info['right'][j]:>6.1f}% {100 * info['right_kept'][j]:>10.1f}%"
         )
+    for kind, rates in info.get("false_match_by_kind", {}).items():
+        lines.append(f"  false match on {kind}: " + " / ".join(f"{100 * r:.1f}" for r in rates) + " %")
     confidence = info.get("confidence")
     how = f" at {100 * confidence:g} % confidence" if confidence else ""
     lines.append(

@@ -656,10 +656,12 @@ def calibrate_index(
     """Calibrates the match threshold of an index per query length and saves it.
 
     In-catalogue queries are cut from the index's tracks, out-of-catalogue ones from the
-    tracks of `unknown_dir` (not in the index), both at random positions with the
+    audio files of `unknown_dir` (not in the index), both at random positions with the
     degradation of `evaluate` (`n_queries` in-catalogue, `n_unknown` out-of-catalogue: the
     more, the lower the thresholds that `confidence` allows); `nnfp.catalogue.calibration.calibrate`
-    picks the thresholds. Saved
+    picks the thresholds. `unknown_dir` may be a list of folders of different kinds of
+    audio (music not in the index, environmental noise, speech): `n_unknown` queries are
+    cut from each, and each kind must meet the target on its own. Saved
     to `out` (default `INDEX/calibration.json`, which `Identifier` then uses; write it
     next to a model, e.g. `nnfp/weights/default.calibration.json`, to ship it with the
     model: every index built with that model copies it).
@@ -684,21 +686,28 @@ def calibrate_index(
     seconds = max(lengths_seconds)
     known_waves, known_info = index_queries(identifier, n_queries, seconds, degradation, seed, aligned=False)
     n_unknown = n_queries if n_unknown is None else int(n_unknown)
-    unknown_waves, _ = index_queries(
-        identifier, n_unknown, seconds, degradation, seed + 1, aligned=False, unknown_dir=unknown_dir
-    )
+    folders = [unknown_dir] if isinstance(unknown_dir, (str, Path)) else list(unknown_dir)
+    names = [Path(folder).name for folder in folders]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Out-of-catalogue folders need distinct names (they name the kinds). Received: {folders}")
     known = run_queries(identifier, known_waves, lengths_seconds, progress=progress)
-    unknown = run_queries(identifier, unknown_waves, lengths_seconds, progress=progress)
+    unknown = {}
+    for i, (name, folder) in enumerate(zip(names, folders, strict=True)):
+        waves, _ = index_queries(
+            identifier, n_unknown, seconds, degradation, seed + 1 + i, aligned=False, unknown_dir=folder
+        )
+        unknown[name] = run_queries(identifier, waves, lengths_seconds, progress=progress)["scores"][..., 0]
     error = np.abs(known["offsets"][..., 0] - known_info["offset_s"][:, None])
     right = (known["tracks"][..., 0] == known_info["track"][:, None]) & (error <= OFFSET_TOLERANCE_S + 1e-6)
     calibration = calibrate(
-        list(lengths_seconds), known["scores"][..., 0], right, unknown["scores"][..., 0], target_false_match,
-        confidence=confidence,
+        list(lengths_seconds), known["scores"][..., 0], right, unknown[names[0]] if len(names) == 1 else unknown,
+        target_false_match, confidence=confidence,
     )
     calibration.info.update(
         phases=phases, refine="all" if refine is None else int(refine), interpolate=int(interpolate),
         k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),
-        unknown_dir=str(Path(unknown_dir).absolute()), snr_db_range=list(snr_db_range),
+        unknown_dir=str(Path(folders[0]).absolute()) if len(folders) == 1 else [str(Path(f).absolute()) for f in folders],
+        snr_db_range=list(snr_db_range),
         noise=str(noise_dir) if noise_dir else ("generated" if add_noise else "none"),
         impulse_responses=str(ir_dir) if ir_dir else ("generated" if add_reverb else "none"),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

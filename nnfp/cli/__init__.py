@@ -523,13 +523,15 @@ def build_parser():
         help="calibrate the match threshold per query length (<= 1 %% false matches) into INDEX_DIR/calibration.json",
     )
     p.add_argument("index_dir")
-    p.add_argument("--unknown", required=True, help="folder of tracks NOT in the index (out-of-catalogue queries)")
+    p.add_argument("--unknown", required=True, nargs="+", metavar="DIR",
+                   help="folders of audio NOT in the index (out-of-catalogue queries); several folders are "
+                        "kinds (e.g. music, noise, speech), each held to the target on its own")
     p.add_argument("--out", default=None, help="where to write it (default INDEX_DIR/calibration.json; "
                    "MODEL.calibration.json next to a .keras model ships it with the model)")
     p.add_argument("--n-queries", type=_positive_int, default=500, help="queries of each kind (default 500)")
     p.add_argument("--lengths", type=float, nargs="+", default=[1, 2, 3, 5, 6, 10], help="query lengths in seconds")
     p.add_argument("--n-unknown", type=_positive_int, default=None,
-                   help="out-of-catalogue queries (default: --n-queries; 1000 lets a 1 %% target at 95 %% "
+                   help="out-of-catalogue queries per folder (default: --n-queries; 1000 lets a 1 %% target at 95 %% "
                    "confidence admit 4 false matches)")
     p.add_argument("--target", type=_finite_float, default=0.01, help="false-match rate allowed (default 0.01)")
     p.add_argument("--confidence", type=_finite_float, default=0.95,
@@ -581,8 +583,9 @@ def build_parser():
     p.add_argument("--rate", type=int, default=8000, help="sample rate of the PCM on stdin (default 8000)")
     p.add_argument("--window", type=_finite_float, default=5.0, help="seconds of audio per searched window (default 5)")
     p.add_argument("--max-gap", dest="max_gap", type=_finite_float, default=30.0,
-                   help="a play survives this many seconds without a match and goes on if its track "
-                        "returns at the same alignment; it is reported at most this long after it ends (default 30)")
+                   help="a play survives this many seconds without a match (longer while its track stays "
+                        "among the best places at its alignment) and goes on if its track returns at the same "
+                        "alignment; it is reported at most this long after it was last heard (default 30)")
     p.add_argument("--min-score", type=_finite_float, default=None,
                    help="window score threshold (default: the index's calibrated threshold)")
     p.add_argument("--k-probe", type=_positive_int, default=DEFAULT_K_PROBE)

@@ -2,6 +2,8 @@
 
 `FingerprintDB.save` records the size and SHA-256 of every file of the folder and a digest
 of `tracks.json`'s own content; `integrity_problems` compares a folder with that record.
+`calibration.json` is left out: it is a decision setting that `nnfp index calibrate`
+replaces in place (atomically), and `Calibration.load` validates it with its own error.
 No faiss here: the checks read files only (`nnfp.store.db.verify_db` also loads them).
 """
 
@@ -31,13 +33,16 @@ class CorruptIndexError(ValueError):
     the file and what to do."""
 
 
+UNRECORDED = ("tracks.json", "calibration.json")  # tracks.json: its own digest; calibration: replaceable
+
+
 def file_records(directory):
-    """`{relative name: {"size", "sha256"}}` of every file under `directory` except tracks.json."""
+    """`{relative name: {"size", "sha256"}}` of every file under `directory` except `UNRECORDED`."""
     directory = Path(directory)
     records = {}
     for path in sorted(directory.rglob("*")):
         name = path.relative_to(directory).as_posix()
-        if path.is_file() and name != "tracks.json":
+        if path.is_file() and name not in UNRECORDED:
             records[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     return records
 
@@ -68,6 +73,8 @@ def integrity_problems(directory, meta, checksums):
     if checksums and integrity.get("tracks_sha256") != meta_digest(meta):
         problems.append(f"{directory / 'tracks.json'}: content does not match its checksum (edited or damaged)")
     for name, record in integrity.get("files", {}).items():
+        if name in UNRECORDED:  # recorded by indexes saved before calibration.json was left out
+            continue
         path = directory / name
         if not path.is_file():
             problems.append(f"{path}: missing")
