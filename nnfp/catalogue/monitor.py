@@ -40,7 +40,7 @@ _LIVE_CANDIDATES = 64  # open candidate plays kept at once (the oldest unconfirm
 _STEP_MARGIN = 0.1  # aligned-similarity drop that marks a play's boundary
 _CANDIDATE_GAP_SECONDS = 10.0  # an unconfirmed candidate lasts this long without an agreeing window
 # Mean similarity of two tracks' aligned DB fingerprints over a window above which they hold
-# the same recording there (`_Monitor._same_audio`). In a 240-track index, windows of two
+# the same recording there (`_Monitor._same_audio`). In the 68-track held-out index, windows of two
 # different tracks reached at most 0.80 (285k random pairs); a game's `menu` and the
 # `menu_enhanced` it was cut from: median 0.97.
 _SAME_AUDIO = 0.9
