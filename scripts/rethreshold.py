@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Answered-right and false-match rates of saved `nnfp evaluate` scores under other thresholds.
+
+    python scripts/rethreshold.py CALIBRATION.json [CALIBRATION.json ...] -- SCORES.npz [SCORES.npz ...]
+
+Each SCORES.npz is the `scores.npz` of an `nnfp evaluate --out` folder (top-1 score, track
+and offset of every query and length). For every calibration file, prints per length the
+in-catalogue queries answered right (right track, |offset error| <= 0.5 s, score >= the
+threshold; only when the run had in-catalogue queries) and the out-of-catalogue queries
+that matched, in %. With the calibration the run used, the rows equal what `evaluate`
+printed; with another one they show its trade-off without searching again.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+OFFSET_TOLERANCE_S = 0.5
+
+
+def rates(scores_path, thresholds):
+    """`{metric: [% per length]}` of one `scores.npz` at `thresholds` (one per length)."""
+    saved = np.load(scores_path)
+    if len(thresholds) != len(saved["lengths_seconds"]):
+        raise SystemExit(f"{scores_path}: {len(saved['lengths_seconds'])} lengths, but {len(thresholds)} thresholds")
+    out = {}
+    if len(saved["raw_scores"]):
+        scores = np.nan_to_num(saved["raw_scores"][:, :, 0], nan=-np.inf)
+        error = np.abs(saved["raw_offsets"][:, :, 0] - saved["query_offset_s"][:, None])
+        right = (saved["raw_tracks"][:, :, 0] == saved["query_track"][:, None]) & (error <= OFFSET_TOLERANCE_S + 1e-6)
+        out["answered right"] = [100 * np.mean(right[:, j] & (scores[:, j] >= t)) for j, t in enumerate(thresholds)]
+    if len(saved["raw_unknown_scores"]):
+        unknown = np.nan_to_num(saved["raw_unknown_scores"][:, :, 0], nan=-np.inf)
+        out["false match"] = [100 * np.mean(unknown[:, j] >= t) for j, t in enumerate(thresholds)]
+    return out
+
+
+def main(argv):
+    from nnfp.catalogue.calibration import Calibration
+
+    if "--" not in argv:
+        raise SystemExit(__doc__)
+    split = argv.index("--")
+    calibrations = [(Path(path).name, Calibration.load(path)) for path in argv[:split]]
+    for scores_path in argv[split + 1 :]:
+        lengths = np.load(scores_path)["lengths_seconds"]
+        print(f"{scores_path}: " + " | ".join(f"{s:g} s" for s in lengths))
+        for name, calibration in calibrations:
+            thresholds = [calibration.threshold(s) for s in lengths]
+            for metric, values in rates(scores_path, thresholds).items():
+                print(f"  {metric:>14} | {name:>28} | " + " | ".join(f"{v:5.1f}" for v in values))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
