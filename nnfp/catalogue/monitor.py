@@ -200,6 +200,18 @@ class _Monitor:
         numbers, fingerprints, hits = zip(*picked, strict=True)
         return np.array(numbers), np.stack(fingerprints), np.stack(hits)
 
+    def _track_rows(self, candidate, numbers):
+        """DB rows of `candidate`'s track aligned with recording segments `numbers`, and
+        which of them lie inside the track."""
+        begin, end = self.rows_of[candidate.track_id]
+        rows = begin + np.round((numbers * self.hop_s + candidate.delta) / self.hop_s).astype(np.int64)
+        return rows, (rows >= begin) & (rows < end)
+
+    def _at_alignment(self, candidate, match, t):
+        """`match` (of a window starting at recording time `t`) is `candidate`'s track at
+        its alignment, within the tolerance."""
+        return match.track_id == candidate.track_id and abs(match.offset_s - t - candidate.delta) <= self.tolerance
+
     def _aligned_similarity(self, candidate, lo, hi):
         """Similarity of recording segments lo..hi to the track segments aligned with them.
 
@@ -211,9 +223,7 @@ class _Monitor:
         numbers, query, _ = self._segments(lo, hi)
         if query is None:
             return numbers, np.zeros(0)
-        begin, end = self.rows_of[candidate.track_id]
-        rows = begin + np.round((numbers * self.hop_s + candidate.delta) / self.hop_s).astype(np.int64)
-        inside = (rows >= begin) & (rows < end)
+        rows, inside = self._track_rows(candidate, numbers)
         numbers, rows, query = numbers[inside], rows[inside], query[inside]
         sims = np.einsum("nd,nd->n", np.asarray(self.db.embeddings[rows], np.float32), query)
         return numbers, sims
@@ -371,23 +381,15 @@ class _Monitor:
         one row either way and half a row either way (normalised mixes of neighbouring
         rows, as `FingerprintDB.interpolated_scores`); the best mean similarity counts.
         """
-        begin, end = self.rows_of[candidate.track_id]
-        numbers = np.arange(w, w + self.window)
-        rows = begin + np.round((numbers * self.hop_s + candidate.delta) / self.hop_s).astype(np.int64)
+        rows, inside = self._track_rows(candidate, np.arange(w, w + self.window))
         other_begin, other_end = self.rows_of[track_id]
-        other = other_begin + int(round(offset_s / self.hop_s)) + np.arange(self.window)
-        if rows[0] < begin or rows[-1] >= end or other[0] - 1 < other_begin or other[-1] + 1 >= other_end:
+        start = other_begin + int(round(offset_s / self.hop_s))
+        # One row either way must stay in the other track (its last row: other_end - 1).
+        if not inside.all() or start - 1 < other_begin or start + self.window >= other_end:
             return False
-        embeddings = self.db.embeddings
-        mine = np.asarray(embeddings[rows], np.float32)
-        theirs = np.asarray(embeddings[other[0] - 1 : other[-1] + 2], np.float32)  # one row either side
-        halves = theirs[:-1] + theirs[1:]
-        halves /= np.maximum(np.linalg.norm(halves, axis=1, keepdims=True), 1e-12)
-        n = self.window
-        best = max(
-            [float(np.einsum("nd,nd->n", mine, theirs[s : s + n]).mean()) for s in range(3)]
-            + [float(np.einsum("nd,nd->n", mine, halves[s : s + n]).mean()) for s in range(2)]
-        )
+        mine = np.asarray(self.db.embeddings[rows], np.float32)
+        starts = np.array([start - 1, start, start + 1])
+        best = max(self.db.sequence_scores(mine, starts).max(), self.db.interpolated_scores(mine, starts[:2], 0.5).max())
         return best >= _SAME_AUDIO
 
     @staticmethod
@@ -421,8 +423,7 @@ class _Monitor:
         """
         for candidate in self.candidates:
             if candidate.confirmed and candidate.latest < w and not any(candidate is b for b in busy):
-                if any(m.track_id == candidate.track_id and abs(m.offset_s - t - candidate.delta) <= self.tolerance
-                       for m in places):
+                if any(self._at_alignment(candidate, m, t) for m in places):
                     candidate.heard = w
 
     def _lead_in(self, candidate):
@@ -439,9 +440,7 @@ class _Monitor:
         for w, places in reversed(self.history):
             if w >= candidate.first:
                 continue
-            top = places[0] if places else None
-            if (top is not None and top.track_id == candidate.track_id
-                    and abs(top.offset_s - w * self.hop_s - candidate.delta) <= self.tolerance):
+            if places and self._at_alignment(candidate, places[0], w * self.hop_s):
                 first, misses = w, 0
             else:
                 misses += self.step
