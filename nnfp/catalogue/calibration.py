@@ -164,8 +164,8 @@ def allowed_false_matches(n, target_false_match, confidence=0.95):
     return k
 
 
-def _class_thresholds(unknown, allowed):
-    """Per length, just above the (allowed + 1)-th best out-of-catalogue score of one class."""
+def _kind_thresholds(unknown, allowed):
+    """Per length, just above the (allowed + 1)-th best out-of-catalogue score of one kind."""
     thresholds = []
     for j in range(unknown.shape[1]):
         found = unknown[:, j][np.isfinite(unknown[:, j])]
@@ -212,10 +212,8 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
         raise ValueError(f"`target_false_match` must be in [0, 1). Received: {target_false_match}")
     if confidence is not None and not 0 < confidence < 1:
         raise ValueError(f"`confidence` must be in (0, 1) or None. Received: confidence={confidence}")
-    per_kind = {
-        kind: _class_thresholds(scores, allowed_false_matches(len(scores), target_false_match, confidence))
-        for kind, scores in kinds.items()
-    }
+    allowed = {kind: allowed_false_matches(len(scores), target_false_match, confidence) for kind, scores in kinds.items()}
+    per_kind = {kind: _kind_thresholds(scores, allowed[kind]) for kind, scores in kinds.items()}
     # Rounded up: stored scores stay on the safe side.
     thresholds = [round(max(values) + 5e-5, 4) for values in zip(*per_kind.values(), strict=True)]
     unknown = np.concatenate(list(kinds.values()))
@@ -233,10 +231,10 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
         "n_known": int(len(known)),
         "n_unknown": int(len(unknown)),
         "confidence": confidence,
-        "allowed_false_matches": int(max(allowed_false_matches(len(unknown), target_false_match, confidence), 0))
-        if None in kinds else {kind: int(max(allowed_false_matches(len(v), target_false_match, confidence), 0))
-                               for kind, v in kinds.items()},
+        "allowed_false_matches": {kind: int(max(k, 0)) for kind, k in allowed.items()},
     }
+    if None in kinds:  # one kind: the plain count, as files written before kinds hold it
+        info["allowed_false_matches"] = info["allowed_false_matches"][None]
     if None not in kinds:
         info["false_match_by_kind"] = {kind: false_rate(scores) for kind, scores in kinds.items()}
         info["n_unknown_by_kind"] = {kind: int(len(scores)) for kind, scores in kinds.items()}
