@@ -16,23 +16,32 @@ from pathlib import Path
 
 import numpy as np
 
-OFFSET_TOLERANCE_S = 0.5
-
 
 def rates(scores_path, thresholds):
-    """`{metric: [% per length]}` of one `scores.npz` at `thresholds` (one per length)."""
+    """`{metric: [% per length]}` of one `scores.npz` at `thresholds` (one per length),
+    counted as `nnfp evaluate` counts them (`hit_rates`; queries too short for a length
+    are left out of it)."""
+    from nnfp.catalogue.evaluation import hit_rates
+
     saved = np.load(scores_path)
     if len(thresholds) != len(saved["lengths_seconds"]):
         raise SystemExit(f"{scores_path}: {len(saved['lengths_seconds'])} lengths, but {len(thresholds)} thresholds")
+
+    def decided(scores):
+        return np.nan_to_num(scores[:, :, 0], nan=-np.inf) >= np.asarray(thresholds)
+
     out = {}
     if len(saved["raw_scores"]):
-        scores = np.nan_to_num(saved["raw_scores"][:, :, 0], nan=-np.inf)
-        error = np.abs(saved["raw_offsets"][:, :, 0] - saved["query_offset_s"][:, None])
-        right = (saved["raw_tracks"][:, :, 0] == saved["query_track"][:, None]) & (error <= OFFSET_TOLERANCE_S + 1e-6)
-        out["answered right"] = [100 * np.mean(right[:, j] & (scores[:, j] >= t)) for j, t in enumerate(thresholds)]
+        hits = hit_rates(
+            saved["raw_rows"], saved["query_true_row"], saved["raw_tracks"], saved["query_track"], saved["raw_valid"],
+            predicted_offsets=saved["raw_offsets"], true_offsets=saved["query_offset_s"],
+            decided=decided(saved["raw_scores"]),
+        )
+        out["answered right"] = list(hits["answered_right"])
     if len(saved["raw_unknown_scores"]):
-        unknown = np.nan_to_num(saved["raw_unknown_scores"][:, :, 0], nan=-np.inf)
-        out["false match"] = [100 * np.mean(unknown[:, j] >= t) for j, t in enumerate(thresholds)]
+        valid = saved["raw_unknown_valid"]
+        matched = (decided(saved["raw_unknown_scores"]) & valid).sum(axis=0)
+        out["false match"] = list(100.0 * matched / np.maximum(valid.sum(axis=0), 1))
     return out
 
 
