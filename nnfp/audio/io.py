@@ -2,7 +2,12 @@
 
 libsndfile (through soundfile) reads wav/flac/ogg/mp3/aiff...; anything else FFmpeg decodes
 (m4a/AAC, 3gp/AMR, wma, webm, the audio track of a video) is read through PyAV. soxr
-resamples. This is the only module that imports soxr and PyAV.
+resamples. This is the only module that imports soundfile, soxr and PyAV.
+
+Decoders return only what the file holds: a file's length comes from decoding it, never from
+its header (a truncated mp3's header still claims the whole song), and a file that decodes
+shorter than its header says, or stops on a decoding error, is reported with a
+`TruncatedAudioWarning`.
 """
 
 from __future__ import annotations
@@ -10,14 +15,23 @@ from __future__ import annotations
 import collections
 import itertools
 import pathlib
+import warnings
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["AudioError", "AudioInfo", "audio_info", "load_audio", "resample", "stream_audio", "stream_resampler"]
+__all__ = [
+    "AudioError", "AudioInfo", "TruncatedAudioWarning", "audio_info", "load_audio", "resample",
+    "stream_audio", "stream_resampler",
+]  # fmt: skip
 
-_LOAD_BLOCK_SECONDS = 64.0  # decoding block of load_audio (bounds its native-rate buffers)
+_LOAD_BLOCK_SECONDS = 64.0  # output block of load_audio
+_READ_FRAMES = 1 << 16  # frames per libsndfile read: bounds the native-rate buffers
+# Decoding may end this much before the header's length without a warning: encoder delay and
+# padding, and lengths that FFmpeg estimates from the file size and bit rate.
+_TRUNCATION_TOLERANCE_SECONDS = 0.5
+_TRUNCATION_TOLERANCE_FRACTION = 0.01
 
 
 class AudioError(ValueError):
@@ -36,6 +50,57 @@ class AudioError(ValueError):
     def __reduce__(self):
         return (type(self), (self.path, self.reason))
 
+
+class TruncatedAudioWarning(UserWarning):
+    """A file that decodes shorter than its header says, or stops on a decoding error.
+
+    The audio that decoded is returned, and nothing in place of the rest. The message starts
+    with the file path and gives both lengths, e.g. "cut.mp3: truncated or damaged: the header
+    says 160.0 s, only 80.0 s decode; using the 80.0 s that exist".
+
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     x = load_audio("cut.mp3")
+    >>> [w.message.decoded_seconds for w in caught if w.category is TruncatedAudioWarning]
+    [80.0]
+
+    Attributes:
+        path: the file.
+        header_seconds: the length its header claims (None when it claims none).
+        decoded_seconds: the length that decoded, and was returned.
+        error: the decoding error that ended the stream early (None for a plain short read).
+    """
+
+    def __init__(self, path, header_seconds, decoded_seconds, error=None):
+        self.path = pathlib.Path(path)
+        self.header_seconds = header_seconds
+        self.decoded_seconds = decoded_seconds
+        self.error = error
+        claim = f"the header says {header_seconds:.1f} s, " if header_seconds is not None else ""
+        stop = f" (decoding stopped on {error})" if error else ""
+        super().__init__(
+            f"{path}: truncated or damaged: {claim}only {decoded_seconds:.1f} s decode{stop}; "
+            f"using the {decoded_seconds:.1f} s that exist"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.header_seconds, self.decoded_seconds, self.error))
+
+
+class _Decoding:
+    """What a decoder learned about one file, checked once its stream ends."""
+
+    def __init__(self):
+        self.rate = None  # native rate of the decoded frames
+        self.header_seconds = None  # the length the file claims, if it claims one
+        self.frames = 0  # native frames decoded
+        self.error = None  # the error that ended decoding after some audio
+
+    def warn_if_short(self, path):
+        decoded, header = self.frames / self.rate, self.header_seconds
+        tolerance = max(_TRUNCATION_TOLERANCE_SECONDS, _TRUNCATION_TOLERANCE_FRACTION * (header or 0))
+        if (header is not None and header - decoded > tolerance) or self.error is not None:
+            # stacklevel 3: the caller of `stream_audio`'s iterator (load_audio, a fingerprinter...)
+            warnings.warn(TruncatedAudioWarning(path, header, decoded, self.error), stacklevel=3)
 
 
 def _checked_path(path, sample_rate):
@@ -65,8 +130,12 @@ def _undecodable(path, sndfile_error, exc):
     )
 
 
-def _ffmpeg_blocks(path, sndfile_error):
-    """Yields `(file rate, mono float32 frame)` for the first audio stream, decoded by FFmpeg."""
+def _ffmpeg_blocks(path, sndfile_error, decoding):
+    """Yields mono float32 frames of the first audio stream, decoded by FFmpeg packet by packet.
+
+    A decoding error after some audio (a file cut through its last packet) ends the stream;
+    `decoding` records it, with the rate, the header's length and the frames decoded.
+    """
     import av  # only for what libsndfile cannot read
 
     try:
@@ -77,25 +146,57 @@ def _ffmpeg_blocks(path, sndfile_error):
         if not container.streams.audio:
             kinds = sorted({s.type for s in container.streams}) or ["no streams"]
             raise AudioError(path, f"no audio stream (FFmpeg found: {', '.join(kinds)})")
+        stream = container.streams.audio[0]
+        decoding.header_seconds = _ffmpeg_seconds(av, container, stream)
         # Planar float at the first frame's rate and layout: later frames are converted to it.
         resampler = av.AudioResampler(format="fltp")
         try:
-            for frame in container.decode(container.streams.audio[0]):
+            for frame in itertools.chain(container.decode(stream), [None]):
                 for out in resampler.resample(frame):
-                    yield out.sample_rate, out.to_ndarray().mean(axis=0, dtype=np.float32)
-            for out in resampler.resample(None):
-                yield out.sample_rate, out.to_ndarray().mean(axis=0, dtype=np.float32)
+                    decoding.rate = out.sample_rate
+                    decoding.frames += out.samples
+                    yield out.to_ndarray().mean(axis=0, dtype=np.float32)
         except av.FFmpegError as exc:
-            raise _undecodable(path, sndfile_error, exc) from exc
+            if not decoding.frames:
+                raise _undecodable(path, sndfile_error, exc) from exc
+            decoding.error = f"FFmpeg {type(exc).__name__}: {exc}"
 
 
-def _soundfile_blocks(path, handle, block_frames):
+def _ffmpeg_seconds(av, container, stream):
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _soundfile_blocks(path, handle, decoding):
+    """Yields mono float32 blocks of what libsndfile decodes, up to its first short read.
+
+    Every read is explicit and ends the stream when it comes back short: the header's frame
+    count is not the length (mp3 Xing/VBRI headers of a cut file claim the whole song, and
+    `SoundFile.blocks` fills the missing part with its previous buffer or zeros). A decoding
+    error after some audio (a cut FLAC) also ends the stream; `decoding` records it.
+    """
     with handle:
-        try:
-            for block in handle.blocks(block_frames, dtype="float32", always_2d=True):
+        decoding.rate = handle.samplerate
+        if 0 <= handle.frames < 2**62:  # not SF_COUNT_MAX, "unknown"
+            decoding.header_seconds = handle.frames / handle.samplerate
+        while True:
+            try:
+                # soundfile caps a read at the header's remaining frames, never allocates more.
+                block = handle.read(_READ_FRAMES, dtype="float32", always_2d=True)
+            except Exception as exc:  # LibsndfileError, RuntimeError...
+                if not decoding.frames:
+                    reason = f"cannot decode audio ({type(exc).__name__}: {exc})"
+                    raise AudioError(path, reason) from exc
+                decoding.error = f"libsndfile {type(exc).__name__}: {exc}"
+                return
+            if len(block):
+                decoding.frames += len(block)
                 yield block.mean(axis=1, dtype=np.float32)
-        except Exception as exc:
-            raise AudioError(path, f"cannot decode audio ({type(exc).__name__}: {exc})") from exc
+            if len(block) < _READ_FRAMES:
+                return
 
 
 def _finite(path, mono):
@@ -113,6 +214,10 @@ def load_audio(path, sample_rate=8000):
 
     Raises:
         AudioError: missing, empty, undecodable, zero-length, or non-finite audio.
+
+    Warns:
+        TruncatedAudioWarning: the file decodes shorter than its header says, or a decoding
+            error ends it early (a cut or damaged file); what decoded is returned.
     """
     blocks = list(stream_audio(path, sample_rate, block_seconds=_LOAD_BLOCK_SECONDS))
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
@@ -130,31 +235,33 @@ def stream_audio(path, sample_rate=8000, block_seconds=64.0):
 
     Raises:
         AudioError: as `load_audio`, possibly after some blocks were yielded.
+
+    Warns:
+        TruncatedAudioWarning: as `load_audio`, once, when decoding ends (before the last block).
     """
     if block_seconds <= 0:
         raise ValueError(f"block_seconds must be > 0. Received: block_seconds={block_seconds}")
     path = _checked_path(path, sample_rate)
     out_samples = max(1, int(round(block_seconds * sample_rate)))
+    decoding = _Decoding()
     handle, sndfile_error = _open_soundfile(path)
     if handle is not None:
-        file_rate = handle.samplerate
-        native = _soundfile_blocks(path, handle, max(1, int(block_seconds * file_rate)))
+        native = _soundfile_blocks(path, handle, decoding)
     else:
-        frames = _ffmpeg_blocks(path, sndfile_error)
-        first = next(frames, None)
-        if first is None:
-            raise AudioError(
-                path,
-                f"cannot decode audio: libsndfile cannot read it ({sndfile_error}) and FFmpeg "
-                "decoded no samples from it (zero-length audio, or not audio at all)",
-            )
-        file_rate = first[0]
-        native = itertools.chain([first[1]], (f for _, f in frames))
+        native = _ffmpeg_blocks(path, sndfile_error, decoding)
+    first = next(native, None)
+    if first is None and decoding.rate is None:
+        raise AudioError(
+            path,
+            f"cannot decode audio: libsndfile cannot read it ({sndfile_error}) and FFmpeg "
+            "decoded no samples from it (zero-length audio, or not audio at all)",
+        )
+    file_rate = decoding.rate  # FFmpeg's rate is its first frame's
     resampler = None
     if file_rate != sample_rate:
         resampler = stream_resampler(file_rate, sample_rate)
     pending, n_pending, n_yielded = [], 0, 0
-    for block in native:
+    for block in itertools.chain([] if first is None else [first], native):
         _finite(path, block)
         out = resampler.resample_chunk(block) if resampler is not None else block
         pending.append(out)
@@ -162,8 +269,8 @@ def stream_audio(path, sample_rate=8000, block_seconds=64.0):
         if n_pending >= out_samples:
             joined = np.concatenate(pending)
             n_full = len(joined) - len(joined) % out_samples
-            for first in range(0, n_full, out_samples):
-                yield joined[first : first + out_samples].copy()
+            for start in range(0, n_full, out_samples):
+                yield joined[start : start + out_samples].copy()
             n_yielded += n_full
             pending, n_pending = [joined[n_full:]], len(joined) - n_full
     if resampler is not None:
@@ -171,6 +278,7 @@ def stream_audio(path, sample_rate=8000, block_seconds=64.0):
     tail = np.concatenate(pending) if pending else np.zeros(0, np.float32)
     if n_yielded + len(tail) == 0:
         raise AudioError(path, "contains no samples (zero-length audio)")
+    decoding.warn_if_short(path)  # decoding is over: before the last block, so no caller misses it
     if len(tail):
         yield np.ascontiguousarray(tail, dtype=np.float32)
 
@@ -182,7 +290,8 @@ def audio_info(path):
     """`AudioInfo(sample_rate, channels, seconds, format)` from the file header, without decoding.
 
     `seconds` is None when the container does not say (some streams are only measured by
-    decoding them).
+    decoding them). It is what the header claims: a cut or damaged file decodes shorter
+    (`load_audio` returns what decodes, with a `TruncatedAudioWarning`).
 
     Raises:
         AudioError: missing, empty or unreadable file.
@@ -202,13 +311,9 @@ def audio_info(path):
             if not container.streams.audio:
                 raise AudioError(path, "no audio stream")
             stream = container.streams.audio[0]
-            seconds = None
-            if stream.duration is not None and stream.time_base is not None:
-                seconds = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                seconds = container.duration / av.time_base
             return AudioInfo(
-                stream.codec_context.sample_rate, stream.codec_context.channels, seconds,
+                stream.codec_context.sample_rate, stream.codec_context.channels,
+                _ffmpeg_seconds(av, container, stream),
                 f"{container.format.name}/{stream.codec_context.name}",
             )
     except av.FFmpegError as exc:
