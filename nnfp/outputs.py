@@ -20,11 +20,14 @@ a reader or a killed run never sees half a file.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -230,7 +233,7 @@ _UMASK = _read_umask()
 
 
 @contextlib.contextmanager
-def atomic_directory(directory, kind="index"):
+def atomic_directory(directory, kind="index", own_names=None):
     """Yields a temporary folder beside `directory` that replaces it once the block succeeds.
 
     The new folder is marked as nnfp output of `kind` (`nnfp.outputs`). An existing
@@ -238,6 +241,11 @@ def atomic_directory(directory, kind="index"):
     else raises `OutputFolderError` before the block runs, and nothing is touched), and
     only when the new one is complete; on error the temporary folder is removed and
     `directory` is left as it was.
+
+    Entries of the old folder that the new one lacks are carried over, except `own_names`
+    (files of the old output that the new one drops), so a user's own files inside it
+    survive. The swap is one atomic exchange where the system has it (Linux): a reader
+    sees the old folder or the new one.
     """
     target = Path(directory).absolute()
     if target.exists():
@@ -254,18 +262,47 @@ def atomic_directory(directory, kind="index"):
         yield tmp
         write_marker(tmp, kind)
         if target.exists():
-            # A non-empty directory cannot be replaced in one rename: move the
-            # old one aside first so `target` is never half-written.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            old.rmdir()
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            # Files the user put in the folder (notes, a calibration backup) are not nnfp's
+            # to delete: they move into the new folder.
+            for name in os.listdir(target):
+                if not (tmp / name).exists() and name not in (own_names or ()):
+                    os.rename(target / name, tmp / name)
+            if not _exchange(tmp, target):
+                # No atomic exchange here: move the old folder aside first, so that
+                # `target` is never half-written (a reader may find it missing briefly).
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+                old.rmdir()
+                os.rename(target, old)
+                os.rename(tmp, target)
+                tmp = old
+            shutil.rmtree(tmp, ignore_errors=True)  # the old folder, now at the temporary name
         else:
             os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a, b):
+    """Swaps two paths in one step (Linux `renameat2(RENAME_EXCHANGE)`): a reader of `b`
+    sees the old folder or the new one, never neither. False where it is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without it
+        return False
+    raise OSError(error, os.strerror(error), str(b))
 
 
 def sha256_file(path):

@@ -46,3 +46,79 @@ def test_identify_options_are_checked_before_the_model_loads(tmp_path, capsys, o
         main(["identify", str(tmp_path / "no_index"), "query.wav", *option])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# Each numeric option is checked by one argparse type, the same in every command that has it.
+_COMMANDS = {
+    "identify": ["identify", "INDEX", "query.wav"],
+    "monitor": ["monitor", "INDEX", "broadcast.wav"],
+    "evaluate": ["evaluate", "INDEX", "--out", "OUT"],
+    "index build": ["index", "build", "AUDIO", "INDEX"],
+    "index add": ["index", "add", "INDEX", "AUDIO"],
+    "index merge": ["index", "merge", "AUDIO", "INDEX"],
+    "index calibrate": ["index", "calibrate", "INDEX", "--unknown", "AUDIO"],
+}
+_WHOLE = "expected a whole number >= 1"
+_OPTIONS = [
+    ("--threads", "0", _WHOLE, ["identify", "monitor", "evaluate"]),
+    ("--nprobe", "0", _WHOLE, ["identify", "monitor", "evaluate", "index build", "index merge"]),
+    ("--batch-size", "0", _WHOLE, ["index build", "index add", "monitor"]),
+    ("--chunk-files", "0", _WHOLE, ["index build", "index add"]),
+    ("--k-probe", "0", _WHOLE, ["identify", "monitor", "index calibrate", "evaluate"]),
+    ("--n-queries", "0", _WHOLE, ["index calibrate", "evaluate"]),
+    ("--n-unknown", "-2", _WHOLE, ["index calibrate", "evaluate"]),
+    ("--nlist", "0", _WHOLE, ["index build", "index merge", "evaluate"]),
+    ("--rate", "0", _WHOLE, ["monitor"]),
+    ("--window", "0", "expected a number > 0", ["monitor"]),
+    ("--hop", "0", "expected a number > 0", ["index build"]),
+    ("--lengths", "0", "expected a number > 0", ["index calibrate", "evaluate"]),
+    ("--max-gap", "-1", "expected a number >= 0", ["monitor"]),
+    ("--lock-timeout", "-1", "expected a number >= 0", ["index add"]),
+]
+
+
+@pytest.fixture()
+def audio_dir(tmp_path):
+    import soundfile as sf
+
+    from nnfp.corpus.synth import compose_track
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    sf.write(folder / "one.wav", compose_track(1, 3.0, 8000), 8000, subtype="PCM_16")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value", "message"),
+    [(command, option, value, message) for option, value, message, commands in _OPTIONS for command in commands],
+)
+def test_each_option_is_checked_alike_in_every_command_before_anything_is_written(
+    tmp_path, capsys, audio_dir, command, option, value, message
+):
+    names = {"INDEX": str(tmp_path / "index"), "AUDIO": str(audio_dir), "OUT": str(tmp_path / "out")}
+    argv = [names.get(arg, arg) for arg in _COMMANDS[command]] + [option, value]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {option}: {message}, received '{value}'" in err, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio"]  # no index, no .partial folder
+
+
+def test_a_keras_model_that_is_not_a_fingerprinter_is_named(tmp_path, capsys, audio_dir):
+    import keras
+
+    from nnfp.catalogue.fingerprint import load_model
+
+    plain = tmp_path / "plain.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(plain)
+    with pytest.raises(ValueError, match="not an nnfp fingerprinter") as error_info:
+        load_model(plain)
+    message = str(error_info.value)
+    assert str(plain) in message and "segment_samples" in message and "nnfp train" in message
+    assert main(["index", "build", str(audio_dir), str(tmp_path / "index"), "--model", str(plain), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nnfp index build: error:") and "\n" not in err and "not an nnfp fingerprinter" in err, err
+    assert not (tmp_path / "index").exists()

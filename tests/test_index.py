@@ -1,5 +1,6 @@
 """Index build/add, identify and evaluate end to end with a small model trained on the embedded corpus."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -79,7 +80,10 @@ def test_index_folder_is_complete_and_atomic(setup):
     assert isinstance(db.embeddings, np.memmap)  # exact vectors are read from disk at search time
     assert len(db.tracks) == 8 and db.n_segments == 8 * 23  # 12 s -> 23 segments on a 0.5 s hop
     assert db.index_type == "flat"
-    assert db.tracks[3] == {"track_id": 3, "path": "track_0003.wav", "duration_s": 12.0}
+    pcm, rate = sf.read(setup["music"] / "track_0003.wav", dtype="float32")  # written at the index rate
+    assert rate == 8000
+    digest = hashlib.sha256(pcm.astype(np.float32).tobytes()).hexdigest()  # of the decoded samples
+    assert db.tracks[3] == {"track_id": 3, "path": "track_0003.wav", "duration_s": 12.0, "pcm_sha256": digest}
     np.testing.assert_allclose(db.segment_start[:3], [0.0, 0.5, 1.0])
     assert db.metadata["sources"][0]["n_tracks"] == 8 and db.metadata["skipped"] == []
 

@@ -290,3 +290,107 @@ def test_read_ahead_keeps_order_raises_in_place_and_stops_with_its_consumer():
     stream.close()
     assert finished.wait(5)  # the producer stopped (it did not read the whole source)
     assert len(produced) <= 3 + 2
+
+
+def _stop_monitor(argv, signum, pcm=None, timeout=120):
+    """Runs `nnfp monitor ARGV --json` in a process of its own (PCM on its stdin, which stays
+    open), sends it `signum` once it has printed its first play; returns (exit code, plays, stderr)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nnfp.cli", "monitor", *argv, "--json"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        if pcm is not None:
+            process.stdin.write(pcm)
+            process.stdin.flush()
+        first = process.stdout.readline()
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+    return process.returncode, [json.loads(line) for line in (first + out).decode().splitlines()], err.decode()
+
+
+@pytest.mark.parametrize(("signum", "source"), [("SIGINT", "stdin"), ("SIGTERM", "file")])
+def test_a_stop_signal_reports_the_play_in_progress_as_cut_short(setup, tmp_path, signum, source):
+    # Ctrl-C or a service manager's SIGTERM: the play in progress comes out as a last line
+    # marked cut short, the seconds read go to stderr, and the exit code is 128 + the signal's.
+    import signal
+
+    t = setup["tracks"]
+    if source == "stdin":  # a then b, and the stream stays open: the reader waits for more
+        audio = _mix([t["a.wav"], t["b.wav"], _cut(t["c.wav"], 0, 20)], [0.0, 0.0])
+        pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+        argv, name = [str(setup["index"]), "-"], "-"
+    else:  # 20 min of a, b, c, a, ...: far from its end when the first play is out
+        path = tmp_path / "long.wav"
+        sf.write(path, np.concatenate([t["a.wav"], t["b.wav"], t["c.wav"]] * 10), RATE, subtype="PCM_16")
+        pcm, argv, name = None, [str(setup["index"]), str(path)], str(path)
+    code, plays, err = _stop_monitor(argv, getattr(signal, signum), pcm)
+    assert code == 128 + getattr(signal, signum), err[-3000:]
+    assert "Traceback" not in err and "Fatal Python error" not in err, err[-3000:]
+    assert plays[0]["track"] == "a.wav" and "cut_short" not in plays[0], plays
+    assert plays[-1]["cut_short"] is True and plays[-1]["track"] != plays[-2]["track"], plays
+    assert all("cut_short" not in p for p in plays[:-1]), plays
+    assert f"nnfp monitor: {name}: stopped by {signum} after " in err, err[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("pcm", "code", "note"),
+    [
+        (b"", 2, "-: read 0.0 s of audio (empty input; expected raw 16-bit little-endian mono PCM at --rate 8000 Hz)"),
+        (b"\x01", 2, "-: read 0.0 s of audio (an odd number of bytes, 1: expected raw 16-bit little-endian mono PCM"),
+        (bytes(2 * RATE * 6), 0, "-: read 6.0 s of audio (every sample is 0: silence)"),
+    ],
+    ids=["empty", "odd", "zeros"],
+)
+def test_stdin_says_how_much_audio_it_read(setup, capsys, monkeypatch, pcm, code, note):
+    class FakeStdin:
+        buffer = io.BytesIO(pcm)
+
+    monkeypatch.setattr("sys.stdin", FakeStdin())
+    capsys.readouterr()
+    assert main(["monitor", str(setup["index"]), "-"]) == code
+    captured = capsys.readouterr()
+    assert f"nnfp monitor: {note}" in captured.err, captured.err
+    assert captured.out.splitlines() == ["-:", "  (no catalogue track detected)"]
+
+
+def test_a_file_piped_to_stdin_is_named(setup, tmp_path, capsys, monkeypatch):
+    # A WAV file given as `-` is read as raw PCM, header and all: say so.
+    path = tmp_path / "a.wav"
+    sf.write(path, _cut(setup["tracks"]["a.wav"], 0, 20), RATE, subtype="PCM_16")
+
+    class FakeStdin:
+        buffer = io.BytesIO(path.read_bytes())
+
+    monkeypatch.setattr("sys.stdin", FakeStdin())
+    capsys.readouterr()
+    assert main(["monitor", str(setup["index"]), "-"]) == 0
+    err = capsys.readouterr().err
+    assert "nnfp monitor: -: read 20.0 s of audio (the input starts like a WAV file, not raw PCM" in err, err
+
+
+def test_identify_points_a_query_longer_than_every_track_to_monitor(setup, tmp_path, capsys):
+    t = setup["tracks"]
+    path = tmp_path / "long.wav"
+    sf.write(path, _mix([t["a.wav"], t["b.wav"]], [0.0]), RATE, subtype="PCM_16")
+    hint = (
+        "the query (80.0 s) is longer than every catalogue track (longest 40.0 s): "
+        "to find tracks inside a long recording use `nnfp monitor`"
+    )
+    capsys.readouterr()
+    main(["identify", str(setup["index"]), str(path)])
+    assert hint in capsys.readouterr().out
+    main(["identify", str(setup["index"]), str(path), "--json"])
+    assert json.loads(capsys.readouterr().out)["hint"] == hint
+    main(["identify", str(setup["index"]), str(_write(tmp_path / "short.wav", _cut(t["a.wav"], 0, 10))), "--json"])
+    assert "hint" not in json.loads(capsys.readouterr().out)
+
+
+def _write(path, audio):
+    sf.write(path, audio, RATE, subtype="PCM_16")
+    return path

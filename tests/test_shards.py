@@ -88,7 +88,9 @@ def test_sharded_build_equals_single_process_build(catalogue, index_args, tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["merged", "shards", "single"]  # no .partial/.tmp left
 
     single, merged = FingerprintDB.load(single_dir), FingerprintDB.load(merged_dir)
-    assert merged.tracks[0] == {"track_id": 0, "path": "sub/track_5.wav", "duration_s": 6.0}  # sorted paths
+    assert {k: merged.tracks[0][k] for k in ("track_id", "path", "duration_s")} == {
+        "track_id": 0, "path": "sub/track_5.wav", "duration_s": 6.0}  # sorted paths
+    assert merged.tracks == single.tracks  # PCM digests included
     rng = np.random.default_rng(0)
     queries = []
     for start, length in [(3, 4), (20, 6), (45, 1), (60, 9), (80, 3), (33, 2)]:

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["n_segments", "segment_starts", "segment_waveform"]
+__all__ = ["QUIET_DBFS", "n_segments", "quiet_segments", "segment_levels_db", "segment_starts", "segment_waveform"]
+
+# A segment whose varying part is quieter than this (RMS, dBFS: a full-scale square wave is
+# 0 dB) is dead air: digital silence, dither, the tail of a fade, a room with nothing playing.
+# The mel front end normalises every segment to its own maximum, so such a segment is
+# fingerprinted like any loud one and its fingerprint means nothing; the catalogue stores it
+# as a zero vector and queries and `nnfp monitor` leave it out.
+QUIET_DBFS = -60.0
 
 
 def _check(segment_samples, hop_samples):
@@ -43,3 +50,19 @@ def segment_waveform(audio, segment_samples, hop_samples):
     windows = np.lib.stride_tricks.sliding_window_view(audio, segment_samples)
     return windows[::hop_samples]
 
+
+
+def segment_levels_db(windows):
+    """(n, segment_samples) -> (n,) RMS level of each window's varying part, dBFS (-200 for silence)."""
+    windows = np.asarray(windows, dtype=np.float32)
+    if windows.ndim != 2:
+        raise ValueError(f"`windows` must have shape (n, segment_samples). Received: shape={windows.shape}")
+    if not len(windows):
+        return np.zeros(0)
+    power = np.var(windows, axis=1, dtype=np.float64)
+    return 10.0 * np.log10(np.maximum(power, 1e-20))
+
+
+def quiet_segments(windows, threshold_db=QUIET_DBFS):
+    """(n,) bool: which windows are dead air (`segment_levels_db` below `threshold_db`)."""
+    return segment_levels_db(windows) < float(threshold_db)

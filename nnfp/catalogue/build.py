@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from nnfp.catalogue.chunks import fingerprint_catalogue, hop_samples, list_catalogue, partial_dir
 from nnfp.catalogue.fingerprint import index_embedder, index_model_path, load_model, probe_entry
 from nnfp.defaults import INDEX_TYPES
@@ -38,6 +40,7 @@ __all__ = [
     "calibration_files",
     "index_lock",
     "index_metadata",
+    "lock_path",
     "model_file_name",
     "verify_index",
 ]
@@ -95,10 +98,39 @@ class IndexLockedError(TimeoutError):
     """Another process holds the lock of an index being changed."""
 
 
+LOCK_SUFFIX = ".nnfp-lock"
+_LOCK_TEXT = b"nnfp index lock: held while a process changes the index beside it\n"
+
+
+def lock_path(index_dir):
+    """The lock file of `index_dir`: `.<name>.nnfp-lock` beside it (the folder itself is
+    replaced by `save`, so the lock cannot live inside it)."""
+    index_dir = Path(index_dir).absolute()
+    return index_dir.with_name(f".{index_dir.name}{LOCK_SUFFIX}")
+
+
+def _open_lock(path, index_dir):
+    """Opens (creating) the lock file; refuses a file of that name that nnfp did not write."""
+    handle = open(path, "a+b")
+    handle.seek(0)
+    content = handle.read(len(_LOCK_TEXT) + 1)
+    if content and content != _LOCK_TEXT:
+        handle.close()
+        raise IndexLockedError(
+            f"{index_dir}: {path} exists and is not an nnfp lock file; nnfp will not use or delete "
+            "it: move it away, then run again"
+        )
+    if not content:
+        handle.write(_LOCK_TEXT)
+        handle.flush()
+    return handle
+
+
 @contextlib.contextmanager
 def index_lock(index_dir, timeout=None, log=None):
-    """Holds an exclusive lock for changing `index_dir` (`fcntl.flock` on `.<name>.lock`
-    beside it, removed afterwards: the folder itself is replaced by `save`).
+    """Holds the exclusive lock for changing `index_dir`: every writer of an index (build,
+    add, merge, calibrate) takes it (`fcntl.flock` on `lock_path(index_dir)`, removed
+    afterwards).
 
     Waits for another holder; `timeout` seconds (None: no limit) then `IndexLockedError`.
     `log` (e.g. `print`) is told once when it has to wait.
@@ -106,11 +138,12 @@ def index_lock(index_dir, timeout=None, log=None):
     import fcntl
 
     index_dir = Path(index_dir).absolute()
-    path = index_dir.with_name(f".{index_dir.name}.lock")
+    path = lock_path(index_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
     deadline = None if timeout is None else time.monotonic() + float(timeout)
     waiting = False
     while True:
-        handle = open(path, "a")
+        handle = _open_lock(path, index_dir)
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -137,15 +170,18 @@ def index_lock(index_dir, timeout=None, log=None):
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # ours: checked by `_open_lock`, and held
         handle.close()  # releases the lock
 
 
 def verify_index(index_dir, model=None, trust_model=False):
     """Checks everything of a saved index: every file against its recorded size and SHA-256,
-    that each loads, and that the model (the index's own, or `model`) reproduces the
-    probe fingerprints. Returns `(problems, notes)`: one-line messages (empty: intact)
-    and remarks (e.g. an older index without checksums)."""
+    that each loads, that its calibration (kept out of that record: `nnfp index calibrate`
+    replaces it) is there if the index was built with one and matches its own digest, and
+    that the model (the index's own, or `model`) reproduces the probe fingerprints.
+    Returns `(problems, notes)`: one-line messages (empty: intact) and remarks (e.g. an
+    older index without checksums)."""
+    from nnfp.catalogue.calibration import index_calibration
     from nnfp.store.db import verify_db
 
     index_dir = Path(index_dir)
@@ -158,6 +194,18 @@ def verify_index(index_dir, model=None, trust_model=False):
     metadata = FingerprintDB.load(index_dir, checksums=False).metadata
     if not metadata.get("probe"):
         notes.append(f"{index_dir}: no probe fingerprints recorded (built by an older nnfp); model not checked")
+    try:  # as `identify` would decide (an index built without a calibration is intact: no note)
+        calibration, calibration_notes = index_calibration(index_dir, metadata)
+        scores = calibration.min_score if calibration is not None else []
+        if calibration is not None:
+            notes.extend(calibration_notes)  # e.g. a file without a digest: not checked
+        if any(b > a for a, b in zip(scores, scores[1:], strict=False)):
+            notes.append(
+                f"{index_dir}: calibrated thresholds rise with query length ({calibration.min_score}); "
+                "expected to fall: recalibrate with more out-of-catalogue queries"
+            )
+    except ValueError as error:
+        problems.append(str(error))
     try:
         index_embedder(index_dir, metadata, int(metadata.get("sample_rate", 8000)), model, trust_model)
     except (FileNotFoundError, ValueError) as error:
@@ -184,6 +232,7 @@ def build_index(
     on_chunk=None,
     trust_model=False,
     overwrite=False,
+    lock_timeout=None,
     **index_params,
 ):
     """Fingerprints every audio file under `audio_dir` and saves a searchable index.
@@ -205,6 +254,9 @@ def build_index(
         chunk_files: files per resumable chunk.
         progress: print a progress bar to stderr.
         on_chunk: called with the chunk number after each chunk is saved.
+        overwrite: replace an existing nnfp index at `index_dir`.
+        lock_timeout: seconds to wait for another process changing `index_dir`
+            (`index_lock`; None: no limit), then `IndexLockedError`.
         **index_params: `FingerprintDB.build` arguments (nlist, m, nbits, nprobe,
             hnsw_m, ef_search, threads, train_size).
 
@@ -219,6 +271,21 @@ def build_index(
     index_dir = Path(index_dir).absolute()
     # Before anything is loaded or written: never into (or deleting) a user's folder.
     claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=[audio_dir])
+    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    # One writer at a time: a second build (or an add) of the same folder waits, then finds the
+    # first one's index and is refused without `overwrite` (checked again under the lock).
+    with index_lock(index_dir, timeout=lock_timeout, log=log):
+        claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=[audio_dir])
+        return _build_index(
+            audio_dir, index_dir, model, index_type, sample_rate, hop_seconds, batch_size, chunk_files,
+            progress, on_chunk, trust_model, index_params,
+        )
+
+
+def _build_index(
+    audio_dir, index_dir, model, index_type, sample_rate, hop_seconds, batch_size, chunk_files, progress,
+    on_chunk, trust_model, index_params,
+):
     embedder, model_path = load_model(model, trust_model=trust_model)
     root, relative = list_catalogue(audio_dir)
     work_dir = partial_dir(index_dir)
@@ -259,11 +326,36 @@ def _save_and_report(db, index_dir, model_file, model_path, work_dir, found):
     """Save `db` with its model atomically, drop the work dir, and report on the reloaded index."""
     adding = Path(model_path).absolute().parent == Path(index_dir).absolute()  # the index's own model
     calibration = calibration_files(model_path, index_dir if adding else None)
+    db.metadata["calibrated"] = bool(calibration)  # a missing calibration.json is then an error
     db.save(index_dir, extra_files={model_file: model_path, **calibration})
     del db
     found.store = None  # release the memory-mapped scratch store before deleting it
     shutil.rmtree(work_dir, ignore_errors=True)
     return IndexReport.from_catalogue(found, FingerprintDB.load(index_dir))
+
+
+def _drop_duplicates(found, indexed):
+    """Leaves out of `found` (a `Catalogue` to add) every track whose decoded audio is already
+    indexed, or came earlier in `found`, under another name (same `pcm_sha256`): one recording
+    twice in an index gives two matches no one can tell apart. They are listed in
+    `found.skipped`."""
+    seen = {track["pcm_sha256"]: track["path"] for track in indexed if track.get("pcm_sha256")}
+    dropped = set()
+    for track in found.tracks:
+        digest = track.get("pcm_sha256")
+        if digest in seen:
+            dropped.add(track["track_id"])
+            found.skipped.append(
+                [track["path"], f"the same audio as {seen[digest]!r}, already in the index (decoded samples identical); not added"]
+            )
+        elif digest:
+            seen[digest] = track["path"]
+    if not dropped:
+        return
+    found.tracks = [track for track in found.tracks if track["track_id"] not in dropped]
+    keep = ~np.isin(found.segment_track, list(dropped))
+    found.store = np.asarray(found.store)[keep] if found.tracks else None
+    found.segment_track, found.segment_start = found.segment_track[keep], found.segment_start[keep]
 
 
 def auto_index_type(n_segments):
@@ -330,6 +422,7 @@ def _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_ch
         root, relative, embedder, model_path, work_dir, meta["sample_rate"], db.hop_seconds,
         batch_size=batch_size, chunk_files=chunk_files, progress=progress, on_chunk=on_chunk,
     )
+    _drop_duplicates(found, db.tracks)
     first_id = db.next_track_id
     if found.store is not None:
         db.add(found.store, found.segment_track, found.segment_start, found.tracks)

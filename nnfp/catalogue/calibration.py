@@ -13,9 +13,18 @@ music (MODEL_CARD.md). It also reports the fraction of right answers of in-catal
 queries that the threshold keeps.
 
 Thresholds are stored as JSON:
-`{"lengths_s": [...], "min_score": [...], "target_false_match": 0.01, ...}`, next to
-a model (`default.keras` -> `default.calibration.json`; copied into every index built
-with it) or inside an index (`INDEX/calibration.json`, which takes precedence).
+`{"lengths_s": [...], "min_score": [...], "target_false_match": 0.01, ..., "sha256": ...}`,
+next to a model (`default.keras` -> `default.calibration.json`; copied into every index
+built with it) or inside an index (`INDEX/calibration.json`, which takes precedence).
+
+The decision's inputs check themselves. The file is left out of the index's integrity
+record (`nnfp index calibrate` replaces it), so it carries its own digest: `sha256` of its
+other content, written by `save` and compared by `load` (a file without one, written by an
+older nnfp, is accepted with a note). Thresholds are cosine scores, finite and within
+[-1, 1]. An index records whether it was built with a calibration (metadata `calibrated`;
+an index from before that record: whether the model it was built from has one), and
+`index_calibration` refuses an index whose calibration is missing or altered, unless a
+fixed threshold overrides it. `save_replacing` keeps the file it replaces as `<name>.bak`.
 
 >>> calibration = Calibration.load("my_index/calibration.json")
 >>> calibration.threshold(3.0)  # the 3 s threshold; shorter lengths use the shortest one
@@ -31,11 +40,41 @@ from pathlib import Path
 
 import numpy as np
 
-from nnfp.outputs import atomic_write_json
+from nnfp.defaults import DEFAULT_MIN_SCORE
+from nnfp.outputs import atomic_write_bytes, atomic_write_json
+from nnfp.store.integrity import meta_digest
 
-__all__ = ["INDEX_CALIBRATION_FILE", "Calibration", "calibrate", "format_calibration_table", "model_calibration_path"]
+__all__ = [
+    "INDEX_CALIBRATION_FILE",
+    "Calibration",
+    "CalibrationError",
+    "backup_path",
+    "calibrate",
+    "check_replaceable",
+    "check_sample_size",
+    "format_calibration_table",
+    "index_calibration",
+    "model_calibration_path",
+    "save_replacing",
+    "smallest_sample_size",
+]
 
 INDEX_CALIBRATION_FILE = "calibration.json"
+DIGEST_KEY = "sha256"  # the file's digest of the rest of its content
+SCORE_SLACK = 1e-3  # float32 inner products of unit vectors (and `calibrate`'s rounding up) pass +-1 by a hair
+WHAT_TO_DO = (
+    "restore it (`nnfp index calibrate` keeps the file it replaces beside it as <name>.bak), recalibrate "
+    "(`nnfp index calibrate INDEX --unknown DIR`), or pass `--min-score X`, which overrides it"
+)
+
+
+class CalibrationError(ValueError):
+    """A calibration that is missing where one was recorded, altered since it was written, or
+    invalid. The message names the file (`problem`) and what to do."""
+
+    def __init__(self, problem):
+        super().__init__(f"{problem}; {WHAT_TO_DO}")
+        self.problem = problem
 
 
 def model_calibration_path(model_path):
@@ -65,6 +104,8 @@ class Calibration:
     min_score: list
     target_false_match: float = 0.01
     info: dict = dataclasses.field(default_factory=dict)
+    # Remarks of `load` (a file without a digest), for the caller to show.
+    notes: list = dataclasses.field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.lengths_s = [float(x) for x in self.lengths_s]
@@ -76,8 +117,10 @@ class Calibration:
             )
         if any(b <= a for a, b in zip(self.lengths_s, self.lengths_s[1:], strict=False)):
             raise ValueError(f"`lengths_s` must increase. Received: lengths_s={self.lengths_s}")
-        if not all(np.isfinite(self.min_score)):
-            raise ValueError(f"`min_score` must be finite. Received: min_score={self.min_score}")
+        if not all(np.isfinite(self.min_score)) or any(abs(x) > 1 + SCORE_SLACK for x in self.min_score):
+            raise ValueError(
+                f"`min_score` must be finite and within [-1, 1] (cosine scores). Received: min_score={self.min_score}"
+            )
 
     def threshold(self, query_seconds):
         """The minimum score for a match of a `query_seconds` long query."""
@@ -93,26 +136,145 @@ class Calibration:
         }
 
     def save(self, path):
+        """Writes the JSON file (atomically) with the digest of its content."""
         path = Path(path)
-        atomic_write_json(path, self.to_json())
+        payload = self.to_json()
+        atomic_write_json(path, {**payload, DIGEST_KEY: _digest(payload)})
         return path
 
     @classmethod
     def load(cls, path):
+        """Reads a calibration file and checks it.
+
+        Raises:
+            CalibrationError: unreadable or not a calibration; its content does not match
+                its digest (altered since it was written); invalid thresholds.
+        """
         path = Path(path)
         try:
             payload = json.loads(path.read_text())
-            return cls(
-                payload.pop("lengths_s"),
-                payload.pop("min_score"),
-                payload.pop("target_false_match", 0.01),
-                info=payload,
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ValueError(
+            if not isinstance(payload, dict) or "lengths_s" not in payload or "min_score" not in payload:
+                raise ValueError("no `lengths_s` and `min_score`")
+        except (OSError, ValueError) as error:
+            raise CalibrationError(
                 f"{path}: not a calibration file ({type(error).__name__}: {error}); expected JSON "
-                '{"lengths_s": [...], "min_score": [...]}; recalibrate with `nnfp index calibrate`'
+                '{"lengths_s": [...], "min_score": [...]}'
             ) from error
+        digest = payload.pop(DIGEST_KEY, None)
+        if digest is not None and digest != _digest(payload):
+            raise CalibrationError(
+                f"{path}: altered since it was written (its content does not match its {DIGEST_KEY})"
+            )
+        try:
+            calibration = cls(
+                payload.pop("lengths_s"), payload.pop("min_score"), payload.pop("target_false_match", 0.01), info=payload
+            )
+        except (ValueError, TypeError) as error:
+            raise CalibrationError(f"{path}: invalid calibration ({error})") from error
+        if digest is None:
+            calibration.notes.append(
+                f"{path}: no digest (written by an older nnfp): accepted unchecked; recalibrate "
+                "(`nnfp index calibrate`) to have it checked"
+            )
+        return calibration
+
+
+def _digest(payload):
+    """SHA-256 of a calibration's JSON content (as read back, keys sorted), its digest left out."""
+    return meta_digest({key: value for key, value in payload.items() if key != DIGEST_KEY})
+
+
+def _expects_calibration(metadata):
+    """Whether an index was built with a calibration: its metadata's `calibrated`; an index from
+    before that record copied its model's calibration when the model had one."""
+    recorded = metadata.get("calibrated")
+    if recorded is not None:
+        return bool(recorded)
+    source = metadata.get("model_source")
+    return bool(source) and model_calibration_path(source).is_file()
+
+
+def index_calibration(index_dir, metadata, model=None, required=True):
+    """The calibration a saved index decides with, checked: `(Calibration or None, notes)`.
+
+    `INDEX/calibration.json` when present. Else, when the index was built with one (see
+    `_expects_calibration`), it is missing: an error. Else the calibration of `model` (a
+    model path overriding the index's) when it has one, else None (the caller's default
+    threshold applies; a note says so).
+
+    Args:
+        index_dir: the index folder.
+        metadata: the index's metadata (`FingerprintDB.metadata`).
+        model: a model path overriding the index's, or None.
+        required: False when a fixed threshold overrides the calibration: a missing,
+            altered or invalid one is then a note instead of an error.
+
+    Raises:
+        CalibrationError: (`required`) missing, altered or invalid.
+    """
+    path = Path(index_dir) / INDEX_CALIBRATION_FILE
+    try:
+        if path.is_file():
+            calibration = Calibration.load(path)
+            return calibration, list(calibration.notes)
+        if _expects_calibration(metadata):
+            raise CalibrationError(f"{path}: missing (the index was built with a calibration)")
+        own = model_calibration_path(model) if model is not None else None
+        if own is not None and own.is_file():
+            calibration = Calibration.load(own)
+            return calibration, [f"{path}: none; the calibration of the model {own} applies", *calibration.notes]
+    except CalibrationError as error:
+        if required:
+            raise
+        return None, [error.problem]
+    if not required:
+        return None, [f"{index_dir}: no calibration (built without one)"]
+    return None, [
+        f"{index_dir}: no calibration (built without one): the default threshold {DEFAULT_MIN_SCORE:g} applies, "
+        "which no false-match rate backs; calibrate it with `nnfp index calibrate`"
+    ]
+
+
+def backup_path(path):
+    """Where `save_replacing` keeps the file it replaces: `<name>.bak` beside it (the latest one)."""
+    path = Path(path)
+    return path.with_name(path.name + ".bak")
+
+
+def _is_calibration_file(path):
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and "lengths_s" in payload and "min_score" in payload
+
+
+def check_replaceable(path):
+    """Refuses (`ValueError`) to write a calibration over anything but a calibration file."""
+    path = Path(path)
+    if path.is_dir() or (path.exists() and not _is_calibration_file(path)):
+        raise ValueError(
+            f"{path}: exists and is not an nnfp calibration file; not overwriting it: choose another `--out` "
+            "or move it away"
+        )
+
+
+def save_replacing(calibration, path, any_file=False):
+    """Saves `calibration` at `path`, first copying the file there (if any) to `backup_path(path)`.
+
+    Only a calibration file is replaced (`check_replaceable`), unless `any_file` (the
+    calibration inside an index, however damaged, is the index's own). Returns the backup's
+    path, or None when there was nothing to replace.
+    """
+    path = Path(path)
+    if not any_file:
+        check_replaceable(path)
+    backup = None
+    if path.is_file():
+        backup = backup_path(path)
+        atomic_write_bytes(backup, path.read_bytes())
+    calibration.save(path)
+    return backup
 
 
 def binomial_upper_bound(k, n, confidence=0.95):
@@ -147,6 +309,54 @@ def binomial_upper_bound(k, n, confidence=0.95):
         else:
             high = middle
     return high
+
+
+def smallest_sample_size(target_false_match, confidence=0.95):
+    """Fewest out-of-catalogue queries that can show a false-match rate <= the target at `confidence`.
+
+    With none of n queries matching, the Clopper-Pearson upper bound is
+    1 - (1 - confidence) ** (1 / n); the smallest n where it is <= the target.
+
+    >>> smallest_sample_size(0.01, 0.95)  # 0 of 299: <= 0.997 %
+    299
+    """
+    if not 0 < target_false_match < 1:
+        raise ValueError(
+            f"`target_false_match` must be in (0, 1) to be shown at a confidence. Received: {target_false_match}"
+        )
+    if not 0 < confidence < 1:
+        raise ValueError(f"`confidence` must be in (0, 1). Received: confidence={confidence}")
+    n = max(1, math.ceil(math.log1p(-confidence) / math.log1p(-target_false_match)))
+    while binomial_upper_bound(0, n, confidence) > target_false_match:  # the closed form's rounding
+        n += 1
+    while n > 1 and binomial_upper_bound(0, n - 1, confidence) <= target_false_match:
+        n -= 1
+    return n
+
+
+def _percent(rate):
+    return f"{100 * rate:.3g} %"
+
+
+def check_sample_size(n_unknown, target_false_match, confidence=0.95):
+    """Refuses (`ValueError`) `n_unknown` out-of-catalogue queries (per kind) too few to show
+    `target_false_match` at `confidence` even if none of them matched. `confidence=None`
+    (point estimate) claims no confidence and is not checked."""
+    if confidence is None:
+        return
+    needed = smallest_sample_size(target_false_match, confidence)
+    n_unknown = int(n_unknown)
+    if n_unknown >= needed:
+        return
+    shown = binomial_upper_bound(0, n_unknown, confidence)
+    raise ValueError(
+        f"{n_unknown} out-of-catalogue queries per folder cannot show a false-match rate <= "
+        f"{_percent(target_false_match)} at {_percent(confidence)} confidence: with none of them matching "
+        f"they bound it at {_percent(shown)} only. {needed} queries are the fewest for the target "
+        f"(none matching bounds it at {_percent(binomial_upper_bound(0, needed, confidence))}): pass "
+        f"`--n-unknown {needed}` or more (default: `--n-queries`), a `--target` of at least "
+        f"{math.ceil(shown * 1000) / 1000:g}, or `--confidence 0` for a point estimate that claims no confidence"
+    )
 
 
 def allowed_false_matches(n, target_false_match, confidence=0.95):
@@ -199,8 +409,10 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
     Returns:
         A `Calibration`; `info` holds per length the right answers without a threshold
         (`right`), those kept by it (`right_kept`), the false-match rate reached
-        (`false_match`, over all out-of-catalogue queries), and the query counts; with
-        kinds, also `false_match_by_kind` and `n_unknown_by_kind`.
+        (`false_match`, over all out-of-catalogue queries), the query counts, and with a
+        `confidence` the upper bound of the false-match rate that the counts show
+        (`false_match_bound`, the worst kind's; above the target when there were too few
+        queries); with kinds, also `false_match_by_kind` and `n_unknown_by_kind`.
     """
     known = np.asarray(known_scores, np.float64)
     right = np.asarray(known_right, bool)
@@ -218,8 +430,11 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
     thresholds = [round(max(values) + 5e-5, 4) for values in zip(*per_kind.values(), strict=True)]
     unknown = np.concatenate(list(kinds.values()))
 
+    def false_counts(scores):
+        return [int(np.sum(np.nan_to_num(scores[:, j], nan=-np.inf) >= t)) for j, t in enumerate(thresholds)]
+
     def false_rate(scores):
-        return [float(np.mean(np.nan_to_num(scores[:, j], nan=-np.inf) >= t)) for j, t in enumerate(thresholds)]
+        return [count / len(scores) for count in false_counts(scores)]
 
     kept = [
         float(np.mean(right[:, j] & (np.nan_to_num(known[:, j], nan=-np.inf) >= t))) for j, t in enumerate(thresholds)
@@ -235,6 +450,11 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
     }
     if None in kinds:  # one kind: the plain count, as files written before kinds hold it
         info["allowed_false_matches"] = info["allowed_false_matches"][None]
+    if confidence is not None:  # what the sample shows: the worst kind's upper bound, per length
+        bounds = [
+            [binomial_upper_bound(k, len(scores), confidence) for k in false_counts(scores)] for scores in kinds.values()
+        ]
+        info["false_match_bound"] = [max(values) for values in zip(*bounds, strict=True)]
     if None not in kinds:
         info["false_match_by_kind"] = {kind: false_rate(scores) for kind, scores in kinds.items()}
         info["n_unknown_by_kind"] = {kind: int(len(scores)) for kind, scores in kinds.items()}
@@ -253,9 +473,18 @@ def format_calibration_table(calibration, title="Calibrated thresholds"):
     for kind, rates in info.get("false_match_by_kind", {}).items():
         lines.append(f"  false match on {kind}: " + " / ".join(f"{100 * r:.1f}" for r in rates) + " %")
     confidence = info.get("confidence")
-    how = f" at {100 * confidence:g} % confidence" if confidence else ""
+    target = calibration.target_false_match
+    if not confidence:
+        how = ", point estimate: no confidence claimed (the rate on other audio can be higher)"
+    elif "false_match_bound" in info:
+        shown = max(info["false_match_bound"])
+        how = f"; shown: <= {_percent(shown)} at {_percent(confidence)} confidence (Clopper-Pearson upper bound{', every kind' if 'false_match_by_kind' in info else ''})"
+        if shown > target:
+            how += " -- NOT the target: too few out-of-catalogue queries"
+    else:  # written before the bound was recorded
+        how = f" at {_percent(confidence)} confidence"
     lines.append(
         f"({info.get('n_known', '?')} in-catalogue and {info.get('n_unknown', '?')} out-of-catalogue queries; "
-        f"target <= {100 * calibration.target_false_match:g} % false matches{how})"
+        f"target <= {_percent(target)} false matches{how})"
     )
     return "\n".join(lines)

@@ -9,6 +9,7 @@ the chunks into one memory-mapped store, in file order (a `Catalogue`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import sys
@@ -55,6 +56,9 @@ def _fingerprint_files(
         "segment_samples": int(embedder.segment_samples),
         "chunk_files": int(chunk_files),
     }
+    # Every chunk carries the digest of its plan: a chunk is reused only by the same plan
+    # (a chunk of another catalogue or model is never taken for this one's).
+    plan_sha256 = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     plan_path = work_dir / "plan.json"
     if work_dir.exists():
         try:
@@ -81,13 +85,13 @@ def _fingerprint_files(
         chunk_paths.append(path)
         first = chunk * chunk_files
         names = relative_paths[first : first + chunk_files]
-        if path.exists():
+        reused = _chunk_of_plan(path, plan_sha256)
+        if reused is not None:
             resumed += 1
-            with np.load(path) as done:
-                audio_seconds += float(np.sum(done["durations"]))
+            audio_seconds += reused
         else:
             started = time.perf_counter()
-            embeddings, owners, starts, kept, durations, skipped = fingerprint_files(
+            embeddings, owners, starts, kept, durations, skipped, digests = fingerprint_files(
                 [Path(root) / name for name in names], embedder, sample_rate, hop, batch_size
             )
             kept_ids = first + np.array(kept, np.int32)
@@ -100,6 +104,8 @@ def _fingerprint_files(
                 durations=durations,
                 skipped_files=np.array([first + i for i, _ in skipped], np.int32),
                 skipped_reasons=np.array([reason for _, reason in skipped], dtype=str),
+                plan_sha256=np.array(plan_sha256),
+                pcm_sha256=np.array(digests, dtype="U64"),
             )
             seconds += time.perf_counter() - started
             audio_seconds += float(durations.sum())
@@ -112,6 +118,20 @@ def _fingerprint_files(
     return chunk_paths, resumed, seconds, fresh_audio
 
 
+def _chunk_of_plan(path, plan_sha256):
+    """The audio seconds of a finished chunk of this plan at `path`, or None (no chunk, a
+    damaged one, or one written for another plan: it is fingerprinted again)."""
+    try:
+        with np.load(path) as done:
+            if "plan_sha256" not in done.files or str(done["plan_sha256"]) != plan_sha256:
+                return None
+            return float(np.sum(done["durations"]))
+    except FileNotFoundError:
+        return None
+    except Exception:  # a damaged chunk (BadZipFile, EOFError...): made again
+        return None
+
+
 def _gather_chunks(chunk_paths, relative_paths, store_path):
     """Concatenates chunk files: embeddings into a memory-mapped `store_path`, the rest in RAM."""
     n_rows, d = 0, None
@@ -121,7 +141,7 @@ def _gather_chunks(chunk_paths, relative_paths, store_path):
             n_rows += shape[0]
             if shape[0]:
                 d = shape[1]
-    kept, durations, skipped, segment_file, segment_start = [], [], [], [], []
+    kept, durations, skipped, segment_file, segment_start, digests = [], [], [], [], [], []
     store = None
     if n_rows:
         store = np.lib.format.open_memmap(store_path, mode="w+", dtype=np.float32, shape=(n_rows, d))
@@ -136,6 +156,7 @@ def _gather_chunks(chunk_paths, relative_paths, store_path):
             segment_start.append(chunk["segment_start"])
             kept.extend(chunk["kept_files"].tolist())
             durations.extend(chunk["durations"].tolist())
+            digests.extend(str(d) for d in chunk["pcm_sha256"])
             skipped.extend(
                 [relative_paths[i], str(r)]
                 for i, r in zip(chunk["skipped_files"], chunk["skipped_reasons"], strict=True)
@@ -149,6 +170,7 @@ def _gather_chunks(chunk_paths, relative_paths, store_path):
         kept,
         durations,
         skipped,
+        digests,
     )
 
 
@@ -187,14 +209,14 @@ def fingerprint_catalogue(root, relative, embedder, model_path, work_dir, sample
     chunks, resumed, seconds, fresh_audio = _fingerprint_files(
         root, relative, embedder, model_path, work_dir, sample_rate, hop_seconds, **options
     )
-    store, segment_file, segment_start, kept, durations, skipped = _gather_chunks(
+    store, segment_file, segment_start, kept, durations, skipped, digests = _gather_chunks(
         chunks, relative, Path(work_dir) / "embeddings.npy"
     )
     track_of_file = {f: i for i, f in enumerate(kept)}
     segment_track = np.array([track_of_file[f] for f in segment_file.tolist()], np.int32)
     tracks = [
-        {"track_id": i, "path": relative[f], "duration_s": round(float(dur), 4)}
-        for i, (f, dur) in enumerate(zip(kept, durations, strict=True))
+        {"track_id": i, "path": relative[f], "duration_s": round(float(dur), 4), "pcm_sha256": digest}
+        for i, (f, dur, digest) in enumerate(zip(kept, durations, digests, strict=True))
     ]
     return Catalogue(
         store, segment_track, segment_start, tracks, skipped, float(sum(durations)), seconds, resumed,

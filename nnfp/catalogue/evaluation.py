@@ -172,8 +172,9 @@ def synthesize_queries(
 
     Args:
         durations: `{track_id: seconds}` of the tracks queries may be cut from.
-        load_track: `load_track(track_id)` -> `(waveform, rate)` at the file's own rate
-            (or a waveform at `sample_rate`); called once per track.
+        load_track: `load_track(track_id)` -> `(waveform, rate)` at the file's own rate (or a
+            waveform at `sample_rate`), or None for a file that turned out unreadable; called
+            once per track. Tracks shorter than a query once decoded are left out too.
         track_first_rows: `{track_id: DB row of the track's first segment}` (None: tracks
             not in the index; `true_row` is then -1).
         noise / impulse_responses: lists of waveforms at `sample_rate` to draw from; None
@@ -196,10 +197,17 @@ def synthesize_queries(
     cache = {}
     waveforms, info = [], {"track": [], "true_row": [], "offset_s": [], "snr_db": []}
     for _ in range(int(n_queries)):
-        track_id = eligible[int(rng.integers(len(eligible)))]
-        if track_id not in cache:
-            loaded = load_track(track_id)
-            cache[track_id] = loaded if isinstance(loaded, tuple) else (loaded, sample_rate)
+        while True:
+            track_id = eligible[int(rng.integers(len(eligible)))]
+            if track_id not in cache:
+                loaded = load_track(track_id)
+                cache[track_id] = loaded if isinstance(loaded, tuple) or loaded is None else (loaded, sample_rate)
+            if cache[track_id] is not None and len(cache[track_id][0]) >= int(round(seconds * cache[track_id][1])):
+                break
+            # Unreadable, or shorter than its header said (a truncated file): never a query.
+            eligible.remove(track_id)
+            if not eligible:
+                raise ValueError(f"No readable track is long enough for {seconds} s queries")
         wave, rate = cache[track_id]
         length = int(round(seconds * rate))
         if aligned:
@@ -437,7 +445,7 @@ def _unknown_sources(unknown_dir):
         try:
             return load_audio(path, rate), rate
         except AudioError:
-            return np.zeros(int(durations[i] * rate), np.float32), rate
+            return None  # unreadable after all: left out (never a made-up silent query)
 
     if not durations:
         raise FileNotFoundError(f"{unknown_dir}: no readable audio files for out-of-catalogue queries")
@@ -666,17 +674,35 @@ def calibrate_index(
     next to a model, e.g. `nnfp/weights/default.calibration.json`, to ship it with the
     model: every index built with that model copies it).
 
+    Refused before any query (`ValueError`): `n_unknown` too small to show the target at
+    `confidence` even with no false match (`check_sample_size`: 299 for 1 % at 95 %;
+    `confidence=None`, a point estimate, claims no confidence and is not checked), and an
+    `out` that exists and is not a calibration file. The file replaced is kept beside it as
+    `<name>.bak` (the latest one replaced); the index's own calibration is written under
+    `index_lock(index_dir)`.
+
     Returns:
         The `nnfp.catalogue.calibration.Calibration`.
     """
+    from nnfp.catalogue.build import index_lock
     from nnfp.catalogue.calibration import (
         INDEX_CALIBRATION_FILE,
         calibrate,
+        check_replaceable,
+        check_sample_size,
         format_calibration_table,
+        save_replacing,
     )
     from nnfp.catalogue.identify import Identifier
     from nnfp.defaults import DEFAULT_PHASES
 
+    n_unknown = n_queries if n_unknown is None else int(n_unknown)
+    check_sample_size(n_unknown, target_false_match, confidence)
+    own = Path(index_dir) / INDEX_CALIBRATION_FILE
+    path = Path(out) if out is not None else own
+    in_index = path.absolute() == own.absolute()
+    if not in_index:
+        check_replaceable(path)
     phases = DEFAULT_PHASES if phases is None else int(phases)
     identifier = Identifier(
         index_dir, k_probe=k_probe, min_score=None, threads=threads, phases=phases, refine=refine,
@@ -685,7 +711,6 @@ def calibrate_index(
     degradation = degradation_settings(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
     seconds = max(lengths_seconds)
     known_waves, known_info = index_queries(identifier, n_queries, seconds, degradation, seed, aligned=False)
-    n_unknown = n_queries if n_unknown is None else int(n_unknown)
     folders = [unknown_dir] if isinstance(unknown_dir, (str, Path)) else list(unknown_dir)
     names = [Path(folder).name for folder in folders]
     if len(set(names)) != len(names):
@@ -712,7 +737,12 @@ def calibrate_index(
         impulse_responses=str(ir_dir) if ir_dir else ("generated" if add_reverb else "none"),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-    path = Path(out) if out is not None else Path(index_dir) / INDEX_CALIBRATION_FILE
-    calibration.save(path)
+    if in_index:  # the index's own file, however damaged, is replaced (and kept as .bak)
+        with index_lock(index_dir, log=log):
+            backup = save_replacing(calibration, path, any_file=True)
+    else:
+        backup = save_replacing(calibration, path)
     log(format_calibration_table(calibration, title=f"Calibrated thresholds -> {path}"))
+    if backup is not None:
+        log(f"(the calibration it replaced is kept as {backup})")
     return calibration

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnfp.audio.segments import segment_waveform
+from nnfp.audio.segments import quiet_segments, segment_waveform
 from nnfp.store.integrity import CorruptIndexError
 
 __all__ = [
@@ -25,6 +25,8 @@ __all__ = [
     "NoDefaultModelError",
     "check_model",
     "fingerprint_files",
+    "fingerprint_segments",
+    "pcm_digest",
     "fingerprint_stream",
     "iter_fingerprints",
     "fingerprint_tracks",
@@ -73,11 +75,28 @@ def load_model(model=None, trust_model=False):
 
     A SavedModel can run arbitrary TensorFlow operations and needs `trust_model=True`
     (see `nnfp.export.load_fingerprinter`); `.keras` files load in Keras safe mode.
+
+    Raises:
+        nnfp.export.ModelLoadError: a file that is not a fingerprinter, among others (a
+            `.keras` file of another Keras model names the attribute it lacks).
     """
-    from nnfp.export import load_fingerprinter
+    from nnfp.export import ModelLoadError, load_fingerprinter
 
     path = resolve_model(model)
-    return load_fingerprinter(path, trust_model=trust_model), path
+    try:
+        return load_fingerprinter(path, trust_model=trust_model), path
+    except AttributeError as error:
+        # A valid .keras file holding another Keras model: the fingerprinter wrapper reads
+        # the `FingerPrinter` properties it has not got.
+        if error.name not in ("segment_samples", "embedding_dim"):
+            raise
+        raise ModelLoadError(
+            path,
+            f"not an nnfp fingerprinter (a Keras model without `{error.name}`); nnfp needs an "
+            "nnfp.model.FingerPrinter (`segment_samples`, `embedding_dim`: (batch, segment_samples) "
+            "waveforms in, (batch, d) fingerprints out), as saved by `nnfp train` (RUN_DIR/model.keras) "
+            "or `nnfp export`",
+        ) from None
 
 
 def model_digest(model_path):
@@ -193,6 +212,19 @@ def index_embedder(index_dir, metadata, sample_rate, model=None, trust_model=Fal
 # ------------------------------------------------------------ fingerprints
 
 
+def fingerprint_segments(embedder, windows, batch_size=256):
+    """(n, segment_samples) windows -> (n, d) fingerprints; dead air (`quiet_segments`) -> zeros.
+
+    Every fingerprint that reaches an index, a query or `nnfp monitor` is made here: a zero
+    row scores 0 against everything, so silence in a track never matches quiet noise in a
+    query, and a query's silent segments neither find nor confirm a place.
+    """
+    windows = np.asarray(windows, np.float32)
+    fingerprints = np.array(embedder.fingerprint(windows, batch_size=batch_size), np.float32)
+    fingerprints[quiet_segments(windows)] = 0.0
+    return fingerprints
+
+
 def fingerprint_tracks(embedder, tracks, hop_samples, batch_size=256):
     """Fingerprints every segment of every track, batching across tracks.
 
@@ -211,7 +243,7 @@ def fingerprint_tracks(embedder, tracks, hop_samples, batch_size=256):
     for first in range(0, len(owners), batch_size):
         rows = slice(first, first + batch_size)
         batch = np.stack([views[o][w] for o, w in zip(owners[rows], within[rows], strict=True)])
-        out.append(embedder.fingerprint(batch, batch_size=batch_size))
+        out.append(fingerprint_segments(embedder, batch, batch_size=batch_size))
     embeddings = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
     return embeddings.astype(np.float32), owners, starts
 
@@ -251,14 +283,14 @@ def iter_fingerprints(embedder, blocks, hop_samples, batch_size=256, stats=None)
         to_drop -= dropped
         while len(carry) >= span:
             windows = segment_waveform(carry[:span], segment, hop_samples)  # batch_size segments
-            yield done, embedder.fingerprint(np.ascontiguousarray(windows), batch_size=batch_size)
+            yield done, fingerprint_segments(embedder, windows, batch_size=batch_size)
             done += batch_size
             used = batch_size * hop_samples
             to_drop += max(0, used - len(carry))
             carry = carry[used:]
     windows = segment_waveform(carry, segment, hop_samples)
     if len(windows):
-        yield done, embedder.fingerprint(np.ascontiguousarray(windows), batch_size=batch_size)
+        yield done, fingerprint_segments(embedder, windows, batch_size=batch_size)
 
 
 def fingerprint_stream(embedder, blocks, hop_samples, batch_size=256):
@@ -293,8 +325,15 @@ def _fingerprint_streamed(path, embedder, sample_rate, hop_samples, batch_size):
     from nnfp.audio.io import AudioError, stream_audio
     from nnfp.audio.sources import usability_problem
 
+    digest = hashlib.sha256()
+
+    def hashed(blocks):
+        for block in blocks:
+            digest.update(np.ascontiguousarray(block, np.float32).tobytes())
+            yield block
+
     try:
-        blocks = stream_audio(path, sample_rate, block_seconds=_STREAM_BLOCK_SECONDS)
+        blocks = hashed(stream_audio(path, sample_rate, block_seconds=_STREAM_BLOCK_SECONDS))
         embeddings, starts, n_samples, peak = fingerprint_stream(embedder, blocks, hop_samples, batch_size)
     except AudioError as exc:
         return exc.reason
@@ -302,7 +341,7 @@ def _fingerprint_streamed(path, embedder, sample_rate, hop_samples, batch_size):
         return f"unexpected error: {type(exc).__name__}: {exc}"
     min_seconds = embedder.segment_samples / sample_rate
     problem = usability_problem(n_samples, sample_rate, min_seconds, peak=peak)
-    return problem or (embeddings, starts, n_samples / sample_rate)
+    return problem or (embeddings, starts, n_samples / sample_rate, digest.hexdigest())
 
 
 def fingerprint_files(paths, embedder, sample_rate, hop_samples, batch_size):
@@ -311,7 +350,8 @@ def fingerprint_files(paths, embedder, sample_rate, hop_samples, batch_size):
 
     Returns:
         `(embeddings (n, d), segment_file (n,) position in paths, segment_start (n,) samples,
-        kept positions, durations (s), skipped [(position, reason)])`.
+        kept positions, durations (s), skipped [(position, reason)], PCM digests of the kept
+        files (`pcm_digest`))`.
     """
     from nnfp.audio.sources import load_tracks
 
@@ -328,24 +368,33 @@ def fingerprint_files(paths, embedder, sample_rate, hop_samples, batch_size):
         for path, track, rows, track_starts in zip(
             kept, tracks, np.split(embeddings, bounds), np.split(starts, bounds), strict=True
         ):
-            results[position[str(path)]] = (rows, track_starts, len(track) / sample_rate)
+            results[position[str(path)]] = (rows, track_starts, len(track) / sample_rate, pcm_digest(track))
     del tracks
     for i in sorted(streamed):
         results[i] = _fingerprint_streamed(paths[i], embedder, sample_rate, hop_samples, batch_size)
-    out, owners, starts, kept_positions, durations, skipped = [], [], [], [], [], []
+    out, owners, starts, kept_positions, durations, skipped, digests = [], [], [], [], [], [], []
     for i in range(len(paths)):
         if isinstance(results[i], str):
             skipped.append((i, results[i]))
             continue
-        rows, track_starts, seconds = results[i]
+        rows, track_starts, seconds, digest = results[i]
         owners.append(np.full(len(rows), len(kept_positions), np.int32))
         kept_positions.append(i)
         out.append(rows)
         starts.append(track_starts)
         durations.append(seconds)
+        digests.append(digest)
     if not out:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64), [], np.zeros(0), skipped
+        return (
+            np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64), [], np.zeros(0), skipped, [],
+        )
     return (
         np.concatenate(out), np.concatenate(owners), np.concatenate(starts), kept_positions,
-        np.array(durations, np.float64), skipped,
+        np.array(durations, np.float64), skipped, digests,
     )
+
+
+def pcm_digest(audio):
+    """SHA-256 of decoded audio (float32 mono at the index rate): the same audio under
+    another name or path has the same digest (`nnfp index add` refuses it)."""
+    return hashlib.sha256(np.ascontiguousarray(audio, np.float32).tobytes()).hexdigest()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnfp.audio.segments import n_segments, segment_waveform
-from nnfp.catalogue.fingerprint import index_embedder, resolve_model
+from nnfp.audio.segments import QUIET_DBFS, n_segments, segment_levels_db, segment_waveform
+from nnfp.catalogue.fingerprint import fingerprint_segments, index_embedder, resolve_model
 from nnfp.defaults import (
     DEFAULT_INTERPOLATE,
     DEFAULT_K_PROBE,
@@ -54,7 +54,10 @@ class Identifier:
         min_score: a fixed threshold; None keeps every candidate; `"calibrated"`
             (default): the index's calibration (`INDEX/calibration.json`, copied from
             the model's when the index was built) for the query's length, or
-            `DEFAULT_MIN_SCORE` when the index has none.
+            `DEFAULT_MIN_SCORE` when the index was built without one (said in
+            `calibration_notes`). A calibration that is missing (the index was built with
+            one) or altered raises `CalibrationError` here; with a fixed threshold or None
+            that is only a note.
         threads: faiss threads; 1 is fastest for single queries on small machines.
         nprobe: IVF lists visited (IVF indexes), None keeps the saved value.
         phases: query phases per index hop (1 = the paper's search).
@@ -68,6 +71,11 @@ class Identifier:
             the better DB window next to it, which the threshold applies to.
         collapse_seconds: matches of one track closer than this are one place.
         calibration: a `Calibration` or a path overriding the index's.
+
+    Attributes:
+        calibration_notes: remarks on the threshold's source (an index without a
+            calibration, a calibration file from an older nnfp, one that a fixed
+            threshold overrides and that is missing or altered), for the caller to show.
         trust_model: allow a SavedModel (index's or `model`), which can run arbitrary
             TensorFlow operations; `.keras` models load in Keras safe mode regardless.
 
@@ -97,11 +105,7 @@ class Identifier:
         calibration=None,
         trust_model=False,
     ):
-        from nnfp.catalogue.calibration import (
-            INDEX_CALIBRATION_FILE,
-            Calibration,
-            model_calibration_path,
-        )
+        from nnfp.catalogue.calibration import Calibration, index_calibration
 
         index_dir = Path(index_dir) if index_dir is not None else None
         if int(phases) < 1:
@@ -131,13 +135,15 @@ class Identifier:
         self.interpolate = int(interpolate)
         self.collapse_seconds = collapse_seconds
         self.last_query_seconds = None  # length of the latest `identify_audio` query
+        self.calibration_notes = []
         if calibration is None and index_dir is not None:
-            candidates = [index_dir / INDEX_CALIBRATION_FILE]
-            if model is not None:
-                candidates.append(model_calibration_path(resolve_model(model)))
-            calibration = next((c for c in candidates if c.is_file()), None)
-        if calibration is not None and not isinstance(calibration, Calibration):
+            calibration, self.calibration_notes = index_calibration(
+                index_dir, meta, model=resolve_model(model) if model is not None else None,
+                required=isinstance(min_score, str) and min_score == CALIBRATED,
+            )
+        elif calibration is not None and not isinstance(calibration, Calibration):
             calibration = Calibration.load(calibration)
+            self.calibration_notes = list(calibration.notes)
         self.calibration = calibration
 
     @property
@@ -150,9 +156,23 @@ class Identifier:
             return None
         if self.min_score != CALIBRATED:
             return float(self.min_score)
-        if self.calibration is None:
+        if self.calibration is None:  # an index built without one (a note says so); never a lost one
             return DEFAULT_MIN_SCORE
         return self.calibration.threshold(query_seconds)
+
+    def long_query_hint(self, query_seconds):
+        """A hint for a query longer than every track of the index (None otherwise).
+
+        A query is matched as a whole: one longer than every track holds more than a
+        track and matches none of them, however many it contains.
+        """
+        longest = max((float(track["duration_s"]) for track in self.db.tracks), default=0.0)
+        if query_seconds is None or query_seconds <= longest:
+            return None
+        return (
+            f"the query ({query_seconds:.1f} s) is longer than every catalogue track (longest {longest:.1f} s): "
+            "to find tracks inside a long recording use `nnfp monitor`"
+        )
 
     def check_audio(self, audio, name="query"):
         """Raises `QueryError` for a query too short, silent, near-silent or constant to identify."""
@@ -173,12 +193,20 @@ class Identifier:
             raise QueryError(
                 f"{name}: {what} (level {rms_db:.0f} dBFS RMS, peak {peak_db:.0f} dBFS); nothing to identify"
             )
+        # Dead air is "nothing playing": quiet segments are left out of the search
+        # (`fingerprint_segments`), and a query of nothing else has nothing to identify.
+        levels = segment_levels_db(segment_waveform(audio, self.embedder.segment_samples, self.hop_samples))
+        if levels.max() < QUIET_DBFS:
+            raise QueryError(
+                f"{name}: dead air (every {self.min_query_seconds:g} s segment is below {QUIET_DBFS:g} dBFS "
+                f"RMS, the loudest {levels.max():.0f} dBFS); nothing to identify"
+            )
 
     def fingerprint(self, audio, name="query"):
         """(n_samples,) waveform at the index rate -> (n_segments, d) fingerprints on the hop grid."""
         self.check_audio(audio, name=name)
         segments = segment_waveform(audio, self.embedder.segment_samples, self.hop_samples)
-        return self.embedder.fingerprint(segments)  # batches are copied from the view
+        return fingerprint_segments(self.embedder, segments)  # batches are copied from the view
 
     def phase_fingerprints(self, audio, name="query"):
         """Fingerprints of the query at every phase: list of `(shift_seconds, (n_segments, d))`.
@@ -192,9 +220,9 @@ class Identifier:
         views = [segment_waveform(audio[shift:], self.embedder.segment_samples, self.hop_samples) for shift in shifts]
         kept = [(shift, view) for shift, view in zip(shifts, views, strict=True) if len(view)]
         if sum(len(view) for _, view in kept) <= _ONE_BATCH_SEGMENTS:
-            fingerprints = self.embedder.fingerprint(np.concatenate([view for _, view in kept]))
+            fingerprints = fingerprint_segments(self.embedder, np.concatenate([view for _, view in kept]))
         else:  # a long query: batches are copied from the views, never the whole query
-            fingerprints = np.concatenate([self.embedder.fingerprint(view) for _, view in kept])
+            fingerprints = np.concatenate([fingerprint_segments(self.embedder, view) for _, view in kept])
         out, first = [], 0
         for shift, view in kept:
             out.append((shift / self.sample_rate, fingerprints[first : first + len(view)]))

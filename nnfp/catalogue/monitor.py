@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import queue
+import select
 import threading
 
 import numpy as np
@@ -34,7 +36,15 @@ import numpy as np
 from nnfp.audio.segments import n_segments
 from nnfp.catalogue.fingerprint import iter_fingerprints
 
-__all__ = ["Detection", "format_detection", "monitor_stream", "read_ahead", "read_blocks", "read_pcm_blocks"]
+__all__ = [
+    "Detection",
+    "format_detection",
+    "input_note",
+    "monitor_stream",
+    "read_ahead",
+    "read_blocks",
+    "read_pcm_blocks",
+]
 
 _LIVE_CANDIDATES = 64  # open candidate plays kept at once (the oldest unconfirmed go first)
 _STEP_MARGIN = 0.1  # aligned-similarity drop that marks a play's boundary
@@ -56,6 +66,8 @@ class Detection:
         track: the track's relative path in the index.
         track_start_s: the track position playing at `start_s`.
         score: mean sequence score of the play's windows (mean cosine similarity).
+        cut_short: the monitor was stopped while the play was still open (`monitor_stream`'s
+            `stop`): it may have gone on after `end_s`. In `as_dict` only when True.
     """
 
     recording: str
@@ -64,9 +76,10 @@ class Detection:
     track: str
     track_start_s: float
     score: float
+    cut_short: bool = False
 
     def as_dict(self):
-        return {
+        out = {
             "recording": self.recording,
             "start_s": round(self.start_s, 2),
             "end_s": round(self.end_s, 2),
@@ -74,6 +87,9 @@ class Detection:
             "track_start_s": round(self.track_start_s, 2),
             "score": round(self.score, 4),
         }
+        if self.cut_short:
+            out["cut_short"] = True
+        return out
 
 
 def _clock(seconds):
@@ -101,10 +117,19 @@ def read_blocks(path, sample_rate, block_seconds=30.0):
     return stream_audio(path, sample_rate, block_seconds=block_seconds)
 
 
-def read_pcm_blocks(stream, rate, sample_rate, block_seconds=1.0):
+def read_pcm_blocks(stream, rate, sample_rate, block_seconds=1.0, stop=None, stats=None):
     """Float32 mono blocks at `sample_rate` from raw 16-bit little-endian mono PCM at `rate`.
 
     Blocks are short (a live stream should not wait for 30 s of audio before it is read).
+
+    Args:
+        stream: a binary file object (`sys.stdin.buffer`).
+        stop: optional `threading.Event`: once it is set the blocks end, with the samples
+            read so far, within 0.1 s even while the stream sends nothing. The stream is
+            then read through its file descriptor (`select`), never inside a blocking read:
+            a thread blocked there would hold the stream's lock at interpreter exit.
+        stats: optional dict; `n_bytes` and `head` (the first bytes) are kept in it, for
+            `input_note`.
     """
     resampler = None
     if rate != sample_rate:
@@ -112,11 +137,16 @@ def read_pcm_blocks(stream, rate, sample_rate, block_seconds=1.0):
 
         resampler = stream_resampler(rate, sample_rate)
     n_bytes = 2 * max(int(block_seconds * rate), 1)
+    read = _stoppable_reader(stream, stop)
     pending = b""
     while True:
-        chunk = stream.read(n_bytes - len(pending))
+        chunk = read(n_bytes - len(pending))
         last = not chunk
         pending += chunk or b""
+        if stats is not None and chunk:
+            stats["n_bytes"] = stats.get("n_bytes", 0) + len(chunk)
+            if len(stats.get("head", b"")) < _HEAD_BYTES:
+                stats["head"] = (stats.get("head", b"") + chunk)[:_HEAD_BYTES]
         if len(pending) >= n_bytes or last:
             usable = len(pending) - len(pending) % 2
             block = np.frombuffer(pending[:usable], "<i2").astype(np.float32) / 32768.0
@@ -127,6 +157,80 @@ def read_pcm_blocks(stream, rate, sample_rate, block_seconds=1.0):
                 yield block
         if last:
             return
+
+
+def _stoppable_reader(stream, stop):
+    """`read(n)`: up to `n` bytes of `stream`, `b""` at its end or once `stop` is set."""
+    try:
+        fd = stream.fileno() if stop is not None else None
+    except (AttributeError, OSError, ValueError):  # io.BytesIO and the like: no descriptor
+        fd = None
+    if fd is None:
+        return lambda n: b"" if stop is not None and stop.is_set() else stream.read(n)
+
+    def read(n):
+        while not stop.is_set():
+            if select.select([fd], [], [], 0.1)[0]:
+                return os.read(fd, n)
+        return b""
+
+    return read
+
+
+_HEAD_BYTES = 12
+# How files of common formats begin: given as `-`, they are read as raw PCM, header and all.
+_FILE_SIGNATURES = [
+    (b"RIFF", "a WAV file"),
+    (b"ID3", "an MP3 file"),
+    (b"fLaC", "a FLAC file"),
+    (b"OggS", "an Ogg file"),
+    (b"FORM", "an AIFF file"),
+    (b"\x1aE\xdf\xa3", "a Matroska/WebM file"),
+]
+
+
+def input_note(stats, rate=None):
+    """What is odd about the audio a recording gave, in words, or None.
+
+    `stats` holds what `read_pcm_blocks` (`n_bytes`, `head`) and `monitor_stream`
+    (`n_samples`, `peak`) kept in it; `rate`: the rate of PCM read with `read_pcm_blocks`,
+    None for a file. Notes: empty input, a file's header on stdin, an odd byte count (not
+    16-bit PCM), a file without samples, silence.
+    """
+    if rate is not None:
+        pcm = f"expected raw 16-bit little-endian mono PCM at --rate {rate} Hz"
+        n_bytes, head = stats.get("n_bytes", 0), stats.get("head", b"")
+        if n_bytes == 0:
+            return f"empty input; {pcm}"
+        kind = next((kind for magic, kind in _FILE_SIGNATURES if head.startswith(magic)), None)
+        if kind is None and head[4:8] == b"ftyp":
+            kind = "an MP4/M4A file"
+        if kind is not None:
+            return (
+                f"the input starts like {kind}, not raw PCM: its header was read as samples; pass the file's "
+                f"name instead of -, or decode it first (ffmpeg -i FILE -f s16le -ac 1 -ar {rate} -)"
+            )
+        if n_bytes % 2:
+            return f"an odd number of bytes, {n_bytes}: {pcm}"
+    if not stats.get("n_samples"):
+        return "the file holds no samples" if rate is None else None
+    if stats.get("peak", 0.0) == 0.0:
+        return "every sample is 0: silence"
+    return None
+
+
+def _until(stop, blocks):
+    """`blocks`, ending after the first one read once `stop` is set."""
+    iterator = iter(blocks)
+    try:
+        for block in iterator:
+            yield block
+            if stop.is_set():
+                return
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:  # a decoder's file is closed now, not when collected
+            close()
 
 
 # -------------------------------------------------------------------------- plays
@@ -452,7 +556,10 @@ class _Monitor:
 
     def _window(self, w, recording):
         _, query, hits = self._segments(w, w + self.window - 1)
-        places = self.db.search(query, hits=hits, n_results=3)
+        # Dead air (half the window or more in quiet segments, zero fingerprints) is nothing
+        # playing: no place is heard, agrees with a play or holds it.
+        quiet = np.count_nonzero(~query.any(axis=1))
+        places = [] if 2 * quiet >= len(query) else self.db.search(query, hits=hits, n_results=3)
         matches = [m for m in places if m.score >= self.threshold]
         t = w * self.hop_s
         self.history.append((w, places))
@@ -562,6 +669,8 @@ def monitor_stream(
     tolerance_seconds=1.0,
     min_score=None,
     batch_size=64,
+    stop=None,
+    stats=None,
 ):
     """Detects the plays of catalogue tracks in a stream of audio blocks, as they end.
 
@@ -584,6 +693,11 @@ def monitor_stream(
         min_score: window score threshold; None: `identifier.match_threshold(window_seconds)`
             (the index's calibrated threshold for a query of one window).
         batch_size: segments fingerprinted per model call.
+        stop: optional `threading.Event` (a signal handler sets it): once it is set, the
+            stream ends after the block being read, the audio read so far is searched, and
+            the plays still open are yielded with `cut_short=True`.
+        stats: optional dict; `n_samples` (audio read, at the index rate) and `peak` are
+            kept in it.
 
     Yields:
         `Detection`s, each as soon as its play has ended (or the stream ended).
@@ -605,8 +719,12 @@ def monitor_stream(
         db, min_score, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
         float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size),
     )
-    stream = iter_fingerprints(identifier.embedder, blocks, hop_samples, int(batch_size))
+    if stop is not None:
+        blocks = _until(stop, blocks)
+    stream = iter_fingerprints(identifier.embedder, blocks, hop_samples, int(batch_size), stats)
     for first, fingerprints in read_ahead(stream):
         state.push(first, fingerprints)
         yield from state.windows(recording)
-    yield from state.windows(recording, final=True)
+    cut_short = stop is not None and stop.is_set()
+    for play in state.windows(recording, final=True):
+        yield dataclasses.replace(play, cut_short=True) if cut_short else play

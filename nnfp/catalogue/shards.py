@@ -22,6 +22,7 @@ from nnfp.catalogue.build import (
     IndexReport,
     auto_index_type,
     calibration_files,
+    index_lock,
     index_metadata,
     model_file_name,
 )
@@ -117,6 +118,18 @@ def build_shard(
     if int(chunk_files) < 1:
         raise ValueError(f"`chunk_files` must be >= 1. Received: chunk_files={chunk_files}")
     mine = relative[_shard_slice(len(relative), shard, n_shards, int(chunk_files))]
+    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    with index_lock(shard_dir, log=log):  # two jobs given the same shard: one after the other
+        return _build_shard(
+            root, relative, mine, shard, n_shards, shard_dir, embedder, model_path, sample_rate, hop_seconds,
+            batch_size, chunk_files, progress, on_chunk,
+        )
+
+
+def _build_shard(
+    root, relative, mine, shard, n_shards, shard_dir, embedder, model_path, sample_rate, hop_seconds, batch_size,
+    chunk_files, progress, on_chunk,
+):
     work_dir = partial_dir(shard_dir)
     found = fingerprint_catalogue(
         root, mine, embedder, model_path, work_dir, sample_rate, hop_seconds,
@@ -257,6 +270,13 @@ def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, overwr
         )
     index_dir = Path(index_dir).absolute()
     claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=shard_dirs)
+    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    with index_lock(index_dir, log=log):  # one writer of an index at a time (`build_index`)
+        claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=shard_dirs)
+        return _merge_shards(shard_dirs, index_dir, index_type, progress, index_params)
+
+
+def _merge_shards(shard_dirs, index_dir, index_type, progress, index_params):
     shards = _load_shards(shard_dirs)
     first = shards[0][1]
     n_segments = sum(meta["n_segments"] for _, meta in shards)
@@ -323,7 +343,9 @@ def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, overwr
         index_type=index_type, metadata=metadata, on_disk_dir=work_dir / "ivf", part_rows=part_rows,
         **index_params,
     )
-    db.save(index_dir, extra_files={first["model_file"]: model_path, **calibration_files(first["model_source"])})
+    calibration = calibration_files(first["model_source"])
+    db.metadata["calibrated"] = bool(calibration)  # a missing calibration.json is then an error
+    db.save(index_dir, extra_files={first["model_file"]: model_path, **calibration})
     del db, store
     shutil.rmtree(work_dir, ignore_errors=True)
     return IndexReport(

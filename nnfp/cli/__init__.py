@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +188,15 @@ def cmd_index_merge(args):
     return 0
 
 
+def _print_threshold_notes(command, min_score, identifier):
+    """Where the match threshold comes from, on stderr: `--min-score` overriding the index's
+    calibration, and the notes of the calibration lookup (none, from an older nnfp, ...)."""
+    if min_score is not None:
+        print(f"nnfp {command}: note: --min-score {min_score:g} overrides the index's calibration", file=sys.stderr)
+    for note in identifier.calibration_notes:
+        print(f"nnfp {command}: note: {_one_line(note)}", file=sys.stderr)
+
+
 def cmd_identify(args):
     from nnfp.audio.io import AudioError
     from nnfp.catalogue.identify import Identifier, QueryError
@@ -196,6 +207,7 @@ def cmd_identify(args):
         threads=args.threads, nprobe=args.nprobe, trust_model=args.trust_model, phases=args.phases,
         refine=args.refine, interpolate=args.interpolate,
     )
+    _print_threshold_notes("identify", args.min_score, identifier)
     if identifier.db.integrity is None:
         print(f"nnfp identify: note: {args.index_dir} records no checksums (built by an older nnfp); "
               "rebuild it to have its files checked", file=sys.stderr)
@@ -209,13 +221,15 @@ def cmd_identify(args):
             if args.json:
                 print(json.dumps({"query": query, "matches": [], "error": str(error)}), flush=True)
             continue
+        hint = identifier.long_query_hint(identifier.last_query_seconds)
         if args.json:
             found = [
                 {"track": m.path, "offset_s": round(m.offset_s, 3), "score": round(m.score, 4)}
                 for m in matches
             ]
-            print(json.dumps({"query": query, "matches": found}), flush=True)
-        elif not matches:
+            print(json.dumps({"query": query, "matches": found, **({"hint": hint} if hint else {})}), flush=True)
+            continue
+        if not matches:
             seconds = identifier.last_query_seconds
             threshold = identifier.match_threshold(seconds)
             how = "calibrated " if args.min_score is None and identifier.calibration is not None else ""
@@ -227,6 +241,8 @@ def cmd_identify(args):
             print(f"{_printable(query)}:")
             for rank, m in enumerate(matches, 1):
                 print(f"  {rank}. {_printable(m.path)}  offset {m.offset_s:.1f} s  score {m.score:.3f}")
+        if hint:
+            print(f"  note: {hint}")
     return 1 if failed == len(args.queries) else 0
 
 
@@ -237,39 +253,110 @@ FILE_BATCH_SIZE = 256
 STREAM_BATCH_SIZE = 64
 
 
+class _Stopped(BaseException):
+    """A stop signal that cannot wait for the plays in progress (a BaseException, as
+    KeyboardInterrupt: no `except Exception` on the way turns it into an error)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _signal_name(signum):
+    return signal.Signals(signum).name
+
+
+class _StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (a service manager, `kill`) while `nnfp monitor` runs.
+
+    Once `graceful` is set (the monitor is reading audio), the first signal only sets
+    `event` and `signum`: the stream ends, what was read is searched and the plays in
+    progress are reported cut short. Before that (loading the index and the model) and
+    at a second signal, `_Stopped` is raised at once. The handlers before are restored on
+    exit, so a `main([...])` inside a Python session leaves them as they were.
+    """
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signum = None
+        self.graceful = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # only it may set handlers
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+    def _handle(self, signum, frame):
+        if self.graceful and self.signum is None:
+            self.signum = signum
+            self.event.set()
+            return
+        raise _Stopped(signum)
+
+
 def cmd_monitor(args):
+    with _StopSignals() as stopper:
+        try:
+            return _monitor_recordings(args, stopper)
+        except _Stopped as stopped:
+            print(f"nnfp monitor: stopped by {_signal_name(stopped.signum)}", file=sys.stderr)
+            return 128 + stopped.signum
+
+
+def _monitor_recordings(args, stopper):
     from nnfp.audio.io import AudioError
     from nnfp.catalogue.identify import Identifier
     from nnfp.catalogue.monitor import (
         format_detection,
+        input_note,
         monitor_stream,
         read_blocks,
         read_pcm_blocks,
     )
 
-    if args.rate <= 0:
-        raise ValueError(f"--rate must be > 0. Received: --rate {args.rate}")
     identifier = Identifier(
         args.index_dir, model=args.model, k_probe=args.k_probe, threads=args.threads,
         nprobe=args.nprobe, trust_model=args.trust_model,
+        min_score="calibrated" if args.min_score is None else args.min_score,
     )
+    _print_threshold_notes("monitor", args.min_score, identifier)
+    stopper.graceful = True  # from here on a signal ends the stream and the plays in progress are reported
     failed = 0
-    for recording in args.recordings:
+    for i, recording in enumerate(args.recordings):
+        if stopper.signum is not None:
+            print(f"nnfp monitor: stopped by {_signal_name(stopper.signum)}; not read: "
+                  + ", ".join(_printable(r) for r in args.recordings[i:]), file=sys.stderr)
+            break
+        stats = {}  # audio read (`n_samples`, `peak`), and for stdin its bytes
         if recording == "-":
-            blocks = read_pcm_blocks(sys.stdin.buffer, args.rate, identifier.sample_rate)
+            blocks = read_pcm_blocks(
+                sys.stdin.buffer, args.rate, identifier.sample_rate, stop=stopper.event, stats=stats
+            )
         else:
             blocks = read_blocks(recording, identifier.sample_rate)
         batch_size = args.batch_size or (STREAM_BATCH_SIZE if recording == "-" else FILE_BATCH_SIZE)
         if not args.json:
             print(f"{_printable(recording)}:", flush=True)
-        found = 0
+        found = cut_short = 0
         try:
             for play in monitor_stream(
                 identifier, blocks, recording, window_seconds=args.window, max_gap_seconds=args.max_gap,
-                min_score=args.min_score, batch_size=batch_size,
+                min_score=args.min_score, batch_size=batch_size, stop=stopper.event, stats=stats,
             ):
                 found += 1
-                line = json.dumps(play.as_dict()) if args.json else "  " + format_detection(play)
+                cut_short += play.cut_short
+                if args.json:
+                    line = json.dumps(play.as_dict())
+                else:
+                    line = "  " + format_detection(play)
+                    if play.cut_short:
+                        line += f"  (cut short: stopped by {_signal_name(stopper.signum)})"
                 print(line, flush=True)
         except AudioError as error:
             failed += 1
@@ -277,6 +364,18 @@ def cmd_monitor(args):
             continue
         if not args.json and not found:
             print("  (no catalogue track detected)", flush=True)
+        seconds = stats.get("n_samples", 0) / identifier.sample_rate
+        if stopper.signum is not None:
+            summary = f"stopped by {_signal_name(stopper.signum)} after {seconds:.1f} s of audio"
+            if cut_short:
+                summary += f"; {cut_short} play{'s' * (cut_short > 1)} in progress reported cut short"
+        else:
+            note = input_note(stats, args.rate if recording == "-" else None)
+            summary = f"read {seconds:.1f} s of audio" + (f" ({note})" if note else "")
+            failed += not stats.get("n_samples")
+        print(f"nnfp monitor: {_printable(recording)}: {summary}", file=sys.stderr, flush=True)
+    if stopper.signum is not None:
+        return 128 + stopper.signum
     return 2 if failed else 0
 
 
@@ -321,13 +420,13 @@ def _add_index_arguments(parser, model=True):
         "--index-type", default="auto", choices=("auto", *INDEX_TYPES),
         help="faiss index; auto: flat (exact) below 100k segments (~14 h), ivfpq above",
     )
-    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4*sqrt(segments))")
-    parser.add_argument("--m", type=int, default=None, help="PQ sub-quantisers, divides d (default 16)")
-    parser.add_argument("--nbits", type=int, default=None, help="bits per PQ code (default 8)")
-    parser.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per search (default 16)")
-    parser.add_argument("--hnsw-m", dest="hnsw_m", type=int, default=None, help="HNSW degree (default 32)")
-    parser.add_argument("--ef-search", dest="ef_search", type=int, default=None, help="HNSW search breadth (default 128)")
-    parser.add_argument("--train-size", dest="train_size", type=int, default=None, help="IVF/PQ training sample")
+    parser.add_argument("--nlist", type=_positive_int, default=None, help="IVF lists (default ~4*sqrt(segments))")
+    parser.add_argument("--m", type=_positive_int, default=None, help="PQ sub-quantisers, divides d (default 16)")
+    parser.add_argument("--nbits", type=_positive_int, default=None, help="bits per PQ code (default 8)")
+    parser.add_argument("--nprobe", type=_positive_int, default=None, help="IVF lists visited per search (default 16)")
+    parser.add_argument("--hnsw-m", dest="hnsw_m", type=_positive_int, default=None, help="HNSW degree (default 32)")
+    parser.add_argument("--ef-search", dest="ef_search", type=_positive_int, default=None, help="HNSW search breadth (default 128)")
+    parser.add_argument("--train-size", dest="train_size", type=_positive_int, default=None, help="IVF/PQ training sample")
 
 
 def _add_trust_argument(parser):
@@ -381,6 +480,20 @@ def _finite_float(text):
     return value
 
 
+def _positive_float(text):
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, received {text!r}")
+    return value
+
+
+def _non_negative_float(text):
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, received {text!r}")
+    return value
+
+
 def _one_line(error):
     """An error message on one line (file names with newlines are escaped)."""
     return str(error).replace("\r", "\\r").replace("\n", "\\n")
@@ -388,10 +501,10 @@ def _one_line(error):
 
 def _add_fingerprint_arguments(parser):
     parser.add_argument(
-        "--batch-size", type=int, default=256,
+        "--batch-size", type=_positive_int, default=256,
         help="segments gathered per step (the model runs them in calls of 16, one per core at once)",
     )
-    parser.add_argument("--chunk-files", type=int, default=32, help="files per resumable chunk")
+    parser.add_argument("--chunk-files", type=_positive_int, default=32, help="files per resumable chunk")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -428,18 +541,18 @@ def _add_data_commands(sub):
     )
     p.add_argument("src", metavar="SRC_DIR", help="folder of audio files, or a .csv/.json manifest (path[,track_id])")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--sample-rate", type=int, default=8000, help="target rate in Hz (default 8000)")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="skip shorter files (default 1.0)")
-    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count)")
-    p.add_argument("--shard-mb", type=float, default=64.0, help="shard size in MB (default 64)")
+    p.add_argument("--sample-rate", type=_positive_int, default=8000, help="target rate in Hz (default 8000)")
+    p.add_argument("--min-seconds", type=_non_negative_float, default=1.0, help="skip shorter files (default 1.0)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (default: CPU count)")
+    p.add_argument("--shard-mb", type=_positive_float, default=64.0, help="shard size in MB (default 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_prepare)
     p = data_sub.add_parser("make-irs", help='simulate N room impulse responses (needs "nnfp[rooms]")')
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("n", metavar="N", type=int)
-    p.add_argument("--sample-rate", type=int, default=8000)
+    p.add_argument("n", metavar="N", type=_positive_int)
+    p.add_argument("--sample-rate", type=_positive_int, default=8000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-seconds", type=float, default=1.0, help="cut impulse responses to this length")
+    p.add_argument("--max-seconds", type=_positive_float, default=1.0, help="cut impulse responses to this length")
     p.set_defaults(func=cmd_data_make_irs)
 
 
@@ -468,7 +581,7 @@ def build_parser():
     p = sub.add_parser("demo", help="train briefly on the embedded corpus, index it, identify noisy queries")
     p.add_argument("--config", default=None, help="default: configs/demo.yaml")
     p.add_argument("--run-dir", default="runs/demo")
-    p.add_argument("--queries", type=int, default=50, help="queries per query length")
+    p.add_argument("--queries", type=_positive_int, default=50, help="queries per query length")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.set_defaults(func=cmd_demo)
 
@@ -487,7 +600,7 @@ def build_parser():
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing nnfp index at INDEX_DIR")
     p.add_argument(
-        "--hop", type=_finite_float, default=0.5,
+        "--hop", type=_positive_float, default=0.5,
         help="seconds between indexed segments (default 0.5, the paper's; 0.25 doubles the index and "
         "lines 1 s queries up better)",
     )
@@ -514,7 +627,7 @@ def build_parser():
     _add_fingerprint_arguments(p)
     _add_trust_argument(p)
     p.add_argument(
-        "--lock-timeout", type=float, default=None, metavar="SECONDS",
+        "--lock-timeout", type=_non_negative_float, default=None, metavar="SECONDS",
         help="give up after waiting this long for another add of the same index (default: wait)",
     )
     p.set_defaults(func=cmd_index_add)
@@ -529,7 +642,7 @@ def build_parser():
     p.add_argument("--out", default=None, help="where to write it (default INDEX_DIR/calibration.json; "
                    "MODEL.calibration.json next to a .keras model ships it with the model)")
     p.add_argument("--n-queries", type=_positive_int, default=500, help="queries of each kind (default 500)")
-    p.add_argument("--lengths", type=float, nargs="+", default=[1, 2, 3, 5, 6, 10], help="query lengths in seconds")
+    p.add_argument("--lengths", type=_positive_float, nargs="+", default=[1, 2, 3, 5, 6, 10], help="query lengths in seconds")
     p.add_argument("--n-unknown", type=_positive_int, default=None,
                    help="out-of-catalogue queries per folder (default: --n-queries; 1000 lets a 1 %% target at 95 %% "
                    "confidence admit 4 false matches)")
@@ -537,7 +650,7 @@ def build_parser():
     p.add_argument("--confidence", type=_finite_float, default=0.95,
                    help="the target must hold at this confidence (Clopper-Pearson upper bound over the "
                    "out-of-catalogue queries; default 0.95; 0: point estimate, fits the calibration music only)")
-    p.add_argument("--snr-range", type=float, nargs=2, default=[0.0, 10.0], metavar=("LOW", "HIGH"))
+    p.add_argument("--snr-range", type=_finite_float, nargs=2, default=[0.0, 10.0], metavar=("LOW", "HIGH"))
     p.add_argument("--noise-dir", default=None, help="background noise folder (default: generated noise)")
     p.add_argument("--ir-dir", default=None, help="impulse response folder (default: generated rooms)")
     _add_phase_arguments(p)
@@ -565,8 +678,8 @@ def build_parser():
         f"or {DEFAULT_MIN_SCORE} when the index has no calibration)",
     )
     _add_phase_arguments(p)
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default: as built)")
-    p.add_argument("--threads", type=int, default=1, help="faiss threads (default 1)")
+    p.add_argument("--nprobe", type=_positive_int, default=None, help="IVF lists visited (default: as built)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="faiss threads (default 1)")
     p.add_argument("--model", default=None, help="override the index's model")
     _add_trust_argument(p)
     p.set_defaults(func=cmd_identify)
@@ -580,9 +693,9 @@ def build_parser():
         help="audio files, any format/rate; - reads raw 16-bit little-endian mono PCM from stdin",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per detected play and line, as it ends")
-    p.add_argument("--rate", type=int, default=8000, help="sample rate of the PCM on stdin (default 8000)")
-    p.add_argument("--window", type=_finite_float, default=5.0, help="seconds of audio per searched window (default 5)")
-    p.add_argument("--max-gap", dest="max_gap", type=_finite_float, default=30.0,
+    p.add_argument("--rate", type=_positive_int, default=8000, help="sample rate of the PCM on stdin (default 8000)")
+    p.add_argument("--window", type=_positive_float, default=5.0, help="seconds of audio per searched window (default 5)")
+    p.add_argument("--max-gap", dest="max_gap", type=_non_negative_float, default=30.0,
                    help="a play survives this many seconds without a match (longer while its track stays "
                         "among the best places at its alignment) and goes on if its track returns at the same "
                         "alignment; it is reported at most this long after it was last heard (default 30)")
@@ -592,8 +705,8 @@ def build_parser():
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="segments per inference batch (default: 256 for files; 64, 32 s of audio, for stdin, "
                         "so a live stream's detections do not wait for 128 s of it)")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default: as built)")
-    p.add_argument("--threads", type=int, default=1, help="faiss threads (default 1)")
+    p.add_argument("--nprobe", type=_positive_int, default=None, help="IVF lists visited (default: as built)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="faiss threads (default 1)")
     p.add_argument("--model", default=None, help="override the index's model")
     _add_trust_argument(p)
     p.set_defaults(func=cmd_monitor)
@@ -603,9 +716,9 @@ def build_parser():
     p.add_argument("--db", default=None, help="DB audio folder: build an index of it in OUT/index")
     p.add_argument("--dummy-dir", default=None, help="extra distractor tracks added to the --db index")
     p.add_argument("--query-dir", default=None, help="recorded queries with labels.csv (query,track,offset_s)")
-    p.add_argument("--n-queries", type=int, default=2000, help="synthesised queries (default 2000)")
-    p.add_argument("--lengths", type=float, nargs="+", default=[1, 2, 3, 5, 6, 10], help="query lengths in seconds")
-    p.add_argument("--snr-range", type=float, nargs=2, default=[0.0, 10.0], metavar=("LOW", "HIGH"))
+    p.add_argument("--n-queries", type=_positive_int, default=2000, help="synthesised queries (default 2000)")
+    p.add_argument("--lengths", type=_positive_float, nargs="+", default=[1, 2, 3, 5, 6, 10], help="query lengths in seconds")
+    p.add_argument("--snr-range", type=_finite_float, nargs=2, default=[0.0, 10.0], metavar=("LOW", "HIGH"))
     p.add_argument("--noise-dir", default=None, help="background noise folder (default: generated noise)")
     p.add_argument("--noise-kind", default=None, help="generated noise kind, e.g. babble for speech-like background")
     p.add_argument("--ir-dir", default=None, help="impulse response folder (default: generated rooms)")
@@ -613,12 +726,12 @@ def build_parser():
     p.add_argument("--no-reverb", action="store_true", help="no impulse response")
     p.add_argument("--clean", action="store_true", help="no degradation at all")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k-probe", type=int, default=DEFAULT_K_PROBE)
-    p.add_argument("--threads", type=int, default=1, help="faiss threads (default 1)")
+    p.add_argument("--k-probe", type=_positive_int, default=DEFAULT_K_PROBE)
+    p.add_argument("--threads", type=_positive_int, default=1, help="faiss threads (default 1)")
     p.add_argument("--aligned", action="store_true",
                    help="cut queries on the DB hop grid (the paper's protocol); default: random sample positions")
     p.add_argument("--unknown-dir", default=None, help="tracks NOT in the index: queries for the false-match rate")
-    p.add_argument("--n-unknown", type=int, default=None, help="out-of-catalogue queries (default: --n-queries)")
+    p.add_argument("--n-unknown", type=_positive_int, default=None, help="out-of-catalogue queries (default: --n-queries)")
     _add_phase_arguments(p)
     p.add_argument("--min-score", type=_finite_float, default=None,
                    help="fixed match threshold (default: the index's calibrated threshold per query length)")
@@ -690,10 +803,22 @@ _FINGERPRINTING_COMMANDS = (
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    _use_xla_cache()
     command = " ".join(
         [args.command] + [getattr(args, f"{args.command}_command", None) or ""]
     ).strip()  # "index build", "data prepare", "identify"
+    if argv is not None:  # main([...]) inside a Python session: Ctrl-C is the session's
+        return _main(args, command, argv)
+    try:
+        return _main(args, command, argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before a command installs its own handling (`monitor`), e.g. while TensorFlow
+        # loads: no traceback. Whatever was written is whole (`nnfp.outputs`); a build resumes.
+        print(f"\nnnfp {command}: interrupted (SIGINT)", file=sys.stderr)
+        _exit_now(130)
+
+
+def _main(args, command, argv):
+    _use_xla_cache()
     own_process = argv is None and command in _FINGERPRINTING_COMMANDS
     if own_process:
         # A process of its own (not main([...]) inside a Python session): it only
@@ -701,7 +826,20 @@ def main(argv=None):
         from nnfp.export import use_inference_threads
 
         use_inference_threads()
-    status = _run(args, command)
+    import warnings
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        # nnfp's own warnings are about the user's files (nnfp.audio.io.TruncatedAudioWarning:
+        # a cut mp3): one line each, without Python's file:line, written between progress bars.
+        if not category.__module__.startswith("nnfp."):
+            return python_show_warning(message, category, filename, lineno, file, line)
+        from tqdm import tqdm
+
+        tqdm.write(f"nnfp: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():  # a main([...]) inside a Python session leaves its hook as it was
+        python_show_warning, warnings.showwarning = warnings.showwarning, show_warning
+        status = _run(args, command)
     if own_process:
         _exit_now(status)
     return status
@@ -712,6 +850,9 @@ def _run(args, command):
 
     try:
         return args.func(args)
+    except BrokenPipeError:  # `nnfp monitor ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush
+        return 141  # 128 + SIGPIPE, as a shell reports a command stopped by a closed pipe
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"nnfp {command}: error: {_one_line(error)}", file=sys.stderr)
         return 2

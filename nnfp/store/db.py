@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import faiss
@@ -63,6 +64,35 @@ IVF_DATA_FILE = "index.ivfdata"  # inverted lists of an on-disk IVF index, besid
 CHECKSUM_ON_LOAD_BYTES = 256 * 2**20
 
 
+# What a saved DB folder holds besides the files its integrity record lists: a save replacing
+# the folder drops these, and carries any other entry (a user's own file) into the new one.
+_DB_NAMES = ("embeddings.npy", "segments.npz", "tracks.json", "index.faiss", IVF_DATA_FILE, "model", "model.keras",
+             "calibration.json")
+
+
+_LOAD_ATTEMPTS = 20  # loads overlapping a folder swap are made again, up to this many in all
+
+
+def _folder_identity(directory):
+    """(device, inode) of a folder, None when missing: a replaced folder is another inode."""
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _own_names(directory):
+    """Top-level entries of the DB saved at `directory` that are nnfp's (`_DB_NAMES` and its record)."""
+    names = set(_DB_NAMES)
+    try:
+        recorded = json.loads((Path(directory) / "tracks.json").read_text())["integrity"]["files"]
+        names.update(name.split("/")[0] for name in recorded)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return names
+
+
 def _read_meta(directory):
     """tracks.json of a saved DB, checked to be a DB description of the supported version."""
     path = Path(directory) / "tracks.json"
@@ -81,6 +111,18 @@ def _read_meta(directory):
     return meta
 
 
+def _check_store(embeddings, meta, directory):
+    """Every stored fingerprint is a unit vector or zero, and the zeros are the dead-air rows
+    recorded at save time (`CorruptIndexError` otherwise)."""
+    path = Path(directory) / "embeddings.npy"
+    zeros = _zero_rows(embeddings, where=path)
+    recorded = meta.get("zero_rows")
+    if recorded is not None and zeros != recorded:
+        raise CorruptIndexError(
+            f"{path}: damaged: {zeros} zero fingerprints, {recorded} dead-air rows recorded; {REBUILD_HINT}"
+        )
+
+
 def verify_db(directory):
     """Checks every file of a saved DB: sizes and SHA-256 recorded at save time, and that
     each file loads. Returns `(problems, has_checksums)`: one-line messages (empty: intact),
@@ -93,7 +135,8 @@ def verify_db(directory):
     problems = integrity_problems(directory, meta, checksums=True)
     if not problems:
         try:
-            FingerprintDB.load(directory, checksums=False)
+            db = FingerprintDB.load(directory, checksums=False)
+            _check_store(db.embeddings, meta, directory)  # whatever the size
         except (FileNotFoundError, CorruptIndexError) as error:
             problems.append(str(error))
     return problems, bool(meta.get("integrity"))
@@ -125,6 +168,33 @@ def _default_threads():
 def _default_nlist(n_segments):
     nlist = int(round(4.0 * np.sqrt(n_segments)))
     return int(np.clip(nlist, 1, max(1, n_segments // _MIN_POINTS_PER_CENTROID)))
+
+
+_NORM_TOLERANCE = 1e-3  # |norm - 1| of a stored or query fingerprint (float32 arithmetic: ~1e-6)
+
+
+def _bad_norms(vectors):
+    """Positions of rows that are neither unit vectors nor zero (dead air), NaN included."""
+    norms = np.linalg.norm(np.asarray(vectors, np.float32), axis=1)
+    return np.flatnonzero(~((np.abs(norms - 1.0) <= _NORM_TOLERANCE) | (norms == 0.0))), norms
+
+
+def _zero_rows(embeddings, where=None):
+    """Counts the zero rows (dead air) of fingerprints read in chunks; every other row must be a
+    unit vector: `ValueError` for given embeddings, `CorruptIndexError` naming `where` (a stored file)."""
+    zeros = 0
+    for first in range(0, len(embeddings), _ADD_CHUNK_ROWS):
+        block = np.asarray(embeddings[first : first + _ADD_CHUNK_ROWS], np.float32)
+        bad, norms = _bad_norms(block)
+        if bad.size:
+            row = first + int(bad[0])
+            what = (f"row {row} has norm {norms[bad[0]]:.4g} ({bad.size} such rows in rows "
+                    f"{first}-{first + len(block) - 1}); fingerprints are unit vectors, or zero for dead air")
+            if where is None:
+                raise ValueError(f"`embeddings`: {what}")
+            raise CorruptIndexError(f"{where}: damaged: {what}; {REBUILD_HINT}")
+        zeros += int(np.count_nonzero(norms == 0.0))
+    return zeros
 
 
 def _check_segments(embeddings, segment_track, segment_start, tracks, d=None):
@@ -162,13 +232,10 @@ def _check_segments(embeddings, segment_track, segment_start, tracks, d=None):
                 f"Each track needs keys 'track_id', 'path', 'duration_s'; missing "
                 f"{sorted(missing)}. Received: track={track}"
             )
-        clean_tracks.append(
-            {
-                "track_id": int(track["track_id"]),
-                "path": str(track["path"]),
-                "duration_s": float(track["duration_s"]),
-            }
-        )
+        clean = {"track_id": int(track["track_id"]), "path": str(track["path"]), "duration_s": float(track["duration_s"])}
+        if track.get("pcm_sha256"):  # the decoded audio's digest: `nnfp index add` refuses the same audio twice
+            clean["pcm_sha256"] = str(track["pcm_sha256"])
+        clean_tracks.append(clean)
     ids = [t["track_id"] for t in clean_tracks]
     if len(set(ids)) != len(ids):
         raise ValueError(f"Track ids must be unique. Received: track_ids={ids}")
@@ -186,6 +253,7 @@ def _check_segments(embeddings, segment_track, segment_start, tracks, d=None):
             "The segments of each track must be contiguous rows, in time order. "
             f"Received: {n_runs} runs for {np.unique(segment_track).size} tracks"
         )
+    _zero_rows(embeddings)  # unit or zero rows only
     return (
         np.ascontiguousarray(embeddings, dtype=np.float32),
         segment_track.astype(np.int32),
@@ -434,6 +502,7 @@ class FingerprintDB:
         self.index_params = dict(index_params)
         self.metadata = dict(metadata or {})
         self.integrity = None  # checksums recorded in the saved folder (set by `load`)
+        self.source = None  # the embeddings file of a loaded DB (named in errors)
         self.threads = _default_threads() if threads is None else int(threads)
         if self.threads < 1:
             raise ValueError(f"`threads` must be >= 1. Received: threads={threads}")
@@ -616,15 +685,16 @@ class FingerprintDB:
             extra_files: optional `{name: source path}` of files or folders copied
                 into the database folder (e.g. the model that made the fingerprints).
         """
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, own_names=_own_names(directory)) as tmp:
             # Copied in chunks so a memory-mapped store is never read into RAM at once.
             store = np.lib.format.open_memmap(
                 tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=self.embeddings.shape
             )
+            zero_rows = 0
             for first in range(0, self.n_segments, _ADD_CHUNK_ROWS):
-                store[first : first + _ADD_CHUNK_ROWS] = self.embeddings[
-                    first : first + _ADD_CHUNK_ROWS
-                ]
+                block = np.asarray(self.embeddings[first : first + _ADD_CHUNK_ROWS], np.float32)
+                zero_rows += _zero_rows(block)
+                store[first : first + _ADD_CHUNK_ROWS] = block
             store.flush()
             del store
             for name, source in (extra_files or {}).items():
@@ -641,6 +711,7 @@ class FingerprintDB:
                 "hop_seconds": self.hop_seconds,
                 "index_type": self.index_type,
                 "params": self.index_params,
+                "zero_rows": zero_rows,  # dead-air segments (zero fingerprints); every other row is a unit vector
                 "metadata": self.metadata,
                 "tracks": self.tracks,
             }
@@ -654,6 +725,28 @@ class FingerprintDB:
 
     @classmethod
     def load(cls, directory, mmap=True, threads=None, checksums="auto"):
+        """Opens a saved database (`_load`), as one consistent version of the folder.
+
+        A writer (`nnfp index add`, a build with `--overwrite`) replaces the whole folder
+        in one exchange while readers may be loading it; a load that overlapped a swap
+        (the folder is another one at the end) is made again, so a reader never mixes
+        the files of two versions nor reports such a mix as damage.
+        """
+        for _ in range(_LOAD_ATTEMPTS - 1):
+            before = _folder_identity(directory)
+            try:
+                db = cls._load(directory, mmap=mmap, threads=threads, checksums=checksums)
+            except (FileNotFoundError, CorruptIndexError):
+                if _folder_identity(directory) == before:
+                    raise  # the folder did not change (or is missing): the error is real
+                time.sleep(0.05)
+                continue
+            if _folder_identity(directory) == before:
+                return db
+        return cls._load(directory, mmap=mmap, threads=threads, checksums=checksums)
+
+    @classmethod
+    def _load(cls, directory, mmap=True, threads=None, checksums="auto"):
         """Opens a saved database; `embeddings` are memory-mapped when `mmap`.
 
         An index saved with on-disk inverted lists (`index_params["on_disk"]`, e.g. from
@@ -745,6 +838,9 @@ class FingerprintDB:
                 f"{directory}: inconsistent files ({one_line(error)}); {REBUILD_HINT}"
             ) from None
         db.integrity = meta.get("integrity")
+        db.source = directory / "embeddings.npy"
+        if embeddings.nbytes <= CHECKSUM_ON_LOAD_BYTES:  # larger stores: at search (`_check_similarities`)
+            _check_store(db.embeddings, meta, directory)
         return db
 
     # ---------------------------------------------------------------- search
@@ -840,8 +936,22 @@ class FingerprintDB:
                 block = np.asarray(self.embeddings[unique_rows], dtype=np.float32)  # (n_rows, d)
                 windows = block[where.reshape(rows.shape).T]  # (q, c, d)
                 sims = np.matmul(windows, query[offsets, :, None])[:, :, 0].T  # (c, q)
+                self._check_similarities(sims, rows)
                 totals[cands] += np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64)
         return totals / n_query
+
+    def _check_similarities(self, sims, rows):
+        """Inner products of unit vectors lie in [-1, 1]: anything else is a damaged store
+        (found at search time in an index too large to check on load)."""
+        if sims.size and not (np.abs(sims).max() <= 1.0 + _NORM_TOLERANCE):  # NaN fails too
+            bad, norms = _bad_norms(np.asarray(self.embeddings[np.unique(rows)], np.float32))
+            row = int(np.unique(rows)[bad[0]]) if bad.size else -1
+            raise CorruptIndexError(
+                f"{self.source or 'the fingerprint store'}: damaged: a similarity of "
+                f"{np.nanmax(np.abs(sims)):.4g} (fingerprints are unit vectors: at most 1)"
+                + (f"; row {row} has norm {norms[bad[0]]:.4g}" if bad.size else "")
+                + f"; {REBUILD_HINT}"
+            )
 
     def interpolated_starts(self, starts, n_query):
         """The windows around `starts` that `interpolated_scores` can score: each start and
@@ -875,6 +985,8 @@ class FingerprintDB:
                 mixed = (1.0 - fraction) * block[where[0]] + fraction * block[where[1]]  # (c, q, d)
                 mixed /= np.maximum(np.linalg.norm(mixed, axis=-1, keepdims=True), 1e-12)
                 totals[tile : tile + n_per_tile] += np.einsum("cqd,qd->c", mixed, query[offsets], dtype=np.float64)
+        if totals.size and not (np.abs(totals).max() <= len(query) * (1.0 + _NORM_TOLERANCE)):
+            self._check_similarities(np.array([np.inf]), starts)
         return totals / len(query)
 
     def search(self, query_embeddings, k_probe=20, n_results=5, min_score=None, collapse_seconds=1.0, hits=None):
@@ -964,6 +1076,12 @@ class FingerprintDB:
             raise ValueError(
                 f"`query_embeddings` must have shape (n_segments, {self.dim}). "
                 f"Received: shape={np.shape(query_embeddings)}"
+            )
+        bad, norms = _bad_norms(query)
+        if bad.size:
+            raise ValueError(
+                f"`query_embeddings` must be unit vectors (or zero for dead air). Received: row {bad[0]} "
+                f"with norm {norms[bad[0]]:.4g}"
             )
         return np.ascontiguousarray(query)
 

@@ -1,0 +1,244 @@
+"""Calibration files check themselves: a missing, altered or out-of-range calibration stops
+the commands that decide with it (or `nnfp index verify` reports it), and `nnfp index
+calibrate` claims only the false-match bound its sample supports, keeps a backup of what
+it replaces and never overwrites a file that is not a calibration.
+
+Uses the shipped model on two generated 8 s tracks (index built with a copy of the model
+that has a calibration of its own beside it, as `default.keras` has).
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from nnfp.catalogue import calibration as calibration_module
+from nnfp.catalogue.build import build_index, lock_path
+from nnfp.catalogue.calibration import (
+    Calibration,
+    binomial_upper_bound,
+    calibrate,
+    format_calibration_table,
+    model_calibration_path,
+)
+from nnfp.catalogue.fingerprint import DEFAULT_MODEL_PATH
+from nnfp.cli import main
+
+pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.exists(), reason="no shipped model")
+
+RATE = 8000
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from nnfp.corpus.synth import compose_track
+
+    root = tmp_path_factory.mktemp("calibration")
+    music, unknown = root / "music", root / "unknown"
+    music.mkdir()
+    unknown.mkdir()
+    for i in range(2):
+        sf.write(music / f"track_{i}.wav", compose_track(40 + i, 8.0, RATE), RATE, subtype="PCM_16")
+    sf.write(unknown / "other.wav", compose_track(940, 8.0, RATE), RATE, subtype="PCM_16")
+    model = root / "m.keras"
+    shutil.copyfile(DEFAULT_MODEL_PATH, model)
+    Calibration([1, 3], [0.999, 0.995], info={"note": "test"}).save(root / "m.calibration.json")
+    build_index(music, root / "index", model=model, index_type="flat", progress=False)
+    query = root / "query.wav"
+    sf.write(query, compose_track(40, 8.0, RATE)[2 * RATE : 5 * RATE], RATE)
+    return {"root": root, "index": root / "index", "unknown": unknown, "query": query}
+
+
+@pytest.fixture
+def index(setup, tmp_path):
+    """A copy of the calibrated index, free to damage."""
+    copy = tmp_path / "index"
+    shutil.copytree(setup["index"], copy)
+    return copy
+
+
+def _edit(path, **changes):
+    payload = json.loads(path.read_text())
+    payload.update(changes)
+    path.write_text(json.dumps(payload))
+
+
+def _no_queries(monkeypatch):
+    """Makes any query of `calibrate_index` fail the test: refusals come before the work."""
+    import nnfp.catalogue.evaluation as evaluation
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a calibration query was made before the refusal")
+
+    monkeypatch.setattr(evaluation, "index_queries", fail)
+    monkeypatch.setattr(evaluation, "run_queries", fail)
+
+
+# ------------------------------------------------------------------ the file checks itself
+
+
+def test_saved_calibration_carries_a_digest_of_its_content(tmp_path):
+    path = Calibration([1, 3], [0.8, 0.7], info={"n_unknown": 300}).save(tmp_path / "c.json")
+    payload = json.loads(path.read_text())
+    assert len(payload["sha256"]) == 64
+    loaded = Calibration.load(path)
+    assert loaded.min_score == [0.8, 0.7] and loaded.info == {"n_unknown": 300} and loaded.notes == []
+    _edit(path, min_score=[0.8, 0.0])  # a threshold edited by hand: the digest no longer fits
+    with pytest.raises(calibration_module.CalibrationError, match=r"c\.json: altered since it was written"):
+        Calibration.load(path)
+
+
+def test_calibration_without_digest_is_accepted_with_a_note(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"lengths_s": [1, 3], "min_score": [0.8, 0.7]}))
+    loaded = Calibration.load(path)
+    assert loaded.min_score == [0.8, 0.7]
+    assert len(loaded.notes) == 1 and "no digest (written by an older nnfp)" in loaded.notes[0]
+
+
+@pytest.mark.parametrize("scores", [[0.8, -5.0], [1.5, 0.7], [0.8, float("nan")]])
+def test_thresholds_outside_the_cosine_range_are_refused(tmp_path, scores):
+    with pytest.raises(ValueError, match=r"within \[-1, 1\]"):
+        Calibration([1, 3], scores)
+    path = tmp_path / "bad.json"  # no digest: checked for range all the same
+    path.write_text(json.dumps({"lengths_s": [1, 3], "min_score": scores}))
+    with pytest.raises(calibration_module.CalibrationError, match=r"bad\.json: invalid calibration.*within \[-1, 1\]"):
+        Calibration.load(path)
+
+
+def test_shipped_calibration_has_a_valid_digest_and_falls_with_length():
+    shipped = Calibration.load(model_calibration_path(DEFAULT_MODEL_PATH))
+    assert shipped.notes == []
+    assert shipped.min_score == [0.7997, 0.7898, 0.724, 0.6575, 0.6436, 0.6299]
+    assert shipped.min_score == sorted(shipped.min_score, reverse=True)
+
+
+def test_index_calibration_follows_what_the_index_records(tmp_path):
+    # Built with a calibration (metadata "calibrated": true) and the file gone: an error.
+    with pytest.raises(calibration_module.CalibrationError, match=r"calibration\.json: missing.*nnfp index calibrate.*--min-score"):
+        calibration_module.index_calibration(tmp_path, {"calibrated": True})
+    # Built without one: the default threshold applies, and says so.
+    calibration, notes = calibration_module.index_calibration(tmp_path, {"calibrated": False})
+    assert calibration is None and "no calibration" in notes[0] and "0.5" in notes[0]
+    # An index from before the record: built with a calibration when its model had one.
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"")
+    assert calibration_module.index_calibration(tmp_path, {"model_source": str(model)})[0] is None
+    Calibration([1], [0.9]).save(tmp_path / "m.calibration.json")
+    with pytest.raises(calibration_module.CalibrationError, match="missing"):
+        calibration_module.index_calibration(tmp_path, {"model_source": str(model)})
+    # A fixed threshold overrides: the problem becomes a note.
+    calibration, notes = calibration_module.index_calibration(tmp_path, {"calibrated": True}, required=False)
+    assert calibration is None and "missing" in notes[0]
+
+
+# ------------------------------------------------------------------ commands that decide
+
+
+def test_deleted_calibration_stops_identify_and_min_score_overrides_it(index, setup, capsys):
+    (index / "calibration.json").unlink()
+    assert main(["identify", str(index), str(setup["query"])]) == 2
+    err = capsys.readouterr().err
+    assert f"{index / 'calibration.json'}: missing" in err
+    assert "nnfp index calibrate" in err and "--min-score" in err
+    assert main(["identify", str(index), str(setup["query"]), "--min-score", "0.3", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["matches"][0]["track"] == "track_0.wav"
+    assert "--min-score 0.3 overrides the index's calibration" in captured.err
+    assert main(["index", "verify", str(index)]) == 2
+    assert f"PROBLEM: {index / 'calibration.json'}: missing" in capsys.readouterr().out
+
+
+def test_monitor_with_min_score_runs_without_the_calibration_and_says_it_overrides(index, setup, capsys):
+    (index / "calibration.json").unlink()
+    assert main(["monitor", str(index), str(setup["query"]), "--json"]) == 2
+    assert "calibration.json: missing" in capsys.readouterr().err
+    assert main(["monitor", str(index), str(setup["query"]), "--json", "--min-score", "0.5"]) == 0
+    assert "--min-score 0.5 overrides the index's calibration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threshold", [0.0, -5.0])
+def test_altered_calibration_stops_identify_and_fails_verify(index, setup, capsys, threshold):
+    _edit(index / "calibration.json", min_score=[threshold, threshold])
+    assert main(["identify", str(index), str(setup["query"])]) == 2
+    err = capsys.readouterr().err
+    assert f"{index / 'calibration.json'}: altered since it was written" in err and "--min-score" in err
+    assert main(["index", "verify", str(index)]) == 2
+    out = capsys.readouterr().out
+    assert f"PROBLEM: {index / 'calibration.json'}: altered since it was written" in out
+
+
+def test_intact_index_verifies_and_identifies_with_its_calibration(index, setup, capsys):
+    assert main(["index", "verify", str(index)]) == 0
+    assert main(["identify", str(index), str(setup["query"])]) == 0
+    captured = capsys.readouterr()
+    assert "1. track_0.wav  offset 2.0 s" in captured.out and captured.err == ""
+
+
+# ------------------------------------------------------------------ nnfp index calibrate
+
+
+def test_smallest_sample_size_is_the_clopper_pearson_zero_count():
+    assert calibration_module.smallest_sample_size(0.01, 0.95) == 299  # 1 - 0.05 ** (1 / 299) = 0.997 %
+    assert binomial_upper_bound(0, 299) <= 0.01 < binomial_upper_bound(0, 298)
+    assert calibration_module.smallest_sample_size(0.05, 0.95) == 59
+
+
+def test_calibrate_refuses_a_sample_too_small_for_the_target_before_any_query(index, setup, capsys, monkeypatch):
+    _no_queries(monkeypatch)
+    before = (index / "calibration.json").read_bytes()
+    args = ["index", "calibrate", str(index), "--unknown", str(setup["unknown"]), "--n-queries", "20", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    # 0 false matches of 20 bound the rate at 13.9 % (95 %); 299 queries are needed for 1 %.
+    assert "20 out-of-catalogue queries" in err and "13.9 %" in err
+    assert "299" in err and "0.997 %" in err and "--confidence 0" in err
+    assert (index / "calibration.json").read_bytes() == before
+    assert not (index / "calibration.json.bak").exists()
+
+
+def test_calibrate_out_refuses_to_overwrite_a_file_that_is_not_a_calibration(index, setup, tmp_path, capsys, monkeypatch):
+    _no_queries(monkeypatch)
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"my": "notes"}')
+    args = ["index", "calibrate", str(index), "--unknown", str(setup["unknown"]), "--out", str(notes),
+            "--target", "0.25", "--n-queries", "12", "--quiet"]
+    assert main(args) == 2
+    assert f"{notes}: exists and is not an nnfp calibration" in capsys.readouterr().err
+    assert notes.read_text() == '{"my": "notes"}'
+
+
+def test_calibrate_backs_up_what_it_replaces_under_the_index_lock(index, setup, tmp_path, capsys, monkeypatch):
+    lock = lock_path(index)
+    locked = []
+    save = Calibration.save
+    monkeypatch.setattr(Calibration, "save", lambda self, path: locked.append(lock.exists()) or save(self, path))
+    before = (index / "calibration.json").read_bytes()
+    # 12 out-of-catalogue queries, none matching, bound the rate at 22.1 % (95 %): enough for 25 %.
+    args = ["index", "calibrate", str(index), "--unknown", str(setup["unknown"]), "--n-queries", "12",
+            "--lengths", "1", "3", "--target", "0.25", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "<= 22.1 % at 95 % confidence" in out
+    assert (index / "calibration.json.bak").read_bytes() == before
+    assert locked == [True] and not lock.exists()
+    assert Calibration.load(index / "calibration.json").notes == []
+    assert main(["index", "verify", str(index)]) == 0
+    # --out onto an existing calibration: replaced, the old one kept beside it.
+    out_file = tmp_path / "m.calibration.json"
+    shutil.copyfile(index / "calibration.json.bak", out_file)
+    assert main([*args, "--out", str(out_file)]) == 0
+    assert (tmp_path / "m.calibration.json.bak").read_bytes() == before
+    assert Calibration.load(out_file).info["n_unknown"] == 12
+
+
+def test_point_estimate_claims_no_confidence():
+    unknown = np.linspace(0.0, 0.99, 100)[:, None]
+    known, right = np.array([[0.995]]), np.array([[True]])
+    table = format_calibration_table(calibrate([3.0], known, right, unknown, confidence=None))
+    assert "point estimate: no confidence claimed" in table
+    bounded = format_calibration_table(calibrate([3.0], known, right, unknown))
+    # 100 queries, none above the threshold: 2.95 % at 95 %, not the 1 % target
+    assert "<= 2.95 % at 95 % confidence" in bounded
