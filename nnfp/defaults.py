@@ -7,7 +7,17 @@ without loading faiss or TensorFlow.
 import os
 from pathlib import Path
 
-__all__ = ["DEFAULT_INTERPOLATE", "DEFAULT_K_PROBE", "DEFAULT_MIN_SCORE", "DEFAULT_PHASES", "DEFAULT_REFINE", "INDEX_TYPES", "cache_home"]
+__all__ = [
+    "DEFAULT_INTERPOLATE",
+    "DEFAULT_K_PROBE",
+    "DEFAULT_MIN_SCORE",
+    "DEFAULT_PHASES",
+    "DEFAULT_REFINE",
+    "INDEX_TYPES",
+    "INFERENCE_PROCESS",
+    "RUNTIMES",
+    "cache_home",
+]
 
 INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")  # faiss index kinds of `FingerprintDB.build`
 DEFAULT_K_PROBE = 20  # faiss neighbours per query segment (the original `k_probe`)
@@ -43,3 +53,9 @@ def cache_home(environ=None):
     if environ.get("XDG_CACHE_HOME"):
         return Path(environ["XDG_CACHE_HOME"]) / "nnfp"
     return Path.home() / ".cache" / "nnfp"
+
+# Set by the CLI for a process of its own that only fingerprints (index, identify, monitor,
+# evaluate): TensorFlow, if it starts, then gives each op one thread (`nnfp.export`).
+INFERENCE_PROCESS = False
+
+RUNTIMES = ("auto", "litert", "tensorflow")  # --runtime: which runtime fingerprints audio

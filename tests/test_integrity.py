@@ -72,7 +72,7 @@ def test_index_records_checksums_and_probes(setup, capsys):
     root, index = setup
     meta = json.loads((index / "tracks.json").read_text())
     files = meta["integrity"]["files"]
-    assert set(files) == {"embeddings.npy", "segments.npz", "index.faiss", "model.keras"}
+    assert set(files) == {"embeddings.npy", "segments.npz", "index.faiss", "model.keras", "litert/model.tflite", "litert/spec.json"}
     assert files["embeddings.npy"]["size"] == (index / "embeddings.npy").stat().st_size
     assert len(files["model.keras"]["sha256"]) == 64
     probe = np.array(meta["metadata"]["probe"]["fingerprints"])
@@ -137,7 +137,8 @@ def test_each_corruption_is_one_clear_message(setup, tmp_path, capsys, case):
     if old_message is None:  # same size, valid layout: only a checksum can tell
         return
     _drop_integrity(index)
-    assert main(["identify", str(index), str(root / "query.wav")]) == 2
+    runtime = ["--runtime", "tensorflow"] if name == "model.keras" else []  # the Keras model itself
+    assert main(["identify", str(index), str(root / "query.wav"), *runtime]) == 2
     err = _error_line(capsys)
     assert f"{index / name}" in err and old_message in err, err
     assert "re-export it" in err if name == "model.keras" else "rebuild the index" in err
@@ -191,6 +192,9 @@ def test_replaced_model_inside_index_is_refused(setup, tmp_path):
     shutil.copyfile(root / "b.keras", index / "model.keras")
     _drop_integrity(index)  # checksums would catch it first; the probes catch it too
     with pytest.raises(ModelMismatchError, match="the index's own model .* rebuild it"):
+        Identifier(index, runtime="tensorflow")
+    with pytest.raises(ModelMismatchError, match="the index's own model .* rebuild it"):
+        shutil.rmtree(index / "litert")  # without its LiteRT copy, the Keras model runs by default
         Identifier(index)
 
 

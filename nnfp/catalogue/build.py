@@ -25,7 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from nnfp.catalogue.chunks import fingerprint_catalogue, hop_samples, list_catalogue, partial_dir
-from nnfp.catalogue.fingerprint import index_embedder, index_model_path, load_model, probe_entry
+from nnfp.catalogue.fingerprint import (
+    INDEX_LITERT_DIR,
+    index_embedder,
+    index_model_path,
+    load_model,
+    probe_entry,
+)
 from nnfp.defaults import INDEX_TYPES
 from nnfp.outputs import claim_output_dir
 from nnfp.store.db import FingerprintDB
@@ -40,6 +46,7 @@ __all__ = [
     "calibration_files",
     "index_lock",
     "index_metadata",
+    "litert_files",
     "lock_path",
     "model_file_name",
     "verify_index",
@@ -206,17 +213,111 @@ def verify_index(index_dir, model=None, trust_model=False):
             )
     except ValueError as error:
         problems.append(str(error))
-    try:
-        index_embedder(index_dir, metadata, int(metadata.get("sample_rate", 8000)), model, trust_model)
-    except (FileNotFoundError, ValueError) as error:
-        problems.append(str(error))
+    from nnfp.lite import is_litert_model
+
+    rate = int(metadata.get("sample_rate", 8000))
+    # Each runtime's copy of the model on its own: the Keras model (or the one given), and the
+    # index's LiteRT copy, which `identify` runs by default.
+    runtimes = ["auto"]
+    if model is None and metadata.get("model_file") != INDEX_LITERT_DIR:
+        runtimes = ["tensorflow"] + (["litert"] if is_litert_model(index_dir / INDEX_LITERT_DIR) else [])
+    for runtime in runtimes:
+        try:
+            index_embedder(index_dir, metadata, rate, model, trust_model, runtime=runtime)
+        except (FileNotFoundError, ValueError, ImportError) as error:
+            problems.append(str(error))
     return problems, notes
 
 
 def model_file_name(model_path):
-    """The name of the model's copy inside an index or shard folder: `model/` for a
-    SavedModel folder, `model.keras` for a file."""
+    """The name of the model's copy inside an index or shard folder: `litert/` for a LiteRT
+    folder, `model/` for a SavedModel folder, `model.keras` for a file."""
+    from nnfp.lite import is_litert_model
+
+    if is_litert_model(model_path):
+        return INDEX_LITERT_DIR
     return "model" if Path(model_path).is_dir() else "model.keras"
+
+
+def litert_files(model_path, model_file, work_dir, index_dir=None, log=None):
+    """`{"litert": folder}`: the LiteRT copy of the model to save in an index, so that queries
+    run without TensorFlow (`nnfp.catalogue.fingerprint.index_embedder`).
+
+    The index's own copy when it has one (an `add` keeps it), the copy beside the model
+    (`x.litert/`, as the packaged model's), or a conversion of a `.keras` model into
+    `work_dir` (`nnfp.export.convert_to_litert`). None for a SavedModel, a LiteRT model
+    (it is the index's model already), or when conversion fails (`log` is told why).
+    """
+    from nnfp.catalogue.fingerprint import litert_copy
+    from nnfp.lite import is_litert_model
+
+    if model_file == INDEX_LITERT_DIR:
+        return {}
+    if index_dir is not None and is_litert_model(Path(index_dir) / INDEX_LITERT_DIR):
+        return {INDEX_LITERT_DIR: Path(index_dir) / INDEX_LITERT_DIR}
+    copy = litert_copy(model_path)
+    if copy is not None:
+        return {INDEX_LITERT_DIR: copy}
+    if not Path(model_path).is_file():
+        return {}
+    cached = _cached_litert(model_path)
+    if cached is not None:
+        return {INDEX_LITERT_DIR: cached}
+    target = Path(work_dir) / INDEX_LITERT_DIR
+    try:
+        from nnfp.export import convert_to_litert
+
+        shutil.rmtree(target, ignore_errors=True)  # ours: inside the build's work folder
+        target.mkdir(parents=True)
+        convert_to_litert(model_path, target)
+    except Exception as error:  # the index works without it, on TensorFlow
+        if log is not None:
+            log(f"note: no LiteRT copy of {model_path} in the index (conversion failed: "
+                f"{type(error).__name__}: {error}); its queries will run on TensorFlow")
+        return {}
+    _cache_litert(model_path, target)
+    return {INDEX_LITERT_DIR: target}
+
+
+def _litert_cache_dir(model_path):
+    from nnfp.catalogue.fingerprint import model_digest
+    from nnfp.defaults import cache_home
+
+    return cache_home() / "litert" / model_digest(model_path)
+
+
+def _cached_litert(model_path):
+    """A conversion of this very model made by an earlier build (nnfp's cache), or None: a
+    conversion takes ~5 s, and one model often builds several indexes."""
+    from nnfp.catalogue.fingerprint import model_digest
+    from nnfp.lite import is_litert_model, read_spec
+
+    folder = _litert_cache_dir(model_path)
+    try:
+        if is_litert_model(folder) and read_spec(folder).get("keras_digest") == model_digest(model_path):
+            return folder
+    except ValueError:
+        pass
+    return None
+
+
+def _cache_litert(model_path, folder):
+    """Keeps a copy of a conversion in nnfp's cache (whole or not at all); a cache that
+    cannot be written only costs the next build a conversion."""
+    import tempfile
+
+    target = _litert_cache_dir(model_path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        for name in os.listdir(folder):
+            shutil.copyfile(Path(folder) / name, tmp / name)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another build cached it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def build_index(
@@ -233,6 +334,7 @@ def build_index(
     trust_model=False,
     overwrite=False,
     lock_timeout=None,
+    runtime="auto",
     **index_params,
 ):
     """Fingerprints every audio file under `audio_dir` and saves a searchable index.
@@ -257,6 +359,9 @@ def build_index(
         overwrite: replace an existing nnfp index at `index_dir`.
         lock_timeout: seconds to wait for another process changing `index_dir`
             (`index_lock`; None: no limit), then `IndexLockedError`.
+        runtime: what runs the model (`nnfp.catalogue.fingerprint.load_model`): `"auto"`
+            LiteRT where the model has a LiteRT copy (the packaged one has), else TensorFlow.
+            The index gets a LiteRT copy of a `.keras` model either way (`litert/`).
         **index_params: `FingerprintDB.build` arguments (nlist, m, nbits, nprobe,
             hnsw_m, ef_search, threads, train_size).
 
@@ -278,15 +383,20 @@ def build_index(
         claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=[audio_dir])
         return _build_index(
             audio_dir, index_dir, model, index_type, sample_rate, hop_seconds, batch_size, chunk_files,
-            progress, on_chunk, trust_model, index_params,
+            progress, on_chunk, trust_model, runtime, index_params,
         )
 
 
 def _build_index(
     audio_dir, index_dir, model, index_type, sample_rate, hop_seconds, batch_size, chunk_files, progress,
-    on_chunk, trust_model, index_params,
+    on_chunk, trust_model, runtime, index_params,
 ):
-    embedder, model_path = load_model(model, trust_model=trust_model)
+    embedder, model_path = load_model(model, trust_model=trust_model, runtime=runtime)
+    model_rate = getattr(embedder, "sample_rate", None)
+    if model_rate is not None and int(model_rate) != int(sample_rate):
+        raise ValueError(
+            f"{model_path}: the model takes {model_rate} Hz audio; the index was asked for {sample_rate} Hz"
+        )
     root, relative = list_catalogue(audio_dir)
     work_dir = partial_dir(index_dir)
     found = fingerprint_catalogue(
@@ -309,7 +419,7 @@ def _build_index(
         found.store, found.segment_track, found.segment_start, found.tracks, hop_seconds=hop_seconds,
         index_type=index_type, metadata=metadata, **index_params,
     )
-    return _save_and_report(db, index_dir, model_name, model_path, work_dir, found)
+    return _save_and_report(db, index_dir, model_name, model_path, work_dir, found, progress)
 
 
 def calibration_files(model_path, index_dir=None):
@@ -322,12 +432,15 @@ def calibration_files(model_path, index_dir=None):
     return {INDEX_CALIBRATION_FILE: source} if source.is_file() else {}
 
 
-def _save_and_report(db, index_dir, model_file, model_path, work_dir, found):
-    """Save `db` with its model atomically, drop the work dir, and report on the reloaded index."""
+def _save_and_report(db, index_dir, model_file, model_path, work_dir, found, progress=False):
+    """Save `db` with its model (and its LiteRT copy) atomically, drop the work dir, and report
+    on the reloaded index."""
     adding = Path(model_path).absolute().parent == Path(index_dir).absolute()  # the index's own model
     calibration = calibration_files(model_path, index_dir if adding else None)
     db.metadata["calibrated"] = bool(calibration)  # a missing calibration.json is then an error
-    db.save(index_dir, extra_files={model_file: model_path, **calibration})
+    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    lite = litert_files(model_path, model_file, work_dir, index_dir if adding else None, log=log)
+    db.save(index_dir, extra_files={model_file: model_path, **calibration, **lite})
     del db
     found.store = None  # release the memory-mapped scratch store before deleting it
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -362,10 +475,15 @@ def auto_index_type(n_segments):
     return "flat" if n_segments < SMALL_DB_SEGMENTS else "ivfpq"
 
 
-def index_metadata(model_name, model_path, sample_rate, segment_samples, root, tracks, skipped):
+def index_metadata(model_name, model_path, sample_rate, segment_samples, root, tracks, skipped, digest=None):
+    """The catalogue part of an index's metadata; `digest`: the model's `model_digest` (read
+    from `model_path` when not given)."""
+    from nnfp.catalogue.fingerprint import model_digest
+
     return {
         "model_file": model_name,
         "model_source": str(Path(model_path).absolute()),
+        "model_digest": digest or model_digest(model_path),  # which model made the fingerprints
         "sample_rate": int(sample_rate),
         "segment_seconds": segment_samples / sample_rate,
         "sources": [{"audio_dir": str(root), "first_track_id": 0, "n_tracks": len(tracks)}],
@@ -383,6 +501,7 @@ def add_to_index(
     on_chunk=None,
     trust_model=False,
     lock_timeout=None,
+    runtime="auto",
 ):
     """Appends the tracks under `audio_dir` to a saved index, fingerprinted by its model.
 
@@ -392,21 +511,22 @@ def add_to_index(
     add of the same index waits for the first (`lock_timeout` seconds at most, None:
     no limit, then `IndexLockedError`) and then sees its tracks. The index's model must
     reproduce the index's probe fingerprints (`ModelMismatchError`); a SavedModel needs
-    `trust_model=True`.
+    `trust_model=True`. `runtime`: as for `build_index` (its LiteRT copy runs the index's
+    model when its probes agree).
     """
     index_dir = Path(index_dir).absolute()
     if not index_dir.is_dir():
         raise FileNotFoundError(f"Fingerprint DB directory not found: {index_dir}")
     log = (lambda message: print(message, file=sys.stderr)) if progress else None
     with index_lock(index_dir, timeout=lock_timeout, log=log):
-        return _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_chunk, trust_model)
+        return _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_chunk, trust_model, runtime)
 
 
-def _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_chunk, trust_model):
+def _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_chunk, trust_model, runtime):
     db = FingerprintDB.load(index_dir, mmap=True)
     meta = db.metadata
     model_path = index_model_path(index_dir, meta)
-    embedder = index_embedder(index_dir, meta, meta["sample_rate"], trust_model=trust_model)
+    embedder = index_embedder(index_dir, meta, meta["sample_rate"], trust_model=trust_model, runtime=runtime)
     root, relative = list_catalogue(audio_dir)
     path_of = {track["track_id"]: track["path"] for track in db.tracks}
     present = set()
@@ -431,4 +551,4 @@ def _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_ch
             {"audio_dir": str(root), "first_track_id": first_id, "n_tracks": len(found.tracks)}
         )
     db.metadata["skipped"].extend(s for s in found.skipped if s not in db.metadata["skipped"])
-    return _save_and_report(db, index_dir, meta["model_file"], model_path, work_dir, found)
+    return _save_and_report(db, index_dir, meta["model_file"], model_path, work_dir, found, progress)

@@ -51,6 +51,7 @@ def _fingerprint_files(
         "root": str(Path(root).absolute()),
         "files": list(relative_paths),
         "model": model_digest(model_path),
+        "runtime": getattr(embedder, "runtime", "tensorflow"),  # LiteRT fingerprints differ by ~1e-6
         "sample_rate": int(sample_rate),
         "hop_seconds": float(hop_seconds),
         "segment_samples": int(embedder.segment_samples),

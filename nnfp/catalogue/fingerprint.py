@@ -31,6 +31,7 @@ __all__ = [
     "iter_fingerprints",
     "fingerprint_tracks",
     "index_embedder",
+    "litert_copy",
     "index_model_path",
     "load_model",
     "model_digest",
@@ -57,8 +58,8 @@ class ModelMismatchError(ValueError):
 
 
 def resolve_model(model=None):
-    """`model` (run dir, `.keras` file or SavedModel dir) -> path; None -> the packaged model."""
-    from nnfp.export import resolve_model_path
+    """`model` (run dir, `.keras` file, SavedModel or LiteRT folder) -> path; None -> the packaged model."""
+    from nnfp.model_files import resolve_model_path
 
     if model is None:
         if DEFAULT_MODEL_PATH.exists():
@@ -70,8 +71,38 @@ def resolve_model(model=None):
     return resolve_model_path(model)
 
 
-def load_model(model=None, trust_model=False):
+def _check_runtime(runtime):
+    from nnfp.defaults import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"`runtime` must be one of {RUNTIMES}. Received: runtime={runtime!r}")
+
+
+def litert_copy(model_path):
+    """The LiteRT folder that holds `model_path` converted (`x.keras` -> `x.litert/`, its
+    `spec.json` naming the digest of exactly this file), or None."""
+    from nnfp.lite import is_litert_model, read_spec
+    from nnfp.model_files import litert_copy_path
+
+    model_path = Path(model_path)
+    folder = litert_copy_path(model_path)
+    if not model_path.is_file() or not is_litert_model(folder):
+        return None
+    try:
+        digest = read_spec(folder).get("keras_digest")
+    except ValueError:
+        return None
+    return folder if digest == model_digest(model_path) else None
+
+
+def load_model(model=None, trust_model=False, runtime="auto"):
     """Loads a fingerprinter; returns `(embedder, resolved_path)`.
+
+    `runtime` picks what runs the model: `"litert"` (`nnfp.lite`, no TensorFlow) for a
+    LiteRT folder, or for a `.keras` file with a LiteRT copy beside it (`litert_copy`:
+    the packaged model has one); `"tensorflow"` (`nnfp.export`) for `.keras` files and
+    SavedModels; `"auto"` (default) LiteRT where it can, else TensorFlow. `resolved_path`
+    is the model file itself (the `.keras` file even when its LiteRT copy runs).
 
     A SavedModel can run arbitrary TensorFlow operations and needs `trust_model=True`
     (see `nnfp.export.load_fingerprinter`); `.keras` files load in Keras safe mode.
@@ -80,9 +111,26 @@ def load_model(model=None, trust_model=False):
         nnfp.export.ModelLoadError: a file that is not a fingerprinter, among others (a
             `.keras` file of another Keras model names the attribute it lacks).
     """
+    from nnfp.lite import LiteFingerprinter, is_litert_model, litert_available
+
+    _check_runtime(runtime)
+    path = resolve_model(model)
+    if is_litert_model(path):
+        if runtime == "tensorflow":
+            raise ValueError(f"{path}: a LiteRT model runs with LiteRT only; leave out --runtime tensorflow")
+        return LiteFingerprinter(path), path
+    if runtime != "tensorflow":
+        copy = litert_copy(path)
+        if copy is not None and litert_available():
+            return LiteFingerprinter(copy), path
+        if runtime == "litert":
+            raise ValueError(
+                f"{path}: no LiteRT copy of this model (looked for {Path(path).stem}.litert/ beside it"
+                + ("" if litert_available() else "; and the LiteRT runtime is not installed: pip install ai-edge-litert")
+                + "); export one with `nnfp export MODEL OUT --format litert`, or use --runtime tensorflow"
+            )
     from nnfp.export import ModelLoadError, load_fingerprinter
 
-    path = resolve_model(model)
     try:
         return load_fingerprinter(path, trust_model=trust_model), path
     except AttributeError as error:
@@ -191,11 +239,57 @@ def index_model_path(index_dir, metadata):
     return index_dir / relative
 
 
-def index_embedder(index_dir, metadata, sample_rate, model=None, trust_model=False):
-    """The model of an index (or `model` instead), checked against the index's probes."""
+INDEX_LITERT_DIR = "litert"  # the LiteRT copy of an index's model, inside the index folder
+# A LiteRT copy of an index's model must reproduce its probe fingerprints this closely to run
+# instead of it (float32 conversions of the shipped model differ by ~1e-6).
+LITERT_PROBE_TOLERANCE = 1e-3
+
+
+def _index_litert(index_dir, metadata, sample_rate, runtime):
+    """The index's LiteRT copy of its model, when `runtime` allows it and its probes agree."""
+    from nnfp.lite import LiteFingerprinter, is_litert_model, litert_available
+
+    folder = Path(index_dir) / INDEX_LITERT_DIR
+    if runtime == "tensorflow" or not is_litert_model(folder) or not litert_available():
+        if runtime == "litert":
+            raise ValueError(
+                f"{index_dir}: no LiteRT copy of the index's model (built by an older nnfp, or from a SavedModel)"
+                + ("" if litert_available() else " or the LiteRT runtime is not installed (pip install ai-edge-litert)")
+                + "; use --runtime tensorflow, or rebuild the index"
+            )
+        return None
+    embedder = LiteFingerprinter(folder)
+    probe = metadata.get("probe")
+    if probe and probe.get("seed") == PROBE_SEED:
+        got = probe_fingerprints(embedder, sample_rate)
+        expected = np.asarray(probe["fingerprints"], np.float32)
+        difference = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else np.inf
+        if not difference <= LITERT_PROBE_TOLERANCE:
+            if runtime == "litert":
+                raise ModelMismatchError(
+                    f"{index_dir}: the index's LiteRT copy does not reproduce its probe fingerprints "
+                    f"(difference {difference:.3g} > {LITERT_PROBE_TOLERANCE:g}); use --runtime tensorflow"
+                )
+            return None
+    return embedder
+
+
+def index_embedder(index_dir, metadata, sample_rate, model=None, trust_model=False, runtime="auto"):
+    """The model of an index (or `model` instead), checked against the index's probes.
+
+    With `runtime` `"auto"` (default) or `"litert"`, the index's LiteRT copy of its model
+    (`litert/`, written by `index build`) runs it when its probe fingerprints agree: no
+    TensorFlow is started.
+    """
+    _check_runtime(runtime)
     own = model is None
+    if own:
+        index_model_path(index_dir, metadata)  # a recorded model path leading outside is refused first
+        embedder = _index_litert(index_dir, metadata, sample_rate, runtime)
+        if embedder is not None:
+            return embedder
     path = index_model_path(index_dir, metadata) if own else model
-    embedder, path = load_model(path, trust_model=trust_model)
+    embedder, path = load_model(path, trust_model=trust_model, runtime=runtime)
     what = f"the index's own model {path}" if own else f"the model {path}"
     try:
         check_model(embedder, metadata, sample_rate, what)

@@ -71,13 +71,16 @@ class Identifier:
             the better DB window next to it, which the threshold applies to.
         collapse_seconds: matches of one track closer than this are one place.
         calibration: a `Calibration` or a path overriding the index's.
+        trust_model: allow a SavedModel (index's or `model`), which can run arbitrary
+            TensorFlow operations; `.keras` models load in Keras safe mode regardless.
+        runtime: what fingerprints queries: `"auto"` (default) the index's LiteRT copy of
+            its model when its probes agree (no TensorFlow is imported), else TensorFlow;
+            `"litert"` or `"tensorflow"` insist on one.
 
     Attributes:
         calibration_notes: remarks on the threshold's source (an index without a
             calibration, a calibration file from an older nnfp, one that a fixed
             threshold overrides and that is missing or altered), for the caller to show.
-        trust_model: allow a SavedModel (index's or `model`), which can run arbitrary
-            TensorFlow operations; `.keras` models load in Keras safe mode regardless.
 
     The model must reproduce the probe fingerprints recorded in the index
     (`ModelMismatchError` otherwise), and the index's files their recorded sizes
@@ -104,6 +107,7 @@ class Identifier:
         collapse_seconds=1.0,
         calibration=None,
         trust_model=False,
+        runtime="auto",
     ):
         from nnfp.catalogue.calibration import Calibration, index_calibration
 
@@ -124,7 +128,7 @@ class Identifier:
         meta = self.db.metadata
         if embedder is None:
             rate = int(meta.get("sample_rate", 8000))
-            embedder = index_embedder(index_dir, meta, rate, model=model, trust_model=trust_model)
+            embedder = index_embedder(index_dir, meta, rate, model=model, trust_model=trust_model, runtime=runtime)
         self.embedder = embedder
         self.sample_rate = int(meta.get("sample_rate", 8000))
         self.hop_samples = int(round(self.db.hop_seconds * self.sample_rate))

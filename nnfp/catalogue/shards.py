@@ -24,6 +24,7 @@ from nnfp.catalogue.build import (
     calibration_files,
     index_lock,
     index_metadata,
+    litert_files,
     model_file_name,
 )
 from nnfp.catalogue.chunks import fingerprint_catalogue, hop_samples, list_catalogue, partial_dir
@@ -333,7 +334,7 @@ def _merge_shards(shard_dirs, index_dir, index_type, progress, index_params):
     model_path = shards[0][0] / first["model_file"]
     metadata = index_metadata(
         first["model_file"], first["model_source"], first["sample_rate"], first["segment_samples"],
-        first["catalogue"]["audio_dir"], tracks, skipped,
+        first["catalogue"]["audio_dir"], tracks, skipped, digest=first["model_sha1"],
     )
     metadata["shards"] = {"n_shards": len(shards), "dirs": [str(Path(path).absolute()) for path, _ in shards]}
     if first.get("probe"):
@@ -345,7 +346,9 @@ def _merge_shards(shard_dirs, index_dir, index_type, progress, index_params):
     )
     calibration = calibration_files(first["model_source"])
     db.metadata["calibrated"] = bool(calibration)  # a missing calibration.json is then an error
-    db.save(index_dir, extra_files={first["model_file"]: model_path, **calibration})
+    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    lite = litert_files(model_path, first["model_file"], work_dir, log=log)
+    db.save(index_dir, extra_files={first["model_file"]: model_path, **calibration, **lite})
     del db, store
     shutil.rmtree(work_dir, ignore_errors=True)
     return IndexReport(

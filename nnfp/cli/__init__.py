@@ -61,17 +61,40 @@ def cmd_model_summary(args):
 
 def cmd_export(args):
     from nnfp.config import load_config
-    from nnfp.export import export_saved_model, load_fingerprinter
+    from nnfp.outputs import claim_output_dir
 
+    if args.format == "savedmodel" and args.quantize is not None:
+        raise ValueError(
+            "--quantize applies to --format litert only (a SavedModel keeps the model's float32 "
+            "weights); nothing was written"
+        )
     run_dir = Path(args.run_dir)
     config_path = run_dir / "config.yaml"
     config = load_config(config_path) if config_path.exists() else None
-    from nnfp.outputs import claim_output_dir
-
     claim_output_dir(args.out_dir, "export", overwrite=args.overwrite, inputs=[run_dir])  # before loading
+    if args.format == "litert":
+        from nnfp.export import export_litert
+        from nnfp.lite import LITERT_MODEL_FILE, read_spec
+
+        quantize = args.quantize or "none"
+        out = export_litert(
+            run_dir, args.out_dir, quantize=quantize, overwrite=args.overwrite, inputs=[run_dir], config=config
+        )
+        spec = read_spec(out)
+        parity = spec["parity"]
+        size = (out / LITERT_MODEL_FILE).stat().st_size
+        print(
+            f"exported {out} (LiteRT, {quantize}, {size / 1e6:.1f} MB; serve: waveforms (batch, "
+            f"{spec['segment_samples']}) -> fingerprint (batch, {spec['embedding_dim']}); against the Keras "
+            f"model on {parity['segments']} segments: cosine min {parity['cosine_min']:.7f}, mean "
+            f"{parity['cosine_mean']:.7f}, {100 * parity['own_neighbour']:.1f} % own-nearest-neighbour)"
+        )
+        return 0
+    from nnfp.export import export_saved_model, load_fingerprinter
+
     embedder = load_fingerprinter(run_dir)
     if not hasattr(embedder, "model"):
-        raise ValueError(f"{run_dir}: already a SavedModel; export needs a run directory or .keras file")
+        raise ValueError(f"{run_dir}: already an exported model; export needs a run directory or .keras file")
     out = export_saved_model(embedder.model, args.out_dir, config, overwrite=args.overwrite, inputs=[run_dir])
     print(f"exported {out} (serving_default: waveforms (batch, {embedder.segment_samples}) -> fingerprint)")
     return 0
@@ -134,7 +157,7 @@ def cmd_index_build(args):
     report = build_index(
         args.audio_dir, args.index_dir, model=args.model, trust_model=args.trust_model, index_type=args.index_type,
         hop_seconds=args.hop, batch_size=args.batch_size, chunk_files=args.chunk_files, progress=not args.quiet,
-        overwrite=args.overwrite, **_index_params(args),
+        overwrite=args.overwrite, runtime=args.runtime, **_index_params(args),
     )
     _print_report(report, "indexed")
     return 0
@@ -146,6 +169,7 @@ def cmd_index_add(args):
     report = add_to_index(
         args.index_dir, args.audio_dir, batch_size=args.batch_size, chunk_files=args.chunk_files,
         progress=not args.quiet, trust_model=args.trust_model, lock_timeout=args.lock_timeout,
+        runtime=args.runtime,
     )
     _print_report(report, "added")
     return 0
@@ -160,8 +184,7 @@ def cmd_index_verify(args):
     if problems:
         for problem in problems:
             print(f"PROBLEM: {problem}")
-        print(f"{args.index_dir}: {len(problems)} problem(s); rebuild the index (`nnfp index build`) "
-              "or restore it from a backup")
+        print(f"{args.index_dir}: {len(problems)} problem(s); each line says what to do")
         return 2
     print(f"{args.index_dir}: OK (every file matches its checksum; the model reproduces the probe fingerprints)"
           if not notes else f"{args.index_dir}: OK as far as it can be checked")
@@ -205,7 +228,7 @@ def cmd_identify(args):
         args.index_dir, model=args.model, k_probe=args.k_probe,
         min_score="calibrated" if args.min_score is None else args.min_score,
         threads=args.threads, nprobe=args.nprobe, trust_model=args.trust_model, phases=args.phases,
-        refine=args.refine, interpolate=args.interpolate,
+        refine=args.refine, interpolate=args.interpolate, runtime=args.runtime,
     )
     _print_threshold_notes("identify", args.min_score, identifier)
     if identifier.db.integrity is None:
@@ -322,7 +345,7 @@ def _monitor_recordings(args, stopper):
 
     identifier = Identifier(
         args.index_dir, model=args.model, k_probe=args.k_probe, threads=args.threads,
-        nprobe=args.nprobe, trust_model=args.trust_model,
+        nprobe=args.nprobe, trust_model=args.trust_model, runtime=args.runtime,
         min_score="calibrated" if args.min_score is None else args.min_score,
     )
     _print_threshold_notes("monitor", args.min_score, identifier)
@@ -434,6 +457,16 @@ def _add_trust_argument(parser):
         "--trust-model", action="store_true",
         help="allow a TensorFlow SavedModel, which can run arbitrary operations when loaded "
         "(.keras models load in Keras safe mode and need no flag)",
+    )
+
+
+def _add_runtime_argument(parser):
+    from nnfp.defaults import RUNTIMES
+
+    parser.add_argument(
+        "--runtime", choices=RUNTIMES, default="auto",
+        help="what runs the model: auto (default) LiteRT where the model has a LiteRT copy (an index built "
+        "by this nnfp has one; no TensorFlow is started), else TensorFlow; litert or tensorflow insist on one",
     )
 
 
@@ -572,9 +605,20 @@ def build_parser():
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.set_defaults(func=cmd_model_summary)
 
-    p = sub.add_parser("export", help="export a trained run as a TF SavedModel")
-    p.add_argument("run_dir", help="run directory (or .keras file)")
+    p = sub.add_parser("export", help="export a trained run as a TF SavedModel or a LiteRT model")
+    p.add_argument("run_dir", metavar="RUN_DIR|MODEL", help="run directory (or .keras file)")
     p.add_argument("out_dir", help="new or empty folder (or an earlier export, with --overwrite)")
+    p.add_argument(
+        "--format", choices=("savedmodel", "litert"), default="savedmodel",
+        help="savedmodel (default): a TF SavedModel; litert: model.tflite + spec.json, run without "
+        "TensorFlow by ai-edge-litert, checked against the Keras model before it is written",
+    )
+    p.add_argument(
+        "--quantize", choices=("none", "float16", "int8"), default=None,
+        help="litert weights: none (float32, default), float16 (half the size), or int8 (encoder "
+        "weights; refused unless its fingerprints keep cosine >= 0.999 and 100%% own-nearest-neighbour "
+        "against the Keras model)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing nnfp export at OUT_DIR")
     p.set_defaults(func=cmd_export)
 
@@ -611,6 +655,7 @@ def build_parser():
     )
     _add_index_arguments(p)
     _add_fingerprint_arguments(p)
+    _add_runtime_argument(p)
     p.set_defaults(func=cmd_index_build)
     p = index_sub.add_parser(
         "merge", help="combine the shards of `index build --shard I/N` runs into INDEX_DIR"
@@ -626,6 +671,7 @@ def build_parser():
     p.add_argument("audio_dir", metavar="more_audio_dir")
     _add_fingerprint_arguments(p)
     _add_trust_argument(p)
+    _add_runtime_argument(p)
     p.add_argument(
         "--lock-timeout", type=_non_negative_float, default=None, metavar="SECONDS",
         help="give up after waiting this long for another add of the same index (default: wait)",
@@ -682,6 +728,7 @@ def build_parser():
     p.add_argument("--threads", type=_positive_int, default=1, help="faiss threads (default 1)")
     p.add_argument("--model", default=None, help="override the index's model")
     _add_trust_argument(p)
+    _add_runtime_argument(p)
     p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser(
@@ -709,6 +756,7 @@ def build_parser():
     p.add_argument("--threads", type=_positive_int, default=1, help="faiss threads (default 1)")
     p.add_argument("--model", default=None, help="override the index's model")
     _add_trust_argument(p)
+    _add_runtime_argument(p)
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("evaluate", help="the paper's search evaluation: hit rates against query length")
@@ -822,10 +870,11 @@ def _main(args, command, argv):
     own_process = argv is None and command in _FINGERPRINTING_COMMANDS
     if own_process:
         # A process of its own (not main([...]) inside a Python session): it only
-        # fingerprints, so one thread per op and one model call per core.
-        from nnfp.export import use_inference_threads
+        # fingerprints, so one thread per op and one model call per core, should TensorFlow
+        # start at all (LiteRT needs none of it).
+        from nnfp import defaults
 
-        use_inference_threads()
+        defaults.INFERENCE_PROCESS = True
     import warnings
 
     def show_warning(message, category, filename, lineno, file=None, line=None):

@@ -66,7 +66,7 @@ CHECKSUM_ON_LOAD_BYTES = 256 * 2**20
 
 # What a saved DB folder holds besides the files its integrity record lists: a save replacing
 # the folder drops these, and carries any other entry (a user's own file) into the new one.
-_DB_NAMES = ("embeddings.npy", "segments.npz", "tracks.json", "index.faiss", IVF_DATA_FILE, "model", "model.keras",
+_DB_NAMES = ("embeddings.npy", "segments.npz", "tracks.json", "index.faiss", IVF_DATA_FILE, "model", "model.keras", "litert",
              "calibration.json")
 
 
