@@ -16,8 +16,10 @@ or a light worker, fingerprints audio with it and sends the array to a catalogue
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +85,26 @@ def read_spec(path):
     return spec
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Silences file descriptor 2 for a moment: the runtime's C++ code prints `INFO: Created
+    TensorFlow Lite XNNPACK delegate for CPU.` when its first call plans the graph, which a
+    command's user cannot tell from a fault. Python's own `sys.stderr` is flushed first."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no descriptor 2 (an embedded interpreter)
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _default_threads():
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -124,6 +146,7 @@ class LiteFingerprinter:
         self.embedding_dim = int(self.spec["embedding_dim"])
         self.num_threads = _default_threads() if num_threads is None else int(num_threads)
         model_path = self.path / LITERT_MODEL_FILE
+        self._planned = False
         try:
             self._interpreter = Interpreter(model_path=str(model_path), num_threads=self.num_threads)
             self._run = self._interpreter.get_signature_runner(SIGNATURE)
@@ -152,7 +175,13 @@ class LiteFingerprinter:
             n = len(batch)
             if n != rows:
                 batch = np.concatenate([batch, np.zeros((rows - n, self.segment_samples), np.float32)])
-            out.append(np.array(self._run(waveforms=np.ascontiguousarray(batch))["fingerprint"][:n], np.float32))
+            if self._planned:
+                result = self._run(waveforms=np.ascontiguousarray(batch))
+            else:
+                with _native_stderr_silenced():  # the first call plans the graph and says so
+                    result = self._run(waveforms=np.ascontiguousarray(batch))
+                self._planned = True
+            out.append(np.array(result["fingerprint"][:n], np.float32))
         return np.concatenate(out) if out else np.zeros((0, self.embedding_dim), np.float32)
 
 
