@@ -6,7 +6,8 @@ fingerprints, memory-mapped at search time; `segments.npz`; `tracks.json` with
 the track table and metadata; `index.faiss`) and a copy of the model that made
 the fingerprints (`model.keras`, or `model/` for a SavedModel), so queries are
 always fingerprinted by the same model as the catalogue. It is what
-`nnfp index build|add|verify` run.
+`nnfp index build|add|remove|verify` run; `add_track` and `remove_tracks` change a catalogue
+one track at a time (`nnfp serve`).
 
 >>> report = build_index("music/", "my_index", model="runs/demo")
 >>> report.n_tracks, report.db
@@ -37,10 +38,14 @@ from nnfp.outputs import claim_output_dir
 from nnfp.store.db import FingerprintDB
 
 __all__ = [
+    "COMPACT_SHARE",
     "SMALL_DB_SEGMENTS",
     "IndexLockedError",
     "IndexReport",
     "add_to_index",
+    "add_track",
+    "check_track_name",
+    "compact_index",
     "auto_index_type",
     "build_index",
     "calibration_files",
@@ -49,10 +54,14 @@ __all__ = [
     "litert_files",
     "lock_path",
     "model_file_name",
+    "remove_tracks",
     "verify_index",
 ]
 
 SMALL_DB_SEGMENTS = 100_000  # "auto" index: exact flat search below (~14 h of audio), IVF-PQ above
+# `remove_tracks` rebuilds the index without the removed tracks' rows once they are more than
+# this share of the stored rows; below, a removal only rewrites tracks.json.
+COMPACT_SHARE = 0.5
 
 
 @dataclasses.dataclass
@@ -451,24 +460,26 @@ def _drop_duplicates(found, indexed):
     """Leaves out of `found` (a `Catalogue` to add) every track whose decoded audio is already
     indexed, or came earlier in `found`, under another name (same `pcm_sha256`): one recording
     twice in an index gives two matches no one can tell apart. They are listed in
-    `found.skipped`."""
+    `found.skipped`. Returns `{dropped path: the path of the same audio}`."""
     seen = {track["pcm_sha256"]: track["path"] for track in indexed if track.get("pcm_sha256")}
-    dropped = set()
+    dropped, same_as = set(), {}
     for track in found.tracks:
         digest = track.get("pcm_sha256")
         if digest in seen:
             dropped.add(track["track_id"])
+            same_as[track["path"]] = seen[digest]
             found.skipped.append(
                 [track["path"], f"the same audio as {seen[digest]!r}, already in the index (decoded samples identical); not added"]
             )
         elif digest:
             seen[digest] = track["path"]
     if not dropped:
-        return
+        return same_as
     found.tracks = [track for track in found.tracks if track["track_id"] not in dropped]
     keep = ~np.isin(found.segment_track, list(dropped))
     found.store = np.asarray(found.store)[keep] if found.tracks else None
     found.segment_track, found.segment_start = found.segment_track[keep], found.segment_start[keep]
+    return same_as
 
 
 def auto_index_type(n_segments):
@@ -522,17 +533,26 @@ def add_to_index(
         return _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_chunk, trust_model, runtime)
 
 
-def _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_chunk, trust_model, runtime):
-    db = FingerprintDB.load(index_dir, mmap=True)
+def _add_to_index(
+    index_dir, audio_dir, batch_size, chunk_files, progress, on_chunk, trust_model, runtime,
+    db=None, refuse_skipped=False, source=None,
+):
+    """`add_to_index` under the lock. `db`: the index, already loaded under this lock.
+    `refuse_skipped`: a file left out (unreadable, the same audio as a track) is a
+    `ValueError` and nothing is saved. `source`: the `metadata["sources"]` entry to record
+    instead of `{"audio_dir": audio_dir}` (`add_track`: the file added, not its temporary folder)."""
+    db = FingerprintDB.load(index_dir, mmap=True) if db is None else db
     meta = db.metadata
     model_path = index_model_path(index_dir, meta)
     embedder = index_embedder(index_dir, meta, meta["sample_rate"], trust_model=trust_model, runtime=runtime)
     root, relative = list_catalogue(audio_dir)
     path_of = {track["track_id"]: track["path"] for track in db.tracks}
     present = set()
-    for source in meta["sources"]:
-        if Path(source["audio_dir"]).resolve() == root:
-            ids = range(source["first_track_id"], source["first_track_id"] + source["n_tracks"])
+    for source_entry in meta["sources"]:
+        # Removed tracks count too: adding their folder again does not bring them back
+        # (`add_track` can, under their name).
+        if source_entry.get("audio_dir") and Path(source_entry["audio_dir"]).resolve() == root:
+            ids = range(source_entry["first_track_id"], source_entry["first_track_id"] + source_entry["n_tracks"])
             present.update(path_of[i] for i in ids)
     relative = [r for r in relative if r not in present]
     if not relative:
@@ -542,13 +562,271 @@ def _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_ch
         root, relative, embedder, model_path, work_dir, meta["sample_rate"], db.hop_seconds,
         batch_size=batch_size, chunk_files=chunk_files, progress=progress, on_chunk=on_chunk,
     )
-    _drop_duplicates(found, db.tracks)
+    same_as = _drop_duplicates(found, db.live_tracks)  # a removed track's audio may come back
+    if refuse_skipped and found.skipped:
+        found.store = None  # release the memory-mapped scratch store before deleting it
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise ValueError("; ".join(
+            f"{path}: the same audio as {same_as[path]!r} is already in the index (decoded samples identical); "
+            "not added" if path in same_as else f"{path}: {reason}; not added"
+            for path, reason in found.skipped
+        ))
     first_id = db.next_track_id
     if found.store is not None:
         db.add(found.store, found.segment_track, found.segment_start, found.tracks)
     if found.tracks:
         db.metadata["sources"].append(
-            {"audio_dir": str(root), "first_track_id": first_id, "n_tracks": len(found.tracks)}
+            {**(source or {"audio_dir": str(root)}), "first_track_id": first_id, "n_tracks": len(found.tracks)}
         )
     db.metadata["skipped"].extend(s for s in found.skipped if s not in db.metadata["skipped"])
     return _save_and_report(db, index_dir, meta["model_file"], model_path, work_dir, found, progress)
+
+
+# ------------------------------------------------------------------ one track at a time
+
+
+_MAX_TRACK_NAME = 255
+
+
+def check_track_name(name):
+    """Checks a track path given by a user (`add_track`): a relative POSIX path, normalised
+    (no `.`, `..` or empty part), without control characters, at most 255 characters (255
+    bytes a part), ending in an audio extension. Returns it; `ValueError` says what is wrong."""
+    import unicodedata
+    from pathlib import PurePosixPath
+
+    from nnfp.audio.sources import AUDIO_EXTENSIONS
+
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a track name must be a non-empty relative path like 'rock/song.wav'. Received: {name!r}")
+    if len(name) > _MAX_TRACK_NAME:
+        raise ValueError(f"a track name is at most {_MAX_TRACK_NAME} characters. Received: {len(name)} characters")
+    bad = [c for c in name if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")]
+    if bad:
+        raise ValueError(f"a track name may not hold control characters ({bad[0]!r}). Received: {name!r}")
+    path = PurePosixPath(name)
+    if name.startswith("/") or path.is_absolute():
+        raise ValueError(f"a track name must be a relative path, not an absolute one. Received: {name!r}")
+    if ".." in name.split("/"):
+        raise ValueError(f"a track name may not hold a '..' part (it would lead out of its folder). Received: {name!r}")
+    if path.as_posix() != name or "." in name.split("/"):
+        raise ValueError(
+            f"a track name must be a normalised path (no '.' or empty part, no trailing '/'). Received: {name!r}"
+        )
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in path.parts):
+        raise ValueError(f"each part of a track name is at most 255 bytes (UTF-8). Received: {name!r}")
+    if path.suffix.lower() not in AUDIO_EXTENSIONS:
+        raise ValueError(
+            f"a track name must end in an audio extension ({', '.join(AUDIO_EXTENSIONS[:4])}, ...). Received: {name!r}"
+        )
+    return name
+
+
+def add_track(
+    index_dir, audio_path, name=None, lock_timeout=None, runtime="auto", progress=False, trust_model=False
+):
+    """Adds one audio file to a saved index as the track `name` (default: the file's name).
+
+    The file is fingerprinted by the index's model, as `add_to_index` does for a folder
+    (the index is saved again with the new rows, atomically; ids go on from the largest
+    ever given). `name` must pass `check_track_name` and not be the path of a live track
+    (a removed track's path can be given again: it becomes a new track). Holds
+    `index_lock(index_dir)` (`lock_timeout`: as for `add_to_index`).
+
+    Returns the new track's entry (`{"track_id", "path", "duration_s", "pcm_sha256"}`).
+
+    Raises:
+        FileNotFoundError: no such index or file.
+        ValueError: a bad or taken `name`, audio that cannot be fingerprinted, or the same
+            audio as a live track ("the same audio as 'x.wav' is already in the index");
+            then nothing changed.
+    """
+    import tempfile
+
+    index_dir = Path(index_dir).absolute()
+    audio_path = Path(audio_path)
+    if not index_dir.is_dir():
+        raise FileNotFoundError(f"Fingerprint DB directory not found: {index_dir}")
+    if not audio_path.is_file():
+        raise FileNotFoundError(f"Audio file not found: {audio_path}")
+    name = check_track_name(audio_path.name if name is None else name)
+    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    with index_lock(index_dir, timeout=lock_timeout, log=log):
+        db = FingerprintDB.load(index_dir, mmap=True)
+        taken = [track["track_id"] for track in db.live_tracks if track["path"] == name]
+        if taken:
+            raise ValueError(f"{name!r} is already track {taken[0]} of the index: remove it first, or give another name")
+        # The file goes into a folder of our own under `name` (a hard link where possible),
+        # which `_add_to_index` fingerprints like any folder, and which is deleted afterwards.
+        folder = Path(tempfile.mkdtemp(prefix=".nnfp-add-track-"))
+        try:
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(audio_path, target)
+            except OSError:  # another file system, or no links there
+                shutil.copyfile(audio_path, target)
+            report = _add_to_index(
+                index_dir, folder, 256, 32, progress, None, trust_model, runtime, db=db, refuse_skipped=True,
+                source={"audio_file": str(audio_path.absolute())},
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    track = report.db.tracks[-1]  # appended last
+    if report.n_tracks != 1 or track["path"] != name:
+        raise ValueError(f"{audio_path}: not added (no audio found in it)")
+    return dict(track)
+
+
+def _resolve_tracks(db, tracks):
+    """Track ids of `tracks` (ids: int or a string of digits; or relative paths as indexed),
+    live ones only; `ValueError` naming every unknown, ambiguous or already removed one."""
+    import numbers
+    import re
+
+    by_id = {track["track_id"]: track for track in db.tracks}
+    live_ids_of_path, removed_paths = {}, set()
+    for track in db.tracks:
+        if track.get("removed"):
+            removed_paths.add(track["path"])
+        else:
+            live_ids_of_path.setdefault(track["path"], []).append(track["track_id"])
+    ids, unknown, removed, ambiguous = [], [], [], []
+    for item in tracks:
+        if isinstance(item, numbers.Integral) and not isinstance(item, bool) or (
+            isinstance(item, str) and re.fullmatch(r"[0-9]+", item)
+        ):
+            track = by_id.get(int(item))
+            if track is None:
+                unknown.append(str(int(item)))
+            elif track.get("removed"):
+                removed.append(f"{track['track_id']} ({track['path']})")
+            else:
+                ids.append(track["track_id"])
+        elif isinstance(item, str):
+            found = live_ids_of_path.get(item, [])
+            if len(found) == 1:
+                ids.append(found[0])
+            elif len(found) > 1:
+                ambiguous.append(f"{item!r} (tracks {', '.join(map(str, found))})")
+            elif item in removed_paths:
+                removed.append(repr(item))
+            else:
+                unknown.append(repr(item))
+        else:
+            unknown.append(repr(item))
+    problems = []
+    if unknown:
+        problems.append(f"no track {', '.join(unknown)} in the index")
+    if removed:
+        problems.append(f"already removed: {', '.join(removed)}")
+    if ambiguous:
+        problems.append(f"several tracks have the path {', '.join(ambiguous)}: give the id")
+    if problems:
+        raise ValueError("; ".join(problems) + "; nothing was removed")
+    if not ids:
+        raise ValueError("no track given; nothing was removed")
+    return list(dict.fromkeys(ids))
+
+
+def _compaction_problem(db):
+    """Why `db` cannot be compacted now (None: it can)."""
+    n_live = db.n_live_segments
+    if n_live == 0:
+        return "every track of the index is removed (an index needs rows)"
+    nbits = db.index_params.get("nbits")
+    if db.index_type == "ivfpq" and nbits is not None and n_live < 2 ** int(nbits):
+        return (
+            f"{n_live} live segments are too few to train the index's product quantiser "
+            f"(nbits={nbits} needs {2 ** int(nbits)})"
+        )
+    return None
+
+
+def _compact(db, index_dir):
+    """Saves `db` rebuilt without its removed tracks' rows (`FingerprintDB.compacted`) over
+    `index_dir`, with the index's model, LiteRT copy and calibration as they are."""
+    import tempfile
+
+    from nnfp.catalogue.calibration import INDEX_CALIBRATION_FILE
+
+    model_file = db.metadata["model_file"]
+    model_path = index_model_path(index_dir, db.metadata)
+    extra = {model_file: model_path}
+    for name in (INDEX_LITERT_DIR, INDEX_CALIBRATION_FILE):
+        if name != model_file and (index_dir / name).exists():
+            extra[name] = index_dir / name
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.compact-", dir=index_dir.parent))
+    try:
+        compacted = db.compacted(work_dir=work_dir)
+        compacted.save(index_dir, extra_files=extra)
+        del compacted  # releases the memory-mapped scratch store before it is deleted
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)  # ours: made just above
+
+
+def remove_tracks(index_dir, tracks, lock_timeout=None, progress=False, compact=None):
+    """Removes tracks from a saved index: they are never answered again.
+
+    A removal marks the tracks in `tracks.json` (`"removed": true`; their ids are never
+    given again) and rewrites that one file atomically (`FingerprintDB.save_tracks`), so
+    it costs the same whatever the index size, and readers load the old or the new table.
+    Once the removed tracks' rows are more than `COMPACT_SHARE` of the stored rows, the
+    index is compacted: rebuilt without them (`FingerprintDB.compacted`, same index type
+    and parameters) and saved atomically like `add_to_index` does.
+
+    Args:
+        index_dir: a saved index.
+        tracks: track ids (int, or strings of digits) or track paths as indexed
+            (`db.tracks[i]["path"]`).
+        lock_timeout: seconds to wait for another writer (`index_lock`); None: no limit.
+        progress: say on stderr when waiting for the lock.
+        compact: None: compact past `COMPACT_SHARE` (when the index can be rebuilt: some
+            rows left, enough for its quantiser); True: compact now (`ValueError` when it
+            cannot, and nothing changed); False: only mark.
+
+    Returns:
+        The removed tracks' entries (`{"track_id", "path", "duration_s", ..., "removed": True}`).
+
+    Raises:
+        ValueError: an unknown, ambiguous or already removed track (all named); nothing changed.
+    """
+    index_dir = Path(index_dir).absolute()
+    if not index_dir.is_dir():
+        raise FileNotFoundError(f"Fingerprint DB directory not found: {index_dir}")
+    tracks = [tracks] if isinstance(tracks, str | int) else list(tracks)
+    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    with index_lock(index_dir, timeout=lock_timeout, log=log):
+        db = FingerprintDB.load(index_dir, mmap=True)
+        removed = [dict(track) for track in db.remove(_resolve_tracks(db, tracks))]
+        problem = _compaction_problem(db)
+        if compact and problem is not None:
+            raise ValueError(f"{index_dir}: cannot compact: {problem}; nothing was removed")
+        if compact is None:
+            compact = problem is None and db.n_removed_segments > COMPACT_SHARE * db.n_segments
+        if compact:
+            _compact(db, index_dir)
+        else:
+            db.save_tracks(index_dir)
+    return removed
+
+
+def compact_index(index_dir, lock_timeout=None, progress=False):
+    """Rebuilds a saved index without the rows of its removed tracks (`remove_tracks` does
+    it past `COMPACT_SHARE`). Returns the number of rows dropped (0: nothing to do, nothing
+    written). `ValueError` when it cannot be rebuilt (no live row left, too few for its
+    quantiser)."""
+    index_dir = Path(index_dir).absolute()
+    if not index_dir.is_dir():
+        raise FileNotFoundError(f"Fingerprint DB directory not found: {index_dir}")
+    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    with index_lock(index_dir, timeout=lock_timeout, log=log):
+        db = FingerprintDB.load(index_dir, mmap=True)
+        dropped = db.n_removed_segments
+        if dropped == 0:
+            return 0
+        problem = _compaction_problem(db)
+        if problem is not None:
+            raise ValueError(f"{index_dir}: cannot compact: {problem}")
+        _compact(db, index_dir)
+    return dropped

@@ -170,7 +170,7 @@ class Identifier:
         A query is matched as a whole: one longer than every track holds more than a
         track and matches none of them, however many it contains.
         """
-        longest = max((float(track["duration_s"]) for track in self.db.tracks), default=0.0)
+        longest = max((float(track["duration_s"]) for track in self.db.live_tracks), default=0.0)
         if query_seconds is None or query_seconds <= longest:
             return None
         return (

@@ -175,6 +175,18 @@ def cmd_index_add(args):
     return 0
 
 
+def cmd_index_remove(args):
+    from nnfp.catalogue.build import remove_tracks
+
+    removed = remove_tracks(
+        args.index_dir, args.tracks, lock_timeout=args.lock_timeout, progress=True,
+        compact=True if args.compact else None,
+    )
+    for track in removed:
+        print(f"removed {track['track_id']}: {_printable(track['path'])}")
+    return 0
+
+
 def cmd_index_verify(args):
     from nnfp.catalogue.build import verify_index
 
@@ -400,6 +412,30 @@ def _monitor_recordings(args, stopper):
     if stopper.signum is not None:
         return 128 + stopper.signum
     return 2 if failed else 0
+
+
+def cmd_serve(args):
+    try:
+        from nnfp.serve import Catalogue, create_app, serve
+    except ImportError as error:
+        print(f"nnfp serve: error: {error}", file=sys.stderr)
+        return 2
+    token = args.token or os.environ.get("NNFP_TOKEN") or None
+    app = create_app(Catalogue(args.index_dir, runtime=args.runtime), token=token, max_upload_mb=args.max_upload_mb)
+    return serve(
+        app, host=args.host, port=args.port,
+        on_ready=lambda url: print(f"serving {args.index_dir} on {url}", flush=True),
+    )
+
+
+def _port(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, received {text!r}")
+    return value
 
 
 def cmd_index_calibrate(args):
@@ -678,6 +714,18 @@ def build_parser():
     )
     p.set_defaults(func=cmd_index_add)
     p = index_sub.add_parser(
+        "remove", help="remove tracks from INDEX_DIR: they are never answered again (only tracks.json is "
+        "rewritten, until removed tracks hold half the index: then it is compacted)",
+    )
+    p.add_argument("index_dir")
+    p.add_argument("tracks", nargs="+", metavar="TRACK", help="a track id or the track's path as indexed")
+    p.add_argument("--compact", action="store_true", help="rebuild the index without the removed tracks' rows now")
+    p.add_argument(
+        "--lock-timeout", type=_non_negative_float, default=None, metavar="SECONDS",
+        help="give up after waiting this long for another writer of the same index (default: wait)",
+    )
+    p.set_defaults(func=cmd_index_remove)
+    p = index_sub.add_parser(
         "calibrate",
         help="calibrate the match threshold per query length (<= 1 %% false matches) into INDEX_DIR/calibration.json",
     )
@@ -758,6 +806,26 @@ def build_parser():
     _add_trust_argument(p)
     _add_runtime_argument(p)
     p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser(
+        "serve", help='answer identify, monitor and catalogue changes over HTTP (needs "nnfp[serve]")',
+        description="Serves INDEX_DIR over HTTP (FastAPI + uvicorn): POST /identify, POST /monitor, "
+        "WebSocket /stream, GET|POST /tracks, DELETE /tracks/ID, GET /health, GET /metrics, a web page "
+        "at / and the API's documentation at /docs. Prints `serving INDEX_DIR on http://HOST:PORT` "
+        "when it is ready; SIGINT or SIGTERM stop it.",
+    )
+    p.add_argument("index_dir", metavar="INDEX_DIR")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: a free one, named in the ready line)")
+    p.add_argument(
+        "--token", default=None,
+        help="bearer token that POST /tracks and DELETE /tracks/ID need (default: $NNFP_TOKEN; "
+        "without one they are refused); reads need none",
+    )
+    p.add_argument("--max-upload-mb", dest="max_upload_mb", type=_positive_float, default=50.0,
+                   help="larger uploads are refused with 413 (default 50)")
+    _add_runtime_argument(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("evaluate", help="the paper's search evaluation: hit rates against query length")
     p.add_argument("index_dir", nargs="?", default=None, help="a saved index (or use --db)")

@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 from nnfp.defaults import INDEX_TYPES
-from nnfp.outputs import atomic_directory
+from nnfp.outputs import atomic_directory, atomic_write_bytes
 from nnfp.store.integrity import (
     REBUILD_HINT,
     CorruptIndexError,
@@ -69,6 +69,9 @@ CHECKSUM_ON_LOAD_BYTES = 256 * 2**20
 _DB_NAMES = ("embeddings.npy", "segments.npz", "tracks.json", "index.faiss", IVF_DATA_FILE, "model", "model.keras", "litert",
              "calibration.json")
 
+
+# The index parameters `FingerprintDB.build` takes (what `index_params` records, but `on_disk`).
+_BUILD_PARAMS = ("nlist", "m", "nbits", "nprobe", "hnsw_m", "ef_search")
 
 _LOAD_ATTEMPTS = 20  # loads overlapping a folder swap are made again, up to this many in all
 
@@ -235,6 +238,8 @@ def _check_segments(embeddings, segment_track, segment_start, tracks, d=None):
         clean = {"track_id": int(track["track_id"]), "path": str(track["path"]), "duration_s": float(track["duration_s"])}
         if track.get("pcm_sha256"):  # the decoded audio's digest: `nnfp index add` refuses the same audio twice
             clean["pcm_sha256"] = str(track["pcm_sha256"])
+        if track.get("removed"):  # removed from the catalogue (`FingerprintDB.remove`): its id stays taken
+            clean["removed"] = True
         clean_tracks.append(clean)
     ids = [t["track_id"] for t in clean_tracks]
     if len(set(ids)) != len(ids):
@@ -450,7 +455,8 @@ class FingerprintDB:
         embeddings: (N, d) float32, L2-normalised segment fingerprints.
         segment_track: (N,) int32 track id of each segment.
         segment_start: (N,) float32 start of each segment in its track, seconds.
-        tracks: list of `{"track_id": int, "path": str, "duration_s": float}`.
+        tracks: list of `{"track_id": int, "path": str, "duration_s": float}`; an entry
+            with `"removed": True` is a removed track (`remove`), never answered.
         hop_seconds: hop between consecutive segments (query and DB alike).
         index: a faiss index over `embeddings` (inner-product metric).
         index_type: one of `"flat"`, `"ivf"`, `"ivfpq"`, `"hnsw"`.
@@ -508,6 +514,7 @@ class FingerprintDB:
             raise ValueError(f"`threads` must be >= 1. Received: threads={threads}")
         self._track_by_id = {t["track_id"]: t for t in self.tracks}
         self._index_tracks()
+        self._index_removed()
         self.set_search_params(
             nprobe=self.index_params.get("nprobe"), ef_search=self.index_params.get("ef_search")
         )
@@ -630,7 +637,84 @@ class FingerprintDB:
         self.tracks.extend(tracks)
         self._track_by_id.update({t["track_id"]: t for t in tracks})
         self._index_tracks()
+        self._index_removed()
         return list(new_id.values())
+
+    def remove(self, track_ids):
+        """Marks tracks removed from the catalogue: they are never answered again (`places`
+        and the candidate starts skip their rows), while their rows stay stored until
+        `compacted` and their entries stay in `tracks` (with `"removed": True`), so track
+        ids stay stable and are never given again.
+
+        Returns the removed track entries. `ValueError` naming every unknown or already
+        removed id, and nothing is marked.
+        """
+        ids = list(dict.fromkeys(int(track_id) for track_id in track_ids))
+        unknown = [i for i in ids if i not in self._track_by_id]
+        removed = [i for i in ids if i in self._track_by_id and self._track_by_id[i].get("removed")]
+        if unknown or removed:
+            raise ValueError(
+                "; ".join(
+                    ([f"no track {', '.join(map(str, unknown))} in the index"] if unknown else [])
+                    + ([f"track {', '.join(map(str, removed))} already removed"] if removed else [])
+                )
+                + "; nothing was removed"
+            )
+        for track_id in ids:
+            self._track_by_id[track_id]["removed"] = True
+        self._index_removed()
+        return [self._track_by_id[track_id] for track_id in ids]
+
+    def compacted(self, work_dir=None):
+        """A new database of the live tracks only: the rows of removed tracks are dropped
+        and the faiss index is built again (trained again for IVF types) with the same
+        type and parameters (an IVF `nlist` too large for the rows left falls back to the
+        default for that size). Track entries, removed ones included, and metadata are
+        kept, so ids stay as they were.
+
+        Args:
+            work_dir: optional scratch folder: the live rows are copied into a
+                memory-mapped `embeddings.npy` there (never the whole store in RAM), and an
+                index with on-disk inverted lists builds them there. It must outlive the
+                returned database (until it is saved).
+
+        Raises:
+            ValueError: every track is removed (an index needs rows), or too few rows are
+                left to train the index's product quantiser.
+        """
+        live = self.live_rows()
+        n_live = int(np.count_nonzero(live))
+        if n_live == 0:
+            raise ValueError("every track of the index is removed: nothing is left to compact into an index")
+        on_disk = bool(self.index_params.get("on_disk"))
+        params = {key: value for key, value in self.index_params.items() if key in _BUILD_PARAMS}
+        if params.get("nlist") is not None and params["nlist"] > max(1, n_live // _MIN_POINTS_PER_CENTROID):
+            params["nlist"] = None
+        if work_dir is not None:
+            work_dir = Path(work_dir)
+            store = np.lib.format.open_memmap(
+                work_dir / "embeddings.npy", mode="w+", dtype=np.float32, shape=(n_live, self.dim)
+            )
+        else:
+            store = np.empty((n_live, self.dim), np.float32)
+        filled = 0
+        for first in range(0, self.n_segments, _ADD_CHUNK_ROWS):
+            keep = live[first : first + _ADD_CHUNK_ROWS]
+            block = np.asarray(self.embeddings[first : first + _ADD_CHUNK_ROWS], np.float32)[keep]
+            store[filled : filled + len(block)] = block
+            filled += len(block)
+        return FingerprintDB.build(
+            store,
+            self.segment_track[live],
+            self.segment_start[live],
+            [dict(track) for track in self.tracks],
+            hop_seconds=self.hop_seconds,
+            index_type=self.index_type,
+            threads=self.threads,
+            metadata=json.loads(json.dumps(self.metadata)),
+            on_disk_dir=(work_dir / "ivf") if on_disk and work_dir is not None else None,
+            **params,
+        )
 
     # --------------------------------------------------------------- metadata
 
@@ -646,13 +730,50 @@ class FingerprintDB:
     def next_track_id(self):
         return max((t["track_id"] for t in self.tracks), default=-1) + 1
 
+    @property
+    def live_tracks(self):
+        """The tracks that are answered: every entry of `tracks` not removed (`remove`)."""
+        return [track for track in self.tracks if not track.get("removed")]
+
+    @property
+    def removed_track_ids(self):
+        """Sorted ids of the removed tracks."""
+        return self._removed_ids.tolist()
+
+    @property
+    def n_live_tracks(self):
+        return len(self.tracks) - len(self._removed_ids)
+
+    @property
+    def n_removed_segments(self):
+        """Rows still stored for removed tracks (`compacted` drops them)."""
+        return self._n_removed_rows
+
+    @property
+    def n_live_segments(self):
+        """Rows of the live tracks (`n_segments` counts every stored row)."""
+        return self.n_segments - self._n_removed_rows
+
+    def is_live(self, track_id):
+        """True for a track of the index that is not removed."""
+        track = self._track_by_id.get(int(track_id))
+        return track is not None and not track.get("removed")
+
+    def live_rows(self):
+        """(N,) bool: the rows of live tracks (O(N): for compaction, not for search)."""
+        if not self._removed_ids.size:
+            return np.ones(self.n_segments, bool)
+        return ~np.isin(self.segment_track, self._removed_ids)
+
     def __len__(self):
         return self.n_segments
 
     def __repr__(self):
         return (
             f"FingerprintDB(n_tracks={len(self.tracks)}, n_segments={self.n_segments}, "
-            f"d={self.dim}, index_type={self.index_type!r}, params={self.index_params})"
+            + (f"n_live_tracks={self.n_live_tracks}, n_live_segments={self.n_live_segments}, "
+               if self._removed_ids.size else "")
+            + f"d={self.dim}, index_type={self.index_type!r}, params={self.index_params})"
         )
 
     def set_search_params(self, nprobe=None, ef_search=None):
@@ -722,6 +843,43 @@ class FingerprintDB:
             # Written last: sizes and SHA-256 of every other file, and of this file's content.
             meta["integrity"] = {"files": file_records(tmp), "tracks_sha256": meta_digest(meta)}
             (tmp / "tracks.json").write_text(json.dumps(meta, indent=1))
+
+    def save_tracks(self, directory):
+        """Rewrites only `tracks.json` of the folder this database was loaded from, with the
+        current track table (e.g. after `remove`), atomically (a temporary file renamed over
+        it): a reader loading meanwhile reads the old or the new table, never half of one.
+
+        The other files do not change, so their integrity records stay valid; the table's
+        own digest (`tracks_sha256`) is recomputed. Cheap whatever the index size; for a
+        change of rows or index use `save`.
+
+        Raises:
+            CorruptIndexError: the folder's `tracks.json` does not match its own digest
+                (edited or damaged: it is not signed again).
+            ValueError: the folder holds another database than this one (other rows or tracks).
+        """
+        directory = Path(directory)
+        meta = _read_meta(directory)
+        integrity = meta.get("integrity")
+        if integrity and integrity.get("tracks_sha256") != meta_digest(meta):
+            raise CorruptIndexError(
+                f"{directory / 'tracks.json'}: content does not match its checksum (edited or damaged); "
+                f"{REBUILD_HINT}"
+            )
+        saved = [(t.get("track_id"), t.get("path")) for t in meta["tracks"]]
+        if (
+            (meta["n_segments"], meta["d"]) != (self.n_segments, self.dim)
+            or saved != [(t["track_id"], t["path"]) for t in self.tracks]
+        ):
+            raise ValueError(
+                f"{directory}: holds another version of the database ({meta['n_segments']} rows, "
+                f"{len(saved)} tracks; this one {self.n_segments} rows, {len(self.tracks)} tracks); "
+                "`save` it instead"
+            )
+        meta["tracks"] = self.tracks
+        if integrity:
+            meta["integrity"] = dict(integrity, tracks_sha256=meta_digest(meta))
+        atomic_write_bytes(directory / "tracks.json", json.dumps(meta, indent=1).encode())
 
     @classmethod
     def load(cls, directory, mmap=True, threads=None, checksums="auto"):
@@ -900,7 +1058,13 @@ class FingerprintDB:
         # longer than the whole track: then it is kept and scored on the overlap.
         fits = starts + n_query - 1 <= self._track_end[starts]
         too_short = self._track_end[starts] - self._track_begin[starts] + 1 < n_query
-        return starts[fits | too_short]
+        return self._live_starts(starts[fits | too_short])
+
+    def _live_starts(self, starts):
+        """`starts` less the rows of removed tracks (never scored, never answered)."""
+        if not self._removed_ids.size or not len(starts):
+            return starts
+        return starts[~np.isin(self.segment_track[starts], self._removed_ids)]
 
     def sequence_scores(self, query_embeddings, starts):
         """Mean inner product of the query with the DB window at each start row.
@@ -1046,6 +1210,8 @@ class FingerprintDB:
         if min_score is not None:
             order = order[reported[order] >= min_score]
         tracks = self.segment_track[starts]
+        if self._removed_ids.size:  # a removed track is never answered, whatever produced its windows
+            order = order[~np.isin(tracks[order], self._removed_ids)]
         kept = {}  # track id -> offsets already reported
         matches = []
         for row in order:
@@ -1096,4 +1262,16 @@ class FingerprintDB:
         dtype = np.int32 if n_segments < 2**31 else np.int64
         self._track_begin = run_begin[run_of_row].astype(dtype)
         self._track_end = run_end[run_of_row].astype(dtype)
+        # Rows per track id (one run each): what a removal leaves stored, in O(tracks).
+        self._rows_of_track = dict(
+            zip(self.segment_track[run_begin].tolist(), (run_end - run_begin + 1).tolist(), strict=True)
+        ) if n_segments else {}
+
+    def _index_removed(self):
+        # Sorted ids of removed tracks: `places` and `_fitting` drop their rows with one
+        # `np.isin` over the candidates (nothing per row is kept).
+        self._removed_ids = np.array(
+            sorted(t["track_id"] for t in self.tracks if t.get("removed")), dtype=np.int64
+        )
+        self._n_removed_rows = sum(self._rows_of_track.get(i, 0) for i in self._removed_ids.tolist())
 
