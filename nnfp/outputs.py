@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 MARKER_FILE = ".nnfp-output.json"
-KINDS = ("index", "export", "prepared", "run", "evaluation", "shards")
+KINDS = ("index", "export", "prepared", "run", "evaluation", "shards", "impulse_responses")
 _WHAT = {
     "index": "nnfp index",
     "export": "nnfp exported model",
@@ -54,6 +54,7 @@ _WHAT = {
     "run": "nnfp training run",
     "evaluation": "nnfp evaluation",
     "shards": "folder of nnfp index shards",
+    "impulse_responses": "folder of nnfp simulated impulse responses",
 }
 
 

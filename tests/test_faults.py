@@ -295,3 +295,20 @@ def test_monitor_reports_no_play_on_dead_air(dead_air, kind):
     track = sf.read(dead_air / "music" / "hidden_track.wav", dtype="float32")[0]
     plays = list(monitor_stream(identifier, [np.concatenate([audio, track])], kind))
     assert [p.track for p in plays] and {p.track for p in plays} == {"hidden_track.wav"}
+
+
+# ---------------------------------------------------------------- output folders
+
+
+def test_make_irs_and_evaluate_refuse_a_folder_of_user_files(setup, tmp_path):
+    root, index = setup
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    assert main(["data", "make-irs", str(mine), "2"]) == 2
+    assert main(["evaluate", str(index), "--out", str(mine), "--n-queries", "4", "--lengths", "1"]) == 2
+    assert sorted(os.listdir(mine)) == ["thesis.txt"] and (mine / "thesis.txt").read_text() == "years of work"
+    irs = tmp_path / "irs"
+    assert main(["data", "make-irs", str(irs), "2"]) == 0
+    assert main(["data", "make-irs", str(irs), "2"]) == 0  # its own folder: made again
+    assert sorted(p.name for p in irs.glob("rir_*.wav")) == ["rir_00000.wav", "rir_00001.wav"]

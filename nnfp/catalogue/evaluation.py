@@ -542,10 +542,14 @@ def evaluate(
     from nnfp.catalogue.build import add_to_index, build_index
     from nnfp.catalogue.identify import Identifier
     from nnfp.defaults import DEFAULT_PHASES
+    from nnfp.outputs import claim_output_dir, write_marker
 
-    out_dir = Path(out_dir)
     if (index_dir is None) == (db_dir is None):
         raise ValueError("Give either an index folder or a DB audio folder (--db), not both")
+    # Before anything is built or written: a new or empty folder, or an earlier evaluation.
+    claim_output_dir(out_dir, "evaluation", reuse=True, inputs=[db_dir, dummy_dir])
+    out_dir = Path(out_dir)
+    write_marker(out_dir, "evaluation")
     if index_dir is None:
         index_dir = out_dir / "index"
         log(f"building the index of {db_dir} in {index_dir}")

@@ -20,7 +20,7 @@ import pathlib
 
 import numpy as np
 
-from nnfp.outputs import atomic_file, atomic_write_json
+from nnfp.outputs import atomic_file, atomic_write_json, claim_output_dir, write_marker
 
 __all__ = ["make_impulse_response", "make_room_impulse_responses", "simulate_room"]
 
@@ -158,8 +158,10 @@ def make_room_impulse_responses(out_dir, n, sample_rate=8000, seed=0, max_second
     if n < 1:
         raise ValueError(f"n must be >= 1. Received: n={n}")
     _pyroomacoustics()
+    # A new or empty folder, or one this function wrote before (its files are made again).
+    claim_output_dir(out_dir, "impulse_responses", reuse=True, flag="a new folder")
     out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, "impulse_responses")
     rng = np.random.default_rng(seed)
     paths, meta = [], []
     # A draw fails when its reverberation time is impossible in its room (a few % of
