@@ -254,7 +254,7 @@ def test_evaluate_writes_files_and_matches_naive_reference(setup, tmp_path, caps
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "top-1 exact" in printed and "song top-1" in printed
-    assert sorted(os.listdir(out)) == ["hit_rates.png", "results.json", "results.md", "scores.npz"]
+    assert sorted(os.listdir(out)) == [".nnfp-output.json", "hit_rates.png", "results.json", "results.md", "scores.npz"]
     assert (out / "hit_rates.png").read_bytes()[:4] == b"\x89PNG"
     assert "| top-1 exact |" in (out / "results.md").read_text()
     result = json.loads((out / "results.json").read_text())
