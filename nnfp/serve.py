@@ -27,6 +27,7 @@ import os
 import queue
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -131,7 +132,11 @@ class Catalogue:
 
     `identifier` is the `nnfp.catalogue.identify.Identifier` in use; `add` and `remove`
     change the index (one at a time, under the index's lock as the CLI's writers) and
-    replace it with one loaded again. Callers take `identifier` once per request.
+    replace it with one loaded again. A change made by another process (`nnfp index add`,
+    `nnfp index remove`, `nnfp index calibrate` on the same folder) is seen by the next
+    request: `identifier` compares the folder's version (inode of the folder, and inode,
+    size and time of `tracks.json` and `calibration.json`) with the one in use and loads it
+    again when it changed. Callers take `identifier` once per request.
 
     Args:
         index_dir: a folder written by `nnfp index build`.
@@ -145,10 +150,37 @@ class Catalogue:
         self.index_dir = Path(index_dir)
         self.runtime = runtime
         self.pool_size = int(pool_size)
+        self._version = self._on_disk()
         first = Identifier(self.index_dir, runtime=runtime)
         self.pool = _embedder_pool(first, self.pool_size)
-        self.identifier = Identifier(self.index_dir, db=first.db, embedder=self.pool)
+        self._identifier = Identifier(self.index_dir, db=first.db, embedder=self.pool)
         self._write_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+
+    def _on_disk(self):
+        """What identifies the version of the index folder now (see the class docstring)."""
+        version = []
+        for path in (self.index_dir, self.index_dir / "tracks.json", self.index_dir / "calibration.json"):
+            try:
+                info = os.stat(path)
+                version.append((info.st_ino, info.st_size, info.st_mtime_ns))
+            except OSError:
+                version.append(None)
+        return tuple(version)
+
+    @property
+    def identifier(self):
+        """The `Identifier` in use, loaded again first when another process changed the index."""
+        if self._on_disk() != self._version and self._reload_lock.acquire(blocking=False):
+            try:  # one request reloads; the others answer from the version in use meanwhile
+                if self._on_disk() != self._version:
+                    self.reload()
+            except Exception as error:  # a half-written change of another tool: try again next time
+                print(f"nnfp serve: note: the index changed and could not be loaded again ({error}); "
+                      "answering from the version in use", file=sys.stderr, flush=True)
+            finally:
+                self._reload_lock.release()
+        return self._identifier
 
     def reload(self):
         """Loads the index again and puts it in use; the model is checked against its probes."""
@@ -156,13 +188,15 @@ class Catalogue:
         from nnfp.catalogue.identify import Identifier
         from nnfp.store.db import FingerprintDB
 
+        version = self._on_disk()  # before loading: a change made meanwhile is loaded next time
         db = FingerprintDB.load(self.index_dir, threads=1)
         try:
-            check_model(self.pool, db.metadata, self.identifier.sample_rate, "the served model")
+            check_model(self.pool, db.metadata, self._identifier.sample_rate, "the served model")
         except ModelMismatchError:  # the index was rebuilt with another model meanwhile
             first = Identifier(self.index_dir, db=db, runtime=self.runtime)
             self.pool = _embedder_pool(first, self.pool_size)
-        self.identifier = Identifier(self.index_dir, db=db, embedder=self.pool)
+        self._identifier = Identifier(self.index_dir, db=db, embedder=self.pool)
+        self._version = version
 
     # -- reads ---------------------------------------------------------------
 
@@ -235,7 +269,7 @@ class Catalogue:
         from nnfp.catalogue.build import remove_tracks
 
         with self._write_lock:
-            if not self.identifier.db.is_live(track_id):
+            if not self._identifier.db.is_live(track_id):
                 raise KeyError(track_id)
             try:
                 (removed,) = remove_tracks(self.index_dir, [track_id])

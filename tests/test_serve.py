@@ -328,6 +328,22 @@ def test_an_added_track_is_found_and_a_removed_one_never_again(server, corpus, t
     assert all(m["track"] != "t1.wav" for m in _post(client, "/identify", query).json()["matches"])
 
 
+def test_a_change_made_by_the_cli_is_seen_by_the_next_request(server, corpus, tmp_path):
+    """The service and the CLI share the index: `nnfp index remove` on the served folder."""
+    client = server["client"]
+    query = _wav(tmp_path, _cut(corpus["tracks"]["t3.wav"], 4.0, 5.0), "t3clip.wav")
+    assert _post(client, "/identify", query).json()["matches"][0]["track"] == "t3.wav"
+    before = client.get("/health").json()["tracks"]
+    removed = subprocess.run(
+        [sys.executable, "-m", "nnfp.cli", "index", "remove", str(corpus["index"]), "t3.wav"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert removed.returncode == 0 and "removed 3: t3.wav" in removed.stdout, removed.stderr[-2000:]
+    assert all(m["track"] != "t3.wav" for m in _post(client, "/identify", query).json()["matches"])
+    assert client.get("/health").json()["tracks"] == before - 1
+    assert "t3.wav" not in [t["track"] for t in client.get("/tracks").json()["tracks"]]
+
+
 def test_page_docs_and_metrics(server):
     client = server["client"]
     page = client.get("/")
