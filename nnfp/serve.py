@@ -127,6 +127,47 @@ def _identify_result(query, matches, hint):
     return {"query": query, "matches": found, **({"hint": hint} if hint else {})}
 
 
+class _Truncations:
+    """The truncation warnings of the audio decoded by requests, kept by file (`nnfp.audio.io`
+    warns once per file it finds cut short). Python's warning filters are one for the whole
+    process, so a request cannot catch its own warnings in a thread of a pool; instead every
+    `TruncatedAudioWarning` is recorded under its file, always (never shown once per place),
+    and a request takes those of its own upload (a temporary file of its own)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_path = {}
+        self._installed = False
+
+    def install(self):
+        import warnings
+
+        from nnfp.audio.io import TruncatedAudioWarning
+
+        if self._installed:
+            return
+        self._installed = True
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if isinstance(message, TruncatedAudioWarning):
+                with self._lock:
+                    self._by_path[str(message.path)] = str(message)
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", TruncatedAudioWarning)
+
+    def take(self, path):
+        """The warning about `path`, removed from the record, or None."""
+        with self._lock:
+            return self._by_path.pop(str(Path(path)), None)
+
+
+TRUNCATIONS = _Truncations()
+
+
 class Catalogue:
     """The index a server answers from.
 
@@ -221,11 +262,17 @@ class Catalogue:
         from nnfp.audio.io import load_audio
 
         identifier = self.identifier
-        audio = load_audio(path, identifier.sample_rate)
+        try:
+            audio = load_audio(path, identifier.sample_rate)
+        finally:
+            warning = TRUNCATIONS.take(path)
         matches = identifier.identify_audio(audio, n_results=n_results, name=name)
         # `identifier.last_query_seconds` belongs to whichever request ran last.
         hint = identifier.long_query_hint(len(audio) / identifier.sample_rate)
-        return _identify_result(name, matches, hint)
+        result = _identify_result(name, matches, hint)
+        if warning is not None:  # a cut file: answered from the audio that decodes, and said so
+            result["warning"] = warning.replace(str(path), name)
+        return result
 
     def monitor(self, path, name):
         """The plays in the audio file `path`, reported as recording `name` (`Detection.as_dict()`s,
@@ -241,11 +288,16 @@ class Catalogue:
         identifier = self.identifier
         stats = {}
         blocks = read_blocks(path, identifier.sample_rate)
-        plays = [
-            play.as_dict()
-            for play in monitor_stream(identifier, blocks, name, batch_size=FILE_BATCH_SIZE, stats=stats)
-        ]
+        try:
+            plays = [
+                play.as_dict()
+                for play in monitor_stream(identifier, blocks, name, batch_size=FILE_BATCH_SIZE, stats=stats)
+            ]
+        finally:
+            warning = TRUNCATIONS.take(path)
         note = input_note(stats)
+        if warning is not None:
+            note = "; ".join(filter(None, [warning.replace(str(path), name), note]))
         if not stats.get("n_samples"):
             raise AudioError(path, note)
         return plays, note
@@ -541,6 +593,8 @@ def create_app(catalogue, token=None, max_upload_mb=50.0):
     from nnfp.catalogue.identify import QueryError
     from nnfp.catalogue.monitor import monitor_stream, read_pcm_blocks
     from nnfp.cli import STREAM_BATCH_SIZE
+
+    TRUNCATIONS.install()  # a cut upload is answered with a "warning" naming both lengths
 
     if not max_upload_mb > 0:
         raise ValueError(f"`max_upload_mb` must be > 0. Received: max_upload_mb={max_upload_mb}")
