@@ -122,3 +122,122 @@ def test_a_keras_model_that_is_not_a_fingerprinter_is_named(tmp_path, capsys, au
     err = capsys.readouterr().err.strip()
     assert err.startswith("nnfp index build: error:") and "\n" not in err and "not an nnfp fingerprinter" in err, err
     assert not (tmp_path / "index").exists()
+
+
+# ----------------------------------------------------------------- CLI contract (issue 22)
+
+_TINY = ["encoder.width=0.03125", "projection.embedding_dim=16"]
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    """Two untrained tiny models (different weights) and two folders of generated music."""
+    import keras
+    import soundfile as sf
+
+    from nnfp.config import load_config
+    from nnfp.corpus.synth import compose_track
+    from nnfp.training import build_model
+
+    root = tmp_path_factory.mktemp("contract")
+    for seed, name in ((1, "tiny.keras"), (2, "other.keras")):
+        keras.utils.set_random_seed(seed)
+        build_model(load_config(None, _TINY)).save(root / name)
+    for folder, seeds in (("music", range(3)), ("more", range(30, 33))):
+        (root / folder).mkdir()
+        for seed in seeds:
+            sf.write(root / folder / f"track_{seed:02d}.wav", compose_track(seed, 3.0, 8000), 8000, subtype="PCM_16")
+    return root
+
+
+def _evaluate(root, out, db="music", model="tiny.keras"):
+    return main([
+        "evaluate", "--db", str(root / db), "--model", str(root / model), "--out", str(out),
+        "--index-type", "flat", "--n-queries", "3", "--lengths", "1", "--clean", "--quiet",
+    ])
+
+
+def test_evaluate_runs_again_into_its_own_folder_and_refuses_another_catalogue(catalogue, tmp_path, capsys):
+    out = tmp_path / "evaluation"
+    assert _evaluate(catalogue, out) == 0
+    built = (out / "index" / "tracks.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert _evaluate(catalogue, out) == 0  # the index it built is reused, not rebuilt
+    captured = capsys.readouterr()
+    assert "reusing the index" in captured.out, captured
+    assert (out / "index" / "tracks.json").stat().st_mtime_ns == built
+    for changed in ({"db": "more"}, {"model": "other.keras"}):
+        assert _evaluate(catalogue, out, **changed) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("nnfp evaluate: error:") and "\n" not in err, err
+        assert "--overwrite" not in err and "new --out" in err, err
+        assert ("music" in err and "more" in err) if "db" in changed else "another model" in err, err
+    assert (out / "index" / "tracks.json").stat().st_mtime_ns == built
+
+
+class _StubIdentifier:
+    """Stands in for `Identifier`: names the arguments it was given and stops the command."""
+
+    def __init__(self, index_dir, **kwargs):
+        raise ValueError("stub Identifier: " + ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items())))
+
+
+def test_evaluate_of_a_saved_index_searches_with_the_nprobe_given(tmp_path, capsys, monkeypatch):
+    import nnfp.catalogue.identify
+
+    monkeypatch.setattr(nnfp.catalogue.identify, "Identifier", _StubIdentifier)
+    argv = ["evaluate", str(tmp_path / "index"), "--out", str(tmp_path / "out"), "--nprobe", "7", "--quiet"]
+    assert main(argv) == 2
+    assert "nprobe=7" in capsys.readouterr().err
+
+
+def test_index_calibrate_takes_trust_model(tmp_path, capsys, monkeypatch):
+    import nnfp.catalogue.identify
+
+    monkeypatch.setattr(nnfp.catalogue.identify, "Identifier", _StubIdentifier)
+    argv = ["index", "calibrate", str(tmp_path / "index"), "--unknown", str(tmp_path), "--quiet"]
+    assert main([*argv, "--trust-model"]) == 2
+    assert "trust_model=True" in capsys.readouterr().err
+    assert main(argv) == 2
+    assert "trust_model=False" in capsys.readouterr().err
+
+
+def _flags_of(command):
+    """The options `nnfp COMMAND` accepts."""
+    from nnfp.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {flag for action in sub._actions for flag in action.option_strings}
+
+
+def test_export_errors_name_only_flags_export_has(tmp_path, capsys):
+    import re
+
+    saved_model = tmp_path / "saved"
+    saved_model.mkdir()
+    (saved_model / "saved_model.pb").write_bytes(b"")  # an exported SavedModel: nothing to export
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    flags = _flags_of("export")
+    for argv in (
+        ["export", str(saved_model), str(tmp_path / "out")],
+        ["export", str(saved_model), str(user)],
+        ["export", str(saved_model), str(tmp_path / "out"), "--format", "litert"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("nnfp export: error:") and "\n" not in err, err
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", err))
+        assert named <= flags, (named - flags, err)
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+
+
+def test_help_states_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for part in ("Exit status: 0", "1 when every query", "2 ", "130", "143", "141"):
+        assert part in text, text

@@ -542,7 +542,7 @@ def evaluate(
     from nnfp.catalogue.build import add_to_index, build_index
     from nnfp.catalogue.identify import Identifier
     from nnfp.defaults import DEFAULT_PHASES
-    from nnfp.outputs import claim_output_dir, write_marker
+    from nnfp.outputs import claim_output_dir, output_kind, write_marker
 
     if (index_dir is None) == (db_dir is None):
         raise ValueError("Give either an index folder or a DB audio folder (--db), not both")
@@ -552,22 +552,27 @@ def evaluate(
     write_marker(out_dir, "evaluation")
     if index_dir is None:
         index_dir = out_dir / "index"
-        log(f"building the index of {db_dir} in {index_dir}")
-        build_index(
-            db_dir, index_dir, model=model, index_type=index_type, progress=progress,
-            trust_model=trust_model, **index_params,
-        )
-        if dummy_dir is not None:
-            log(f"adding the dummy tracks of {dummy_dir}")
-            add_to_index(index_dir, dummy_dir, progress=progress)
+        if output_kind(index_dir) == "index":  # an earlier run of this evaluation built it
+            check_reusable_index(index_dir, db_dir, dummy_dir, model, out_dir)
+            log(f"reusing the index of {db_dir} in {index_dir} (built by an earlier run with the same audio and model)")
+        else:
+            log(f"building the index of {db_dir} in {index_dir}")
+            build_index(
+                db_dir, index_dir, model=model, index_type=index_type, progress=progress,
+                trust_model=trust_model, **index_params,
+            )
+            if dummy_dir is not None:
+                log(f"adding the dummy tracks of {dummy_dir}")
+                add_to_index(index_dir, dummy_dir, progress=progress)
         model = None
     elif dummy_dir is not None:
         raise ValueError("--dummy-dir needs --db (add dummy tracks to an index with `nnfp index add`)")
     phases = DEFAULT_PHASES if phases is None else int(phases)
     identifier = Identifier(
         index_dir, model=model, k_probe=k_probe, min_score=min_score, threads=threads, phases=phases,
-        refine=refine, interpolate=interpolate, trust_model=trust_model,
+        refine=refine, interpolate=interpolate, trust_model=trust_model, nprobe=index_params.get("nprobe"),
     )
+    identifier.db.set_search_params(ef_search=index_params.get("ef_search"))
     db = identifier.db
     rate = identifier.sample_rate
     segment, hop = identifier.embedder.segment_samples, identifier.hop_samples
@@ -641,6 +646,34 @@ def evaluate(
     return rates
 
 
+def check_reusable_index(index_dir, db_dir, dummy_dir, model, out_dir):
+    """Refuses (`OutputFolderError`) to reuse the index an earlier `evaluate` built in `index_dir`
+    unless it was built from `db_dir` (plus `dummy_dir`) with `model` (compared by `model_digest`)."""
+    from nnfp.catalogue.fingerprint import model_digest, resolve_model
+    from nnfp.outputs import OutputFolderError
+    from nnfp.store.db import read_metadata
+
+    def folder(path):  # as the index records it (`list_catalogue`): resolved, a file's folder
+        path = Path(path).resolve()
+        return str(path.parent if path.is_file() else path)
+
+    metadata = read_metadata(index_dir)
+    recorded = [source.get("audio_dir") for source in metadata.get("sources", [])]
+    wanted = [folder(db_dir)] + ([folder(dummy_dir)] if dummy_dir is not None else [])
+    model_path = resolve_model(model)
+    differences = []
+    if recorded != wanted:
+        differences.append(f"built from {' + '.join(map(str, recorded)) or 'no recorded audio'}, "
+                           f"not {' + '.join(wanted)}")
+    if metadata.get("model_digest") != model_digest(model_path):
+        differences.append(f"built with another model than {model_path}")
+    if differences:
+        raise OutputFolderError(
+            f"{out_dir}: holds an earlier evaluation whose index {index_dir} was {' and '.join(differences)}; "
+            "pass a new --out folder for this evaluation (nothing was written)"
+        )
+
+
 def calibrate_index(
     index_dir,
     unknown_dir,
@@ -664,6 +697,7 @@ def calibrate_index(
     threads=1,
     progress=True,
     log=print,
+    trust_model=False,
 ):
     """Calibrates the match threshold of an index per query length and saves it.
 
@@ -683,7 +717,8 @@ def calibrate_index(
     `confidence=None`, a point estimate, claims no confidence and is not checked), and an
     `out` that exists and is not a calibration file. The file replaced is kept beside it as
     `<name>.bak` (the latest one replaced); the index's own calibration is written under
-    `index_lock(index_dir)`.
+    `index_lock(index_dir)`. `trust_model`: the index's model may be a SavedModel (as for
+    `nnfp.catalogue.identify.Identifier`).
 
     Returns:
         The `nnfp.catalogue.calibration.Calibration`.
@@ -710,7 +745,7 @@ def calibrate_index(
     phases = DEFAULT_PHASES if phases is None else int(phases)
     identifier = Identifier(
         index_dir, k_probe=k_probe, min_score=None, threads=threads, phases=phases, refine=refine,
-        interpolate=interpolate,
+        interpolate=interpolate, trust_model=trust_model,
     )
     degradation = degradation_settings(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
     seconds = max(lengths_seconds)

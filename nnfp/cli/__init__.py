@@ -90,11 +90,14 @@ def cmd_export(args):
             f"{parity['cosine_mean']:.7f}, {100 * parity['own_neighbour']:.1f} % own-nearest-neighbour)"
         )
         return 0
-    from nnfp.export import export_saved_model, load_fingerprinter
+    from nnfp.export import export_saved_model, load_fingerprinter, resolve_model_path
 
+    already = f"{run_dir}: already an exported model; export needs a run directory or .keras file"
+    if not resolve_model_path(run_dir).is_file():  # a SavedModel or LiteRT folder: never loaded here
+        raise ValueError(already)
     embedder = load_fingerprinter(run_dir)
     if not hasattr(embedder, "model"):
-        raise ValueError(f"{run_dir}: already an exported model; export needs a run directory or .keras file")
+        raise ValueError(already)
     out = export_saved_model(embedder.model, args.out_dir, config, overwrite=args.overwrite, inputs=[run_dir])
     print(f"exported {out} (serving_default: waveforms (batch, {embedder.segment_samples}) -> fingerprint)")
     return 0
@@ -446,7 +449,7 @@ def cmd_index_calibrate(args):
         target_false_match=args.target, confidence=args.confidence or None, n_unknown=args.n_unknown,
         snr_db_range=tuple(args.snr_range), noise_dir=args.noise_dir,
         ir_dir=args.ir_dir, phases=args.phases, refine=args.refine, interpolate=args.interpolate, k_probe=args.k_probe, seed=args.seed,
-        progress=not args.quiet,
+        progress=not args.quiet, trust_model=args.trust_model,
     )
     return 0
 
@@ -627,7 +630,8 @@ def _add_data_commands(sub):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="nnfp", description="Neural audio fingerprinting with Keras.", epilog=XLA_CACHE_HELP
+        prog="nnfp", description="Neural audio fingerprinting with Keras.",
+        epilog=f"{EXIT_STATUS_HELP}\n\n{XLA_CACHE_HELP}", formatter_class=_ParagraphsHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -750,6 +754,7 @@ def build_parser():
     _add_phase_arguments(p)
     p.add_argument("--k-probe", type=_positive_int, default=DEFAULT_K_PROBE)
     p.add_argument("--seed", type=int, default=0)
+    _add_trust_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index_calibrate)
     p = index_sub.add_parser(
@@ -857,6 +862,22 @@ def build_parser():
     p.set_defaults(func=cmd_evaluate)
     return parser
 
+
+class _ParagraphsHelpFormatter(argparse.HelpFormatter):
+    """Wraps the description and epilog as argparse does, but keeps their blank-line paragraphs."""
+
+    def _fill_text(self, text, width, indent):
+        return "\n\n".join(super(_ParagraphsHelpFormatter, self)._fill_text(part, width, indent)
+                             for part in text.split("\n\n"))
+
+
+EXIT_STATUS_HELP = (
+    "Exit status: 0 success; 1 when every query of `nnfp identify` failed (some failing: 0, each "
+    "one named on stderr), or an unexpected error (a traceback); 2 bad input or usage: a bad "
+    "option, a missing or damaged file, index or model, a refused output folder, a recording "
+    "`nnfp monitor` could not read or found empty; 130 or 143 stopped by SIGINT (Ctrl-C) or SIGTERM; 141 the "
+    "reader of the output went away (a closed pipe, e.g. `| head`)."
+)
 
 XLA_CACHE_HELP = (
     "Compiled XLA programs of the model are kept in $NNFP_XLA_CACHE (default: the xla "

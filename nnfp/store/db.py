@@ -43,6 +43,7 @@ __all__ = [
     "INDEX_TYPES",
     "FingerprintDB",
     "Match",
+    "read_metadata",
     "verify_db",
 ]
 
@@ -112,6 +113,12 @@ def _read_meta(directory):
             f"version {FORMAT_VERSION}); rebuild the index with this nnfp (`nnfp index build`)"
         )
     return meta
+
+
+def read_metadata(directory):
+    """The catalogue metadata of a saved DB (its model, its source folders...), read without
+    loading the index or the fingerprints."""
+    return _read_meta(directory).get("metadata") or {}
 
 
 def _check_store(embeddings, meta, directory):
