@@ -3,6 +3,7 @@ dead air, damaged fingerprints without a record, readers during a writer, user f
 
 import json
 import os
+import re
 import shutil
 import threading
 
@@ -312,3 +313,20 @@ def test_make_irs_and_evaluate_refuse_a_folder_of_user_files(setup, tmp_path):
     assert main(["data", "make-irs", str(irs), "2"]) == 0
     assert main(["data", "make-irs", str(irs), "2"]) == 0  # its own folder: made again
     assert sorted(p.name for p in irs.glob("rir_*.wav")) == ["rir_00000.wav", "rir_00001.wav"]
+
+
+def test_a_search_wider_than_the_calibration_is_refused(dead_air):
+    """Thresholds fitted with 4 phases, 32 refined windows, 20 neighbours and 2 interpolated positions
+    (the shipped calibration) would admit more false matches in a wider search."""
+    from nnfp.catalogue.identify import Identifier
+
+    index = dead_air / "index"
+    fitted = json.loads((index / "calibration.json").read_text())
+    assert (fitted["phases"], fitted["refine"], fitted["k_probe"], fitted["interpolate"]) == (4, 32, 20, 2)
+    for wider, flag in (({"phases": 8}, "--phases 8 (fitted with 4)"), ({"refine": None}, "--refine all (fitted with 32)"),
+                        ({"k_probe": 50}, "--k-probe 50 (fitted with 20)")):
+        with pytest.raises(ValueError, match=re.escape(flag)):
+            Identifier(index, **wider)
+        Identifier(index, min_score=0.8, **wider)  # a fixed threshold overrides the calibration
+    narrower = Identifier(index, phases=2, k_probe=10)  # fewer chances: the target still holds
+    assert narrower.match_threshold(3.0) == Identifier(index).match_threshold(3.0)

@@ -149,6 +149,35 @@ class Identifier:
             calibration = Calibration.load(calibration)
             self.calibration_notes = list(calibration.notes)
         self.calibration = calibration
+        if calibration is not None and isinstance(min_score, str) and min_score == CALIBRATED:
+            self._check_search_settings(calibration)
+
+    def _check_search_settings(self, calibration):
+        """Refuses a search that gives a query more chances of a false match than the one its
+        thresholds were fitted with (more phases, refined windows, neighbours or interpolated
+        positions): those thresholds would then admit more than their target. A search with
+        fewer chances keeps the target (and finds fewer right answers)."""
+        def more(mine, fitted):  # None: every window (refine) is more than any number
+            if fitted is None or fitted == "all":
+                return False
+            return mine is None or int(mine) > int(fitted)
+
+        info = calibration.info
+        searched = {"phases": self.phases, "refine": self.refine, "k_probe": self.k_probe,
+                    "interpolate": self.interpolate}
+        flags = {"phases": "--phases", "refine": "--refine", "k_probe": "--k-probe", "interpolate": "--interpolate"}
+        over = [
+            f"{flags[key]} {'all' if mine is None else mine} (fitted with {info[key]})"
+            for key, mine in searched.items()
+            if key in info and more(mine, info[key])
+        ]
+        if over:
+            raise ValueError(
+                f"the calibrated thresholds were fitted with a narrower search than this one: {', '.join(over)}; "
+                "with more chances a query of unknown audio matches more often than the calibration's target. "
+                "Search with the calibrated settings, recalibrate with these (`nnfp index calibrate INDEX "
+                "--unknown DIR` with the same options), or pass `--min-score X`, which overrides the calibration"
+            )
 
     @property
     def min_query_seconds(self):
