@@ -330,3 +330,21 @@ def test_a_search_wider_than_the_calibration_is_refused(dead_air):
         Identifier(index, min_score=0.8, **wider)  # a fixed threshold overrides the calibration
     narrower = Identifier(index, phases=2, k_probe=10)  # fewer chances: the target still holds
     assert narrower.match_threshold(3.0) == Identifier(index).match_threshold(3.0)
+
+
+def test_thresholds_of_another_hop_or_model_are_refused(dead_air):
+    from nnfp.catalogue.calibration import Calibration
+    from nnfp.catalogue.identify import Identifier
+
+    index = dead_air / "index"
+    fitted = Calibration.load(index / "calibration.json")
+    digest = json.loads((index / "tracks.json").read_text())["metadata"]["model_digest"]
+    same = Calibration(fitted.lengths_s, fitted.min_score, info=dict(fitted.info, hop_seconds=0.5, model_digest=digest))
+    assert Identifier(index, calibration=same).match_threshold(3.0) == fitted.threshold(3.0)
+    coarser = Calibration(fitted.lengths_s, fitted.min_score, info=dict(fitted.info, hop_seconds=1.0))
+    with pytest.raises(ValueError, match=r"an index hop of 0.5 s \(fitted on 1 s: more windows\)"):
+        Identifier(index, calibration=coarser)
+    other = Calibration(fitted.lengths_s, fitted.min_score, info=dict(fitted.info, model_digest="0" * 40))
+    with pytest.raises(ValueError, match="fitted on another model's fingerprints"):
+        Identifier(index, calibration=other)
+    assert Identifier(index, calibration=other, min_score=0.8).match_threshold(3.0) == 0.8

@@ -770,6 +770,7 @@ def calibrate_index(
     calibration.info.update(
         phases=phases, refine="all" if refine is None else int(refine), interpolate=int(interpolate),
         k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),
+        hop_seconds=float(identifier.db.hop_seconds), model_digest=identifier.db.metadata.get("model_digest"),
         unknown_dir=str(Path(folders[0]).absolute()) if len(folders) == 1 else [str(Path(f).absolute()) for f in folders],
         snr_db_range=list(snr_db_range),
         noise=str(noise_dir) if noise_dir else ("generated" if add_noise else "none"),

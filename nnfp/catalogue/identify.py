@@ -171,6 +171,16 @@ class Identifier:
             for key, mine in searched.items()
             if key in info and more(mine, info[key])
         ]
+        fitted_hop = info.get("hop_seconds")
+        if fitted_hop is not None and self.db.hop_seconds < float(fitted_hop) - 1e-9:
+            over.append(f"an index hop of {self.db.hop_seconds:g} s (fitted on {float(fitted_hop):g} s: more windows)")
+        fitted_model = info.get("model_digest")
+        if fitted_model and self.db.metadata.get("model_digest") not in (None, fitted_model):
+            raise ValueError(
+                "the calibrated thresholds were fitted on another model's fingerprints (model digest "
+                f"{fitted_model[:12]}, this index's {self.db.metadata['model_digest'][:12]}): recalibrate "
+                "(`nnfp index calibrate INDEX --unknown DIR`), or pass `--min-score X`, which overrides the calibration"
+            )
         if over:
             raise ValueError(
                 f"the calibrated thresholds were fitted with a narrower search than this one: {', '.join(over)}; "
