@@ -15,3 +15,29 @@ os.environ["NNFP_XLA_CACHE"] = _XLA_CACHE
 os.environ["TF_XLA_FLAGS"] = (
     os.environ.get("TF_XLA_FLAGS", "") + f" --tf_xla_persistent_cache_directory={_XLA_CACHE}"
 ).strip()
+
+
+import pytest  # noqa: E402  (after the environment above is set)
+
+# The smallest fingerprinter the catalogue tests use (width 1/32, 16-d fingerprints): an untrained
+# model is enough to index and find exact excerpts, and it loads and runs in a fraction of a second.
+TINY_MODEL = ["encoder.width=0.03125", "projection.embedding_dim=16"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """`save(path, seed)`: an untrained `TINY_MODEL` fingerprinter with weights drawn from `seed`,
+    saved as a `.keras` file at `path`; returns the Keras model."""
+
+    def save(path, seed):
+        import keras
+
+        from nnfp.config import load_config
+        from nnfp.training import build_model
+
+        keras.utils.set_random_seed(seed)
+        model = build_model(load_config(None, TINY_MODEL))
+        model.save(path)
+        return model
+
+    return save

@@ -8,23 +8,16 @@ import pytest
 from nnfp.cli import main
 from nnfp.lite import LiteFingerprinter, read_spec
 
-TINY = ["encoder.width=0.03125", "projection.embedding_dim=16"]
 RATE = 8000
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_model):
     """An untrained tiny model with a calibration beside it, and its fingerprints of generated music."""
-    import keras
-
-    from nnfp.config import load_config
     from nnfp.corpus.synth import compose_track
-    from nnfp.training import build_model
 
     root = tmp_path_factory.mktemp("litert")
-    keras.utils.set_random_seed(1)
-    model = build_model(load_config(None, TINY))
-    model.save(root / "tiny.keras")
+    model = tiny_model(root / "tiny.keras", seed=1)
     (root / "tiny.calibration.json").write_text(json.dumps({"lengths_s": [1.0], "min_score": [0.8]}))
     segments = np.stack([compose_track(seed, 3.0, RATE)[: model.segment_samples] for seed in range(500, 517)])
     segments += 0.01 * np.random.default_rng(0).standard_normal(segments.shape).astype("float32")

@@ -13,23 +13,17 @@ import soundfile as sf
 
 from nnfp.cli import main
 
-TINY = ["encoder.width=0.03125", "projection.embedding_dim=16"]
 RATE = 8000
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_model):
     """An untrained tiny model, two catalogues of generated music and an index of the first."""
-    import keras
-
     from nnfp.catalogue.build import build_index
-    from nnfp.config import load_config
     from nnfp.corpus.synth import compose_track
-    from nnfp.training import build_model
 
     root = tmp_path_factory.mktemp("faults")
-    keras.utils.set_random_seed(1)
-    build_model(load_config(None, TINY)).save(root / "tiny.keras")
+    tiny_model(root / "tiny.keras", seed=1)
     for folder, seeds in (("music", range(4)), ("other", range(20, 24))):
         (root / folder).mkdir()
         for seed in seeds:

@@ -13,25 +13,18 @@ import soundfile as sf
 
 from nnfp.cli import main
 
-TINY = ["encoder.width=0.03125", "projection.embedding_dim=16"]
 RATE = 8000
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_model):
     """Two untrained tiny models (different weights), four 4 s tracks and an index of them."""
-    import keras
-
     from nnfp.catalogue.build import build_index
-    from nnfp.config import load_config
     from nnfp.corpus.synth import compose_track
-    from nnfp.training import build_model
 
     root = tmp_path_factory.mktemp("integrity")
-    config = load_config(None, TINY)
     for name, seed in (("a.keras", 1), ("b.keras", 2)):
-        keras.utils.set_random_seed(seed)
-        build_model(config).save(root / name)
+        tiny_model(root / name, seed)
     for folder, seeds in (("music", range(4)), ("more", range(10, 12)), ("other", range(20, 22))):
         (root / folder).mkdir()
         for seed in seeds:

@@ -12,23 +12,17 @@ import soundfile as sf
 
 from nnfp.cli import main
 
-TINY = ["encoder.width=0.03125", "projection.embedding_dim=16"]
 RATE = 8000
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_model):
     """An untrained tiny model, six generated tracks, an index of four of them and a query."""
-    import keras
-
     from nnfp.catalogue.build import build_index
-    from nnfp.config import load_config
     from nnfp.corpus.synth import compose_track
-    from nnfp.training import build_model
 
     root = tmp_path_factory.mktemp("litert")
-    keras.utils.set_random_seed(3)
-    build_model(load_config(None, TINY)).save(root / "tiny.keras")
+    tiny_model(root / "tiny.keras", seed=3)
     for folder, seeds in (("music", range(4)), ("more", range(10, 12))):
         (root / folder).mkdir()
         for seed in seeds:
@@ -80,7 +74,7 @@ def test_identify_answers_without_tensorflow_as_tensorflow_does(setup):
     np.testing.assert_allclose([m["score"] for m in lite], [m["score"] for m in tf], atol=2e-4)
 
 
-def test_a_litert_copy_that_disagrees_is_never_used(setup, tmp_path):
+def test_a_litert_copy_that_disagrees_is_never_used(setup, tmp_path, tiny_model):
     from nnfp.catalogue.fingerprint import ModelMismatchError
     from nnfp.catalogue.identify import Identifier
     from nnfp.lite import LiteFingerprinter
@@ -88,14 +82,9 @@ def test_a_litert_copy_that_disagrees_is_never_used(setup, tmp_path):
     index = tmp_path / "idx"
     shutil.copytree(setup / "index", index)
     other = tmp_path / "other_index"  # the same catalogue under another (untrained, other seed) model
-    import keras
-
     from nnfp.catalogue.build import build_index
-    from nnfp.config import load_config
-    from nnfp.training import build_model
 
-    keras.utils.set_random_seed(4)
-    build_model(load_config(None, TINY)).save(tmp_path / "other.keras")
+    tiny_model(tmp_path / "other.keras", seed=4)
     build_index(setup / "music", other, model=tmp_path / "other.keras", progress=False)
     shutil.rmtree(index / "litert")
     shutil.copytree(other / "litert", index / "litert")  # the wrong model's copy

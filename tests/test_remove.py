@@ -12,24 +12,18 @@ import soundfile as sf
 
 from nnfp.cli import main
 
-TINY = ["encoder.width=0.03125", "projection.embedding_dim=16"]
 RATE = 8000
 N_TRACKS = 6  # 4 s each: 7 segments on the 0.5 s hop, 42 rows
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_model):
     """An untrained tiny model, generated music, a flat index of `music/` and the identifier's embedder."""
-    import keras
-
     from nnfp.catalogue.build import build_index
-    from nnfp.config import load_config
     from nnfp.corpus.synth import compose_track
-    from nnfp.training import build_model
 
     root = tmp_path_factory.mktemp("remove")
-    keras.utils.set_random_seed(1)
-    build_model(load_config(None, TINY)).save(root / "tiny.keras")
+    tiny_model(root / "tiny.keras", seed=1)
     for folder, seeds in (("music", range(N_TRACKS)), ("other", range(20, 22))):
         (root / folder).mkdir()
         for seed in seeds:
