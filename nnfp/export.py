@@ -70,12 +70,9 @@ CALL_ROWS = 16
 
 def inference_workers():
     """Model calls run at once: one per core this process may use."""
-    import os
+    from nnfp.lite import usable_cores
 
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def use_inference_threads():

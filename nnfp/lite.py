@@ -33,6 +33,7 @@ __all__ = [
     "is_litert_model",
     "litert_available",
     "read_spec",
+    "usable_cores",
 ]
 
 LITERT_MODEL_FILE = "model.tflite"
@@ -105,7 +106,8 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
-def _default_threads():
+def usable_cores():
+    """The cores this process may use (its CPU affinity, else the machine's count)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
@@ -144,7 +146,7 @@ class LiteFingerprinter:
         self.sample_rate = int(self.spec["sample_rate"])
         self.segment_samples = int(self.spec["segment_samples"])
         self.embedding_dim = int(self.spec["embedding_dim"])
-        self.num_threads = _default_threads() if num_threads is None else int(num_threads)
+        self.num_threads = usable_cores() if num_threads is None else int(num_threads)
         model_path = self.path / LITERT_MODEL_FILE
         self._planned = False
         try:
@@ -198,7 +200,8 @@ def fingerprint_file(path, model, hop_seconds=None, batch_size=256):
         (segments below `nnfp.audio.segments.QUIET_DBFS`) as zero rows, as in an index.
     """
     from nnfp.audio.io import load_audio
-    from nnfp.audio.segments import quiet_segments, segment_waveform
+    from nnfp.audio.segments import segment_waveform
+    from nnfp.catalogue.fingerprint import fingerprint_segments  # NumPy only: dead air as zero rows
 
     if not isinstance(model, LiteFingerprinter):
         model = LiteFingerprinter(model)
@@ -206,6 +209,4 @@ def fingerprint_file(path, model, hop_seconds=None, batch_size=256):
     hop = int(hop or model.segment_samples // 2)
     audio = load_audio(path, model.sample_rate)
     windows = segment_waveform(audio, model.segment_samples, hop)
-    fingerprints = model.fingerprint(windows, batch_size=batch_size)
-    fingerprints[quiet_segments(windows)] = 0.0
-    return fingerprints
+    return fingerprint_segments(model, windows, batch_size=batch_size)

@@ -121,12 +121,6 @@ def _embedder_pool(identifier, size):
     return EmbedderPool([first, *more])
 
 
-def _identify_result(query, matches, hint):
-    """The object `nnfp identify --json` prints for one query."""
-    found = [{"track": m.path, "offset_s": round(m.offset_s, 3), "score": round(m.score, 4)} for m in matches]
-    return {"query": query, "matches": found, **({"hint": hint} if hint else {})}
-
-
 class _Truncations:
     """The truncation warnings of the audio decoded by requests, kept by file (`nnfp.audio.io`
     warns once per file it finds cut short). Python's warning filters are one for the whole
@@ -260,6 +254,7 @@ class Catalogue:
             nnfp.catalogue.identify.QueryError: too short, silent or constant audio.
         """
         from nnfp.audio.io import load_audio
+        from nnfp.catalogue.identify import identify_result
 
         identifier = self.identifier
         try:
@@ -269,7 +264,7 @@ class Catalogue:
         matches = identifier.identify_audio(audio, n_results=n_results, name=name)
         # `identifier.last_query_seconds` belongs to whichever request ran last.
         hint = identifier.long_query_hint(len(audio) / identifier.sample_rate)
-        result = _identify_result(name, matches, hint)
+        result = identify_result(name, matches, hint)
         if warning is not None:  # a cut file: answered from the audio that decodes, and said so
             result["warning"] = warning.replace(str(path), name)
         return result

@@ -53,6 +53,7 @@ __all__ = [
     "index_metadata",
     "litert_files",
     "lock_path",
+    "progress_log",
     "model_file_name",
     "remove_tracks",
     "verify_index",
@@ -108,6 +109,12 @@ class IndexReport:
         """Audio seconds fingerprinted per second of wall time, over this call's own work."""
         fresh = self.audio_seconds if self.fresh_audio_seconds is None else self.fresh_audio_seconds
         return fresh / max(self.fingerprint_seconds, 1e-9)
+
+
+def progress_log(progress):
+    """`log(message)` printing to stderr when `progress` (a command's progress output is on),
+    else None: what `index_lock` and the catalogue writers tell the user."""
+    return (lambda message: print(message, file=sys.stderr)) if progress else None
 
 
 class IndexLockedError(TimeoutError):
@@ -198,7 +205,7 @@ def verify_index(index_dir, model=None, trust_model=False):
     Returns `(problems, notes)`: one-line messages (empty: intact) and remarks (e.g. an
     older index without checksums)."""
     from nnfp.catalogue.calibration import index_calibration
-    from nnfp.store.db import verify_db
+    from nnfp.store.db import read_metadata, verify_db
 
     index_dir = Path(index_dir)
     problems, has_checksums = verify_db(index_dir)
@@ -207,7 +214,7 @@ def verify_index(index_dir, model=None, trust_model=False):
         notes.append(f"{index_dir}: no checksums recorded (built by an older nnfp); rebuild it to add them")
     if problems:
         return problems, notes
-    metadata = FingerprintDB.load(index_dir, checksums=False).metadata
+    metadata = read_metadata(index_dir)  # verify_db loaded the whole index already
     if not metadata.get("probe"):
         notes.append(f"{index_dir}: no probe fingerprints recorded (built by an older nnfp); model not checked")
     try:  # as `identify` would decide (an index built without a calibration is intact: no note)
@@ -257,21 +264,23 @@ def litert_files(model_path, model_file, work_dir, index_dir=None, log=None):
     `work_dir` (`nnfp.export.convert_to_litert`). None for a SavedModel, a LiteRT model
     (it is the index's model already), or when conversion fails (`log` is told why).
     """
-    from nnfp.catalogue.fingerprint import litert_copy
+    from nnfp.catalogue.fingerprint import conversion_of, litert_copy, model_digest
+    from nnfp.defaults import cache_home
     from nnfp.lite import is_litert_model
 
     if model_file == INDEX_LITERT_DIR:
         return {}
     if index_dir is not None and is_litert_model(Path(index_dir) / INDEX_LITERT_DIR):
         return {INDEX_LITERT_DIR: Path(index_dir) / INDEX_LITERT_DIR}
-    copy = litert_copy(model_path)
-    if copy is not None:
-        return {INDEX_LITERT_DIR: copy}
     if not Path(model_path).is_file():
         return {}
-    cached = _cached_litert(model_path)
-    if cached is not None:
-        return {INDEX_LITERT_DIR: cached}
+    digest = model_digest(model_path)
+    # A conversion of this very model made by an earlier build is kept in nnfp's cache: one
+    # takes ~5 s, and one model often builds several indexes.
+    cache = cache_home() / "litert" / digest
+    copy = litert_copy(model_path, digest) or conversion_of(cache, model_path, digest)
+    if copy is not None:
+        return {INDEX_LITERT_DIR: copy}
     target = Path(work_dir) / INDEX_LITERT_DIR
     try:
         from nnfp.export import convert_to_litert
@@ -284,38 +293,15 @@ def litert_files(model_path, model_file, work_dir, index_dir=None, log=None):
             log(f"note: no LiteRT copy of {model_path} in the index (conversion failed: "
                 f"{type(error).__name__}: {error}); its queries will run on TensorFlow")
         return {}
-    _cache_litert(model_path, target)
+    _cache_litert(target, cache)
     return {INDEX_LITERT_DIR: target}
 
 
-def _litert_cache_dir(model_path):
-    from nnfp.catalogue.fingerprint import model_digest
-    from nnfp.defaults import cache_home
-
-    return cache_home() / "litert" / model_digest(model_path)
-
-
-def _cached_litert(model_path):
-    """A conversion of this very model made by an earlier build (nnfp's cache), or None: a
-    conversion takes ~5 s, and one model often builds several indexes."""
-    from nnfp.catalogue.fingerprint import model_digest
-    from nnfp.lite import is_litert_model, read_spec
-
-    folder = _litert_cache_dir(model_path)
-    try:
-        if is_litert_model(folder) and read_spec(folder).get("keras_digest") == model_digest(model_path):
-            return folder
-    except ValueError:
-        pass
-    return None
-
-
-def _cache_litert(model_path, folder):
-    """Keeps a copy of a conversion in nnfp's cache (whole or not at all); a cache that
-    cannot be written only costs the next build a conversion."""
+def _cache_litert(folder, target):
+    """Keeps a copy of a conversion at `target` in nnfp's cache (whole or not at all); a cache
+    that cannot be written only costs the next build a conversion."""
     import tempfile
 
-    target = _litert_cache_dir(model_path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -385,7 +371,7 @@ def build_index(
     index_dir = Path(index_dir).absolute()
     # Before anything is loaded or written: never into (or deleting) a user's folder.
     claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=[audio_dir])
-    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    log = progress_log(progress)
     # One writer at a time: a second build (or an add) of the same folder waits, then finds the
     # first one's index and is refused without `overwrite` (checked again under the lock).
     with index_lock(index_dir, timeout=lock_timeout, log=log):
@@ -447,7 +433,7 @@ def _save_and_report(db, index_dir, model_file, model_path, work_dir, found, pro
     adding = Path(model_path).absolute().parent == Path(index_dir).absolute()  # the index's own model
     calibration = calibration_files(model_path, index_dir if adding else None)
     db.metadata["calibrated"] = bool(calibration)  # a missing calibration.json is then an error
-    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    log = progress_log(progress)
     lite = litert_files(model_path, model_file, work_dir, index_dir if adding else None, log=log)
     db.save(index_dir, extra_files={model_file: model_path, **calibration, **lite})
     del db
@@ -528,7 +514,7 @@ def add_to_index(
     index_dir = Path(index_dir).absolute()
     if not index_dir.is_dir():
         raise FileNotFoundError(f"Fingerprint DB directory not found: {index_dir}")
-    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    log = progress_log(progress)
     with index_lock(index_dir, timeout=lock_timeout, log=log):
         return _add_to_index(index_dir, audio_dir, batch_size, chunk_files, progress, on_chunk, trust_model, runtime)
 
@@ -650,7 +636,7 @@ def add_track(
     if not audio_path.is_file():
         raise FileNotFoundError(f"Audio file not found: {audio_path}")
     name = check_track_name(audio_path.name if name is None else name)
-    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    log = progress_log(progress)
     with index_lock(index_dir, timeout=lock_timeout, log=log):
         db = FingerprintDB.load(index_dir, mmap=True)
         taken = [track["track_id"] for track in db.live_tracks if track["path"] == name]
@@ -795,7 +781,7 @@ def remove_tracks(index_dir, tracks, lock_timeout=None, progress=False, compact=
     if not index_dir.is_dir():
         raise FileNotFoundError(f"Fingerprint DB directory not found: {index_dir}")
     tracks = [tracks] if isinstance(tracks, str | int) else list(tracks)
-    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    log = progress_log(progress)
     with index_lock(index_dir, timeout=lock_timeout, log=log):
         db = FingerprintDB.load(index_dir, mmap=True)
         removed = [dict(track) for track in db.remove(_resolve_tracks(db, tracks))]
@@ -819,7 +805,7 @@ def compact_index(index_dir, lock_timeout=None, progress=False):
     index_dir = Path(index_dir).absolute()
     if not index_dir.is_dir():
         raise FileNotFoundError(f"Fingerprint DB directory not found: {index_dir}")
-    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    log = progress_log(progress)
     with index_lock(index_dir, timeout=lock_timeout, log=log):
         db = FingerprintDB.load(index_dir, mmap=True)
         dropped = db.n_removed_segments

@@ -31,6 +31,7 @@ __all__ = [
     "iter_fingerprints",
     "fingerprint_tracks",
     "index_embedder",
+    "conversion_of",
     "litert_copy",
     "index_model_path",
     "load_model",
@@ -78,21 +79,27 @@ def _check_runtime(runtime):
         raise ValueError(f"`runtime` must be one of {RUNTIMES}. Received: runtime={runtime!r}")
 
 
-def litert_copy(model_path):
-    """The LiteRT folder that holds `model_path` converted (`x.keras` -> `x.litert/`, its
-    `spec.json` naming the digest of exactly this file), or None."""
+def conversion_of(folder, model_path, digest=None):
+    """`folder` when it is a LiteRT folder converted from exactly the `.keras` file
+    `model_path` (its `spec.json` names that file's `model_digest`, given as `digest` when
+    already known), else None."""
     from nnfp.lite import is_litert_model, read_spec
-    from nnfp.model_files import litert_copy_path
 
-    model_path = Path(model_path)
-    folder = litert_copy_path(model_path)
-    if not model_path.is_file() or not is_litert_model(folder):
+    if not Path(model_path).is_file() or not is_litert_model(folder):
         return None
     try:
-        digest = read_spec(folder).get("keras_digest")
+        recorded = read_spec(folder).get("keras_digest")
     except ValueError:
         return None
-    return folder if digest == model_digest(model_path) else None
+    return Path(folder) if recorded == (digest or model_digest(model_path)) else None
+
+
+def litert_copy(model_path, digest=None):
+    """The LiteRT folder beside `model_path` that holds it converted (`x.keras` -> `x.litert/`,
+    `conversion_of`), or None."""
+    from nnfp.model_files import litert_copy_path
+
+    return conversion_of(litert_copy_path(model_path), model_path, digest)
 
 
 def load_model(model=None, trust_model=False, runtime="auto"):

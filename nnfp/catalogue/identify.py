@@ -21,12 +21,19 @@ from nnfp.defaults import (
 )
 from nnfp.store.db import FingerprintDB
 
-__all__ = ["CALIBRATED", "Identifier", "QueryError"]
+__all__ = ["CALIBRATED", "Identifier", "QueryError", "identify_result"]
 
 CALIBRATED = "calibrated"  # Identifier(min_score=...): the calibrated threshold of the query's length
 SILENT_PEAK_DB = -60.0  # queries quieter than this (peak, dBFS) are rejected as silent
 SILENT_RMS_DB = -70.0  # ... and those whose varying part is below this RMS level (dBFS)
 _ONE_BATCH_SEGMENTS = 256  # query phases fingerprinted as one batch up to this many segments
+
+
+def identify_result(query, matches, hint=None):
+    """The object `nnfp identify --json` prints for one query (and `nnfp serve` answers):
+    `{"query", "matches": [{"track", "offset_s", "score"}, ...]}`, plus `"hint"` when given."""
+    found = [{"track": m.path, "offset_s": round(m.offset_s, 3), "score": round(m.score, 4)} for m in matches]
+    return {"query": query, "matches": found, **({"hint": hint} if hint else {})}
 
 
 class QueryError(ValueError):

@@ -26,6 +26,7 @@ from nnfp.catalogue.build import (
     index_metadata,
     litert_files,
     model_file_name,
+    progress_log,
 )
 from nnfp.catalogue.chunks import fingerprint_catalogue, hop_samples, list_catalogue, partial_dir
 from nnfp.catalogue.fingerprint import load_model, model_digest, probe_entry
@@ -119,7 +120,7 @@ def build_shard(
     if int(chunk_files) < 1:
         raise ValueError(f"`chunk_files` must be >= 1. Received: chunk_files={chunk_files}")
     mine = relative[_shard_slice(len(relative), shard, n_shards, int(chunk_files))]
-    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    log = progress_log(progress)
     with index_lock(shard_dir, log=log):  # two jobs given the same shard: one after the other
         return _build_shard(
             root, relative, mine, shard, n_shards, shard_dir, embedder, model_path, sample_rate, hop_seconds,
@@ -271,7 +272,7 @@ def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, overwr
         )
     index_dir = Path(index_dir).absolute()
     claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=shard_dirs)
-    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    log = progress_log(progress)
     with index_lock(index_dir, log=log):  # one writer of an index at a time (`build_index`)
         claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=shard_dirs)
         return _merge_shards(shard_dirs, index_dir, index_type, progress, index_params)
@@ -346,7 +347,7 @@ def _merge_shards(shard_dirs, index_dir, index_type, progress, index_params):
     )
     calibration = calibration_files(first["model_source"])
     db.metadata["calibrated"] = bool(calibration)  # a missing calibration.json is then an error
-    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    log = progress_log(progress)
     lite = litert_files(model_path, first["model_file"], work_dir, log=log)
     db.save(index_dir, extra_files={first["model_file"]: model_path, **calibration, **lite})
     del db, store

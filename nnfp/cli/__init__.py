@@ -237,7 +237,7 @@ def _print_threshold_notes(command, min_score, identifier):
 
 def cmd_identify(args):
     from nnfp.audio.io import AudioError
-    from nnfp.catalogue.identify import Identifier, QueryError
+    from nnfp.catalogue.identify import Identifier, QueryError, identify_result
 
     identifier = Identifier(
         args.index_dir, model=args.model, k_probe=args.k_probe,
@@ -261,11 +261,7 @@ def cmd_identify(args):
             continue
         hint = identifier.long_query_hint(identifier.last_query_seconds)
         if args.json:
-            found = [
-                {"track": m.path, "offset_s": round(m.offset_s, 3), "score": round(m.score, 4)}
-                for m in matches
-            ]
-            print(json.dumps({"query": query, "matches": found, **({"hint": hint} if hint else {})}), flush=True)
+            print(json.dumps(identify_result(query, matches, hint)), flush=True)
             continue
         if not matches:
             seconds = identifier.last_query_seconds

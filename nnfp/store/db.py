@@ -145,8 +145,9 @@ def verify_db(directory):
     problems = integrity_problems(directory, meta, checksums=True)
     if not problems:
         try:
-            db = FingerprintDB.load(directory, checksums=False)
-            _check_store(db.embeddings, meta, directory)  # whatever the size
+            db = FingerprintDB.load(directory, checksums=False)  # checks the store up to the on-load limit
+            if db.embeddings.nbytes > CHECKSUM_ON_LOAD_BYTES:
+                _check_store(db.embeddings, meta, directory)  # and here the larger ones
         except (FileNotFoundError, CorruptIndexError) as error:
             problems.append(str(error))
     return problems, bool(meta.get("integrity"))
