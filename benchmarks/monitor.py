@@ -82,9 +82,14 @@ def _rms(x):
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12))
 
 
-def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noise, room=False):
-    """Returns `(audio, truth)`; truth: {"plays": [...], "unknown": [[start, end], ...], ...}."""
-    from nnfp.audio.io import load_audio
+def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noise, room=False, speed_range=None):
+    """Returns `(audio, truth)`; truth: {"plays": [...], "unknown": [[start, end], ...], ...}.
+
+    `speed_range`: every music item (plays and unknown music) is played at a speed drawn
+    in it (resampled: pitch and tempo together, as radio stations speed songs up)."""
+    from nnfp.audio.io import load_audio, resample
+
+    speed_rng = np.random.default_rng(rng.integers(1 << 30)) if speed_range else None
 
     items, t = [], 0.0  # (kind, audio, start_s, fade_in_s, info)
     previous_music = False
@@ -95,18 +100,24 @@ def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noi
         if kind == "play":
             path = catalogue[int(rng.integers(len(catalogue)))]
             track = load_audio(path, RATE)
-            seconds = float(min(rng.uniform(20, 90), len(track) / RATE - 1))
-            offset = float(rng.uniform(0, len(track) / RATE - seconds))
-            audio = track[int(offset * RATE) : int(offset * RATE) + int(seconds * RATE)].copy()
+            speed = float(speed_rng.uniform(*speed_range)) if speed_range else 1.0
+            seconds = float(min(rng.uniform(20, 90), len(track) / RATE / speed - 1))  # broadcast seconds
+            offset = float(rng.uniform(0, len(track) / RATE - seconds * speed))
+            audio = track[int(offset * RATE) : int(offset * RATE) + int(np.ceil(seconds * speed * RATE)) + 1].copy()
+            if speed != 1.0:
+                audio = np.asarray(resample(audio, RATE, RATE / speed), np.float32)
+            audio = audio[: int(seconds * RATE)]
             if rng.random() < 0.3:  # talk-over
                 talk = float(rng.uniform(3, 8))
                 at = int(rng.uniform(0, max(seconds - talk, 0.1)) * RATE)
                 voice = speech.excerpt(rng, talk)[: len(audio) - at]
                 gain = _rms(audio) / _rms(voice) * 10 ** (rng.uniform(-3, 3) / 20)
                 audio[at : at + len(voice)] += gain * voice
-            info = {"track": Path(path).relative_to(catalogue_root).as_posix(), "offset_s": offset}
+            info = {"track": Path(path).relative_to(catalogue_root).as_posix(), "offset_s": offset, "speed": speed}
         elif kind == "unknown":
             audio, info = unknown.excerpt(rng, float(rng.uniform(20, 60))), {}
+            if speed_range:
+                audio = np.asarray(resample(audio, RATE, RATE / float(speed_rng.uniform(*speed_range))), np.float32)
         else:
             audio, info = speech.excerpt(rng, float(rng.uniform(5, 20))), {}
             audio = audio / _rms(audio) * 0.1
@@ -130,7 +141,8 @@ def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noi
         begin, end = start + fade_in / 2, start + len(audio) / RATE - fade_out / 2
         if kind == "play":
             plays.append({"track": info["track"], "start_s": round(begin, 3), "end_s": round(end, 3),
-                          "track_start_s": round(info["offset_s"] + fade_in / 2, 3)})
+                          "track_start_s": round(info["offset_s"] + info["speed"] * fade_in / 2, 3),
+                          "speed": round(info["speed"], 5)})
         elif kind == "unknown":
             unknown_spans.append([round(begin, 3), round(end, 3)])
         else:
@@ -215,7 +227,7 @@ def score(truth, detections, min_play_s=10.0, same=None):
         truth = {**truth, "plays": [canon(p) for p in truth["plays"]]}
         detections = [canon(d) for d in detections]
     plays = [p for p in truth["plays"] if p["end_s"] - p["start_s"] >= min_play_s]
-    found, start_err, end_err = 0, [], []
+    found, start_err, end_err, speed_ok = 0, [], [], []
     for play in plays:
         length = play["end_s"] - play["start_s"]
         best = max(
@@ -227,6 +239,8 @@ def score(truth, detections, min_play_s=10.0, same=None):
             found += 1
             start_err.append(abs(best["start_s"] - play["start_s"]))
             end_err.append(abs(best["end_s"] - play["end_s"]))
+            if "speed" in play and "speed" in best:
+                speed_ok.append(abs(best["speed"] / play["speed"] - 1) <= 0.005)
     correct, false_unknown, false_speech = 0, 0, 0
     for d in detections:
         length = max(d["end_s"] - d["start_s"], 1e-9)
@@ -253,6 +267,7 @@ def score(truth, detections, min_play_s=10.0, same=None):
         "speech_hours": speech_hours,
         "median_start_error_s": float(np.median(start_err)) if start_err else float("nan"),
         "median_end_error_s": float(np.median(end_err)) if end_err else float("nan"),
+        "speed_within_half_percent": float(np.mean(speed_ok)) if speed_ok else float("nan"),
     }
 
 
@@ -279,6 +294,8 @@ def main(argv=None):
     parser.add_argument("--workdir", default="/tmp/nnfp-monitor")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--monitor-args", default="", help="extra `nnfp monitor` options, e.g. '--window 6'")
+    parser.add_argument("--speed", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="play every music item at a speed drawn in [LO, HI] (e.g. 0.96 1.04)")
     args = parser.parse_args(argv)
 
     from nnfp.catalogue.build import build_index
@@ -299,7 +316,9 @@ def main(argv=None):
         print(f"index: {report.n_tracks} tracks, {report.audio_seconds / 3600:.2f} h, "
               f"built at {report.realtime_factor:.0f}x real time")
     rng = np.random.default_rng(args.seed)
-    audio, truth = make_broadcast(rng, args.minutes, catalogue, catalogue_root, _Bank(unknown), speech, noise, args.room)
+    audio, truth = make_broadcast(
+        rng, args.minutes, catalogue, catalogue_root, _Bank(unknown), speech, noise, args.room, speed_range=args.speed
+    )
     recording = work / "broadcast.wav"
     sf.write(recording, audio, RATE, subtype="PCM_16")
     (work / "truth.json").write_text(json.dumps(truth, indent=1))
@@ -316,7 +335,8 @@ def main(argv=None):
     result = rows[0][1]
     print(f"broadcast: {truth['seconds'] / 60:.1f} min, {result['plays']} plays >= 10 s, "
           f"{result['unknown_hours'] * 60:.1f} min of unknown music, {result['speech_hours'] * 60:.1f} min of speech"
-          f"{', room' if args.room else ''}")
+          f"{', room' if args.room else ''}"
+          f"{f', every music item at {args.speed[0]:g}-{args.speed[1]:g}x' if args.speed else ''}")
     print(f"{'scoring':>17} | {'recall':>8} | {'precision':>9} | {'false/h unknown':>15} | {'false/h speech':>14} | {'start err':>9} | "
           f"{'end err':>7} | {'speed':>7} | {'peak RSS':>8}")
     for name, result in rows:
@@ -324,6 +344,8 @@ def main(argv=None):
               f"{result['false_per_hour_unknown']:>15.2f} | {result['false_per_hour_speech']:>14.2f} | "
               f"{result['median_start_error_s']:>7.2f} s | "
               f"{result['median_end_error_s']:>5.2f} s | {truth['seconds'] / wall:>6.0f}x | {rss / 2**20:>5.0f} MB")
+    if not np.isnan(result["speed_within_half_percent"]):
+        print(f"speed reported within 0.5 % for {100 * result['speed_within_half_percent']:.1f} % of the plays found")
     print(f"({result['detections']} detections; end to end incl. model load: {wall:.1f} s; "
           f"truth and detections in {work})")
 

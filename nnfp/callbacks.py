@@ -132,8 +132,9 @@ class EpochProgress(keras.callbacks.ProgbarLogger):
 
 def similarity_image(similarity):
     """(rows, cols) similarities in [-1, 1] -> (rows, cols, 3) uint8 RGB (viridis)."""
-    from matplotlib import colormaps
+    from nnfp.extras import require
 
+    colormaps = require("matplotlib", "tensorboard", "The similarity images (train.similarity_images)").colormaps
     scaled = (np.clip(np.asarray(similarity, "float32"), -1.0, 1.0) + 1.0) / 2.0
     return (colormaps["viridis"](scaled)[..., :3] * 255).astype("uint8")
 

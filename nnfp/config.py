@@ -218,11 +218,17 @@ def validate(config):
         value = _get(config, key)
         if value is not None and value <= 0:
             raise ConfigError(f"config key '{key}': expected a positive value, received {value!r}")
-    for key in ("data.snr_db_range", "data.speech_snr_db_range", "data.gain_db_range"):
+    ranges = ("data.snr_db_range", "data.speech_snr_db_range", "data.gain_db_range", "data.speed_range",
+              "data.tempo_range", "data.pitch_semitones_range")
+    for key in ranges:
         value = _get(config, key)
         if len(value) != 2 or value[0] > value[1]:
             raise ConfigError(f"config key '{key}': expected [low, high] with low <= high, received {value!r}")
-    for key in ("data.noise_prob", "data.ir_prob", "data.speech_prob"):
+    for key in ("data.speed_range", "data.tempo_range"):
+        if _get(config, key)[0] <= 0:
+            raise ConfigError(f"config key '{key}': expected factors > 0, received {_get(config, key)!r}")
+    for key in ("data.noise_prob", "data.ir_prob", "data.speech_prob", "data.speed_prob", "data.tempo_prob",
+                "data.pitch_prob"):
         if not 0 <= _get(config, key) <= 1:
             raise ConfigError(f"config key '{key}': expected a probability in [0, 1], received {_get(config, key)!r}")
     _check_parts(config)

@@ -8,11 +8,15 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "DEFAULT_DECISION",
     "DEFAULT_INTERPOLATE",
     "DEFAULT_K_PROBE",
     "DEFAULT_MIN_SCORE",
     "DEFAULT_PHASES",
     "DEFAULT_REFINE",
+    "DEFAULT_MONITOR_SPEEDS",
+    "DEFAULT_SPEEDS",
+    "MONITOR_SPEED_STEP",
     "INDEX_TYPES",
     "INFERENCE_PROCESS",
     "RUNTIMES",
@@ -57,5 +61,21 @@ def cache_home(environ=None):
 # Set by the CLI for a process of its own that only fingerprints (index, identify, monitor,
 # evaluate): TensorFlow, if it starts, then gives each op one thread (`nnfp.export`).
 INFERENCE_PROCESS = False
+
+# What a match's confidence is, which the calibrated threshold applies to (`Identifier(decision=...)`):
+# "margin", the score's lead over the best window of any other track, or "score", the similarity.
+DEFAULT_DECISION = "margin"
+
+# Speed search (`Identifier(speeds=...)`, `--speeds`): the query is also searched as if
+# played at these speeds (lowest, highest). The grid step depends on the query's length:
+# a short query tolerates less speed error (a speed change moves every frequency; a longer
+# query has more segments to outvote it) and costs little to search at many speeds.
+# SPEED_STEPS: (longest query seconds, relative step) pairs, shortest first.
+DEFAULT_SPEEDS = (0.92, 1.08)
+# `nnfp monitor`'s speeds: broadcasts play songs up to a few % fast; each grid speed costs
+# a pass of the model over the recording (MONITOR_SPEED_STEP: the grid's step).
+DEFAULT_MONITOR_SPEEDS = (0.96, 1.04)
+MONITOR_SPEED_STEP = 0.02
+SPEED_STEPS = ((2.0, 0.01), (5.0, 0.015), (float("inf"), 0.02))
 
 RUNTIMES = ("auto", "litert", "tensorflow")  # --runtime: which runtime fingerprints audio

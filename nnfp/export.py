@@ -52,9 +52,41 @@ def export_saved_model(model, out_dir, config=None, overwrite=False, inputs=()):
     archive.add_endpoint(name="serve", fn=serve, input_signature=[spec])
     with atomic_directory(out_dir, kind="export", own_names=EXPORT_FILES) as tmp:  # checked above
         archive.write_out(str(tmp), verbose=False)
+        # The model's contract beside the graph: a SavedModel's signature tells the segment's
+        # samples, not the rate of the audio they are (`ModelSpec`, read back on load).
+        (tmp / SAVED_MODEL_SPEC_FILE).write_text(json.dumps({
+            "format": SAVED_MODEL_SPEC_FORMAT,
+            "sample_rate": int(model.frontend.sample_rate),
+            "segment_samples": int(model.segment_samples),
+            "hop_samples": int(model.segment_samples) // 2,
+            "embedding_dim": int(model.embedding_dim),
+        }))
         if config is not None:
             save_config(config, tmp / "config.yaml")
     return out_dir
+
+
+SAVED_MODEL_SPEC_FILE = "spec.json"
+SAVED_MODEL_SPEC_FORMAT = "nnfp-savedmodel"
+
+
+def _saved_model_rate(path):
+    """The sample rate a SavedModel export takes: its `spec.json`, else the `frontend.sample_rate`
+    of the config saved beside it (exports of older versions); None when it records neither."""
+    path = Path(path)
+    try:
+        spec = json.loads((path / SAVED_MODEL_SPEC_FILE).read_text())
+        if spec.get("format") == SAVED_MODEL_SPEC_FORMAT and int(spec["sample_rate"]) > 0:
+            return int(spec["sample_rate"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    try:
+        import yaml
+
+        rate = int(yaml.safe_load((path / "config.yaml").read_text())["frontend"]["sample_rate"])
+        return rate if rate > 0 else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
+        return None
 
 
 # Rows per model call, and calls run at once (`_fingerprint_batches`). Small calls on every
@@ -148,6 +180,7 @@ class _SavedModelFingerprinter:
             self.embedding_dim = int(self._serve.structured_outputs["fingerprint"].shape[-1])
         except Exception as error:  # a damaged or foreign SavedModel, whatever TF raises
             raise ModelLoadError(path, error) from None
+        self.sample_rate = _saved_model_rate(path)  # None: an export that does not record it
         serve = self._serve
         self._embed = tf.function(lambda x: serve(waveforms=x)["fingerprint"], jit_compile=jit_compile)
 
@@ -174,6 +207,7 @@ class _KerasFingerprinter:
         self.jit_compile = jit_compile
         self.segment_samples = model.segment_samples
         self.embedding_dim = model.embedding_dim
+        self.sample_rate = int(model.frontend.sample_rate)  # the rate its mel front end was built for
         self._embed = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile)
 
     def fingerprint(self, waveforms, batch_size=256):

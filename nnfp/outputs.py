@@ -11,7 +11,9 @@ not be, or lie inside, one of the command's input folders.
 
 Files and folders are written atomically: to a temporary name beside the target, then
 renamed over it (`atomic_file`, `atomic_write_bytes`/`_json`/`_npz`, `atomic_directory`), so
-a reader or a killed run never sees half a file.
+a reader or a killed run never sees half a file. Every writer of an index, a shard or a
+prepared cache holds `output_lock(folder)` (a `filelock` lock file beside the folder), so two
+commands changing one folder take turns.
 
 >>> claim_output_dir("my_index", "index", inputs=["music"])
 'new'
@@ -33,14 +35,18 @@ from pathlib import Path
 
 __all__ = [
     "MARKER_FILE",
+    "LOCK_SUFFIX",
     "OutputFolderError",
+    "OutputLockedError",
     "atomic_directory",
     "atomic_file",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_npz",
     "claim_output_dir",
+    "lock_path",
     "output_kind",
+    "output_lock",
     "sha256_file",
     "write_marker",
 ]
@@ -63,25 +69,29 @@ class OutputFolderError(ValueError):
 
 
 def _legacy_kind(folder):
-    """Outputs written before markers existed, recognised by their own files."""
-    if (folder / "tracks.json").is_file() and (folder / "embeddings.npy").is_file():
-        return "index"
-    if (folder / "saved_model.pb").is_file():
-        return "export"
+    """Outputs written before markers existed, recognised by the format nnfp wrote into their
+    own files (a prepared cache's manifest, a shard's shard.json). File names alone are not
+    nnfp's: a folder of `saved_model.pb`, or `tracks.json` and `embeddings.npy`, or a run's
+    `config.yaml` and `checkpoints/`, may be anyone's, and without the marker is not taken
+    for nnfp output (`claim_output_dir` refuses it, `--overwrite` or not)."""
     manifest = folder / "manifest.json"
     if manifest.is_file() and (folder / "settings.json").is_file():
-        try:
-            if json.loads(manifest.read_text()).get("format") == "nnfp-prepared-audio":
-                return "prepared"
-        except (OSError, ValueError, AttributeError):
-            return None
-    if (folder / "config.yaml").is_file() and ((folder / "backup").is_dir() or (folder / "checkpoints").is_dir()):
-        return "run"
-    if (folder / "results.json").is_file() and (folder / "results.md").is_file():
-        return "evaluation"
-    if any(p.is_dir() and (p / "shard.json").is_file() for p in folder.glob("shard-*-of-*")):
+        if _json_field(manifest, "format") == "nnfp-prepared-audio":
+            return "prepared"
+    if any(_json_field(p / "shard.json", "format") == "nnfp-shard" for p in folder.glob("shard-*-of-*") if p.is_dir()):
         return "shards"
     return None
+
+
+def _json_field(path, key):
+    """`key` of the JSON object in `path`, None when the file is missing or not such an object."""
+    try:
+        return json.loads(path.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+_LOOKS_LIKE = (("saved_model.pb",), ("tracks.json", "embeddings.npy"))  # what was once taken for nnfp's
 
 
 def output_kind(path):
@@ -167,11 +177,86 @@ def claim_output_dir(path, kind, overwrite=False, inputs=(), reuse=False, flag="
         )
     example = ", ".join(repr(e) for e in entries[:3]) + (", ..." if len(entries) > 3 else "")
     holds = f"an {_WHAT[found]}" if found else f"{len(entries)} entries that nnfp did not write ({example})"
+    unmarked = ""
+    if not found and any(all((target / name).exists() for name in names) for names in _LOOKS_LIKE):
+        unmarked = (
+            f" (an index or a SavedModel, maybe, but without nnfp's marker {MARKER_FILE}: if an older "
+            "nnfp wrote it, delete it yourself)"
+        )
     raise OutputFolderError(
-        f"{path}: the folder is not empty and is not an {what}: it holds {holds}. nnfp never "
+        f"{path}: the folder is not empty and is not an {what}: it holds {holds}{unmarked}. nnfp never "
         f"writes into or deletes a folder it did not create as an {what}, even with {flag}; "
         "choose a new or empty folder (nothing was written)"
     )
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+class OutputLockedError(TimeoutError):
+    """Another process holds the lock of an output folder being changed."""
+
+
+LOCK_SUFFIX = ".nnfp-lock"
+# What the lock files of earlier versions held (`filelock` leaves its files empty): such a file,
+# left by a killed process, is a lock file too.
+_LOCK_TEXT = b"nnfp index lock: held while a process changes the index beside it\n"
+
+
+def lock_path(folder):
+    """The lock file of `folder`: `.<name>.nnfp-lock` beside it (an index folder is replaced
+    by `save`, so the lock cannot live inside it)."""
+    folder = Path(folder).absolute()
+    return folder.with_name(f".{folder.name}{LOCK_SUFFIX}")
+
+
+@contextlib.contextmanager
+def output_lock(folder, timeout=None, log=None, what="index"):
+    """Holds the exclusive lock for changing `folder`: every writer of an index (build, add,
+    merge, calibrate, remove), a shard or a prepared cache takes it (a `filelock.FileLock` on
+    `lock_path(folder)`, removed afterwards).
+
+    Waits for another holder; `timeout` seconds (None: no limit) then `OutputLockedError`.
+    `log` (e.g. `print`) is told once when it has to wait. A file of the lock's name that nnfp
+    did not write is refused (`OutputLockedError`) and left as it is. `what` names the folder
+    in messages ("index", "cache").
+    """
+    import filelock
+
+    folder = Path(folder).absolute()
+    path = lock_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read(len(_LOCK_TEXT) + 1)
+    except FileNotFoundError:
+        content = b""
+    if content and content != _LOCK_TEXT:  # filelock would open, and might empty, a user's file
+        raise OutputLockedError(
+            f"{folder}: {path} exists and is not an nnfp lock file; nnfp will not use or delete "
+            "it: move it away, then run again"
+        )
+    lock = filelock.FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        if log is not None:
+            log(f"waiting for another process changing {folder} (lock {path})")
+        try:
+            lock.acquire(timeout=-1 if timeout is None else max(0.0, float(timeout)), poll_interval=0.1)
+        except filelock.Timeout:
+            raise OutputLockedError(
+                f"{folder}: another process is changing this {what} (it holds {path}); "
+                f"gave up after {timeout:g} s: run again once it has finished"
+            ) from None
+    try:
+        yield
+    finally:
+        # Removed while still held: a waiter that then locks the removed file sees it gone and
+        # locks the new one (filelock checks), so no two holders ever overlap.
+        with contextlib.suppress(OSError):  # Windows: removed by filelock on release instead
+            path.unlink(missing_ok=True)
+        lock.release()
 
 
 # ----------------------------------------------------------------------------- atomic writes

@@ -277,6 +277,13 @@ def prepare_data(config, log=print):
         ir_prob=data["ir_prob"],
         gain_db_range=tuple(data["gain_db_range"]),
         random_anchors=data["random_anchors"],
+        # Training replicas only: validation pairs stay comparable between runs with and without.
+        speed_range=tuple(data["speed_range"]),
+        speed_prob=data["speed_prob"],
+        tempo_range=tuple(data["tempo_range"]),
+        tempo_prob=data["tempo_prob"],
+        pitch_semitones_range=tuple(data["pitch_semitones_range"]),
+        pitch_prob=data["pitch_prob"],
         shuffle=True,
         seed=train["seed"],
         **augment,
@@ -410,11 +417,9 @@ def _wandb_callback(config, run_dir):
     mode = settings["mode"] if settings["enabled"] else None
     if mode in (None, "disabled"):
         return None
-    try:
-        import wandb
-        from wandb.integration.keras import WandbMetricsLogger
-    except ImportError as error:  # pragma: no cover - wandb is a dependency
-        raise ImportError("W&B logging needs `pip install wandb`") from error
+    wandb = require_training_extras(config)["wandb"]
+    from wandb.integration.keras import WandbMetricsLogger
+
     wandb.init(
         project=settings["project"],
         entity=settings["entity"],
@@ -435,6 +440,27 @@ def _flatten(tree, prefix=""):
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def require_training_extras(config):
+    """Imports the optional packages the config's logs need, by name, or raises
+    `nnfp.extras.MissingExtraError` naming the extra: TensorBoard logs (`train.tensorboard`,
+    their similarity images drawn by matplotlib) and W&B (`wandb.enabled`)."""
+    from nnfp.extras import require
+
+    modules = {}
+    if config["train"]["tensorboard"]:
+        modules["tensorboard"] = require("tensorboard", "tensorboard", "train.tensorboard: true (TensorBoard logs)",
+                                         instead="--set train.tensorboard=false")
+        if config["train"]["similarity_images"]:
+            modules["matplotlib"] = require(
+                "matplotlib", "tensorboard", "train.similarity_images: true (TensorBoard images)",
+                instead="--set train.similarity_images=false",
+            )
+    if config["wandb"]["enabled"] and config["wandb"]["mode"] != "disabled":
+        modules["wandb"] = require("wandb", "wandb", "wandb.enabled: true (W&B logging)",
+                                   instead="--set wandb.enabled=false")
+    return modules
 
 
 def _check_resumed_config(config, saved_path):
@@ -459,6 +485,7 @@ def train(config, run_dir, log=print, extra_callbacks=()):
     """Train from a validated config; writes config, checkpoints, logs and `model.keras` to `run_dir`."""
     from nnfp.outputs import atomic_write_json, claim_output_dir, write_marker
 
+    require_training_extras(config)  # a missing optional package fails before the run folder is made
     claim_output_dir(run_dir, "run", reuse=True)  # a run resumes; anything else is refused
     run_dir = Path(run_dir)
     _check_resumed_config(config, run_dir / "config.yaml")

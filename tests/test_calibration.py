@@ -18,6 +18,7 @@ from nnfp.catalogue import calibration as calibration_module
 from nnfp.catalogue.build import build_index, lock_path
 from nnfp.catalogue.calibration import (
     Calibration,
+    allowed_false_matches,
     binomial_upper_bound,
     calibrate,
     format_calibration_table,
@@ -174,10 +175,35 @@ def test_intact_index_verifies_and_identifies_with_its_calibration(index, setup,
     assert main(["index", "verify", str(index)]) == 0
     assert main(["identify", str(index), str(setup["query"])]) == 0
     captured = capsys.readouterr()
-    assert "1. track_0.wav  offset 2.0 s" in captured.out and captured.err == ""
+    assert "1. track_0.wav  offset 2.0 s" in captured.out
+    # a calibration that records no speed search (older nnfp): searched at one speed, said once
+    assert captured.err.splitlines() == [
+        "nnfp identify: note: the calibrated thresholds were fitted without a speed search: a song played "
+        "faster or slower than the catalogue is not searched for; recalibrate (`nnfp index calibrate INDEX "
+        "--unknown DIR`) to search speeds"
+    ]
 
 
 # ------------------------------------------------------------------ nnfp index calibrate
+
+
+def test_binomial_upper_bound_keeps_the_numbers_of_the_bisection_it_replaced():
+    # (k, n, confidence) -> the bound that the earlier 60-step bisection of P(Binomial(n, p) <= k)
+    # returned; scipy's Beta quantile gives them to 1e-11 and the same thresholds.
+    bisected = {
+        (0, 1, 0.95): 0.9500000000000001, (0, 300, 0.95): 0.00993608194445771,
+        (2, 300, 0.95): 0.02083623052702466, (5, 50, 0.9): 0.1776181276173772,
+        (150, 300, 0.99): 0.5684434307026489, (999, 1000, 0.95): 0.999948708021091,
+        (1, 10000, 0.5): 0.00016782900661882396, (500, 1000, 0.95): 0.5264822687643052,
+    }
+    for (k, n, confidence), bound in bisected.items():
+        assert binomial_upper_bound(k, n, confidence) == pytest.approx(bound, rel=1e-10, abs=0)
+    assert binomial_upper_bound(300, 300) == 1.0
+    assert [allowed_false_matches(1000, t) for t in (0.001, 0.005, 0.01, 0.02, 0.05, 0.1)] == [-1, 1, 4, 12, 38, 84]
+    assert [allowed_false_matches(300, t) for t in (0.005, 0.01, 0.02, 0.05, 0.1)] == [-1, 0, 1, 8, 21]
+    assert [calibration_module.smallest_sample_size(0.001, c) for c in (0.5, 0.9, 0.95, 0.99)] == [693, 2302, 2995, 4603]
+    with pytest.raises(ValueError, match="Received: k=3, n=0"):
+        binomial_upper_bound(3, 0)
 
 
 def test_smallest_sample_size_is_the_clopper_pearson_zero_count():

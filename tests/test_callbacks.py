@@ -87,10 +87,24 @@ def test_similarity_image_colours():
     np.testing.assert_array_equal(image[1, 1], viridis[0])  # clipped to 1
 
 
-def test_keras_fit_default_progbar_is_replaced(tiny):
+class _MiniSearchScalars(keras.callbacks.Callback):
+    """Writes what `MiniSearchValidation` writes into the epoch's logs, without the search."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs.update(ms_gf_top1_s1=41.25, ms_gf_top1_s3=70.3, ms_f_mean_rank_s1=2.5)
+
+
+def test_epoch_line_leaves_out_the_mini_search_scalars_and_adds_one_line(tiny, capsys):
     model, originals, replicas = tiny
-    progress = EpochProgress()
     data = tf.data.Dataset.from_tensors((originals, replicas)).repeat()
-    history = model.fit(data, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False, callbacks=[progress])
-    assert progress.model is model and "loss" in history.history
-    assert isinstance(progress, keras.callbacks.ProgbarLogger)
+    history = model.fit(data, epochs=1, steps_per_epoch=1, verbose=2, shuffle=False,
+                        callbacks=[_MiniSearchScalars(), EpochProgress()])
+    lines = capsys.readouterr().out.strip().splitlines()
+    # Keras' own progress bar replaced: one epoch line (verbose=2), then the mini-search line
+    assert len(lines) == 2 and "ms_" not in lines[0], lines
+    assert f"loss: {history.history['loss'][0]:.4f}" in lines[0]
+    assert lines[1] == "mini-search g(f) top-1 %: 1 seg 41.2 | 3 seg 70.3"
+    assert history.history["ms_gf_top1_s1"] == [41.25]  # the scalars stay in the logs
+    model.fit(data, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False,
+              callbacks=[_MiniSearchScalars(), EpochProgress()])
+    assert capsys.readouterr().out == ""  # fit(verbose=0) silences both

@@ -128,3 +128,42 @@ def test_cli_points_tensorflow_at_the_xla_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_XLA_FLAGS", "")
     _use_xla_cache()
     assert os.environ["TF_XLA_FLAGS"] == ""
+
+
+def test_commands_on_tensorflow_print_only_their_own_lines_on_stderr(tmp_path, tiny_model):
+    """TensorFlow's, XLA's and CUDA's log lines (start-up probes, persistent-cache notes) stay off
+    stderr, with a cold XLA cache and a warm one."""
+    import subprocess
+    import sys
+
+    tiny_model(tmp_path / "tiny.keras", seed=1)
+    (tmp_path / "music").mkdir()
+    for i in range(2):
+        sf.write(tmp_path / "music" / f"t{i}.wav", compose_track(700 + i, 6.0, 8000), 8000)
+    sf.write(tmp_path / "clip.wav", compose_track(701, 6.0, 8000)[8000:32000], 8000)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")}
+    env["NNFP_XLA_CACHE"] = str(tmp_path / "xla")  # a fresh cache: the first command compiles
+
+    def nnfp(*args):
+        done = subprocess.run([sys.executable, "-m", "nnfp.cli", *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    index = str(tmp_path / "index")
+    built = nnfp("index", "build", str(tmp_path / "music"), index, "--model", str(tmp_path / "tiny.keras"),
+                 "--runtime", "tensorflow", "--quiet")
+    assert list((tmp_path / "xla").rglob("*.pb"))  # compiled programs were kept
+    runs = [nnfp("identify", index, str(tmp_path / "clip.wav"), "--runtime", "tensorflow") for _ in range(2)]
+    for done in (built, *runs):
+        assert all(line.startswith("nnfp") for line in done.stderr.splitlines()), done.stderr
+    assert runs[1].stdout == runs[0].stdout and "t1.wav  offset 1.0 s" in runs[0].stdout
+
+
+def test_verbose_is_taken_before_or_after_the_command():
+    from nnfp.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["identify", "INDEX", "clip.wav", "--verbose"]).verbose is True
+    assert parse(["--verbose", "index", "build", "AUDIO", "INDEX"]).verbose is True
+    assert parse(["index", "build", "AUDIO", "INDEX"]).verbose is False

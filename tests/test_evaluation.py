@@ -70,9 +70,6 @@ def test_hit_rates_offset_and_decision_columns():
     assert rates["answered_right"][0] == pytest.approx(100 / 3)
 
 
-@pytest.mark.skipif(
-    not __import__("nnfp.catalogue.fingerprint", fromlist=["DEFAULT_MODEL_PATH"]).DEFAULT_MODEL_PATH.exists(), reason="no shipped model"
-)
 def test_top1_near_needs_the_right_track():
     # Query 0 is predicted one row after its truth, in its own track: near. Query 1's truth is
     # the last row of track 0 and the prediction the first row of track 1: not near.

@@ -2,6 +2,7 @@
 streamed in bounded memory with the fingerprints of a whole-file pass."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -116,3 +117,88 @@ def test_iter_fingerprints_yields_full_batches_as_the_samples_arrive():
     assert seen[-1] - 37 < 50 + 7 * 20 <= seen[-1]
     list(stream)
     assert stats["n_samples"] == 1003
+
+
+SIXTEEN_K = ["encoder.width=0.03125", "projection.embedding_dim=16", "frontend.sample_rate=16000",
+             "frontend.n_fft=2048", "frontend.hop_length=512", "frontend.f_max=8000.0"]
+
+
+@pytest.fixture(scope="module")
+def index_16k(tmp_path_factory):
+    """An untrained tiny model of a 16 kHz front end (`frontend.sample_rate: 16000`), and an index
+    of three generated tracks written at 16 kHz built with it (the rate nowhere given)."""
+    import keras
+
+    from nnfp.catalogue.build import build_index
+    from nnfp.config import load_config
+    from nnfp.corpus.synth import compose_track
+    from nnfp.training import build_model
+
+    root = tmp_path_factory.mktemp("sixteen")
+    keras.utils.set_random_seed(3)
+    model = build_model(load_config(None, SIXTEEN_K))
+    model.save(root / "tiny16k.keras")
+    (root / "music").mkdir()
+    tracks = {}
+    for i in range(3):
+        sf.write(root / "music" / f"t{i}.wav", compose_track(40 + i, 8.0, 16000), 16000)
+        tracks[f"t{i}.wav"] = sf.read(root / "music" / f"t{i}.wav", dtype="float32")[0]  # as 16-bit PCM holds it
+    build_index(root / "music", root / "index", model=root / "tiny16k.keras", index_type="flat", progress=False)
+    return {"root": root, "model": model, "tracks": tracks}
+
+
+@pytest.mark.parametrize("runtime", ["tensorflow", "auto"])  # the Keras model, and the index's LiteRT copy
+def test_a_16_khz_model_indexes_and_identifies_at_16_khz(index_16k, runtime):
+    from nnfp.catalogue.identify import Identifier
+    from nnfp.store.db import FingerprintDB
+
+    root, tracks = index_16k["root"], index_16k["tracks"]
+    db = FingerprintDB.load(root / "index")
+    assert {k: db.metadata[k] for k in ("sample_rate", "segment_samples", "embedding_dim")} == {
+        "sample_rate": 16000, "segment_samples": 16000, "embedding_dim": 16}
+    # The index's rows are the model's fingerprints of 16 kHz audio: row 2 is 1.0-2.0 s of t1.wav.
+    row = int(np.flatnonzero(db.segment_track == 1)[2])
+    expected = index_16k["model"].predict(tracks["t1.wav"][None, 16000:32000], verbose=0)[0]
+    np.testing.assert_allclose(db.embeddings[row], expected, atol=1e-4)
+    identifier = Identifier(root / "index", min_score=None, runtime=runtime)
+    assert identifier.sample_rate == 16000 and identifier.embedder.sample_rate == 16000
+    for name, start_s in (("t0.wav", 2.5), ("t2.wav", 4.0)):
+        excerpt = tracks[name][int(start_s * 16000): int((start_s + 3.0) * 16000)]  # exact, 3 s
+        match = identifier.identify_audio(excerpt, n_results=1)[0]
+        assert match.path == name and match.offset_s == pytest.approx(start_s, abs=1e-3)
+
+
+def test_an_index_refuses_a_model_of_another_rate(index_16k, tmp_path):
+    import keras
+
+    from nnfp.catalogue.build import build_index
+    from nnfp.catalogue.fingerprint import ModelMismatchError
+    from nnfp.catalogue.identify import Identifier
+    from nnfp.config import load_config
+    from nnfp.training import build_model
+
+    root = index_16k["root"]
+    with pytest.raises(ValueError, match="the model takes 16000 Hz audio; the index was asked for 8000 Hz"):
+        build_index(root / "music", tmp_path / "idx", model=root / "tiny16k.keras", sample_rate=8000, progress=False)
+    assert not (tmp_path / "idx").exists()
+    keras.utils.set_random_seed(3)  # the same weights at 8 kHz
+    build_model(load_config(None, SIXTEEN_K[:2])).save(tmp_path / "tiny8k.keras")
+    with pytest.raises(ModelMismatchError, match=r"does not fit this index: sample_rate 8000 \(the index: 16000\)"):
+        Identifier(root / "index", model=tmp_path / "tiny8k.keras", min_score=None)
+
+
+def test_a_savedmodel_export_carries_its_rate(index_16k, tmp_path):
+    from nnfp.catalogue.fingerprint import ModelSpec
+    from nnfp.export import ModelLoadError, export_saved_model, load_fingerprinter
+
+    out = export_saved_model(index_16k["model"], tmp_path / "exported")
+    assert json.loads((out / "spec.json").read_text()) == {
+        "format": "nnfp-savedmodel", "sample_rate": 16000, "segment_samples": 16000, "hop_samples": 8000,
+        "embedding_dim": 16}
+    embedder = load_fingerprinter(out, trust_model=True)
+    assert ModelSpec.of(embedder, out, digest="x") == ModelSpec(16000, 16000, 16, "x")
+    older = tmp_path / "older"  # an export of an older nnfp, without spec.json or config.yaml
+    shutil.copytree(out, older)
+    (older / "spec.json").unlink()
+    with pytest.raises(ModelLoadError, match="records no sample rate"):
+        ModelSpec.of(load_fingerprinter(older, trust_model=True), older)

@@ -121,7 +121,7 @@ def test_identify_cli_json_text_and_bad_queries(setup, tmp_path, capsys):
     assert [line["query"] for line in lines] == [str(short), str(good), str(bad)]
     first = lines[1]
     assert set(first) == {"query", "matches"} and 1 <= len(first["matches"]) <= 3
-    assert set(first["matches"][0]) == {"track", "offset_s", "score"}
+    assert set(first["matches"][0]) == {"track", "offset_s", "score", "confidence", "speed"}
     assert first["matches"][0]["track"] == "track_0005.wav"
     assert abs(first["matches"][0]["offset_s"] - 3.0) <= 0.5
     scores = [m["score"] for m in first["matches"]]
@@ -250,6 +250,7 @@ def test_evaluate_writes_files_and_matches_naive_reference(setup, tmp_path, caps
     args = [
         "evaluate", str(setup["index"]), "--n-queries", "12", "--lengths", "1", "2", "3",
         "--k-probe", "1000", "--seed", "3", "--out", str(out), "--quiet", "--aligned", "--phases", "1",
+        "--speeds", "off",  # the paper's search at one speed, as the reference below
     ]
     assert main(args) == 0
     printed = capsys.readouterr().out

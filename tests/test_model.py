@@ -115,12 +115,17 @@ def test_each_loss_serialises_alone(loss):
     assert float(restored(labels, z)) == pytest.approx(float(loss(labels, z)), rel=1e-6)
 
 
-def test_fingerprinter_has_no_unused_encode_methods():
+def test_embed_all_is_f_its_l2_and_the_fingerprint_of_one_pass():
     model = build_model(load_config(None, SMALL))
-    assert not hasattr(model, "encode") and not hasattr(model, "encode_l2")
-    x = _tone_with_noise(8000)
-    out = model.embed_all(x)
-    np.testing.assert_allclose(np.asarray(out["g(f)"]), np.asarray(model.fingerprint(x)), atol=1e-6)
+    x = np.concatenate([_tone_with_noise(8000), 0.5 * _tone_with_noise(8000)[:, ::-1]])
+    out = {k: np.asarray(v, np.float64) for k, v in model.embed_all(x).items()}
+    assert out["f"].shape == (2, model.encoder.compute_output_shape((None, 256, 32, 1))[-1])
+    np.testing.assert_allclose(out["L2(f)"], out["f"] / np.linalg.norm(out["f"], axis=1, keepdims=True), atol=1e-6)
+    g = np.asarray(model.projection(model.encoder(model.frontend(x), training=False)), np.float64)
+    np.testing.assert_allclose(out["g(f)"], g / np.linalg.norm(g, axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(out["g(f)"], np.asarray(model.fingerprint(x)), atol=1e-6)
+    assert out["g(f)"].shape == (2, 16)
+    np.testing.assert_allclose(np.linalg.norm(out["g(f)"], axis=1), [1.0, 1.0], atol=1e-6)
 
 
 def test_model_summary_takes_config_as_an_option(capsys):

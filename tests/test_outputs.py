@@ -102,3 +102,85 @@ def test_export_prepare_and_train_refuse_foreign_folders(music, tmp_path, capsys
     assert main(["train", "--run-dir", str(notes), "--set", "train.epochs=1"]) == 2
     assert "is not an nnfp training run" in capsys.readouterr().err
     assert (notes / "keep.txt").read_text() == "keep" and sorted(p.name for p in notes.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("files", [("saved_model.pb", "variables/variables.index"), ("tracks.json", "embeddings.npy")])
+def test_a_folder_that_only_looks_like_nnfp_output_is_refused_intact(music, tmp_path, capsys, files):
+    # Someone's own TensorFlow SavedModel, or someone's own tracks.json and embeddings.npy:
+    # without nnfp's marker they are not nnfp's to replace.
+    theirs = tmp_path / "theirs"
+    for name in (*files, "README.txt"):
+        (theirs / name).parent.mkdir(parents=True, exist_ok=True)
+        (theirs / name).write_bytes(f"their {name}".encode())
+    before = _listing(theirs)
+    assert output_kind(theirs) is None
+    assert main(["export", str(tmp_path / "no-run"), str(theirs), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "is not an nnfp exported model" in err and f"without nnfp's marker {MARKER_FILE}" in err
+    assert main(["index", "build", str(music), str(theirs), "--index-type", "flat", "--quiet", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "is not an nnfp index" in err and "nothing was written" in err
+    for kind in ("index", "export", "run", "evaluation"):
+        with pytest.raises(OutputFolderError, match="is not an nnfp"):
+            claim_output_dir(theirs, kind, overwrite=True, reuse=True)
+    assert _listing(theirs) == before and not list(tmp_path.glob(".theirs*")) and not list(tmp_path.glob("*.partial"))
+
+
+_COUNTER = """
+import sys, time
+from pathlib import Path
+from nnfp.outputs import output_lock
+folder, counter = Path(sys.argv[1]), Path(sys.argv[2])
+for _ in range(20):
+    with output_lock(folder, what="cache"):
+        value = int(counter.read_text())
+        time.sleep(0.002)  # a reader-modify-write that interleaves without the lock
+        counter.write_text(str(value + 1))
+"""
+
+
+def test_output_lock_excludes_other_processes_and_leaves_no_file(tmp_path):
+    import subprocess
+    import sys
+
+    from nnfp.outputs import lock_path
+
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    workers = [subprocess.Popen([sys.executable, "-c", _COUNTER, str(tmp_path / "cache"), str(counter)])
+               for _ in range(3)]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0, 0]
+    assert counter.read_text() == "60"  # no update lost
+    assert not lock_path(tmp_path / "cache").exists()
+    assert lock_path(tmp_path / "cache") == tmp_path / ".cache.nnfp-lock"
+
+
+def test_output_lock_waits_tells_once_and_gives_up_with_the_folder_named(tmp_path):
+    import threading
+
+    from nnfp.outputs import OutputLockedError, lock_path, output_lock
+
+    messages = []
+    with output_lock(tmp_path / "cache", what="cache"):
+        with pytest.raises(OutputLockedError) as caught:
+            with output_lock(tmp_path / "cache", timeout=0.3, log=messages.append, what="cache"):
+                pass
+    assert str(caught.value) == (
+        f"{tmp_path / 'cache'}: another process is changing this cache (it holds {lock_path(tmp_path / 'cache')}); "
+        "gave up after 0.3 s: run again once it has finished"
+    )
+    assert messages == [f"waiting for another process changing {tmp_path / 'cache'} (lock {lock_path(tmp_path / 'cache')})"]
+    order = []
+
+    def second():
+        with output_lock(tmp_path / "cache"):
+            order.append("second")
+
+    with output_lock(tmp_path / "cache"):  # the second holder enters once the first has left
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        waiter.join(0.3)
+        assert order == [] and waiter.is_alive()
+        order.append("first")
+    waiter.join(10)
+    assert order == ["first", "second"]

@@ -145,6 +145,37 @@ def test_prepare_resumes_after_crash_without_redoing_files(tmp_path):
     assert again["done_before"] == 7 and again["prepared"] == 0
 
 
+def test_two_runs_into_one_cache_take_turns(tmp_path):
+    import threading
+
+    from nnfp.outputs import lock_path
+
+    src = tmp_path / "src"
+    _good_files(src, n=4, seconds=1.5)
+    out = tmp_path / "cache"
+    tiny_shards = dict(shard_megabytes=0.02, progress=False, workers=1)  # ~ one file per shard
+    started, results = threading.Event(), {}
+
+    def slow(record):  # the first run is still writing shards when the second one starts
+        started.set()
+        threading.Event().wait(0.2)
+
+    first = threading.Thread(target=lambda: results.update(first=prepare_audio(src, out, on_result=slow, **tiny_shards)))
+    first.start()
+    assert started.wait(60)
+    results["second"] = prepare_audio(src, out, **tiny_shards)  # waits for the first, then resumes it
+    first.join(60)
+    assert results["first"]["prepared"] == 4 and results["second"]["done_before"] == 4
+    assert results["second"]["prepared"] == 0 and results["second"]["tracks"] == 4
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(p.name for p in (out / "shards").iterdir()) == sorted({t["shard"] for t in manifest["tracks"]})
+    tracks, paths, _ = load_prepared(out, sample_rate=SR)
+    assert sorted(paths) == sorted(src.iterdir())
+    for track, path in zip(tracks, paths, strict=True):  # every track's own audio, whole
+        np.testing.assert_allclose(track / 32768.0, load_audio(path, SR), atol=0.5 / 32768 + 1e-7)
+    assert not lock_path(out).exists()
+
+
 def test_prepare_from_manifest_keeps_track_ids(tmp_path):
     paths = _good_files(tmp_path / "audio", n=2)
     manifest = tmp_path / "list.csv"

@@ -161,3 +161,34 @@ def test_merge_errors_and_empty_shards(catalogue, tmp_path, capsys):
     assert main(["index", "build", str(small), str(tmp_path / "b3"), *common]) == 0
     merged, single = FingerprintDB.load(tmp_path / "m3"), FingerprintDB.load(tmp_path / "b3")
     _assert_same_db(single, merged, [np.asarray(single.embeddings[4:8])])
+
+
+def test_index_add_after_merge_extends_the_merged_index(catalogue, tmp_path, capsys):
+    # A merged IVF index keeps its lists on disk (index.ivfdata); `index add` appends to them
+    # as it does to a single-process build, and the new tracks are found.
+    from nnfp.catalogue.identify import Identifier
+    from nnfp.corpus.synth import compose_track
+    from nnfp.store.db import FingerprintDB
+
+    more = tmp_path / "more"
+    more.mkdir()
+    for i in range(2):
+        sf.write(more / f"new_{i}.wav", compose_track(300 + i, 5.0), 8000)
+    index_args = ["--index-type", "ivf", "--nlist", "4", "--nprobe", "4"]
+    common = ["--model", str(catalogue["model"]), "--chunk-files", "2", "--quiet"]
+    single_dir, merged_dir = tmp_path / "single", tmp_path / "merged"
+    assert main(["index", "build", str(catalogue["music"]), str(single_dir), *index_args, *common]) == 0
+    _build_sharded(catalogue, tmp_path / "shards", 2, capsys)
+    assert main(["index", "merge", str(tmp_path / "shards"), str(merged_dir), *index_args, "--quiet"]) == 0
+    for index in (single_dir, merged_dir):
+        assert main(["index", "add", str(index), str(more), "--quiet"]) == 0
+    capsys.readouterr()
+    single, merged = FingerprintDB.load(single_dir), FingerprintDB.load(merged_dir)
+    assert [t["path"] for t in merged.tracks][-2:] == ["new_0.wav", "new_1.wav"] and len(merged.tracks) == 10
+    assert merged.n_segments == single.n_segments == 88 + 2 * 9
+    np.testing.assert_array_equal(np.asarray(merged.embeddings), np.asarray(single.embeddings))
+    assert merged.index.ntotal == merged.n_segments and "index.ivfdata" in os.listdir(merged_dir)
+    audio = sf.read(more / "new_1.wav", dtype="float32")[0][8000:32000]  # 3 s from 1.0 s
+    match = Identifier(merged_dir, min_score=None).identify_audio(audio, n_results=1)[0]
+    assert (match.path, match.offset_s) == ("new_1.wav", pytest.approx(1.0))
+    assert main(["index", "verify", str(merged_dir)]) == 0

@@ -12,7 +12,8 @@ audio at every run. The cache folder holds:
   run started again skips what is done.
 
 A shard is written to a temporary name and renamed into place, and its files are journaled
-only after the rename, so a crash never leaves a half-written shard in use.
+only after the rename, so a crash never leaves a half-written shard in use. Two runs into one
+cache take turns (`nnfp.outputs.output_lock`): the second resumes from the first one's journal.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from nnfp.outputs import (
     atomic_write_bytes,
     atomic_write_json,
     claim_output_dir,
+    output_lock,
     sha256_file,
     write_marker,
 )
@@ -176,6 +178,17 @@ def prepare_audio(
         ValueError: `out_dir` was prepared at another sample rate.
     """
     started = time.perf_counter()
+    claim_output_dir(out_dir, "prepared", reuse=True, inputs=[source])  # before anything is written
+    log = (lambda message: print(message, file=sys.stderr)) if progress else None
+    # One writer per cache: a second run into the same folder waits, then resumes from the
+    # first one's journal (without the lock it would delete the first one's shards as a
+    # killed run's, and both would write the same shard names).
+    with output_lock(out_dir, log=log, what="cache"):
+        return _prepare(source, out_dir, sample_rate, min_seconds, workers, shard_megabytes, progress, on_result,
+                        started)
+
+
+def _prepare(source, out_dir, sample_rate, min_seconds, workers, shard_megabytes, progress, on_result, started):
     claim_output_dir(out_dir, "prepared", reuse=True, inputs=[source])  # resumes its own cache only
     entries, base = _list_sources(source)
     out_dir = pathlib.Path(out_dir)

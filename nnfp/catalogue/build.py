@@ -15,7 +15,6 @@ one track at a time (`nnfp serve`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -28,13 +27,15 @@ import numpy as np
 from nnfp.catalogue.chunks import fingerprint_catalogue, hop_samples, list_catalogue, partial_dir
 from nnfp.catalogue.fingerprint import (
     INDEX_LITERT_DIR,
+    ModelSpec,
     index_embedder,
     index_model_path,
+    index_sample_rate,
     load_model,
     probe_entry,
 )
 from nnfp.defaults import INDEX_TYPES
-from nnfp.outputs import claim_output_dir
+from nnfp.outputs import OutputLockedError, claim_output_dir, lock_path, output_lock
 from nnfp.store.db import FingerprintDB
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "index_metadata",
     "litert_files",
     "lock_path",
+    "milvus_target",
     "progress_log",
     "model_file_name",
     "remove_tracks",
@@ -117,84 +119,17 @@ def progress_log(progress):
     return (lambda message: print(message, file=sys.stderr)) if progress else None
 
 
-class IndexLockedError(TimeoutError):
-    """Another process holds the lock of an index being changed."""
+IndexLockedError = OutputLockedError  # another process holds the lock of the index being changed
 
 
-LOCK_SUFFIX = ".nnfp-lock"
-_LOCK_TEXT = b"nnfp index lock: held while a process changes the index beside it\n"
-
-
-def lock_path(index_dir):
-    """The lock file of `index_dir`: `.<name>.nnfp-lock` beside it (the folder itself is
-    replaced by `save`, so the lock cannot live inside it)."""
-    index_dir = Path(index_dir).absolute()
-    return index_dir.with_name(f".{index_dir.name}{LOCK_SUFFIX}")
-
-
-def _open_lock(path, index_dir):
-    """Opens (creating) the lock file; refuses a file of that name that nnfp did not write."""
-    handle = open(path, "a+b")
-    handle.seek(0)
-    content = handle.read(len(_LOCK_TEXT) + 1)
-    if content and content != _LOCK_TEXT:
-        handle.close()
-        raise IndexLockedError(
-            f"{index_dir}: {path} exists and is not an nnfp lock file; nnfp will not use or delete "
-            "it: move it away, then run again"
-        )
-    if not content:
-        handle.write(_LOCK_TEXT)
-        handle.flush()
-    return handle
-
-
-@contextlib.contextmanager
 def index_lock(index_dir, timeout=None, log=None):
-    """Holds the exclusive lock for changing `index_dir`: every writer of an index (build,
-    add, merge, calibrate) takes it (`fcntl.flock` on `lock_path(index_dir)`, removed
-    afterwards).
+    """Holds the exclusive lock for changing `index_dir` (`nnfp.outputs.output_lock`): every
+    writer of an index (build, add, merge, calibrate, remove) takes it.
 
     Waits for another holder; `timeout` seconds (None: no limit) then `IndexLockedError`.
     `log` (e.g. `print`) is told once when it has to wait.
     """
-    import fcntl
-
-    index_dir = Path(index_dir).absolute()
-    path = lock_path(index_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = None if timeout is None else time.monotonic() + float(timeout)
-    waiting = False
-    while True:
-        handle = _open_lock(path, index_dir)
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    handle.close()
-                    raise IndexLockedError(
-                        f"{index_dir}: another process is changing this index (it holds {path}); "
-                        f"gave up after {timeout:g} s: run again once it has finished"
-                    ) from None
-                if not waiting and log is not None:
-                    log(f"waiting for another process changing {index_dir} (lock {path})")
-                waiting = True
-                time.sleep(0.1)
-        # The holder removes the file before releasing it: a lock won on a removed file
-        # is stale, and the next process must lock the file now at `path`.
-        try:
-            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        handle.close()
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # ours: checked by `_open_lock`, and held
-        handle.close()  # releases the lock
+    return output_lock(index_dir, timeout=timeout, log=log, what="index")
 
 
 def verify_index(index_dir, model=None, trust_model=False):
@@ -231,7 +166,10 @@ def verify_index(index_dir, model=None, trust_model=False):
         problems.append(str(error))
     from nnfp.lite import is_litert_model
 
-    rate = int(metadata.get("sample_rate", 8000))
+    try:
+        rate = index_sample_rate(metadata)
+    except ValueError as error:
+        return problems + [f"{index_dir}: {error}"], notes
     # Each runtime's copy of the model on its own: the Keras model (or the one given), and the
     # index's LiteRT copy, which `identify` runs by default.
     runtimes = ["auto"]
@@ -320,7 +258,7 @@ def build_index(
     index_dir,
     model=None,
     index_type="auto",
-    sample_rate=8000,
+    sample_rate=None,
     hop_seconds=0.5,
     batch_size=256,
     chunk_files=32,
@@ -330,6 +268,9 @@ def build_index(
     overwrite=False,
     lock_timeout=None,
     runtime="auto",
+    backend="faiss",
+    milvus_uri=None,
+    collection=None,
     **index_params,
 ):
     """Fingerprints every audio file under `audio_dir` and saves a searchable index.
@@ -346,7 +287,9 @@ def build_index(
         model: run directory, `.keras` file or SavedModel; None: the packaged model.
         index_type: `"auto"` (flat below 100k segments, else IVF-PQ) or one of
             `nnfp.defaults.INDEX_TYPES`.
-        sample_rate, hop_seconds: the model's rate and the segment hop.
+        sample_rate: None (default): the model's own rate (`ModelSpec`); a rate given must be
+            the model's (a check that the caller's audio fits it).
+        hop_seconds: the segment hop.
         batch_size: segments per inference batch.
         chunk_files: files per resumable chunk.
         progress: print a progress bar to stderr.
@@ -357,17 +300,23 @@ def build_index(
         runtime: what runs the model (`nnfp.catalogue.fingerprint.load_model`): `"auto"`
             LiteRT where the model has a LiteRT copy (the packaged one has), else TensorFlow.
             The index gets a LiteRT copy of a `.keras` model either way (`litert/`).
+        backend, milvus_uri, collection: where the fingerprints go (`milvus_target`): `"faiss"`
+            (default) into the folder, or `"milvus"` into a Milvus collection (`collection`,
+            default `nnfp_<folder name>`), on the server `milvus_uri` or in a Milvus Lite file
+            inside the folder; a killed build run again carries on after the rows stored.
         **index_params: `FingerprintDB.build` arguments (nlist, m, nbits, nprobe,
             hnsw_m, ef_search, threads, train_size).
 
     Returns:
         An `IndexReport`.
     """
+    index_params["milvus"] = milvus_target(index_dir, backend, milvus_uri, collection, overwrite, index_type)
     if index_type != "auto" and index_type not in INDEX_TYPES:
         raise ValueError(
             f"`index_type` must be 'auto' or one of {INDEX_TYPES}. Received: index_type={index_type!r}"
         )
-    hop_samples(hop_seconds, sample_rate)
+    if sample_rate is not None:  # else checked once the model is loaded and tells its rate
+        hop_samples(hop_seconds, sample_rate)
     index_dir = Path(index_dir).absolute()
     # Before anything is loaded or written: never into (or deleting) a user's folder.
     claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=[audio_dir])
@@ -387,11 +336,9 @@ def _build_index(
     on_chunk, trust_model, runtime, index_params,
 ):
     embedder, model_path = load_model(model, trust_model=trust_model, runtime=runtime)
-    model_rate = getattr(embedder, "sample_rate", None)
-    if model_rate is not None and int(model_rate) != int(sample_rate):
-        raise ValueError(
-            f"{model_path}: the model takes {model_rate} Hz audio; the index was asked for {sample_rate} Hz"
-        )
+    spec = ModelSpec.of(embedder, model_path)
+    sample_rate = spec.index_rate(sample_rate, model_path)
+    hop_samples(hop_seconds, sample_rate)
     root, relative = list_catalogue(audio_dir)
     work_dir = partial_dir(index_dir)
     found = fingerprint_catalogue(
@@ -404,10 +351,11 @@ def _build_index(
             f"(e.g. {found.skipped[0][0]}: {found.skipped[0][1]})"
         )
     if index_type == "auto":
-        index_type = auto_index_type(len(found.store))
+        index_type = auto_index_type(len(found.store), index_params.get("milvus"))
     model_name = model_file_name(model_path)
     metadata = index_metadata(
-        model_name, model_path, sample_rate, embedder.segment_samples, root, found.tracks, found.skipped
+        model_name, model_path, sample_rate, embedder.segment_samples, root, found.tracks, found.skipped,
+        digest=spec.digest, embedding_dim=spec.embedding_dim,
     )
     metadata["probe"] = probe_entry(embedder, sample_rate)  # checks the model of every later load
     db = FingerprintDB.build(
@@ -468,13 +416,48 @@ def _drop_duplicates(found, indexed):
     return same_as
 
 
-def auto_index_type(n_segments):
-    return "flat" if n_segments < SMALL_DB_SEGMENTS else "ivfpq"
+def auto_index_type(n_segments, milvus=None):
+    """Exact search below `SMALL_DB_SEGMENTS`, else IVF-PQ with faiss, HNSW on Milvus (`milvus`:
+    its `MilvusTarget`; Milvus Lite has no product quantiser)."""
+    if n_segments < SMALL_DB_SEGMENTS:
+        return "flat"
+    return "ivfpq" if milvus is None else "hnsw"
 
 
-def index_metadata(model_name, model_path, sample_rate, segment_samples, root, tracks, skipped, digest=None):
-    """The catalogue part of an index's metadata; `digest`: the model's `model_digest` (read
-    from `model_path` when not given)."""
+def milvus_target(index_dir, backend="faiss", milvus_uri=None, collection=None, overwrite=False, index_type="auto"):
+    """Where an index's fingerprints go with `backend="milvus"` (a `nnfp.store.milvus.MilvusTarget`):
+    the collection `collection` (default `nnfp_<folder name>`) on the server `milvus_uri` (its token
+    from `$NNFP_MILVUS_TOKEN`), or in a Milvus Lite file made in the build's work folder and moved
+    into `index_dir` with the rest. None for `"faiss"`. Checked before anything is fingerprinted."""
+    from nnfp.store.milvus import BACKENDS, LITE_FILE, MilvusTarget, default_collection
+
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` (--backend) must be one of {BACKENDS}. Received: backend={backend!r}")
+    if backend == "faiss":
+        if milvus_uri is not None or collection is not None:
+            raise ValueError("--milvus-uri and --collection go with --backend milvus")
+        return None
+    from nnfp.extras import require
+
+    require("pymilvus", "milvus", "--backend milvus")
+    if milvus_uri is None:
+        require("milvus_lite", "milvus", "--backend milvus without --milvus-uri (a Milvus Lite file)")
+    target = MilvusTarget(
+        milvus_uri, collection if collection is not None else default_collection(index_dir),
+        None if milvus_uri is not None else partial_dir(index_dir) / LITE_FILE,
+        # A Lite file in the work folder is this build's; a server's collection is replaced with --overwrite.
+        replace=overwrite or milvus_uri is None,
+    )
+    target.check_index_type(index_type)
+    return target
+
+
+def index_metadata(
+    model_name, model_path, sample_rate, segment_samples, root, tracks, skipped, digest=None, embedding_dim=None,
+):
+    """The catalogue part of an index's metadata, its model's `ModelSpec` included (checked on
+    every load: `check_spec`); `digest`: the model's `model_digest` (read from `model_path` when
+    not given)."""
     from nnfp.catalogue.fingerprint import model_digest
 
     return {
@@ -482,6 +465,8 @@ def index_metadata(model_name, model_path, sample_rate, segment_samples, root, t
         "model_source": str(Path(model_path).absolute()),
         "model_digest": digest or model_digest(model_path),  # which model made the fingerprints
         "sample_rate": int(sample_rate),
+        "segment_samples": int(segment_samples),
+        **({} if embedding_dim is None else {"embedding_dim": int(embedding_dim)}),
         "segment_seconds": segment_samples / sample_rate,
         "sources": [{"audio_dir": str(root), "first_track_id": 0, "n_tracks": len(tracks)}],
         "skipped": skipped,
@@ -530,7 +515,8 @@ def _add_to_index(
     db = FingerprintDB.load(index_dir, mmap=True) if db is None else db
     meta = db.metadata
     model_path = index_model_path(index_dir, meta)
-    embedder = index_embedder(index_dir, meta, meta["sample_rate"], trust_model=trust_model, runtime=runtime)
+    rate = index_sample_rate(meta)
+    embedder = index_embedder(index_dir, meta, rate, trust_model=trust_model, runtime=runtime)
     root, relative = list_catalogue(audio_dir)
     path_of = {track["track_id"]: track["path"] for track in db.tracks}
     present = set()
@@ -545,7 +531,7 @@ def _add_to_index(
         return IndexReport(db, 0, 0, 0.0, 0.0, [])
     work_dir = partial_dir(index_dir)
     found = fingerprint_catalogue(
-        root, relative, embedder, model_path, work_dir, meta["sample_rate"], db.hop_seconds,
+        root, relative, embedder, model_path, work_dir, rate, db.hop_seconds,
         batch_size=batch_size, chunk_files=chunk_files, progress=progress, on_chunk=on_chunk,
     )
     same_as = _drop_duplicates(found, db.live_tracks)  # a removed track's audio may come back
@@ -717,6 +703,8 @@ def _resolve_tracks(db, tracks):
 
 def _compaction_problem(db):
     """Why `db` cannot be compacted now (None: it can)."""
+    if db.backend == "milvus":
+        return "a Milvus-backed index deletes the rows of removed tracks from its collection at once"
     n_live = db.n_live_segments
     if n_live == 0:
         return "every track of the index is removed (an index needs rows)"
@@ -785,6 +773,8 @@ def remove_tracks(index_dir, tracks, lock_timeout=None, progress=False, compact=
     with index_lock(index_dir, timeout=lock_timeout, log=log):
         db = FingerprintDB.load(index_dir, mmap=True)
         removed = [dict(track) for track in db.remove(_resolve_tracks(db, tracks))]
+        if db.backend == "milvus":
+            compact = False  # `save_tracks` deletes their rows from the collection: nothing to compact
         problem = _compaction_problem(db)
         if compact and problem is not None:
             raise ValueError(f"{index_dir}: cannot compact: {problem}; nothing was removed")
@@ -809,7 +799,7 @@ def compact_index(index_dir, lock_timeout=None, progress=False):
     with index_lock(index_dir, timeout=lock_timeout, log=log):
         db = FingerprintDB.load(index_dir, mmap=True)
         dropped = db.n_removed_segments
-        if dropped == 0:
+        if dropped == 0 or db.backend == "milvus":  # Milvus: deleted from the collection at removal
             return 0
         problem = _compaction_problem(db)
         if problem is not None:

@@ -54,6 +54,7 @@ __all__ = [
     "check_sample_size",
     "format_calibration_table",
     "index_calibration",
+    "leave_one_kind_out",
     "model_calibration_path",
     "save_replacing",
     "smallest_sample_size",
@@ -91,7 +92,10 @@ class Calibration:
 
     Args:
         lengths_s: calibrated query lengths in seconds, increasing.
-        min_score: the threshold of each length (a match needs score >= it).
+        min_score: the threshold of each length: a match needs a confidence >= it, its
+            score, or with `info["decision"] == "margin"` its lead over the best other
+            track, measured against at least `info["rival_floor"]` of that length
+            (`nnfp.catalogue.identify.Identifier`).
         target_false_match: the false-match rate the thresholds were chosen for.
         info: anything else stored with them (kept fractions, query counts, data, phases).
 
@@ -280,11 +284,14 @@ def save_replacing(calibration, path, any_file=False):
 def binomial_upper_bound(k, n, confidence=0.95):
     """One-sided Clopper-Pearson upper confidence bound of a rate seen `k` times in `n` trials.
 
-    The `p` with P(Binomial(n, p) <= k) = 1 - confidence, found by bisection; 1.0 when k >= n.
+    The `p` with P(Binomial(n, p) <= k) = 1 - confidence: the `confidence` quantile of
+    Beta(k + 1, n - k); 1.0 when k >= n.
 
     >>> round(binomial_upper_bound(0, 300), 4)  # no false match in 300 queries
     0.0099
     """
+    from scipy.stats import beta
+
     k, n = int(k), int(n)
     if n <= 0 or k < 0:
         raise ValueError(f"Expected 0 <= k and n > 0. Received: k={k}, n={n}")
@@ -292,23 +299,7 @@ def binomial_upper_bound(k, n, confidence=0.95):
         raise ValueError(f"`confidence` must be in (0, 1). Received: confidence={confidence}")
     if k >= n:
         return 1.0
-
-    def cdf(p):  # P(Binomial(n, p) <= k), summed in log space
-        logs = [
-            math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
-            for i in range(k + 1)
-        ]
-        top = max(logs)
-        return math.exp(top) * sum(math.exp(v - top) for v in logs)
-
-    low, high = 0.0, 1.0
-    for _ in range(60):
-        middle = (low + high) / 2
-        if middle > 0 and cdf(middle) > 1 - confidence:
-            low = middle
-        else:
-            high = middle
-    return high
+    return float(beta.ppf(confidence, k + 1, n - k))
 
 
 def smallest_sample_size(target_false_match, confidence=0.95):
@@ -458,20 +449,57 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
     if None not in kinds:
         info["false_match_by_kind"] = {kind: false_rate(scores) for kind, scores in kinds.items()}
         info["n_unknown_by_kind"] = {kind: int(len(scores)) for kind, scores in kinds.items()}
+        if len(kinds) > 1:  # each kind at thresholds fitted without it
+            info["leave_one_kind_out"] = {
+                kind: [round(rate, 4) for rate in rates["false_match"]]
+                for kind, rates in leave_one_kind_out(kinds, target_false_match, confidence).items()
+            }
     return Calibration(list(lengths_s), thresholds, float(target_false_match), info=info)
+
+
+def leave_one_kind_out(unknown_scores, target_false_match=0.01, confidence=0.95):
+    """How the thresholds carry to a kind of audio they were not fitted on.
+
+    For each kind of `unknown_scores` (`{kind: (n, n_lengths) scores}`, at least two kinds),
+    thresholds are fitted on the other kinds as `calibrate` fits them, and the kind's own
+    false-match rate at them is measured.
+
+    Returns:
+        `{kind: {"false_match": [rate per length], "bound": [one-sided upper bound at
+        `confidence` (0.95 when None)]}}`.
+    """
+    kinds = {kind: np.asarray(scores, np.float64).reshape(len(scores), -1) for kind, scores in unknown_scores.items()}
+    if len(kinds) < 2:
+        raise ValueError(f"Leaving a kind out needs at least two kinds. Received: {list(kinds)}")
+    allowed = {kind: allowed_false_matches(len(scores), target_false_match, confidence) for kind, scores in kinds.items()}
+    per_kind = {kind: _kind_thresholds(scores, allowed[kind]) for kind, scores in kinds.items()}
+    out = {}
+    for held, scores in kinds.items():
+        thresholds = [max(values) for values in zip(*(per_kind[k] for k in kinds if k != held), strict=True)]
+        counts = [int(np.sum(np.nan_to_num(scores[:, j], nan=-np.inf) >= t)) for j, t in enumerate(thresholds)]
+        out[held] = {
+            "false_match": [count / len(scores) for count in counts],
+            "bound": [binomial_upper_bound(count, len(scores), confidence or 0.95) for count in counts],
+        }
+    return out
 
 
 def format_calibration_table(calibration, title="Calibrated thresholds"):
     """Text table: per length the threshold, false-match rate, right answers and those kept."""
     info = calibration.info
-    lines = [title, f"{'length':>7} {'min score':>10} {'false match':>12} {'right':>7} {'right kept':>11}"]
+    label = "min margin" if info.get("decision") == "margin" else "min score"
+    lines = [title, f"{'length':>7} {label:>10} {'false match':>12} {'right':>7} {'right kept':>11}"]
     for j, seconds in enumerate(calibration.lengths_s):
         lines.append(
             f"{seconds:>6g}s {calibration.min_score[j]:>10.4f} {100 * info['false_match'][j]:>11.1f}% "
             f"{100 * info['right'][j]:>6.1f}% {100 * info['right_kept'][j]:>10.1f}%"
         )
     for kind, rates in info.get("false_match_by_kind", {}).items():
-        lines.append(f"  false match on {kind}: " + " / ".join(f"{100 * r:.1f}" for r in rates) + " %")
+        held_out = info.get("leave_one_kind_out", {}).get(kind)
+        lines.append(
+            f"  false match on {kind}: " + " / ".join(f"{100 * r:.1f}" for r in rates) + " %"
+            + (f" (fitted without it: {' / '.join(f'{100 * r:.1f}' for r in held_out)} %)" if held_out else "")
+        )
     confidence = info.get("confidence")
     target = calibration.target_false_match
     if not confidence:

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from nnfp.audio.segments import n_segments
-from nnfp.defaults import DEFAULT_INTERPOLATE, DEFAULT_REFINE
+from nnfp.catalogue.speeds import speeds_description
+from nnfp.defaults import DEFAULT_DECISION, DEFAULT_INTERPOLATE, DEFAULT_REFINE, DEFAULT_SPEEDS
 from nnfp.outputs import atomic_write_bytes
 
 __all__ = [
@@ -66,13 +67,19 @@ _LABELS = {
     "top3": "top-3 exact",
     "top10": "top-10 exact",
     "song_top1": "song top-1",
+    "speed_right": "speed ±0.5 % (% of right answers)",
 }
+# `calibrate_index`: margins are measured against at least this quantile of the best other-track
+# scores of the out-of-catalogue queries (scripts/decision_features.py: 0.9 kept the most right
+# answers with every generated and recorded kind held out in turn at <= 2 % false matches).
+RIVAL_FLOOR_QUANTILE = 0.9
+SPEED_TOLERANCE = 0.005  # |reported / true speed - 1| for a right speed
 N_RANKED = 10
 
 
 def hit_rates(
     predicted_rows, true_rows, predicted_tracks, true_tracks, valid=None,
-    predicted_offsets=None, true_offsets=None, decided=None,
+    predicted_offsets=None, true_offsets=None, decided=None, predicted_speeds=None, true_speeds=None,
 ):
     """Hit rates from ranked predictions.
 
@@ -86,6 +93,9 @@ def hit_rates(
         predicted_offsets: optional (n_queries, n_lengths, k) offsets in seconds.
         true_offsets: optional (n_queries,) true offsets in seconds.
         decided: optional (n_queries, n_lengths) bool, the top-1 passed the decision rule.
+        predicted_speeds / true_speeds: optional (n_queries, n_lengths, k) reported and
+            (n_queries,) true playback speeds: `"speed_right"` is the share of right
+            track + offset answers whose speed is within `SPEED_TOLERANCE`.
 
     Returns:
         `{metric: (n_lengths,) percentages}` for `METRICS` (the offset metrics need the
@@ -113,15 +123,51 @@ def hit_rates(
             hits["answered_right"] = hits["offset_top1"] & np.asarray(decided, bool)
     n = valid.sum(axis=0)
     rates = {k: 100.0 * (v & valid).sum(axis=0) / np.maximum(n, 1) for k, v in hits.items()}
+    if "offset_top1" in hits and predicted_speeds is not None and true_speeds is not None:
+        ratio = np.asarray(predicted_speeds)[..., 0] / np.asarray(true_speeds, np.float64)[:, None]
+        right = hits["offset_top1"] & valid
+        speed_right = right & (np.abs(ratio - 1.0) <= SPEED_TOLERANCE + 1e-9)
+        rates["speed_right"] = 100.0 * speed_right.sum(axis=0) / np.maximum(right.sum(axis=0), 1)
     rates["n"] = n
     return rates
 
 
+def altered(track, start, length, rate, speed=1.0, tempo=1.0, pitch=0.0, context=0):
+    """The track around `start` played `speed` times fast (pitch and tempo together), `tempo`
+    times fast (pitch kept) and `pitch` semitones higher (tempo kept), as
+    `(waveform, start)`: `length` samples of the altered music follow `start`, with up to
+    `context` samples of altered music before it (a room's tail). Unchanged: `(track, start)`."""
+    if speed == 1.0 and tempo == 1.0 and pitch == 0.0:
+        return track, start
+    from nnfp.audio.io import resample
+
+    pace = speed * tempo  # track seconds per query second
+    first = max(0, start - int(np.ceil(context * pace)) - 1)
+    last = min(len(track), start + int(np.ceil(length * pace)) + 2 * rate // 100)
+    window = np.asarray(track[first:last], np.float32)
+    if tempo != 1.0 or pitch != 0.0:
+        from nnfp.pipeline.degrade import shift_pitch, stretch_tempo
+
+        if tempo != 1.0:
+            window = stretch_tempo(window, tempo, rate)
+        if pitch != 0.0:
+            window = shift_pitch(window, pitch, rate)
+    if speed != 1.0:
+        window = np.asarray(resample(window, rate, rate / speed), np.float32)
+    out_start = int(round((start - first) / pace))
+    if len(window) < out_start + length:  # rounding at the track's end
+        window = np.pad(window, (0, out_start + length - len(window)))
+    return window, out_start
+
+
 def degrade(
-    track, start, length, track_rate, sample_rate=8000, noise=None, snr_db=None, impulse_response=None
+    track, start, length, track_rate, sample_rate=8000, noise=None, snr_db=None, impulse_response=None,
+    speed=1.0, tempo=1.0, pitch=0.0,
 ):
     """A query as a user records it: `track[start:start+length]` (samples at `track_rate`) played in
-    a room, with background noise, resampled to `sample_rate`.
+    a room, with background noise, resampled to `sample_rate`. With `speed`, `tempo` or `pitch`
+    (see `altered`) the music from `start` on is played faster or higher first: the query
+    still holds `length` samples, starting at `start` in track time.
 
     The room convolves the audio before the cut too (as long as the impulse response), so
     the window holds the full reverberation tail of earlier audio; the result is rescaled
@@ -133,6 +179,8 @@ def degrade(
     from nnfp.audio.io import resample
 
     track = np.asarray(track, np.float32)
+    context = 0 if impulse_response is None else len(impulse_response)
+    track, start = altered(track, start, length, track_rate, speed, tempo, pitch, context=context)
     dry = track[start : start + length].astype(np.float64)
     wet = dry
     if impulse_response is not None:
@@ -151,6 +199,11 @@ def degrade(
     return np.ascontiguousarray(out, np.float32)
 
 
+def _samples_needed(seconds, pace, rate):
+    """Track samples a `seconds` query played `pace` times fast takes."""
+    return int(round(seconds * rate)) if pace == 1.0 else int(np.ceil(seconds * pace * rate)) + 1
+
+
 def synthesize_queries(
     durations,
     load_track,
@@ -167,6 +220,9 @@ def synthesize_queries(
     add_reverb=True,
     aligned=False,
     seed=0,
+    speed_range=None,
+    tempo_range=None,
+    pitch_range=None,
 ):
     """Degraded excerpts of tracks at random positions, deterministic from `seed` (see `degrade`).
 
@@ -182,9 +238,14 @@ def synthesize_queries(
         add_noise / add_reverb: False leaves that degradation out.
         aligned: starts on the `hop_seconds` grid (the paper's protocol) instead of at
             random sample positions.
+        speed_range / tempo_range / pitch_range: (low, high) of a factor drawn uniformly per
+            query (`degrade`'s `speed`, `tempo`, `pitch` in semitones); None: unchanged.
+            Drawn from their own generator: the queries' tracks and starts stay those of
+            the same seed without them, as far as the longer excerpts allow.
 
     Returns:
-        `(waveforms list at sample_rate, info dict of arrays: track, true_row, offset_s, snr_db)`.
+        `(waveforms list at sample_rate, info dict of arrays: track, true_row, offset_s, snr_db,
+        speed, tempo, pitch)`.
     """
     from nnfp.audio.io import resample
     from nnfp.corpus.noise import make_noise
@@ -194,15 +255,21 @@ def synthesize_queries(
     if not eligible:
         raise ValueError(f"No track is long enough for {seconds} s queries")
     rng = np.random.default_rng(seed)
+    alter_rng = np.random.default_rng([int(seed), 27])
     cache = {}
-    waveforms, info = [], {"track": [], "true_row": [], "offset_s": [], "snr_db": []}
+    waveforms, info = [], {"track": [], "true_row": [], "offset_s": [], "snr_db": [], "speed": [], "tempo": [], "pitch": []}
+    most = max([1.0, *(r[1] for r in (speed_range, tempo_range) if r is not None)])
+    speed_range, tempo_range = (tuple(r) if r is not None else (1.0, 1.0) for r in (speed_range, tempo_range))
+    pitch_range = tuple(pitch_range) if pitch_range is not None else (0.0, 0.0)
     for _ in range(int(n_queries)):
+        speed, tempo, pitch = (float(alter_rng.uniform(*r)) for r in (speed_range, tempo_range, pitch_range))
+        pace = speed * tempo
         while True:
             track_id = eligible[int(rng.integers(len(eligible)))]
             if track_id not in cache:
                 loaded = load_track(track_id)
                 cache[track_id] = loaded if isinstance(loaded, tuple) or loaded is None else (loaded, sample_rate)
-            if cache[track_id] is not None and len(cache[track_id][0]) >= int(round(seconds * cache[track_id][1])):
+            if cache[track_id] is not None and len(cache[track_id][0]) >= _samples_needed(seconds, most, cache[track_id][1]):
                 break
             # Unreadable, or shorter than its header said (a truncated file): never a query.
             eligible.remove(track_id)
@@ -210,11 +277,12 @@ def synthesize_queries(
                 raise ValueError(f"No readable track is long enough for {seconds} s queries")
         wave, rate = cache[track_id]
         length = int(round(seconds * rate))
+        need = _samples_needed(seconds, pace, rate)  # track samples the query plays
         if aligned:
             hop = int(round(hop_seconds * rate))
-            start = int(rng.integers(n_segments(len(wave), length, hop))) * hop
+            start = int(rng.integers(n_segments(len(wave), need, hop))) * hop
         else:
-            start = int(rng.integers(len(wave) - length + 1))
+            start = int(rng.integers(len(wave) - need + 1))
         offset_s = start / rate
         snr_db = float(rng.uniform(*snr_db_range))
         noise_seed, ir_seed = (int(s) for s in rng.integers(0, 2**31, size=2))
@@ -238,8 +306,11 @@ def synthesize_queries(
                 ir = make_impulse_response(ir_seed, rate)
         waveforms.append(
             degrade(wave, start, length, rate, sample_rate, noise=noise_wave,
-                    snr_db=snr_db if add_noise else None, impulse_response=ir)
+                    snr_db=snr_db if add_noise else None, impulse_response=ir, speed=speed, tempo=tempo, pitch=pitch)
         )
+        info["speed"].append(speed)
+        info["tempo"].append(tempo)
+        info["pitch"].append(pitch)
         info["track"].append(track_id)
         row = -1
         if track_first_rows is not None:
@@ -256,7 +327,7 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     Uses the identifier's phases, distinct places and decision rule
     (`Identifier.match_threshold`); rankings are kept whatever the threshold.
 
-    Returns `{"rows", "tracks", "offsets", "scores"}` (n_queries, n_lengths, 10) ranked
+    Returns `{"rows", "tracks", "offsets", "scores", "speeds", "confidences"}` (n_queries, n_lengths, 10) ranked
     predictions (-1 / NaN padded; rows are the DB rows nearest to the offsets),
     `"valid"` (n_queries, n_lengths), `"decided"` (the top-1 passed the decision rule),
     `"search_ms"` per search and `"fingerprint_ms"` per query (all phases, full length).
@@ -272,6 +343,8 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     tracks = np.full(shape, -1, np.int64)
     offsets = np.full(shape, np.nan)
     scores = np.full(shape, np.nan)
+    speeds = np.full(shape, np.nan)
+    confidences = np.full(shape, np.nan)
     valid = np.zeros(shape[:2], bool)
     decided = np.zeros(shape[:2], bool)
     search_ms, fingerprint_ms = [], []
@@ -282,30 +355,34 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
         wave = np.asarray(wave, np.float32)
         started = time.perf_counter()
         try:
-            phases = identifier.phase_fingerprints(wave, name=f"query {q}")
+            query = identifier.query(wave, name=f"query {q}")
+            query.fingerprints(1.0)  # the plain search's fingerprints (the other speeds' when searched)
         except QueryError:
-            phases = None  # unusable audio: no answer at any length
+            query = None  # unusable audio: no answer at any length
         fingerprint_ms.append(1000 * (time.perf_counter() - started))
         for j, seconds in enumerate(lengths_seconds):
             if int(round(seconds * rate)) > len(wave) or seconds < identifier.min_query_seconds:
                 continue
             valid[q, j] = True
-            if phases is None:
+            if query is None:
                 continue
             started = time.perf_counter()
-            matches = identifier.rank(phases, n_results=N_RANKED, min_score=None, max_seconds=seconds)
+            matches = identifier.rank_query(query, n_results=N_RANKED, min_score=None, max_seconds=seconds)
             search_ms.append(1000 * (time.perf_counter() - started))
             threshold = identifier.match_threshold(seconds)
-            decided[q, j] = bool(matches) and (threshold is None or matches[0].score >= threshold)
+            decided[q, j] = bool(matches) and (threshold is None or matches[0].confidence >= threshold)
             for r, match in enumerate(matches):
                 rows[q, j, r] = first_rows[match.track_id] + max(0, int(round(match.offset_s / db.hop_seconds)))
                 tracks[q, j, r] = match.track_id
                 offsets[q, j, r] = match.offset_s
                 scores[q, j, r] = match.score
+                speeds[q, j, r] = match.speed
+                confidences[q, j, r] = match.confidence
         bar.update(1)
     bar.close()
     return {
-        "rows": rows, "tracks": tracks, "offsets": offsets, "scores": scores, "valid": valid,
+        "rows": rows, "tracks": tracks, "offsets": offsets, "scores": scores, "speeds": speeds,
+        "confidences": confidences, "valid": valid,
         "decided": decided, "search_ms": np.array(search_ms), "fingerprint_ms": np.array(fingerprint_ms),
     }
 
@@ -315,7 +392,7 @@ def format_table(rates, lengths_seconds, counts, title="Search evaluation (hit r
     header = f"{'query length':<{width}}" + "".join(f"{f'{s:g} s':>8}" for s in lengths_seconds)
     lines = [title, header, f"{'segments':<{width}}" + "".join(f"{c:>8}" for c in counts)]
     lines.append("-" * len(header))
-    for key in (*METRICS, "false_match"):
+    for key in (*METRICS, "speed_right", "false_match"):
         if key in rates:
             lines.append(f"{_LABELS[key]:<{width}}" + "".join(f"{v:>8.1f}" for v in rates[key]))
     lines.append(f"{'queries':<{width}}" + "".join(f"{int(v):>8}" for v in rates["n"]))
@@ -328,7 +405,7 @@ def markdown_table(rates, lengths_seconds, counts):
     head = "| metric | " + " | ".join(f"{s:g} s ({c} seg)" for s, c in zip(lengths_seconds, counts, strict=True)) + " |"
     rule = "| --- |" + " ---: |" * len(lengths_seconds)
     lines = [head, rule]
-    for key in (*METRICS, "false_match"):
+    for key in (*METRICS, "speed_right", "false_match"):
         if key in rates:
             lines.append(f"| {_LABELS[key]} | " + " | ".join(f"{v:.1f}" for v in rates[key]) + " |")
     lines.append("| queries | " + " | ".join(str(int(v)) for v in rates["n"]) + " |")
@@ -339,11 +416,6 @@ def markdown_table(rates, lengths_seconds, counts):
 
 def save_results(out_dir, rates, lengths_seconds, counts, raw, query_info, settings, title):
     """Writes `scores.npz` (raw), `results.md`, `results.json` and `hit_rates.png`, each atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -366,6 +438,11 @@ def save_results(out_dir, rates, lengths_seconds, counts, raw, query_info, setti
         "settings": settings,
     }
     atomic_write_bytes(out_dir / "results.json", json.dumps(payload, indent=1, default=str).encode())
+
+    from nnfp.extras import require
+
+    require("matplotlib", "plots", f"{out_dir / 'hit_rates.png'} (the results are written)").use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in [k for k in METRICS if k in rates]:
@@ -516,6 +593,10 @@ def evaluate(
     phases=None,
     refine=DEFAULT_REFINE,
     interpolate=DEFAULT_INTERPOLATE,
+    speeds="auto",
+    speed_range=None,
+    tempo_range=None,
+    pitch_range=None,
     min_score="calibrated",
     seed=0,
     k_probe=20,
@@ -534,9 +615,10 @@ def evaluate(
     Queries are synthesised from the DB tracks (see `synthesize_queries`; random
     positions unless `aligned`) unless `query_dir` holds recorded queries and a
     `labels.csv`. `unknown_dir`: tracks not in the index, for the false-match rate
-    (`n_unknown` queries, default `n_queries`). `phases`, `refine`, `interpolate`, `min_score`, `k_probe`:
-    as for `nnfp.catalogue.identify.Identifier` (None phases: its default; None refine:
-    every phase searched).
+    (`n_unknown` queries, default `n_queries`). `phases`, `refine`, `interpolate`, `min_score`, `k_probe`,
+    `speeds`: as for `nnfp.catalogue.identify.Identifier` (None phases: its default; None refine:
+    every phase searched). `speed_range`, `tempo_range`, `pitch_range`: the known queries played
+    faster, slower or higher by a factor drawn in the range (see `degrade`).
     """
     from nnfp.audio.io import load_audio
     from nnfp.catalogue.build import add_to_index, build_index
@@ -546,6 +628,14 @@ def evaluate(
 
     if (index_dir is None) == (db_dir is None):
         raise ValueError("Give either an index folder or a DB audio folder (--db), not both")
+    for name, span, lowest in (("speed", speed_range, 0.5), ("tempo", tempo_range, 0.5), ("pitch", pitch_range, -12.0)):
+        if span is None:
+            continue
+        if query_dir is not None:
+            raise ValueError(f"--{name} alters synthesised queries; recorded ones (--query-dir) are played as they are")
+        low, high = (float(v) for v in span)
+        if not lowest <= low <= high <= (2.0 if name != "pitch" else 12.0):
+            raise ValueError(f"--{name} LO HI must satisfy {lowest:g} <= LO <= HI <= {2.0 if name != 'pitch' else 12.0:g}; got {low:g} {high:g}")
     # Before anything is built or written: a new or empty folder, or an earlier evaluation.
     claim_output_dir(out_dir, "evaluation", reuse=True, inputs=[db_dir, dummy_dir])
     out_dir = Path(out_dir)
@@ -571,6 +661,7 @@ def evaluate(
     identifier = Identifier(
         index_dir, model=model, k_probe=k_probe, min_score=min_score, threads=threads, phases=phases,
         refine=refine, interpolate=interpolate, trust_model=trust_model, nprobe=index_params.get("nprobe"),
+        speeds=speeds,
     )
     identifier.db.set_search_params(ef_search=index_params.get("ef_search"))
     db = identifier.db
@@ -578,9 +669,10 @@ def evaluate(
     segment, hop = identifier.embedder.segment_samples, identifier.hop_samples
     counts = [n_segments(int(round(s * rate)), segment, hop) for s in lengths_seconds]
     degradation = degradation_settings(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
+    known_degradation = dict(degradation, speed_range=speed_range, tempo_range=tempo_range, pitch_range=pitch_range)
 
     if query_dir is None:
-        waveforms, info = index_queries(identifier, n_queries, max(lengths_seconds), degradation, seed, aligned)
+        waveforms, info = index_queries(identifier, n_queries, max(lengths_seconds), known_degradation, seed, aligned)
     else:
         first_rows = dict(zip(*(a.tolist() for a in np.unique(db.segment_track, return_index=True)), strict=True))
         track_by_path = {t["path"]: t["track_id"] for t in db.tracks}
@@ -604,6 +696,7 @@ def evaluate(
     rates = hit_rates(
         raw["rows"], info["true_row"], raw["tracks"], info["track"], raw["valid"],
         predicted_offsets=raw["offsets"], true_offsets=info["offset_s"], decided=raw["decided"],
+        **({"predicted_speeds": raw["speeds"], "true_speeds": info["speed"]} if speed_range is not None else {}),
     )
     if unknown_dir is not None:
         unknown_waves, unknown_info = index_queries(
@@ -634,6 +727,10 @@ def evaluate(
         "phases": phases,
         "refine": "all" if refine is None else int(refine),
         "interpolate": int(interpolate),
+        "speeds": speeds_description(identifier.speeds),
+        "query_speed": "unchanged" if speed_range is None else f"{speed_range[0]:g}-{speed_range[1]:g}x",
+        "query_tempo": "unchanged" if tempo_range is None else f"{tempo_range[0]:g}-{tempo_range[1]:g}x",
+        "query_pitch": "unchanged" if pitch_range is None else f"{pitch_range[0]:+g} to {pitch_range[1]:+g} semitones",
         "match_threshold": "none" if min_score is None else ", ".join(
             f"{s:g} s: {t:.4f}" for s, t in zip(lengths_seconds, thresholds, strict=True)
         ) + (" (calibrated)" if min_score == "calibrated" and identifier.calibration is not None else ""),
@@ -692,6 +789,8 @@ def calibrate_index(
     phases=None,
     refine=DEFAULT_REFINE,
     interpolate=DEFAULT_INTERPOLATE,
+    speeds=DEFAULT_SPEEDS,
+    decision=DEFAULT_DECISION,
     k_probe=20,
     seed=0,
     threads=1,
@@ -745,7 +844,7 @@ def calibrate_index(
     phases = DEFAULT_PHASES if phases is None else int(phases)
     identifier = Identifier(
         index_dir, k_probe=k_probe, min_score=None, threads=threads, phases=phases, refine=refine,
-        interpolate=interpolate, trust_model=trust_model,
+        interpolate=interpolate, trust_model=trust_model, speeds=speeds, decision=decision,
     )
     degradation = degradation_settings(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
     seconds = max(lengths_seconds)
@@ -760,15 +859,37 @@ def calibrate_index(
         waves, _ = index_queries(
             identifier, n_unknown, seconds, degradation, seed + 1 + i, aligned=False, unknown_dir=folder
         )
-        unknown[name] = run_queries(identifier, waves, lengths_seconds, progress=progress)["scores"][..., 0]
+        unknown[name] = run_queries(identifier, waves, lengths_seconds, progress=progress)
     error = np.abs(known["offsets"][..., 0] - known_info["offset_s"][:, None])
     right = (known["tracks"][..., 0] == known_info["track"][:, None]) & (error <= OFFSET_TOLERANCE_S + 1e-6)
+    floors = None
+    if identifier.decision == "margin":
+        # With no threshold the margin is measured against the best other track (0 without
+        # one): the rival is score - margin. Margins are then taken against at least a high
+        # quantile of the out-of-catalogue rivals, so a weak rival does not make a weak
+        # match look sure (`Identifier.rival_floor`).
+        def rivals(raw):
+            return raw["scores"][..., 0] - raw["confidences"][..., 0]
+
+        pooled = np.concatenate([rivals(raw) for raw in unknown.values()])
+        floors = [round(float(np.nanquantile(pooled[:, j], RIVAL_FLOOR_QUANTILE)), 4) for j in range(pooled.shape[1])]
+
+        def confidences(raw):
+            return raw["scores"][..., 0] - np.maximum(rivals(raw), np.asarray(floors))
+    else:
+        def confidences(raw):
+            return raw["confidences"][..., 0]
+
+    unknown = {name: confidences(raw) for name, raw in unknown.items()}
     calibration = calibrate(
-        list(lengths_seconds), known["scores"][..., 0], right, unknown[names[0]] if len(names) == 1 else unknown,
+        list(lengths_seconds), confidences(known), right, unknown[names[0]] if len(names) == 1 else unknown,
         target_false_match, confidence=confidence,
     )
+    if floors is not None:
+        calibration.info["rival_floor"] = floors
     calibration.info.update(
         phases=phases, refine="all" if refine is None else int(refine), interpolate=int(interpolate),
+        speeds=None if identifier.speeds is None else list(identifier.speeds), decision=identifier.decision,
         k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),
         hop_seconds=float(identifier.db.hop_seconds), model_digest=identifier.db.metadata.get("model_digest"),
         unknown_dir=str(Path(folders[0]).absolute()) if len(folders) == 1 else [str(Path(f).absolute()) for f in folders],

@@ -7,6 +7,7 @@ segments of tracks, streams and files fingerprinted on the hop grid.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -22,8 +23,10 @@ __all__ = [
     "PROBE_TOLERANCE",
     "STREAM_SECONDS",
     "ModelMismatchError",
+    "ModelSpec",
     "NoDefaultModelError",
     "check_model",
+    "check_spec",
     "fingerprint_files",
     "fingerprint_segments",
     "pcm_digest",
@@ -31,6 +34,7 @@ __all__ = [
     "iter_fingerprints",
     "fingerprint_tracks",
     "index_embedder",
+    "index_sample_rate",
     "conversion_of",
     "litert_copy",
     "index_model_path",
@@ -53,6 +57,82 @@ class NoDefaultModelError(FileNotFoundError):
 
 class ModelMismatchError(ValueError):
     """A model that does not reproduce the probe fingerprints recorded in an index."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What an index needs of its model, read from the model itself: the rate of the audio it
+    takes, the samples of one segment, the size of its fingerprints and the digest of its file.
+
+    Every index and shard records it (`nnfp.catalogue.build.index_metadata`), and every load
+    compares the model it runs with the record (`check_spec`), as faiss compares `d` when
+    indexes are merged: a model trained with `frontend.sample_rate: 16000` indexes and hears
+    audio at 16 kHz.
+
+    >>> spec = ModelSpec.of(*load_model("runs/demo"))
+    >>> spec.sample_rate, spec.segment_samples, spec.embedding_dim
+    (8000, 8000, 128)
+    """
+
+    sample_rate: int
+    segment_samples: int
+    embedding_dim: int
+    digest: str
+
+    @classmethod
+    def of(cls, embedder, model_path, digest=None):
+        """The spec of a loaded model (`load_model`): its front end's rate (a Keras model), or the
+        `spec.json` of a LiteRT folder or SavedModel export. `digest`: its `model_digest`, when known."""
+        rate = getattr(embedder, "sample_rate", None)
+        if rate is None:
+            from nnfp.export import ModelLoadError
+
+            raise ModelLoadError(
+                model_path,
+                "the model records no sample rate (a SavedModel exported by an older nnfp, without "
+                "spec.json or config.yaml): export it again with `nnfp export RUN_DIR OUT`",
+            )
+        return cls(
+            sample_rate=int(rate), segment_samples=int(embedder.segment_samples),
+            embedding_dim=int(embedder.embedding_dim), digest=digest or model_digest(model_path),
+        )
+
+    def index_rate(self, sample_rate=None, model_path="the model"):
+        """The rate an index of the model is built at: the model's own; a `sample_rate` asked
+        for (a caller's check that its audio fits) must be it."""
+        if sample_rate is not None and int(sample_rate) != self.sample_rate:
+            raise ValueError(
+                f"{model_path}: the model takes {self.sample_rate} Hz audio; the index was asked for {sample_rate} Hz"
+            )
+        return self.sample_rate
+
+
+def index_sample_rate(metadata):
+    """The sample rate an index was built at (its queries are decoded at it), from its metadata."""
+    rate = metadata.get("sample_rate")
+    if not isinstance(rate, int) or rate <= 0:
+        raise CorruptIndexError(
+            f"the index records no valid sample rate (sample_rate={rate!r} in tracks.json); rebuild it"
+        )
+    return rate
+
+
+def check_spec(embedder, metadata, what):
+    """Raises `ModelMismatchError` when `embedder` takes another rate or segment, or makes
+    fingerprints of another size, than the index records (keys an older index lacks, and a
+    rate a model does not record, are not compared)."""
+    got = {
+        "sample_rate": getattr(embedder, "sample_rate", None),
+        "segment_samples": embedder.segment_samples,
+        "embedding_dim": embedder.embedding_dim,
+    }
+    differ = [
+        f"{key} {got[key]} (the index: {metadata[key]})"
+        for key in got
+        if got[key] is not None and metadata.get(key) is not None and int(got[key]) != int(metadata[key])
+    ]
+    if differ:
+        raise ModelMismatchError(f"{what} does not fit this index: " + ", ".join(differ))
 
 
 # ------------------------------------------------------------------ models
@@ -282,7 +362,8 @@ def _index_litert(index_dir, metadata, sample_rate, runtime):
 
 
 def index_embedder(index_dir, metadata, sample_rate, model=None, trust_model=False, runtime="auto"):
-    """The model of an index (or `model` instead), checked against the index's probes.
+    """The model of an index (or `model` instead), checked against the index's record of its
+    model (`check_spec`: rate, segment, fingerprint size) and probe fingerprints.
 
     With `runtime` `"auto"` (default) or `"litert"`, the index's LiteRT copy of its model
     (`litert/`, written by `index build`) runs it when its probe fingerprints agree: no
@@ -294,11 +375,13 @@ def index_embedder(index_dir, metadata, sample_rate, model=None, trust_model=Fal
         index_model_path(index_dir, metadata)  # a recorded model path leading outside is refused first
         embedder = _index_litert(index_dir, metadata, sample_rate, runtime)
         if embedder is not None:
+            check_spec(embedder, metadata, f"{index_dir}: the index's LiteRT copy of its model")
             return embedder
     path = index_model_path(index_dir, metadata) if own else model
     embedder, path = load_model(path, trust_model=trust_model, runtime=runtime)
     what = f"the index's own model {path}" if own else f"the model {path}"
     try:
+        check_spec(embedder, metadata, what)
         check_model(embedder, metadata, sample_rate, what)
     except ModelMismatchError as error:
         hint = (

@@ -6,38 +6,208 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from nnfp.audio.segments import QUIET_DBFS, n_segments, segment_levels_db, segment_waveform
-from nnfp.catalogue.fingerprint import fingerprint_segments, index_embedder, resolve_model
+from nnfp.catalogue.fingerprint import (
+    fingerprint_segments,
+    index_embedder,
+    index_sample_rate,
+    resolve_model,
+)
+from nnfp.catalogue.speeds import check_speeds, speed_grid, speed_step, speeds_description
 from nnfp.defaults import (
+    DEFAULT_DECISION,
     DEFAULT_INTERPOLATE,
     DEFAULT_K_PROBE,
     DEFAULT_MIN_SCORE,
     DEFAULT_PHASES,
     DEFAULT_REFINE,
+    DEFAULT_SPEEDS,
 )
 from nnfp.store.db import FingerprintDB
 
-__all__ = ["CALIBRATED", "Identifier", "QueryError", "identify_result"]
+__all__ = ["CALIBRATED", "DECISIONS", "Identifier", "Query", "QueryError", "identify_result", "margins", "same_audio"]
 
 CALIBRATED = "calibrated"  # Identifier(min_score=...): the calibrated threshold of the query's length
 SILENT_PEAK_DB = -60.0  # queries quieter than this (peak, dBFS) are rejected as silent
 SILENT_RMS_DB = -70.0  # ... and those whose varying part is below this RMS level (dBFS)
 _ONE_BATCH_SEGMENTS = 256  # query phases fingerprinted as one batch up to this many segments
+DECISIONS = ("score", "margin")  # what a match's confidence is: `Identifier(decision=...)`
+SAME_AUDIO = 0.9  # mean cosine of two DB windows holding one recording under two names
+_SAME_AUDIO_CHECKS = 3  # rival tracks checked for being the same recording, best first
+_RIVAL_PLACES = 10  # distinct places ranked per speed (their tracks are the rivals)
 
 
 def identify_result(query, matches, hint=None):
     """The object `nnfp identify --json` prints for one query (and `nnfp serve` answers):
-    `{"query", "matches": [{"track", "offset_s", "score"}, ...]}`, plus `"hint"` when given."""
-    found = [{"track": m.path, "offset_s": round(m.offset_s, 3), "score": round(m.score, 4)} for m in matches]
+    `{"query", "matches": [{"track", "offset_s", "score", "confidence", "speed"}, ...]}`, plus
+    `"hint"` when given."""
+    found = [
+        {
+            "track": m.path, "offset_s": round(m.offset_s, 3), "score": round(m.score, 4),
+            **({"confidence": round(m.confidence, 4)} if m.confidence is not None else {}),
+            "speed": round(m.speed, 4),
+        }
+        for m in matches
+    ]
     return {"query": query, "matches": found, **({"hint": hint} if hint else {})}
+
+
+def _wider_speeds(mine, fitted):
+    """Whether a speed setting searches speeds (or a finer grid) beyond the one fitted."""
+    if mine is None:
+        return False
+    if fitted is None:
+        return True
+    if mine[0] < fitted[0] - 1e-9 or mine[1] > fitted[1] + 1e-9:
+        return True
+    # a finer grid than fitted at any length: more chances
+    return any(speed_step(mine, seconds) < speed_step(fitted, seconds) - 1e-12 for seconds in (1.0, 3.0, 10.0))
 
 
 class QueryError(ValueError):
     """A query that cannot be searched (too short, silent, constant). The message starts with the query name."""
+
+
+def same_audio(db, first, other, n_rows):
+    """Whether the DB windows of `n_rows` rows at `first` and `other` hold the same audio (mean
+    cosine of their fingerprints >= `SAME_AUDIO`: one recording indexed under two names)."""
+    n = int(min(n_rows, db.n_segments - first, db.n_segments - other))
+    if n < 1:
+        return False
+    a = np.asarray(db.embeddings[first : first + n], np.float32)
+    b = np.asarray(db.embeddings[other : other + n], np.float32)
+    return float(np.mean(np.sum(a * b, axis=1))) >= SAME_AUDIO
+
+
+def margins(db, places, n_rows, floor=0.0):
+    """Each place's score minus the best score of a place of another track among `places`, or
+    `floor` where that is lower (`Identifier.rival_floor`; the same recording under another
+    name is no rival)."""
+    out = []
+    for place in places:
+        rival = floor
+        for other in places:  # best first
+            if other.track_id != place.track_id and not same_audio(db, place.segment_index, other.segment_index, n_rows):
+                rival = max(other.score, floor)
+                break
+        out.append(place.score - rival)
+    return out
+
+
+def _best_per_track(db, starts, scores, track_best):
+    """Updates `track_best` `{track_id: (score, start row)}` with the best of these windows."""
+    if not len(starts):
+        return
+    tracks = db.segment_track[starts]
+    order = np.lexsort((-scores, tracks))  # by track, best first
+    first = np.ones(len(order), bool)
+    first[1:] = tracks[order][1:] != tracks[order][:-1]
+    for row in order[first]:
+        track, score = int(tracks[row]), float(scores[row])
+        if track not in track_best or score > track_best[track][0]:
+            track_best[track] = (score, int(starts[row]))
+
+
+def _peak_speed(scores):
+    """The speed at the vertex of the parabola through three `{speed: score}` points (kept
+    between the lowest and highest); the best-scoring speed when the scores do not make a
+    peak or one is -inf (the place not found there)."""
+    speeds = sorted(scores)
+    values = [scores[s] for s in speeds]
+    best = int(np.argmax(values))
+    if len(speeds) != 3 or not np.all(np.isfinite(values)):
+        return float(speeds[best])
+    (x0, x1, x2), (y0, y1, y2) = np.log(speeds), values  # log speed: the grid is geometric
+    denominator = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denominator
+    b = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / denominator
+    if a >= 0:
+        return float(speeds[best])
+    vertex = -b / (2 * a)
+    return float(np.exp(np.clip(vertex, x0, x2)))
+
+
+class Query:
+    """A query waveform and its fingerprints at each playback speed searched (`Identifier.query`).
+
+    `fingerprints(speed, phases, seconds)` resamples the query as if played at `speed` back
+    to the catalogue's speed (a query 3 % fast is stretched by 1.03) and fingerprints its
+    first `seconds` (in that speed's time) at every phase, or `phases`. Fingerprints are
+    kept and extended as longer prefixes are asked for, so ranking several prefixes of one
+    query (`nnfp evaluate`) at several speeds fingerprints every segment once.
+    """
+
+    def __init__(self, identifier, audio, name="query"):
+        self.identifier = identifier
+        self.audio = np.asarray(audio, np.float32)
+        self.name = name
+        self.seconds = len(self.audio) / identifier.sample_rate
+        self._waveforms = {1.0: self.audio}
+        self._prints = {}  # speed -> {shift in samples: (n, d) fingerprints of the first n segments}
+
+    def waveform(self, speed=1.0):
+        """The query resampled as if played at `speed` (1.03: stretched by 1.03)."""
+        if speed not in self._waveforms:
+            from nnfp.audio.io import resample
+
+            rate = self.identifier.sample_rate
+            audio = np.asarray(resample(self.audio, rate, rate * speed), np.float32)
+            # a one-segment query undone from a slower speed is a little short: its tail is mirrored
+            segment = self.identifier.embedder.segment_samples
+            if len(audio) < segment <= len(self.audio):
+                audio = np.pad(audio, (0, segment - len(audio)), mode="reflect")
+            self._waveforms[speed] = audio
+        return self._waveforms[speed]
+
+    def fingerprints(self, speed=1.0, phases=None, seconds=None):
+        """`[(shift_seconds, (n, d) fingerprints), ...]` per phase (see
+        `Identifier.phase_fingerprints`), covering at least the first `seconds` (None: all)."""
+        self.prepare([(speed, phases, seconds)])
+        phases = self.identifier.phases if phases is None else int(phases)
+        store = self._prints[speed]
+        return [(shift / self.identifier.sample_rate, store[shift]) for shift in self._shifts(phases) if shift in store]
+
+    def _shifts(self, phases):
+        hop = self.identifier.hop_samples
+        return sorted({int(round(p * hop / phases)) for p in range(phases)})
+
+    def prepare(self, requests):
+        """Fingerprints what `fingerprints(speed, phases, seconds)` needs for every request
+        `(speed, phases, seconds)` not yet done, in one batch (one model call per batch rows
+        instead of one per speed)."""
+        identifier = self.identifier
+        rate, hop, segment = identifier.sample_rate, identifier.hop_samples, identifier.embedder.segment_samples
+        todo = {}  # (speed, shift) -> new segments
+        for speed, phases, seconds in requests:
+            phases = identifier.phases if phases is None else int(phases)
+            audio = self.waveform(speed)
+            upto = len(audio) if seconds is None else min(len(audio), int(np.ceil(seconds * rate)) + 1)
+            store = self._prints.setdefault(speed, {})
+            for shift in self._shifts(phases):
+                have = len(store.get(shift, ())) + len(todo.get((speed, shift), ()))
+                need = n_segments(max(upto - shift, 0), segment, hop)
+                if need > have:
+                    first = shift + have * hop
+                    new = segment_waveform(audio[first : shift + (need - 1) * hop + segment], segment, hop)
+                    todo[speed, shift] = np.concatenate([todo[speed, shift], new]) if (speed, shift) in todo else new
+        if not todo:
+            return
+        views = list(todo.values())
+        if sum(len(view) for view in views) <= _ONE_BATCH_SEGMENTS:
+            fingerprints = fingerprint_segments(identifier.embedder, np.concatenate(views))
+        else:  # a long query: batches are copied from the views, never the whole query
+            fingerprints = np.concatenate([fingerprint_segments(identifier.embedder, view) for view in views])
+        first = 0
+        for (speed, shift), view in todo.items():
+            new = fingerprints[first : first + len(view)]
+            store = self._prints[speed]
+            store[shift] = np.concatenate([store[shift], new]) if shift in store else new
+            first += len(view)
 
 
 class Identifier:
@@ -83,6 +253,19 @@ class Identifier:
         runtime: what fingerprints queries: `"auto"` (default) the index's LiteRT copy of
             its model when its probes agree (no TensorFlow is imported), else TensorFlow;
             `"litert"` or `"tensorflow"` insist on one.
+        speeds: the playback speeds searched (`nnfp.catalogue.speeds`): `(lo, hi)` (the
+            grid step follows the query's length), `(lo, hi, step)`, or None (only the speed
+            of the catalogue). `"auto"` (default): the speeds the calibrated thresholds were
+            fitted with (none for a calibration fitted without a speed search, said in
+            `calibration_notes`), `DEFAULT_SPEEDS` when no calibration applies. The query is resampled as if played at
+            each grid speed and searched (phase 0 only) and the best two speeds at every
+            phase; a match reports its speed (`Match.speed`; the best one's refined between
+            grid points) and its offset in the track's own time.
+        decision: what a match's `confidence` is, which the threshold applies to:
+            `"score"` (the similarity) or `"margin"` (the score's lead over the best window
+            of any other track; the same recording under another name is no rival).
+            `"auto"` (default): the calibration's; `"score"` with a fixed `min_score`;
+            `DEFAULT_DECISION` with no threshold.
 
     Attributes:
         calibration_notes: remarks on the threshold's source (an index without a
@@ -115,6 +298,8 @@ class Identifier:
         calibration=None,
         trust_model=False,
         runtime="auto",
+        speeds="auto",
+        decision="auto",
     ):
         from nnfp.catalogue.calibration import Calibration, index_calibration
 
@@ -129,15 +314,17 @@ class Identifier:
             raise ValueError(f"`refine` must be >= 1 or None (every phase searched). Received: refine={refine}")
         if min_score is not None and min_score != CALIBRATED and not np.isfinite(float(min_score)):
             raise ValueError(f"`min_score` must be a finite number. Received: min_score={min_score}")
+        auto_speeds = isinstance(speeds, str) and speeds == "auto"
+        self.speeds = None if auto_speeds else check_speeds(speeds)
         self.db = db if db is not None else FingerprintDB.load(index_dir, threads=threads)
         if nprobe is not None:
             self.db.set_search_params(nprobe=nprobe)
         meta = self.db.metadata
         if embedder is None:
-            rate = int(meta.get("sample_rate", 8000))
+            rate = index_sample_rate(meta)
             embedder = index_embedder(index_dir, meta, rate, model=model, trust_model=trust_model, runtime=runtime)
         self.embedder = embedder
-        self.sample_rate = int(meta.get("sample_rate", 8000))
+        self.sample_rate = index_sample_rate(meta)  # the model's, recorded by the index
         self.hop_samples = int(round(self.db.hop_seconds * self.sample_rate))
         self.k_probe = int(k_probe)
         self.min_score = min_score
@@ -156,7 +343,24 @@ class Identifier:
             calibration = Calibration.load(calibration)
             self.calibration_notes = list(calibration.notes)
         self.calibration = calibration
-        if calibration is not None and isinstance(min_score, str) and min_score == CALIBRATED:
+        calibrated = calibration is not None and isinstance(min_score, str) and min_score == CALIBRATED
+        if decision == "auto":
+            decision = (
+                calibration.info.get("decision", "score") if calibrated
+                else "score" if min_score is not None else DEFAULT_DECISION
+            )
+        if decision not in DECISIONS:
+            raise ValueError(f"`decision` must be one of {DECISIONS} or 'auto'. Received: decision={decision!r}")
+        self.decision = decision
+        if auto_speeds:
+            self.speeds = check_speeds(calibration.info.get("speeds")) if calibrated else check_speeds(DEFAULT_SPEEDS)
+            if calibrated and self.speeds is None:
+                self.calibration_notes.append(
+                    "the calibrated thresholds were fitted without a speed search: a song played faster or "
+                    "slower than the catalogue is not searched for; recalibrate (`nnfp index calibrate INDEX "
+                    "--unknown DIR`) to search speeds"
+                )
+        if calibrated:
             self._check_search_settings(calibration)
 
     def _check_search_settings(self, calibration):
@@ -178,6 +382,11 @@ class Identifier:
             for key, mine in searched.items()
             if key in info and more(mine, info[key])
         ]
+        fitted_speeds = check_speeds(info.get("speeds"))  # absent: fitted without a speed search
+        if _wider_speeds(self.speeds, fitted_speeds):
+            over.append(
+                f"--speeds {speeds_description(self.speeds)} (fitted with {speeds_description(fitted_speeds)})"
+            )
         fitted_hop = info.get("hop_seconds")
         if fitted_hop is not None and self.db.hop_seconds < float(fitted_hop) - 1e-9:
             over.append(f"an index hop of {self.db.hop_seconds:g} s (fitted on {float(fitted_hop):g} s: more windows)")
@@ -258,15 +467,17 @@ class Identifier:
         segments = segment_waveform(audio, self.embedder.segment_samples, self.hop_samples)
         return fingerprint_segments(self.embedder, segments)  # batches are copied from the view
 
-    def phase_fingerprints(self, audio, name="query"):
+    def phase_fingerprints(self, audio, name="query", phases=None):
         """Fingerprints of the query at every phase: list of `(shift_seconds, (n_segments, d))`.
 
         Phase p cuts the query `p * hop / phases` later; phases leaving less than one
-        segment are dropped. All phases are fingerprinted in one batch.
+        segment are dropped. All phases are fingerprinted in one batch. `phases`
+        overrides the identifier's (1: phase 0 only).
         """
         self.check_audio(audio, name=name)
         audio = np.asarray(audio, np.float32)
-        shifts = sorted({int(round(p * self.hop_samples / self.phases)) for p in range(self.phases)})
+        phases = self.phases if phases is None else int(phases)
+        shifts = sorted({int(round(p * self.hop_samples / phases)) for p in range(phases)})
         views = [segment_waveform(audio[shift:], self.embedder.segment_samples, self.hop_samples) for shift in shifts]
         kept = [(shift, view) for shift, view in zip(shifts, views, strict=True) if len(view)]
         if sum(len(view) for _, view in kept) <= _ONE_BATCH_SEGMENTS:
@@ -279,11 +490,16 @@ class Identifier:
             first += len(view)
         return out
 
-    def rank(self, phase_fingerprints, n_results=5, min_score=None, max_seconds=None):
+    def rank(
+        self, phase_fingerprints, n_results=5, min_score=None, max_seconds=None, interpolate=True, track_best=None
+    ):
         """Best distinct places over the phases (see `phase_fingerprints`), best first.
 
         `max_seconds` uses only the segments that lie inside the query's first
-        `max_seconds` (the fingerprints of a prefix of the query).
+        `max_seconds` (the fingerprints of a prefix of the query). `interpolate=False`
+        leaves out the interpolated windows of a one-phase query. `track_best`: a dict
+        that receives `{track_id: (best reported score, its start row)}` over every
+        window scored (the rivals a match's confidence is measured against).
         """
         segment = self.embedder.segment_samples
         used = []
@@ -302,9 +518,11 @@ class Identifier:
             all_starts, all_scores = self._refined(used)
         all_shifts = [np.full(len(starts), shift) for (shift, _), starts in zip(used, all_starts, strict=True)]
         all_reported = list(all_scores)
-        if self.interpolate > 1 and self.phases > 1 and len(used) == 1:
+        if interpolate and self.interpolate > 1 and self.phases > 1 and len(used) == 1:
             (shift, fingerprints), = used
             self._interpolated(shift, fingerprints, all_starts, all_scores, all_shifts, all_reported)
+        if track_best is not None:
+            _best_per_track(self.db, np.concatenate(all_starts), np.concatenate(all_reported), track_best)
         return self.db.places(
             np.concatenate(all_starts), np.concatenate(all_scores), shifts=np.concatenate(all_shifts),
             n_results=n_results, min_score=min_score, collapse_seconds=self.collapse_seconds,
@@ -359,18 +577,142 @@ class Identifier:
         seconds = ((len(fingerprints) - 1) * self.hop_samples + self.embedder.segment_samples) / self.sample_rate
         return self.rank([(0.0, fingerprints)], n_results=n_results, min_score=self.match_threshold(seconds))
 
+    def query(self, audio, name="query"):
+        """A `Query`: the waveform with its fingerprints at each searched speed, made when needed."""
+        self.check_audio(audio, name=name)
+        return Query(self, audio, name)
+
+    def speed_grid(self, query_seconds):
+        """The speeds a query of `query_seconds` is searched at (`(1.0,)` with the speed search off)."""
+        if self.speeds is None:
+            return (1.0,)
+        return speed_grid(self.speeds, speed_step(self.speeds, query_seconds))
+
+    def rank_query(self, query, n_results=5, min_score=None, max_seconds=None):
+        """Best distinct places of a `Query` (or its first `max_seconds`) over the speed grid,
+        each with its `confidence`; with `min_score`, only those whose confidence reaches it.
+
+        Speed 1.0 is searched at every phase (the plain search); every other grid speed
+        with phase 0 only; the two best of those at every phase. Matches of one track
+        closer than `collapse_seconds` (in track time) are one place, whatever speed found
+        them. The best match's speed is then refined between grid points (its score stays
+        the grid search's). The confidence is the score (`decision="score"`) or the
+        score's lead over the best window of any other track (`"margin"`).
+        """
+        seconds = query.seconds if max_seconds is None else min(float(max_seconds), query.seconds)
+        grid = self.speed_grid(seconds)
+        track_best = {}
+        wanted = max(int(n_results), _RIVAL_PLACES)
+
+        def span(speed):  # the prefix's length in that speed's time
+            return max(seconds * speed, self.min_query_seconds)
+
+        def ranked(speed, phases=None):
+            return [
+                dataclasses.replace(match, speed=speed)
+                for match in self.rank(
+                    query.fingerprints(speed, phases, seconds=span(speed)), n_results=wanted,
+                    max_seconds=span(speed), interpolate=phases is None, track_best=track_best,
+                )
+            ]
+
+        query.prepare([(1.0, None, span(1.0)), *((speed, 1, span(speed)) for speed in grid if speed != 1.0)])
+        found = ranked(1.0)
+        if len(grid) > 1:
+            coarse = {speed: ranked(speed, phases=1) for speed in grid if speed != 1.0}
+            best = sorted(coarse, key=lambda s: -(coarse[s][0].score if coarse[s] else -np.inf))[:2]
+            if self.phases > 1:
+                query.prepare([(speed, None, span(speed)) for speed in best if coarse[speed]])
+            for speed in best:
+                if self.phases > 1 and coarse[speed]:
+                    coarse[speed] = ranked(speed)
+            for matches in coarse.values():
+                found.extend(matches)
+        n_query = n_segments(int(round(seconds * self.sample_rate)), self.embedder.segment_samples, self.hop_samples)
+        floor = self.rival_floor(seconds)
+        matches = [
+            dataclasses.replace(m, confidence=self._confidence(m, track_best, max(n_query, 1), floor))
+            for m in self._distinct(found, wanted)
+        ]
+        if min_score is not None:
+            matches = [m for m in matches if m.confidence >= min_score]
+        matches = matches[: int(n_results)]
+        if matches and len(grid) > 1:
+            best = matches[0]
+            matches[0] = dataclasses.replace(best, speed=self._refined_speed(query, best, seconds))
+        return matches
+
+    def rival_floor(self, query_seconds):
+        """The least rival score a margin is measured against for a query of `query_seconds`:
+        the calibration's (`rival_floor`, a high quantile of the best other-track scores of
+        out-of-catalogue queries), so that a weak or absent rival does not make a weak match
+        look sure; 0 without one."""
+        floors = self.calibration.info.get("rival_floor") if self.calibration is not None else None
+        if self.decision != "margin" or not floors or self.min_score != CALIBRATED:
+            return 0.0
+        lengths = self.calibration.lengths_s
+        position = int(np.searchsorted(lengths, float(query_seconds) + 1e-6, side="right")) - 1
+        return float(floors[max(position, 0)])
+
+    def _confidence(self, match, track_best, n_query, floor=0.0):
+        if self.decision == "score":
+            return match.score
+        rival = 0.0  # no window of another track among the candidates: none came close
+        checked = 0
+        for track, (score, start) in sorted(track_best.items(), key=lambda item: -item[1][0]):
+            if track == match.track_id or not self.db.is_live(track):
+                continue
+            if checked < _SAME_AUDIO_CHECKS and same_audio(self.db, match.segment_index, start, n_query):
+                checked += 1
+                continue  # the same recording under another name is not a rival
+            rival = score
+            break
+        return match.score - max(rival, floor)
+
+    def _refined_speed(self, query, match, seconds):
+        # The speed of the best place, finer than the grid: the query's prefix is
+        # fingerprinted (phase 0) at its speed and a third of a step either side, and
+        # scored at the place's DB rows only (no new search: the decision keeps the grid
+        # search's score); the vertex of the parabola through the three scores is reported.
+        step = speed_step(self.speeds, seconds)
+        rows = np.arange(match.segment_index - 1, match.segment_index + 2)
+        rows = rows[(rows >= 0) & (rows < self.db.n_segments)]
+        rows = rows[self.db.segment_track[rows] == match.track_id]
+        speeds = [match.speed * (1.0 + step / 3) ** side for side in (-1, 0, 1)]
+        spans = [max(seconds * speed, self.min_query_seconds) for speed in speeds]
+        query.prepare([(speed, 1, span) for speed, span in zip(speeds, spans, strict=True)])
+        scores = {}
+        for speed, span in zip(speeds, spans, strict=True):
+            (_, fingerprints), *_ = query.fingerprints(speed, phases=1, seconds=span)
+            n = n_segments(int(round(span * self.sample_rate)), self.embedder.segment_samples, self.hop_samples)
+            scores[speed] = float(self.db.sequence_scores(fingerprints[:n], rows).max()) if len(rows) else -np.inf
+        return _peak_speed(scores)
+
+    def _distinct(self, matches, n_results):
+        kept, out = {}, []
+        for match in sorted(matches, key=lambda m: -m.score):
+            offsets = kept.setdefault(match.track_id, [])
+            if self.collapse_seconds and any(abs(match.offset_s - o) < self.collapse_seconds for o in offsets):
+                continue
+            offsets.append(match.offset_s)
+            out.append(match)
+            if len(out) == int(n_results):
+                break
+        return out
+
     def identify_audio(self, audio, n_results=5, name="query"):
         """Best matches (list of `nnfp.store.db.Match`, best first) for a waveform at the index rate.
 
         An empty list means "not in the catalogue": no place scored `match_threshold`.
+        With the speed search on (`speeds`) every match reports the speed it plays at.
 
         Raises:
             QueryError: too short, silent, near-silent or constant audio.
         """
         self.last_query_seconds = len(audio) / self.sample_rate
-        phases = self.phase_fingerprints(audio, name=name)
+        query = self.query(audio, name=name)
         threshold = self.match_threshold(self.last_query_seconds)
-        return self.rank(phases, n_results=n_results, min_score=threshold)
+        return self.rank_query(query, n_results=n_results, min_score=threshold)
 
     def identify_file(self, path, n_results=5):
         """Reads any audio file (resampled, mixed to mono) and returns its best matches.

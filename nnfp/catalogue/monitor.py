@@ -35,6 +35,9 @@ import numpy as np
 
 from nnfp.audio.segments import n_segments
 from nnfp.catalogue.fingerprint import iter_fingerprints
+from nnfp.catalogue.identify import margins
+from nnfp.catalogue.speeds import check_speeds, speed_grid
+from nnfp.defaults import MONITOR_SPEED_STEP
 
 __all__ = [
     "Detection",
@@ -46,6 +49,7 @@ __all__ = [
     "read_pcm_blocks",
 ]
 
+_RIVAL_PLACES = 10  # places of a window ranked for its margin (their other tracks are the rivals)
 _LIVE_CANDIDATES = 64  # open candidate plays kept at once (the oldest unconfirmed go first)
 _STEP_MARGIN = 0.1  # aligned-similarity drop that marks a play's boundary
 _CANDIDATE_GAP_SECONDS = 10.0  # an unconfirmed candidate lasts this long without an agreeing window
@@ -68,6 +72,8 @@ class Detection:
         score: mean sequence score of the play's windows (mean cosine similarity).
         cut_short: the monitor was stopped while the play was still open (`monitor_stream`'s
             `stop`): it may have gone on after `end_s`. In `as_dict` only when True.
+        speed: the speed the track plays at (1.03: 3 % fast), when the monitor searched
+            several speeds (`monitor_stream`'s `speeds`); None otherwise (not in `as_dict`).
     """
 
     recording: str
@@ -77,6 +83,7 @@ class Detection:
     track_start_s: float
     score: float
     cut_short: bool = False
+    speed: float | None = None
 
     def as_dict(self):
         out = {
@@ -87,6 +94,8 @@ class Detection:
             "track_start_s": round(self.track_start_s, 2),
             "score": round(self.score, 4),
         }
+        if self.speed is not None:
+            out["speed"] = round(self.speed, 4)
         if self.cut_short:
             out["cut_short"] = True
         return out
@@ -101,9 +110,10 @@ def _clock(seconds):
 
 def format_detection(detection):
     """A readable timeline line: `0:01:02.0 - 0:02:31.5  track.wav  (from 0:00:30.5, score 0.81)`."""
+    speed = f", speed {detection.speed:.3f}" if detection.speed is not None else ""
     return (
         f"{_clock(detection.start_s)} - {_clock(detection.end_s)}  {detection.track}  "
-        f"(from {_clock(detection.track_start_s)}, score {detection.score:.2f})"
+        f"(from {_clock(detection.track_start_s)}, score {detection.score:.2f}{speed})"
     )
 
 
@@ -250,6 +260,7 @@ class _Candidate:
     start_s: float  # refined start in the recording
     confirmed: bool = False
     heard: int = -1  # last window agreeing, or holding it (`_Monitor._hold`)
+    windows: list = dataclasses.field(default_factory=list)  # the agreeing windows, as `deltas`
 
     @property
     def latest(self):
@@ -258,8 +269,14 @@ class _Candidate:
 
 
 class _Monitor:
-    def __init__(self, db, threshold, window, step, max_gap, min_windows, tolerance, k_probe, seg_seconds, batch):
+    def __init__(
+        self, db, threshold, window, step, max_gap, min_windows, tolerance, k_probe, seg_seconds, batch, speed=None,
+        decision="score", rival_floor=0.0,
+    ):
         self.db = db
+        self.rival_floor = rival_floor  # `Identifier.rival_floor` of a window
+        self.decision = decision  # what `threshold` applies to (`nnfp.catalogue.identify.DECISIONS`)
+        self.speed = speed  # the speed this stream was resampled from (its times are the track's)
         self.hop_s = float(db.hop_seconds)
         self.threshold = threshold
         self.window, self.step, self.max_gap = window, step, max_gap  # in segments
@@ -438,7 +455,19 @@ class _Monitor:
             track=candidate.path,
             track_start_s=float(max(candidate.start_s + delta, 0.0)),
             score=float(np.mean(candidate.scores)),
+            speed=self._play_speed(candidate),
         )
+
+    def _play_speed(self, candidate):
+        """The speed of a play: the stream's, corrected by the drift of its alignment (a track
+        played 1 % faster than the stream's speed gains 0.01 s of track time per second)."""
+        if self.speed is None:
+            return None
+        times = np.asarray(candidate.windows, np.float64) * self.hop_s
+        if len(times) < 3 or np.ptp(times) < 10.0:
+            return self.speed
+        slope = np.polyfit(times, np.asarray(candidate.deltas, np.float64), 1)[0]
+        return float(self.speed * (1.0 + np.clip(slope, -0.05, 0.05)))
 
     # -- windows -----------------------------------------------------------
 
@@ -501,11 +530,12 @@ class _Monitor:
         candidate.last = w
         candidate.scores.append(match.score)
         candidate.deltas.append(delta)
+        candidate.windows.append(w)
         candidate.delta = float(np.median(candidate.deltas[-9:]))
 
     def _open(self, w, match):
         delta = match.offset_s - w * self.hop_s
-        candidate = _Candidate(match.track_id, match.path, delta, w, w, [match.score], [delta], 0.0)
+        candidate = _Candidate(match.track_id, match.path, delta, w, w, [match.score], [delta], 0.0, windows=[w])
         candidate.start_s = self._refine_start(candidate)
         self.candidates.append(candidate)
         if len(self.candidates) > _LIVE_CANDIDATES:
@@ -559,8 +589,14 @@ class _Monitor:
         # Dead air (half the window or more in quiet segments, zero fingerprints) is nothing
         # playing: no place is heard, agrees with a play or holds it.
         quiet = np.count_nonzero(~query.any(axis=1))
-        places = [] if 2 * quiet >= len(query) else self.db.search(query, hits=hits, n_results=3)
-        matches = [m for m in places if m.score >= self.threshold]
+        if self.decision == "margin":  # a window's confidence: its lead over any other track
+            ranked = [] if 2 * quiet >= len(query) else self.db.search(query, hits=hits, n_results=_RIVAL_PLACES)
+            places = ranked[:3]
+            leads = margins(self.db, ranked, len(query), self.rival_floor)[:3]
+            matches = [m for m, lead in zip(places, leads, strict=True) if lead >= self.threshold]
+        else:
+            places = [] if 2 * quiet >= len(query) else self.db.search(query, hits=hits, n_results=3)
+            matches = [m for m in places if m.score >= self.threshold]
         t = w * self.hop_s
         self.history.append((w, places))
         extended, used = None, None
@@ -608,6 +644,97 @@ class _Monitor:
                 self.candidates.remove(candidate)
                 if candidate.confirmed:
                     yield from self._emit(candidate, recording)
+
+
+def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recording, max_gap_seconds, rate, stop):
+    """`monitor_stream` over several speeds: one `_Monitor` per grid speed, each fed the stream
+    resampled as if played at that speed (its times are then track-speed times: a recording
+    time is its time / speed). The streams are fingerprinted in step (the one furthest behind
+    in recording time goes next), so they hold little audio. A play is reported once no
+    stream can still find one overlapping it; of plays that share most of their stretch
+    of recording, the one with the most evidence (mean score x length) is kept."""
+    import itertools
+
+    from nnfp.audio.io import stream_resampler
+
+    rate_speeds = list(states)
+
+    def counted(source):  # the recording's own samples, before any resampling
+        for block in source:
+            block = np.asarray(block, np.float32).reshape(-1)
+            if stats is not None and len(block):
+                stats["n_samples"] = stats.get("n_samples", 0) + len(block)
+                stats["peak"] = max(stats.get("peak", 0.0), float(np.abs(block).max()))
+            yield block
+
+    copies = itertools.tee(counted(blocks), len(rate_speeds))
+
+    def resampled(source, speed):
+        if speed == 1.0:
+            yield from source
+            return
+        resampler = stream_resampler(rate, rate * speed)
+        for block in source:
+            yield resampler.resample_chunk(np.asarray(block, np.float32))
+        yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+
+    streams = {
+        speed: iter_fingerprints(
+            embedder, resampled(copy, speed), hop_samples, batch_size
+        )
+        for speed, copy in zip(rate_speeds, copies, strict=True)
+    }
+    hop_s = states[rate_speeds[0]].hop_s
+    reached = dict.fromkeys(rate_speeds, 0.0)  # recording seconds fingerprinted per stream
+    pending = []
+
+    def in_recording_time(play, speed):
+        return dataclasses.replace(play, start_s=play.start_s / speed, end_s=play.end_s / speed)
+
+    def settle(final):
+        frontier = min(reached.values())
+        ready = []
+        for play in sorted(pending, key=lambda p: p.end_s):
+            open_elsewhere = any(
+                c.confirmed and c.start_s / speed < play.end_s
+                for speed, st in states.items() for c in st.candidates
+            )
+            if final or (play.end_s + max_gap_seconds < frontier and not open_elsewhere):
+                ready.append(play)
+        for play in ready:
+            pending.remove(play)
+        return ready
+
+    def add(play):
+        def evidence(p):
+            return p.score * (p.end_s - p.start_s)
+
+        span = (play.start_s, play.end_s)
+        rivals = [p for p in pending if _Monitor._mostly_shared(span, (p.start_s, p.end_s))]
+        if any(evidence(p) >= evidence(play) for p in rivals):
+            return
+        for p in rivals:
+            pending.remove(p)
+        pending.append(play)
+
+    live = set(rate_speeds)
+    while live:
+        speed = min(live, key=lambda s: reached[s])
+        try:
+            first, fingerprints = next(streams[speed])
+        except StopIteration:
+            live.discard(speed)
+            for play in states[speed].windows(recording, final=True):
+                add(in_recording_time(play, speed))
+            continue
+        states[speed].push(first, fingerprints)
+        reached[speed] = (first + len(fingerprints)) * hop_s / speed
+        for play in states[speed].windows(recording):
+            add(in_recording_time(play, speed))
+        yield from sorted(settle(final=False), key=lambda p: p.start_s)
+    cut_short = stop is not None and stop.is_set()
+    for play in sorted(settle(final=True), key=lambda p: p.start_s):
+        yield dataclasses.replace(play, cut_short=True) if cut_short else play
 
 
 def read_ahead(iterable, depth=1):
@@ -671,6 +798,7 @@ def monitor_stream(
     batch_size=64,
     stop=None,
     stats=None,
+    speeds=None,
 ):
     """Detects the plays of catalogue tracks in a stream of audio blocks, as they end.
 
@@ -698,6 +826,11 @@ def monitor_stream(
             the plays still open are yielded with `cut_short=True`.
         stats: optional dict; `n_samples` (audio read, at the index rate) and `peak` are
             kept in it.
+        speeds: playback speeds searched (`nnfp.catalogue.speeds`): `(lo, hi)` or
+            `(lo, hi, step)` (default step `MONITOR_SPEED_STEP`); None: only the catalogue's
+            speed. The stream is resampled as if played at each grid speed and monitored at
+            each; plays found at several speeds, or rival plays of one stretch, keep the
+            one with the most evidence (score x length), and each reports its speed.
 
     Yields:
         `Detection`s, each as soon as its play has ended (or the stream ended).
@@ -715,12 +848,24 @@ def monitor_stream(
     window = max(n_segments(int(round(window_seconds * sample_rate)), segment_samples, hop_samples), 1)
     if min_score is None:
         min_score = identifier.match_threshold(window_seconds)
-    state = _Monitor(
-        db, min_score, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
-        float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size),
-    )
+
+    def state(speed=None):
+        return _Monitor(
+            db, min_score, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
+            float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size), speed=speed,
+            decision=identifier.decision, rival_floor=identifier.rival_floor(window_seconds),
+        )
+
     if stop is not None:
         blocks = _until(stop, blocks)
+    if speeds is not None:
+        grid = speed_grid(check_speeds(speeds), speeds[2] if len(speeds) == 3 else MONITOR_SPEED_STEP)
+        yield from _multi_speed(
+            identifier.embedder, blocks, hop_samples, int(batch_size), stats, {s: state(s) for s in grid},
+            recording, max_gap_seconds, sample_rate, stop,
+        )
+        return
+    state = state()
     stream = iter_fingerprints(identifier.embedder, blocks, hop_samples, int(batch_size), stats)
     for first, fingerprints in read_ahead(stream):
         state.push(first, fingerprints)

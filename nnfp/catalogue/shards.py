@@ -25,11 +25,12 @@ from nnfp.catalogue.build import (
     index_lock,
     index_metadata,
     litert_files,
+    milvus_target,
     model_file_name,
     progress_log,
 )
 from nnfp.catalogue.chunks import fingerprint_catalogue, hop_samples, list_catalogue, partial_dir
-from nnfp.catalogue.fingerprint import load_model, model_digest, probe_entry
+from nnfp.catalogue.fingerprint import ModelSpec, load_model, probe_entry
 from nnfp.defaults import INDEX_TYPES
 from nnfp.outputs import (
     OutputFolderError,
@@ -84,7 +85,7 @@ def build_shard(
     shard,
     n_shards,
     model=None,
-    sample_rate=8000,
+    sample_rate=None,
     hop_seconds=0.5,
     batch_size=256,
     chunk_files=32,
@@ -110,11 +111,15 @@ def build_shard(
         An `IndexReport` with `db=None`.
     """
     shard, n_shards = parse_shard(f"{shard}/{n_shards}")
-    hop_samples(hop_seconds, sample_rate)
+    if sample_rate is not None:  # else checked once the model tells its rate
+        hop_samples(hop_seconds, sample_rate)
     # OUT_DIR is shared by the N shard jobs: new, empty, or already a folder of shards.
     claim_output_dir(out_dir, "shards", reuse=True, inputs=[audio_dir])
     write_marker(out_dir, "shards")
     embedder, model_path = load_model(model, trust_model=trust_model)
+    spec = ModelSpec.of(embedder, model_path)
+    sample_rate = spec.index_rate(sample_rate, model_path)  # the model's own
+    hop_samples(hop_seconds, sample_rate)
     root, relative = list_catalogue(audio_dir)
     shard_dir = Path(out_dir).absolute() / shard_dir_name(shard, n_shards)
     if int(chunk_files) < 1:
@@ -124,13 +129,13 @@ def build_shard(
     with index_lock(shard_dir, log=log):  # two jobs given the same shard: one after the other
         return _build_shard(
             root, relative, mine, shard, n_shards, shard_dir, embedder, model_path, sample_rate, hop_seconds,
-            batch_size, chunk_files, progress, on_chunk,
+            batch_size, chunk_files, progress, on_chunk, spec.digest,
         )
 
 
 def _build_shard(
     root, relative, mine, shard, n_shards, shard_dir, embedder, model_path, sample_rate, hop_seconds, batch_size,
-    chunk_files, progress, on_chunk,
+    chunk_files, progress, on_chunk, digest,
 ):
     work_dir = partial_dir(shard_dir)
     found = fingerprint_catalogue(
@@ -152,11 +157,12 @@ def _build_shard(
         "chunk_files": int(chunk_files),
         "model_file": model_name,
         "model_source": str(Path(model_path).absolute()),
-        "model_sha1": model_digest(model_path),
+        "model_sha1": digest,
         "probe": probe_entry(embedder, sample_rate),
         "sample_rate": int(sample_rate),
         "hop_seconds": float(hop_seconds),
         "segment_samples": int(embedder.segment_samples),
+        "embedding_dim": int(embedder.embedding_dim),
         "d": None if found.store is None else int(found.store.shape[1]),
         "n_segments": len(found.segment_track),
         "audio_seconds": found.audio_seconds,
@@ -245,7 +251,10 @@ def _load_shards(shard_dirs):
     return [by_number[i] for i in range(n_shards)]
 
 
-def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, overwrite=False, **index_params):
+def merge_shards(
+    shard_dirs, index_dir, index_type="auto", progress=True, overwrite=False, backend="faiss", milvus_uri=None,
+    collection=None, **index_params,
+):
     """Combines the N shards of a sharded build into one index, like `build_index` would.
 
     Tracks are numbered in shard order, which is the sorted file order of a single
@@ -261,6 +270,8 @@ def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, overwr
         shard_dirs: shard folders (`OUT_DIR/shard-I-of-N`), or folders holding them.
         index_dir: output folder (written atomically, like `build_index`).
         index_type, **index_params: as for `build_index`.
+        backend, milvus_uri, collection: as for `build_index`: with `"milvus"` the rows of every
+            shard go to one Milvus collection (a cluster's, with `milvus_uri`), in shard order.
 
     Raises:
         ShardError: a shard is missing or repeated, or shards differ in catalogue,
@@ -270,6 +281,7 @@ def merge_shards(shard_dirs, index_dir, index_type="auto", progress=True, overwr
         raise ValueError(
             f"`index_type` must be 'auto' or one of {INDEX_TYPES}. Received: index_type={index_type!r}"
         )
+    index_params["milvus"] = milvus_target(index_dir, backend, milvus_uri, collection, overwrite, index_type)
     index_dir = Path(index_dir).absolute()
     claim_output_dir(index_dir, "index", overwrite=overwrite, inputs=shard_dirs)
     log = progress_log(progress)
@@ -331,11 +343,12 @@ def _merge_shards(shard_dirs, index_dir, index_type, progress, index_params):
     segment_track = np.concatenate(segment_track)
     segment_start = np.concatenate(segment_start)
     if index_type == "auto":
-        index_type = auto_index_type(n_segments)
+        index_type = auto_index_type(n_segments, index_params.get("milvus"))
     model_path = shards[0][0] / first["model_file"]
     metadata = index_metadata(
         first["model_file"], first["model_source"], first["sample_rate"], first["segment_samples"],
         first["catalogue"]["audio_dir"], tracks, skipped, digest=first["model_sha1"],
+        embedding_dim=first.get("embedding_dim", d),
     )
     metadata["shards"] = {"n_shards": len(shards), "dirs": [str(Path(path).absolute()) for path, _ in shards]}
     if first.get("probe"):

@@ -3,6 +3,7 @@
 import argparse
 import errno
 import hashlib
+import io
 import json
 import os
 import platform
@@ -108,6 +109,13 @@ def _index_params(args):
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
+def _store_options(args):
+    """`--backend`, `--milvus-uri`, `--collection` as given (`_add_store_arguments`)."""
+    given = {"backend": args.backend if args.backend != "faiss" else None, "milvus_uri": args.milvus_uri,
+             "collection": args.collection}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _print_report(report, action):
     fresh = report.audio_seconds if report.fresh_audio_seconds is None else report.fresh_audio_seconds
     print(
@@ -136,7 +144,7 @@ def cmd_index_build(args):
 
     if args.shard is not None:
         shard, n_shards = parse_shard(args.shard)
-        given = [f"--{name.replace('_', '-')}" for name in _index_params(args)]
+        given = [f"--{name.replace('_', '-')}" for name in _index_params(args) | _store_options(args)]
         if args.index_type != "auto":
             given.insert(0, "--index-type")
         if given:
@@ -160,7 +168,7 @@ def cmd_index_build(args):
     report = build_index(
         args.audio_dir, args.index_dir, model=args.model, trust_model=args.trust_model, index_type=args.index_type,
         hop_seconds=args.hop, batch_size=args.batch_size, chunk_files=args.chunk_files, progress=not args.quiet,
-        overwrite=args.overwrite, runtime=args.runtime, **_index_params(args),
+        overwrite=args.overwrite, runtime=args.runtime, **_index_params(args), **_store_options(args),
     )
     _print_report(report, "indexed")
     return 0
@@ -211,7 +219,7 @@ def cmd_index_merge(args):
 
     report = merge_shards(
         args.shard_dirs, args.index_dir, index_type=args.index_type, progress=not args.quiet,
-        overwrite=args.overwrite, **_index_params(args),
+        overwrite=args.overwrite, **_index_params(args), **_store_options(args),
     )
     db = report.db
     print(
@@ -243,7 +251,7 @@ def cmd_identify(args):
         args.index_dir, model=args.model, k_probe=args.k_probe,
         min_score="calibrated" if args.min_score is None else args.min_score,
         threads=args.threads, nprobe=args.nprobe, trust_model=args.trust_model, phases=args.phases,
-        refine=args.refine, interpolate=args.interpolate, runtime=args.runtime,
+        refine=args.refine, interpolate=args.interpolate, runtime=args.runtime, speeds=args.speeds,
     )
     _print_threshold_notes("identify", args.min_score, identifier)
     if identifier.db.integrity is None:
@@ -274,7 +282,9 @@ def cmd_identify(args):
         else:
             print(f"{_printable(query)}:")
             for rank, m in enumerate(matches, 1):
-                print(f"  {rank}. {_printable(m.path)}  offset {m.offset_s:.1f} s  score {m.score:.3f}")
+                speed = f"  speed {m.speed:.3f}" if identifier.speeds is not None else ""
+                confidence = f"  confidence {m.confidence:.3f}" if identifier.decision != "score" else ""
+                print(f"  {rank}. {_printable(m.path)}  offset {m.offset_s:.1f} s  score {m.score:.3f}{confidence}{speed}")
         if hint:
             print(f"  note: {hint}")
     return 1 if failed == len(args.queries) else 0
@@ -343,6 +353,15 @@ def cmd_monitor(args):
             return 128 + stopped.signum
 
 
+def _monitor_speeds(speeds):
+    """`--speeds` of `nnfp monitor` with its grid step (`MONITOR_SPEED_STEP` unless given)."""
+    from nnfp.defaults import MONITOR_SPEED_STEP
+
+    if speeds is None or speeds == "auto":
+        return speeds
+    return (*speeds[:2], speeds[2] if len(speeds) == 3 else MONITOR_SPEED_STEP)
+
+
 def _monitor_recordings(args, stopper):
     from nnfp.audio.io import AudioError
     from nnfp.catalogue.identify import Identifier
@@ -353,11 +372,16 @@ def _monitor_recordings(args, stopper):
         read_blocks,
         read_pcm_blocks,
     )
+    from nnfp.defaults import DEFAULT_MONITOR_SPEEDS
 
     identifier = Identifier(
         args.index_dir, model=args.model, k_probe=args.k_probe, threads=args.threads,
         nprobe=args.nprobe, trust_model=args.trust_model, runtime=args.runtime,
-        min_score="calibrated" if args.min_score is None else args.min_score,
+        min_score="calibrated" if args.min_score is None else args.min_score, speeds=_monitor_speeds(args.speeds),
+    )
+    # "auto": the monitor's own grid where the calibration was fitted with a speed search
+    speeds = None if identifier.speeds is None else _monitor_speeds(
+        DEFAULT_MONITOR_SPEEDS if args.speeds == "auto" else args.speeds
     )
     _print_threshold_notes("monitor", args.min_score, identifier)
     stopper.graceful = True  # from here on a signal ends the stream and the plays in progress are reported
@@ -382,6 +406,7 @@ def _monitor_recordings(args, stopper):
             for play in monitor_stream(
                 identifier, blocks, recording, window_seconds=args.window, max_gap_seconds=args.max_gap,
                 min_score=args.min_score, batch_size=batch_size, stop=stopper.event, stats=stats,
+        speeds=speeds,
             ):
                 found += 1
                 cut_short += play.cut_short
@@ -445,6 +470,7 @@ def cmd_index_calibrate(args):
         target_false_match=args.target, confidence=args.confidence or None, n_unknown=args.n_unknown,
         snr_db_range=tuple(args.snr_range), noise_dir=args.noise_dir,
         ir_dir=args.ir_dir, phases=args.phases, refine=args.refine, interpolate=args.interpolate, k_probe=args.k_probe, seed=args.seed,
+        speeds=args.speeds, decision=args.decision,
         progress=not args.quiet, trust_model=args.trust_model,
     )
     return 0
@@ -460,7 +486,8 @@ def cmd_evaluate(args):
         noise_kind=args.noise_kind, add_noise=not (args.clean or args.no_noise),
         add_reverb=not (args.clean or args.no_reverb), seed=args.seed, k_probe=args.k_probe,
         unknown_dir=args.unknown_dir, n_unknown=args.n_unknown, aligned=args.aligned, phases=args.phases,
-        refine=args.refine, interpolate=args.interpolate,
+        refine=args.refine, interpolate=args.interpolate, speeds=args.speeds,
+        speed_range=args.speed, tempo_range=args.tempo, pitch_range=args.pitch,
         min_score="calibrated" if args.min_score is None else args.min_score,
         index_type=args.index_type, threads=args.threads, progress=not args.quiet,
         **_index_params(args),
@@ -476,7 +503,7 @@ def _add_index_arguments(parser, model=True):
         _add_trust_argument(parser)
     parser.add_argument(
         "--index-type", default="auto", choices=("auto", *INDEX_TYPES),
-        help="faiss index; auto: flat (exact) below 100k segments (~14 h), ivfpq above",
+        help="vector index; auto: flat (exact) below 100k segments (~14 h), ivfpq above (hnsw on --backend milvus)",
     )
     parser.add_argument("--nlist", type=_positive_int, default=None, help="IVF lists (default ~4*sqrt(segments))")
     parser.add_argument("--m", type=_positive_int, default=None, help="PQ sub-quantisers, divides d (default 16)")
@@ -485,6 +512,26 @@ def _add_index_arguments(parser, model=True):
     parser.add_argument("--hnsw-m", dest="hnsw_m", type=_positive_int, default=None, help="HNSW degree (default 32)")
     parser.add_argument("--ef-search", dest="ef_search", type=_positive_int, default=None, help="HNSW search breadth (default 128)")
     parser.add_argument("--train-size", dest="train_size", type=_positive_int, default=None, help="IVF/PQ training sample")
+
+
+def _add_store_arguments(parser):
+    from nnfp.store.milvus import BACKENDS, TOKEN_VARIABLES
+
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="faiss",
+        help="where the fingerprints live: faiss (default) in INDEX_DIR; milvus in a Milvus collection, in a "
+        "Milvus Lite file inside INDEX_DIR or on the server --milvus-uri (INDEX_DIR keeps the rest: tracks, "
+        'model, calibration, integrity record); needs "nnfp[milvus]"',
+    )
+    parser.add_argument(
+        "--milvus-uri", dest="milvus_uri", default=None, metavar="URI",
+        help=f"with --backend milvus: a Milvus server or cluster, e.g. http://localhost:19530 (its token from "
+        f"${TOKEN_VARIABLES[0]} or ${TOKEN_VARIABLES[1]}); default: a Milvus Lite file inside INDEX_DIR",
+    )
+    parser.add_argument(
+        "--collection", default=None, metavar="NAME",
+        help="with --backend milvus: the collection (default nnfp_<INDEX_DIR name>)",
+    )
 
 
 def _add_trust_argument(parser):
@@ -517,6 +564,28 @@ def _add_phase_arguments(parser):
                         help="for a query too short for a second phase (1 s): positions per index hop at which "
                         "its best windows are scored again with DB fingerprints interpolated between rows "
                         f"(default {DEFAULT_INTERPOLATE}; 1: off)")
+    _add_speeds_argument(parser)
+
+
+def _add_speeds_argument(parser):
+    from nnfp.defaults import DEFAULT_SPEEDS
+
+    parser.add_argument(
+        "--speeds", type=_speeds, default="auto", metavar="LO:HI[:STEP]|off",
+        help="playback speeds searched (default: those the index's calibration was fitted with, or "
+        f"{DEFAULT_SPEEDS[0]:g}:{DEFAULT_SPEEDS[1]:g} without one: a song played up to "
+        f"{100 * (1 - DEFAULT_SPEEDS[0]):g} %% slow or {100 * (DEFAULT_SPEEDS[1] - 1):g} %% fast; the grid step follows "
+        "the query's length unless STEP is given); off: only the catalogue's own speed",
+    )
+
+
+def _speeds(text):
+    from nnfp.catalogue.speeds import parse_speeds
+
+    try:
+        return parse_speeds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _refine(text):
@@ -590,13 +659,9 @@ def cmd_data_prepare(args):
 def cmd_data_make_irs(args):
     from nnfp.corpus.rooms import make_room_impulse_responses
 
-    try:
-        paths = make_room_impulse_responses(
-            args.out_dir, args.n, sample_rate=args.sample_rate, seed=args.seed, max_seconds=args.max_seconds
-        )
-    except ImportError as error:
-        print(f"nnfp data make-irs: error: {error}", file=sys.stderr)
-        return 2
+    paths = make_room_impulse_responses(
+        args.out_dir, args.n, sample_rate=args.sample_rate, seed=args.seed, max_seconds=args.max_seconds
+    )
     print(f"wrote {len(paths)} impulse responses to {args.out_dir}")
     return 0
 
@@ -667,7 +732,13 @@ def build_parser():
 
     _add_data_commands(sub)
 
-    from nnfp.defaults import DEFAULT_K_PROBE, DEFAULT_MIN_SCORE
+    from nnfp.defaults import (
+        DEFAULT_DECISION,
+        DEFAULT_K_PROBE,
+        DEFAULT_MIN_SCORE,
+        DEFAULT_MONITOR_SPEEDS,
+        MONITOR_SPEED_STEP,
+    )
 
     index = sub.add_parser("index", help="build, extend or merge (sharded build) a fingerprint index")
     index_sub = index.add_subparsers(dest="index_command", required=True)
@@ -690,6 +761,7 @@ def build_parser():
         "combine the N shards with `nnfp index merge`",
     )
     _add_index_arguments(p)
+    _add_store_arguments(p)
     _add_fingerprint_arguments(p)
     _add_runtime_argument(p)
     p.set_defaults(func=cmd_index_build)
@@ -700,6 +772,7 @@ def build_parser():
     p.add_argument("index_dir", metavar="INDEX_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing nnfp index at INDEX_DIR")
     _add_index_arguments(p, model=False)
+    _add_store_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index_merge)
     p = index_sub.add_parser("add", help="append the tracks of MORE_AUDIO_DIR to INDEX_DIR")
@@ -748,6 +821,9 @@ def build_parser():
     p.add_argument("--noise-dir", default=None, help="background noise folder (default: generated noise)")
     p.add_argument("--ir-dir", default=None, help="impulse response folder (default: generated rooms)")
     _add_phase_arguments(p)
+    p.add_argument("--decision", choices=("margin", "score"), default=DEFAULT_DECISION,
+                   help="what the thresholds apply to: margin, a match's score minus the best score of any other "
+                   f"track, or score, the similarity itself (default {DEFAULT_DECISION})")
     p.add_argument("--k-probe", type=_positive_int, default=DEFAULT_K_PROBE)
     p.add_argument("--seed", type=int, default=0)
     _add_trust_argument(p)
@@ -804,6 +880,12 @@ def build_parser():
     p.add_argument("--nprobe", type=_positive_int, default=None, help="IVF lists visited (default: as built)")
     p.add_argument("--threads", type=_positive_int, default=1, help="faiss threads (default 1)")
     p.add_argument("--model", default=None, help="override the index's model")
+    p.add_argument(
+        "--speeds", type=_speeds, default="auto", metavar="LO:HI[:STEP]|off",
+        help=f"playback speeds monitored (default {DEFAULT_MONITOR_SPEEDS[0]:g}:{DEFAULT_MONITOR_SPEEDS[1]:g} in steps "
+        f"of {MONITOR_SPEED_STEP:g}, radio plays songs up to 4 %% fast, where the index's calibration was fitted with a "
+        "speed search, else off; each speed costs a pass of the model); off: only the catalogue's own speed",
+    )
     _add_trust_argument(p)
     _add_runtime_argument(p)
     p.set_defaults(func=cmd_monitor)
@@ -849,6 +931,13 @@ def build_parser():
                    help="cut queries on the DB hop grid (the paper's protocol); default: random sample positions")
     p.add_argument("--unknown-dir", default=None, help="tracks NOT in the index: queries for the false-match rate")
     p.add_argument("--n-unknown", type=_positive_int, default=None, help="out-of-catalogue queries (default: --n-queries)")
+    p.add_argument("--speed", type=_positive_float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="play each query faster or slower (pitch with tempo, by resampling) by a factor drawn "
+                   "in [LO, HI], e.g. 0.96 1.04")
+    p.add_argument("--tempo", type=_positive_float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="change each query's tempo only (pitch kept) by a factor drawn in [LO, HI]")
+    p.add_argument("--pitch", type=_finite_float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="shift each query's pitch only (tempo kept) by LO to HI semitones")
     _add_phase_arguments(p)
     p.add_argument("--min-score", type=_finite_float, default=None,
                    help="fixed match threshold (default: the index's calibrated threshold per query length)")
@@ -856,7 +945,22 @@ def build_parser():
     _add_index_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+    _add_verbose_argument(parser)
     return parser
+
+
+def _add_verbose_argument(parser, root=True):
+    """`--verbose` on `nnfp` and on every command (`nnfp identify ... --verbose`): a command's
+    flag, when absent, leaves the one given before the command as it was."""
+    parser.add_argument(
+        "--verbose", action="store_true", default=False if root else argparse.SUPPRESS,
+        help="also show the log lines of TensorFlow, XLA and CUDA (hidden otherwise: start-up "
+        "probes, compile-cache notes; run again with it when a command ends without a message)",
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _add_verbose_argument(command, root=False)
 
 
 class _ParagraphsHelpFormatter(argparse.HelpFormatter):
@@ -870,7 +974,8 @@ class _ParagraphsHelpFormatter(argparse.HelpFormatter):
 EXIT_STATUS_HELP = (
     "Exit status: 0 success; 1 when every query of `nnfp identify` failed (some failing: 0, each "
     "one named on stderr), or an unexpected error (a traceback); 2 bad input or usage: a bad "
-    "option, a missing or damaged file, index or model, a refused output folder, a recording "
+    "option, a missing or damaged file, index or model, a refused output folder, a missing optional "
+    "package (the message names the extra to install), a recording "
     "`nnfp monitor` could not read or found empty; 130 or 143 stopped by SIGINT (Ctrl-C) or SIGTERM; 141 the "
     "reader of the output went away (a closed pipe, e.g. `| head`)."
 )
@@ -928,6 +1033,29 @@ def _use_xla_cache():
     os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
 
 
+def _hide_native_logs():
+    """Sends file descriptor 2 to /dev/null for the rest of the process and Python's `sys.stderr`
+    (nnfp's messages, progress bars, tracebacks) to a copy of the original descriptor.
+
+    TensorFlow, XLA and CUDA write their C++ log lines straight to descriptor 2: start-up
+    probes (no GPU), and notes of the persistent XLA cache (an entry first tried as text, the
+    CPU features it was compiled for), which say nothing about the command and which a user
+    cannot tell from a fault. TF_CPP_MIN_LOG_LEVEL does not reach the lines absl writes before
+    it is initialised, so only the descriptor keeps them out. `--verbose` shows them.
+    """
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no descriptor 2 (an embedded interpreter)
+        return
+    encoding, errors = sys.stderr.encoding, sys.stderr.errors
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = io.TextIOWrapper(io.FileIO(real, "w"), encoding=encoding, errors=errors,
+                                  line_buffering=True, write_through=True)
+
+
 # Commands that run the model and never train (`main` sets TensorFlow's threads for them).
 _FINGERPRINTING_COMMANDS = (
     "index build", "index add", "index calibrate", "index verify", "identify", "monitor", "evaluate",
@@ -952,6 +1080,8 @@ def main(argv=None):
 
 def _main(args, command, argv):
     _use_xla_cache()
+    if argv is None and not args.verbose:  # a process of its own (main([...]) leaves its session's streams)
+        _hide_native_logs()
     own_process = argv is None and command in _FINGERPRINTING_COMMANDS
     if own_process:
         # A process of its own (not main([...]) inside a Python session): it only
@@ -981,9 +1111,13 @@ def _main(args, command, argv):
 
 def _run(args, command):
     from nnfp.config import ConfigError
+    from nnfp.extras import MissingExtraError
 
     try:
         return args.func(args)
+    except MissingExtraError as error:  # an optional package the command needs: the extra to install
+        print(f"nnfp {command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `nnfp monitor ... | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush
         return 141  # 128 + SIGPIPE, as a shell reports a command stopped by a closed pipe

@@ -32,14 +32,9 @@ _WALLS = ("east", "west", "north", "south", "ceiling", "floor")
 
 
 def _pyroomacoustics():
-    try:
-        import pyroomacoustics
-    except ImportError as error:
-        raise ImportError(
-            'Simulating room impulse responses needs pyroomacoustics: pip install "nnfp[rooms]" '
-            "(or pip install pyroomacoustics)"
-        ) from error
-    return pyroomacoustics
+    from nnfp.extras import require
+
+    return require("pyroomacoustics", "rooms", "Simulating room impulse responses")
 
 
 def _microphone(rng, sample_rate):

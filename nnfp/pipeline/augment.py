@@ -2,7 +2,9 @@
 
 `RandomTimeShift`, `RoomImpulseResponse`, `BackgroundMix` (noise or speech at an SNR) and
 `RandomGain` are Keras preprocessing layers, used in a `tf.data` map or in a model, and
-composed by `PairPipeline` into the training replicas of Chang et al. 2021.
+composed by `PairPipeline` into the training replicas of Chang et al. 2021. `RandomSpeed`,
+`RandomTimeStretch` and `RandomPitchShift` play a replica faster or slower, in another tempo
+or in another key, as radio stations, DJs and re-uploads do.
 
 As Keras' `RandomFlip`, they augment unless called with `training=False` (which `predict`,
 `evaluate` and export pass), so `dataset.map(layer)` augments. Keras' image layers switch
@@ -21,9 +23,12 @@ import tensorflow as tf
 from keras import ops
 
 from nnfp.pipeline.bank import check_clips, cpu_variable, gather_windows, to_int16
-from nnfp.pipeline.degrade import fft_convolve, mix_at_snr, next_pow2
+from nnfp.pipeline.degrade import fft_convolve, mix_at_snr, next_pow2, phase_vocoder, resample_at
 
-__all__ = ["BackgroundMix", "RandomGain", "RandomTimeShift", "RoomImpulseResponse"]
+__all__ = [
+    "BackgroundMix", "RandomGain", "RandomPitchShift", "RandomSpeed", "RandomTimeShift",
+    "RandomTimeStretch", "RoomImpulseResponse",
+]  # fmt: skip
 
 
 def _check_range(name, value):
@@ -40,6 +45,30 @@ def _check_count(name, value, minimum):
     if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}. Received: {name}={value}")
     return int(value)
+
+
+def _check_factor_range(name, value):
+    low, high = _check_range(name, value)
+    if low <= 0:
+        raise ValueError(f"{name} must hold factors > 0. Received: {name}={value}")
+    return low, high
+
+
+def _check_stft(n_fft, hop_length):
+    n_fft = _check_count("n_fft", n_fft, minimum=4)
+    hop_length = _check_count("hop_length", hop_length, minimum=1)
+    if hop_length > n_fft // 2:
+        raise ValueError(
+            f"hop_length must be at most n_fft / 2 = {n_fft // 2} (frames must overlap). "
+            f"Received: hop_length={hop_length}"
+        )
+    return n_fft, hop_length
+
+
+def _static_length(layer, inputs):
+    if inputs.shape[-1] is None:
+        raise ValueError(f"{type(layer).__name__} needs inputs of a static length. Received: None")
+    return int(inputs.shape[-1])
 
 
 def _check_probability(probability):
@@ -421,4 +450,216 @@ class RandomGain(_WaveformAugmentation):
     def get_config(self):
         config = super().get_config()
         config.update(gain_db_range=list(self.gain_db_range))
+        return config
+
+
+@keras.saving.register_keras_serializable(package="nnfp")
+class RandomSpeed(_WaveformAugmentation):
+    """Plays each example faster or slower, pitch and tempo together (a turntable, a tape).
+
+    Each example is, with probability `probability`, resampled about its centre by a factor
+    uniform in `speed_range`: 1.05 plays 5 % fast, every frequency 5 % higher and every event
+    5 % closer to the centre. The output keeps the input's length (a segment stays a
+    segment): a faster example reads past the input's ends, which are silence, so give the
+    layer `ceil((high - 1) * samples / 2)` extra samples on each side and crop the centre
+    afterwards, as `PairPipeline` does. Band-limited resampling (`resample_at` of
+    `nnfp.pipeline.degrade`): nothing aliases. Identity when `training=False`.
+
+    Args:
+        speed_range: (low, high) playback-speed factor, low > 0.
+        probability: chance that an example is resampled.
+        seed: integer seed of the layer's `keras.random.SeedGenerator`.
+
+    Input/output: `(batch, samples)` float32, a static length.
+
+    Example:
+    >>> speed = RandomSpeed(speed_range=(0.92, 1.08), seed=0)
+    >>> played = speed(waveforms)  # each example 8 % slower to 8 % faster
+    >>> same = speed(waveforms, training=False)
+    """
+
+    draw_names = ("factor", "on")
+
+    def __init__(self, speed_range=(0.92, 1.08), probability=1.0, seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.speed_range = _check_factor_range("speed_range", speed_range)
+        self.probability = _check_probability(probability)
+
+    def _draw(self, batch, factor_seed, on_seed):
+        factor = _uniform((batch,), factor_seed, *self.speed_range)
+        on = _uniform((batch,), on_seed) < self.probability
+        return factor, on
+
+    def transform(self, inputs, transformation):
+        """`inputs` played at `transformation["factor"]` times their speed where its `on` is
+        True (unchanged inputs when it is None)."""
+        inputs = ops.convert_to_tensor(inputs, "float32")
+        if transformation is None:
+            return inputs
+        length = _static_length(self, inputs)
+        factor = ops.cast(transformation["factor"], "float32")
+        centre = (length - 1) / 2
+        time = ops.arange(length, dtype="float32")[None, :] - centre
+        played = resample_at(inputs, centre + factor[:, None] * time, step=factor)
+        return ops.where(transformation["on"][:, None], played, inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(speed_range=list(self.speed_range), probability=self.probability)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="nnfp")
+class RandomTimeStretch(_WaveformAugmentation):
+    """Changes each example's tempo and keeps its pitch (a DJ's key lock, a re-timed upload).
+
+    Each example is, with probability `probability`, time-stretched about its centre by a
+    factor uniform in `tempo_range` (1.05 is 5 % faster: events 5 % closer to the centre,
+    every frequency where it was) with an STFT phase vocoder (`phase_vocoder` of
+    `nnfp.pipeline.degrade`, identity phase locking). The output keeps the input's length; a
+    faster example reads past the input's ends, which are silence (see `RandomSpeed`).
+    Identity when `training=False`.
+
+    Args:
+        tempo_range: (low, high) tempo factor, low > 0.
+        probability: chance that an example is stretched.
+        n_fft: STFT window and FFT length in samples (512: 64 ms at 8 kHz).
+        hop_length: STFT hop in samples, at most `n_fft / 2` (a quarter is best).
+        seed: integer seed of the layer's `keras.random.SeedGenerator`.
+
+    Input/output: `(batch, samples)` float32, a static length.
+
+    Example:
+    >>> stretch = RandomTimeStretch(tempo_range=(0.95, 1.05), seed=0)
+    >>> retimed = stretch(waveforms)  # 5 % slower to 5 % faster, same key
+    >>> same = stretch(waveforms, training=False)
+
+    Follows Flanagan and Golden 1966 (phase vocoder), Laroche and Dolson 1999 (phase locking).
+    """
+
+    draw_names = ("factor", "on")
+
+    def __init__(
+        self,
+        tempo_range=(0.95, 1.05),
+        probability=1.0,
+        n_fft=512,
+        hop_length=128,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(seed=seed, **kwargs)
+        self.tempo_range = _check_factor_range("tempo_range", tempo_range)
+        self.probability = _check_probability(probability)
+        self.n_fft, self.hop_length = _check_stft(n_fft, hop_length)
+
+    def _draw(self, batch, factor_seed, on_seed):
+        factor = _uniform((batch,), factor_seed, *self.tempo_range)
+        on = _uniform((batch,), on_seed) < self.probability
+        return factor, on
+
+    def transform(self, inputs, transformation):
+        """`inputs` at `transformation["factor"]` times their tempo where its `on` is True
+        (unchanged inputs when it is None)."""
+        inputs = ops.convert_to_tensor(inputs, "float32")
+        if transformation is None:
+            return inputs
+        length = _static_length(self, inputs)
+        factor = ops.cast(transformation["factor"], "float32")
+        stretched = phase_vocoder(inputs, factor, length, self.n_fft, self.hop_length)
+        return ops.where(transformation["on"][:, None], stretched, inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            tempo_range=list(self.tempo_range),
+            probability=self.probability,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="nnfp")
+class RandomPitchShift(_WaveformAugmentation):
+    """Moves each example into another key and keeps its timing (a pitched re-upload).
+
+    Each example is, with probability `probability`, shifted by a number of semitones
+    uniform in `semitones_range` (positive: higher): stretched to `2 ** (semitones / 12)`
+    times its length (`phase_vocoder`), then resampled back to its length (`resample_at`),
+    so every frequency is multiplied by that ratio and every event stays where it was.
+    Identity when `training=False`.
+
+    Args:
+        semitones_range: (low, high) shift in semitones.
+        probability: chance that an example is shifted.
+        n_fft: STFT window and FFT length in samples (512: 64 ms at 8 kHz).
+        hop_length: STFT hop in samples, at most `n_fft / 2` (a quarter is best).
+        seed: integer seed of the layer's `keras.random.SeedGenerator`.
+
+    Input/output: `(batch, samples)` float32, a static length.
+
+    Example:
+    >>> pitch = RandomPitchShift(semitones_range=(-1.0, 1.0), seed=0)
+    >>> rekeyed = pitch(waveforms)  # up to a semitone lower or higher, same timing
+    >>> same = pitch(waveforms, training=False)
+    """
+
+    draw_names = ("semitones", "on")
+
+    def __init__(
+        self,
+        semitones_range=(-1.0, 1.0),
+        probability=1.0,
+        n_fft=512,
+        hop_length=128,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(seed=seed, **kwargs)
+        self.semitones_range = _check_range("semitones_range", semitones_range)
+        self.probability = _check_probability(probability)
+        self.n_fft, self.hop_length = _check_stft(n_fft, hop_length)
+
+    def _draw(self, batch, semitones_seed, on_seed):
+        semitones = _uniform((batch,), semitones_seed, *self.semitones_range)
+        on = _uniform((batch,), on_seed) < self.probability
+        return semitones, on
+
+    def transform(self, inputs, transformation):
+        """`inputs` `transformation["semitones"]` higher where its `on` is True (unchanged
+        inputs when it is None)."""
+        inputs = ops.convert_to_tensor(inputs, "float32")
+        if transformation is None:
+            return inputs
+        length = _static_length(self, inputs)
+        ratio = ops.power(2.0, ops.cast(transformation["semitones"], "float32") / 12.0)
+        # Long enough for the largest ratio of the range: the stretch loses no input.
+        longest = max(1.0, 2.0 ** (self.semitones_range[1] / 12.0))
+        stretched_length = math.ceil(length * longest) + 1
+        stretched = phase_vocoder(
+            inputs, 1.0 / ratio, stretched_length, self.n_fft, self.hop_length
+        )  # (batch, stretched_length)
+        centre, stretched_centre = (length - 1) / 2, (stretched_length - 1) / 2
+        time = ops.arange(length, dtype="float32")[None, :] - centre
+        shifted = resample_at(stretched, stretched_centre + ratio[:, None] * time, step=ratio)
+        return ops.where(transformation["on"][:, None], shifted, inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            semitones_range=list(self.semitones_range),
+            probability=self.probability,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+        )
         return config

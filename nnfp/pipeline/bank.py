@@ -27,17 +27,24 @@ def cpu_variable(array):
         return tf.Variable(array, trainable=False)
 
 
-def gather_windows(bank, starts, length, floor=None):
+def gather_windows(bank, starts, length, floor=None, ceiling=None):
     """Gathers `bank[s:s+length]` of an int16 bank for every start: (n,) -> (n, length) float32.
 
     With `floor` ((n,) bank positions), what lies before a row's floor reads as silence (a
-    window reaching back before the start of its track), and starts may be negative.
+    window reaching back before the start of its track), and starts may be negative. With
+    `ceiling`, what lies at or after a row's ceiling reads as silence (a window reaching past
+    the end of its track), and windows may end past the bank.
     """
     grid = starts[:, None] + tf.range(length, dtype=starts.dtype)[None, :]  # (n, length)
-    if floor is None:
+    if floor is None and ceiling is None:
         return tf.cast(tf.gather(bank, grid), tf.float32) / INT16_SCALE
-    inside = tf.cast(grid >= floor[:, None], tf.float32)
-    return tf.cast(tf.gather(bank, tf.maximum(grid, 0)), tf.float32) / INT16_SCALE * inside
+    inside = tf.ones_like(grid, tf.bool)
+    if floor is not None:
+        inside = tf.logical_and(inside, grid >= floor[:, None])
+    if ceiling is not None:
+        inside = tf.logical_and(inside, grid < ceiling[:, None])
+    index = tf.clip_by_value(grid, 0, tf.cast(tf.shape(bank)[0], grid.dtype) - 1)
+    return tf.cast(tf.gather(bank, index), tf.float32) / INT16_SCALE * tf.cast(inside, tf.float32)
 
 
 def check_clips(name, clips):

@@ -8,11 +8,21 @@ background noise at a random SNR and convolved with a room/microphone impulse re
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
 from nnfp.audio.segments import segment_starts
-from nnfp.pipeline.augment import BackgroundMix, RandomGain, RandomTimeShift, RoomImpulseResponse
+from nnfp.pipeline.augment import (
+    BackgroundMix,
+    RandomGain,
+    RandomPitchShift,
+    RandomSpeed,
+    RandomTimeShift,
+    RandomTimeStretch,
+    RoomImpulseResponse,
+)
 from nnfp.pipeline.bank import check_clips, cpu_variable, gather_windows, to_int16
 
 __all__ = ["PairPipeline", "make_pair_dataset", "make_validation_pairs"]
@@ -27,15 +37,19 @@ class PairPipeline:
     vectorised `tf.gather` plus batched augmentation by the layers of
     `nnfp.pipeline.augment`, each with its own probability: a replica of an anchor starts at
     a random offset within `offset_margin` seconds (`RandomTimeShift`, clipped to its
-    track), goes through a room (`RoomImpulseResponse`, over the replica and the
+    track), may play at another speed (`RandomSpeed`, `speed_range`), tempo
+    (`RandomTimeStretch`, `tempo_range`) or key (`RandomPitchShift`, `pitch_semitones_range`;
+    all three off by default; each changes the replica's window about its centre, read with
+    enough audio on both sides that silence comes in only past the ends of its track), goes
+    through a room (`RoomImpulseResponse`, over the replica and the
     `reverb_context_seconds` before it, so earlier notes' reverberation reaches it), gets
     background noise at a uniform random SNR (`BackgroundMix`, `snr_db_range`), speech at
     its own SNR (a second `BackgroundMix`, `speech_snr_db_range`; off in the paper), and a
-    random gain (`RandomGain`). The layers are attributes (`time_shift`, `room`, `noise`,
-    `speech`, `gain`). With `random_anchors`, an anchor starts anywhere in the hop after its
-    grid position (a fresh draw every batch), so training sees every alignment. SNRs are
-    energy ratios over the 1 s segment, as in the original `background_mix`; unlike it the
-    mix is not max-normalised (the gain does that job). Random draws are stateless, seeded
+    random gain (`RandomGain`). The layers are attributes (`time_shift`, `speed`, `tempo`,
+    `pitch`, `room`, `noise`, `speech`, `gain`). With `random_anchors`, an anchor starts
+    anywhere in the hop after its grid position (a fresh draw every batch), so training sees
+    every alignment. SNRs are energy ratios over the 1 s segment, as in the original
+    `background_mix`; unlike it the mix is not max-normalised (the gain does that job). Random draws are stateless, seeded
     by `(seed, batch index)`: reproducible streams. The banks are CPU `tf.Variable`s (no
     2 GB graph limit); build the pipeline outside any `tf.distribute` strategy scope so they
     are not mirrored onto accelerators.
@@ -58,6 +72,14 @@ class PairPipeline:
         gain_db_range: (low, high) random gain in dB applied last.
         random_anchors: draw anchor starts uniformly within the hop (not on the grid).
         reverb_context_seconds: audio before the replica that passes through the room.
+        speed_range: (low, high) playback-speed factor (pitch and tempo together; 1.05 is
+            5 % fast); (1, 1) for none.
+        speed_prob: per-replica probability of the speed change.
+        tempo_range: (low, high) tempo factor (pitch kept); (1, 1) for none.
+        tempo_prob: per-replica probability of the tempo change.
+        pitch_semitones_range: (low, high) key shift in semitones (timing kept); (0, 0) for
+            none.
+        pitch_prob: per-replica probability of the key shift.
 
     Output of `dataset(...)`: batches `(anchors, replicas)` of float32, shapes
     `(n_anchors, segment_samples)` and `(batch_size - n_anchors, segment_samples)`;
@@ -87,6 +109,12 @@ class PairPipeline:
         speech_snr_db_range=(0.0, 10.0),
         random_anchors=False,
         reverb_context_seconds=0.0,
+        speed_range=(1.0, 1.0),
+        speed_prob=1.0,
+        tempo_range=(1.0, 1.0),
+        tempo_prob=1.0,
+        pitch_semitones_range=(0.0, 0.0),
+        pitch_prob=1.0,
     ):
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0. Received: sample_rate={sample_rate}")
@@ -160,6 +188,29 @@ class PairPipeline:
             exc.add_note(f"(PairPipeline's speech mix: speech_snr_db_range={speech_snr_db_range})")
             raise
         self.gain = RandomGain(gain_db_range, seed=0, name="gain")
+        try:
+            self.speed = RandomSpeed(speed_range, probability=speed_prob, seed=0, name="speed")
+            self.tempo = RandomTimeStretch(tempo_range, tempo_prob, seed=0, name="tempo")
+            self.pitch = RandomPitchShift(pitch_semitones_range, pitch_prob, seed=0, name="pitch")
+        except ValueError as exc:
+            exc.add_note(
+                f"(PairPipeline's speed, tempo and key changes: speed_range={speed_range}, "
+                f"speed_prob={speed_prob}, tempo_range={tempo_range}, tempo_prob={tempo_prob}, "
+                f"pitch_semitones_range={pitch_semitones_range}, pitch_prob={pitch_prob})"
+            )
+            raise
+        # The speed, tempo and key changes in use, in this order: (layer, the names of its
+        # draws in `sample`, the slot of its stateless seeds), and the most they speed up.
+        speed, tempo, pitch = self.speed, self.tempo, self.pitch
+        speed_up, tempo_up = speed.speed_range[1], tempo.tempo_range[1]
+        changes = (
+            (speed, speed.speed_range != (1.0, 1.0), ("speed", "speed_on"), 9, speed_up),
+            (tempo, tempo.tempo_range != (1.0, 1.0), ("tempo", "tempo_on"), 10, tempo_up),
+            (pitch, pitch.semitones_range != (0.0, 0.0), ("pitch_semitones", "pitch_on"), 11, 1.0),
+        )
+        used = [change for change in changes if change[1] and change[0].probability > 0]
+        self._timescale = [(layer, keys, slot) for layer, _, keys, slot, _ in used]
+        self._fastest = math.prod(fastest for *_, fastest in used)
         self.snr_db_range = self.noise.snr_db_range
         self.speech_snr_db_range = self.speech.snr_db_range
         self.gain_db_range = self.gain.gain_db_range
@@ -225,6 +276,14 @@ class PairPipeline:
 
     # -- sampling
 
+    def _timescale_margin(self, window):
+        """Samples read on each side of a replica's `window` for its speed, tempo and key
+        changes: as far as the fastest change reads past the window, plus one STFT frame."""
+        if not self._timescale:
+            return 0
+        frame = max(self.tempo.n_fft, self.pitch.n_fft)
+        return math.ceil(max(0.0, self._fastest - 1.0) * window / 2) + frame
+
     def _sample(self, segment_ids, n_replicas, seed):
         """Anchors, replicas and every random draw for one batch (a dict of tensors)."""
         seg = self.segment_samples
@@ -248,21 +307,36 @@ class PairPipeline:
         drawn = self.time_shift.get_random_transformation(origin, seed=seeds[0:1])  # per replica
         replica_start = tf.clip_by_value(origin + drawn["shift"], low, high)
         # RandomTimeShift's crop, read straight from the bank (the track is the window, and no
-        # window is copied): each replica and the room's context before it, silent before the
-        # start of its track.
+        # window is copied): each replica and the room's context before it, with the margin
+        # of the speed, tempo and key changes on both sides, silent beyond its track.
         context = self.context_samples if self.room.n_impulse_responses else 0
-        if context:
-            shifted = gather_windows(self._audio, replica_start - context, context + seg, floor=low)
+        margin = self._timescale_margin(context + seg)
+        if context or margin:
+            shifted = gather_windows(
+                self._audio,
+                replica_start - context - margin,
+                margin + context + seg + margin,
+                floor=low,
+                ceiling=high + seg,
+            )  # (n_replicas, margin + context + seg + margin)
         else:
             shifted = gather_windows(self._audio, replica_start, seg)  # (n_replicas, seg)
-        clean = shifted[:, context:]  # (n_replicas, seg)
+        clean = shifted[:, margin + context : margin + context + seg]  # (n_replicas, seg)
         out = {
             "anchors": anchors,
             "clean_replicas": clean,
             "replica_start": replica_start,
             "offset": replica_start - origin,
         }
-        replicas = clean
+        for layer, keys, slot in self._timescale:
+            layer_seeds = tf.random.experimental.stateless_split(
+                tf.random.experimental.stateless_fold_in(seed, slot), len(layer.draw_names)
+            )
+            drawn = layer.get_random_transformation(shifted, seed=layer_seeds)
+            shifted = layer.transform(shifted, drawn)
+            out.update(zip(keys, (drawn[name] for name in layer.draw_names), strict=True))
+        shifted = shifted[:, margin : margin + context + seg]  # (n_replicas, context + seg)
+        replicas = shifted[:, context:]
         # The room comes first: it colours the music, not the noise at the phone.
         if self.room.n_impulse_responses:
             drawn = self.room.get_random_transformation(shifted, seed=tf.gather(seeds, [4, 5]))
@@ -292,7 +366,8 @@ class PairPipeline:
         """One batch for explicit segment ids, with all random draws (for tests/inspection).
 
         Returns a dict of numpy arrays: `anchors`, `replicas`, `clean_replicas` (shifted but
-        not degraded), `replica_start`, `offset`, and when enabled `snr_db`, `noise_start`,
+        not degraded), `replica_start`, `offset`, and when enabled `speed`, `speed_on`,
+        `tempo`, `tempo_on`, `pitch_semitones`, `pitch_on`, `snr_db`, `noise_start`,
         `noise_on`, `speech_snr_db`, `speech_start`, `speech_on`, `ir_index`, `ir_on`,
         `gain_db`.
         """
@@ -360,6 +435,12 @@ def make_pair_dataset(
     speech_snr_db_range=(0.0, 10.0),
     random_anchors=False,
     reverb_context_seconds=0.0,
+    speed_range=(1.0, 1.0),
+    speed_prob=1.0,
+    tempo_range=(1.0, 1.0),
+    tempo_prob=1.0,
+    pitch_semitones_range=(0.0, 0.0),
+    pitch_prob=1.0,
     shuffle=True,
     seed=0,
     repeat=True,
@@ -382,6 +463,12 @@ def make_pair_dataset(
         speech_snr_db_range=speech_snr_db_range,
         random_anchors=random_anchors,
         reverb_context_seconds=reverb_context_seconds,
+        speed_range=speed_range,
+        speed_prob=speed_prob,
+        tempo_range=tempo_range,
+        tempo_prob=tempo_prob,
+        pitch_semitones_range=pitch_semitones_range,
+        pitch_prob=pitch_prob,
     )
     return pipeline.dataset(batch_size, n_anchors, shuffle=shuffle, seed=seed, repeat=repeat)
 

@@ -2,6 +2,13 @@
 
 Pure NumPy + faiss: this module receives embeddings and never imports the model.
 
+Where the vectors live is the store's backend: `faiss` (the default: a faiss index and the
+exact fingerprints in `embeddings.npy`, memory-mapped) or `milvus` (a Milvus collection, in a
+Milvus Lite file inside the folder or on a server: `nnfp.store.milvus`). Both answer the same
+small interface, faiss' own: an index with `ntotal` and `search(x, k) -> (scores, rows)`, and
+the stored rows as an array, `embeddings[rows]`; everything below it (candidates, sequence
+scores, phases, interpolation, places) is one code for both.
+
 A song is cut into 1 s segments on a `hop_seconds` hop; every segment has an
 L2-normalised fingerprint. A query of `n` consecutive segments (same hop) is
 matched as in the paper's evaluation (mimbres/neural-audio-fp `eval/eval_faiss.py`):
@@ -28,7 +35,7 @@ import faiss
 import numpy as np
 
 from nnfp.defaults import INDEX_TYPES
-from nnfp.outputs import atomic_directory, atomic_write_bytes
+from nnfp.outputs import atomic_directory, atomic_file, atomic_write_bytes
 from nnfp.store.integrity import (
     REBUILD_HINT,
     CorruptIndexError,
@@ -68,7 +75,7 @@ CHECKSUM_ON_LOAD_BYTES = 256 * 2**20
 # What a saved DB folder holds besides the files its integrity record lists: a save replacing
 # the folder drops these, and carries any other entry (a user's own file) into the new one.
 _DB_NAMES = ("embeddings.npy", "segments.npz", "tracks.json", "index.faiss", IVF_DATA_FILE, "model", "model.keras", "litert",
-             "calibration.json")
+             "calibration.json", "milvus.db")
 
 
 # The index parameters `FingerprintDB.build` takes (what `index_params` records, but `on_disk`).
@@ -78,12 +85,17 @@ _LOAD_ATTEMPTS = 20  # loads overlapping a folder swap are made again, up to thi
 
 
 def _folder_identity(directory):
-    """(device, inode) of a folder, None when missing: a replaced folder is another inode."""
+    """(device, inode) of a folder and the inode of its tracks.json, None when missing: a replaced
+    folder is another inode, and so is a tracks.json replaced in place (a Milvus-backed index)."""
     try:
         info = os.stat(directory)
     except OSError:
         return None
-    return info.st_dev, info.st_ino
+    try:
+        table = os.stat(Path(directory) / "tracks.json").st_ino
+    except OSError:
+        table = None
+    return info.st_dev, info.st_ino, table
 
 
 def _own_names(directory):
@@ -94,7 +106,19 @@ def _own_names(directory):
         names.update(name.split("/")[0] for name in recorded)
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    names.update(path.name for path in Path(directory).glob(_SEGMENTS_GLOB))  # a Milvus index's versions
     return names
+
+
+_SEGMENTS_GLOB = "segments-*.npz"  # a Milvus-backed index's segment tables, one per version
+
+
+def _store_entry(meta):
+    """The `store` entry of a tracks.json: where the vectors are (faiss for older folders)."""
+    store = meta.get("store") or {"backend": "faiss"}
+    if store.get("backend") not in ("faiss", "milvus"):
+        raise CorruptIndexError(f"unknown fingerprint store backend {store.get('backend')!r}; {REBUILD_HINT}")
+    return store
 
 
 def _read_meta(directory):
@@ -146,11 +170,17 @@ def verify_db(directory):
     if not problems:
         try:
             db = FingerprintDB.load(directory, checksums=False)  # checks the store up to the on-load limit
-            if db.embeddings.nbytes > CHECKSUM_ON_LOAD_BYTES:
+            if db.backend == "milvus":  # its row count and probe rows were checked: norms of a sample
+                sample = np.unique(np.linspace(0, db.n_segments - 1, min(db.n_segments, _VERIFY_SAMPLE_ROWS)).astype(np.int64))
+                _zero_rows(db.embeddings[sample], where=db.source)
+            elif db.embeddings.nbytes > CHECKSUM_ON_LOAD_BYTES:
                 _check_store(db.embeddings, meta, directory)  # and here the larger ones
-        except (FileNotFoundError, CorruptIndexError) as error:
+        except (OSError, CorruptIndexError) as error:  # FileNotFoundError, a Milvus server not reached
             problems.append(str(error))
     return problems, bool(meta.get("integrity"))
+
+
+_VERIFY_SAMPLE_ROWS = 65_536  # rows of a Milvus collection whose norms `verify_db` checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +193,11 @@ class Match:
         offset_s: start of the matched window inside the track, in seconds.
         score: mean inner product of query and DB segments over the window.
         segment_index: DB row of the window's first segment.
+        speed: the playback speed at which the query plays the track (1.03: 3 % fast);
+            `offset_s` is in the track's own time (`nnfp.catalogue.identify.Identifier`'s
+            speed search; 1.0 for a search at one speed).
+        confidence: the value the decision "in the catalogue" was taken on
+            (`nnfp.catalogue.identify.Identifier`; None where no decision was taken).
     """
 
     track_id: int
@@ -170,6 +205,8 @@ class Match:
     offset_s: float
     score: float
     segment_index: int
+    speed: float = 1.0
+    confidence: float | None = None
 
 
 def _default_threads():
@@ -460,13 +497,15 @@ class FingerprintDB:
     vectors (`embeddings`, memory-mapped when loaded from disk).
 
     Args:
-        embeddings: (N, d) float32, L2-normalised segment fingerprints.
+        embeddings: (N, d) float32, L2-normalised segment fingerprints (for the Milvus backend,
+            its `nnfp.store.milvus.MilvusRows`: rows fetched by id).
         segment_track: (N,) int32 track id of each segment.
         segment_start: (N,) float32 start of each segment in its track, seconds.
         tracks: list of `{"track_id": int, "path": str, "duration_s": float}`; an entry
             with `"removed": True` is a removed track (`remove`), never answered.
         hop_seconds: hop between consecutive segments (query and DB alike).
-        index: a faiss index over `embeddings` (inner-product metric).
+        index: a faiss index over `embeddings` (inner-product metric), or a
+            `nnfp.store.milvus.MilvusIndex` (the same calls on a Milvus collection).
         index_type: one of `"flat"`, `"ivf"`, `"ivfpq"`, `"hnsw"`.
         index_params: the parameters the index was built with.
         threads: faiss OpenMP threads used for search.
@@ -516,6 +555,7 @@ class FingerprintDB:
         self.index_params = dict(index_params)
         self.metadata = dict(metadata or {})
         self.integrity = None  # checksums recorded in the saved folder (set by `load`)
+        self.loaded_from = None  # the folder a Milvus-backed DB lives in (`load`; `save` changes it in place)
         self.source = None  # the embeddings file of a loaded DB (named in errors)
         self.threads = _default_threads() if threads is None else int(threads)
         if self.threads < 1:
@@ -549,6 +589,7 @@ class FingerprintDB:
         metadata=None,
         on_disk_dir=None,
         part_rows=None,
+        milvus=None,
     ):
         """Builds (and trains, for IVF types) a database from segment fingerprints.
 
@@ -575,6 +616,11 @@ class FingerprintDB:
                 as without it.
             part_rows: row counts of the parts (they add up to N), e.g. the
                 segments of each shard of a sharded build.
+            milvus: a `nnfp.store.milvus.MilvusTarget`: the fingerprints go to that Milvus
+                collection instead of faiss (`index_type` "flat", "ivf", "hnsw", or "ivfpq" on a
+                server); written once each, carrying on after an earlier killed build of the same
+                catalogue (`MilvusIndex.fill`). `threads`, `train_size`, `on_disk_dir` and
+                `part_rows` are faiss settings, not used.
 
         `embeddings` may be a memory-mapped array (`np.load(..., mmap_mode="r")`
         or `np.lib.format.open_memmap`): it is then never copied into RAM;
@@ -592,6 +638,15 @@ class FingerprintDB:
         n_segments, d = embeddings.shape
         params = _index_settings(index_type, n_segments, d, nlist, m, nbits, nprobe, hnsw_m, ef_search)
         threads = _default_threads() if threads is None else int(threads)
+        if milvus is not None:
+            from nnfp.store.milvus import MilvusIndex, content_key
+
+            index = MilvusIndex.create(milvus, d, index_type, params, content_key(embeddings, segment_track, segment_start))
+            index.fill(embeddings, segment_track)
+            return cls(
+                index.rows, segment_track, segment_start, tracks, hop_seconds=hop_seconds, index=index,
+                index_type=index_type, index_params=params, threads=threads, metadata=metadata,
+            )
         faiss.omp_set_num_threads(threads)
         index = _trained_index(embeddings, index_type, params, train_size)
         if on_disk_dir is not None and index_type in ("ivf", "ivfpq"):
@@ -620,6 +675,9 @@ class FingerprintDB:
         `next_track_id, next_track_id + 1, ...` in the order of `tracks`.
         The index is not retrained. A memory-mapped `embeddings` becomes an
         in-memory array. Returns the list of assigned track ids.
+
+        On the Milvus backend the rows are written to the collection now (under row numbers
+        that readers of the saved version ignore until `save` puts the new version in place).
         """
         embeddings, segment_track, segment_start, tracks = _check_segments(
             embeddings, segment_track, segment_start, tracks, d=self.dim
@@ -632,14 +690,17 @@ class FingerprintDB:
         segment_track = new_ids[order][np.searchsorted(old_ids[order], segment_track)]
         tracks = [dict(t, track_id=new_id[t["track_id"]]) for t in tracks]
 
-        self._set_threads()
-        if _invlists_on_disk(self.index):
-            # Loaded lists are mapped read-only from the saved folder, which must stay
-            # intact until `save` replaces it: add to a copy in RAM; `save` writes the
-            # lists to disk again (`index_params["on_disk"]`).
-            _invlists_to_ram(self.index)
-        self.index.add(embeddings)
-        self.embeddings = np.concatenate([np.asarray(self.embeddings), embeddings])
+        if self.backend == "milvus":
+            self.index.add(embeddings, segment_track)  # `embeddings` reads the collection: it grows with it
+        else:
+            self._set_threads()
+            if _invlists_on_disk(self.index):
+                # Loaded lists are mapped read-only from the saved folder, which must stay
+                # intact until `save` replaces it: add to a copy in RAM; `save` writes the
+                # lists to disk again (`index_params["on_disk"]`).
+                _invlists_to_ram(self.index)
+            self.index.add(embeddings)
+            self.embeddings = np.concatenate([np.asarray(self.embeddings), embeddings])
         self.segment_track = np.concatenate([self.segment_track, segment_track.astype(np.int32)])
         self.segment_start = np.concatenate([self.segment_start, segment_start])
         self.tracks.extend(tracks)
@@ -652,7 +713,8 @@ class FingerprintDB:
         """Marks tracks removed from the catalogue: they are never answered again (`places`
         and the candidate starts skip their rows), while their rows stay stored until
         `compacted` and their entries stay in `tracks` (with `"removed": True`), so track
-        ids stay stable and are never given again.
+        ids stay stable and are never given again. On the Milvus backend, `save_tracks` (or
+        `save`) then deletes their rows from the collection, once the new table is in place.
 
         Returns the removed track entries. `ValueError` naming every unknown or already
         removed id, and nothing is marked.
@@ -687,9 +749,15 @@ class FingerprintDB:
                 returned database (until it is saved).
 
         Raises:
-            ValueError: every track is removed (an index needs rows), or too few rows are
-                left to train the index's product quantiser.
+            ValueError: every track is removed (an index needs rows), too few rows are
+                left to train the index's product quantiser, or the index is on Milvus (its
+                removed rows are deleted from the collection when the removal is saved).
         """
+        if self.backend == "milvus":
+            raise ValueError(
+                "a Milvus-backed index is not compacted: the rows of removed tracks are deleted from its "
+                "collection when the removal is saved"
+            )
         live = self.live_rows()
         n_live = int(np.count_nonzero(live))
         if n_live == 0:
@@ -725,6 +793,18 @@ class FingerprintDB:
         )
 
     # --------------------------------------------------------------- metadata
+
+    @property
+    def backend(self):
+        """Where the vectors live: `"faiss"` or `"milvus"` (`nnfp.store.milvus`)."""
+        return getattr(self.index, "backend", "faiss")
+
+    def close(self):
+        """Lets go of the Milvus connection (the last index open on a Milvus Lite file stops its
+        server, so another process can open it); nothing to do for faiss. A database garbage-collected
+        unclosed lets go at this process' next opening of a Milvus Lite file, or at exit."""
+        if self.backend == "milvus":
+            self.index.close()
 
     @property
     def dim(self):
@@ -786,15 +866,22 @@ class FingerprintDB:
 
     def set_search_params(self, nprobe=None, ef_search=None):
         """Changes IVF `nprobe` / HNSW `ef_search` without rebuilding."""
+        milvus = self.backend == "milvus"
         if nprobe is not None and self.index_type in ("ivf", "ivfpq"):
             if int(nprobe) < 1:
                 raise ValueError(f"`nprobe` must be >= 1. Received: nprobe={nprobe}")
-            faiss.extract_index_ivf(self.index).nprobe = int(nprobe)
+            if milvus:
+                self.index.set_search_params(nprobe=nprobe)
+            else:
+                faiss.extract_index_ivf(self.index).nprobe = int(nprobe)
             self.index_params["nprobe"] = int(nprobe)
         if ef_search is not None and self.index_type == "hnsw":
             if int(ef_search) < 1:
                 raise ValueError(f"`ef_search` must be >= 1. Received: ef_search={ef_search}")
-            self.index.hnsw.efSearch = int(ef_search)
+            if milvus:
+                self.index.set_search_params(ef_search=ef_search)
+            else:
+                self.index.hnsw.efSearch = int(ef_search)
             self.index_params["ef_search"] = int(ef_search)
 
     def _set_threads(self):
@@ -813,7 +900,15 @@ class FingerprintDB:
                 new one is complete.
             extra_files: optional `{name: source path}` of files or folders copied
                 into the database folder (e.g. the model that made the fingerprints).
+
+        A Milvus-backed database saved over the folder it lives in (after an add) writes its
+        small files only: the new segment table beside the old one, then tracks.json, the one
+        file readers follow, replaced by a rename; then the collection is rid of rows the new
+        version does not have (`MilvusIndex.settle`). Saved to a new folder (a build), the
+        folder is written whole, a Milvus Lite file moved into it.
         """
+        if self.backend == "milvus":
+            return self._save_milvus(Path(directory).absolute(), extra_files)
         with atomic_directory(directory, own_names=_own_names(directory)) as tmp:
             # Copied in chunks so a memory-mapped store is never read into RAM at once.
             store = np.lib.format.open_memmap(
@@ -852,6 +947,93 @@ class FingerprintDB:
             meta["integrity"] = {"files": file_records(tmp), "tracks_sha256": meta_digest(meta)}
             (tmp / "tracks.json").write_text(json.dumps(meta, indent=1))
 
+    def _save_milvus(self, directory, extra_files):
+        from nnfp.store.milvus import LITE_FILE, release_lite
+
+        if self.loaded_from != directory:  # a build, or a copy elsewhere: a new folder, written whole
+            release_lite(directory / LITE_FILE)  # a Lite file this process has open there is replaced
+            with atomic_directory(directory, own_names=_own_names(directory)) as tmp:
+                self._copy_extra_files(tmp, extra_files)
+                segments = self._write_segments(tmp)
+                self._write_table(tmp, segments, [*(extra_files or {}), segments])
+                self.index.move_lite(tmp, directory)  # last: a failure before leaves it where it was
+            self.loaded_from = directory
+            return
+        old = _store_entry(_read_meta(directory)).get("segments_file")
+        self._copy_extra_files(directory, extra_files)
+        segments = self._write_segments(directory)
+        own = [name for name in os.listdir(directory) if name in (*_DB_NAMES, *(extra_files or {})) and name != LITE_FILE]
+        self._write_table(directory, segments, [*own, segments])  # the new version is in place
+        for stale in directory.glob(_SEGMENTS_GLOB):
+            if stale.name not in (segments, old):  # the previous one stays for readers loading it now
+                stale.unlink()
+        self.index.settle(self.n_live_segments, self.removed_track_ids)
+
+    @staticmethod
+    def _copy_extra_files(directory, extra_files):
+        """Copies `{name: source}` into `directory` (a file atomically, a folder under a temporary
+        name then renamed); a source that is already `directory / name` stays as it is."""
+        import tempfile
+
+        for name, source in (extra_files or {}).items():
+            source, target = Path(source), Path(directory) / name
+            if source.absolute() == target.absolute():
+                continue
+            if source.is_dir():
+                if target.exists():
+                    raise ValueError(f"{target}: exists; a Milvus-backed index keeps its own {name}")
+                tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=directory))
+                shutil.copytree(source, tmp / name)
+                os.rename(tmp / name, target)
+                tmp.rmdir()
+            else:
+                with atomic_file(target) as tmp:
+                    shutil.copyfile(source, tmp)
+
+    def _write_segments(self, directory):
+        """Writes the segment table as `segments-<digest>.npz` (named by its content: a new
+        version never overwrites the one readers may be loading); returns the name."""
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(self.segment_track).tobytes())
+        digest.update(np.ascontiguousarray(self.segment_start).tobytes())
+        name = f"segments-{digest.hexdigest()[:16]}.npz"
+        if not (Path(directory) / name).is_file():
+            with atomic_file(Path(directory) / name) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, track=self.segment_track, start=self.segment_start)
+        return name
+
+    def _write_table(self, directory, segments, recorded):
+        """Writes tracks.json of a Milvus-backed index (atomically): the metadata, the collection's
+        `store` entry with fresh probe rows, and the integrity record of the files `recorded`."""
+        store = dict(self.index.record(self._probe_rows()), segments_file=segments)
+        meta = self._meta(self.index.zero_rows, store)
+        meta["integrity"] = {"files": file_records(directory, names=set(recorded)), "tracks_sha256": meta_digest(meta)}
+        atomic_write_bytes(Path(directory) / "tracks.json", json.dumps(meta, indent=1).encode())
+
+    def _meta(self, zero_rows, store):
+        return {
+            "version": FORMAT_VERSION,
+            "d": self.dim,
+            "n_segments": self.n_segments,
+            "hop_seconds": self.hop_seconds,
+            "index_type": self.index_type,
+            "params": self.index_params,
+            "zero_rows": zero_rows,
+            "metadata": self.metadata,
+            "tracks": self.tracks,
+            "store": store,
+        }
+
+    def _probe_rows(self):
+        """Up to `PROBE_ROWS` live rows spread over the store, whose digest the integrity record keeps."""
+        from nnfp.store.milvus import PROBE_ROWS
+
+        rows = np.unique(np.linspace(0, self.n_segments - 1, min(self.n_segments, 8 * PROBE_ROWS)).astype(np.int64))
+        if self._removed_ids.size:
+            rows = rows[~np.isin(self.segment_track[rows], self._removed_ids)]
+        return rows[np.unique(np.linspace(0, len(rows) - 1, min(len(rows), PROBE_ROWS)).astype(np.int64))] if len(rows) else rows
+
     def save_tracks(self, directory):
         """Rewrites only `tracks.json` of the folder this database was loaded from, with the
         current track table (e.g. after `remove`), atomically (a temporary file renamed over
@@ -885,9 +1067,13 @@ class FingerprintDB:
                 "`save` it instead"
             )
         meta["tracks"] = self.tracks
+        if self.backend == "milvus":  # probe rows of live tracks only: the removed ones' rows go next
+            meta["store"] = dict(meta["store"], **self.index.record(self._probe_rows()))
         if integrity:
             meta["integrity"] = dict(integrity, tracks_sha256=meta_digest(meta))
         atomic_write_bytes(directory / "tracks.json", json.dumps(meta, indent=1).encode())
+        if self.backend == "milvus":
+            self.index.settle(self.n_live_segments, self.removed_track_ids)
 
     @classmethod
     def load(cls, directory, mmap=True, threads=None, checksums="auto"):
@@ -930,7 +1116,12 @@ class FingerprintDB:
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"Fingerprint DB directory not found: {directory}")
-        for name in ("embeddings.npy", "segments.npz", "tracks.json", "index.faiss"):
+        names = ("embeddings.npy", "segments.npz", "tracks.json", "index.faiss")
+        if (directory / "tracks.json").is_file():
+            store = _store_entry(_read_meta(directory))
+            if store["backend"] == "milvus":
+                names = ("tracks.json", str(store.get("segments_file")))
+        for name in names:
             if not (directory / name).is_file():
                 raise FileNotFoundError(
                     f"Fingerprint DB directory {directory} is missing {name}: {directory / name}; "
@@ -944,6 +1135,8 @@ class FingerprintDB:
         if problems:
             more = f" ({len(problems) - 1} more: run `nnfp index verify {directory}`)" if len(problems) > 1 else ""
             raise CorruptIndexError(f"{problems[0]}; {REBUILD_HINT}{more}")
+        if _store_entry(meta)["backend"] == "milvus":
+            return cls._load_milvus(directory, meta, threads)
         try:
             embeddings = np.load(directory / "embeddings.npy", mmap_mode="r" if mmap else None)
         except Exception as error:  # any unreadable content is a damaged file
@@ -1007,6 +1200,52 @@ class FingerprintDB:
         db.source = directory / "embeddings.npy"
         if embeddings.nbytes <= CHECKSUM_ON_LOAD_BYTES:  # larger stores: at search (`_check_similarities`)
             _check_store(db.embeddings, meta, directory)
+        return db
+
+    @classmethod
+    def _load_milvus(cls, directory, meta, threads):
+        """`_load` of a Milvus-backed folder: the segment table tracks.json names, and the
+        collection, checked to hold the live rows and the probe rows recorded at save time."""
+        from nnfp.store.milvus import LITE_FILE, MilvusIndex, MilvusTarget
+
+        store = meta["store"]
+        path = directory / store["segments_file"]
+        try:
+            with np.load(path) as segments:
+                segment_track = segments["track"].astype(np.int32)
+                segment_start = segments["start"].astype(np.float32)
+        except Exception as error:  # BadZipFile, Bad CRC-32, EOFError, zlib.error, KeyError...
+            raise corrupt_file_error(path, error) from None
+        if len(segment_track) != meta["n_segments"] or len(segment_start) != meta["n_segments"]:
+            raise CorruptIndexError(
+                f"{directory}: inconsistent files: {path.name} holds {len(segment_track)} segments, tracks.json "
+                f"n_segments={meta['n_segments']}; {REBUILD_HINT}"
+            )
+        try:
+            if store.get("uri") is None and store.get("lite_file") != LITE_FILE:
+                raise ValueError(f"lite_file={store.get('lite_file')!r}")
+            target = MilvusTarget(store.get("uri"), store["collection"], directory / LITE_FILE)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CorruptIndexError(f"{directory / 'tracks.json'}: damaged store entry ({one_line(error)}); {REBUILD_HINT}") from None
+        index = MilvusIndex.open(target, meta["n_segments"], meta["d"], meta["index_type"], meta["params"])
+        index.zero_rows = meta.get("zero_rows")
+        try:
+            db = cls(
+                index.rows, segment_track, segment_start, meta["tracks"], hop_seconds=meta["hop_seconds"],
+                index=index, index_type=meta["index_type"], index_params=meta["params"], threads=threads,
+                metadata=meta.get("metadata"),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            index.close()
+            raise CorruptIndexError(f"{directory}: inconsistent files ({one_line(error)}); {REBUILD_HINT}") from None
+        db.integrity = meta.get("integrity")
+        db.source = index.where
+        db.loaded_from = directory.absolute()
+        try:
+            index.check(db.n_live_segments, db.removed_track_ids, store.get("probe"))
+        except BaseException:
+            index.close()
+            raise
         return db
 
     # ---------------------------------------------------------------- search

@@ -36,12 +36,16 @@ class CorruptIndexError(ValueError):
 UNRECORDED = ("tracks.json", "calibration.json")  # tracks.json: its own digest; calibration: replaceable
 
 
-def file_records(directory):
-    """`{relative name: {"size", "sha256"}}` of every file under `directory` except `UNRECORDED`."""
+def file_records(directory, names=None):
+    """`{relative name: {"size", "sha256"}}` of every file under `directory` except `UNRECORDED`
+    (only under the top-level entries `names`, when given: a Milvus-backed index records its
+    own files, not its Milvus Lite folder, which Milvus changes, nor a user's)."""
     directory = Path(directory)
     records = {}
     for path in sorted(directory.rglob("*")):
         name = path.relative_to(directory).as_posix()
+        if names is not None and name.split("/")[0] not in names:
+            continue
         if path.is_file() and name not in UNRECORDED:
             records[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     return records

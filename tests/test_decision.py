@@ -1,0 +1,99 @@
+"""The decision statistic: a match's confidence (its lead over the best other track), the
+same recording under two names, and the decision taken on it by `Identifier`, against
+NumPy references on constructed fingerprints."""
+
+import numpy as np
+import pytest
+
+from nnfp.catalogue.identify import SAME_AUDIO, Identifier, margins, same_audio
+from nnfp.store.db import FingerprintDB, Match
+
+D = 32
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def db():
+    """Five random tracks of 20 rows; track 4 is track 1's audio under another name."""
+    rng = np.random.default_rng(3)
+    rows = [unit(rng.standard_normal((20, D))) for _ in range(4)]
+    rows.append(unit(rows[1] + 0.05 * rng.standard_normal((20, D))))  # a second copy, slightly re-encoded
+    tracks = [{"track_id": t, "path": f"t{t}.wav", "duration_s": 10.5} for t in range(5)]
+    return FingerprintDB.build(
+        np.concatenate(rows), np.repeat(np.arange(5), 20), np.tile(0.5 * np.arange(20), 5), tracks,
+        index_type="flat", threads=1, metadata={"sample_rate": 8000},
+    )
+
+
+def place(track, row, score):
+    return Match(track_id=track, path=f"t{track}.wav", offset_s=0.5 * (row % 20), score=score, segment_index=row)
+
+
+def test_same_audio_matches_the_mean_cosine_of_the_two_windows(db):
+    emb = np.asarray(db.embeddings)
+    for first, other, n in ((22, 82, 6), (22, 42, 6), (0, 60, 20), (30, 85, 12)):
+        reference = np.mean(np.sum(emb[first : first + n] * emb[other : other + n], axis=1))
+        assert same_audio(db, first, other, n) == (reference >= SAME_AUDIO)
+    assert same_audio(db, 22, 82, 6) and not same_audio(db, 22, 42, 6)
+
+
+def test_margins_against_a_reference(db):
+    places = [place(0, 3, 0.9), place(0, 10, 0.85), place(2, 45, 0.6), place(3, 65, 0.5)]
+    # reference: score minus the best score of a place of another track
+    expected = [0.9 - 0.6, 0.85 - 0.6, 0.6 - 0.9, 0.5 - 0.9]
+    np.testing.assert_allclose(margins(db, places, 4), expected)
+    # no other track among the places: the whole score is the lead
+    np.testing.assert_allclose(margins(db, places[:2], 4), [0.9, 0.85])
+    # the same recording under another name (track 4 = track 1) is no rival; the next one is
+    dup = [place(1, 22, 0.9), place(4, 82, 0.89), place(3, 65, 0.4)]
+    np.testing.assert_allclose(margins(db, dup, 6), [0.9 - 0.4, 0.89 - 0.4, 0.4 - 0.9])
+
+
+def test_identifier_confidence_is_the_lead_over_other_tracks(db):
+    class Embedder:  # fingerprints are given, not computed
+        segment_samples = 8000
+
+    identifier = Identifier(None, db=db, embedder=Embedder(), min_score=None, speeds=None, phases=1, decision="margin")
+    rng = np.random.default_rng(5)
+    emb = np.asarray(db.embeddings)
+    query = unit(emb[43:49] + 0.3 * rng.standard_normal((6, D)))  # track 2, rows 3-8
+    found = identifier.rank([(0.0, query)], n_results=50, min_score=None, track_best=(best := {}))
+    # reference: every window of every track scored by brute force
+    windows = {(t, r): float(np.mean(np.sum(query * emb[20 * t + r : 20 * t + r + 6], axis=1)))
+               for t in range(5) for r in range(15)}
+    top = max(windows, key=windows.get)
+    assert top == (2, 3) and found[0].score == pytest.approx(windows[top], abs=1e-5)
+    for track, (score, start) in best.items():  # the best window of each candidate track
+        assert score <= max(v for (t, _), v in windows.items() if t == track) + 1e-5
+    from nnfp.catalogue.identify import Query
+
+    class Fixed(Query):  # the constructed fingerprints, whatever the audio
+        def prepare(self, requests):
+            pass
+
+        def fingerprints(self, speed=1.0, phases=None, seconds=None):
+            return [(0.0, query)]
+
+    audio = np.zeros(8000 + 5 * 4000, np.float32)
+    matches = identifier.rank_query(Fixed(identifier, audio), n_results=3)
+    rival = max(best[t][0] for t in best if t != 2)
+    assert matches[0].track_id == 2
+    assert matches[0].confidence == pytest.approx(matches[0].score - rival, abs=1e-9)
+    assert matches[0].confidence > 0.2  # well clear of every other track
+    # a threshold on the confidence: the decision keeps or drops the answer
+    assert identifier.rank_query(Fixed(identifier, audio), n_results=3, min_score=matches[0].confidence + 1e-6) == []
+    kept = identifier.rank_query(Fixed(identifier, audio), n_results=3, min_score=matches[0].confidence - 1e-6)
+    assert [m.track_id for m in kept] == [2]
+
+
+def test_decision_setting_is_checked(db):
+    class Embedder:
+        segment_samples = 8000
+
+    with pytest.raises(ValueError, match="decision"):
+        Identifier(None, db=db, embedder=Embedder(), min_score=None, decision="vote")
+    assert Identifier(None, db=db, embedder=Embedder(), min_score=0.5).decision == "score"  # a raw threshold
+    assert Identifier(None, db=db, embedder=Embedder(), min_score=None).decision == "margin"

@@ -1,0 +1,93 @@
+"""Generated out-of-catalogue kinds (`nnfp.corpus.signals`) against what each kind is, and the
+leave-one-kind-out check of a calibration (`nnfp.catalogue.calibration.leave_one_kind_out`)."""
+
+import numpy as np
+import pytest
+
+from nnfp.catalogue.calibration import calibrate, leave_one_kind_out
+from nnfp.corpus.signals import GENERATED_KINDS, make_signal
+
+RATE = 8000
+
+
+def spectrum_peaks(x, n=2):
+    magnitude = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    freqs = np.fft.rfftfreq(len(x), 1 / RATE)
+    peaks = []
+    for index in np.argsort(-magnitude):
+        if all(abs(freqs[index] - p) > 20 for p in peaks):
+            peaks.append(freqs[index])
+        if len(peaks) == n:
+            break
+    return sorted(peaks)
+
+
+def test_every_kind_is_seeded_finite_and_normalised():
+    for kind in GENERATED_KINDS:
+        a, b = make_signal(kind, 5, 3.0), make_signal(kind, 5, 3.0)
+        assert a.dtype == np.float32 and a.shape == (3 * RATE,) and np.isfinite(a).all()
+        assert np.array_equal(a, b) and np.max(np.abs(a)) == pytest.approx(0.9, abs=1e-3)
+        assert not np.array_equal(a, make_signal(kind, 6, 3.0))
+    with pytest.raises(ValueError, match="kind"):
+        make_signal("jazz", 0, 1.0)
+    with pytest.raises(ValueError, match="seconds"):
+        make_signal("dtmf", 0, 0.0)
+
+
+def test_telephone_tones_have_their_frequencies_and_cadence():
+    # DTMF: every tone burst is one row and one column frequency of the keypad
+    x = make_signal("dtmf", 3, 4.0)
+    loud = np.abs(x) > 0.05
+    edges = np.flatnonzero(np.diff(loud.astype(int)) == 1)
+    first = edges[0] + 1
+    burst = x[first : first + int(0.05 * RATE)]
+    low, high = spectrum_peaks(np.pad(burst, (0, 4096 - len(burst))), 2)
+    assert min(abs(low - f) for f in (697, 770, 852, 941)) < 25
+    assert min(abs(high - f) for f in (1209, 1336, 1477, 1633)) < 25
+    # busy: on half a second, off half a second
+    busy = make_signal("busy", 4, 4.0)
+    frames = np.abs(busy).reshape(-1, RATE // 20).max(axis=1) > 0.01  # 50 ms frames
+    assert 0.4 < frames.mean() < 0.6
+    changes = np.flatnonzero(np.diff(frames.astype(int)))
+    assert np.allclose(np.diff(changes), 10, atol=1)  # every 0.5 s
+    # ringback: 440 + 480 Hz (North America) or 425 Hz (Europe) while on
+    for seed in range(4):
+        ring = make_signal("ringback", seed, 12.0)
+        frames = np.abs(ring).reshape(-1, RATE // 20).max(axis=1) > 0.01
+        first = int(np.flatnonzero(frames[1:] & ~frames[:-1])[0] + 1) * (RATE // 20)  # a tone starts
+        peaks = spectrum_peaks(ring[first : first + int(0.9 * RATE)], 2)
+        assert peaks[-1] == pytest.approx(480, abs=6) or min(abs(p - 425) for p in peaks) < 6
+
+
+def test_hum_and_sweep():
+    hum = make_signal("hum", 1, 4.0)
+    fundamental = spectrum_peaks(hum, 8)
+    assert any(abs(f - 50) < 2 for f in fundamental) or any(abs(f - 60) < 2 for f in fundamental)
+    sweep = make_signal("sweep", 2, 8.0)
+    # a logarithmic sweep crosses the band: its zero-crossing rate spans 50 Hz ... 3.8 kHz
+    rates = [np.count_nonzero(np.diff(np.signbit(c))) * RATE / len(c) / 2 for c in sweep.reshape(-1, RATE // 10)]
+    assert min(rates) < 200 and max(rates) > 2000
+
+
+def test_leave_one_kind_out_against_a_direct_count():
+    rng = np.random.default_rng(0)
+    # three kinds of out-of-catalogue scores; "tones" reach higher than the others
+    kinds = {
+        "music": rng.normal(0.4, 0.05, (400, 2)),
+        "noise": rng.normal(0.35, 0.05, (400, 2)),
+        "tones": rng.normal(0.5, 0.05, (400, 2)),
+    }
+    result = leave_one_kind_out(kinds, target_false_match=0.01, confidence=0.95)
+    for held in kinds:
+        others = [k for k in kinds if k != held]
+        # the independent reference: calibrate() on the other kinds, then count the held kind
+        fitted = calibrate([1, 3], np.zeros((1, 2)), np.zeros((1, 2), bool), {k: kinds[k] for k in others}, 0.01, 0.95)
+        expected = [float(np.mean(kinds[held][:, j] >= fitted.min_score[j] - 5e-5)) for j in range(2)]
+        np.testing.assert_allclose(result[held]["false_match"], expected, atol=1 / 400)
+    assert min(result["tones"]["false_match"]) > 0.05  # fitted without tones, tones pass often
+    assert max(result["noise"]["false_match"]) == 0.0
+    assert all(b >= r for k in result for r, b in zip(result[k]["false_match"], result[k]["bound"], strict=True))
+    with pytest.raises(ValueError, match="two kinds"):
+        leave_one_kind_out({"music": kinds["music"]})
+    cal = calibrate([1, 3], np.zeros((1, 2)), np.zeros((1, 2), bool), kinds, 0.01, 0.95)
+    assert set(cal.info["leave_one_kind_out"]) == set(kinds)

@@ -1,0 +1,164 @@
+"""Speed search: the grid, the refined speed, and songs played faster or slower found by
+`Identifier`, `monitor_stream` and `evaluate`'s query degradation."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from nnfp.audio.io import resample
+from nnfp.catalogue.identify import Identifier, _peak_speed, _wider_speeds
+from nnfp.catalogue.speeds import parse_speeds, speed_grid, speed_step
+from nnfp.corpus.synth import compose_track
+
+RATE = 8000
+
+
+def played_at(audio, speed):
+    """`audio` played `speed` times fast (pitch and tempo together)."""
+    return np.asarray(resample(np.asarray(audio, np.float32), RATE, RATE / speed), np.float32)
+
+
+def test_parse_speeds_forms_and_errors():
+    assert parse_speeds("off") is None
+    assert parse_speeds("0.92:1.08") == (0.92, 1.08)
+    assert parse_speeds("0.96:1.04:0.02") == (0.96, 1.04, 0.02)
+    for bad in ("fast", "0.9", "1.1:0.9", "0.9:1.1:0.5", "0.2:1.0", "nan:1.1"):
+        with pytest.raises(ValueError):
+            parse_speeds(bad)
+
+
+def test_speed_grid_covers_the_range_within_half_a_step():
+    for low, high, step in ((0.92, 1.08, 0.01), (0.92, 1.08, 0.02), (0.96, 1.04, 0.015)):
+        grid = np.array(speed_grid((low, high), step))
+        assert 1.0 in grid and np.all(np.diff(grid) > 0)
+        np.testing.assert_allclose(grid[1:] / grid[:-1], 1 + step, atol=2e-4)  # geometric
+        for speed in np.linspace(low, high, 101):  # every speed in range is near a grid point
+            assert np.min(np.abs(np.log(grid / speed))) <= np.log1p(step) / 2 + 1e-4
+    assert len(speed_grid((0.92, 1.08), 0.01)) == 17
+    assert speed_grid(None, 0.01) == (1.0,)
+    assert speed_step((0.9, 1.1), 1.0) == 0.01 and speed_step((0.9, 1.1), 10.0) == 0.02
+    assert speed_step((0.9, 1.1, 0.05), 1.0) == 0.05
+
+
+def test_peak_speed_is_the_vertex_of_the_parabola():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        true = rng.uniform(0.95, 1.05)
+        middle = true * np.exp(rng.uniform(-0.004, 0.004))
+        speeds = [middle / 1.005, middle, middle * 1.005]
+        curve = -3.0 * (np.log(speeds) - np.log(true)) ** 2 + 0.8
+        scores = dict(zip(speeds, curve, strict=True))
+        # reference: np.polyfit's parabola through the three points, in log speed
+        a, b, _ = np.polyfit(np.log(speeds), curve, 2)
+        assert _peak_speed(scores) == pytest.approx(np.exp(-b / (2 * a)), rel=1e-9)
+        assert _peak_speed(scores) == pytest.approx(true, rel=1e-6)
+    # best at an end, or a place not found at one side: the best speed itself
+    assert _peak_speed({0.99: 0.5, 1.0: 0.6, 1.01: 0.7}) == 1.01  # no peak: the best
+    assert _peak_speed({0.99: 0.6, 1.0: 0.5, 1.01: 0.55}) == 0.99  # a trough
+    assert _peak_speed({0.99: -np.inf, 1.0: 0.6, 1.01: 0.5}) == 1.0
+
+
+def test_a_wider_or_finer_speed_search_than_fitted_is_wider():
+    assert _wider_speeds((0.92, 1.08), None)
+    assert not _wider_speeds(None, None) and not _wider_speeds(None, (0.92, 1.08))
+    assert not _wider_speeds((0.92, 1.08), (0.92, 1.08))
+    assert _wider_speeds((0.9, 1.08), (0.92, 1.08))
+    assert _wider_speeds((0.96, 1.04, 0.005), (0.92, 1.08))  # finer than the fitted 1 s step
+    assert not _wider_speeds((0.96, 1.04, 0.02), (0.92, 1.08))
+
+
+@pytest.fixture(scope="module")
+def speed_index(tmp_path_factory):
+    """An index of four generated tracks with the packaged model."""
+    from nnfp.catalogue.build import build_index
+
+    root = tmp_path_factory.mktemp("speeds")
+    tracks = root / "tracks"
+    tracks.mkdir()
+    music = {}
+    for i in range(4):
+        music[f"t{i}.wav"] = compose_track(700 + i, 40.0, RATE)
+        sf.write(tracks / f"t{i}.wav", music[f"t{i}.wav"], RATE)
+    build_index(tracks, root / "index", progress=False)
+    return root / "index", music
+
+
+def test_a_track_played_5_percent_fast_is_found_with_its_speed_and_offset(speed_index):
+    index, music = speed_index
+    identifier = Identifier(index, min_score=None)
+    start = 12.3  # track seconds, off the 0.5 s grid
+    for speed in (1.05, 0.95):
+        query = played_at(music["t2.wav"][int(start * RATE) :], speed)[: 6 * RATE]
+        best = identifier.identify_audio(query, n_results=1)[0]
+        assert best.path == "t2.wav"
+        assert abs(best.offset_s - start) <= 0.5
+        assert best.speed == pytest.approx(speed, abs=0.005)
+        # the search at one speed does not find it
+        plain = Identifier(index, min_score=None, speeds=None, db=identifier.db, embedder=identifier.embedder)
+        missed = plain.identify_audio(query, n_results=1)
+        assert not missed or missed[0].score < best.score - 0.2
+
+
+def test_unchanged_queries_keep_their_answer_and_report_speed_one(speed_index):
+    index, music = speed_index
+    identifier = Identifier(index, min_score=None)
+    plain = Identifier(index, min_score=None, speeds=None, db=identifier.db, embedder=identifier.embedder)
+    for name, start in (("t0.wav", 3.1), ("t3.wav", 20.75)):
+        query = music[name][int(start * RATE) : int((start + 3) * RATE)]
+        a, b = identifier.identify_audio(query, n_results=1)[0], plain.identify_audio(query, n_results=1)[0]
+        assert (a.path, a.offset_s) == (b.path, b.offset_s) == (name, pytest.approx(start, abs=0.13))
+        assert a.score == pytest.approx(b.score, abs=1e-6)
+        assert a.speed == pytest.approx(1.0, abs=0.005)
+
+
+def test_monitor_reports_plays_at_their_speed(speed_index):
+    from nnfp.catalogue.monitor import monitor_stream
+
+    index, music = speed_index
+    identifier = Identifier(index, min_score=None, decision="score")  # window scores >= min_score below
+    first = played_at(music["t1.wav"][5 * RATE :], 1.03)[: 30 * RATE]
+    second = played_at(music["t3.wav"][2 * RATE :], 0.97)[: 30 * RATE]
+    broadcast = np.concatenate([first, second])
+    blocks = [broadcast[i : i + 4 * RATE] for i in range(0, len(broadcast), 4 * RATE)]
+    plays = list(monitor_stream(identifier, blocks, "b.wav", min_score=0.6, speeds=(0.96, 1.04, 0.02)))
+    assert [p.track for p in plays] == ["t1.wav", "t3.wav"]
+    for play, speed, begin, track_start in zip(plays, (1.03, 0.97), (0.0, 30.0), (5.0, 2.0), strict=True):
+        # the grid's speed (step 2 %), moved by the drift of the play's alignment when it is long
+        assert play.speed == pytest.approx(speed, abs=0.011)
+        assert abs(play.start_s - begin) <= 1.5
+        assert abs(play.track_start_s - (track_start + speed * (play.start_s - begin))) <= 0.6
+        assert json.loads(json.dumps(play.as_dict()))["speed"] == round(play.speed, 4)
+    single = list(monitor_stream(identifier, blocks, "b.wav", min_score=0.6))
+    assert all(p.speed is None and "speed" not in p.as_dict() for p in single)
+
+
+def test_degrade_plays_the_excerpt_faster_from_its_start():
+    from nnfp.catalogue.evaluation import degrade
+
+    track = compose_track(9, 20.0, RATE)
+    start, length = 4 * RATE + 123, 3 * RATE
+    out = degrade(track, start, length, RATE, RATE, speed=1.04)
+    reference = played_at(track[start : start + int(length * 1.04) + RATE], 1.04)[:length]
+    assert len(out) == length
+    # the same audio as the excerpt resampled on its own (the edges differ by the filter)
+    inner = slice(200, length - 200)
+    assert np.corrcoef(out[inner], reference[inner])[0, 1] > 0.999
+
+
+def test_query_tempo_and_pitch_changes_keep_the_start_and_the_length():
+    from nnfp.catalogue.evaluation import altered, degrade
+
+    t = np.arange(20 * RATE) / RATE
+    track = (np.sin(2 * np.pi * 440 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.5 * t))).astype(np.float32)
+    start, length = 5 * RATE, 3 * RATE
+    for tempo, pitch in ((1.05, 0.0), (0.95, 0.0), (1.0, 1.0), (1.0, -1.0)):
+        wave, at = altered(track, start, length, RATE, tempo=tempo, pitch=pitch)
+        assert len(wave) >= at + length
+        out = degrade(track, start, length, RATE, RATE, tempo=tempo, pitch=pitch)
+        assert len(out) == length and np.isfinite(out).all()
+        # a tempo change keeps the 440 Hz tone; a pitch shift moves it by 2 ** (semitones / 12)
+        spectrum = np.abs(np.fft.rfft(out * np.hanning(length)))
+        peak_hz = np.argmax(spectrum) * RATE / length
+        assert peak_hz == pytest.approx(440 * 2 ** (pitch / 12), abs=2.0)
