@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_MONITOR_SPEEDS",
     "DEFAULT_SPEEDS",
     "MONITOR_SPEED_STEP",
+    "SPEED_PENALTY",
     "INDEX_TYPES",
     "INFERENCE_PROCESS",
     "RUNTIMES",
@@ -72,6 +73,10 @@ DEFAULT_DECISION = "margin"
 # query has more segments to outvote it) and costs little to search at many speeds.
 # SPEED_STEPS: (longest query seconds, relative step) pairs, shortest first.
 DEFAULT_SPEEDS = (0.92, 1.08)
+# Most queries play at the catalogue's speed: a place found at another speed ranks this much
+# lower (its score and confidence are unchanged). Chosen by measurement: MODEL_CARD.md, "Songs
+# played faster or slower".
+SPEED_PENALTY = 0.04
 # `nnfp monitor`'s speeds: broadcasts play songs up to a few % fast; each grid speed costs
 # a pass of the model over the recording (MONITOR_SPEED_STEP: the grid's step).
 DEFAULT_MONITOR_SPEEDS = (0.96, 1.04)

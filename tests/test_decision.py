@@ -66,7 +66,7 @@ def test_identifier_confidence_is_the_lead_over_other_tracks(db):
                for t in range(5) for r in range(15)}
     top = max(windows, key=windows.get)
     assert top == (2, 3) and found[0].score == pytest.approx(windows[top], abs=1e-5)
-    for track, (score, start) in best.items():  # the best window of each candidate track
+    for track, (score, _start) in best.items():  # the best window of each candidate track
         assert score <= max(v for (t, _), v in windows.items() if t == track) + 1e-5
     from nnfp.catalogue.identify import Query
 

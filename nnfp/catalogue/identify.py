@@ -27,6 +27,7 @@ from nnfp.defaults import (
     DEFAULT_PHASES,
     DEFAULT_REFINE,
     DEFAULT_SPEEDS,
+    SPEED_PENALTY,
 )
 from nnfp.store.db import FingerprintDB
 
@@ -332,6 +333,7 @@ class Identifier:
         self.refine = None if refine is None else int(refine)
         self.interpolate = int(interpolate)
         self.collapse_seconds = collapse_seconds
+        self.speed_penalty = SPEED_PENALTY
         self.last_query_seconds = None  # length of the latest `identify_audio` query
         self.calibration_notes = []
         if calibration is None and index_dir is not None:
@@ -690,7 +692,8 @@ class Identifier:
 
     def _distinct(self, matches, n_results):
         kept, out = {}, []
-        for match in sorted(matches, key=lambda m: -m.score):
+        penalty = self.speed_penalty
+        for match in sorted(matches, key=lambda m: -(m.score - (penalty if m.speed != 1.0 else 0.0))):
             offsets = kept.setdefault(match.track_id, [])
             if self.collapse_seconds and any(abs(match.offset_s - o) < self.collapse_seconds for o in offsets):
                 continue

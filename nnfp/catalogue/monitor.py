@@ -695,8 +695,9 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
         frontier = min(reached.values())
         ready = []
         for play in sorted(pending, key=lambda p: p.end_s):
-            open_elsewhere = any(
-                c.confirmed and c.start_s / speed < play.end_s
+            span = (play.start_s, play.end_s)
+            open_elsewhere = any(  # a play still open over most of this stretch may replace it
+                c.confirmed and _Monitor._mostly_shared((c.start_s / speed, c.latest * hop_s / speed), span)
                 for speed, st in states.items() for c in st.candidates
             )
             if final or (play.end_s + max_gap_seconds < frontier and not open_elsewhere):

@@ -275,8 +275,9 @@ def cmd_identify(args):
             seconds = identifier.last_query_seconds
             threshold = identifier.match_threshold(seconds)
             how = "calibrated " if args.min_score is None and identifier.calibration is not None else ""
+            what = "led every other track by" if identifier.decision == "margin" else "scored"
             print(
-                f"{_printable(query)}: no match (not in the catalogue: no place scored >= the {how}"
+                f"{_printable(query)}: no match (not in the catalogue: no place {what} >= the {how}"
                 f"threshold {threshold:.3f} for a {seconds:.1f} s query)"
             )
         else:
@@ -372,17 +373,14 @@ def _monitor_recordings(args, stopper):
         read_blocks,
         read_pcm_blocks,
     )
-    from nnfp.defaults import DEFAULT_MONITOR_SPEEDS
 
     identifier = Identifier(
         args.index_dir, model=args.model, k_probe=args.k_probe, threads=args.threads,
         nprobe=args.nprobe, trust_model=args.trust_model, runtime=args.runtime,
         min_score="calibrated" if args.min_score is None else args.min_score, speeds=_monitor_speeds(args.speeds),
     )
-    # "auto": the monitor's own grid where the calibration was fitted with a speed search
-    speeds = None if identifier.speeds is None else _monitor_speeds(
-        DEFAULT_MONITOR_SPEEDS if args.speeds == "auto" else args.speeds
-    )
+    # "auto" (default): one speed; `--speeds LO:HI` (e.g. 0.96:1.04, step MONITOR_SPEED_STEP) monitors a grid
+    speeds = None if identifier.speeds is None or args.speeds == "auto" else _monitor_speeds(args.speeds)
     _print_threshold_notes("monitor", args.min_score, identifier)
     stopper.graceful = True  # from here on a signal ends the stream and the plays in progress are reported
     failed = 0
@@ -882,9 +880,9 @@ def build_parser():
     p.add_argument("--model", default=None, help="override the index's model")
     p.add_argument(
         "--speeds", type=_speeds, default="auto", metavar="LO:HI[:STEP]|off",
-        help=f"playback speeds monitored (default {DEFAULT_MONITOR_SPEEDS[0]:g}:{DEFAULT_MONITOR_SPEEDS[1]:g} in steps "
-        f"of {MONITOR_SPEED_STEP:g}, radio plays songs up to 4 %% fast, where the index's calibration was fitted with a "
-        "speed search, else off; each speed costs a pass of the model); off: only the catalogue's own speed",
+        help=f"playback speeds monitored, e.g. {DEFAULT_MONITOR_SPEEDS[0]:g}:{DEFAULT_MONITOR_SPEEDS[1]:g} (steps of "
+        f"{MONITOR_SPEED_STEP:g} unless given; radio plays songs up to 4 %% fast; each speed costs a pass of the model, "
+        "5.5x slower for 5 speeds); default: the catalogue's own speed only",
     )
     _add_trust_argument(p)
     _add_runtime_argument(p)
