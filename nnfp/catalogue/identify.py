@@ -634,7 +634,8 @@ class Identifier:
         floor = self.rival_floor(seconds)
         matches = [
             dataclasses.replace(m, confidence=self._confidence(m, track_best, max(n_query, 1), floor))
-            for m in self._distinct(found, wanted)
+            # one speed: `rank`'s order (interpolated windows rank by their own score); several: by score
+            for m in (found[:wanted] if len(grid) == 1 else self._distinct(found, wanted))
         ]
         if min_score is not None:
             matches = [m for m in matches if m.confidence >= min_score]
