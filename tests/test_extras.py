@@ -12,9 +12,11 @@ from nnfp.extras import MissingExtraError, require
 
 @pytest.fixture
 def lean(monkeypatch):
-    """An install without the optional packages: importing any of them fails."""
+    """An install without the optional packages: importing any of them, or a module of them
+    another test already imported (matplotlib.pyplot), fails."""
     for name in ("tensorboard", "matplotlib", "wandb"):
-        monkeypatch.setitem(sys.modules, name, None)
+        for module in [m for m in sys.modules if m == name or m.startswith(name + ".")] or [name]:
+            monkeypatch.setitem(sys.modules, module, None)
 
 
 def test_require_names_the_extra_and_the_way_around_it(lean):
