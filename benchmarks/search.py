@@ -191,7 +191,7 @@ def recall(model, n_queries, seed=0):
     first_rows = {i: int(np.flatnonzero(owners == i)[0]) for i in range(len(tracks))}
     waves, _ = synthesize_queries(
         {i: len(t) / 8000 for i, t in enumerate(tracks)}, lambda i: load_audio(paths[i]), first_rows,
-        n_queries, seconds=10.0, seed=seed,
+        n_queries, sample_rate=8000, seconds=10.0, seed=seed,
     )
     dbs = {
         name: FingerprintDB.build(embeddings, owners, starts / 8000, table, index_type=name, threads=1, **kw)

@@ -92,7 +92,7 @@ def make_queries(workdir, index_dir, n_queries):
     waves, kinds = [], []
     for seconds in LENGTHS:
         found, _ = synthesize_queries(
-            durations, lambda i: sf.read(paths[i], dtype="float32"), first_rows, n_queries, seconds=seconds,
+            durations, lambda i: sf.read(paths[i], dtype="float32"), first_rows, n_queries, sample_rate=RATE, seconds=seconds,
             seed=int(seconds),
         )
         waves += found

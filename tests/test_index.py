@@ -269,7 +269,7 @@ def test_evaluate_writes_files_and_matches_naive_reference(setup, tmp_path, caps
     waves, info = synthesize_queries(
         {t["track_id"]: t["duration_s"] for t in db.tracks},
         lambda i: load_audio(setup["music"] / db.tracks[i]["path"]),
-        first_rows, 12, seconds=3.0, seed=3, aligned=True,
+        first_rows, 12, sample_rate=identifier.sample_rate, seconds=3.0, seed=3, aligned=True,
     )
     np.testing.assert_array_equal(info["true_row"], raw["query_true_row"])
     embeddings = np.asarray(db.embeddings, np.float64)

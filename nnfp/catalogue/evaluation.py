@@ -161,7 +161,7 @@ def altered(track, start, length, rate, speed=1.0, tempo=1.0, pitch=0.0, context
 
 
 def degrade(
-    track, start, length, track_rate, sample_rate=8000, noise=None, snr_db=None, impulse_response=None,
+    track, start, length, track_rate, sample_rate, noise=None, snr_db=None, impulse_response=None,
     speed=1.0, tempo=1.0, pitch=0.0,
 ):
     """A query as a user records it: `track[start:start+length]` (samples at `track_rate`) played in
@@ -209,9 +209,10 @@ def synthesize_queries(
     load_track,
     track_first_rows,
     n_queries,
+    *,
+    sample_rate,
     seconds=10.0,
     hop_seconds=0.5,
-    sample_rate=8000,
     snr_db_range=(0.0, 10.0),
     noise=None,
     impulse_responses=None,
