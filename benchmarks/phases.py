@@ -23,8 +23,8 @@ import time
 import numpy as np
 
 from nnfp.catalogue.calibration import allowed_false_matches
-from nnfp.catalogue.evaluation import degradation_settings, index_queries
 from nnfp.catalogue.identify import Identifier
+from nnfp.catalogue.queries import degradation_settings, index_queries
 from nnfp.defaults import DEFAULT_REFINE
 
 LENGTHS = (1, 2, 3, 5, 6, 10)

@@ -168,9 +168,9 @@ def recall(model, n_queries, seed=0):
     """Top-1 agreement of approximate indexes with exact flat search on real fingerprints."""
     from nnfp.audio.io import load_audio
     from nnfp.audio.sources import list_audio_files, load_tracks
-    from nnfp.catalogue.evaluation import synthesize_queries
     from nnfp.catalogue.fingerprint import fingerprint_tracks
     from nnfp.catalogue.identify import Identifier
+    from nnfp.catalogue.queries import synthesize_queries
     from nnfp.config import CONFIG_DIR, load_config
     from nnfp.store.db import FingerprintDB
     from nnfp.training import build_model, embedded_corpus

@@ -82,7 +82,7 @@ def make_queries(workdir, index_dir, n_queries):
     """Degraded catalogue excerpts (`n_queries` per length) and unknown excerpts, as `queries.npz`."""
     import soundfile as sf
 
-    from nnfp.catalogue.evaluation import synthesize_queries
+    from nnfp.catalogue.queries import synthesize_queries
     from nnfp.store.db import FingerprintDB
 
     db = FingerprintDB.load(index_dir)

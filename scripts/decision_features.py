@@ -6,7 +6,7 @@ decision statistic (issue: a decision rule that holds on kinds it was not fitted
         [--generated 300] [--noise-dir DIR --ir-dir DIR] [--speeds off|LO:HI] [--seed 0]
 
 Every query is cut at a random time, played through a room and mixed with noise at 0-10 dB
-(`nnfp.catalogue.evaluation.synthesize_queries`), and ranked at 1, 3 and 10 s with no
+(`nnfp.catalogue.queries.synthesize_queries`), and ranked at 1, 3 and 10 s with no
 threshold (`run_queries`): the top-10 distinct places (track, offset, score, speed) are saved
 per kind. `--generated N` adds N queries of each generated kind (`nnfp.corpus.signals`).
 """
@@ -32,8 +32,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from nnfp.catalogue.evaluation import degradation_settings, index_queries, run_queries
     from nnfp.catalogue.identify import Identifier
+    from nnfp.catalogue.metrics import run_queries
+    from nnfp.catalogue.queries import degradation_settings, index_queries
     from nnfp.catalogue.speeds import parse_speeds
 
     speeds = parse_speeds(args.speeds)
@@ -80,7 +81,7 @@ def main(argv=None):
             rng = np.random.default_rng([args.seed, 100 + j])
             durations = {i: seconds + 1.0 for i in range(args.generated)}
             sources = {i: make_signal(kind, int(rng.integers(1 << 30)), seconds + 1.0, rate) for i in durations}
-            from nnfp.catalogue.evaluation import synthesize_queries
+            from nnfp.catalogue.queries import synthesize_queries
 
             waves, _ = synthesize_queries(
                 durations, sources.__getitem__, None, args.generated, seconds=seconds,

@@ -25,8 +25,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from nnfp.catalogue.calibration import binomial_upper_bound
-    from nnfp.catalogue.evaluation import degradation_settings, index_queries, run_queries
     from nnfp.catalogue.identify import Identifier
+    from nnfp.catalogue.metrics import run_queries
+    from nnfp.catalogue.queries import degradation_settings, index_queries
 
     identifier = Identifier(args.index)
     degradation = degradation_settings(identifier, (0.0, 10.0), args.noise_dir, args.ir_dir, None, True, True)

@@ -7,7 +7,7 @@
 Makes the queries of `nnfp evaluate` (same seed, degradation and random cuts; noise and
 rooms from `--noise-dir` / `--ir-dir` unless `--clean`) and the same number from the
 unknown music of `--unknown-dir`, fingerprints every query's phases once, then runs
-`nnfp.catalogue.evaluation.run_queries` for each `interpolate` value on those
+`nnfp.catalogue.metrics.run_queries` for each `interpolate` value on those
 fingerprints. Prints right track + offset, answered right and false matches (the index's
 calibrated thresholds) per length, and the median search time. Used for MODEL_CARD.md.
 Only one-phase queries (1 s at 4 phases) are interpolated, so only the 1 s column moves.
@@ -37,13 +37,9 @@ def main():
     from nnfp.export import use_inference_threads
 
     use_inference_threads()
-    from nnfp.catalogue.evaluation import (
-        degradation_settings,
-        hit_rates,
-        index_queries,
-        run_queries,
-    )
     from nnfp.catalogue.identify import Identifier
+    from nnfp.catalogue.metrics import hit_rates, run_queries
+    from nnfp.catalogue.queries import degradation_settings, index_queries
 
     identifier = Identifier(args.index, phases=args.phases)
     noisy = not args.clean

@@ -21,7 +21,7 @@ def rates(scores_path, thresholds):
     """`{metric: [% per length]}` of one `scores.npz` at `thresholds` (one per length),
     counted as `nnfp evaluate` counts them (`hit_rates`; queries too short for a length
     are left out of it)."""
-    from nnfp.catalogue.evaluation import hit_rates
+    from nnfp.catalogue.metrics import hit_rates
 
     saved = np.load(scores_path)
     if len(thresholds) != len(saved["lengths_seconds"]):

@@ -65,8 +65,8 @@ def main():
 
     use_inference_threads()
     from nnfp.audio.segments import n_segments
-    from nnfp.catalogue.evaluation import degradation_settings, index_queries
     from nnfp.catalogue.identify import Identifier
+    from nnfp.catalogue.queries import degradation_settings, index_queries
 
     identifier = Identifier(args.index, phases=4)
     db = identifier.db

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from nnfp.catalogue.evaluation import degrade, hit_rates, synthesize_queries
+from nnfp.catalogue.metrics import hit_rates
+from nnfp.catalogue.queries import degrade, synthesize_queries
 
 
 def _tracks(rate):

@@ -50,7 +50,7 @@ def test_train_without_tensorboard_fails_before_the_run_folder(lean, tmp_path, c
 
 
 def test_evaluate_results_are_written_before_the_plot_asks_for_matplotlib(lean, tmp_path):
-    from nnfp.catalogue.evaluation import save_results
+    from nnfp.catalogue.reports import save_results
 
     rates = {"track_top1": np.array([50.0]), "n": np.array([2])}
     raw = {"valid": np.ones((2, 1), bool)}

@@ -222,7 +222,7 @@ def test_no_default_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 
 def test_hit_rates_known_answers():
-    from nnfp.catalogue.evaluation import hit_rates
+    from nnfp.catalogue.metrics import hit_rates
 
     true_rows = np.array([10, 20, 30, 40])
     true_tracks = np.array([1, 2, 3, 4])
@@ -243,8 +243,9 @@ def test_hit_rates_known_answers():
 
 def test_evaluate_writes_files_and_matches_naive_reference(setup, tmp_path, capsys):
     from nnfp.audio.io import load_audio
-    from nnfp.catalogue.evaluation import hit_rates, synthesize_queries
     from nnfp.catalogue.identify import Identifier
+    from nnfp.catalogue.metrics import hit_rates
+    from nnfp.catalogue.queries import synthesize_queries
 
     out = tmp_path / "eval"
     args = [

@@ -135,7 +135,7 @@ def test_monitor_reports_plays_at_their_speed(speed_index):
 
 
 def test_degrade_plays_the_excerpt_faster_from_its_start():
-    from nnfp.catalogue.evaluation import degrade
+    from nnfp.catalogue.queries import degrade
 
     track = compose_track(9, 20.0, RATE)
     start, length = 4 * RATE + 123, 3 * RATE
@@ -148,7 +148,7 @@ def test_degrade_plays_the_excerpt_faster_from_its_start():
 
 
 def test_query_tempo_and_pitch_changes_keep_the_start_and_the_length():
-    from nnfp.catalogue.evaluation import altered, degrade
+    from nnfp.catalogue.queries import altered, degrade
 
     t = np.arange(20 * RATE) / RATE
     track = (np.sin(2 * np.pi * 440 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.5 * t))).astype(np.float32)
