@@ -4,9 +4,11 @@
     python scripts/make_eval_folders.py data
 
 data/eval/KIND: folders of symbolic links to the split's files (heldout, unknown-train,
-unknown-eval, noise-train, noise-test, speech-train, speech-test); data/generated/KIND: 20
-files of 30 s of each generated kind (`nnfp.corpus.signals`), seeded, the same on every run.
-Existing links and files are kept.
+unknown-eval, noise-train, noise-test, speech-train, speech-test); data/folds/fold-K and
+data/folds/not-K: the held-out folds of scripts/evaluate_folds.sh (every package never trained
+on, in 3 folds of different genres) and, for each, the other folds' music (its distractors);
+data/generated/KIND: 20 files of 30 s of each generated kind (`nnfp.corpus.signals`), seeded,
+the same on every run. Existing links and files are kept.
 """
 
 import json
@@ -24,6 +26,21 @@ FOLDERS = {
     "speech-test": ["speech-test"],
 }
 
+# Packages never trained on (scripts/debian_splits.py: heldout, val, unknown), by genre: RTS
+# soundtrack (orchestral, electronic); adventure-game score; puzzle/arcade/strategy (chiptune,
+# looping electronic, folk).
+FOLDS = {
+    "fold-1": {"warzone2100-music"},
+    "fold-2": {"drascula-music"},
+    "fold-3": {"pushover-data", "extremetuxracer-data", "hyperrogue-music", "lordsawar-data"},
+}
+
+
+def _link(folder, source):
+    link = folder / source.name
+    if not link.exists():
+        os.symlink(source, link)
+
 
 def main(root):
     import soundfile as sf
@@ -37,10 +54,18 @@ def main(root):
         for split in splits:
             for entry in json.loads((root / "splits" / f"{split}.json").read_text()):
                 source = (root / "splits" / entry["path"]).resolve()
-                link = folder / source.name
-                if not link.exists():
-                    os.symlink(source, link)
+                _link(folder, source)
         print(f"{folder}: {len(os.listdir(folder))} files")
+    unseen = [e for split in ("music-heldout", "music-val", "music-unknown")
+              for e in json.loads((root / "splits" / f"{split}.json").read_text())]
+    for name, packages in FOLDS.items():
+        for folder_name, inside in ((name, True), (name.replace("fold", "not"), False)):
+            folder = root / "folds" / folder_name
+            folder.mkdir(parents=True, exist_ok=True)
+            for entry in unseen:
+                if (entry["package"] in packages) == inside:
+                    _link(folder, (root / "splits" / entry["path"]).resolve())
+            print(f"{folder}: {len(os.listdir(folder))} files")
     for j, kind in enumerate(GENERATED_KINDS):
         folder = root / "generated" / kind
         folder.mkdir(parents=True, exist_ok=True)

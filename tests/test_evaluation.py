@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from nnfp.catalogue.metrics import hit_rates
+from nnfp.catalogue.metrics import hit_rates, same_audio_as_truth
 from nnfp.catalogue.queries import degrade, synthesize_queries
 
 
@@ -69,6 +69,35 @@ def test_hit_rates_offset_and_decision_columns():
     assert rates["track_top1"][0] == pytest.approx(200 / 3)
     assert rates["offset_top1"][0] == pytest.approx(100 / 3)  # |2.6 - 2.3| <= 0.5; 4.4 is 2.1 s out
     assert rates["answered_right"][0] == pytest.approx(100 / 3)
+
+
+class _Rows:
+    """The two things `same_audio` reads of a DB: its fingerprints and their count."""
+
+    def __init__(self, embeddings):
+        self.embeddings = embeddings
+        self.n_segments = len(embeddings)
+
+
+def test_a_repeat_of_the_same_bars_counts_as_right_or_same_audio():
+    rng = np.random.default_rng(0)
+    bars = rng.normal(size=(5, 16))
+    # rows 0-4 a phrase, 5-9 other audio, 10-14 the phrase again (a loop), 15-19 other audio
+    rows = np.concatenate([bars, rng.normal(size=(5, 16)), bars + 0.05 * rng.normal(size=(5, 16)),
+                           rng.normal(size=(5, 16))])
+    db = _Rows((rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32))
+    # query truth: row 0, 5 rows long; answers: the repeat (10), other audio (15), the truth (0), nothing
+    predicted = np.array([10, 15, 0, -1])[:, None, None]
+    truth = np.zeros(4, int)
+    same = same_audio_as_truth(db, predicted, truth, [5])
+    np.testing.assert_array_equal(same[:, 0], [True, False, True, False])
+    # the reference: the mean cosine of the two 5-row windows against 0.9
+    cosine = np.mean(np.sum(db.embeddings[10:15] * db.embeddings[0:5], axis=1))
+    assert cosine > 0.9 and np.mean(np.sum(db.embeddings[15:20] * db.embeddings[0:5], axis=1)) < 0.5
+    rates = hit_rates(predicted, truth, np.array([0, 0, 0, -1])[:, None, None], truth,
+                      predicted_offsets=np.array([5.0, 7.5, 0.0, np.nan])[:, None, None],
+                      true_offsets=np.zeros(4), same_audio=same)
+    assert rates["offset_top1"][0] == 25.0 and rates["offset_or_same"][0] == 50.0
 
 
 def test_top1_near_needs_the_right_track():

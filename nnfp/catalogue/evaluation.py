@@ -33,7 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from nnfp.audio.segments import n_segments
-from nnfp.catalogue.metrics import LENGTHS_SECONDS, OFFSET_TOLERANCE_S, hit_rates, run_queries
+from nnfp.catalogue.metrics import (
+    LENGTHS_SECONDS,
+    OFFSET_TOLERANCE_S,
+    hit_rates,
+    run_queries,
+    same_audio_as_truth,
+)
 from nnfp.catalogue.queries import degradation_settings, index_queries, read_labels
 from nnfp.catalogue.reports import format_table, save_results
 from nnfp.catalogue.speeds import speeds_description
@@ -172,6 +178,7 @@ def evaluate(
         raw["rows"], info["true_row"], raw["tracks"], info["track"], raw["valid"],
         predicted_offsets=raw["offsets"], true_offsets=info["offset_s"], decided=raw["decided"],
         **({"predicted_speeds": raw["speeds"], "true_speeds": info["speed"]} if speed_range is not None else {}),
+        same_audio=same_audio_as_truth(db, raw["rows"], info["true_row"], counts),
     )
     if unknown_dir is not None:
         unknown_waves, unknown_info = index_queries(

@@ -21,6 +21,7 @@ __all__ = [
     "SPEED_TOLERANCE",
     "hit_rates",
     "run_queries",
+    "same_audio_as_truth",
 ]
 
 LENGTHS_SECONDS = (1, 2, 3, 5, 6, 10)
@@ -33,6 +34,7 @@ N_RANKED = 10
 def hit_rates(
     predicted_rows, true_rows, predicted_tracks, true_tracks, valid=None,
     predicted_offsets=None, true_offsets=None, decided=None, predicted_speeds=None, true_speeds=None,
+    same_audio=None,
 ):
     """Hit rates from ranked predictions.
 
@@ -49,6 +51,10 @@ def hit_rates(
         predicted_speeds / true_speeds: optional (n_queries, n_lengths, k) reported and
             (n_queries,) true playback speeds: `"speed_right"` is the share of right
             track + offset answers whose speed is within `SPEED_TOLERANCE`.
+        same_audio: optional (n_queries, n_lengths) bool, the top-1's DB rows hold the same audio
+            as the truth's (`same_audio_as_truth`): `"offset_or_same"` counts a right track
+            whose offset is right or lands on a repeat of the same bars (a loop, a chorus
+            played twice alike), which no system can tell apart.
 
     Returns:
         `{metric: (n_lengths,) percentages}` for `METRICS` (the offset metrics need the
@@ -74,6 +80,8 @@ def hit_rates(
         hits["offset_top1"] = right_track & (error <= OFFSET_TOLERANCE_S + 1e-6)
         if decided is not None:
             hits["answered_right"] = hits["offset_top1"] & np.asarray(decided, bool)
+        if same_audio is not None:
+            hits["offset_or_same"] = hits["offset_top1"] | (right_track & np.asarray(same_audio, bool))
     n = valid.sum(axis=0)
     rates = {k: 100.0 * (v & valid).sum(axis=0) / np.maximum(n, 1) for k, v in hits.items()}
     if "offset_top1" in hits and predicted_speeds is not None and true_speeds is not None:
@@ -83,6 +91,20 @@ def hit_rates(
         rates["speed_right"] = 100.0 * speed_right.sum(axis=0) / np.maximum(right.sum(axis=0), 1)
     rates["n"] = n
     return rates
+
+
+def same_audio_as_truth(db, predicted_rows, true_rows, n_rows):
+    """(n_queries, n_lengths) bool: the top-1 window of `n_rows[j]` DB rows holds the same audio
+    as the true window (`nnfp.catalogue.identify.same_audio`: mean cosine of the two windows'
+    fingerprints >= `SAME_AUDIO`); False where nothing was found."""
+    from nnfp.catalogue.identify import same_audio
+
+    predicted = np.asarray(predicted_rows)[..., 0]
+    out = np.zeros(predicted.shape, bool)
+    for q, j in zip(*np.nonzero(predicted >= 0), strict=True):
+        row, truth = int(predicted[q, j]), int(true_rows[q])
+        out[q, j] = row == truth or same_audio(db, row, truth, int(n_rows[j]))
+    return out
 
 
 

@@ -30,6 +30,7 @@ _LABELS = {
     "top10": "top-10 exact",
     "song_top1": "song top-1",
     "speed_right": "speed ±0.5 % (% of right answers)",
+    "offset_or_same": "right track+offset or same audio",
 }
 
 
@@ -38,7 +39,7 @@ def format_table(rates, lengths_seconds, counts, title="Search evaluation (hit r
     header = f"{'query length':<{width}}" + "".join(f"{f'{s:g} s':>8}" for s in lengths_seconds)
     lines = [title, header, f"{'segments':<{width}}" + "".join(f"{c:>8}" for c in counts)]
     lines.append("-" * len(header))
-    for key in (*METRICS, "speed_right", "false_match"):
+    for key in (*METRICS, "offset_or_same", "speed_right", "false_match"):
         if key in rates:
             lines.append(f"{_LABELS[key]:<{width}}" + "".join(f"{v:>8.1f}" for v in rates[key]))
     lines.append(f"{'queries':<{width}}" + "".join(f"{int(v):>8}" for v in rates["n"]))
@@ -51,7 +52,7 @@ def markdown_table(rates, lengths_seconds, counts):
     head = "| metric | " + " | ".join(f"{s:g} s ({c} seg)" for s, c in zip(lengths_seconds, counts, strict=True)) + " |"
     rule = "| --- |" + " ---: |" * len(lengths_seconds)
     lines = [head, rule]
-    for key in (*METRICS, "speed_right", "false_match"):
+    for key in (*METRICS, "offset_or_same", "speed_right", "false_match"):
         if key in rates:
             lines.append(f"| {_LABELS[key]} | " + " | ".join(f"{v:.1f}" for v in rates[key]) + " |")
     lines.append("| queries | " + " | ".join(str(int(v)) for v in rates["n"]) + " |")
