@@ -6,7 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-import nnfp.store.db
+import nnfp.store.scoring
 from nnfp.store.db import FingerprintDB, Match
 
 D = 64
@@ -321,8 +321,8 @@ def _random_db(rng, lengths, d):
 
 @pytest.mark.parametrize("tile_pairs, tile_rows", [(7, 3), (1000, 64), (65_536, 64)])
 def test_tiled_sequence_scores_equal_the_dense_formula(monkeypatch, tile_pairs, tile_rows):
-    monkeypatch.setattr(nnfp.store.db, "_SCORE_TILE_PAIRS", tile_pairs)
-    monkeypatch.setattr(nnfp.store.db, "_SCORE_TILE_QUERY_ROWS", tile_rows)
+    monkeypatch.setattr(nnfp.store.scoring, "_SCORE_TILE_PAIRS", tile_pairs)
+    monkeypatch.setattr(nnfp.store.scoring, "_SCORE_TILE_QUERY_ROWS", tile_rows)
     rng = np.random.default_rng(3)
     db = _random_db(rng, [40, 7, 90, 25], d=24)  # queries longer than some tracks
     for n_query in (1, 5, 30, 120):

@@ -307,7 +307,7 @@ def test_same_folder_by_another_path_is_not_added_twice(setup, tmp_path, monkeyp
 
 
 def test_full_disk_leaves_the_index_intact(setup, tmp_path, capsys, monkeypatch):
-    import nnfp.store.db
+    import nnfp.store.faiss_index
 
     root, index = setup
     index = _copy(index, tmp_path)
@@ -316,7 +316,7 @@ def test_full_disk_leaves_the_index_intact(setup, tmp_path, capsys, monkeypatch)
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(nnfp.store.db.faiss, "write_index", full)
+    monkeypatch.setattr(nnfp.store.faiss_index.faiss, "write_index", full)
     assert main(["index", "add", str(index), str(root / "more"), "--quiet"]) == 2
     err = _error_line(capsys)
     assert "No space left on device" in err and "free some space and run again" in err

@@ -16,7 +16,7 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "nnfp"
 # The one module allowed to import each heavy dependency.
-OWNERS = {"faiss": "nnfp/store/db.py", "soxr": "nnfp/audio/io.py", "av": "nnfp/audio/io.py",
+OWNERS = {"faiss": "nnfp/store/faiss_index.py", "soxr": "nnfp/audio/io.py", "av": "nnfp/audio/io.py",
           "pyroomacoustics": "nnfp/corpus/rooms.py"}
 
 

@@ -1,2 +1,4 @@
-"""The fingerprint store: the database and its faiss index (`db`, the only module importing
-faiss) and the integrity record of a saved folder (`integrity`)."""
+"""The fingerprint store: the database (`db`), its faiss index (`faiss_index`, the only module
+importing faiss), the checks of its rows (`rows`), the saved folder (`folder`) and its integrity
+record (`integrity`), sequence scoring (`scoring`) and search (`search`), and the Milvus backend
+(`milvus`)."""

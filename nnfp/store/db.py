@@ -1,6 +1,7 @@
-"""The fingerprint database (`FingerprintDB`) and its sequence search; the only module importing faiss.
+"""The fingerprint database (`FingerprintDB`): its rows and tracks, build, add, remove, save and
+load, and `verify_db`.
 
-Pure NumPy + faiss: this module receives embeddings and never imports the model.
+Pure NumPy: this module receives embeddings and never imports the model.
 
 Where the vectors live is the store's backend: `faiss` (the default: a faiss index and the
 exact fingerprints in `embeddings.npy`, memory-mapped) or `milvus` (a Milvus collection, in a
@@ -9,33 +10,53 @@ small interface, faiss' own: an index with `ntotal` and `search(x, k) -> (scores
 the stored rows as an array, `embeddings[rows]`; everything below it (candidates, sequence
 scores, phases, interpolation, places) is one code for both.
 
-A song is cut into 1 s segments on a `hop_seconds` hop; every segment has an
-L2-normalised fingerprint. A query of `n` consecutive segments (same hop) is
-matched as in the paper's evaluation (mimbres/neural-audio-fp `eval/eval_faiss.py`):
-each query segment retrieves `k_probe` nearest DB segments, each hit at DB row `c`
-for query segment `i` proposes the sequence start `c - i`, and every proposed
-start is scored by the mean inner product of the `n` query segments with the
-`n` stored DB segments that follow it.
+The rest of the store, one module each: the faiss index, its factory and on-disk inverted lists
+(`faiss_index`, the only module importing faiss); the checks of stored rows (`rows`); the saved
+folder and its `tracks.json` (`folder`) and integrity record (`integrity`); how a query sequence
+is scored (`scoring`) and how scored windows are ranked into matches (`search`), the base
+classes of `FingerprintDB`.
 """
 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from nnfp.defaults import INDEX_TYPES
 from nnfp.outputs import atomic_directory, atomic_file, atomic_write_bytes
+from nnfp.store.faiss_index import (
+    MIN_POINTS_PER_CENTROID,
+    add_in_chunks,
+    default_threads,
+    index_settings,
+    invlists_on_disk,
+    invlists_to_ram,
+    merge_parts_on_disk,
+    read_index,
+    set_nprobe,
+    set_search_threads,
+    set_threads,
+    trained_index,
+    write_index,
+    write_index_on_disk,
+)
+from nnfp.store.folder import (
+    DB_NAMES,
+    FORMAT_VERSION,
+    IVF_DATA_FILE,
+    SEGMENTS_GLOB,
+    folder_identity,
+    own_names,
+    read_meta,
+    read_metadata,
+    store_entry,
+)
 from nnfp.store.integrity import (
     REBUILD_HINT,
     CorruptIndexError,
@@ -45,6 +66,8 @@ from nnfp.store.integrity import (
     meta_digest,
     one_line,
 )
+from nnfp.store.rows import ADD_CHUNK_ROWS, check_segments, check_store, count_zero_rows
+from nnfp.store.search import Match, SequenceSearch
 
 __all__ = [
     "INDEX_TYPES",
@@ -54,28 +77,9 @@ __all__ = [
     "verify_db",
 ]
 
-FORMAT_VERSION = 1
-_MIN_POINTS_PER_CENTROID = 39  # below this faiss k-means warns and clusters poorly
-_MAX_POINTS_PER_CENTROID = 256  # faiss k-means subsamples beyond this anyway
-_ADD_CHUNK_ROWS = 262_144  # rows per faiss add / disk copy: bounds RAM for memory-mapped stores
-# sequence_scores works on tiles of at most this many (query row, candidate) pairs:
-# ~32 MB of gathered float32 rows at d=128, whatever the query length.
-# faiss (1.15) computes exact inner products without BLAS below 128,000 query vectors at once;
-# with BLAS from 4 vectors on, the 76 vectors of a 10 s query at 4 phases are searched ~7x faster
-# in a 38k-segment flat index (benchmarks/search.py), with the same neighbours.
-_BLAS_MIN_QUERIES = 4
-_SCORE_TILE_PAIRS = 65_536
-_SCORE_TILE_QUERY_ROWS = 64
-IVF_DATA_FILE = "index.ivfdata"  # inverted lists of an on-disk IVF index, beside index.faiss
 # `load` hashes every recorded file (a damaged store of the same size is found at once)
 # when they add up to at most this; larger indexes check sizes only (`verify_files` does all).
 CHECKSUM_ON_LOAD_BYTES = 256 * 2**20
-
-
-# What a saved DB folder holds besides the files its integrity record lists: a save replacing
-# the folder drops these, and carries any other entry (a user's own file) into the new one.
-_DB_NAMES = ("embeddings.npy", "segments.npz", "tracks.json", "index.faiss", IVF_DATA_FILE, "model", "model.keras", "litert",
-             "calibration.json", "milvus.db")
 
 
 # The index parameters `FingerprintDB.build` takes (what `index_params` records, but `on_disk`).
@@ -84,86 +88,13 @@ _BUILD_PARAMS = ("nlist", "m", "nbits", "nprobe", "hnsw_m", "ef_search")
 _LOAD_ATTEMPTS = 20  # loads overlapping a folder swap are made again, up to this many in all
 
 
-def _folder_identity(directory):
-    """(device, inode) of a folder and the inode of its tracks.json, None when missing: a replaced
-    folder is another inode, and so is a tracks.json replaced in place (a Milvus-backed index)."""
-    try:
-        info = os.stat(directory)
-    except OSError:
-        return None
-    try:
-        table = os.stat(Path(directory) / "tracks.json").st_ino
-    except OSError:
-        table = None
-    return info.st_dev, info.st_ino, table
-
-
-def _own_names(directory):
-    """Top-level entries of the DB saved at `directory` that are nnfp's (`_DB_NAMES` and its record)."""
-    names = set(_DB_NAMES)
-    try:
-        recorded = json.loads((Path(directory) / "tracks.json").read_text())["integrity"]["files"]
-        names.update(name.split("/")[0] for name in recorded)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    names.update(path.name for path in Path(directory).glob(_SEGMENTS_GLOB))  # a Milvus index's versions
-    return names
-
-
-_SEGMENTS_GLOB = "segments-*.npz"  # a Milvus-backed index's segment tables, one per version
-
-
-def _store_entry(meta):
-    """The `store` entry of a tracks.json: where the vectors are (faiss for older folders)."""
-    store = meta.get("store") or {"backend": "faiss"}
-    if store.get("backend") not in ("faiss", "milvus"):
-        raise CorruptIndexError(f"unknown fingerprint store backend {store.get('backend')!r}; {REBUILD_HINT}")
-    return store
-
-
-def _read_meta(directory):
-    """tracks.json of a saved DB, checked to be a DB description of the supported version."""
-    path = Path(directory) / "tracks.json"
-    try:
-        meta = json.loads(path.read_text())
-        missing = {"version", "d", "n_segments", "hop_seconds", "index_type", "params", "tracks"} - set(meta)
-    except Exception as error:  # UnicodeDecodeError, JSONDecodeError, not a mapping...
-        raise corrupt_file_error(path, error) from None
-    if missing:
-        raise CorruptIndexError(f"{path}: damaged (no {', '.join(sorted(missing))}); {REBUILD_HINT}")
-    if meta.get("version") != FORMAT_VERSION:
-        raise CorruptIndexError(
-            f"{path}: unsupported fingerprint DB version {meta.get('version')!r} (this nnfp reads "
-            f"version {FORMAT_VERSION}); rebuild the index with this nnfp (`nnfp index build`)"
-        )
-    return meta
-
-
-def read_metadata(directory):
-    """The catalogue metadata of a saved DB (its model, its source folders...), read without
-    loading the index or the fingerprints."""
-    return _read_meta(directory).get("metadata") or {}
-
-
-def _check_store(embeddings, meta, directory):
-    """Every stored fingerprint is a unit vector or zero, and the zeros are the dead-air rows
-    recorded at save time (`CorruptIndexError` otherwise)."""
-    path = Path(directory) / "embeddings.npy"
-    zeros = _zero_rows(embeddings, where=path)
-    recorded = meta.get("zero_rows")
-    if recorded is not None and zeros != recorded:
-        raise CorruptIndexError(
-            f"{path}: damaged: {zeros} zero fingerprints, {recorded} dead-air rows recorded; {REBUILD_HINT}"
-        )
-
-
 def verify_db(directory):
     """Checks every file of a saved DB: sizes and SHA-256 recorded at save time, and that
     each file loads. Returns `(problems, has_checksums)`: one-line messages (empty: intact),
     and False for a folder saved by an older nnfp, which recorded no checksums."""
     directory = Path(directory)
     try:
-        meta = _read_meta(directory)
+        meta = read_meta(directory)
     except (FileNotFoundError, CorruptIndexError) as error:
         return [str(error)], False
     problems = integrity_problems(directory, meta, checksums=True)
@@ -172,9 +103,9 @@ def verify_db(directory):
             db = FingerprintDB.load(directory, checksums=False)  # checks the store up to the on-load limit
             if db.backend == "milvus":  # its row count and probe rows were checked: norms of a sample
                 sample = np.unique(np.linspace(0, db.n_segments - 1, min(db.n_segments, _VERIFY_SAMPLE_ROWS)).astype(np.int64))
-                _zero_rows(db.embeddings[sample], where=db.source)
+                count_zero_rows(db.embeddings[sample], where=db.source)
             elif db.embeddings.nbytes > CHECKSUM_ON_LOAD_BYTES:
-                _check_store(db.embeddings, meta, directory)  # and here the larger ones
+                check_store(db.embeddings, meta, directory)  # and here the larger ones
         except (OSError, CorruptIndexError) as error:  # FileNotFoundError, a Milvus server not reached
             problems.append(str(error))
     return problems, bool(meta.get("integrity"))
@@ -183,313 +114,7 @@ def verify_db(directory):
 _VERIFY_SAMPLE_ROWS = 65_536  # rows of a Milvus collection whose norms `verify_db` checks
 
 
-@dataclasses.dataclass(frozen=True)
-class Match:
-    """One search result: a track and the offset of the query inside it.
-
-    Attributes:
-        track_id: id of the matched track.
-        path: the track's relative path.
-        offset_s: start of the matched window inside the track, in seconds.
-        score: mean inner product of query and DB segments over the window.
-        segment_index: DB row of the window's first segment.
-        speed: the playback speed at which the query plays the track (1.03: 3 % fast);
-            `offset_s` is in the track's own time (`nnfp.catalogue.identify.Identifier`'s
-            speed search; 1.0 for a search at one speed).
-        confidence: the value the decision "in the catalogue" was taken on
-            (`nnfp.catalogue.identify.Identifier`; None where no decision was taken).
-    """
-
-    track_id: int
-    path: str
-    offset_s: float
-    score: float
-    segment_index: int
-    speed: float = 1.0
-    confidence: float | None = None
-
-
-def _default_threads():
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
-def _default_nlist(n_segments):
-    nlist = int(round(4.0 * np.sqrt(n_segments)))
-    return int(np.clip(nlist, 1, max(1, n_segments // _MIN_POINTS_PER_CENTROID)))
-
-
-_NORM_TOLERANCE = 1e-3  # |norm - 1| of a stored or query fingerprint (float32 arithmetic: ~1e-6)
-
-
-def _bad_norms(vectors):
-    """Positions of rows that are neither unit vectors nor zero (dead air), NaN included."""
-    norms = np.linalg.norm(np.asarray(vectors, np.float32), axis=1)
-    return np.flatnonzero(~((np.abs(norms - 1.0) <= _NORM_TOLERANCE) | (norms == 0.0))), norms
-
-
-def _zero_rows(embeddings, where=None):
-    """Counts the zero rows (dead air) of fingerprints read in chunks; every other row must be a
-    unit vector: `ValueError` for given embeddings, `CorruptIndexError` naming `where` (a stored file)."""
-    zeros = 0
-    for first in range(0, len(embeddings), _ADD_CHUNK_ROWS):
-        block = np.asarray(embeddings[first : first + _ADD_CHUNK_ROWS], np.float32)
-        bad, norms = _bad_norms(block)
-        if bad.size:
-            row = first + int(bad[0])
-            what = (f"row {row} has norm {norms[bad[0]]:.4g} ({bad.size} such rows in rows "
-                    f"{first}-{first + len(block) - 1}); fingerprints are unit vectors, or zero for dead air")
-            if where is None:
-                raise ValueError(f"`embeddings`: {what}")
-            raise CorruptIndexError(f"{where}: damaged: {what}; {REBUILD_HINT}")
-        zeros += int(np.count_nonzero(norms == 0.0))
-    return zeros
-
-
-def _check_segments(embeddings, segment_track, segment_start, tracks, d=None):
-    """Validates one batch of segments + tracks; returns normalised arrays and tracks."""
-    embeddings = np.asarray(embeddings)
-    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-        raise ValueError(
-            "`embeddings` must be a non-empty 2-D array (n_segments, d). "
-            f"Received: embeddings.shape={embeddings.shape}"
-        )
-    if d is not None and embeddings.shape[1] != d:
-        raise ValueError(
-            f"`embeddings` must have d={d} columns like the database. "
-            f"Received: embeddings.shape={embeddings.shape}"
-        )
-    n_segments = embeddings.shape[0]
-    segment_track = np.asarray(segment_track)
-    segment_start = np.asarray(segment_start)
-    if segment_track.shape != (n_segments,) or segment_start.shape != (n_segments,):
-        raise ValueError(
-            "`segment_track` and `segment_start` must have shape "
-            f"({n_segments},), one entry per embedding. Received: "
-            f"segment_track.shape={segment_track.shape}, "
-            f"segment_start.shape={segment_start.shape}"
-        )
-    if not np.issubdtype(segment_track.dtype, np.integer):
-        raise ValueError(
-            f"`segment_track` must hold integer track ids. Received: dtype={segment_track.dtype}"
-        )
-    clean_tracks = []
-    for track in tracks:
-        missing = {"track_id", "path", "duration_s"} - set(track)
-        if missing:
-            raise ValueError(
-                f"Each track needs keys 'track_id', 'path', 'duration_s'; missing "
-                f"{sorted(missing)}. Received: track={track}"
-            )
-        clean = {"track_id": int(track["track_id"]), "path": str(track["path"]), "duration_s": float(track["duration_s"])}
-        if track.get("pcm_sha256"):  # the decoded audio's digest: `nnfp index add` refuses the same audio twice
-            clean["pcm_sha256"] = str(track["pcm_sha256"])
-        if track.get("removed"):  # removed from the catalogue (`FingerprintDB.remove`): its id stays taken
-            clean["removed"] = True
-        clean_tracks.append(clean)
-    ids = [t["track_id"] for t in clean_tracks]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"Track ids must be unique. Received: track_ids={ids}")
-    unknown = np.setdiff1d(segment_track, ids)
-    if unknown.size:
-        raise ValueError(
-            "`segment_track` refers to track ids absent from `tracks`. "
-            f"Received: unknown ids={unknown[:10].tolist()}"
-        )
-    # A sequence window is valid only inside one track, which we check as
-    # segment_track[start] == segment_track[end]; that needs contiguous tracks.
-    n_runs = 1 + int(np.count_nonzero(segment_track[1:] != segment_track[:-1]))
-    if n_runs != np.unique(segment_track).size:
-        raise ValueError(
-            "The segments of each track must be contiguous rows, in time order. "
-            f"Received: {n_runs} runs for {np.unique(segment_track).size} tracks"
-        )
-    _zero_rows(embeddings)  # unit or zero rows only
-    return (
-        np.ascontiguousarray(embeddings, dtype=np.float32),
-        segment_track.astype(np.int32),
-        segment_start.astype(np.float32),
-        clean_tracks,
-    )
-
-
-@contextlib.contextmanager
-def _quiet_faiss():
-    """Drops what faiss' C++ code prints on stdout (on-disk list resizing and renaming notes),
-    which would otherwise end up in `nnfp identify --json` output."""
-    try:
-        libc = ctypes.CDLL(None)
-        saved = os.dup(1)
-    except OSError:  # no C library handle or no stdout: nothing to silence
-        yield
-        return
-    sys.stdout.flush()
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        libc.fflush(None)
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _index_settings(index_type, n_segments, d, nlist, m, nbits, nprobe, hnsw_m, ef_search):
-    """Validated faiss parameters for `index_type` (what `FingerprintDB.index_params` records)."""
-    params = {}
-    if index_type in ("ivf", "ivfpq"):
-        if nlist is None:
-            nlist = _default_nlist(n_segments)
-        if not 1 <= int(nlist) <= n_segments:
-            raise ValueError(
-                f"`nlist` must be in [1, n_segments={n_segments}]. Received: nlist={nlist}"
-            )
-        if int(nprobe) < 1:
-            raise ValueError(f"`nprobe` must be >= 1. Received: nprobe={nprobe}")
-        params.update(nlist=int(nlist), nprobe=int(nprobe))
-    if index_type == "ivfpq":
-        if int(m) < 1 or d % int(m):
-            raise ValueError(f"`m` must divide d={d}. Received: m={m}")
-        if not 1 <= int(nbits) <= 16:
-            raise ValueError(f"`nbits` must be in [1, 16]. Received: nbits={nbits}")
-        if n_segments < 2 ** int(nbits):
-            raise ValueError(
-                f"Too few segments to train a product quantiser with nbits={nbits}: "
-                f"it needs at least {2 ** int(nbits)}. Received: n_segments={n_segments}. "
-                "Use index_type='flat' or a smaller `nbits`."
-            )
-        params.update(m=int(m), nbits=int(nbits))
-    if index_type == "hnsw":
-        if int(hnsw_m) < 2 or int(ef_search) < 1:
-            raise ValueError(
-                "`hnsw_m` must be >= 2 and `ef_search` >= 1. "
-                f"Received: hnsw_m={hnsw_m}, ef_search={ef_search}"
-            )
-        params.update(hnsw_m=int(hnsw_m), ef_search=int(ef_search))
-    return params
-
-
-def _trained_index(embeddings, index_type, params, train_size):
-    """An empty faiss index of `index_type`, trained (IVF types) on a seeded sample of `embeddings`.
-
-    The sample depends only on the number of rows, so the same store always gives the
-    same quantisers (a sharded build trains exactly like a single-process one).
-    """
-    n_segments, d = embeddings.shape
-    factory = {
-        "flat": "Flat",
-        "ivf": f"IVF{params.get('nlist')},Flat",
-        "ivfpq": f"IVF{params.get('nlist')},PQ{params.get('m')}x{params.get('nbits')}",
-        "hnsw": f"HNSW{params.get('hnsw_m')},Flat",
-    }[index_type]
-    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    if index_type == "ivfpq":
-        # The factory turns on polysemous training (an annealing over code
-        # orderings, tens of seconds) which only Hamming-filtered search uses.
-        index.do_polysemous_training = False
-    if not index.is_trained:
-        points_needed = max(params["nlist"], 2 ** params.get("nbits", 0))
-        max_train = _MAX_POINTS_PER_CENTROID * points_needed
-        if train_size is not None:
-            if int(train_size) < points_needed:
-                raise ValueError(
-                    f"`train_size` must be >= {points_needed} (nlist or 2**nbits). "
-                    f"Received: train_size={train_size}"
-                )
-            max_train = int(train_size)
-        if n_segments > max_train:
-            rng = np.random.default_rng(0)
-            sample = np.sort(rng.choice(n_segments, size=max_train, replace=False))
-            index.train(np.ascontiguousarray(embeddings[sample]))
-        else:
-            index.train(np.ascontiguousarray(embeddings))
-    return index
-
-
-def _add_in_chunks(index, embeddings, first_row=0, n_rows=None, with_ids=False):
-    n_rows = len(embeddings) - first_row if n_rows is None else n_rows
-    for first in range(first_row, first_row + n_rows, _ADD_CHUNK_ROWS):
-        last = min(first + _ADD_CHUNK_ROWS, first_row + n_rows)
-        rows = np.ascontiguousarray(embeddings[first:last])
-        if with_ids:
-            index.add_with_ids(rows, np.arange(first, last, dtype=np.int64))
-        else:
-            index.add(rows)
-
-
-def _merge_parts_on_disk(trained, embeddings, part_rows, work_dir):
-    """Fills one copy of the trained IVF index per part of consecutive rows, writes each to
-    `work_dir`, then merges their inverted lists into `work_dir/index.ivfdata` with
-    `faiss.contrib.ondisk.merge_ondisk` (the per-part files are read memory-mapped)."""
-    from faiss.contrib.ondisk import merge_ondisk
-
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    blank = faiss.serialize_index(trained)
-    part_files, first = [], 0
-    for number, n_rows in enumerate(part_rows):
-        if n_rows:
-            part = faiss.deserialize_index(blank)
-            # Global row numbers as ids: the merged lists hold the same (id, code)
-            # entries, in the same order, as one index filled with every row at once.
-            _add_in_chunks(part, embeddings, first, n_rows, with_ids=True)
-            part_files.append(str(work_dir / f"part_{number:05d}.faiss"))
-            faiss.write_index(part, part_files[-1])
-            del part
-        first += n_rows
-    if first != len(embeddings):
-        raise ValueError(
-            f"`part_rows` must add up to the {len(embeddings)} rows of `embeddings`. "
-            f"Received: sum(part_rows)={first}"
-        )
-    merged = faiss.deserialize_index(blank)
-    ivfdata = work_dir / IVF_DATA_FILE
-    ivfdata.unlink(missing_ok=True)
-    with _quiet_faiss():
-        merge_ondisk(merged, part_files, str(ivfdata))
-    for name in part_files:
-        os.remove(name)
-    return merged
-
-
-def _invlists_on_disk(index):
-    ivf = faiss.try_extract_index_ivf(index)
-    return ivf is not None and isinstance(
-        faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists
-    )
-
-
-def _write_index_on_disk(index, index_path, ivfdata_path):
-    """Writes an IVF index as `index_path` + its inverted lists in `ivfdata_path` (faiss'
-    `OnDiskInvertedLists`), copying the lists of `index` (in RAM or on disk) without
-    changing `index`. faiss records the lists' file name in `index_path`; `load` finds
-    it beside `index_path` (IO_FLAG_ONDISK_SAME_DIR), so the folder can be renamed."""
-    ivf = faiss.extract_index_ivf(index)
-    current, owned = ivf.invlists, ivf.own_invlists
-    with _quiet_faiss():
-        on_disk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivfdata_path))
-        sources = faiss.InvertedListsPtrVector()
-        sources.push_back(current)
-        on_disk.merge_from_multiple(sources.data(), sources.size(), False)
-    ivf.own_invlists = False  # so replace_invlists does not free the current lists
-    ivf.replace_invlists(on_disk, False)
-    try:
-        faiss.write_index(index, str(index_path))
-    finally:
-        ivf.replace_invlists(current, owned)
-    del on_disk
-
-
-def _invlists_to_ram(index):
-    """Replaces memory-mapped, read-only on-disk inverted lists by an in-RAM copy (to add to)."""
-    ivf = faiss.extract_index_ivf(index)
-    in_ram = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
-    ivf.invlists.copy_subset_to(in_ram, faiss.InvertedLists.SUBSET_TYPE_ID_RANGE, 0, 2**62)
-    ivf.replace_invlists(in_ram, True)
-    in_ram.this.disown()
-
-
-class FingerprintDB:
+class FingerprintDB(SequenceSearch):
     """A database of segment fingerprints with a faiss index and sequence search.
 
     Rows are segments in time order, track after track. The faiss index only
@@ -557,7 +182,7 @@ class FingerprintDB:
         self.integrity = None  # checksums recorded in the saved folder (set by `load`)
         self.loaded_from = None  # the folder a Milvus-backed DB lives in (`load`; `save` changes it in place)
         self.source = None  # the embeddings file of a loaded DB (named in errors)
-        self.threads = _default_threads() if threads is None else int(threads)
+        self.threads = default_threads() if threads is None else int(threads)
         if self.threads < 1:
             raise ValueError(f"`threads` must be >= 1. Received: threads={threads}")
         self._track_by_id = {t["track_id"]: t for t in self.tracks}
@@ -632,12 +257,12 @@ class FingerprintDB:
             )
         if not hop_seconds > 0:
             raise ValueError(f"`hop_seconds` must be > 0. Received: hop_seconds={hop_seconds}")
-        embeddings, segment_track, segment_start, tracks = _check_segments(
+        embeddings, segment_track, segment_start, tracks = check_segments(
             embeddings, segment_track, segment_start, tracks
         )
         n_segments, d = embeddings.shape
-        params = _index_settings(index_type, n_segments, d, nlist, m, nbits, nprobe, hnsw_m, ef_search)
-        threads = _default_threads() if threads is None else int(threads)
+        params = index_settings(index_type, n_segments, d, nlist, m, nbits, nprobe, hnsw_m, ef_search)
+        threads = default_threads() if threads is None else int(threads)
         if milvus is not None:
             from nnfp.store.milvus import MilvusIndex, content_key
 
@@ -647,14 +272,14 @@ class FingerprintDB:
                 index.rows, segment_track, segment_start, tracks, hop_seconds=hop_seconds, index=index,
                 index_type=index_type, index_params=params, threads=threads, metadata=metadata,
             )
-        faiss.omp_set_num_threads(threads)
-        index = _trained_index(embeddings, index_type, params, train_size)
+        set_threads(threads)
+        index = trained_index(embeddings, index_type, params, train_size)
         if on_disk_dir is not None and index_type in ("ivf", "ivfpq"):
             part_rows = [n_segments] if part_rows is None else [int(n) for n in part_rows]
-            index = _merge_parts_on_disk(index, embeddings, part_rows, on_disk_dir)
+            index = merge_parts_on_disk(index, embeddings, part_rows, on_disk_dir)
             params["on_disk"] = True
         else:
-            _add_in_chunks(index, embeddings)
+            add_in_chunks(index, embeddings)
         return cls(
             embeddings,
             segment_track,
@@ -679,7 +304,7 @@ class FingerprintDB:
         On the Milvus backend the rows are written to the collection now (under row numbers
         that readers of the saved version ignore until `save` puts the new version in place).
         """
-        embeddings, segment_track, segment_start, tracks = _check_segments(
+        embeddings, segment_track, segment_start, tracks = check_segments(
             embeddings, segment_track, segment_start, tracks, d=self.dim
         )
         first_id = self.next_track_id
@@ -694,11 +319,11 @@ class FingerprintDB:
             self.index.add(embeddings, segment_track)  # `embeddings` reads the collection: it grows with it
         else:
             self._set_threads()
-            if _invlists_on_disk(self.index):
+            if invlists_on_disk(self.index):
                 # Loaded lists are mapped read-only from the saved folder, which must stay
                 # intact until `save` replaces it: add to a copy in RAM; `save` writes the
                 # lists to disk again (`index_params["on_disk"]`).
-                _invlists_to_ram(self.index)
+                invlists_to_ram(self.index)
             self.index.add(embeddings)
             self.embeddings = np.concatenate([np.asarray(self.embeddings), embeddings])
         self.segment_track = np.concatenate([self.segment_track, segment_track.astype(np.int32)])
@@ -764,7 +389,7 @@ class FingerprintDB:
             raise ValueError("every track of the index is removed: nothing is left to compact into an index")
         on_disk = bool(self.index_params.get("on_disk"))
         params = {key: value for key, value in self.index_params.items() if key in _BUILD_PARAMS}
-        if params.get("nlist") is not None and params["nlist"] > max(1, n_live // _MIN_POINTS_PER_CENTROID):
+        if params.get("nlist") is not None and params["nlist"] > max(1, n_live // MIN_POINTS_PER_CENTROID):
             params["nlist"] = None
         if work_dir is not None:
             work_dir = Path(work_dir)
@@ -774,9 +399,9 @@ class FingerprintDB:
         else:
             store = np.empty((n_live, self.dim), np.float32)
         filled = 0
-        for first in range(0, self.n_segments, _ADD_CHUNK_ROWS):
-            keep = live[first : first + _ADD_CHUNK_ROWS]
-            block = np.asarray(self.embeddings[first : first + _ADD_CHUNK_ROWS], np.float32)[keep]
+        for first in range(0, self.n_segments, ADD_CHUNK_ROWS):
+            keep = live[first : first + ADD_CHUNK_ROWS]
+            block = np.asarray(self.embeddings[first : first + ADD_CHUNK_ROWS], np.float32)[keep]
             store[filled : filled + len(block)] = block
             filled += len(block)
         return FingerprintDB.build(
@@ -873,7 +498,7 @@ class FingerprintDB:
             if milvus:
                 self.index.set_search_params(nprobe=nprobe)
             else:
-                faiss.extract_index_ivf(self.index).nprobe = int(nprobe)
+                set_nprobe(self.index, nprobe)
             self.index_params["nprobe"] = int(nprobe)
         if ef_search is not None and self.index_type == "hnsw":
             if int(ef_search) < 1:
@@ -885,10 +510,7 @@ class FingerprintDB:
             self.index_params["ef_search"] = int(ef_search)
 
     def _set_threads(self):
-        faiss.cvar.distance_compute_blas_threshold = _BLAS_MIN_QUERIES
-        # Global OpenMP setting; oversubscribed faiss is much slower than 1 thread.
-        if faiss.omp_get_max_threads() != self.threads:
-            faiss.omp_set_num_threads(self.threads)
+        set_search_threads(self.threads)
 
     # ------------------------------------------------------------------ disk
 
@@ -909,16 +531,16 @@ class FingerprintDB:
         """
         if self.backend == "milvus":
             return self._save_milvus(Path(directory).absolute(), extra_files)
-        with atomic_directory(directory, own_names=_own_names(directory)) as tmp:
+        with atomic_directory(directory, own_names=own_names(directory)) as tmp:
             # Copied in chunks so a memory-mapped store is never read into RAM at once.
             store = np.lib.format.open_memmap(
                 tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=self.embeddings.shape
             )
             zero_rows = 0
-            for first in range(0, self.n_segments, _ADD_CHUNK_ROWS):
-                block = np.asarray(self.embeddings[first : first + _ADD_CHUNK_ROWS], np.float32)
-                zero_rows += _zero_rows(block)
-                store[first : first + _ADD_CHUNK_ROWS] = block
+            for first in range(0, self.n_segments, ADD_CHUNK_ROWS):
+                block = np.asarray(self.embeddings[first : first + ADD_CHUNK_ROWS], np.float32)
+                zero_rows += count_zero_rows(block)
+                store[first : first + ADD_CHUNK_ROWS] = block
             store.flush()
             del store
             for name, source in (extra_files or {}).items():
@@ -940,9 +562,9 @@ class FingerprintDB:
                 "tracks": self.tracks,
             }
             if self.index_params.get("on_disk"):
-                _write_index_on_disk(self.index, tmp / "index.faiss", tmp / IVF_DATA_FILE)
+                write_index_on_disk(self.index, tmp / "index.faiss", tmp / IVF_DATA_FILE)
             else:
-                faiss.write_index(self.index, str(tmp / "index.faiss"))
+                write_index(self.index, tmp / "index.faiss")
             # Written last: sizes and SHA-256 of every other file, and of this file's content.
             meta["integrity"] = {"files": file_records(tmp), "tracks_sha256": meta_digest(meta)}
             (tmp / "tracks.json").write_text(json.dumps(meta, indent=1))
@@ -952,19 +574,19 @@ class FingerprintDB:
 
         if self.loaded_from != directory:  # a build, or a copy elsewhere: a new folder, written whole
             release_lite(directory / LITE_FILE)  # a Lite file this process has open there is replaced
-            with atomic_directory(directory, own_names=_own_names(directory)) as tmp:
+            with atomic_directory(directory, own_names=own_names(directory)) as tmp:
                 self._copy_extra_files(tmp, extra_files)
                 segments = self._write_segments(tmp)
                 self._write_table(tmp, segments, [*(extra_files or {}), segments])
                 self.index.move_lite(tmp, directory)  # last: a failure before leaves it where it was
             self.loaded_from = directory
             return
-        old = _store_entry(_read_meta(directory)).get("segments_file")
+        old = store_entry(read_meta(directory)).get("segments_file")
         self._copy_extra_files(directory, extra_files)
         segments = self._write_segments(directory)
-        own = [name for name in os.listdir(directory) if name in (*_DB_NAMES, *(extra_files or {})) and name != LITE_FILE]
+        own = [name for name in os.listdir(directory) if name in (*DB_NAMES, *(extra_files or {})) and name != LITE_FILE]
         self._write_table(directory, segments, [*own, segments])  # the new version is in place
-        for stale in directory.glob(_SEGMENTS_GLOB):
+        for stale in directory.glob(SEGMENTS_GLOB):
             if stale.name not in (segments, old):  # the previous one stays for readers loading it now
                 stale.unlink()
         self.index.settle(self.n_live_segments, self.removed_track_ids)
@@ -1049,7 +671,7 @@ class FingerprintDB:
             ValueError: the folder holds another database than this one (other rows or tracks).
         """
         directory = Path(directory)
-        meta = _read_meta(directory)
+        meta = read_meta(directory)
         integrity = meta.get("integrity")
         if integrity and integrity.get("tracks_sha256") != meta_digest(meta):
             raise CorruptIndexError(
@@ -1085,15 +707,15 @@ class FingerprintDB:
         the files of two versions nor reports such a mix as damage.
         """
         for _ in range(_LOAD_ATTEMPTS - 1):
-            before = _folder_identity(directory)
+            before = folder_identity(directory)
             try:
                 db = cls._load(directory, mmap=mmap, threads=threads, checksums=checksums)
             except (FileNotFoundError, CorruptIndexError):
-                if _folder_identity(directory) == before:
+                if folder_identity(directory) == before:
                     raise  # the folder did not change (or is missing): the error is real
                 time.sleep(0.05)
                 continue
-            if _folder_identity(directory) == before:
+            if folder_identity(directory) == before:
                 return db
         return cls._load(directory, mmap=mmap, threads=threads, checksums=checksums)
 
@@ -1118,7 +740,7 @@ class FingerprintDB:
             raise FileNotFoundError(f"Fingerprint DB directory not found: {directory}")
         names = ("embeddings.npy", "segments.npz", "tracks.json", "index.faiss")
         if (directory / "tracks.json").is_file():
-            store = _store_entry(_read_meta(directory))
+            store = store_entry(read_meta(directory))
             if store["backend"] == "milvus":
                 names = ("tracks.json", str(store.get("segments_file")))
         for name in names:
@@ -1127,7 +749,7 @@ class FingerprintDB:
                     f"Fingerprint DB directory {directory} is missing {name}: {directory / name}; "
                     f"{REBUILD_HINT}"
                 )
-        meta = _read_meta(directory)
+        meta = read_meta(directory)
         if checksums == "auto":
             recorded = meta.get("integrity", {}).get("files", {}).values()
             checksums = sum(record["size"] for record in recorded) <= CHECKSUM_ON_LOAD_BYTES
@@ -1135,7 +757,7 @@ class FingerprintDB:
         if problems:
             more = f" ({len(problems) - 1} more: run `nnfp index verify {directory}`)" if len(problems) > 1 else ""
             raise CorruptIndexError(f"{problems[0]}; {REBUILD_HINT}{more}")
-        if _store_entry(meta)["backend"] == "milvus":
+        if store_entry(meta)["backend"] == "milvus":
             return cls._load_milvus(directory, meta, threads)
         try:
             embeddings = np.load(directory / "embeddings.npy", mmap_mode="r" if mmap else None)
@@ -1166,15 +788,9 @@ class FingerprintDB:
                         f"Fingerprint DB directory {directory} is missing {IVF_DATA_FILE} "
                         f"(the on-disk inverted lists): {directory / IVF_DATA_FILE}; {REBUILD_HINT}"
                     )
-                # faiss stores the lists' file path in index.faiss; SAME_DIR looks for it
-                # beside index.faiss instead, so a moved or renamed folder still loads.
-                with _quiet_faiss():
-                    index = faiss.read_index(
-                        str(directory / "index.faiss"),
-                        faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY,
-                    )
+                index = read_index(directory / "index.faiss", on_disk=True)
             else:
-                index = faiss.read_index(str(directory / "index.faiss"))
+                index = read_index(directory / "index.faiss")
         except FileNotFoundError:
             raise
         except Exception as error:  # faiss raises RuntimeError on any bad content
@@ -1199,7 +815,7 @@ class FingerprintDB:
         db.integrity = meta.get("integrity")
         db.source = directory / "embeddings.npy"
         if embeddings.nbytes <= CHECKSUM_ON_LOAD_BYTES:  # larger stores: at search (`_check_similarities`)
-            _check_store(db.embeddings, meta, directory)
+            check_store(db.embeddings, meta, directory)
         return db
 
     @classmethod
@@ -1248,256 +864,6 @@ class FingerprintDB:
             raise
         return db
 
-    # ---------------------------------------------------------------- search
-
-    def candidate_starts(self, query_embeddings, k_probe=20):
-        """Unique DB rows where a query sequence could start (offset-compensated hits)."""
-        return self.candidate_starts_batch([query_embeddings], k_probe=k_probe)[0]
-
-    def candidate_starts_batch(self, queries, k_probe=20):
-        """`candidate_starts` of several queries (e.g. the phases of one) in one faiss search.
-
-        One search of all their segments is several times faster than one per query: faiss
-        multiplies with BLAS only from `_BLAS_MIN_QUERIES` query vectors on.
-        """
-        queries = [self._check_query(query) for query in queries]
-        hits = self.neighbours(np.concatenate(queries), k_probe=k_probe)
-        bounds = np.cumsum([0] + [len(query) for query in queries])
-        return [self.starts_from_hits(hits[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-    def neighbours(self, query_embeddings, k_probe=20):
-        """The `k_probe` nearest DB rows of each query segment: (n, k) int64, -1 where none.
-
-        A stream searched window by window (`nnfp monitor`) looks each segment up once
-        and reuses its rows in every window that holds it (`starts_from_hits`).
-        """
-        query = self._check_query(query_embeddings)
-        k = min(int(k_probe), self.n_segments)
-        if k < 1:
-            raise ValueError(f"`k_probe` must be >= 1. Received: k_probe={k_probe}")
-        self._set_threads()
-        _, hits = self.index.search(query, k)
-        return hits
-
-    def starts_from_hits(self, hits):
-        """Candidate start rows of a query sequence from its segments' `neighbours` (in order).
-
-        Segment i's neighbour row r votes for a sequence starting at r - i; the unique
-        starts whose window fits in its track are returned (as `candidate_starts`).
-        """
-        hits = np.asarray(hits)
-        n_query = len(hits)
-        starts = hits - np.arange(n_query)[:, None]
-        starts = starts[(hits >= 0) & (starts >= 0)]
-        return self._fitting(np.unique(starts), n_query)
-
-    def later_starts(self, starts, rows, n_query):
-        """The start rows `rows` rows after each of `starts` in the same track, whose
-        window of `n_query` segments fits (as `starts_from_hits`); unique, sorted."""
-        starts = np.asarray(starts, np.int64)
-        moved = starts + int(rows)
-        inside = (moved >= self._track_begin[starts]) & (moved <= self._track_end[starts])
-        moved = np.unique(moved[inside])
-        return self._fitting(moved, n_query)
-
-    def _fitting(self, starts, n_query):
-        # A window running into the next track is no match, unless the query is
-        # longer than the whole track: then it is kept and scored on the overlap.
-        fits = starts + n_query - 1 <= self._track_end[starts]
-        too_short = self._track_end[starts] - self._track_begin[starts] + 1 < n_query
-        return self._live_starts(starts[fits | too_short])
-
-    def _live_starts(self, starts):
-        """`starts` less the rows of removed tracks (never scored, never answered)."""
-        if not self._removed_ids.size or not len(starts):
-            return starts
-        return starts[~np.isin(self.segment_track[starts], self._removed_ids)]
-
-    def sequence_scores(self, query_embeddings, starts):
-        """Mean inner product of the query with the DB window at each start row.
-
-        Window rows beyond the start's track (a query longer than the track)
-        contribute 0, so such partial matches are penalised, not dropped.
-        Returns (len(starts),) float64.
-        """
-        query = self._check_query(query_embeddings)
-        n_query = len(query)
-        starts = np.asarray(starts, dtype=np.int64)
-        if starts.size == 0:
-            return np.zeros(0)
-        # Query row i counts for candidate c while start_c + i is still in c's track.
-        n_valid = np.minimum(self._track_end[starts] - starts + 1, n_query)  # (n_candidates,)
-        totals = np.zeros(len(starts), dtype=np.float64)
-        # Tiles of (query rows x candidates) keep memory flat whatever the query length
-        # (one (n_query, n_candidates, d) array was 26 GB for a 30-minute query).
-        query_rows = min(n_query, _SCORE_TILE_QUERY_ROWS)
-        n_per_tile = max(1, _SCORE_TILE_PAIRS // query_rows)
-        for first in range(0, n_query, query_rows):
-            offsets = np.arange(first, min(first + query_rows, n_query))  # (q,)
-            live = np.flatnonzero(n_valid > first)  # candidates with rows left in their track
-            for tile in range(0, len(live), n_per_tile):
-                cands = live[tile : tile + n_per_tile]
-                rows = starts[cands, None] + offsets  # (c, q)
-                valid = offsets < n_valid[cands, None]
-                rows = np.minimum(rows, self.n_segments - 1)
-                # Read each needed DB row once from the (memory-mapped) store, in row order
-                # (overlapping windows share most rows), then only the c * q products
-                # that count: sim[c, i] = <q_i, db[start_c + i]>.
-                unique_rows, where = np.unique(rows, return_inverse=True)
-                block = np.asarray(self.embeddings[unique_rows], dtype=np.float32)  # (n_rows, d)
-                windows = block[where.reshape(rows.shape).T]  # (q, c, d)
-                sims = np.matmul(windows, query[offsets, :, None])[:, :, 0].T  # (c, q)
-                self._check_similarities(sims, rows)
-                totals[cands] += np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64)
-        return totals / n_query
-
-    def _check_similarities(self, sims, rows):
-        """Inner products of unit vectors lie in [-1, 1]: anything else is a damaged store
-        (found at search time in an index too large to check on load)."""
-        if sims.size and not (np.abs(sims).max() <= 1.0 + _NORM_TOLERANCE):  # NaN fails too
-            bad, norms = _bad_norms(np.asarray(self.embeddings[np.unique(rows)], np.float32))
-            row = int(np.unique(rows)[bad[0]]) if bad.size else -1
-            raise CorruptIndexError(
-                f"{self.source or 'the fingerprint store'}: damaged: a similarity of "
-                f"{np.nanmax(np.abs(sims)):.4g} (fingerprints are unit vectors: at most 1)"
-                + (f"; row {row} has norm {norms[bad[0]]:.4g}" if bad.size else "")
-                + f"; {REBUILD_HINT}"
-            )
-
-    def interpolated_starts(self, starts, n_query):
-        """The windows around `starts` that `interpolated_scores` can score: each start and
-        the one a row earlier in its track, whose window plus one more row stays in the
-        track; unique, sorted."""
-        starts = np.asarray(starts, np.int64)
-        earlier = starts - 1
-        both = np.unique(np.concatenate([starts, earlier[earlier >= self._track_begin[starts]]]))
-        return both[both + int(n_query) <= self._track_end[both]]
-
-    def interpolated_scores(self, query_embeddings, starts, fraction):
-        """`sequence_scores` of windows `fraction` of a hop past each start (0 < fraction < 1).
-
-        The fingerprint of a DB segment between rows r and r + 1 is estimated as the unit
-        vector along `(1 - fraction) db[r] + fraction db[r + 1]`; every window must have
-        its next row in its track (`interpolated_starts`). Returns (len(starts),) float64.
-        """
-        query = self._check_query(query_embeddings)
-        starts = np.asarray(starts, dtype=np.int64)
-        if starts.size and np.any(starts + len(query) > self._track_end[starts]):
-            raise ValueError("every window of `interpolated_scores` needs its next row in its track")
-        totals = np.zeros(len(starts), dtype=np.float64)
-        n_per_tile = max(1, _SCORE_TILE_PAIRS // min(len(query), _SCORE_TILE_QUERY_ROWS))
-        for first in range(0, len(query), _SCORE_TILE_QUERY_ROWS):
-            offsets = np.arange(first, min(first + _SCORE_TILE_QUERY_ROWS, len(query)))
-            for tile in range(0, len(starts), n_per_tile):
-                rows = starts[tile : tile + n_per_tile, None] + offsets  # (c, q)
-                unique_rows, where = np.unique(np.concatenate([rows, rows + 1]), return_inverse=True)
-                block = np.asarray(self.embeddings[unique_rows], dtype=np.float32)
-                where = where.reshape(2, *rows.shape)
-                mixed = (1.0 - fraction) * block[where[0]] + fraction * block[where[1]]  # (c, q, d)
-                mixed /= np.maximum(np.linalg.norm(mixed, axis=-1, keepdims=True), 1e-12)
-                totals[tile : tile + n_per_tile] += np.einsum("cqd,qd->c", mixed, query[offsets], dtype=np.float64)
-        if totals.size and not (np.abs(totals).max() <= len(query) * (1.0 + _NORM_TOLERANCE)):
-            self._check_similarities(np.array([np.inf]), starts)
-        return totals / len(query)
-
-    def search(self, query_embeddings, k_probe=20, n_results=5, min_score=None, collapse_seconds=1.0, hits=None):
-        """Finds the tracks and offsets best matching a query of consecutive segments.
-
-        Args:
-            query_embeddings: (n, d) fingerprints of consecutive query segments
-                on the DB hop (a (d,) vector is one segment).
-            k_probe: faiss neighbours retrieved per query segment.
-            n_results: number of matches returned, best first.
-            min_score: drop matches whose score is below this.
-            collapse_seconds: matches of one track whose offsets differ by less than
-                this are one place; only the best scoring is kept (None or 0 keeps
-                every candidate window).
-            hits: optional `neighbours` of the query's segments, already looked up
-                (a stream searched window by window looks each segment up once);
-                then no faiss search is made and `k_probe` is not used.
-
-        Returns:
-            A list of up to `n_results` `Match`, distinct places, sorted by
-            decreasing score.
-        """
-        if int(n_results) < 1:
-            raise ValueError(f"`n_results` must be >= 1. Received: n_results={n_results}")
-        if hits is None:
-            starts = self.candidate_starts(query_embeddings, k_probe=k_probe)
-        else:
-            starts = self.starts_from_hits(hits)
-        scores = self.sequence_scores(query_embeddings, starts)
-        return self.places(starts, scores, n_results=n_results, min_score=min_score, collapse_seconds=collapse_seconds)
-
-    def places(
-        self, starts, scores, shifts=None, n_results=5, min_score=None, collapse_seconds=1.0, reported=None
-    ):
-        """Best distinct places among scored candidate windows (`search`'s last step).
-
-        Args:
-            starts: (n,) DB start rows; scores: (n,) their sequence scores.
-            shifts: optional (n,) seconds subtracted from each window's offset (the
-                query phase that produced it: the query was cut that much later).
-            n_results, min_score, collapse_seconds: as for `search`.
-            reported: optional (n,) scores the matches report and `min_score` applies
-                to, when the windows are ranked by other `scores` (interpolated windows,
-                `nnfp.catalogue.identify.Identifier`, report the score of a real DB window).
-
-        Returns:
-            Up to `n_results` `Match`, best first; per track, no two offsets closer
-            than `collapse_seconds`.
-        """
-        starts = np.asarray(starts, np.int64)
-        scores = np.asarray(scores, np.float64)
-        offsets = self.segment_start[starts].astype(np.float64)
-        if shifts is not None:
-            offsets = offsets - np.asarray(shifts, np.float64)
-        reported = scores if reported is None else np.asarray(reported, np.float64)
-        order = np.argsort(-scores, kind="stable")
-        if min_score is not None:
-            order = order[reported[order] >= min_score]
-        tracks = self.segment_track[starts]
-        if self._removed_ids.size:  # a removed track is never answered, whatever produced its windows
-            order = order[~np.isin(tracks[order], self._removed_ids)]
-        kept = {}  # track id -> offsets already reported
-        matches = []
-        for row in order:
-            track_id = int(tracks[row])
-            offset = float(offsets[row])
-            if collapse_seconds and any(abs(offset - o) < collapse_seconds for o in kept.get(track_id, ())):
-                continue
-            kept.setdefault(track_id, []).append(offset)
-            track = self._track_by_id[track_id]
-            matches.append(
-                Match(
-                    track_id=track["track_id"],
-                    path=track["path"],
-                    offset_s=offset,
-                    score=float(reported[row]),
-                    segment_index=int(starts[row]),
-                )
-            )
-            if len(matches) == int(n_results):
-                break
-        return matches
-
-    def _check_query(self, query_embeddings):
-        query = np.asarray(query_embeddings, dtype=np.float32)
-        if query.ndim == 1:
-            query = query[None]
-        if query.ndim != 2 or query.shape[1] != self.dim or len(query) == 0:
-            raise ValueError(
-                f"`query_embeddings` must have shape (n_segments, {self.dim}). "
-                f"Received: shape={np.shape(query_embeddings)}"
-            )
-        bad, norms = _bad_norms(query)
-        if bad.size:
-            raise ValueError(
-                f"`query_embeddings` must be unit vectors (or zero for dead air). Received: row {bad[0]} "
-                f"with norm {norms[bad[0]]:.4g}"
-            )
-        return np.ascontiguousarray(query)
-
     def _index_tracks(self):
         # First and last DB row of the track of every segment (tracks are contiguous).
         n_segments = len(self.segment_track)
@@ -1521,4 +887,3 @@ class FingerprintDB:
             sorted(t["track_id"] for t in self.tracks if t.get("removed")), dtype=np.int64
         )
         self._n_removed_rows = sum(self._rows_of_track.get(i, 0) for i in self._removed_ids.tolist())
-
