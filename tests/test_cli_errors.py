@@ -57,8 +57,19 @@ _COMMANDS = {
     "index add": ["index", "add", "INDEX", "AUDIO"],
     "index merge": ["index", "merge", "AUDIO", "INDEX"],
     "index calibrate": ["index", "calibrate", "INDEX", "--unknown", "AUDIO"],
+    "index remove": ["index", "remove", "INDEX", "one.wav"],
+    "serve": ["serve", "INDEX"],
+    "data prepare": ["data", "prepare", "AUDIO", "OUT"],
+    "data make-irs": ["data", "make-irs", "OUT", "3"],
+    "demo": ["demo", "--run-dir", "OUT"],
 }
 _WHOLE = "expected a whole number >= 1"
+_SPEEDS = (
+    "expected LO:HI or LO:HI:STEP with 0.5 <= LO <= 1 <= HI <= 2 and 0.001 <= STEP <= 0.2 "
+    "(e.g. 0.92:1.08 or 0.96:1.04:0.02), or off"
+)
+_SEARCHING = ["identify", "index calibrate", "evaluate"]  # the commands with --phases, --refine, --interpolate
+_INDEXING = ["index build", "index merge", "evaluate"]  # the commands with the vector-index options
 _OPTIONS = [
     ("--threads", "0", _WHOLE, ["identify", "monitor", "evaluate"]),
     ("--nprobe", "0", _WHOLE, ["identify", "monitor", "evaluate", "index build", "index merge"]),
@@ -73,8 +84,111 @@ _OPTIONS = [
     ("--hop", "0", "expected a number > 0", ["index build"]),
     ("--lengths", "0", "expected a number > 0", ["index calibrate", "evaluate"]),
     ("--max-gap", "-1", "expected a number >= 0", ["monitor"]),
-    ("--lock-timeout", "-1", "expected a number >= 0", ["index add"]),
+    ("--lock-timeout", "-1", "expected a number >= 0", ["index add", "index remove"]),
+    # One message per validator, whatever is wrong with the value.
+    ("--k-probe", "many", _WHOLE, ["identify", "monitor"]),
+    ("--n-queries", "2.5", _WHOLE, ["index calibrate", "evaluate"]),
+    ("--threads", "-1", _WHOLE, ["identify"]),
+    ("--batch-size", "", _WHOLE, ["monitor"]),
+    ("--top-k", "0", _WHOLE, ["identify"]),
+    ("--ef-search", "0", _WHOLE, _INDEXING),
+    ("--m", "0", _WHOLE, _INDEXING),
+    ("--nbits", "x", _WHOLE, _INDEXING),
+    ("--hnsw-m", "0", _WHOLE, _INDEXING),
+    ("--train-size", "0", _WHOLE, _INDEXING),
+    ("--phases", "0", _WHOLE, _SEARCHING),
+    ("--interpolate", "0", _WHOLE, _SEARCHING),
+    ("--refine", "none", "expected 'all' or a whole number >= 1", _SEARCHING),
+    ("--speeds", "3:4", _SPEEDS, [*_SEARCHING, "monitor"]),
+    ("--speeds", "fast", _SPEEDS, ["identify", "monitor"]),
+    ("--seed", "x", "expected a whole number", ["index calibrate", "evaluate", "data make-irs"]),
+    ("--target", "1", "expected a number >= 0 and < 1", ["index calibrate"]),
+    ("--confidence", "-0.5", "expected a number >= 0 and < 1", ["index calibrate"]),
+    ("--min-score", "inf", "expected a finite number", ["identify", "monitor", "evaluate"]),
+    ("--min-score", "high", "expected a finite number", ["monitor"]),
+    ("--window", "nan", "expected a number > 0", ["monitor"]),
+    ("--max-upload-mb", "0", "expected a number > 0", ["serve"]),
+    ("--port", "70000", "expected a port number 0-65535", ["serve"]),
+    ("--sample-rate", "0", _WHOLE, ["data prepare", "data make-irs"]),
+    ("--workers", "0", _WHOLE, ["data prepare"]),
+    ("--shard-mb", "0", "expected a number > 0", ["data prepare"]),
+    ("--min-seconds", "-1", "expected a number >= 0", ["data prepare"]),
+    ("--max-seconds", "0", "expected a number > 0", ["data make-irs"]),
+    ("--queries", "0", _WHOLE, ["demo"]),
 ]
+
+
+def _option_types():
+    """`{flag: {argparse type of each action with the flag}}` over every command of `nnfp`."""
+    import argparse
+
+    from nnfp.cli import build_parser
+
+    found = {}
+
+    def walk(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    walk(command)
+            for flag in action.option_strings:
+                found.setdefault(flag, set()).add(action.type)
+
+    walk(build_parser())
+    return found
+
+
+def test_each_option_has_one_validator_in_every_command():
+    from nnfp.cli import options
+
+    found = _option_types()
+    assert {flag: types for flag, types in found.items() if len(types) > 1} == {}
+    assert not [flag for flag, types in found.items() if types & {int, float}]  # no bare int(), float()
+    counts = ("--k-probe", "--n-queries", "--n-unknown", "--threads", "--nprobe", "--batch-size", "--ef-search",
+              "--top-k", "--chunk-files", "--nlist", "--phases", "--interpolate", "--rate", "--sample-rate")
+    assert {flag: found[flag] for flag in counts} == {flag: {options.positive_int} for flag in counts}
+    assert found["--speeds"] == {options.speed_setting}
+    assert found["--seed"] == {options.integer}
+    assert found["--target"] == found["--confidence"] == {options.fraction}
+    assert found["--min-score"] == {options.finite_float}
+
+
+@pytest.mark.parametrize(
+    ("validator", "text", "value"),
+    [("positive_int", " 7 ", 7), ("integer", "-3", -3), ("finite_float", "-1e-2", -0.01),
+     ("positive_float", "0.25", 0.25), ("non_negative_float", "0", 0.0), ("fraction", "0", 0.0),
+     ("port", "0", 0), ("refine_windows", "all", None), ("refine_windows", "8", 8),
+     ("speed_setting", "off", None), ("speed_setting", "auto", "auto"), ("speed_setting", "0.96:1.04", (0.96, 1.04))],
+)
+def test_validators_accept_what_their_message_promises(validator, text, value):
+    from nnfp.cli import options
+
+    assert getattr(options, validator)(text) == value
+
+
+def test_commands_return_the_statuses_of_the_exit_code_table():
+    """No command returns a bare number: each status is a name of `nnfp.cli.exit_codes`, the table
+    `nnfp --help` prints."""
+    import ast
+    import pathlib
+    import signal
+
+    import nnfp.cli
+    from nnfp.cli import exit_codes
+
+    folder = pathlib.Path(nnfp.cli.__file__).parent
+    bare = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted(folder.glob("*.py")) if path.name != "exit_codes.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant) and type(node.value.value) is int
+    ]
+    assert bare == []
+    statuses = (exit_codes.OK, exit_codes.NOTHING_ANSWERED, exit_codes.BAD_INPUT, exit_codes.BROKEN_PIPE,
+                exit_codes.stopped_by(signal.SIGINT), exit_codes.stopped_by(signal.SIGTERM))
+    assert statuses == (0, 1, 2, 141, 130, 143)
+    for status in statuses:
+        assert f" {status} " in exit_codes.EXIT_STATUS_HELP, status
 
 
 @pytest.fixture()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnfp.cli.exit_codes import OK
+
 __all__ = ["cmd_demo"]
 
 
@@ -92,7 +94,7 @@ def cmd_demo(args):
     print(f"({args.queries} queries per length, DB of {len(tracks)} tracks; chance = {100 / len(tracks):.1f}%)")
     _demo_shipped_model(corpus.music_dir, run_dir, tracks[-1], rate)
     print(f"demo finished in {time.perf_counter() - started:.0f} s; run directory: {run_dir}")
-    return 0
+    return OK
 
 
 def _demo_shipped_model(music_dir, run_dir, track, rate):
