@@ -16,6 +16,8 @@ __all__ = [
     "DEFAULT_REFINE",
     "DEFAULT_MONITOR_SPEEDS",
     "DEFAULT_SPEEDS",
+    "FILE_BATCH_SIZE",
+    "STREAM_BATCH_SIZE",
     "MONITOR_SPEED_STEP",
     "SPEED_PENALTY",
     "INDEX_TYPES",
@@ -82,5 +84,11 @@ SPEED_PENALTY = 0.04
 DEFAULT_MONITOR_SPEEDS = (0.96, 1.04)
 MONITOR_SPEED_STEP = 0.02
 SPEED_STEPS = ((2.0, 0.01), (5.0, 0.015), (float("inf"), 0.02))
+
+# Segments per model call of `nnfp monitor` (and serve's /monitor and /stream): a file is read as
+# fast as it decodes (fewer, larger batches, faster with `read_ahead`); a live stream's detections
+# wait for a batch, so a stream takes 32 s of audio at a time.
+FILE_BATCH_SIZE = 256
+STREAM_BATCH_SIZE = 64
 
 RUNTIMES = ("auto", "litert", "tensorflow")  # --runtime: which runtime fingerprints audio

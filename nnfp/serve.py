@@ -278,7 +278,7 @@ class Catalogue:
         """
         from nnfp.audio.io import AudioError
         from nnfp.catalogue.monitor import input_note, monitor_stream, read_blocks
-        from nnfp.cli import FILE_BATCH_SIZE
+        from nnfp.defaults import FILE_BATCH_SIZE
 
         identifier = self.identifier
         stats = {}
@@ -587,7 +587,7 @@ def create_app(catalogue, token=None, max_upload_mb=50.0):
     from nnfp.audio.io import AudioError
     from nnfp.catalogue.identify import QueryError
     from nnfp.catalogue.monitor import monitor_stream, read_pcm_blocks
-    from nnfp.cli import STREAM_BATCH_SIZE
+    from nnfp.defaults import STREAM_BATCH_SIZE
 
     TRUNCATIONS.install()  # a cut upload is answered with a "warning" naming both lengths
 

@@ -172,13 +172,12 @@ def _cycles(graph):
 
 # Lazy imports (inside functions) that still close a cycle, each to be removed by moving what it
 # imports downstream (issue 22: the inference runtime out of export.py, the loss check out of
-# config.py, the CLI's batch sizes into nnfp.defaults). The list may only shrink: a new cycle
+# config.py). The list may only shrink: a new cycle
 # fails, and so does an entry whose import is gone.
 KNOWN_LAZY_CYCLE_EDGES = {
     ("nnfp.config", "nnfp.training"),  # load_config checks the loss with training.build_loss
     ("nnfp.catalogue.fingerprint", "nnfp.export"),  # the TensorFlow runtime lives in export.py
     ("nnfp.lite", "nnfp.catalogue.fingerprint"),  # fingerprint_file zeroes dead air
-    ("nnfp.serve", "nnfp.cli"),  # FILE_BATCH_SIZE, STREAM_BATCH_SIZE
     ("nnfp.cli.demo", "nnfp.cli"),  # the demo shows `nnfp identify` through main([...])
 }
 

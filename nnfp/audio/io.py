@@ -2,7 +2,9 @@
 
 libsndfile (through soundfile) reads wav/flac/ogg/mp3/aiff...; anything else FFmpeg decodes
 (m4a/AAC, 3gp/AMR, wma, webm, the audio track of a video) is read through PyAV. soxr
-resamples. This is the only module that imports soundfile, soxr and PyAV.
+resamples. `encode_decode` sends PCM through an FFmpeg encoder and decoder (a phone call's
+codec, `nnfp.pipeline.field.RandomCodec`). This is the only module that imports soundfile,
+soxr and PyAV.
 
 Decoders return only what the file holds: a file's length comes from decoding it, never from
 its header (a truncated mp3's header still claims the whole song), and a file that decodes
@@ -22,8 +24,8 @@ import soundfile as sf
 import soxr
 
 __all__ = [
-    "AudioError", "AudioInfo", "TruncatedAudioWarning", "audio_info", "load_audio", "resample",
-    "stream_audio", "stream_resampler",
+    "AudioError", "AudioInfo", "TruncatedAudioWarning", "audio_info", "encode_decode", "has_encoder",
+    "load_audio", "resample", "stream_audio", "stream_resampler",
 ]  # fmt: skip
 
 _LOAD_BLOCK_SECONDS = 64.0  # output block of load_audio
@@ -329,3 +331,46 @@ def stream_resampler(from_rate, to_rate):
     """A soxr streaming resampler of float32 mono blocks: `.resample_chunk(block, last=False)`;
     concatenated, its outputs equal `resample` of the whole signal."""
     return soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32")
+
+
+def has_encoder(name):
+    """Whether PyAV's FFmpeg has the encoder `name`."""
+    import av
+
+    try:
+        av.Codec(name, "w")
+    except ValueError:  # PyAV's UnknownCodecError
+        return False
+    return True
+
+
+def encode_decode(pcm, sample_rate, encoder_name, decoder_name, bit_rate):
+    """int16 mono `pcm` encoded by FFmpeg's `encoder_name` at `bit_rate` bit/s (its last frame
+    padded with silence) and decoded by `decoder_name`, through PyAV's codec contexts (no
+    container): the decoded float32 samples and their rate."""
+    import av
+
+    encoder = av.CodecContext.create(encoder_name, "w")
+    encoder.sample_rate, encoder.layout, encoder.format = sample_rate, "mono", "s16"
+    encoder.bit_rate = int(bit_rate)
+    encoder.open()
+    decoder = av.CodecContext.create(decoder_name, "r")
+    decoder.sample_rate, decoder.layout = sample_rate, "mono"
+    if encoder.extradata:
+        decoder.extradata = encoder.extradata  # Opus' header: its pre-skip
+    frame = encoder.frame_size
+    pcm = np.concatenate([pcm, np.zeros(-len(pcm) % frame, np.int16)])
+    packets = []
+    for start in range(0, len(pcm), frame):
+        chunk = av.AudioFrame.from_ndarray(
+            pcm[None, start : start + frame], format="s16", layout="mono"
+        )
+        chunk.sample_rate, chunk.pts = sample_rate, start
+        packets += encoder.encode(chunk)
+    packets += encoder.encode(None)
+    decoded = [f.to_ndarray().reshape(-1) for p in packets for f in decoder.decode(p)]
+    decoded += [f.to_ndarray().reshape(-1) for f in decoder.decode(None)]
+    out = np.concatenate(decoded)
+    if out.dtype == np.int16:
+        out = out / np.float32(32768)
+    return out.astype(np.float32), decoder.sample_rate

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from nnfp.cli.exit_codes import BAD_INPUT, BROKEN_PIPE, stopped_by
-from nnfp.cli.monitor import FILE_BATCH_SIZE, STREAM_BATCH_SIZE  # noqa: F401 (nnfp.serve reads them here)
 from nnfp.cli.parser import build_parser
 from nnfp.cli.text import one_line
 

@@ -24,6 +24,7 @@ from nnfp.pipeline.augment import (
     RoomImpulseResponse,
 )
 from nnfp.pipeline.bank import check_clips, cpu_variable, gather_windows, to_int16
+from nnfp.pipeline.field import RandomBandLimit, RandomClipping, RandomCodec, RandomGainControl
 
 __all__ = ["PairPipeline", "make_pair_dataset", "make_validation_pairs"]
 
@@ -44,9 +45,14 @@ class PairPipeline:
     through a room (`RoomImpulseResponse`, over the replica and the
     `reverb_context_seconds` before it, so earlier notes' reverberation reaches it), gets
     background noise at a uniform random SNR (`BackgroundMix`, `snr_db_range`), speech at
-    its own SNR (a second `BackgroundMix`, `speech_snr_db_range`; off in the paper), and a
-    random gain (`RandomGain`). The layers are attributes (`time_shift`, `speed`, `tempo`,
-    `pitch`, `room`, `noise`, `speech`, `gain`). With `random_anchors`, an anchor starts
+    its own SNR (a second `BackgroundMix`, `speech_snr_db_range`; off in the paper), then
+    what a phone does to it (`nnfp.pipeline.field`, all four off by default): its
+    microphone's band and colour (`RandomBandLimit`, `band_limit_prob`), an overdriven
+    input (`RandomClipping`, `clipping_prob`), its automatic gain control
+    (`RandomGainControl`, `agc_prob`) and a speech codec (`RandomCodec`, `codec_prob`, run
+    in Python on the CPU), and last a random gain (`RandomGain`). The layers are attributes
+    (`time_shift`, `speed`, `tempo`, `pitch`, `room`, `noise`, `speech`, `band_limit`,
+    `clipping`, `gain_control`, `codec`, `gain`). With `random_anchors`, an anchor starts
     anywhere in the hop after its grid position (a fresh draw every batch), so training sees
     every alignment. SNRs are energy ratios over the 1 s segment, as in the original
     `background_mix`; unlike it the mix is not max-normalised (the gain does that job). Random draws are stateless, seeded
@@ -80,6 +86,18 @@ class PairPipeline:
         pitch_semitones_range: (low, high) key shift in semitones (timing kept); (0, 0) for
             none.
         pitch_prob: per-replica probability of the key shift.
+        band_limit_prob: per-replica probability of a microphone's band and colour.
+        highpass_hz_range, lowpass_hz_range: (low, high) cutoffs in Hz of its high-pass and
+            low-pass filters.
+        shelf_db_range, peak_db_range: (low, high) gains in dB of its high shelf and its
+            resonance.
+        clipping_prob: per-replica probability of clipping.
+        clip_db_range: (low, high) clipping level in dB relative to the replica's peak, <= 0.
+        agc_prob: per-replica probability of an automatic gain control.
+        agc_target_dbfs_range: (low, high) RMS level in dB re full scale it aims at.
+        codec_prob: per-replica probability of a speech codec round trip.
+        codecs: the codecs drawn from ("amr_nb", "opus").
+        amr_nb_kbps_range, opus_kbps_range: (low, high) bit rates in kbit/s.
 
     Output of `dataset(...)`: batches `(anchors, replicas)` of float32, shapes
     `(n_anchors, segment_samples)` and `(batch_size - n_anchors, segment_samples)`;
@@ -115,6 +133,19 @@ class PairPipeline:
         tempo_prob=1.0,
         pitch_semitones_range=(0.0, 0.0),
         pitch_prob=1.0,
+        band_limit_prob=0.0,
+        highpass_hz_range=(100.0, 400.0),
+        lowpass_hz_range=(2800.0, 3800.0),
+        shelf_db_range=(-3.0, 3.0),
+        peak_db_range=(-6.0, 6.0),
+        clipping_prob=0.0,
+        clip_db_range=(-12.0, -1.0),
+        agc_prob=0.0,
+        agc_target_dbfs_range=(-26.0, -16.0),
+        codec_prob=0.0,
+        codecs=("amr_nb", "opus"),
+        amr_nb_kbps_range=(4.75, 12.2),
+        opus_kbps_range=(8.0, 16.0),
     ):
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0. Received: sample_rate={sample_rate}")
@@ -199,6 +230,55 @@ class PairPipeline:
                 f"pitch_semitones_range={pitch_semitones_range}, pitch_prob={pitch_prob})"
             )
             raise
+        try:
+            self.band_limit = RandomBandLimit(
+                sample_rate,
+                highpass_hz_range,
+                lowpass_hz_range,
+                shelf_db_range=shelf_db_range,
+                peak_db_range=peak_db_range,
+                probability=band_limit_prob,
+                seed=0,
+                name="band_limit",
+            )
+            self.clipping = RandomClipping(
+                clip_db_range, probability=clipping_prob, seed=0, name="clipping"
+            )
+            self.gain_control = RandomGainControl(
+                sample_rate,
+                agc_target_dbfs_range,
+                probability=agc_prob,
+                seed=0,
+                name="gain_control",
+            )
+            self.codec = RandomCodec(
+                sample_rate,
+                codecs,
+                amr_nb_kbps_range,
+                opus_kbps_range,
+                probability=codec_prob,
+                seed=0,
+                name="codec",
+            )
+        except ValueError as exc:
+            exc.add_note(
+                f"(PairPipeline's phone: band_limit_prob={band_limit_prob}, "
+                f"highpass_hz_range={highpass_hz_range}, lowpass_hz_range={lowpass_hz_range}, "
+                f"shelf_db_range={shelf_db_range}, peak_db_range={peak_db_range}, "
+                f"clipping_prob={clipping_prob}, clip_db_range={clip_db_range}, agc_prob={agc_prob}, "
+                f"agc_target_dbfs_range={agc_target_dbfs_range}, codec_prob={codec_prob}, "
+                f"codecs={codecs}, amr_nb_kbps_range={amr_nb_kbps_range}, "
+                f"opus_kbps_range={opus_kbps_range})"
+            )
+            raise
+        # The phone's degradations in use, in this order, with the slot of their stateless seeds.
+        phone = (
+            (self.band_limit, 12),
+            (self.clipping, 13),
+            (self.gain_control, 14),
+            (self.codec, 15),
+        )
+        self._phone = [(layer, slot) for layer, slot in phone if layer.probability > 0]
         # The speed, tempo and key changes in use, in this order: (layer, the names of its
         # draws in `sample`, the slot of its stateless seeds), and the most they speed up.
         speed, tempo, pitch = self.speed, self.tempo, self.pitch
@@ -353,6 +433,13 @@ class PairPipeline:
             out.update(
                 speech_snr_db=drawn["snr_db"], speech_start=drawn["start"], speech_on=drawn["on"]
             )
+        for layer, slot in self._phone:
+            layer_seeds = tf.random.experimental.stateless_split(
+                tf.random.experimental.stateless_fold_in(seed, slot), len(layer.draw_names)
+            )
+            drawn = layer.get_random_transformation(replicas, seed=layer_seeds)
+            replicas = layer.transform(replicas, drawn)
+            out.update({f"{layer.name}_{name}": value for name, value in drawn.items()})
         if self.gain_db_range != (0.0, 0.0):
             drawn = self.gain.get_random_transformation(replicas, seed=seeds[6:7])
             replicas = self.gain.transform(replicas, drawn)
@@ -369,7 +456,10 @@ class PairPipeline:
         not degraded), `replica_start`, `offset`, and when enabled `speed`, `speed_on`,
         `tempo`, `tempo_on`, `pitch_semitones`, `pitch_on`, `snr_db`, `noise_start`,
         `noise_on`, `speech_snr_db`, `speech_start`, `speech_on`, `ir_index`, `ir_on`,
-        `gain_db`.
+        `gain_db`, and the draws of the phone's layers under their names
+        (`band_limit_highpass_hz`, ..., `band_limit_on`, `clipping_clip_db`, `clipping_soft`,
+        `clipping_on`, `gain_control_target_dbfs`, ..., `codec_codec`, `codec_kbps`,
+        `codec_on`).
         """
         segment_ids = tf.constant(np.asarray(segment_ids, np.int64).reshape(-1))
         n_replicas = int(segment_ids.shape[0] if n_replicas is None else n_replicas)
@@ -441,6 +531,19 @@ def make_pair_dataset(
     tempo_prob=1.0,
     pitch_semitones_range=(0.0, 0.0),
     pitch_prob=1.0,
+    band_limit_prob=0.0,
+    highpass_hz_range=(100.0, 400.0),
+    lowpass_hz_range=(2800.0, 3800.0),
+    shelf_db_range=(-3.0, 3.0),
+    peak_db_range=(-6.0, 6.0),
+    clipping_prob=0.0,
+    clip_db_range=(-12.0, -1.0),
+    agc_prob=0.0,
+    agc_target_dbfs_range=(-26.0, -16.0),
+    codec_prob=0.0,
+    codecs=("amr_nb", "opus"),
+    amr_nb_kbps_range=(4.75, 12.2),
+    opus_kbps_range=(8.0, 16.0),
     shuffle=True,
     seed=0,
     repeat=True,
@@ -469,6 +572,19 @@ def make_pair_dataset(
         tempo_prob=tempo_prob,
         pitch_semitones_range=pitch_semitones_range,
         pitch_prob=pitch_prob,
+        band_limit_prob=band_limit_prob,
+        highpass_hz_range=highpass_hz_range,
+        lowpass_hz_range=lowpass_hz_range,
+        shelf_db_range=shelf_db_range,
+        peak_db_range=peak_db_range,
+        clipping_prob=clipping_prob,
+        clip_db_range=clip_db_range,
+        agc_prob=agc_prob,
+        agc_target_dbfs_range=agc_target_dbfs_range,
+        codec_prob=codec_prob,
+        codecs=codecs,
+        amr_nb_kbps_range=amr_nb_kbps_range,
+        opus_kbps_range=opus_kbps_range,
     )
     return pipeline.dataset(batch_size, n_anchors, shuffle=shuffle, seed=seed, repeat=repeat)
 
