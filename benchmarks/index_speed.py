@@ -31,14 +31,14 @@ def main(argv=None):
     parser.add_argument("--model", default=None, help="default: the packaged model")
     args = parser.parse_args(argv)
 
-    import nnfp.export as export
+    import nnfp.runtime as runtime
 
     if not args.default_threads:
-        export.use_inference_threads()
+        runtime.use_inference_threads()
 
     from nnfp.catalogue.fingerprint import fingerprint_tracks, resolve_model
     from nnfp.corpus.synth import compose_track
-    from nnfp.export import load_fingerprinter
+    from nnfp.runtime import load_fingerprinter
 
     rate, hop = 8000, 4000
     path = resolve_model(args.model)
@@ -53,7 +53,7 @@ def main(argv=None):
     reference = None
     diffs = {}
     def run(config, some_tracks):
-        export.CALL_ROWS = config[2]
+        runtime.CALL_ROWS = config[2]
         return fingerprint_tracks(embedders[config], some_tracks, hop, batch_size=config[1])
 
     for config in configs:  # compile + warm up; compare fingerprints
@@ -69,7 +69,7 @@ def main(argv=None):
             speeds[config].append(seconds / (time.perf_counter() - started))
     threads = "TensorFlow's default threads" if args.default_threads else "one thread per op (as the CLI)"
     print(f"index build fingerprinting, {path.name}, {seconds / 60:.1f} min of audio, "
-          f"{args.rounds} interleaved rounds (median), {threads}, {export.inference_workers()} calls at once")
+          f"{args.rounds} interleaved rounds (median), {threads}, {runtime.inference_workers()} calls at once")
     print(f"{'XLA':>4} | {'batch':>5} | {'call rows':>9} | {'x real time':>11} | {'vs plain':>8} | {'max |diff|':>10}")
     for config in configs:
         xla, batch, rows = config

@@ -33,7 +33,7 @@ machine slows both alike; tables give the median (min-max) and the ratio of the 
   found (a play >= 10 s covered >= 50 % by detections of its track), detections equal.
 - in this process: `LiteFingerprinter.fingerprint` of the shipped float32 LiteRT model and of a
   float16 export (`nnfp export nnfp/weights/default.keras OUT --format litert --quantize
-  float16`) against the TensorFlow fingerprinter (`nnfp.export.load_fingerprinter`, XLA, one
+  float16`) against the TensorFlow fingerprinter (`nnfp.runtime.load_fingerprinter`, XLA, one
   thread per op as the CLI runs it) on the same `--segments` 1 s segments of the catalogue:
   segments/s, x real time at the index's 0.5 s hop, least and mean cosine with TensorFlow, and
   the least over segments above -60 dBFS (dead air, stored as zero rows, is never compared).
@@ -394,11 +394,11 @@ def bench_throughput(work, sizes, tracks):
     ])[: sizes["segments"]]
     segments = np.ascontiguousarray(segments, np.float32)
 
-    import nnfp.export as export
+    import nnfp.runtime as runtime
     from nnfp.lite import LITERT_MODEL_FILE, LiteFingerprinter, read_spec
 
-    export.use_inference_threads()  # as the nnfp fingerprinting commands run TensorFlow
-    models = {"TensorFlow (XLA)": export.load_fingerprinter(keras_path)}
+    runtime.use_inference_threads()  # as the nnfp fingerprinting commands run TensorFlow
+    models = {"TensorFlow (XLA)": runtime.load_fingerprinter(keras_path)}
     models.update({name: LiteFingerprinter(path) for name, path in lite_paths.items()})
     for model in models.values():  # compile (XLA), allocate (XNNPACK)
         model.fingerprint(segments[:64])
@@ -429,7 +429,7 @@ def bench_throughput(work, sizes, tracks):
     table(
         f"In-process `fingerprint` of the same {len(segments)} 1 s segments of the catalogue, {sizes['rounds']} rounds, "
         f"taking turns; LiteRT {models['LiteRT float32'].num_threads} XNNPACK threads, "
-        f"TensorFlow {export.inference_workers()} calls at once",
+        f"TensorFlow {runtime.inference_workers()} calls at once",
         ["runtime", "segments/s", "x real time (0.5 s hop)", "vs TensorFlow", "cosine with TensorFlow min / mean",
          f"min over the {int(live.sum())} segments above -60 dBFS", "model bytes", "export parity gate min / mean (63 segments)"],
         rows,

@@ -178,11 +178,11 @@ def recall(model, n_queries, seed=0):
     config = load_config(CONFIG_DIR / "demo.yaml")
     corpus = embedded_corpus(config)
     if model is None:
-        from nnfp.export import _KerasFingerprinter
+        from nnfp.runtime import _KerasFingerprinter
 
         embedder, label = _KerasFingerprinter(build_model(config)), "random-init demo model (no --model, no runs/demo)"
     else:
-        from nnfp.export import load_fingerprinter
+        from nnfp.runtime import load_fingerprinter
 
         embedder, label = load_fingerprinter(model), str(model)
     tracks, paths, _ = load_tracks(list_audio_files(corpus.music_dir))
@@ -216,7 +216,7 @@ def throughput(seconds=60.0, batch_size=128):
     from nnfp.catalogue.fingerprint import fingerprint_tracks
     from nnfp.config import CONFIG_DIR, load_config
     from nnfp.corpus.synth import compose_track
-    from nnfp.export import _KerasFingerprinter
+    from nnfp.runtime import _KerasFingerprinter
     from nnfp.training import build_model
 
     audio = compose_track(1, seconds, 8000)

@@ -62,7 +62,7 @@ def cache_home(environ=None):
     return Path.home() / ".cache" / "nnfp"
 
 # Set by the CLI for a process of its own that only fingerprints (index, identify, monitor,
-# evaluate): TensorFlow, if it starts, then gives each op one thread (`nnfp.export`).
+# evaluate): TensorFlow, if it starts, then gives each op one thread (`nnfp.runtime`).
 INFERENCE_PROCESS = False
 
 # What a match's confidence is, which the calibrated threshold applies to (`Identifier(decision=...)`):

@@ -117,7 +117,7 @@ def usable_cores():
 class LiteFingerprinter:
     """A fingerprinter run by the LiteRT interpreter (XNNPACK on CPU), no TensorFlow.
 
-    The same interface as the TensorFlow fingerprinters of `nnfp.export`: `.fingerprint`,
+    The same interface as the TensorFlow fingerprinters of `nnfp.runtime`: `.fingerprint`,
     `.segment_samples`, `.embedding_dim`, plus `.sample_rate` and `.spec`.
 
     Args:
@@ -200,8 +200,7 @@ def fingerprint_file(path, model, hop_seconds=None, batch_size=256):
         (segments below `nnfp.audio.segments.QUIET_DBFS`) as zero rows, as in an index.
     """
     from nnfp.audio.io import load_audio
-    from nnfp.audio.segments import segment_waveform
-    from nnfp.catalogue.fingerprint import fingerprint_segments  # NumPy only: dead air as zero rows
+    from nnfp.audio.segments import fingerprint_segments, segment_waveform
 
     if not isinstance(model, LiteFingerprinter):
         model = LiteFingerprinter(model)

@@ -34,7 +34,7 @@ def main():
     parser.add_argument("--ir-dir", default="data/irs-test")
     args = parser.parse_args()
 
-    from nnfp.export import use_inference_threads
+    from nnfp.runtime import use_inference_threads
 
     use_inference_threads()
     from nnfp.catalogue.identify import Identifier

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from nnfp.config import CONFIG_DIR, load_config
-from nnfp.export import CALL_ROWS, export_saved_model, load_fingerprinter
+from nnfp.export import export_saved_model
+from nnfp.runtime import CALL_ROWS, load_fingerprinter
 from nnfp.training import build_model
 
 TINY = ["encoder.width=0.0625", "projection.embedding_dim=16"]
@@ -47,17 +48,17 @@ def test_xla_fingerprints_match_plain_forward_pass(model, tmp_path, n):
 
 
 def test_concurrent_model_calls_give_the_fingerprints_of_one_at_a_time(model, tmp_path, monkeypatch):
-    import nnfp.export as export
+    import nnfp.runtime as runtime
 
     x = np.random.default_rng(7).standard_normal((50, model.segment_samples)).astype("float32") * 0.1
     model.save(tmp_path / "m.keras")
     embedder = load_fingerprinter(tmp_path / "m.keras")
-    monkeypatch.setattr(export, "inference_workers", lambda: 1)
+    monkeypatch.setattr(runtime, "inference_workers", lambda: 1)
     one_at_a_time = embedder.fingerprint(x, batch_size=256)  # calls of CALL_ROWS rows, in turn
-    monkeypatch.setattr(export, "inference_workers", lambda: 4)
-    monkeypatch.setattr(export, "_POOL", None)  # a pool of 4 threads for this test
+    monkeypatch.setattr(runtime, "inference_workers", lambda: 4)
+    monkeypatch.setattr(runtime, "_POOL", None)  # a pool of 4 threads for this test
     at_once = embedder.fingerprint(x, batch_size=256)
-    export._POOL.shutdown()
+    runtime._POOL.shutdown()
     np.testing.assert_array_equal(at_once, one_at_a_time)  # same calls, same order
     assert np.abs(at_once - model.predict(x, verbose=0)).max() <= 1e-5
 

@@ -171,13 +171,10 @@ def _cycles(graph):
 
 
 # Lazy imports (inside functions) that still close a cycle, each to be removed by moving what it
-# imports downstream (issue 22: the inference runtime out of export.py, the loss check out of
-# config.py). The list may only shrink: a new cycle
+# imports downstream (issue 22: the loss check out of config.py). The list may only shrink: a new cycle
 # fails, and so does an entry whose import is gone.
 KNOWN_LAZY_CYCLE_EDGES = {
     ("nnfp.config", "nnfp.training"),  # load_config checks the loss with training.build_loss
-    ("nnfp.catalogue.fingerprint", "nnfp.export"),  # the TensorFlow runtime lives in export.py
-    ("nnfp.lite", "nnfp.catalogue.fingerprint"),  # fingerprint_file zeroes dead air
     ("nnfp.cli.demo", "nnfp.cli"),  # the demo shows `nnfp identify` through main([...])
 }
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["QUIET_DBFS", "n_segments", "quiet_segments", "segment_levels_db", "segment_starts", "segment_waveform"]
+__all__ = [
+    "QUIET_DBFS",
+    "fingerprint_segments",
+    "n_segments", "quiet_segments", "segment_levels_db", "segment_starts",
+    "segment_waveform",
+]
 
 # A segment whose varying part is quieter than this (RMS, dBFS: a full-scale square wave is
 # 0 dB) is dead air: digital silence, dither, the tail of a fade, a room with nothing playing.
@@ -66,3 +71,16 @@ def segment_levels_db(windows):
 def quiet_segments(windows, threshold_db=QUIET_DBFS):
     """(n,) bool: which windows are dead air (`segment_levels_db` below `threshold_db`)."""
     return segment_levels_db(windows) < float(threshold_db)
+
+
+def fingerprint_segments(embedder, windows, batch_size=256):
+    """(n, segment_samples) windows -> (n, d) fingerprints; dead air (`quiet_segments`) -> zeros.
+
+    Every fingerprint that reaches an index, a query or `nnfp monitor` is made here: a zero
+    row scores 0 against everything, so silence in a track never matches quiet noise in a
+    query, and a query's silent segments neither find nor confirm a place.
+    """
+    windows = np.asarray(windows, np.float32)
+    fingerprints = np.array(embedder.fingerprint(windows, batch_size=batch_size), np.float32)
+    fingerprints[quiet_segments(windows)] = 0.0
+    return fingerprints

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnfp.audio.segments import quiet_segments, segment_waveform
+from nnfp.audio.segments import fingerprint_segments, segment_waveform
 from nnfp.store.integrity import CorruptIndexError
 
 __all__ = [
@@ -85,7 +85,7 @@ class ModelSpec:
         `spec.json` of a LiteRT folder or SavedModel export. `digest`: its `model_digest`, when known."""
         rate = getattr(embedder, "sample_rate", None)
         if rate is None:
-            from nnfp.export import ModelLoadError
+            from nnfp.runtime import ModelLoadError
 
             raise ModelLoadError(
                 model_path,
@@ -192,10 +192,10 @@ def load_model(model=None, trust_model=False, runtime="auto"):
     is the model file itself (the `.keras` file even when its LiteRT copy runs).
 
     A SavedModel can run arbitrary TensorFlow operations and needs `trust_model=True`
-    (see `nnfp.export.load_fingerprinter`); `.keras` files load in Keras safe mode.
+    (see `nnfp.runtime.load_fingerprinter`); `.keras` files load in Keras safe mode.
 
     Raises:
-        nnfp.export.ModelLoadError: a file that is not a fingerprinter, among others (a
+        nnfp.runtime.ModelLoadError: a file that is not a fingerprinter, among others (a
             `.keras` file of another Keras model names the attribute it lacks).
     """
     from nnfp.lite import LiteFingerprinter, is_litert_model, litert_available
@@ -216,7 +216,7 @@ def load_model(model=None, trust_model=False, runtime="auto"):
                 + ("" if litert_available() else "; and the LiteRT runtime is not installed: pip install ai-edge-litert")
                 + "); export one with `nnfp export MODEL OUT --format litert`, or use --runtime tensorflow"
             )
-    from nnfp.export import ModelLoadError, load_fingerprinter
+    from nnfp.runtime import ModelLoadError, load_fingerprinter
 
     try:
         return load_fingerprinter(path, trust_model=trust_model), path
@@ -396,19 +396,6 @@ def index_embedder(index_dir, metadata, sample_rate, model=None, trust_model=Fal
 # ------------------------------------------------------------ fingerprints
 
 
-def fingerprint_segments(embedder, windows, batch_size=256):
-    """(n, segment_samples) windows -> (n, d) fingerprints; dead air (`quiet_segments`) -> zeros.
-
-    Every fingerprint that reaches an index, a query or `nnfp monitor` is made here: a zero
-    row scores 0 against everything, so silence in a track never matches quiet noise in a
-    query, and a query's silent segments neither find nor confirm a place.
-    """
-    windows = np.asarray(windows, np.float32)
-    fingerprints = np.array(embedder.fingerprint(windows, batch_size=batch_size), np.float32)
-    fingerprints[quiet_segments(windows)] = 0.0
-    return fingerprints
-
-
 def fingerprint_tracks(embedder, tracks, hop_samples, batch_size=256):
     """Fingerprints every segment of every track, batching across tracks.
 
@@ -442,7 +429,7 @@ def iter_fingerprints(embedder, blocks, hop_samples, batch_size=256, stats=None)
     endless one included).
 
     Args:
-        embedder: a loaded fingerprinter (`nnfp.export.load_fingerprinter`).
+        embedder: a loaded fingerprinter (`nnfp.runtime.load_fingerprinter`).
         blocks: any iterable of float32 mono blocks of any sizes (for instance
             `nnfp.audio.io.stream_audio`).
         hop_samples: samples between segment starts.
