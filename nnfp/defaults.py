@@ -66,8 +66,10 @@ def cache_home(environ=None):
 INFERENCE_PROCESS = False
 
 # What a match's confidence is, which the calibrated threshold applies to (`Identifier(decision=...)`):
-# "margin", the score's lead over the best window of any other track, or "score", the similarity.
-DEFAULT_DECISION = "margin"
+# "lead", the margin plus a share of the score's lead over the query's own impostor level (its 10th
+# best place); "margin", the score's lead over the best window of any other track; "score", the
+# similarity (`nnfp.catalogue.identify.lead`).
+DEFAULT_DECISION = "lead"
 
 # Speed search (`Identifier(speeds=...)`, `--speeds`): the query is also searched as if
 # played at these speeds (lowest, highest). The grid step depends on the query's length:

@@ -5,7 +5,16 @@ NumPy references on constructed fingerprints."""
 import numpy as np
 import pytest
 
-from nnfp.catalogue.identify import SAME_AUDIO, Identifier, margins, same_audio
+from nnfp.catalogue.identify import (
+    IMPOSTOR_PLACES,
+    LEAD_WEIGHT,
+    SAME_AUDIO,
+    Identifier,
+    impostor_score,
+    lead,
+    margins,
+    same_audio,
+)
 from nnfp.store.db import FingerprintDB, Match
 
 D = 32
@@ -52,6 +61,25 @@ def test_margins_against_a_reference(db):
     np.testing.assert_allclose(margins(db, dup, 6), [0.9 - 0.4, 0.89 - 0.4, 0.4 - 0.9])
 
 
+def test_lead_adds_a_share_of_the_lead_over_the_impostor_level(db):
+    assert (IMPOSTOR_PLACES, LEAD_WEIGHT) == (10, 0.25)
+    scores = [0.9, 0.6, 0.58, 0.55, 0.52, 0.5, 0.49, 0.47, 0.46, 0.45, 0.2]
+    assert impostor_score(scores) == 0.45  # the 10th best, whatever follows
+    assert impostor_score(scores[::-1]) == 0.45 and impostor_score(scores[:9]) is None
+    assert impostor_score([*scores[:9], float("nan")]) is None  # a NaN is no place
+    # reference: (score - max(rival, floor)) + 0.25 (score - impostor)
+    assert lead(0.9, 0.6, 0.45) == pytest.approx(0.3 + 0.25 * 0.45)
+    assert lead(0.9, 0.6, 0.45, floor=0.7) == pytest.approx(0.2 + 0.25 * 0.45)
+    assert lead(0.9, 0.6, None) == pytest.approx(0.3)
+    # margins(decision="lead"): one impostor level for the query, each place's own margin
+    places = [place(0, r, s) for r, s in zip(range(8), scores[:8], strict=True)]
+    places += [place(2, 45, 0.46), place(3, 65, 0.45)]
+    expected = [s - 0.46 + 0.25 * (s - 0.45) for s in scores[:8]]  # track 0: its rival is track 2
+    expected += [0.46 - 0.9 + 0.25 * 0.01, 0.45 - 0.9]
+    np.testing.assert_allclose(margins(db, places, 4, decision="lead"), expected, atol=1e-12)
+    np.testing.assert_allclose(margins(db, places[:9], 4, decision="lead"), margins(db, places[:9], 4))
+
+
 def test_identifier_confidence_is_the_lead_over_other_tracks(db):
     class Embedder:  # fingerprints are given, not computed
         segment_samples = 8000
@@ -96,4 +124,4 @@ def test_decision_setting_is_checked(db):
     with pytest.raises(ValueError, match="decision"):
         Identifier(None, db=db, embedder=Embedder(), min_score=None, decision="vote")
     assert Identifier(None, db=db, embedder=Embedder(), min_score=0.5).decision == "score"  # a raw threshold
-    assert Identifier(None, db=db, embedder=Embedder(), min_score=None).decision == "margin"
+    assert Identifier(None, db=db, embedder=Embedder(), min_score=None).decision == "lead"

@@ -157,7 +157,7 @@ def verify_index(index_dir, model=None, trust_model=False):
         scores = calibration.min_score if calibration is not None else []
         if calibration is not None:
             notes.extend(calibration_notes)  # e.g. a file without a digest: not checked
-        margins = calibration is not None and calibration.info.get("decision") == "margin"
+        margins = calibration is not None and calibration.info.get("decision") in ("margin", "lead")
         if not margins and any(b > a for a, b in zip(scores, scores[1:], strict=False)):  # scores fall with length
             notes.append(
                 f"{index_dir}: calibrated thresholds rise with query length ({calibration.min_score}); "

@@ -93,9 +93,9 @@ class Calibration:
     Args:
         lengths_s: calibrated query lengths in seconds, increasing.
         min_score: the threshold of each length: a match needs a confidence >= it, its
-            score, or with `info["decision"] == "margin"` its lead over the best other
-            track, measured against at least `info["rival_floor"]` of that length
-            (`nnfp.catalogue.identify.Identifier`).
+            score, or with `info["decision"]` "margin" its lead over the best other track,
+            measured against at least `info["rival_floor"]` of that length ("lead": plus a
+            share of its lead over the query's impostor level; `nnfp.catalogue.identify.lead`).
         target_false_match: the false-match rate the thresholds were chosen for.
         info: anything else stored with them (kept fractions, query counts, data, phases).
 
@@ -487,7 +487,7 @@ def leave_one_kind_out(unknown_scores, target_false_match=0.01, confidence=0.95)
 def format_calibration_table(calibration, title="Calibrated thresholds"):
     """Text table: per length the threshold, false-match rate, right answers and those kept."""
     info = calibration.info
-    label = "min margin" if info.get("decision") == "margin" else "min score"
+    label = {"margin": "min margin", "lead": "min lead"}.get(info.get("decision"), "min score")
     lines = [title, f"{'length':>7} {label:>10} {'false match':>12} {'right':>7} {'right kept':>11}"]
     for j, seconds in enumerate(calibration.lengths_s):
         lines.append(

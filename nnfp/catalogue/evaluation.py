@@ -44,6 +44,7 @@ from nnfp.catalogue.queries import degradation_settings, index_queries, read_lab
 from nnfp.catalogue.reports import format_table, save_results
 from nnfp.catalogue.speeds import speeds_description
 from nnfp.defaults import DEFAULT_DECISION, DEFAULT_INTERPOLATE, DEFAULT_REFINE, DEFAULT_SPEEDS
+from nnfp.outputs import atomic_file
 
 __all__ = ["calibrate_index", "check_reusable_index", "evaluate"]
 
@@ -279,6 +280,7 @@ def calibrate_index(
     progress=True,
     log=print,
     trust_model=False,
+    scores_out=None,
 ):
     """Calibrates the match threshold of an index per query length and saves it.
 
@@ -300,6 +302,10 @@ def calibrate_index(
     `<name>.bak` (the latest one replaced); the index's own calibration is written under
     `index_lock(index_dir)`. `trust_model`: the index's model may be a SavedModel (as for
     `nnfp.catalogue.identify.Identifier`).
+
+    `scores_out`: a `.npz` file for the ranked scores, confidences, tracks and valid lengths of
+    every query (`known/...`, `unknown:KIND/...`) and `known/right`, to study other decision
+    rules on the same queries.
 
     Returns:
         The `nnfp.catalogue.calibration.Calibration`.
@@ -344,20 +350,36 @@ def calibrate_index(
         unknown[name] = run_queries(identifier, waves, lengths_seconds, progress=progress)
     error = np.abs(known["offsets"][..., 0] - known_info["offset_s"][:, None])
     right = (known["tracks"][..., 0] == known_info["track"][:, None]) & (error <= OFFSET_TOLERANCE_S + 1e-6)
+    if scores_out is not None:  # the ranked scores behind the thresholds, to study other rules on
+        arrays = {"lengths_s": np.asarray(lengths_seconds, float), "known/right": right}
+        for name, raw in (("known", known), *((f"unknown:{n}", r) for n, r in unknown.items())):
+            arrays.update({f"{name}/{key}": raw[key] for key in ("scores", "confidences", "tracks", "valid")})
+        with atomic_file(scores_out) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
     floors = None
-    if identifier.decision == "margin":
+    if identifier.decision in ("margin", "lead"):
         # With no threshold the margin is measured against the best other track (0 without
-        # one): the rival is score - margin. Margins are then taken against at least a high
-        # quantile of the out-of-catalogue rivals, so a weak rival does not make a weak
-        # match look sure (`Identifier.rival_floor`).
+        # one): the rival is score - margin (- the lead over the impostor level, for "lead":
+        # the IMPOSTOR_PLACES-th best of the ranked places, all of which `run_queries` keeps).
+        # Margins are then taken against at least a high quantile of the out-of-catalogue
+        # rivals, so a weak rival does not make a weak match look sure (`Identifier.rival_floor`).
+        from nnfp.catalogue.identify import IMPOSTOR_PLACES, LEAD_WEIGHT
+
+        def impostor_lead(raw):
+            scores = raw["scores"][..., :IMPOSTOR_PLACES]
+            if identifier.decision != "lead" or scores.shape[-1] < IMPOSTOR_PLACES:
+                return np.zeros(scores.shape[:2])
+            lowest = -np.sort(-np.where(np.isfinite(scores), scores, -np.inf), axis=-1)[..., IMPOSTOR_PLACES - 1]
+            return np.where(np.isfinite(lowest), LEAD_WEIGHT * (scores[..., 0] - lowest), 0.0)
+
         def rivals(raw):
-            return raw["scores"][..., 0] - raw["confidences"][..., 0]
+            return raw["scores"][..., 0] - raw["confidences"][..., 0] + impostor_lead(raw)
 
         pooled = np.concatenate([rivals(raw) for raw in unknown.values()])
         floors = [round(float(np.nanquantile(pooled[:, j], RIVAL_FLOOR_QUANTILE)), 4) for j in range(pooled.shape[1])]
 
         def confidences(raw):
-            return raw["scores"][..., 0] - np.maximum(rivals(raw), np.asarray(floors))
+            return raw["scores"][..., 0] - np.maximum(rivals(raw), np.asarray(floors)) + impostor_lead(raw)
     else:
         def confidences(raw):
             return raw["confidences"][..., 0]

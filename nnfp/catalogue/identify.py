@@ -31,13 +31,31 @@ from nnfp.defaults import (
 )
 from nnfp.store.db import FingerprintDB
 
-__all__ = ["CALIBRATED", "DECISIONS", "Identifier", "Query", "QueryError", "identify_result", "margins", "same_audio"]
+__all__ = [
+    "CALIBRATED",
+    "DECISIONS",
+    "IMPOSTOR_PLACES",
+    "LEAD_WEIGHT",
+    "Identifier",
+    "Query",
+    "QueryError",
+    "identify_result",
+    "impostor_score",
+    "lead",
+    "margins",
+    "same_audio",
+]
 
 CALIBRATED = "calibrated"  # Identifier(min_score=...): the calibrated threshold of the query's length
 SILENT_PEAK_DB = -60.0  # queries quieter than this (peak, dBFS) are rejected as silent
 SILENT_RMS_DB = -70.0  # ... and those whose varying part is below this RMS level (dBFS)
 _ONE_BATCH_SEGMENTS = 256  # query phases fingerprinted as one batch up to this many segments
-DECISIONS = ("score", "margin")  # what a match's confidence is: `Identifier(decision=...)`
+DECISIONS = ("score", "margin", "lead")  # what a match's confidence is: `Identifier(decision=...)`
+# "lead": the margin plus LEAD_WEIGHT x the score's lead over the query's IMPOSTOR_PLACES-th best
+# distinct place (its own impostor level: how far the answer stands out of everything it resembles).
+# Chosen by leave-one-kind-out on 21 kinds of out-of-catalogue audio (MODEL_CARD.md, "Decision").
+LEAD_WEIGHT = 0.25
+IMPOSTOR_PLACES = 10
 SAME_AUDIO = 0.9  # mean cosine of two DB windows holding one recording under two names
 _SAME_AUDIO_CHECKS = 3  # rival tracks checked for being the same recording, best first
 _RIVAL_PLACES = 10  # distinct places ranked per speed (their tracks are the rivals)
@@ -85,10 +103,28 @@ def same_audio(db, first, other, n_rows):
     return float(np.mean(np.sum(a * b, axis=1))) >= SAME_AUDIO
 
 
-def margins(db, places, n_rows, floor=0.0):
+def impostor_score(scores):
+    """The query's impostor level: the `IMPOSTOR_PLACES`-th best of its distinct places' scores;
+    None with fewer places (no lead over it is counted)."""
+    scores = np.sort(np.asarray([s for s in scores if np.isfinite(s)], np.float64))[::-1]
+    return float(scores[IMPOSTOR_PLACES - 1]) if len(scores) >= IMPOSTOR_PLACES else None
+
+
+def lead(score, rival, impostor, floor=0.0):
+    """The "lead" confidence: `score - max(rival, floor)` (the margin) plus `LEAD_WEIGHT` x
+    `score - impostor` (`impostor_score`; nothing added when it is None)."""
+    out = score - max(rival, floor)
+    if impostor is not None:
+        out += LEAD_WEIGHT * (score - impostor)
+    return out
+
+
+def margins(db, places, n_rows, floor=0.0, decision="margin"):
     """Each place's score minus the best score of a place of another track among `places`, or
     `floor` where that is lower (`Identifier.rival_floor`; the same recording under another
-    name is no rival)."""
+    name is no rival); with `decision="lead"`, plus the lead over the impostor level of
+    `places` (`lead`)."""
+    impostor = impostor_score([p.score for p in places]) if decision == "lead" else None
     out = []
     for place in places:
         rival = floor
@@ -96,7 +132,7 @@ def margins(db, places, n_rows, floor=0.0):
             if other.track_id != place.track_id and not same_audio(db, place.segment_index, other.segment_index, n_rows):
                 rival = max(other.score, floor)
                 break
-        out.append(place.score - rival)
+        out.append(lead(place.score, rival, impostor))
     return out
 
 
@@ -263,8 +299,10 @@ class Identifier:
             phase; a match reports its speed (`Match.speed`; the best one's refined between
             grid points) and its offset in the track's own time.
         decision: what a match's `confidence` is, which the threshold applies to:
-            `"score"` (the similarity) or `"margin"` (the score's lead over the best window
-            of any other track; the same recording under another name is no rival).
+            `"score"` (the similarity), `"margin"` (the score's lead over the best window
+            of any other track; the same recording under another name is no rival), or
+            `"lead"` (the margin plus `LEAD_WEIGHT` x the score's lead over the query's
+            `IMPOSTOR_PLACES`-th best distinct place: `lead`).
             `"auto"` (default): the calibration's; `"score"` with a fixed `min_score`;
             `DEFAULT_DECISION` with no threshold.
 
@@ -598,8 +636,9 @@ class Identifier:
         with phase 0 only; the two best of those at every phase. Matches of one track
         closer than `collapse_seconds` (in track time) are one place, whatever speed found
         them. The best match's speed is then refined between grid points (its score stays
-        the grid search's). The confidence is the score (`decision="score"`) or the
-        score's lead over the best window of any other track (`"margin"`).
+        the grid search's). The confidence is the score (`decision="score"`), the
+        score's lead over the best window of any other track (`"margin"`), or that plus a
+        share of its lead over the query's impostor level (`"lead"`).
         """
         seconds = query.seconds if max_seconds is None else min(float(max_seconds), query.seconds)
         grid = self.speed_grid(seconds)
@@ -632,10 +671,12 @@ class Identifier:
                 found.extend(matches)
         n_query = n_segments(int(round(seconds * self.sample_rate)), self.embedder.segment_samples, self.hop_samples)
         floor = self.rival_floor(seconds)
+        # one speed: `rank`'s order (interpolated windows rank by their own score); several: by score
+        places = found[:wanted] if len(grid) == 1 else self._distinct(found, wanted)
+        impostor = impostor_score([m.score for m in places[:IMPOSTOR_PLACES]]) if self.decision == "lead" else None
         matches = [
-            dataclasses.replace(m, confidence=self._confidence(m, track_best, max(n_query, 1), floor))
-            # one speed: `rank`'s order (interpolated windows rank by their own score); several: by score
-            for m in (found[:wanted] if len(grid) == 1 else self._distinct(found, wanted))
+            dataclasses.replace(m, confidence=self._confidence(m, track_best, max(n_query, 1), floor, impostor))
+            for m in places
         ]
         if min_score is not None:
             matches = [m for m in matches if m.confidence >= min_score]
@@ -651,13 +692,13 @@ class Identifier:
         out-of-catalogue queries), so that a weak or absent rival does not make a weak match
         look sure; 0 without one."""
         floors = self.calibration.info.get("rival_floor") if self.calibration is not None else None
-        if self.decision != "margin" or not floors or self.min_score != CALIBRATED:
+        if self.decision not in ("margin", "lead") or not floors or self.min_score != CALIBRATED:
             return 0.0
         lengths = self.calibration.lengths_s
         position = int(np.searchsorted(lengths, float(query_seconds) + 1e-6, side="right")) - 1
         return float(floors[max(position, 0)])
 
-    def _confidence(self, match, track_best, n_query, floor=0.0):
+    def _confidence(self, match, track_best, n_query, floor=0.0, impostor=None):
         if self.decision == "score":
             return match.score
         rival = 0.0  # no window of another track among the candidates: none came close
@@ -670,7 +711,7 @@ class Identifier:
                 continue  # the same recording under another name is not a rival
             rival = score
             break
-        return match.score - max(rival, floor)
+        return lead(match.score, rival, impostor, floor)
 
     def _refined_speed(self, query, match, seconds):
         # The speed of the best place, finer than the grid: the query's prefix is

@@ -205,9 +205,10 @@ def _add_index_commands(sub, shared):
     own.add_argument("--confidence", type=fraction, default=0.95,
                      help="the target must hold at this confidence (Clopper-Pearson upper bound over the "
                      "out-of-catalogue queries; default 0.95; 0: point estimate, fits the calibration music only)")
-    own.add_argument("--decision", choices=("margin", "score"), default=DEFAULT_DECISION,
+    own.add_argument("--decision", choices=("lead", "margin", "score"), default=DEFAULT_DECISION,
                      help="what the thresholds apply to: margin, a match's score minus the best score of any other "
-                     f"track, or score, the similarity itself (default {DEFAULT_DECISION})")
+                     "track; lead, the margin plus a quarter of the score's lead over the query's 10th best place; "
+                     f"or score, the similarity itself (default {DEFAULT_DECISION})")
     _add_command(
         index_sub, "calibrate", cmd_index_calibrate, own,
         [shared.queries, shared.phases, shared.k_probe, shared.seed, shared.trust_model, shared.quiet],
