@@ -59,14 +59,14 @@ def setup(tmp_path_factory):
 
 def _query(music, name, start, seconds, seed, snr_db=15.0):
     from nnfp.audio.io import load_audio
+    from nnfp.catalogue.queries import degrade
     from nnfp.corpus.noise import make_noise
     from nnfp.corpus.rooms import make_impulse_response
-    from nnfp.pipeline.degrade import make_query
 
     track = load_audio(music / name)
-    return make_query(
-        track, start, seconds, noise=make_noise(seed, seconds + 1), snr_db=snr_db,
-        impulse_response=make_impulse_response(seed),
+    return degrade(
+        track, int(round(start * 8000)), int(round(seconds * 8000)), 8000, 8000, noise=make_noise(seed, seconds + 1),
+        snr_db=snr_db, impulse_response=make_impulse_response(seed),
     )
 
 

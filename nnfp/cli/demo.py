@@ -18,10 +18,10 @@ def cmd_demo(args):
     from nnfp.callbacks import MiniSearchValidation
     from nnfp.catalogue.build import build_index
     from nnfp.catalogue.identify import Identifier
+    from nnfp.catalogue.queries import degrade
     from nnfp.config import CONFIG_DIR, load_config
     from nnfp.corpus.noise import make_noise
     from nnfp.corpus.rooms import make_impulse_response
-    from nnfp.pipeline.degrade import make_query
     from nnfp.training import build_model, embedded_corpus, prepare_data, train
 
     started = time.perf_counter()
@@ -75,11 +75,10 @@ def cmd_demo(args):
             track = tracks[track_id]
             start = float(rng.uniform(0, len(track) / rate - seconds))
             seed = 100_000 + 1000 * seconds + q
-            query = make_query(
-                track, start, seconds,
-                noise=make_noise(seed, seconds + 1.0, rate),
+            query = degrade(  # as `nnfp evaluate` degrades its queries: a room, then noise
+                track, int(round(start * rate)), int(round(seconds * rate)), rate, rate,
+                noise=make_noise(seed, seconds + 1.0, rate), snr_db=float(rng.uniform(0, 10)),
                 impulse_response=make_impulse_response(seed, rate),
-                snr_db=float(rng.uniform(0, 10)), sample_rate=rate,
             )
             t1 = time.perf_counter()
             matches = identifier.identify_audio(query, n_results=1)
@@ -102,18 +101,18 @@ def _demo_shipped_model(music_dir, run_dir, track, rate):
     import soundfile as sf
 
     from nnfp.catalogue.fingerprint import DEFAULT_MODEL_PATH
+    from nnfp.catalogue.queries import degrade
     from nnfp.cli import main
     from nnfp.corpus.noise import make_noise
     from nnfp.corpus.rooms import make_impulse_response
-    from nnfp.pipeline.degrade import make_query
 
     if not DEFAULT_MODEL_PATH.exists():
         print("== 5. (no default model ships with this version of nnfp: skipped) ==")
         return
     print("== 5. the shipped default model (trained on real music): identify a degraded excerpt ==")
-    query = make_query(
-        track, 12.3, 5.0, noise=make_noise(7, 6.0, rate), impulse_response=make_impulse_response(7, rate),
-        snr_db=5.0, sample_rate=rate,
+    query = degrade(
+        track, int(12.3 * rate), 5 * rate, rate, rate, noise=make_noise(7, 6.0, rate), snr_db=5.0,
+        impulse_response=make_impulse_response(7, rate),
     )
     query_path = Path(run_dir) / "query.wav"
     sf.write(query_path, query, rate)
