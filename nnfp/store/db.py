@@ -550,17 +550,7 @@ class FingerprintDB(SequenceSearch):
                 else:
                     shutil.copyfile(source, tmp / name)
             np.savez(tmp / "segments.npz", track=self.segment_track, start=self.segment_start)
-            meta = {
-                "version": FORMAT_VERSION,
-                "d": self.dim,
-                "n_segments": self.n_segments,
-                "hop_seconds": self.hop_seconds,
-                "index_type": self.index_type,
-                "params": self.index_params,
-                "zero_rows": zero_rows,  # dead-air segments (zero fingerprints); every other row is a unit vector
-                "metadata": self.metadata,
-                "tracks": self.tracks,
-            }
+            meta = self._meta(zero_rows)
             if self.index_params.get("on_disk"):
                 write_index_on_disk(self.index, tmp / "index.faiss", tmp / IVF_DATA_FILE)
             else:
@@ -633,19 +623,23 @@ class FingerprintDB(SequenceSearch):
         meta["integrity"] = {"files": file_records(directory, names=set(recorded)), "tracks_sha256": meta_digest(meta)}
         atomic_write_bytes(Path(directory) / "tracks.json", json.dumps(meta, indent=1).encode())
 
-    def _meta(self, zero_rows, store):
-        return {
+    def _meta(self, zero_rows, store=None):
+        """The content of `tracks.json` (before its integrity record); `store` (where the rows
+        live, for a Milvus-backed index) only when given, so a faiss index's file is unchanged."""
+        meta = {
             "version": FORMAT_VERSION,
             "d": self.dim,
             "n_segments": self.n_segments,
             "hop_seconds": self.hop_seconds,
             "index_type": self.index_type,
             "params": self.index_params,
-            "zero_rows": zero_rows,
+            "zero_rows": zero_rows,  # dead-air segments (zero fingerprints); every other row is a unit vector
             "metadata": self.metadata,
             "tracks": self.tracks,
-            "store": store,
         }
+        if store is not None:
+            meta["store"] = store
+        return meta
 
     def _probe_rows(self):
         """Up to `PROBE_ROWS` live rows spread over the store, whose digest the integrity record keeps."""
