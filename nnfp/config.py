@@ -52,6 +52,7 @@ _CHOICES = {
     "wandb.mode": ("offline", "online", "disabled"),
     "train.verbose": (0, 1, 2),
     "train.distribute": ("none", "mirrored", "multi_worker"),
+    "train.precision": ("float32", "mixed_bfloat16"),
 }
 _POSITIVE = (
     "optimizer.learning_rate", "data.hop_seconds",
@@ -209,6 +210,25 @@ def _check_parts(config):
     _constructed(config, "loss", lambda: build_loss(config))
 
 
+def _check_phone(config):
+    """Construct the phone's degradations from their `data.` keys: their constructors check the values."""
+    from nnfp.pipeline.field import RandomBandLimit, RandomClipping, RandomCodec, RandomGainControl
+
+    data, rate = config["data"], config["frontend"]["sample_rate"]
+    _constructed(config, "data", lambda: RandomBandLimit(
+        rate, data["highpass_hz_range"], data["lowpass_hz_range"], shelf_db_range=data["shelf_db_range"],
+        peak_db_range=data["peak_db_range"], probability=data["band_limit_prob"],
+    ))  # fmt: skip
+    _constructed(config, "data", lambda: RandomClipping(data["clip_db_range"], probability=data["clipping_prob"]))
+    _constructed(
+        config, "data", lambda: RandomGainControl(rate, data["agc_target_dbfs_range"], probability=data["agc_prob"]),
+        key="data.agc_target_dbfs_range",
+    )
+    _constructed(config, "data", lambda: RandomCodec(
+        rate, data["codecs"], data["amr_nb_kbps_range"], data["opus_kbps_range"], probability=data["codec_prob"],
+    ))  # fmt: skip
+
+
 def validate(config):
     """Check ranges and cross-key constraints; raise ConfigError naming the key."""
     for key, allowed in _CHOICES.items():
@@ -219,7 +239,9 @@ def validate(config):
         if value is not None and value <= 0:
             raise ConfigError(f"config key '{key}': expected a positive value, received {value!r}")
     ranges = ("data.snr_db_range", "data.speech_snr_db_range", "data.gain_db_range", "data.speed_range",
-              "data.tempo_range", "data.pitch_semitones_range")
+              "data.tempo_range", "data.pitch_semitones_range", "data.highpass_hz_range", "data.lowpass_hz_range",
+              "data.shelf_db_range", "data.peak_db_range", "data.clip_db_range", "data.agc_target_dbfs_range",
+              "data.amr_nb_kbps_range", "data.opus_kbps_range")
     for key in ranges:
         value = _get(config, key)
         if len(value) != 2 or value[0] > value[1]:
@@ -228,10 +250,11 @@ def validate(config):
         if _get(config, key)[0] <= 0:
             raise ConfigError(f"config key '{key}': expected factors > 0, received {_get(config, key)!r}")
     for key in ("data.noise_prob", "data.ir_prob", "data.speech_prob", "data.speed_prob", "data.tempo_prob",
-                "data.pitch_prob"):
+                "data.pitch_prob", "data.band_limit_prob", "data.clipping_prob", "data.agc_prob", "data.codec_prob"):
         if not 0 <= _get(config, key) <= 1:
             raise ConfigError(f"config key '{key}': expected a probability in [0, 1], received {_get(config, key)!r}")
     _check_parts(config)
+    _check_phone(config)
 
     train = config["train"]
     for key in ("batch_size", "val_batch_size"):

@@ -13,7 +13,24 @@ __all__ = ["FingerPrinter"]
 
 
 def _l2_normalize(x):
+    # float32 whatever the parts computed in (train.precision: mixed_bfloat16), so the loss
+    # and the fingerprints are float32.
+    x = ops.cast(x, "float32")
     return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+
+
+def _float32_config(config, layer):
+    """`layer`'s `config` computing in float32: mixed precision is a training setting
+    (`train.precision`), so a saved model computes as a float32 one (its weights are float32)."""
+    policy = layer.dtype_policy
+    if policy.compute_dtype != policy.variable_dtype:
+        config = {**config, "dtype": policy.variable_dtype}
+    return config
+
+
+def _serialize_float32(layer):
+    serialized = keras.saving.serialize_keras_object(layer)
+    return {**serialized, "config": _float32_config(serialized["config"], layer)}
 
 
 @keras.saving.register_keras_serializable(package="nnfp")
@@ -91,7 +108,7 @@ class FingerPrinter(keras.Model):
 
     def embed_all(self, waveforms):
         """f(x), L2(f(x)) and L2(g(f(x))) of a batch, without augmentation (one forward pass)."""
-        hidden = self.encoder(self.frontend(waveforms), training=False)  # (batch, D)
+        hidden = ops.cast(self.encoder(self.frontend(waveforms), training=False), "float32")  # (batch, D)
         return {
             "f": hidden,
             "L2(f)": _l2_normalize(hidden),
@@ -199,13 +216,12 @@ class FingerPrinter(keras.Model):
         return similarity_matrix(self.fingerprint(anchors), self.fingerprint(replicas))
 
     def get_config(self):
-        config = super().get_config()
-        serialize = keras.saving.serialize_keras_object
+        config = _float32_config(super().get_config(), self)
         config.update(
-            frontend=serialize(self.frontend),
-            encoder=serialize(self.encoder),
-            projection=serialize(self.projection),
-            spec_augment=serialize(self.spec_augment) if self.spec_augment is not None else None,
+            frontend=_serialize_float32(self.frontend),
+            encoder=_serialize_float32(self.encoder),
+            projection=_serialize_float32(self.projection),
+            spec_augment=_serialize_float32(self.spec_augment) if self.spec_augment is not None else None,
         )
         return config
 

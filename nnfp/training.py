@@ -7,7 +7,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from nnfp.config import ConfigError, save_config
+from nnfp.config import ConfigError, load_config, save_config
 
 __all__ = [
     "TrainingData",
@@ -37,20 +37,34 @@ class TrainingData:
 
 
 def build_model(config):
-    """Built FingerPrinter; each part is its class called with its config section as arguments."""
+    """Built FingerPrinter; each part is its class called with its config section as arguments.
+
+    `train.precision: mixed_bfloat16` builds the encoder and the projection (and their
+    layers) under Keras' `mixed_bfloat16` policy: bfloat16 computation, float32 weights.
+    The waveforms, the mel front end, SpecAugment, the L2 normalisation and the loss stay
+    float32, and a saved model computes in float32 (`FingerPrinter.get_config`).
+    """
     from nnfp.augment import SpecAugment
     from nnfp.encoder import DivideAndEncode, Encoder
     from nnfp.frontend import LogMelSpectrogram
     from nnfp.model import FingerPrinter
 
     spec_augment = config["spec_augment"]
-    model = FingerPrinter(
-        frontend=LogMelSpectrogram(**config["frontend"], name="frontend"),
-        encoder=Encoder(**config["encoder"], name="encoder"),
-        projection=DivideAndEncode(**config["projection"], name="projection"),
-        spec_augment=SpecAugment(**spec_augment, name="spec_augment") if spec_augment["chain"] else None,
-        name="fingerprinter",
-    )
+    float32 = {"dtype": "float32"}  # the audio path, whatever the policy
+    # The policy is read when a layer is made, and the encoder makes its sublayers itself.
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config["train"]["precision"])
+    try:
+        model = FingerPrinter(
+            frontend=LogMelSpectrogram(**config["frontend"], name="frontend", **float32),
+            encoder=Encoder(**config["encoder"], name="encoder"),
+            projection=DivideAndEncode(**config["projection"], name="projection"),
+            spec_augment=SpecAugment(**spec_augment, name="spec_augment", **float32) if spec_augment["chain"] else None,
+            name="fingerprinter",
+            **float32,
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     model.build((None, model.segment_samples))
     return model
 
@@ -284,6 +298,19 @@ def prepare_data(config, log=print):
         tempo_prob=data["tempo_prob"],
         pitch_semitones_range=tuple(data["pitch_semitones_range"]),
         pitch_prob=data["pitch_prob"],
+        band_limit_prob=data["band_limit_prob"],
+        highpass_hz_range=tuple(data["highpass_hz_range"]),
+        lowpass_hz_range=tuple(data["lowpass_hz_range"]),
+        shelf_db_range=tuple(data["shelf_db_range"]),
+        peak_db_range=tuple(data["peak_db_range"]),
+        clipping_prob=data["clipping_prob"],
+        clip_db_range=tuple(data["clip_db_range"]),
+        agc_prob=data["agc_prob"],
+        agc_target_dbfs_range=tuple(data["agc_target_dbfs_range"]),
+        codec_prob=data["codec_prob"],
+        codecs=tuple(data["codecs"]),
+        amr_nb_kbps_range=tuple(data["amr_nb_kbps_range"]),
+        opus_kbps_range=tuple(data["opus_kbps_range"]),
         shuffle=True,
         seed=train["seed"],
         **augment,
@@ -463,6 +490,24 @@ def require_training_extras(config):
     return modules
 
 
+def _check_precision(config):
+    """`train.precision: mixed_bfloat16` is for GPUs: refused where TensorFlow sees none.
+
+    On CPU it measured no faster than float32 with XLA (docs/training-speed.md), and
+    TensorFlow 2.21's oneDNN bfloat16 convolution returns wrong values (NaN) for the
+    encoder's stride-2 convolution of a 2-frame-wide input outside XLA, which the
+    train step without `train.jit_compile` and the mini-search callback run.
+    """
+    import tensorflow as tf
+
+    if config["train"]["precision"] != "float32" and not tf.config.list_physical_devices("GPU"):
+        raise ConfigError(
+            f"config key 'train.precision': {config['train']['precision']} is for GPUs and TensorFlow sees "
+            "none; on CPU it is no faster than float32 and TensorFlow's oneDNN bfloat16 convolution gives "
+            "wrong values outside XLA (docs/training-speed.md); use float32"
+        )
+
+
 def _check_resumed_config(config, saved_path):
     """A run directory resumes only the run it holds: a changed config is refused, not saved over it."""
     import yaml
@@ -471,6 +516,8 @@ def _check_resumed_config(config, saved_path):
         return
     saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
     new = _flatten(config)
+    # A key that nnfp gained after the run began is not in its config.yaml: the run used its default.
+    saved = {**{k: v for k, v in _flatten(load_config()).items() if k in new}, **saved}
     changed = sorted(k for k in set(saved) | set(new) if saved.get(k, "<unset>") != new.get(k, "<unset>"))
     if changed:
         listing = "; ".join(f"{k}: {saved.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in changed[:6])
@@ -486,6 +533,7 @@ def train(config, run_dir, log=print, extra_callbacks=()):
     from nnfp.outputs import atomic_write_json, claim_output_dir, write_marker
 
     require_training_extras(config)  # a missing optional package fails before the run folder is made
+    _check_precision(config)
     claim_output_dir(run_dir, "run", reuse=True)  # a run resumes; anything else is refused
     run_dir = Path(run_dir)
     _check_resumed_config(config, run_dir / "config.yaml")
