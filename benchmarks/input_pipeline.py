@@ -3,7 +3,7 @@
     python benchmarks/input_pipeline.py [--train DIR] [--steps 15] [--paper-steps 4] [--rounds 3]
 
 For the demo config (configs/demo.yaml) and the paper config (configs/default.yaml), with
-the training data wiring of `nnfp.training.prepare_data` and every augmentation on
+the training data wiring of `nnfp.training_data.prepare_data` and every augmentation on
 (background noise, speech, impulse response, random gain, replica time offset, several
 replicas per anchor):
 

@@ -43,8 +43,8 @@ _NULLABLE = {
     "wandb.entity": (str,),
     "wandb.name": (str,),
 }
-# Selectors read by nnfp.training (no constructor sees them). The model, SpecAugment and loss
-# arguments are checked by their own constructors (`_check_parts`).
+# Selectors read by nnfp.training and nnfp.losses.build_loss (no constructor sees them). The model,
+# SpecAugment and loss arguments are checked by their own constructors (`_check_parts`).
 _CHOICES = {
     "loss.type": ("ntxent", "triplet"),
     "optimizer.name": ("adam", "lamb"),
@@ -199,7 +199,7 @@ def _check_parts(config):
     from nnfp.augment import SpecAugment
     from nnfp.encoder import DivideAndEncode, Encoder
     from nnfp.frontend import LogMelSpectrogram
-    from nnfp.training import build_loss
+    from nnfp.losses import build_loss
 
     frontend = _constructed(config, "frontend", lambda: LogMelSpectrogram(**config["frontend"]))
     encoder = _constructed(config, "encoder", lambda: Encoder(**config["encoder"]))

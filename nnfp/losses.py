@@ -9,7 +9,7 @@ ids itself: anchors get `0..n_anchors-1`, replica j gets `j % n_anchors`.
 import keras
 from keras import ops
 
-__all__ = ["NTXent", "OnlineTripletLoss", "pair_masks", "similarity_matrix", "source_ids"]
+__all__ = ["NTXent", "OnlineTripletLoss", "build_loss", "pair_masks", "similarity_matrix", "source_ids"]
 
 _TRIPLET_MODES = ("semi-hard", "all", "hard")
 
@@ -143,3 +143,11 @@ class OnlineTripletLoss(keras.losses.Loss):
         config = super().get_config()
         config.update(margin=self.margin, mode=self.mode)
         return config
+
+
+def build_loss(config):
+    """The loss named by the config's `loss` section: `NTXent` or `OnlineTripletLoss` (`loss.type`)."""
+    loss = config["loss"]
+    if loss["type"] == "ntxent":
+        return NTXent(temperature=loss["temperature"])
+    return OnlineTripletLoss(margin=loss["margin"], mode=loss["mode"])

@@ -22,7 +22,8 @@ def cmd_demo(args):
     from nnfp.config import CONFIG_DIR, load_config
     from nnfp.corpus.noise import make_noise
     from nnfp.corpus.rooms import make_impulse_response
-    from nnfp.training import build_model, embedded_corpus, prepare_data, train
+    from nnfp.training import build_model, train
+    from nnfp.training_data import embedded_corpus, prepare_data
 
     started = time.perf_counter()
     config = load_config(args.config or CONFIG_DIR / "demo.yaml", args.overrides)
