@@ -170,12 +170,8 @@ def _cycles(graph):
     return sorted(found)
 
 
-# Lazy imports (inside functions) that still close a cycle. The list may only shrink: a new cycle
-# fails, and so does an entry whose import is gone. The demo runs `nnfp identify` through the CLI's
-# own `main` on purpose (it shows the command a user would type).
-KNOWN_LAZY_CYCLE_EDGES = {
-    ("nnfp.cli.demo", "nnfp.cli"),  # the demo shows `nnfp identify` through main([...])
-}
+# Lazy imports (inside functions) that close a cycle: none is left, and a new one fails.
+KNOWN_LAZY_CYCLE_EDGES = set()
 
 
 def test_no_import_cycle_inside_nnfp():

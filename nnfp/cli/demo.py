@@ -103,7 +103,6 @@ def _demo_shipped_model(music_dir, run_dir, track, rate):
 
     from nnfp.catalogue.fingerprint import DEFAULT_MODEL_PATH
     from nnfp.catalogue.queries import degrade
-    from nnfp.cli import main
     from nnfp.corpus.noise import make_noise
     from nnfp.corpus.rooms import make_impulse_response
 
@@ -119,7 +118,16 @@ def _demo_shipped_model(music_dir, run_dir, track, rate):
     sf.write(query_path, query, rate)
     index_dir = Path(run_dir) / "index-default"
     print(f"$ nnfp index build {music_dir} {index_dir} --index-type flat --quiet --overwrite")
-    main(["index", "build", str(music_dir), str(index_dir), "--index-type", "flat", "--quiet", "--overwrite"])
+    _nnfp("index", "build", str(music_dir), str(index_dir), "--index-type", "flat", "--quiet", "--overwrite")
     print(f"$ nnfp identify {index_dir} {query_path} --json   "
           "# 5 s from 12.3 s of the last track, 5 dB SNR noise + room")
-    main(["identify", str(index_dir), str(query_path), "--json"])
+    _nnfp("identify", str(index_dir), str(query_path), "--json")
+
+
+def _nnfp(*args):
+    """Runs `nnfp ARGS` as a user would, in a process of its own (its output goes to ours)."""
+    import subprocess
+    import sys
+
+    sys.stdout.flush()  # our lines first, then the command's
+    subprocess.run([sys.executable, "-m", "nnfp.cli", *args], check=False)
