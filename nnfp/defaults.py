@@ -30,19 +30,17 @@ INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")  # faiss index kinds of `Fingerpr
 DEFAULT_K_PROBE = 20  # faiss neighbours per query segment (the original `k_probe`)
 # Used only when neither the index nor its model has a calibration (`nnfp index calibrate`).
 DEFAULT_MIN_SCORE = 0.5
-DEFAULT_PHASES = 4  # query phases per index hop (`Identifier(phases=...)`, `--phases`): benchmarks/phases.py
-# and MODEL_CARD.md: 2 phases search faster (13.4 vs 16.9 ms for 10 s) and score alike on noisy
-# queries, but put 1-2.6 points more clean queries at a wrong offset.
+# The figures behind the next three: docs/defaults.md.
+# Query phases per index hop (`Identifier(phases=...)`, `--phases`): 2 search faster and score alike
+# on noisy queries, but put more clean queries at a wrong offset.
+DEFAULT_PHASES = 4
 # Only phase 0 is searched in faiss; its best DEFAULT_REFINE windows are scored at the other
-# phases (`Identifier(refine=...)`, `--refine`; None / "all" searches every phase). In
-# benchmarks/phases.py (200 held-out queries, 2, 4 and 8 phases) 32 gave the hit rates of
-# searching every phase in every cell; a 10 s query at 4 phases: 16.9 instead of 23.7 ms.
+# phases (`Identifier(refine=...)`, `--refine`; None / "all" searches every phase): as accurate
+# as searching every phase, and faster.
 DEFAULT_REFINE = 32
 # Positions per index hop at which the best windows of a one-phase query (1 s) are scored
 # again with DB fingerprints interpolated between rows (`Identifier(interpolate=...)`,
-# `--interpolate`; 1 = off). scripts/interpolate_eval.py, 300 held-out queries at 1 s:
-# clean right track + offset 89.0 -> 94.0 % (4 positions: 93.7), noisy 57.3 -> 59.0 %,
-# false matches on unknown music 1.7 -> 1.3 % (clean), 0.7 -> 0.7 % (noisy).
+# `--interpolate`; 1 = off): more 1 s queries at the right offset, no more false matches.
 DEFAULT_INTERPOLATE = 2
 
 

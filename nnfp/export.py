@@ -78,10 +78,8 @@ def export_saved_model(model, out_dir, config=None, overwrite=False, inputs=()):
 QUANTIZE_MODES = ("none", "float16", "int8")
 # What a LiteRT model must reproduce of its Keras model on `parity_waveforms`: the least cosine
 # of a LiteRT fingerprint with the Keras one, and the share of LiteRT fingerprints whose nearest
-# Keras fingerprint is their own (None: not gated). On the shipped model float32 gave a least
-# cosine of 1.0000000 (mean 1.0000000), float16 0.9999990 (0.9999995), int8 (dynamic range,
-# front end float) 0.998835 (0.999559) with 100 % own-nearest-neighbour, so int8 is refused for
-# it; int8 quantising the front end too fell to 0.70 (0.89) and 98.4 % on a similar set.
+# Keras fingerprint is their own (None: not gated). The shipped model's parity at each setting,
+# and why int8 is refused for it: docs/defaults.md.
 PARITY_GATES = {
     "none": {"min_cosine": 0.9999, "own_neighbour": None},
     "float16": {"min_cosine": 0.9999, "own_neighbour": None},

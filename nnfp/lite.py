@@ -40,8 +40,7 @@ LITERT_MODEL_FILE = "model.tflite"
 LITERT_SPEC_FILE = "spec.json"
 SPEC_FORMAT = "nnfp-litert"
 SIGNATURE = "serve"
-# Rows per interpreter call. With XNNPACK on 2 cores, 1,024 segments of the shipped model took
-# 1.85 s in 16-row calls, 2.20 s in 64-row and 2.53 s in 256-row calls (one run each, a busy machine).
+# Rows per interpreter call: small calls ran fastest with XNNPACK (docs/defaults.md).
 CALL_ROWS = 16
 
 

@@ -48,14 +48,12 @@ def _saved_model_rate(path):
 
 
 # Rows per model call, and calls run at once (`_fingerprint_batches`). Small calls on every
-# core at once beat one large call split over the cores: on 2 cores, 2 calls of 16 rows
-# ran the default model at 322x real time against 174x for one call at a time
-# (benchmarks/index_speed.py; the CLI also gives each op one thread, `use_inference_threads`).
+# core at once beat one large call split over the cores (docs/defaults.md; the CLI also gives
+# each op one thread, `use_inference_threads`).
 CALL_ROWS = 16
 # Every call has exactly that many rows (the last one zero-padded), so a process compiles or
-# loads one XLA program: each input shape costs seconds (~3.5 s to compile, ~1.2 s to load
-# from the CLI's disk cache, `nnfp.cli.xla_cache_directory`), which a second size for short
-# calls paid in every command. A 1-row call costs ~0.05 s instead of ~0.03 s padded to 8 rows.
+# loads one XLA program: each input shape costs seconds to compile or to load from the CLI's
+# disk cache (`nnfp.cli.xla_cache_directory`), far more than padding a short call costs.
 
 
 def inference_workers():

@@ -67,9 +67,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-# Interpreters in the pool (each with XNNPACK threads on every core). On 2 shared cores, 4
-# clients asking with 5 s queries for 20 s: 1 interpreter 11 queries/s, 2: 16, 3: 16-21,
-# 4: 21 (p95 0.23 s); interpreters of 1 thread each did worse.
+# Interpreters in the pool (each with XNNPACK threads on every core): 4 answered the most
+# queries per second on 2 cores; interpreters of 1 thread each did worse (docs/defaults.md).
 POOL_SIZE = 4
 LOCK_TIMEOUT_SECONDS = 30.0  # a change waits this long for another writer of the index (CLI), then 503
 STREAM_MAX_PENDING = 64  # WebSocket messages waiting for the monitor before the socket is read again

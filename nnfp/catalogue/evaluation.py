@@ -49,8 +49,7 @@ from nnfp.outputs import atomic_file
 __all__ = ["calibrate_index", "check_reusable_index", "evaluate"]
 
 # `calibrate_index`: margins are measured against at least this quantile of the best other-track
-# scores of the out-of-catalogue queries (scripts/decision_features.py: 0.9 kept the most right
-# answers with every generated and recorded kind held out in turn at <= 2 % false matches).
+# scores of the out-of-catalogue queries (chosen by leave-one-kind-out: docs/defaults.md).
 RIVAL_FLOOR_QUANTILE = 0.9
 
 

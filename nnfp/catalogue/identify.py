@@ -53,7 +53,8 @@ _ONE_BATCH_SEGMENTS = 256  # query phases fingerprinted as one batch up to this 
 DECISIONS = ("score", "margin", "lead")  # what a match's confidence is: `Identifier(decision=...)`
 # "lead": the margin plus LEAD_WEIGHT x the score's lead over the query's IMPOSTOR_PLACES-th best
 # distinct place (its own impostor level: how far the answer stands out of everything it resembles).
-# Chosen by leave-one-kind-out on 21 kinds of out-of-catalogue audio (MODEL_CARD.md, "Decision").
+# Chosen by leave-one-kind-out on 21 kinds of out-of-catalogue audio (MODEL_CARD.md, "Decision";
+# scripts/decision_rules.py).
 LEAD_WEIGHT = 0.25
 IMPOSTOR_PLACES = 10
 SAME_AUDIO = 0.9  # mean cosine of two DB windows holding one recording under two names
