@@ -2,6 +2,7 @@
 and long queries scored in tiles."""
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,6 +265,98 @@ def test_add_then_search(tmp_path, data):
     db.save(tmp_path / "db")
     reloaded = FingerprintDB.load(tmp_path / "db")
     assert len(reloaded) == len(db) and reloaded.next_track_id == 33
+
+
+def _saved_and_loaded(tmp_path, data, index_type):
+    """`data` built as `index_type` (IVF-Flat "ivf_on_disk": lists in index.ivfdata), saved, loaded mmap=True."""
+    on_disk = index_type == "ivf_on_disk"
+    db = FingerprintDB.build(
+        *data, index_type="ivf" if on_disk else index_type, nprobe=8, threads=1,
+        on_disk_dir=tmp_path / "ivf-build" if on_disk else None,
+    )
+    db.save(tmp_path / "db")
+    return FingerprintDB.load(tmp_path / "db")
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivfpq", "ivf_on_disk"])
+def test_add_with_work_dir_appends_through_a_memory_mapped_file(tmp_path, monkeypatch, data, index_type):
+    monkeypatch.setattr(nnfp.store.db, "ADD_CHUNK_ROWS", 1000)  # several chunks, the last one short
+    embeddings, segment_track, segment_start, tracks = data
+    new = make_tracks(np.random.default_rng(11), n_tracks=3, first_id=30, min_len=30, max_len=40)
+    everything = (
+        np.concatenate([embeddings, new[0]]), np.concatenate([segment_track, new[1]]),
+        np.concatenate([segment_start, new[2]]), tracks + new[3],
+    )
+    db = _saved_and_loaded(tmp_path, data, index_type)
+    assert isinstance(db.embeddings, np.memmap) and len(db) > 2 * 1000
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "theirs.npy").write_bytes(b"not ours")
+
+    assert db.add(*new, work_dir=work) == [30, 31, 32]
+    scratch = sorted(work.glob("rows-*.npy"))
+    assert len(scratch) == 1 and isinstance(db.embeddings, np.memmap)
+    assert Path(db.embeddings.filename) == scratch[0]  # not an in-RAM copy
+    np.testing.assert_array_equal(db.embeddings, everything[0])
+    assert len(db) == db.index.ntotal == len(everything[0])
+
+    db.save(tmp_path / "db")
+    assert sorted(p.name for p in work.iterdir()) == ["theirs.npy"]  # its file gone, nothing else touched
+    assert isinstance(db.embeddings, np.memmap) and Path(db.embeddings.filename) == tmp_path / "db" / "embeddings.npy"
+    reloaded = FingerprintDB.load(tmp_path / "db")
+    np.testing.assert_array_equal(reloaded.embeddings, everything[0])
+    np.testing.assert_array_equal(reloaded.segment_track, everything[1])
+    np.testing.assert_array_equal(reloaded.segment_start, everything[2])
+    assert reloaded.tracks == FingerprintDB.build(*everything, threads=1).tracks
+    assert reloaded.index_params.get("on_disk", False) == (index_type == "ivf_on_disk")
+    if index_type == "flat":
+        reference = FingerprintDB.build(*everything, index_type="flat", threads=1)  # in one go
+    else:  # IVF types are not retrained by `add`: today's in-RAM add of the same index
+        reference = _saved_and_loaded(tmp_path / "reference", data, index_type)
+        reference.add(*new)  # no work_dir: rows concatenated in RAM
+        assert not isinstance(reference.embeddings, np.memmap)
+    rng = np.random.default_rng(12)
+    queries = sample_queries(rng, segment_track, 10, embeddings, noise=0.5)
+    queries += sample_queries(rng, new[1], 10, new[0], noise=0.5)  # rows of the added tracks
+    for _, query in queries:
+        assert reloaded.search(query) == reference.search(query) == db.search(query)
+    assert [reloaded.search(query)[0].track_id for _, query in queries[10:]] == [new[1][row] for row, _ in queries[10:]]
+
+
+def test_add_with_work_dir_leaves_no_file_on_error_close_or_collection(tmp_path, monkeypatch, data):
+    import gc
+
+    work = tmp_path / "work"
+    work.mkdir()
+    db = _saved_and_loaded(tmp_path, data, "flat")
+    new = make_tracks(np.random.default_rng(13), n_tracks=2, first_id=30, min_len=30, max_len=40)
+
+    def broken(index):
+        raise RuntimeError("simulated faiss failure")
+
+    monkeypatch.setattr(nnfp.store.db, "invlists_on_disk", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        db.add(*new, work_dir=work)
+    assert list(work.iterdir()) == [] and len(db) == len(data[0]) and isinstance(db.embeddings, np.memmap)
+    monkeypatch.undo()
+
+    db.add(*new, work_dir=work)
+    first = sorted(work.iterdir())
+    db.add(*make_tracks(np.random.default_rng(14), n_tracks=1, first_id=40, min_len=30, max_len=40), work_dir=work)
+    assert len(list(work.iterdir())) == 1 and sorted(work.iterdir()) != first  # the earlier file went
+    db.close()
+    assert list(work.iterdir()) == []
+
+    db = _saved_and_loaded(tmp_path / "again", data, "flat")
+    db.add(*new, work_dir=work)
+    assert len(list(work.iterdir())) == 1
+    del db
+    gc.collect()
+    assert list(work.iterdir()) == []
+
+    in_ram = FingerprintDB.build(*data, index_type="flat", threads=1)
+    in_ram.add(*new, work_dir=work)  # rows in RAM: concatenated, no file
+    assert list(work.iterdir()) == [] and not isinstance(in_ram.embeddings, np.memmap)
 
 
 def test_candidate_starts_batch_equals_one_search_per_query(data, flat_db):

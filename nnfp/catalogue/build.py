@@ -545,14 +545,21 @@ def _add_to_index(
             for path, reason in found.skipped
         ))
     first_id = db.next_track_id
-    if found.store is not None:
-        db.add(found.store, found.segment_track, found.segment_start, found.tracks)
-    if found.tracks:
-        db.metadata["sources"].append(
-            {**(source or {"audio_dir": str(root)}), "first_track_id": first_id, "n_tracks": len(found.tracks)}
-        )
-    db.metadata["skipped"].extend(s for s in found.skipped if s not in db.metadata["skipped"])
-    return _save_and_report(db, index_dir, meta["model_file"], model_path, work_dir, found, progress)
+    try:
+        if found.store is not None:
+            # The index's memory-mapped rows and the new ones are copied into a file in `work_dir`,
+            # never the whole store into RAM; `save` deletes it.
+            db.add(found.store, found.segment_track, found.segment_start, found.tracks, work_dir=work_dir)
+        if found.tracks:
+            db.metadata["sources"].append(
+                {**(source or {"audio_dir": str(root)}), "first_track_id": first_id, "n_tracks": len(found.tracks)}
+            )
+        db.metadata["skipped"].extend(s for s in found.skipped if s not in db.metadata["skipped"])
+        return _save_and_report(db, index_dir, meta["model_file"], model_path, work_dir, found, progress)
+    except BaseException:
+        if db.backend == "faiss":
+            db.close()  # deletes the rows file `add` made; the fingerprint chunks stay for a resume
+        raise
 
 
 # ------------------------------------------------------------------ one track at a time

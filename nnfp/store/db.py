@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,10 @@ def verify_db(directory):
     return problems, bool(meta.get("integrity"))
 
 
+def _delete_file(path):
+    path.unlink(missing_ok=True)
+
+
 _VERIFY_SAMPLE_ROWS = 65_536  # rows of a Milvus collection whose norms `verify_db` checks
 
 
@@ -182,6 +188,7 @@ class FingerprintDB(SequenceSearch):
         self.integrity = None  # checksums recorded in the saved folder (set by `load`)
         self.loaded_from = None  # the folder a Milvus-backed DB lives in (`load`; `save` changes it in place)
         self.source = None  # the embeddings file of a loaded DB (named in errors)
+        self._scratch = None  # deletes the rows file of an `add` with a work folder (`_rows_in_file`)
         self.threads = default_threads() if threads is None else int(threads)
         if self.threads < 1:
             raise ValueError(f"`threads` must be >= 1. Received: threads={threads}")
@@ -293,13 +300,20 @@ class FingerprintDB(SequenceSearch):
             metadata=metadata,
         )
 
-    def add(self, embeddings, segment_track, segment_start, tracks):
+    def add(self, embeddings, segment_track, segment_start, tracks, work_dir=None):
         """Appends new tracks; their ids are renumbered to continue after the current ones.
 
         `segment_track` refers to the `track_id`s of the given `tracks`; new ids are
         `next_track_id, next_track_id + 1, ...` in the order of `tracks`.
-        The index is not retrained. A memory-mapped `embeddings` becomes an
-        in-memory array. Returns the list of assigned track ids.
+        The index is not retrained. Returns the list of assigned track ids.
+
+        Args:
+            work_dir: an existing scratch folder. When the stored rows are memory-mapped (a
+                loaded index), the old and new rows are copied, in chunks, into a new
+                memory-mapped file there (`rows-*.npy`, this database's own), never the
+                whole store into RAM; `save` then maps the saved copy and deletes that file
+                (as does `close`, or the database being garbage-collected). Without it, or
+                with rows in RAM, the rows become one in-memory array.
 
         On the Milvus backend the rows are written to the collection now (under row numbers
         that readers of the saved version ignore until `save` puts the new version in place).
@@ -318,14 +332,28 @@ class FingerprintDB(SequenceSearch):
         if self.backend == "milvus":
             self.index.add(embeddings, segment_track)  # `embeddings` reads the collection: it grows with it
         else:
-            self._set_threads()
-            if invlists_on_disk(self.index):
-                # Loaded lists are mapped read-only from the saved folder, which must stay
-                # intact until `save` replaces it: add to a copy in RAM; `save` writes the
-                # lists to disk again (`index_params["on_disk"]`).
-                invlists_to_ram(self.index)
-            self.index.add(embeddings)
-            self.embeddings = np.concatenate([np.asarray(self.embeddings), embeddings])
+            rows = scratch = None
+            if work_dir is not None and isinstance(self.embeddings, np.memmap):
+                rows, scratch = self._rows_in_file(embeddings, work_dir)  # first: a full disk changes nothing
+            try:
+                self._set_threads()
+                if invlists_on_disk(self.index):
+                    # Loaded lists are mapped read-only from the saved folder, which must stay
+                    # intact until `save` replaces it: add to a copy in RAM; `save` writes the
+                    # lists to disk again (`index_params["on_disk"]`).
+                    invlists_to_ram(self.index)
+                self.index.add(embeddings)
+            except BaseException:
+                if scratch is not None:
+                    rows = None
+                    scratch()
+                raise
+            if scratch is None:  # after the index's add: a flat index's add briefly holds its vectors twice
+                rows = np.concatenate([np.asarray(self.embeddings), embeddings])
+            earlier, self._scratch = self._scratch, scratch
+            self.embeddings = rows
+            if earlier is not None:  # the file of an earlier add, copied into the new one
+                earlier()
         self.segment_track = np.concatenate([self.segment_track, segment_track.astype(np.int32)])
         self.segment_start = np.concatenate([self.segment_start, segment_start])
         self.tracks.extend(tracks)
@@ -333,6 +361,35 @@ class FingerprintDB(SequenceSearch):
         self._index_tracks()
         self._index_removed()
         return list(new_id.values())
+
+    def _rows_in_file(self, embeddings, work_dir):
+        """The stored rows followed by `embeddings`, copied chunk by chunk into a new memory-mapped
+        file in `work_dir`, and the finaliser deleting that file (called on any error here)."""
+        handle, name = tempfile.mkstemp(prefix="rows-", suffix=".npy", dir=work_dir)
+        os.close(handle)
+        scratch = weakref.finalize(self, _delete_file, Path(name))
+        n_old = self.n_segments
+        try:
+            rows = np.lib.format.open_memmap(
+                name, mode="w+", dtype=np.float32, shape=(n_old + len(embeddings), self.dim)
+            )
+            for first in range(0, n_old, ADD_CHUNK_ROWS):
+                last = min(first + ADD_CHUNK_ROWS, n_old)
+                rows[first:last] = self.embeddings[first:last]
+            rows[n_old:] = embeddings
+            rows.flush()
+        except BaseException:
+            rows = None
+            scratch()
+            raise
+        return rows, scratch
+
+    def _drop_scratch(self):
+        """Deletes the rows file of an `add` with a work folder, if any (rows mapped from it stay
+        readable on Linux until unmapped)."""
+        scratch, self._scratch = self._scratch, None
+        if scratch is not None:
+            scratch()
 
     def remove(self, track_ids):
         """Marks tracks removed from the catalogue: they are never answered again (`places`
@@ -426,10 +483,14 @@ class FingerprintDB(SequenceSearch):
 
     def close(self):
         """Lets go of the Milvus connection (the last index open on a Milvus Lite file stops its
-        server, so another process can open it); nothing to do for faiss. A database garbage-collected
-        unclosed lets go at this process' next opening of a Milvus Lite file, or at exit."""
+        server, so another process can open it); for faiss, deletes the rows file of an unsaved
+        `add` with a work folder (the database is not to be used after). A database
+        garbage-collected unclosed lets go at this process' next opening of a Milvus Lite file,
+        or at exit; its rows file is deleted then."""
         if self.backend == "milvus":
             self.index.close()
+        else:
+            self._drop_scratch()
 
     @property
     def dim(self):
@@ -558,6 +619,10 @@ class FingerprintDB(SequenceSearch):
             # Written last: sizes and SHA-256 of every other file, and of this file's content.
             meta["integrity"] = {"files": file_records(tmp), "tracks_sha256": meta_digest(meta)}
             (tmp / "tracks.json").write_text(json.dumps(meta, indent=1))
+        if self._scratch is not None:  # rows appended in a work folder: map the saved copy instead
+            self.source = Path(directory) / "embeddings.npy"
+            self.embeddings = np.load(self.source, mmap_mode="r")
+            self._drop_scratch()
 
     def _save_milvus(self, directory, extra_files):
         from nnfp.store.milvus import LITE_FILE, release_lite
@@ -585,8 +650,6 @@ class FingerprintDB(SequenceSearch):
     def _copy_extra_files(directory, extra_files):
         """Copies `{name: source}` into `directory` (a file atomically, a folder under a temporary
         name then renamed); a source that is already `directory / name` stays as it is."""
-        import tempfile
-
         for name, source in (extra_files or {}).items():
             source, target = Path(source), Path(directory) / name
             if source.absolute() == target.absolute():
