@@ -112,9 +112,10 @@ def test_thresholds_outside_the_cosine_range_are_refused(tmp_path, scores):
 def test_shipped_calibration_has_a_valid_digest_and_falls_with_length():
     shipped = Calibration.load(model_calibration_path(DEFAULT_MODEL_PATH))
     assert shipped.notes == []
-    # margins over the best other track, measured against rival floors that fall with length
-    assert shipped.info["decision"] == "margin" and shipped.info["speeds"] == [0.92, 1.08]
-    assert shipped.lengths_s == [1.0, 3.0, 10.0] and all(0 < t < 0.5 for t in shipped.min_score)
+    # leads over the best other track, measured against rival floors that fall with length;
+    # monitor's 5 s windows have their own length
+    assert shipped.info["decision"] == "lead" and shipped.info["speeds"] == [0.92, 1.08]
+    assert shipped.lengths_s == [1.0, 3.0, 5.0, 10.0] and all(0 < t < 0.5 for t in shipped.min_score)
     floors = shipped.info["rival_floor"]
     assert floors == sorted(floors, reverse=True) and all(0 < f < 1 for f in floors)
 
