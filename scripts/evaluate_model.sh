@@ -20,7 +20,7 @@ nnfp index build data/eval/heldout "$out/index" --model "$model" --index-type fl
 # what the evaluation below reports on (unknown-eval, noise-test, speech-test, irs-test).
 nnfp index calibrate "$out/index" --unknown data/eval/unknown-train data/eval/noise-train data/eval/speech-train \
   data/generated/tones data/generated/ringback data/generated/applause --n-queries "$n" --n-unknown 300 \
-  --noise-dir data/eval/noise-train --ir-dir data/irs-train --seed 1 --quiet
+  --lengths 1 3 5 10 --speeds 0.92:1.08 --noise-dir data/eval/noise-train --ir-dir data/irs-train --seed 1 --quiet
 if [ -n "$calibration" ]; then cp "$out/index/calibration.json" "$calibration"; fi
 for protocol in noisy noisy-aligned clean; do
   case $protocol in
