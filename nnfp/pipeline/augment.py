@@ -77,7 +77,7 @@ def _check_probability(probability):
     return float(probability)
 
 
-def _uniform(shape, seed, minval=0.0, maxval=1.0, dtype="float32"):
+def uniform_draw(shape, seed, minval=0.0, maxval=1.0, dtype="float32"):
     """A `keras.random` draw from a `SeedGenerator`, or the same draw, stateless, from a
     `(2,)` seed tensor (Keras' TensorFlow backend draws with `tf.random.stateless_uniform`)."""
     if isinstance(seed, keras.random.SeedGenerator):
@@ -87,10 +87,11 @@ def _uniform(shape, seed, minval=0.0, maxval=1.0, dtype="float32"):
     return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype)
 
 
-class _WaveformAugmentation(keras.layers.Layer):
+class WaveformAugmentation(keras.layers.Layer):
     """Draws (`get_random_transformation`) kept apart from their use (`transform`), as in
     Keras' image preprocessing layers, so a pipeline can seed every batch statelessly and
-    log what it drew. Subclasses name their draws in `draw_names` and define `_draw`."""
+    log what it drew. Subclasses name their draws in `draw_names` and define `_draw`
+    (the base of these layers and of `nnfp.pipeline.field`'s)."""
 
     draw_names = ()
 
@@ -133,7 +134,7 @@ class _WaveformAugmentation(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="nnfp")
-class RandomTimeShift(_WaveformAugmentation):
+class RandomTimeShift(WaveformAugmentation):
     """Crops a window at a random time offset: the replica's misalignment with its anchor.
 
     The input window holds `max_shift` extra samples on each side of the segment; each
@@ -162,7 +163,7 @@ class RandomTimeShift(_WaveformAugmentation):
         self.max_shift = int(max_shift)
 
     def _draw(self, batch, seed):
-        return (_uniform((batch,), seed, -self.max_shift, self.max_shift + 1, "int64"),)
+        return (uniform_draw((batch,), seed, -self.max_shift, self.max_shift + 1, "int64"),)
 
     def _output_length(self, input_length):
         if input_length is None:
@@ -197,7 +198,7 @@ class RandomTimeShift(_WaveformAugmentation):
 
 
 @keras.saving.register_keras_serializable(package="nnfp")
-class BackgroundMix(_WaveformAugmentation):
+class BackgroundMix(WaveformAugmentation):
     """Adds an excerpt of a bank of recordings (noise, babble, speech) at a random SNR.
 
     Each example gets, with probability `probability`, a `segment_samples` excerpt drawn
@@ -267,11 +268,11 @@ class BackgroundMix(_WaveformAugmentation):
                 f"{self.name} has no clips: pass clips=[...] to the constructor or call "
                 "set_clips(clips) (the bank is not saved with the layer's config)"
             )
-        snr_db = _uniform((batch,), snr_seed, *self.snr_db_range)
-        draw = _uniform((batch,), start_seed, 0, self._total_starts, "int64")
+        snr_db = uniform_draw((batch,), snr_seed, *self.snr_db_range)
+        draw = uniform_draw((batch,), start_seed, 0, self._total_starts, "int64")
         clip = tf.searchsorted(self._cumulative, draw, side="right")
         start = draw + tf.gather(self._shift, clip)  # absolute start in the bank
-        on = _uniform((batch,), on_seed) < self.probability
+        on = uniform_draw((batch,), on_seed) < self.probability
         return snr_db, start, on
 
     def transform(self, inputs, transformation):
@@ -303,7 +304,7 @@ class BackgroundMix(_WaveformAugmentation):
 
 
 @keras.saving.register_keras_serializable(package="nnfp")
-class RoomImpulseResponse(_WaveformAugmentation):
+class RoomImpulseResponse(WaveformAugmentation):
     """Convolves each example with a random impulse response of a bank (a room, a microphone).
 
     Each example is, with probability `probability`, convolved with one impulse response
@@ -372,8 +373,8 @@ class RoomImpulseResponse(_WaveformAugmentation):
                 "constructor or call set_impulse_responses(...) (the bank is not saved with "
                 "the layer's config)"
             )
-        index = _uniform((batch,), index_seed, 0, self.n_impulse_responses, "int32")
-        on = _uniform((batch,), on_seed) < self.probability
+        index = uniform_draw((batch,), index_seed, 0, self.n_impulse_responses, "int32")
+        on = uniform_draw((batch,), on_seed) < self.probability
         return index, on
 
     def transform(self, inputs, transformation):
@@ -410,7 +411,7 @@ class RoomImpulseResponse(_WaveformAugmentation):
 
 
 @keras.saving.register_keras_serializable(package="nnfp")
-class RandomGain(_WaveformAugmentation):
+class RandomGain(WaveformAugmentation):
     """Scales each example by a random gain, uniform in decibels over `gain_db_range`.
 
     Identity when `training=False`. The last degradation of a replica: a phone's level is
@@ -435,7 +436,7 @@ class RandomGain(_WaveformAugmentation):
         self.gain_db_range = _check_range("gain_db_range", gain_db_range)
 
     def _draw(self, batch, seed):
-        return (_uniform((batch,), seed, *self.gain_db_range),)
+        return (uniform_draw((batch,), seed, *self.gain_db_range),)
 
     def transform(self, inputs, transformation):
         """`inputs` scaled by `10 ** (transformation["gain_db"] / 20)` (unchanged when None)."""
@@ -454,7 +455,7 @@ class RandomGain(_WaveformAugmentation):
 
 
 @keras.saving.register_keras_serializable(package="nnfp")
-class RandomSpeed(_WaveformAugmentation):
+class RandomSpeed(WaveformAugmentation):
     """Plays each example faster or slower, pitch and tempo together (a turntable, a tape).
 
     Each example is, with probability `probability`, resampled about its centre by a factor
@@ -486,8 +487,8 @@ class RandomSpeed(_WaveformAugmentation):
         self.probability = _check_probability(probability)
 
     def _draw(self, batch, factor_seed, on_seed):
-        factor = _uniform((batch,), factor_seed, *self.speed_range)
-        on = _uniform((batch,), on_seed) < self.probability
+        factor = uniform_draw((batch,), factor_seed, *self.speed_range)
+        on = uniform_draw((batch,), on_seed) < self.probability
         return factor, on
 
     def transform(self, inputs, transformation):
@@ -513,7 +514,7 @@ class RandomSpeed(_WaveformAugmentation):
 
 
 @keras.saving.register_keras_serializable(package="nnfp")
-class RandomTimeStretch(_WaveformAugmentation):
+class RandomTimeStretch(WaveformAugmentation):
     """Changes each example's tempo and keeps its pitch (a DJ's key lock, a re-timed upload).
 
     Each example is, with probability `probability`, time-stretched about its centre by a
@@ -557,8 +558,8 @@ class RandomTimeStretch(_WaveformAugmentation):
         self.n_fft, self.hop_length = _check_stft(n_fft, hop_length)
 
     def _draw(self, batch, factor_seed, on_seed):
-        factor = _uniform((batch,), factor_seed, *self.tempo_range)
-        on = _uniform((batch,), on_seed) < self.probability
+        factor = uniform_draw((batch,), factor_seed, *self.tempo_range)
+        on = uniform_draw((batch,), on_seed) < self.probability
         return factor, on
 
     def transform(self, inputs, transformation):
@@ -587,7 +588,7 @@ class RandomTimeStretch(_WaveformAugmentation):
 
 
 @keras.saving.register_keras_serializable(package="nnfp")
-class RandomPitchShift(_WaveformAugmentation):
+class RandomPitchShift(WaveformAugmentation):
     """Moves each example into another key and keeps its timing (a pitched re-upload).
 
     Each example is, with probability `probability`, shifted by a number of semitones
@@ -628,8 +629,8 @@ class RandomPitchShift(_WaveformAugmentation):
         self.n_fft, self.hop_length = _check_stft(n_fft, hop_length)
 
     def _draw(self, batch, semitones_seed, on_seed):
-        semitones = _uniform((batch,), semitones_seed, *self.semitones_range)
-        on = _uniform((batch,), on_seed) < self.probability
+        semitones = uniform_draw((batch,), semitones_seed, *self.semitones_range)
+        on = uniform_draw((batch,), on_seed) < self.probability
         return semitones, on
 
     def transform(self, inputs, transformation):

@@ -20,6 +20,7 @@ import tensorflow as tf
 from keras import ops
 
 from nnfp.audio.io import encode_decode, has_encoder, resample
+from nnfp.pipeline.augment import WaveformAugmentation, uniform_draw
 from nnfp.pipeline.bank import to_int16
 from nnfp.pipeline.degrade import next_pow2
 
@@ -105,54 +106,19 @@ def _check_probability(name, value):
     return float(value)
 
 
-def _uniform(shape, seed, minval=0.0, maxval=1.0, dtype="float32"):
-    """A `keras.random` draw from a `SeedGenerator`, or the same draw, stateless, from a
-    `(2,)` seed tensor."""
-    if isinstance(seed, keras.random.SeedGenerator):
-        if "int" in dtype:
-            return keras.random.randint(shape, minval, maxval, dtype=dtype, seed=seed)
-        return keras.random.uniform(shape, minval, maxval, dtype=dtype, seed=seed)
-    return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype)
-
-
-class _FieldAugmentation(keras.layers.Layer):
-    """The draw/transform protocol of `nnfp.pipeline.augment`'s layers: subclasses name their
-    draws in `draw_names` (the last one `on`, True where an example is degraded) and define
-    `_draw(batch, *seeds)` and `_degrade(inputs, transformation)`."""
-
-    draw_names = ()
+class _FieldAugmentation(WaveformAugmentation):
+    """`nnfp.pipeline.augment`'s draw/transform protocol, each example degraded with probability
+    `probability`: subclasses name their draws in `draw_names` (the last one `on`, True where
+    an example is degraded, drawn here) and define `_draw_degradation(batch, *seeds)` (the
+    other draws) and `_degrade(inputs, transformation)`."""
 
     def __init__(self, probability=1.0, seed=None, **kwargs):
-        kwargs.setdefault("trainable", False)
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         self.probability = _check_probability("probability", probability)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def get_random_transformation(self, inputs, training=True, seed=None):
-        """The random draws for a batch of `inputs` (only its size is read), keyed by `draw_names`.
-
-        `seed=None` draws from the layer's `SeedGenerator`. A `(len(draw_names), 2)` integer
-        tensor of stateless seeds (one row per draw, in `draw_names` order) makes the draws a
-        pure function of it. Returns None when `training` is False.
-        """
-        if not training:
-            return None
-        n_draws = len(self.draw_names)
-        if seed is None:
-            seeds = [self.seed_generator] * n_draws
-        else:
-            seed = tf.convert_to_tensor(seed)
-            if seed.shape.rank != 2 or seed.shape[0] != n_draws or seed.shape[1] != 2:
-                raise ValueError(
-                    f"seed must be a ({n_draws}, 2) integer tensor, one stateless seed per draw "
-                    f"{self.draw_names}. Received: seed.shape={tuple(seed.shape)}"
-                )
-            seeds = [seed[i] for i in range(n_draws)]
-        batch = ops.shape(inputs)[0]
-        draws = self._draw(batch, *seeds[:-1])
-        on = _uniform((batch,), seeds[-1]) < self.probability
-        return dict(zip(self.draw_names, (*draws, on), strict=True))
+    def _draw(self, batch, *seeds):
+        draws = self._draw_degradation(batch, *seeds[:-1])
+        return (*draws, uniform_draw((batch,), seeds[-1]) < self.probability)
 
     def transform(self, inputs, transformation):
         """`inputs` degraded with the draws of `transformation` where its `on` is True
@@ -168,15 +134,12 @@ class _FieldAugmentation(keras.layers.Layer):
         degraded = self._degrade(inputs, transformation)
         return ops.where(transformation["on"][:, None], degraded, inputs)
 
-    def call(self, inputs, training=True):
-        return self.transform(inputs, self.get_random_transformation(inputs, training=training))
-
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         config = super().get_config()
-        config.update(probability=self.probability, seed=self.seed)
+        config.update(probability=self.probability)
         return config
 
 
@@ -355,17 +318,17 @@ class RandomBandLimit(_FieldAugmentation):
         radius = max(radii)
         return math.ceil(math.log(_TAIL_DECAY) / math.log(radius)) if radius > 0 else 1
 
-    def _draw(
+    def _draw_degradation(
         self, batch, highpass_seed, lowpass_seed, shelf_seed, peak_hz_seed, peak_db_seed, q_seed
     ):
         log_low, log_high = (math.log(f) for f in self.peak_hz_range)
         return (
-            _uniform((batch,), highpass_seed, *self.highpass_hz_range),
-            _uniform((batch,), lowpass_seed, *self.lowpass_hz_range),
-            _uniform((batch,), shelf_seed, *self.shelf_db_range),
-            ops.exp(_uniform((batch,), peak_hz_seed, log_low, log_high)),
-            _uniform((batch,), peak_db_seed, *self.peak_db_range),
-            _uniform((batch,), q_seed, *self.peak_q_range),
+            uniform_draw((batch,), highpass_seed, *self.highpass_hz_range),
+            uniform_draw((batch,), lowpass_seed, *self.lowpass_hz_range),
+            uniform_draw((batch,), shelf_seed, *self.shelf_db_range),
+            ops.exp(uniform_draw((batch,), peak_hz_seed, log_low, log_high)),
+            uniform_draw((batch,), peak_db_seed, *self.peak_db_range),
+            uniform_draw((batch,), q_seed, *self.peak_q_range),
         )
 
     def sections(self, transformation):
@@ -439,9 +402,9 @@ class RandomClipping(_FieldAugmentation):
         self.clip_db_range = _check_range("clip_db_range", clip_db_range, high_bound=0.0)
         self.soft_prob = _check_probability("soft_prob", soft_prob)
 
-    def _draw(self, batch, level_seed, soft_seed):
-        clip_db = _uniform((batch,), level_seed, *self.clip_db_range)
-        return clip_db, _uniform((batch,), soft_seed) < self.soft_prob
+    def _draw_degradation(self, batch, level_seed, soft_seed):
+        clip_db = uniform_draw((batch,), level_seed, *self.clip_db_range)
+        return clip_db, uniform_draw((batch,), soft_seed) < self.soft_prob
 
     def _degrade(self, inputs, transformation):
         peak = ops.max(ops.abs(inputs), axis=-1, keepdims=True)  # (batch, 1)
@@ -535,11 +498,11 @@ class RandomGainControl(_FieldAugmentation):
                 f"Received: frame_seconds={frame_seconds}"
             )
 
-    def _draw(self, batch, target_seed, attack_seed, release_seed):
+    def _draw_degradation(self, batch, target_seed, attack_seed, release_seed):
         return (
-            _uniform((batch,), target_seed, *self.target_dbfs_range),
-            _uniform((batch,), attack_seed, *self.attack_seconds_range),
-            _uniform((batch,), release_seed, *self.release_seconds_range),
+            uniform_draw((batch,), target_seed, *self.target_dbfs_range),
+            uniform_draw((batch,), attack_seed, *self.attack_seconds_range),
+            uniform_draw((batch,), release_seed, *self.release_seconds_range),
         )
 
     def gains(self, inputs, transformation):
@@ -692,9 +655,9 @@ class RandomCodec(_FieldAugmentation):
                     f"built with it or leave it out of codecs. Received: codecs={list(codecs)}"
                 )
 
-    def _draw(self, batch, codec_seed, kbps_seed):
-        codec = _uniform((batch,), codec_seed, 0, len(self.codecs), "int32")
-        unit = _uniform((batch,), kbps_seed)
+    def _draw_degradation(self, batch, codec_seed, kbps_seed):
+        codec = uniform_draw((batch,), codec_seed, 0, len(self.codecs), "int32")
+        unit = uniform_draw((batch,), kbps_seed)
         amr_modes = tf.constant(self._amr_modes, tf.float32)
         amr = tf.gather(
             amr_modes,
