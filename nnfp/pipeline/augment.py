@@ -31,13 +31,30 @@ __all__ = [
 ]  # fmt: skip
 
 
-def _check_range(name, value):
+def check_range(name, value, low_bound=-math.inf, high_bound=math.inf, open_bounds=False):
+    """`value` as a finite `(low, high)` pair with low <= high, inside [low_bound, high_bound]
+    (open bounds: strictly inside), or a `ValueError` naming `name`."""
     try:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a (low, high) pair. Received: {name}={value}") from None
     if not (math.isfinite(low) and math.isfinite(high)) or low > high:
         raise ValueError(f"{name} must be finite with low <= high. Received: {name}={value}")
+    outside = (
+        (low <= low_bound or high >= high_bound)
+        if open_bounds
+        else (low < low_bound or high > high_bound)
+    )
+    if outside:
+        below, above = ("<", ">") if open_bounds else ("<=", ">=")
+        if low_bound == -math.inf:
+            where = f"be {below} {high_bound:g}"
+        elif high_bound == math.inf:
+            where = f"be {above} {low_bound:g}"
+        else:
+            left, right = "()" if open_bounds else "[]"
+            where = f"lie in {left}{low_bound:g}, {high_bound:g}{right}"
+        raise ValueError(f"{name} must {where}. Received: {name}={value}")
     return low, high
 
 
@@ -48,7 +65,7 @@ def _check_count(name, value, minimum):
 
 
 def _check_factor_range(name, value):
-    low, high = _check_range(name, value)
+    low, high = check_range(name, value)
     if low <= 0:
         raise ValueError(f"{name} must hold factors > 0. Received: {name}={value}")
     return low, high
@@ -239,7 +256,7 @@ class BackgroundMix(WaveformAugmentation):
     ):
         super().__init__(seed=seed, **kwargs)
         self.segment_samples = _check_count("segment_samples", segment_samples, minimum=1)
-        self.snr_db_range = _check_range("snr_db_range", snr_db_range)
+        self.snr_db_range = check_range("snr_db_range", snr_db_range)
         self.probability = _check_probability(probability)
         self.n_clips = 0
         if clips is not None:
@@ -433,7 +450,7 @@ class RandomGain(WaveformAugmentation):
 
     def __init__(self, gain_db_range=(-6.0, 0.0), seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
-        self.gain_db_range = _check_range("gain_db_range", gain_db_range)
+        self.gain_db_range = check_range("gain_db_range", gain_db_range)
 
     def _draw(self, batch, seed):
         return (uniform_draw((batch,), seed, *self.gain_db_range),)
@@ -624,7 +641,7 @@ class RandomPitchShift(WaveformAugmentation):
         **kwargs,
     ):
         super().__init__(seed=seed, **kwargs)
-        self.semitones_range = _check_range("semitones_range", semitones_range)
+        self.semitones_range = check_range("semitones_range", semitones_range)
         self.probability = _check_probability(probability)
         self.n_fft, self.hop_length = _check_stft(n_fft, hop_length)
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 from keras import ops
 
 from nnfp.audio.io import encode_decode, has_encoder, resample
-from nnfp.pipeline.augment import WaveformAugmentation, uniform_draw
+from nnfp.pipeline.augment import WaveformAugmentation, check_range, uniform_draw
 from nnfp.pipeline.bank import to_int16
 from nnfp.pipeline.degrade import next_pow2
 
@@ -47,31 +47,6 @@ CODECS = {
 }  # fmt: skip
 _OPUS_KBPS = (6.0, 510.0)  # libopus' bit rates
 _TAIL_DECAY = 1e-9  # an IIR response is cut where its slowest pole has decayed this far
-
-
-def _check_range(name, value, low_bound=-math.inf, high_bound=math.inf, open_bounds=False):
-    try:
-        low, high = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a (low, high) pair. Received: {name}={value}") from None
-    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-        raise ValueError(f"{name} must be finite with low <= high. Received: {name}={value}")
-    outside = (
-        (low <= low_bound or high >= high_bound)
-        if open_bounds
-        else (low < low_bound or high > high_bound)
-    )
-    if outside:
-        below, above = ("<", ">") if open_bounds else ("<=", ">=")
-        if low_bound == -math.inf:
-            where = f"be {below} {high_bound:g}"
-        elif high_bound == math.inf:
-            where = f"be {above} {low_bound:g}"
-        else:
-            left, right = "()" if open_bounds else "[]"
-            where = f"lie in {left}{low_bound:g}, {high_bound:g}{right}"
-        raise ValueError(f"{name} must {where}. Received: {name}={value}")
-    return low, high
 
 
 def _check_positive(name, value):
@@ -264,10 +239,10 @@ class RandomBandLimit(_FieldAugmentation):
         super().__init__(probability=probability, seed=seed, **kwargs)
         self.sample_rate = _check_sample_rate(sample_rate)
         nyquist = self.sample_rate / 2
-        self.highpass_hz_range = _check_range(
+        self.highpass_hz_range = check_range(
             "highpass_hz_range", highpass_hz_range, 0, nyquist, True
         )
-        self.lowpass_hz_range = _check_range("lowpass_hz_range", lowpass_hz_range, 0, nyquist, True)
+        self.lowpass_hz_range = check_range("lowpass_hz_range", lowpass_hz_range, 0, nyquist, True)
         if self.highpass_hz_range[1] >= self.lowpass_hz_range[0]:
             raise ValueError(
                 "highpass_hz_range must lie below lowpass_hz_range. Received: "
@@ -281,16 +256,16 @@ class RandomBandLimit(_FieldAugmentation):
         ):
             raise ValueError(f"order must be an even integer >= 2. Received: order={order}")
         self.order = int(order)
-        self.shelf_db_range = _check_range("shelf_db_range", shelf_db_range, -40.0, 40.0)
+        self.shelf_db_range = check_range("shelf_db_range", shelf_db_range, -40.0, 40.0)
         self.shelf_hz = _check_positive("shelf_hz", shelf_hz)
         if self.shelf_hz >= nyquist:
             raise ValueError(
                 f"shelf_hz must be below sample_rate / 2 = {nyquist:g}. "
                 f"Received: shelf_hz={shelf_hz}"
             )
-        self.peak_db_range = _check_range("peak_db_range", peak_db_range, -40.0, 40.0)
-        self.peak_hz_range = _check_range("peak_hz_range", peak_hz_range, 0, nyquist, True)
-        self.peak_q_range = _check_range("peak_q_range", peak_q_range, 0, math.inf, True)
+        self.peak_db_range = check_range("peak_db_range", peak_db_range, -40.0, 40.0)
+        self.peak_hz_range = check_range("peak_hz_range", peak_hz_range, 0, nyquist, True)
+        self.peak_q_range = check_range("peak_q_range", peak_q_range, 0, math.inf, True)
         self.tail_samples = self._tail()
 
     def _tail(self):
@@ -399,7 +374,7 @@ class RandomClipping(_FieldAugmentation):
         self, clip_db_range=(-12.0, -1.0), soft_prob=0.5, probability=1.0, seed=None, **kwargs
     ):
         super().__init__(probability=probability, seed=seed, **kwargs)
-        self.clip_db_range = _check_range("clip_db_range", clip_db_range, high_bound=0.0)
+        self.clip_db_range = check_range("clip_db_range", clip_db_range, high_bound=0.0)
         self.soft_prob = _check_probability("soft_prob", soft_prob)
 
     def _draw_degradation(self, batch, level_seed, soft_seed):
@@ -472,13 +447,13 @@ class RandomGainControl(_FieldAugmentation):
     ):
         super().__init__(probability=probability, seed=seed, **kwargs)
         self.sample_rate = _check_sample_rate(sample_rate)
-        self.target_dbfs_range = _check_range(
+        self.target_dbfs_range = check_range(
             "target_dbfs_range", target_dbfs_range, high_bound=0.0
         )
-        self.attack_seconds_range = _check_range(
+        self.attack_seconds_range = check_range(
             "attack_seconds_range", attack_seconds_range, 0, math.inf, True
         )
-        self.release_seconds_range = _check_range(
+        self.release_seconds_range = check_range(
             "release_seconds_range", release_seconds_range, 0, math.inf, True
         )
         if (
@@ -632,7 +607,7 @@ class RandomCodec(_FieldAugmentation):
                 f"Received: codecs={codecs}"
             )
         self.codecs = tuple(codecs)
-        self.amr_nb_kbps_range = _check_range("amr_nb_kbps_range", amr_nb_kbps_range)
+        self.amr_nb_kbps_range = check_range("amr_nb_kbps_range", amr_nb_kbps_range)
         low, high = self.amr_nb_kbps_range
         self._amr_modes = [
             kbps for kbps in CODECS["amr_nb"]["kbps"] if low - 1e-6 <= kbps <= high + 1e-6
@@ -642,7 +617,7 @@ class RandomCodec(_FieldAugmentation):
                 f"amr_nb_kbps_range must hold one of AMR-NB's modes {CODECS['amr_nb']['kbps']}. "
                 f"Received: amr_nb_kbps_range={amr_nb_kbps_range}"
             )
-        self.opus_kbps_range = _check_range("opus_kbps_range", opus_kbps_range, *_OPUS_KBPS)
+        self.opus_kbps_range = check_range("opus_kbps_range", opus_kbps_range, *_OPUS_KBPS)
         if self.probability > 0:
             missing = [
                 f"{name} ({CODECS[name]['encoder']})"
