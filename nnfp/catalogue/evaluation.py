@@ -358,34 +358,37 @@ def calibrate_index(
     floors = None
     if identifier.decision in ("margin", "lead"):
         # With no threshold the margin is measured against the best other track (0 without
-        # one): the rival is score - margin (- the lead over the impostor level, for "lead":
-        # the IMPOSTOR_PLACES-th best of the ranked places, all of which `run_queries` keeps).
-        # Margins are then taken against at least a high quantile of the out-of-catalogue
-        # rivals, so a weak rival does not make a weak match look sure (`Identifier.rival_floor`).
-        from nnfp.catalogue.identify import IMPOSTOR_PLACES, LEAD_WEIGHT
+        # one): the rival is score - confidence + the lead over the impostor level ("lead":
+        # `impostor_score` of the ranked places, all of which `run_queries` keeps). Margins are
+        # then taken against at least a high quantile of the out-of-catalogue rivals, so a weak
+        # rival does not make a weak match look sure (`Identifier.rival_floor`).
+        from nnfp.catalogue.identify import IMPOSTOR_PLACES, LEAD_WEIGHT, impostor_score
 
-        def impostor_lead(raw):
-            scores = raw["scores"][..., :IMPOSTOR_PLACES]
-            if identifier.decision != "lead" or scores.shape[-1] < IMPOSTOR_PLACES:
-                return np.zeros(scores.shape[:2])
-            lowest = -np.sort(-np.where(np.isfinite(scores), scores, -np.inf), axis=-1)[..., IMPOSTOR_PLACES - 1]
-            return np.where(np.isfinite(lowest), LEAD_WEIGHT * (scores[..., 0] - lowest), 0.0)
+        def parts(raw):  # (score, rival, lead over the impostor level) of each top answer
+            scores = raw["scores"]
+            extra = np.zeros(scores.shape[:2])
+            if identifier.decision == "lead":
+                for index in np.ndindex(extra.shape):
+                    impostor = impostor_score(scores[index][:IMPOSTOR_PLACES])
+                    if impostor is not None:
+                        extra[index] = LEAD_WEIGHT * (scores[index][0] - impostor)
+            return scores[..., 0], scores[..., 0] - raw["confidences"][..., 0] + extra, extra
 
-        def rivals(raw):
-            return raw["scores"][..., 0] - raw["confidences"][..., 0] + impostor_lead(raw)
-
-        pooled = np.concatenate([rivals(raw) for raw in unknown.values()])
+        known_parts, unknown_parts = parts(known), {name: parts(raw) for name, raw in unknown.items()}
+        pooled = np.concatenate([rival for _, rival, _ in unknown_parts.values()])
         floors = [round(float(np.nanquantile(pooled[:, j], RIVAL_FLOOR_QUANTILE)), 4) for j in range(pooled.shape[1])]
 
-        def confidences(raw):
-            return raw["scores"][..., 0] - np.maximum(rivals(raw), np.asarray(floors)) + impostor_lead(raw)
-    else:
-        def confidences(raw):
-            return raw["confidences"][..., 0]
+        def confidences(score, rival, extra):
+            return score - np.maximum(rival, np.asarray(floors)) + extra
 
-    unknown = {name: confidences(raw) for name, raw in unknown.items()}
+        known = confidences(*known_parts)
+        unknown = {name: confidences(*p) for name, p in unknown_parts.items()}
+    else:
+        known = known["confidences"][..., 0]
+        unknown = {name: raw["confidences"][..., 0] for name, raw in unknown.items()}
+
     calibration = calibrate(
-        list(lengths_seconds), confidences(known), right, unknown[names[0]] if len(names) == 1 else unknown,
+        list(lengths_seconds), known, right, unknown[names[0]] if len(names) == 1 else unknown,
         target_false_match, confidence=confidence,
     )
     if floors is not None:
