@@ -1,11 +1,15 @@
 """`nnfp monitor` on a simulated broadcast: recall, precision, false detections, boundaries, speed, RSS.
 
     python benchmarks/monitor.py [--minutes 30] [--catalogue DIR --unknown DIR --speech DIR --noise DIR]
-                                 [--room] [--model M] [--workdir /tmp/nnfp-monitor] [--seed 0]
+                                 [--effects [DIR]] [--room] [--speed LO HI] [--model M]
+                                 [--workdir /tmp/nnfp-monitor] [--seed 0]
 
 The broadcast is a sequence of catalogue plays (20-90 s excerpts of indexed tracks at
 random positions), unknown music (not in the index, 20-60 s) and speech (5-20 s),
-joined by 0-3 s crossfades; 30 % of the plays get 3-8 s of talk-over speech; background
+joined by 0-3 s crossfades; with `--effects`, 10 % of the items are instead 30-180 s stretches
+of sound effects and ambiences without music (a DIR's files, else generated applause, rain,
+traffic, wind, clicks, babble and hum: a sports ground, a street, a studio left open);
+30 % of the plays get 3-8 s of talk-over speech; background
 noise at 5-20 dB SNR (redrawn every 30 s) lies under everything; `--room` convolves the
 whole broadcast with a room impulse response. Without folders, everything is generated
 (`nnfp.corpus`: composed tracks, babble as speech, generated noise). The index is built
@@ -17,7 +21,7 @@ whose wall time and own peak RSS (`_child.run_child`) are reported.
 Scores: a truth play (>= 10 s) is found when a detection of the same track covers >= 50 %
 of it; a detection is correct when >= 50 % of it lies in a play of its track; false
 detections per hour count detections mostly over unknown music, per hour of it (and
-mostly over speech between items, per hour of speech).
+mostly over speech between items, per hour of speech; mostly over sound effects, per hour of them).
 
 A catalogue may hold the same recording twice (a game's `menu` is a 3-minute cut of its
 `menu_enhanced`): no system can tell which of the two a broadcast played. Such pairs are
@@ -82,8 +86,28 @@ def _rms(x):
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12))
 
 
-def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noise, room=False, speed_range=None):
+def _effects_stretch(rng, effects, seconds):
+    """`seconds` of sound effects without music: excerpts of 2-15 s, one after another, each at
+    its own level (-6..+6 dB around the speech level), the joins faded over 50 ms."""
+    n = int(round(seconds * RATE))
+    out, at = np.zeros(n, np.float32), 0
+    ramp = int(0.05 * RATE)
+    while at < n:
+        piece = effects.excerpt(rng, float(rng.uniform(2, 15)))[: n - at].astype(np.float32)
+        piece = piece / _rms(piece) * 0.1 * 10 ** (rng.uniform(-6, 6) / 20)
+        if len(piece) > 2 * ramp:
+            piece[:ramp] *= np.linspace(0, 1, ramp, dtype=np.float32)
+            piece[-ramp:] *= np.linspace(1, 0, ramp, dtype=np.float32)
+        out[at : at + len(piece)] = piece
+        at += len(piece)
+    return out
+
+
+def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noise, room=False, speed_range=None,
+                   effects=None):
     """Returns `(audio, truth)`; truth: {"plays": [...], "unknown": [[start, end], ...], ...}.
+
+    `effects`: a `_Bank` of sound effects; 10 % of the items are then 30-180 s of them.
 
     `speed_range`: every music item (plays and unknown music) is played at a speed drawn
     in it (resampled: pitch and tempo together, as radio stations speed songs up)."""
@@ -94,8 +118,11 @@ def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noi
     items, t = [], 0.0  # (kind, audio, start_s, fade_in_s, info)
     previous_music = False
     while t < minutes * 60:
-        kind = rng.choice(["play", "unknown", "speech"], p=[0.6, 0.25, 0.15])
-        music = kind != "speech"
+        if effects is None:
+            kind = rng.choice(["play", "unknown", "speech"], p=[0.6, 0.25, 0.15])
+        else:
+            kind = rng.choice(["play", "unknown", "speech", "effects"], p=[0.54, 0.225, 0.135, 0.1])
+        music = kind in ("play", "unknown")
         fade = float(rng.uniform(0, 3)) if music and previous_music else 0.0
         if kind == "play":
             path = catalogue[int(rng.integers(len(catalogue)))]
@@ -118,6 +145,8 @@ def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noi
             audio, info = unknown.excerpt(rng, float(rng.uniform(20, 60))), {}
             if speed_range:
                 audio = np.asarray(resample(audio, RATE, RATE / float(speed_rng.uniform(*speed_range))), np.float32)
+        elif kind == "effects":
+            audio, info = _effects_stretch(rng, effects, float(rng.uniform(30, 180))), {}
         else:
             audio, info = speech.excerpt(rng, float(rng.uniform(5, 20))), {}
             audio = audio / _rms(audio) * 0.1
@@ -126,7 +155,7 @@ def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noi
         t = start + len(audio) / RATE
         previous_music = music
     out = np.zeros(int(t * RATE) + 1, np.float32)
-    plays, unknown_spans, speech_spans = [], [], []
+    plays, unknown_spans, speech_spans, effects_spans = [], [], [], []
     for i, (kind, audio, start, fade_in, info) in enumerate(items):
         fade_out = items[i + 1][3] if i + 1 < len(items) else 0.0
         envelope = np.ones(len(audio), np.float32)
@@ -145,6 +174,8 @@ def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noi
                           "speed": round(info["speed"], 5)})
         elif kind == "unknown":
             unknown_spans.append([round(begin, 3), round(end, 3)])
+        elif kind == "effects":
+            effects_spans.append([round(begin, 3), round(end, 3)])
         else:
             speech_spans.append([round(begin, 3), round(end, 3)])
     level = _rms(out)
@@ -161,6 +192,8 @@ def make_broadcast(rng, minutes, catalogue, catalogue_root, unknown, speech, noi
         out = fftconvolve(out, make_impulse_response(int(rng.integers(1 << 30)), RATE))[: len(out)]
     out = (0.9 * out / max(np.abs(out).max(), 1e-9)).astype(np.float32)
     truth = {"seconds": len(out) / RATE, "plays": plays, "unknown": unknown_spans, "speech": speech_spans}
+    if effects is not None:
+        truth["effects"] = effects_spans
     return out, truth
 
 
@@ -241,7 +274,7 @@ def score(truth, detections, min_play_s=10.0, same=None):
             end_err.append(abs(best["end_s"] - play["end_s"]))
             if "speed" in play and "speed" in best:
                 speed_ok.append(abs(best["speed"] / play["speed"] - 1) <= 0.005)
-    correct, false_unknown, false_speech = 0, 0, 0
+    correct, false_unknown, false_speech, false_effects = 0, 0, 0, 0
     for d in detections:
         length = max(d["end_s"] - d["start_s"], 1e-9)
         inside = sum(
@@ -254,6 +287,9 @@ def score(truth, detections, min_play_s=10.0, same=None):
             false_unknown += 1
         elif sum(_overlap(a, b, d["start_s"], d["end_s"]) for a, b in truth.get("speech", [])) >= 0.5 * length:
             false_speech += 1
+        elif sum(_overlap(a, b, d["start_s"], d["end_s"]) for a, b in truth.get("effects", [])) >= 0.5 * length:
+            false_effects += 1
+    effects_hours = sum(b - a for a, b in truth.get("effects", [])) / 3600
     unknown_hours = sum(b - a for a, b in truth["unknown"]) / 3600
     speech_hours = sum(b - a for a, b in truth.get("speech", [])) / 3600
     return {
@@ -265,6 +301,8 @@ def score(truth, detections, min_play_s=10.0, same=None):
         "unknown_hours": unknown_hours,
         "false_per_hour_speech": false_speech / max(speech_hours, 1e-9),
         "speech_hours": speech_hours,
+        "false_per_hour_effects": false_effects / max(effects_hours, 1e-9),
+        "effects_hours": effects_hours,
         "median_start_error_s": float(np.median(start_err)) if start_err else float("nan"),
         "median_end_error_s": float(np.median(end_err)) if end_err else float("nan"),
         "speed_within_half_percent": float(np.mean(speed_ok)) if speed_ok else float("nan"),
@@ -296,10 +334,14 @@ def main(argv=None):
     parser.add_argument("--monitor-args", default="", help="extra `nnfp monitor` options, e.g. '--window 6'")
     parser.add_argument("--speed", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                         help="play every music item at a speed drawn in [LO, HI] (e.g. 0.96 1.04)")
+    parser.add_argument("--effects", nargs="?", const="generated", default=None, metavar="DIR",
+                        help="also 30-180 s stretches of sound effects without music (DIR's files; "
+                             "without DIR: generated ones)")
     args = parser.parse_args(argv)
 
     from nnfp.catalogue.build import build_index
     from nnfp.corpus.noise import make_noise
+    from nnfp.corpus.signals import make_signal
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -310,6 +352,13 @@ def main(argv=None):
     kinds = ("pink", "brown", "wind", "traffic", "rain", "hum", "mixture")
     noise = _Bank(_audio_files(args.noise), make=lambda s, sec: make_noise(s, sec, RATE, kind=kinds[s % len(kinds)]))
 
+    effect_kinds = ("applause", "rain", "traffic", "wind", "clicks", "babble", "hum")
+    effects = None
+    if args.effects == "generated":
+        effects = _Bank([], make=lambda s, sec: make_signal(effect_kinds[s % len(effect_kinds)], s, sec, RATE))
+    elif args.effects:
+        effects = _Bank(_audio_files(args.effects))
+
     index_dir = work / "index"
     if not index_dir.exists():
         report = build_index(catalogue_root, index_dir, model=args.model, progress=False)
@@ -317,7 +366,8 @@ def main(argv=None):
               f"built at {report.realtime_factor:.0f}x real time")
     rng = np.random.default_rng(args.seed)
     audio, truth = make_broadcast(
-        rng, args.minutes, catalogue, catalogue_root, _Bank(unknown), speech, noise, args.room, speed_range=args.speed
+        rng, args.minutes, catalogue, catalogue_root, _Bank(unknown), speech, noise, args.room, speed_range=args.speed,
+        effects=effects,
     )
     recording = work / "broadcast.wav"
     sf.write(recording, audio, RATE, subtype="PCM_16")
@@ -333,16 +383,18 @@ def main(argv=None):
     if same:
         rows.append(("duplicates as one", score(truth, detections, same=same)))
     result = rows[0][1]
+    effects_text = f", {result['effects_hours'] * 60:.1f} min of sound effects" if effects is not None else ""
     print(f"broadcast: {truth['seconds'] / 60:.1f} min, {result['plays']} plays >= 10 s, "
           f"{result['unknown_hours'] * 60:.1f} min of unknown music, {result['speech_hours'] * 60:.1f} min of speech"
-          f"{', room' if args.room else ''}"
+          f"{effects_text}{', room' if args.room else ''}"
           f"{f', every music item at {args.speed[0]:g}-{args.speed[1]:g}x' if args.speed else ''}")
-    print(f"{'scoring':>17} | {'recall':>8} | {'precision':>9} | {'false/h unknown':>15} | {'false/h speech':>14} | {'start err':>9} | "
-          f"{'end err':>7} | {'speed':>7} | {'peak RSS':>8}")
+    print(f"{'scoring':>17} | {'recall':>8} | {'precision':>9} | {'false/h unknown':>15} | {'false/h speech':>14} | "
+          f"{'false/h effects':>15} | {'start err':>9} | {'end err':>7} | {'speed':>7} | {'peak RSS':>8}")
     for name, result in rows:
+        per_hour_effects = f"{result['false_per_hour_effects']:.2f}" if effects is not None else "-"
         print(f"{name:>17} | {100 * result['recall']:>7.1f}% | {100 * result['precision']:>8.1f}% | "
               f"{result['false_per_hour_unknown']:>15.2f} | {result['false_per_hour_speech']:>14.2f} | "
-              f"{result['median_start_error_s']:>7.2f} s | "
+              f"{per_hour_effects:>15} | {result['median_start_error_s']:>7.2f} s | "
               f"{result['median_end_error_s']:>5.2f} s | {truth['seconds'] / wall:>6.0f}x | {rss / 2**20:>5.0f} MB")
     if not np.isnan(result["speed_within_half_percent"]):
         print(f"speed reported within 0.5 % for {100 * result['speed_within_half_percent']:.1f} % of the plays found")
