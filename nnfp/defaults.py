@@ -23,10 +23,16 @@ __all__ = [
     "INDEX_TYPES",
     "INFERENCE_PROCESS",
     "RUNTIMES",
+    "SAME_AUDIO",
     "cache_home",
 ]
 
 INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")  # faiss index kinds of `FingerprintDB.build`
+# Mean cosine of two tracks' stored fingerprints over a window above which they hold one
+# recording under two names (an album track and its single, a cut of a longer piece): such a
+# track is no rival of the other (`identify`'s lead) and its play is the other's (`monitor`).
+# Windows of two different tracks stay well below it; a track and a cut of it mostly above.
+SAME_AUDIO = 0.9
 DEFAULT_K_PROBE = 20  # faiss neighbours per query segment (the original `k_probe`)
 # Used only when neither the index nor its model has a calibration (`nnfp index calibrate`).
 DEFAULT_MIN_SCORE = 0.5

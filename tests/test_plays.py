@@ -8,10 +8,13 @@ a play of recording segments b..e has its boundaries at b x 0.5 + 0.25 and e x 0
 (a segment counts once half of it is in the play).
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from nnfp.catalogue.plays import PlayTracker
+from nnfp.catalogue.plays import _SAME_AUDIO_REMEMBERED, PlayTracker
+from nnfp.defaults import SAME_AUDIO
 from nnfp.store.db import FingerprintDB
 from nnfp.store.search import Match
 
@@ -27,13 +30,19 @@ def _unit(x):
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _db(cut_is_a=True):
+def _db(cut_is_a=True, remastered=None):
     """a, b, c: random tracks; loop: its first 30 rows come back at rows 30-59 (repeated bars);
-    a_cut: a from row 40 on (the same recording under another name), or random rows."""
+    a_cut: a from row 40 on (the same recording under another name), or random rows;
+    `remastered=(lo, hi)`: a_cut's rows lo..hi-1 are another mix of a's (cosine 0.6 with them)."""
     rng = np.random.default_rng(0)
     rows = [_unit(rng.standard_normal((ROWS, D))) for _ in range(4)]
     rows[LOOP][30:60] = rows[LOOP][:30]
     rows.append(rows[A][40:].copy() if cut_is_a else _unit(rng.standard_normal((ROWS - 40, D))))
+    if remastered:
+        lo, hi = remastered
+        other = _unit(rng.standard_normal((hi - lo, D)))
+        other -= np.sum(other * rows[CUT][lo:hi], axis=1, keepdims=True) * rows[CUT][lo:hi]  # orthogonal to a
+        rows[CUT][lo:hi] = _unit(0.6 * rows[CUT][lo:hi] + 0.8 * _unit(other))
     tracks = [{"track_id": i, "path": PATHS[i], "duration_s": HOP * len(r) + 0.5} for i, r in enumerate(rows)]
     return FingerprintDB.build(
         np.concatenate(rows), np.concatenate([np.full(len(r), i, np.int32) for i, r in enumerate(rows)]),
@@ -227,6 +236,52 @@ def test_one_recording_under_two_names_is_one_play():
     other = _db(cut_is_a=False)
     plays = _plays(Scripted(other, script(other)), _recording(other, 170, stretches))
     assert [p.track for p in plays] == ["a.wav", "a_cut.wav", "a.wav"]
+
+
+def test_a_pair_seen_holding_one_recording_is_remembered_at_its_alignment(db):
+    tracker = PlayTracker(db, WINDOW, 2, 60, 3, 1.0, 1.0, 64)
+    # never seen: only a window similarity of SAME_AUDIO or more makes two names one recording
+    assert not tracker.same_recording(A, 30.0, CUT, 10.0, 0.8)
+    assert tracker.same_recording(A, 30.0, CUT, 10.0, SAME_AUDIO)  # a's time - 20 s; remembered
+    assert tracker.same_pairs == {(A, CUT): [-20.0]}
+    # at that alignment (within a hop, either order), a remaster's stray passage still counts ...
+    assert tracker.same_recording(A, 60.0, CUT, 40.25, 0.6) and tracker.same_recording(CUT, 50.0, A, 70.0, 0.6)
+    # ... but not at another alignment, nor below _SAME_AUDIO_REMEMBERED, nor for another pair
+    assert not tracker.same_recording(A, 60.0, CUT, 45.0, 0.8)
+    assert not tracker.same_recording(A, 60.0, CUT, 40.0, _SAME_AUDIO_REMEMBERED - 0.01)
+    assert not tracker.same_recording(A, 60.0, B, 40.0, 0.8) and not tracker.same_recording(A, 1.0, A, 1.0, 1.0)
+
+
+def test_a_play_is_reported_under_the_name_whose_recording_was_played():
+    # The stream plays a_cut (from its row 10), a remaster of a from a's row 40 whose rows 60-89
+    # are another mix;
+    # the windows name a first (the play opens under a.wav), a_cut first from window 40 on
+    # (where the two hold the same audio: the pair is remembered). Over the play, the
+    # recording is a_cut's rows exactly and a's only outside the remixed passage: it is
+    # reported as a_cut, at a_cut's time.
+    db = _db(remastered=(60, 90))
+    stretches = [(20, 139, CUT, 10)]
+    as_a = [(20, 139, A, 50)]
+
+    def script(w):
+        shift = -0.01 if w < 40 else 0.01
+        cut_places = [dataclasses.replace(m, score=m.score + shift) for m in _covering(db, stretches, w)]
+        return sorted(_covering(db, as_a, w) + cut_places, key=lambda m: -m.score)
+
+    tracker = Scripted(db, script)
+    plays = _plays(tracker, _recording(db, 170, stretches))
+    assert _summary(plays) == [("a_cut.wav", 10.25, 70.25, 5.25)]
+    assert list(tracker.same_pairs) == [(A, CUT)]
+    # the reference: the mean similarity of the recording's segments to each name's aligned rows
+    recording = _recording(db, 170, stretches)[20:140]
+    a_rows = db.embeddings[_begin(db, A) + 50 : _begin(db, A) + 170]
+    assert np.mean(np.sum(recording * a_rows, axis=1)) < 0.95  # the remixed passage
+    # where a_cut is a's very audio, the play keeps the name it was found under
+    plain = _db()
+    plays = _plays(Scripted(plain, lambda w: sorted(_covering(plain, as_a, w) + _covering(plain, stretches, w),
+                                                     key=lambda m: -m.score)),
+                   _recording(plain, 170, stretches))
+    assert [p.track for p in plays] == ["a.wav"]
 
 
 def test_the_tracker_needs_a_search():

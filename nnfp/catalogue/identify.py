@@ -27,6 +27,7 @@ from nnfp.defaults import (
     DEFAULT_PHASES,
     DEFAULT_REFINE,
     DEFAULT_SPEEDS,
+    SAME_AUDIO,
     SPEED_PENALTY,
 )
 from nnfp.store.db import FingerprintDB
@@ -44,6 +45,7 @@ __all__ = [
     "lead",
     "margins",
     "same_audio",
+    "window_similarity",
 ]
 
 CALIBRATED = "calibrated"  # Identifier(min_score=...): the calibrated threshold of the query's length
@@ -57,7 +59,6 @@ DECISIONS = ("score", "margin", "lead")  # what a match's confidence is: `Identi
 # scripts/decision_rules.py).
 LEAD_WEIGHT = 0.25
 IMPOSTOR_PLACES = 10
-SAME_AUDIO = 0.9  # mean cosine of two DB windows holding one recording under two names
 _SAME_AUDIO_CHECKS = 3  # rival tracks checked for being the same recording, best first
 _RIVAL_PLACES = 10  # distinct places ranked per speed (their tracks are the rivals)
 
@@ -93,15 +94,21 @@ class QueryError(ValueError):
     """A query that cannot be searched (too short, silent, constant). The message starts with the query name."""
 
 
-def same_audio(db, first, other, n_rows):
-    """Whether the DB windows of `n_rows` rows at `first` and `other` hold the same audio (mean
-    cosine of their fingerprints >= `SAME_AUDIO`: one recording indexed under two names)."""
+def window_similarity(db, first, other, n_rows):
+    """The mean cosine of the DB windows of `n_rows` rows at `first` and `other` (as many rows
+    as both have left; -inf when one has none)."""
     n = int(min(n_rows, db.n_segments - first, db.n_segments - other))
     if n < 1:
-        return False
+        return -np.inf
     a = np.asarray(db.embeddings[first : first + n], np.float32)
     b = np.asarray(db.embeddings[other : other + n], np.float32)
-    return float(np.mean(np.sum(a * b, axis=1))) >= SAME_AUDIO
+    return float(np.mean(np.sum(a * b, axis=1)))
+
+
+def same_audio(db, first, other, n_rows):
+    """Whether the DB windows of `n_rows` rows at `first` and `other` hold the same audio
+    (`window_similarity` >= `nnfp.defaults.SAME_AUDIO`: one recording indexed under two names)."""
+    return window_similarity(db, first, other, n_rows) >= SAME_AUDIO
 
 
 def impostor_score(scores):
@@ -120,17 +127,22 @@ def lead(score, rival, impostor, floor=0.0):
     return out
 
 
-def margins(db, places, n_rows, floor=0.0, decision="margin"):
+def margins(db, places, n_rows, floor=0.0, decision="margin", same=None):
     """Each place's score minus the best score of a place of another track among `places`, or
     `floor` where that is lower (`Identifier.rival_floor`; the same recording under another
     name is no rival); with `decision="lead"`, plus the lead over the impostor level of
-    `places` (`lead`)."""
+    `places` (`lead`). `same(place, other)`: whether two places of different tracks hold the
+    same recording (default: `same_audio` over `n_rows` rows)."""
+    if same is None:
+        def same(place, other):
+            return same_audio(db, place.segment_index, other.segment_index, n_rows)
+
     impostor = impostor_score([p.score for p in places]) if decision == "lead" else None
     out = []
     for place in places:
         rival = floor
         for other in places:  # best first
-            if other.track_id != place.track_id and not same_audio(db, place.segment_index, other.segment_index, n_rows):
+            if other.track_id != place.track_id and not same(place, other):
                 rival = max(other.score, floor)
                 break
         out.append(lead(place.score, rival, impostor))

@@ -30,7 +30,7 @@ import numpy as np
 
 from nnfp.audio.segments import n_segments
 from nnfp.catalogue.fingerprint import iter_fingerprints
-from nnfp.catalogue.identify import margins
+from nnfp.catalogue.identify import margins, window_similarity
 from nnfp.catalogue.plays import Candidate, Detection, PlayTracker, mostly_shared
 from nnfp.catalogue.speeds import check_speeds, speed_grid
 from nnfp.defaults import MONITOR_SPEED_STEP
@@ -224,7 +224,11 @@ class _Monitor(PlayTracker):
         if self.decision in ("margin", "lead"):  # a window's confidence: its lead over any other track
             ranked = [] if 2 * quiet >= len(query) else self.db.search(query, hits=hits, n_results=_RIVAL_PLACES)
             places = ranked[:_WINDOW_PLACES]
-            leads = margins(self.db, ranked, len(query), self.rival_floor, self.decision)[:_WINDOW_PLACES]
+            def same(place, other):  # the same recording under another name is no rival (remembered pairs too)
+                similarity = window_similarity(self.db, place.segment_index, other.segment_index, len(query))
+                return self.same_recording(place.track_id, place.offset_s, other.track_id, other.offset_s, similarity)
+
+            leads = margins(self.db, ranked, len(query), self.rival_floor, self.decision, same)[:_WINDOW_PLACES]
             matches = [m for m, lead in zip(places, leads, strict=True) if lead >= self.threshold]
         else:
             places = [] if 2 * quiet >= len(query) else self.db.search(query, hits=hits, n_results=_WINDOW_PLACES)

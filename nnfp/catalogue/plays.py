@@ -35,6 +35,8 @@ import dataclasses
 
 import numpy as np
 
+from nnfp.defaults import SAME_AUDIO
+
 __all__ = ["Candidate", "Detection", "PlayTracker", "mostly_shared"]
 
 # The tracker's constants. Times in seconds; docs/monitor.md has the measurements behind them.
@@ -49,10 +51,15 @@ _CANDIDATE_GAP_SECONDS = 10.0
 # levels of the step fit that marks a play's boundary; a smaller drop means the play runs to
 # the end of the fitted region (the stream's or the track's start or end).
 _STEP_MARGIN = 0.1
-# Mean similarity of two tracks' aligned stored fingerprints over a window above which they
-# hold the same recording there (`PlayTracker._same_audio`): windows of two different
-# tracks stay well below it, a track and a cut of it well above.
-_SAME_AUDIO = 0.9
+# Two tracks seen holding one recording (mean similarity of their aligned stored fingerprints
+# over a window >= `nnfp.defaults.SAME_AUDIO`) are remembered with their alignment; at that
+# alignment they count as one recording down to this similarity, where a remaster or another
+# edit of it strays for a while (`PlayTracker.same_recording`). Pairs remembered at once:
+_SAME_AUDIO_REMEMBERED = 0.5
+_SAME_PAIRS_KEPT = 256
+# A play is reported under the other name of its recording when that track's stored
+# fingerprints are this much more like the recording over the play (mean similarity).
+_RENAME_MARGIN = 0.005
 # A candidate's alignment is the median of the alignments of its last this many agreeing
 # windows: it follows a slow drift (a track played slightly fast) but not one stray window.
 _ALIGNMENT_WINDOWS = 9
@@ -195,6 +202,8 @@ class PlayTracker:
         # (window, its best places at any score) of the last max_gap of windows: `_lead_in`.
         self.history = collections.deque(maxlen=max(max_gap // max(step, 1), 1) + 1)
         self.emitted = collections.deque(maxlen=_EMITTED_KEPT)  # (track, span, windows, first, last) of recent plays
+        # {(track a, track b), a < b: [alignments (b's time - a's time) at which they held one recording]}
+        self.same_pairs = collections.OrderedDict()
 
     # -- fingerprints ------------------------------------------------------
 
@@ -338,15 +347,43 @@ class PlayTracker:
             end = successor.start_s = (successor.start_s + end) / 2
         end = max(end, candidate.start_s + self.hop_s)
         delta = float(np.median(candidate.deltas))
+        path, delta = self._best_name(candidate, delta, end)
         return Detection(
             recording=recording,
             start_s=float(candidate.start_s),
             end_s=float(end),
-            track=candidate.path,
+            track=path,
             track_start_s=float(max(candidate.start_s + delta, 0.0)),
             score=float(np.mean(candidate.scores)),
             speed=self._play_speed(candidate),
         )
+
+    def _best_name(self, candidate, delta, end_s):
+        """The name a play is reported under, and its alignment: its own track's, or that of a
+        track remembered holding the same recording (`same_recording`) whose stored
+        fingerprints are more like the recording over the play (a remaster and its original:
+        the one that was played). Compared over the play's segments still held."""
+        own = candidate.track_id
+        names = [(other_b, delta + lag) for (a, other_b), lags in self.same_pairs.items() if a == own for lag in lags]
+        names += [(a, delta - lag) for (a, b), lags in self.same_pairs.items() if b == own for lag in lags]
+        if not names:
+            return candidate.path, delta
+        lo = int(np.ceil(candidate.start_s / self.hop_s))
+        hi = int(np.floor((end_s - self.seg_seconds) / self.hop_s))
+
+        def similarity(track_id, alignment):
+            numbers, sims = self._aligned_similarity(
+                dataclasses.replace(candidate, track_id=track_id, delta=alignment), lo, hi)
+            return float(np.mean(sims)) if len(sims) else -np.inf
+
+        mine = similarity(own, delta)
+        best, best_similarity = (candidate.path, delta), mine
+        paths = {t["track_id"]: t["path"] for t in self.db.tracks}
+        for track_id, alignment in names:
+            value = similarity(track_id, alignment)
+            if value > best_similarity + _RENAME_MARGIN and self.db.is_live(track_id):
+                best, best_similarity = (paths[track_id], alignment), value
+        return best
 
     def _play_speed(self, candidate):
         """The speed of a play: the stream's, corrected by the drift of its alignment (a track
@@ -423,7 +460,33 @@ class PlayTracker:
         mine = np.asarray(self.db.embeddings[rows], np.float32)
         starts = np.array([start - 1, start, start + 1])
         best = max(self.db.sequence_scores(mine, starts).max(), self.db.interpolated_scores(mine, starts[:2], 0.5).max())
-        return best >= _SAME_AUDIO
+        return self.same_recording(candidate.track_id, w * self.hop_s + candidate.delta, track_id, offset_s, best)
+
+    def same_recording(self, track_a, time_a, track_b, time_b, similarity):
+        """Whether track `track_a` at `time_a` and `track_b` at `time_b` (seconds) hold one
+        recording, given the mean similarity of their stored fingerprints over a window there.
+
+        At `SAME_AUDIO` or above they do, and the pair is remembered with its alignment (b's
+        time - a's time). A remaster or another edit of a recording can stray below it for a
+        stretch (a different mix of one passage): at an alignment already seen, the pair is
+        still one recording down to `_SAME_AUDIO_REMEMBERED`. Without this, the two names
+        take the best place in turn there, each the other's rival, and neither is reported.
+        """
+        if track_a == track_b:
+            return False
+        key, lag = ((track_a, track_b), time_b - time_a) if track_a < track_b else ((track_b, track_a), time_a - time_b)
+        lags = self.same_pairs.get(key)
+        if similarity >= SAME_AUDIO:
+            if lags is None:
+                lags = self.same_pairs[key] = []
+                if len(self.same_pairs) > _SAME_PAIRS_KEPT:
+                    self.same_pairs.popitem(last=False)
+            self.same_pairs.move_to_end(key)
+            if all(abs(lag - seen) > self.hop_s for seen in lags):
+                lags.append(lag)
+            return True
+        return (similarity >= _SAME_AUDIO_REMEMBERED and lags is not None
+                and any(abs(lag - seen) <= self.hop_s for seen in lags))
 
     @staticmethod
     def _extend(candidate, w, match, delta):
