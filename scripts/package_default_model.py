@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Copy a trained run's model into the package as the default model, without optimizer state.
 
-    python scripts/package_default_model.py runs/debian [--checkpoint best]
+    python scripts/package_default_model.py runs/debian [--checkpoint best] [--out DIR]
     python scripts/package_default_model.py --litert-only   # after `default.calibration.json` changes
 
 Writes nnfp/weights/default.keras (weights + architecture, ~4 bytes per parameter)
-and nnfp/weights/default.yaml (the run's resolved config), each atomically, then
+and nnfp/weights/default.yaml (the run's resolved config), each atomically (`--out DIR`: in DIR
+instead, a candidate to index, calibrate and evaluate before its very bytes are copied into the
+package; a model's digest is that of its file), then
 nnfp/weights/default.litert/ (the LiteRT copy: model.tflite + spec.json, float32, checked
 against default.keras by `nnfp.export.convert_to_litert`, plus default.calibration.json as
 calibration.json when there is one).
@@ -56,11 +58,12 @@ def main():
     parser.add_argument("run_dir", nargs="?")
     parser.add_argument("--checkpoint", choices=("best", "last", "final"), default="best")
     parser.add_argument("--litert-only", action="store_true", help="only convert the packaged default.keras again")
+    parser.add_argument("--out", type=Path, default=WEIGHTS, help="folder of default.keras (default: the package's)")
     args = parser.parse_args()
     import nnfp.model  # noqa: F401  (registers the classes)
 
     if args.litert_only:
-        write_litert_copy(WEIGHTS / "default.keras")
+        write_litert_copy(args.out / "default.keras")
         return
     if args.run_dir is None:
         parser.error("RUN_DIR is required (or --litert-only)")
@@ -73,8 +76,8 @@ def main():
     x = np.random.default_rng(0).standard_normal((4, trained.segment_samples)).astype("float32")
     np.testing.assert_allclose(bare.predict(x, verbose=0), trained.predict(x, verbose=0), atol=1e-6)
 
-    out = WEIGHTS
-    out.mkdir(exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     tmp = out / "default.tmp.keras"
     bare.save(tmp)
     os.replace(tmp, out / "default.keras")
