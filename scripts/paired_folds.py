@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Two models on the same held-out fold queries, paired: the difference and its standard error.
+
+    python scripts/paired_folds.py BASE_OUT NEW_OUT
+
+BASE_OUT and NEW_OUT are `scripts/evaluate_folds.sh` output folders (fold-K/scores.npz each). The
+same seed per fold gives both models the very same queries (cut, room, noise), so their
+difference in right track + offset (±0.5 s, track time) is paired: its standard error is that of
+the per-query differences, far below two independent binomial errors. Folds missing in either
+folder are skipped (and said).
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def right_offset(scores):
+    """(queries, lengths) bool: top-1 is the query's track within ±0.5 s of its offset."""
+    return (scores["raw_tracks"][:, :, 0] == scores["query_track"][:, None]) & (
+        np.abs(scores["raw_offsets"][:, :, 0] - scores["query_offset_s"][:, None]) <= 0.5)
+
+
+def main(base, new):
+    base, new = Path(base), Path(new)
+    for k in (1, 2, 3):
+        paths = [folder / f"fold-{k}" / "scores.npz" for folder in (base, new)]
+        if not all(p.is_file() for p in paths):
+            print(f"fold {k}: skipped (no {' or '.join(str(p) for p in paths if not p.is_file())})")
+            continue
+        a, b = (np.load(p) for p in paths)
+        if not (np.array_equal(a["query_track"], b["query_track"])
+                and np.allclose(a["query_offset_s"], b["query_offset_s"])):
+            raise SystemExit(f"fold {k}: the two runs did not query the same cuts (another seed or count?)")
+        ha, hb = right_offset(a), right_offset(b)
+        print(f"fold {k} ({len(ha)} queries): right track + offset, {base.name} -> {new.name}")
+        for j, length in enumerate(a["lengths_seconds"]):
+            d = hb[:, j].astype(float) - ha[:, j]
+            se = d.std(ddof=1) / np.sqrt(len(d))
+            print(f"  {length:4.0f} s  {100 * ha[:, j].mean():5.1f} -> {100 * hb[:, j].mean():5.1f}  "
+                  f"{100 * d.mean():+5.1f} ± {100 * se:.1f}  (new only {int((d > 0).sum())}, base only {int((d < 0).sum())})")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit(__doc__.split("\n\n")[1])
+    main(*sys.argv[1:])
