@@ -57,6 +57,7 @@ _STEP_MARGIN = 0.1
 # edit of it strays for a while (`PlayTracker.same_recording`). Pairs remembered at once:
 _SAME_AUDIO_REMEMBERED = 0.5
 _SAME_PAIRS_KEPT = 256
+_SAME_PAIR_ALIGNMENTS = 8  # alignments remembered per pair
 # A play is reported under the other name of its recording when that track's stored
 # fingerprints are this much more like the recording over the play (mean similarity).
 _RENAME_MARGIN = 0.005
@@ -484,6 +485,7 @@ class PlayTracker:
             self.same_pairs.move_to_end(key)
             if all(abs(lag - seen) > self.hop_s for seen in lags):
                 lags.append(lag)
+                del lags[:-_SAME_PAIR_ALIGNMENTS]  # the latest few (a loop shared by two tracks holds many)
             return True
         return (similarity >= _SAME_AUDIO_REMEMBERED and lags is not None
                 and any(abs(lag - seen) <= self.hop_s for seen in lags))
