@@ -117,6 +117,35 @@ def _audio_files(config, key, corpus):
     return list_audio_files(folders[key])
 
 
+# `data` keys handed to `make_pair_dataset` under their own names (lists as tuples): how the
+# training replicas are made. Validation pairs (`make_validation_pairs`) take none of them.
+_PAIR_OPTIONS = (
+    "noise_prob",
+    "ir_prob",
+    "gain_db_range",
+    "random_anchors",
+    "speed_range",
+    "speed_prob",
+    "tempo_range",
+    "tempo_prob",
+    "pitch_semitones_range",
+    "pitch_prob",
+    "band_limit_prob",
+    "highpass_hz_range",
+    "lowpass_hz_range",
+    "shelf_db_range",
+    "peak_db_range",
+    "clipping_prob",
+    "clip_db_range",
+    "agc_prob",
+    "agc_target_dbfs_range",
+    "codec_prob",
+    "codecs",
+    "amr_nb_kbps_range",
+    "opus_kbps_range",
+)
+
+
 def prepare_data(config, log=print):
     """Load audio named by the `data` section and build the training pipeline and validation pairs.
 
@@ -169,30 +198,8 @@ def prepare_data(config, log=print):
         n_anchors=train["n_anchors"],
         noise=noise,
         impulse_responses=irs,
-        noise_prob=data["noise_prob"],
-        ir_prob=data["ir_prob"],
-        gain_db_range=tuple(data["gain_db_range"]),
-        random_anchors=data["random_anchors"],
-        # Training replicas only: validation pairs stay comparable between runs with and without.
-        speed_range=tuple(data["speed_range"]),
-        speed_prob=data["speed_prob"],
-        tempo_range=tuple(data["tempo_range"]),
-        tempo_prob=data["tempo_prob"],
-        pitch_semitones_range=tuple(data["pitch_semitones_range"]),
-        pitch_prob=data["pitch_prob"],
-        band_limit_prob=data["band_limit_prob"],
-        highpass_hz_range=tuple(data["highpass_hz_range"]),
-        lowpass_hz_range=tuple(data["lowpass_hz_range"]),
-        shelf_db_range=tuple(data["shelf_db_range"]),
-        peak_db_range=tuple(data["peak_db_range"]),
-        clipping_prob=data["clipping_prob"],
-        clip_db_range=tuple(data["clip_db_range"]),
-        agc_prob=data["agc_prob"],
-        agc_target_dbfs_range=tuple(data["agc_target_dbfs_range"]),
-        codec_prob=data["codec_prob"],
-        codecs=tuple(data["codecs"]),
-        amr_nb_kbps_range=tuple(data["amr_nb_kbps_range"]),
-        opus_kbps_range=tuple(data["opus_kbps_range"]),
+        # Training replicas only: validation pairs stay comparable between runs with and without them.
+        **{key: tuple(data[key]) if isinstance(data[key], list) else data[key] for key in _PAIR_OPTIONS},
         shuffle=True,
         seed=train["seed"],
         **augment,
