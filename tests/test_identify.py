@@ -229,6 +229,7 @@ def test_identify_cli_no_match_and_silent_query(setup, tmp_path, capsys):
     assert main(["identify", str(setup["index"]), str(query)]) == 0
     out = capsys.readouterr().out
     assert "no match (not in the catalogue" in out and "calibrated threshold 0.995 for a 3.0 s query" in out
+    assert "no place scored >= the" in out  # this calibration thresholds the score (a lead: "led every other track by")
     assert main(["identify", str(setup["index"]), str(query), str(silent), "--json", "--min-score", "0.3"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["matches"][0]["track"] == "track_0001.wav"

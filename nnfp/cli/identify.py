@@ -50,7 +50,7 @@ def cmd_identify(args):
             seconds = identifier.last_query_seconds
             threshold = identifier.match_threshold(seconds)
             how = "calibrated " if args.min_score is None and identifier.calibration is not None else ""
-            what = "led every other track by" if identifier.decision == "margin" else "scored"
+            what = "scored" if identifier.decision == "score" else "led every other track by"
             print(
                 f"{printable(query)}: no match (not in the catalogue: no place {what} >= the {how}"
                 f"threshold {threshold:.3f} for a {seconds:.1f} s query)"
