@@ -56,12 +56,14 @@ __all__ = [
     "index_calibration",
     "leave_one_kind_out",
     "model_calibration_path",
+    "off_speed_margins",
     "save_replacing",
     "smallest_sample_size",
 ]
 
 INDEX_CALIBRATION_FILE = "calibration.json"
 DIGEST_KEY = "sha256"  # the file's digest of the rest of its content
+OFF_SPEED_MIN_ANSWERS = 30  # `off_speed_margins`: fewer answers on a side measure no level
 SCORE_SLACK = 1e-3  # float32 inner products of unit vectors (and `calibrate`'s rounding up) pass +-1 by a hair
 WHAT_TO_DO = (
     "restore it (`nnfp index calibrate` keeps the file it replaces beside it as <name>.bak), recalibrate "
@@ -96,6 +98,9 @@ class Calibration:
             score, or with `info["decision"]` "margin" its lead over the best other track,
             measured against at least `info["rival_floor"]` of that length ("lead": plus a
             share of its lead over the query's impostor level; `nnfp.catalogue.identify.lead`).
+            With a speed search, an answer found at another speed than the catalogue's has
+            its confidence lowered by the length's `info["off_speed_margin"]` first
+            (`off_speed_margins`).
         target_false_match: the false-match rate the thresholds were chosen for.
         info: anything else stored with them (kept fractions, query counts, data, phases).
 
@@ -457,6 +462,59 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
     return Calibration(list(lengths_s), thresholds, float(target_false_match), info=info)
 
 
+def off_speed_margins(unknown_scores, unknown_off_speed, target_false_match=0.01, confidence=0.95,
+                      min_answers=OFF_SPEED_MIN_ANSWERS):
+    """Per length, how much more confidence an answer found at another playback speed than the
+    catalogue's needs than one found at the catalogue's speed.
+
+    A speed search gives out-of-catalogue audio one chance per grid speed: its best chance
+    answer is found at another speed far more often, and scores higher there, than at the
+    catalogue's. One threshold for both then holds answers at the catalogue's speed (most
+    in-catalogue queries) to the level that chance reaches over the whole grid. The margin
+    is the difference of the two levels that chance reaches: the threshold of the answers
+    found at other speeds (as `calibrate` fits it, every kind on its own) minus that of those
+    found at the catalogue's; an answer at another speed then has its confidence lowered by
+    it (`Identifier.off_speed_margin`), and `calibrate` fits one threshold on the lowered
+    confidences, so every kind still meets the target with the two kinds of answers together.
+
+    Args:
+        unknown_scores: `{kind: (n, n_lengths) confidences}` of the top answers of
+            out-of-catalogue queries (NaN: no candidate).
+        unknown_off_speed: `{kind: (n, n_lengths) bool}`, the top answer was found at another
+            speed than the catalogue's.
+        min_answers: the fewest answers of each side (all kinds together, per length) to
+            measure a level on; with fewer, that length's margin is 0 (one threshold).
+
+    Returns:
+        A list of margins (>= 0, rounded up to 4 decimals), one per length.
+    """
+    kinds = {kind: np.asarray(scores, np.float64).reshape(len(scores), -1) for kind, scores in unknown_scores.items()}
+    if set(kinds) != set(unknown_off_speed):
+        raise ValueError(
+            f"`unknown_off_speed` must name the kinds of `unknown_scores`. Received: {sorted(unknown_off_speed)} "
+            f"for {sorted(kinds)}"
+        )
+    off = {kind: np.asarray(unknown_off_speed[kind], bool).reshape(kinds[kind].shape) for kind in kinds}
+    allowed = {kind: allowed_false_matches(len(scores), target_false_match, confidence) for kind, scores in kinds.items()}
+
+    def level(select):  # per length: the highest of the kinds' thresholds over the selected answers
+        per_kind = [
+            _kind_thresholds(np.where(select(off[kind]), scores, np.nan), allowed[kind])
+            for kind, scores in kinds.items()
+        ]
+        return [max(values) for values in zip(*per_kind, strict=True)]
+
+    def counts(select):
+        return sum(np.sum(select(off[k]) & np.isfinite(s), axis=0) for k, s in kinds.items())
+
+    at_speed, elsewhere = level(np.logical_not), level(lambda o: o)
+    n_at, n_else = counts(np.logical_not), counts(lambda o: o)
+    return [
+        round(max(0.0, b - a) + 5e-5, 4) if min(na, ne) >= min_answers and b > a else 0.0
+        for a, b, na, ne in zip(at_speed, elsewhere, n_at, n_else, strict=True)
+    ]
+
+
 def leave_one_kind_out(unknown_scores, target_false_match=0.01, confidence=0.95):
     """How the thresholds carry to a kind of audio they were not fitted on.
 
@@ -499,6 +557,11 @@ def format_calibration_table(calibration, title="Calibrated thresholds"):
         lines.append(
             f"  false match on {kind}: " + " / ".join(f"{100 * r:.1f}" for r in rates) + " %"
             + (f" (fitted without it: {' / '.join(f'{100 * r:.1f}' for r in held_out)} %)" if held_out else "")
+        )
+    if any(info.get("off_speed_margin") or ()):
+        lines.append(
+            "  an answer found at another speed than the catalogue's needs "
+            + " / ".join(f"{m:.4f}" for m in info["off_speed_margin"]) + " more (off-speed margin)"
         )
     confidence = info.get("confidence")
     target = calibration.target_false_match

@@ -253,6 +253,12 @@ def check_reusable_index(index_dir, db_dir, dummy_dir, model, out_dir):
         )
 
 
+def _off_speed(raw):
+    """Whether each query's top answer (per length) was found at another speed than the catalogue's."""
+    speeds = raw["found_speeds"][..., 0]
+    return np.isfinite(speeds) & (np.abs(speeds - 1.0) > 1e-9)
+
+
 def calibrate_index(
     index_dir,
     unknown_dir,
@@ -316,6 +322,7 @@ def calibrate_index(
         check_replaceable,
         check_sample_size,
         format_calibration_table,
+        off_speed_margins,
         save_replacing,
     )
     from nnfp.catalogue.identify import Identifier
@@ -352,9 +359,12 @@ def calibrate_index(
     if scores_out is not None:  # the ranked scores behind the thresholds, to study other rules on
         arrays = {"lengths_s": np.asarray(lengths_seconds, float), "known/right": right}
         for name, raw in (("known", known), *((f"unknown:{n}", r) for n, r in unknown.items())):
-            arrays.update({f"{name}/{key}": raw[key] for key in ("scores", "confidences", "tracks", "valid")})
+            arrays.update({f"{name}/{key}": raw[key] for key in ("scores", "confidences", "tracks", "speeds", "found_speeds", "valid")})
         with atomic_file(scores_out) as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)
+    # the top answer was found at another speed than the catalogue's (`off_speed_margins`)
+    known_off = _off_speed(known)
+    unknown_off = {name: _off_speed(raw) for name, raw in unknown.items()}
     floors = None
     if identifier.decision in ("margin", "lead"):
         # With no threshold the margin is measured against the best other track (0 without
@@ -387,12 +397,19 @@ def calibrate_index(
         known = known["confidences"][..., 0]
         unknown = {name: raw["confidences"][..., 0] for name, raw in unknown.items()}
 
+    off_margins = None
+    if identifier.speeds is not None:  # chance reaches higher over the grid than at the catalogue's speed
+        off_margins = off_speed_margins(unknown, unknown_off, target_false_match, confidence)
+        known = known - np.asarray(off_margins) * known_off
+        unknown = {name: scores - np.asarray(off_margins) * unknown_off[name] for name, scores in unknown.items()}
     calibration = calibrate(
         list(lengths_seconds), known, right, unknown[names[0]] if len(names) == 1 else unknown,
         target_false_match, confidence=confidence,
     )
     if floors is not None:
         calibration.info["rival_floor"] = floors
+    if off_margins is not None:
+        calibration.info["off_speed_margin"] = off_margins
     calibration.info.update(
         phases=phases, refine="all" if refine is None else int(refine), interpolate=int(interpolate),
         speeds=None if identifier.speeds is None else list(identifier.speeds), decision=identifier.decision,

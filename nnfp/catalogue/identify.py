@@ -663,7 +663,7 @@ class Identifier:
 
         def ranked(speed, phases=None):
             return [
-                dataclasses.replace(match, speed=speed)
+                dataclasses.replace(match, speed=speed, found_speed=speed)
                 for match in self.rank(
                     query.fingerprints(speed, phases, seconds=span(speed)), n_results=wanted,
                     max_seconds=span(speed), interpolate=phases is None, track_best=track_best,
@@ -684,11 +684,15 @@ class Identifier:
                 found.extend(matches)
         n_query = n_segments(int(round(seconds * self.sample_rate)), self.embedder.segment_samples, self.hop_samples)
         floor = self.rival_floor(seconds)
+        off_margin = self.off_speed_margin(seconds)
         # one speed: `rank`'s order (interpolated windows rank by their own score); several: by score
         places = found[:wanted] if len(grid) == 1 else self._distinct(found, wanted)
         impostor = impostor_score([m.score for m in places[:IMPOSTOR_PLACES]]) if self.decision == "lead" else None
         matches = [
-            dataclasses.replace(m, confidence=self._confidence(m, track_best, max(n_query, 1), floor, impostor))
+            dataclasses.replace(
+                m, confidence=self._confidence(m, track_best, max(n_query, 1), floor, impostor)
+                - (off_margin if m.found_speed != 1.0 else 0.0),
+            )
             for m in places
         ]
         if min_score is not None:
@@ -710,6 +714,18 @@ class Identifier:
         lengths = self.calibration.lengths_s
         position = int(np.searchsorted(lengths, float(query_seconds) + 1e-6, side="right")) - 1
         return float(floors[max(position, 0)])
+
+    def off_speed_margin(self, query_seconds):
+        """How much the confidence of an answer found at another speed than the catalogue's is
+        lowered for a query of `query_seconds`: the calibration's (`off_speed_margin`,
+        `nnfp.catalogue.calibration.off_speed_margins`: chance reaches higher over a speed
+        grid than at one speed); 0 without one, or with a threshold given instead."""
+        margins = self.calibration.info.get("off_speed_margin") if self.calibration is not None else None
+        if not margins or self.min_score != CALIBRATED:
+            return 0.0
+        lengths = self.calibration.lengths_s
+        position = int(np.searchsorted(lengths, float(query_seconds) + 1e-6, side="right")) - 1
+        return float(margins[max(position, 0)])
 
     def _confidence(self, match, track_best, n_query, floor=0.0, impostor=None):
         if self.decision == "score":

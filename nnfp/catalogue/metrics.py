@@ -114,7 +114,8 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     Uses the identifier's phases, distinct places and decision rule
     (`Identifier.match_threshold`); rankings are kept whatever the threshold.
 
-    Returns `{"rows", "tracks", "offsets", "scores", "speeds", "confidences"}` (n_queries, n_lengths, 10) ranked
+    Returns `{"rows", "tracks", "offsets", "scores", "speeds", "found_speeds", "confidences"}`
+    (n_queries, n_lengths, 10) ranked
     predictions (-1 / NaN padded; rows are the DB rows nearest to the offsets),
     `"valid"` (n_queries, n_lengths), `"decided"` (the top-1 passed the decision rule),
     `"search_ms"` per search and `"fingerprint_ms"` per query (all phases, full length).
@@ -131,6 +132,7 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     offsets = np.full(shape, np.nan)
     scores = np.full(shape, np.nan)
     speeds = np.full(shape, np.nan)
+    found_speeds = np.full(shape, np.nan)  # the grid speed each was found at (`speeds` are refined)
     confidences = np.full(shape, np.nan)
     valid = np.zeros(shape[:2], bool)
     decided = np.zeros(shape[:2], bool)
@@ -164,12 +166,13 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
                 offsets[q, j, r] = match.offset_s
                 scores[q, j, r] = match.score
                 speeds[q, j, r] = match.speed
+                found_speeds[q, j, r] = match.found_speed
                 confidences[q, j, r] = match.confidence
         bar.update(1)
     bar.close()
     return {
         "rows": rows, "tracks": tracks, "offsets": offsets, "scores": scores, "speeds": speeds,
-        "confidences": confidences, "valid": valid,
+        "found_speeds": found_speeds, "confidences": confidences, "valid": valid,
         "decided": decided, "search_ms": np.array(search_ms), "fingerprint_ms": np.array(fingerprint_ms),
     }
 

@@ -410,7 +410,9 @@ def monitor_stream(
         tolerance_seconds: how far a window's alignment (track time - recording time)
             may stray from its play's.
         min_score: window score threshold; None: `identifier.match_threshold(window_seconds)`
-            (the index's calibrated threshold for a query of one window).
+            (the index's calibrated threshold for a query of one window; a window heard at
+            another speed than the catalogue's needs the calibration's off-speed margin
+            more, `Identifier.off_speed_margin`).
         batch_size: segments fingerprinted per model call.
         stop: optional `threading.Event` (a signal handler sets it): once it is set, the
             stream ends after the block being read, the audio read so far is searched, and
@@ -437,12 +439,16 @@ def monitor_stream(
 
     hop_samples = identifier.hop_samples
     window = max(n_segments(int(round(window_seconds * sample_rate)), segment_samples, hop_samples), 1)
+    calibrated = min_score is None
     if min_score is None:
         min_score = identifier.match_threshold(window_seconds)
 
+    # a window heard at another speed than the catalogue's needs the calibration's off-speed margin more
+    off_margin = identifier.off_speed_margin(window_seconds) if calibrated else 0.0
+
     def state(speed=None):
         return _Monitor(
-            db, min_score, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
+            db, min_score + off_margin if off_margin and speed not in (None, 1.0) else min_score, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
             float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size), speed=speed,
             decision=identifier.decision, rival_floor=identifier.rival_floor(window_seconds),
         )

@@ -26,6 +26,8 @@ class Match:
             speed search; 1.0 for a search at one speed).
         confidence: the value the decision "in the catalogue" was taken on
             (`nnfp.catalogue.identify.Identifier`; None where no decision was taken).
+        found_speed: the speed of the search grid the match was found at (`speed` is
+            refined between grid points from it; the decision goes by this one).
     """
 
     track_id: int
@@ -35,6 +37,7 @@ class Match:
     segment_index: int
     speed: float = 1.0
     confidence: float | None = None
+    found_speed: float = 1.0
 
 
 class SequenceSearch(SequenceScoring):
