@@ -1,10 +1,11 @@
 """Generated out-of-catalogue kinds (`nnfp.corpus.signals`) against what each kind is, and the
-leave-one-kind-out check of a calibration (`nnfp.catalogue.calibration.leave_one_kind_out`)."""
+leave-one-kind-out check of a calibration (`nnfp.catalogue.calibration.leave_one_kind_out`) and
+the off-speed margin of a calibration with a speed search (`off_speed_margins`)."""
 
 import numpy as np
 import pytest
 
-from nnfp.catalogue.calibration import calibrate, leave_one_kind_out
+from nnfp.catalogue.calibration import calibrate, leave_one_kind_out, off_speed_margins
 from nnfp.corpus.signals import GENERATED_KINDS, make_signal
 
 RATE = 8000
@@ -91,3 +92,36 @@ def test_leave_one_kind_out_against_a_direct_count():
         leave_one_kind_out({"music": kinds["music"]})
     cal = calibrate([1, 3], np.zeros((1, 2)), np.zeros((1, 2), bool), kinds, 0.01, 0.95)
     assert set(cal.info["leave_one_kind_out"]) == set(kinds)
+
+
+def test_off_speed_margin_against_a_direct_maximum():
+    rng = np.random.default_rng(1)
+    n = 300  # 1 % at 95 % with 300 queries of a kind: none may match, the thresholds are maxima
+    # out-of-catalogue confidences at 3 lengths; answers found at another speed reach higher
+    off = {k: rng.random((n, 3)) < 0.8 for k in ("music", "noise")}
+    conf = {k: rng.normal(0.1, 0.03, (n, 3)) + 0.05 * off[k] for k in off}
+    off["noise"][:, 1] = False  # length 2: every answer at the catalogue's speed but 20 of music's
+    off["music"][:, 1] = np.arange(n) < 20
+    conf["music"][:20, 1] += 0.2
+    for k in conf:  # length 3: the other speeds reach lower
+        conf[k][:, 2] -= 0.2 * off[k][:, 2]
+    margins = off_speed_margins(conf, off, 0.01, 0.95)
+    top_off = max(conf[k][off[k][:, 0], 0].max() for k in off)
+    top_at = max(conf[k][~off[k][:, 0], 0].max() for k in off)
+    assert margins[0] == pytest.approx(top_off - top_at, abs=1e-4) and margins[0] > 0.02
+    assert margins[0] >= top_off - top_at  # rounded up
+    assert margins[1] == 0.0  # 20 answers at other speeds: too few to measure their level (30)
+    assert off_speed_margins(conf, off, 0.01, 0.95, min_answers=20)[1] > 0
+    assert margins[2] == 0.0  # never a bonus for another speed
+    # the margin lowers the thresholds of answers at the catalogue's speed and keeps every kind at the target
+    lowered = {k: conf[k] - np.asarray(margins) * off[k] for k in conf}
+    known = rng.normal(0.2, 0.05, (200, 3))
+    right = np.ones((200, 3), bool)
+    one = calibrate([1, 3, 10], known, right, conf, 0.01, 0.95)
+    two = calibrate([1, 3, 10], known, right, lowered, 0.01, 0.95)
+    assert two.min_score[0] == pytest.approx(top_at, abs=2e-4)
+    assert two.min_score[0] < one.min_score[0] - 0.02
+    assert two.info["right_kept"][0] > one.info["right_kept"][0]
+    assert all(rate == 0.0 for rates in two.info["false_match_by_kind"].values() for rate in rates)
+    with pytest.raises(ValueError, match="kinds"):
+        off_speed_margins(conf, {"music": off["music"]})

@@ -162,3 +162,33 @@ def test_query_tempo_and_pitch_changes_keep_the_start_and_the_length():
         spectrum = np.abs(np.fft.rfft(out * np.hanning(length)))
         peak_hz = np.argmax(spectrum) * RATE / length
         assert peak_hz == pytest.approx(440 * 2 ** (pitch / 12), abs=2.0)
+
+
+def test_an_answer_at_another_speed_needs_the_calibrated_off_speed_margin_more(speed_index):
+    from nnfp.catalogue.calibration import Calibration
+    from nnfp.catalogue.monitor import monitor_stream
+
+    index, music = speed_index
+    plain = Identifier(index, min_score=None, decision="score")
+    info = {"decision": "score", "speeds": [0.92, 1.08], "off_speed_margin": [0.3]}
+    calibrated = Identifier(
+        index, calibration=Calibration([1.0], [0.0], info=info), db=plain.db, embedder=plain.embedder
+    )
+    assert calibrated.off_speed_margin(3.0) == 0.3 and plain.off_speed_margin(3.0) == 0.0
+    fast = played_at(music["t2.wav"][int(12.3 * RATE) :], 1.05)[: 6 * RATE]
+    same = music["t0.wav"][3 * RATE : 9 * RATE]
+    for query, lowered in ((fast, 0.3), (same, 0.0)):
+        a, b = calibrated.identify_audio(query, n_results=1)[0], plain.identify_audio(query, n_results=1)[0]
+        assert (a.path, a.score) == (b.path, pytest.approx(b.score, abs=1e-6))
+        assert a.confidence == pytest.approx(b.confidence - lowered, abs=1e-6)  # decision "score": the score
+        assert (a.found_speed != 1.0) == (lowered > 0)
+    # monitor: windows heard at another speed need the margin more (here more than any score reaches)
+    info["off_speed_margin"] = [1.5]
+    strict = Identifier(index, calibration=Calibration([1.0], [0.6], info=info), db=plain.db, embedder=plain.embedder)
+    broadcast = np.concatenate([played_at(music["t1.wav"][5 * RATE :], 1.03)[: 30 * RATE], music["t3.wav"][: 30 * RATE]])
+    blocks = [broadcast[i : i + 4 * RATE] for i in range(0, len(broadcast), 4 * RATE)]
+    found = list(monitor_stream(strict, blocks, "b.wav", speeds=(0.96, 1.04, 0.02)))
+    assert [(p.track, p.speed) for p in found] == [("t3.wav", 1.0)]
+    info["off_speed_margin"] = [0.0]
+    both = Identifier(index, calibration=Calibration([1.0], [0.6], info=info), db=plain.db, embedder=plain.embedder)
+    assert [p.track for p in monitor_stream(both, blocks, "b.wav", speeds=(0.96, 1.04, 0.02))] == ["t1.wav", "t3.wav"]
