@@ -272,3 +272,34 @@ def test_point_estimate_claims_no_confidence():
     bounded = format_calibration_table(calibrate([3.0], known, right, unknown))
     # 100 queries, none above the threshold: 2.95 % at 95 %, not the 1 % target
     assert "<= 2.95 % at 95 % confidence" in bounded
+
+
+def test_calibrate_work_dir_resumes_what_was_done_and_refuses_other_settings(index, setup, tmp_path, capsys, monkeypatch):
+    import nnfp.catalogue.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "_WORK_PART", 5)  # 12 queries of each kind: parts of 5, 5 and 2
+    runs = []
+    run_queries = evaluation.run_queries
+    monkeypatch.setattr(evaluation, "run_queries", lambda identifier, waves, *a, **k: runs.append(len(waves))
+                        or run_queries(identifier, waves, *a, **k))
+    work = tmp_path / "work"
+    args = ["index", "calibrate", str(index), "--unknown", str(setup["unknown"]), "--n-queries", "12",
+            "--lengths", "1", "3", "--target", "0.25", "--speeds", "off", "--quiet", "--work-dir", str(work)]
+    assert main(args) == 0
+    assert runs == [5, 5, 2, 5, 5, 2]
+    assert sorted(p.name for p in work.iterdir()) == [
+        *(f"known.000{i}.npz" for i in range(3)), *(f"unknown-0-unknown.000{i}.npz" for i in range(3))]
+    first = Calibration.load(index / "calibration.json")
+    runs.clear()
+    assert main(args) == 0  # everything kept: no query searched again, the same thresholds
+    assert runs == []
+    again = Calibration.load(index / "calibration.json")
+    assert again.min_score == first.min_score and again.info["right_kept"] == first.info["right_kept"]
+    (work / "unknown-0-unknown.0001.npz").unlink()  # a run stopped there goes on from that part
+    assert main(args) == 0
+    assert runs == [5] and Calibration.load(index / "calibration.json").min_score == first.min_score
+    capsys.readouterr()
+    assert main([*args, "--seed", "5"]) == 2  # other queries: refused, nothing mixed
+    err = capsys.readouterr().err
+    assert "known.0000.npz: saved by a calibration with other settings (different: seed)" in err
+    assert len(list(work.iterdir())) == 6

@@ -253,6 +253,46 @@ def check_reusable_index(index_dir, db_dir, dummy_dir, model, out_dir):
         )
 
 
+_WORK_PART = 100  # queries per part kept by `calibrate_index(work_dir=...)`
+_WORK_KEYS = ("rows", "tracks", "offsets", "scores", "speeds", "found_speeds", "confidences", "valid", "decided")
+
+
+def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, settings):
+    """`run_queries` over `waves`; with a `work_dir`, in parts of `_WORK_PART` queries, each
+    saved there (atomically) as it is done and reused when saved with the same `settings`."""
+    if work_dir is None:
+        return run_queries(identifier, waves, lengths_seconds, progress=progress)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for first in range(0, len(waves), _WORK_PART):
+        path = work_dir / f"{name}.{first // _WORK_PART:04d}.npz"
+        key = json.dumps({**settings, "part": name, "first": first}, sort_keys=True)
+        if path.exists():
+            try:
+                with np.load(path) as saved:
+                    stored = str(saved["settings"])
+                    part = {k: saved[k] for k in _WORK_KEYS}
+            except (OSError, ValueError, KeyError) as error:
+                raise ValueError(
+                    f"{path}: not a saved part of a calibration ({type(error).__name__}: {error}); "
+                    "give another --work-dir"
+                ) from error
+            if stored != key:
+                changed = sorted(k for k, v in json.loads(key).items() if json.loads(stored).get(k) != v)
+                raise ValueError(
+                    f"{path}: saved by a calibration with other settings (different: {', '.join(changed)}); "
+                    "give another --work-dir, or the settings it was saved with"
+                )
+        else:
+            raw = run_queries(identifier, waves[first : first + _WORK_PART], lengths_seconds, progress=progress)
+            part = {k: raw[k] for k in _WORK_KEYS}
+            with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+                np.savez_compressed(handle, settings=np.asarray(key), **part)
+        parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in _WORK_KEYS}
+
+
 def _off_speed(raw):
     """Whether each query's top answer (per length) was found at another speed than the catalogue's."""
     speeds = raw["found_speeds"][..., 0]
@@ -286,6 +326,7 @@ def calibrate_index(
     log=print,
     trust_model=False,
     scores_out=None,
+    work_dir=None,
 ):
     """Calibrates the match threshold of an index per query length and saves it.
 
@@ -311,6 +352,11 @@ def calibrate_index(
     `scores_out`: a `.npz` file for the ranked scores, confidences, tracks and valid lengths of
     every query (`known/...`, `unknown:KIND/...`) and `known/right`, to study other decision
     rules on the same queries.
+
+    `work_dir`: a folder (made if missing) that keeps the ranked answers of every 100
+    queries as they are done; a run stopped halfway and started again with the same
+    settings reuses them (a calibration of thousands of queries takes hours), and one with
+    other settings is refused with the settings that differ.
 
     Returns:
         The `nnfp.catalogue.calibration.Calibration`.
@@ -347,13 +393,29 @@ def calibrate_index(
     names = [Path(folder).name for folder in folders]
     if len(set(names)) != len(names):
         raise ValueError(f"Out-of-catalogue folders need distinct names (they name the kinds). Received: {folders}")
-    known = run_queries(identifier, known_waves, lengths_seconds, progress=progress)
+    work = None
+    if work_dir is not None:  # what every part of the run depends on (`_run_kept`)
+        work = {
+            "index": str(Path(index_dir).absolute()), "model_digest": identifier.db.metadata.get("model_digest"),
+            "n_segments": int(identifier.db.n_segments), "n_tracks": len(identifier.db.tracks),
+            "hop_seconds": float(identifier.db.hop_seconds), "lengths_s": [float(x) for x in lengths_seconds],
+            "phases": phases, "refine": refine, "interpolate": int(interpolate), "k_probe": int(k_probe),
+            "speeds": None if identifier.speeds is None else list(identifier.speeds), "decision": identifier.decision,
+            "snr_db_range": [float(x) for x in snr_db_range], "noise_dir": None if noise_dir is None else str(Path(noise_dir).absolute()),
+            "ir_dir": None if ir_dir is None else str(Path(ir_dir).absolute()), "noise_kind": noise_kind, "add_noise": bool(add_noise),
+            "add_reverb": bool(add_reverb), "seed": int(seed),
+        }
+    known = _run_kept(identifier, known_waves, lengths_seconds, progress, work_dir, "known",
+                      None if work is None else {**work, "n": int(n_queries)})
     unknown = {}
     for i, (name, folder) in enumerate(zip(names, folders, strict=True)):
         waves, _ = index_queries(
             identifier, n_unknown, seconds, degradation, seed + 1 + i, aligned=False, unknown_dir=folder
         )
-        unknown[name] = run_queries(identifier, waves, lengths_seconds, progress=progress)
+        unknown[name] = _run_kept(
+            identifier, waves, lengths_seconds, progress, work_dir, f"unknown-{i}-{name}",
+            None if work is None else {**work, "n": n_unknown, "folder": str(Path(folder).absolute())},
+        )
     error = np.abs(known["offsets"][..., 0] - known_info["offset_s"][:, None])
     right = (known["tracks"][..., 0] == known_info["track"][:, None]) & (error <= OFFSET_TOLERANCE_S + 1e-6)
     if scores_out is not None:  # the ranked scores behind the thresholds, to study other rules on

@@ -138,7 +138,7 @@ def cmd_index_calibrate(args):
         snr_db_range=tuple(args.snr_range), noise_dir=args.noise_dir,
         ir_dir=args.ir_dir, phases=args.phases, refine=args.refine, interpolate=args.interpolate, k_probe=args.k_probe, seed=args.seed,
         speeds=args.speeds, decision=args.decision,
-        progress=not args.quiet, trust_model=args.trust_model,
+        progress=not args.quiet, trust_model=args.trust_model, work_dir=args.work_dir,
     )
     return OK
 

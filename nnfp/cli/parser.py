@@ -209,6 +209,9 @@ def _add_index_commands(sub, shared):
                      help="what the thresholds apply to: margin, a match's score minus the best score of any other "
                      "track; lead, the margin plus a quarter of the score's lead over the query's 10th best place; "
                      f"or score, the similarity itself (default {DEFAULT_DECISION})")
+    own.add_argument("--work-dir", default=None,
+                     help="keep the ranked answers of every 100 queries here as they are done; a run stopped "
+                     "halfway and started again with the same options and --work-dir goes on where it stopped")
     _add_command(
         index_sub, "calibrate", cmd_index_calibrate, own,
         [shared.queries, shared.phases, shared.k_probe, shared.seed, shared.trust_model, shared.quiet],
