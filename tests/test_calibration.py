@@ -298,6 +298,10 @@ def test_calibrate_work_dir_resumes_what_was_done_and_refuses_other_settings(ind
     (work / "unknown-0-unknown.0001.npz").unlink()  # a run stopped there goes on from that part
     assert main(args) == 0
     assert runs == [5] and Calibration.load(index / "calibration.json").min_score == first.min_score
+    runs.clear()
+    assert main([*args, "--n-unknown", "15"]) == 0  # more unknown queries: only the new ones are made
+    assert runs == [5]  # the last part had 2 queries, now 5
+    assert Calibration.load(index / "calibration.json").info["n_unknown"] == 15
     capsys.readouterr()
     assert main([*args, "--seed", "5"]) == 2  # other queries: refused, nothing mixed
     err = capsys.readouterr().err

@@ -267,7 +267,10 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
     parts = []
     for first in range(0, len(waves), _WORK_PART):
         path = work_dir / f"{name}.{first // _WORK_PART:04d}.npz"
-        key = json.dumps({**settings, "part": name, "first": first}, sort_keys=True)
+        # the queries of a part depend on the seed and where the part starts, not on how many follow
+        count = len(waves[first : first + _WORK_PART])
+        key = json.dumps({**settings, "part": name, "first": first, "count": count}, sort_keys=True)
+        changed = []
         if path.exists():
             try:
                 with np.load(path) as saved:
@@ -278,13 +281,13 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
                     f"{path}: not a saved part of a calibration ({type(error).__name__}: {error}); "
                     "give another --work-dir"
                 ) from error
-            if stored != key:
-                changed = sorted(k for k, v in json.loads(key).items() if json.loads(stored).get(k) != v)
+            changed = sorted(k for k, v in json.loads(key).items() if json.loads(stored).get(k) != v)
+            if changed and changed != ["count"]:
                 raise ValueError(
                     f"{path}: saved by a calibration with other settings (different: {', '.join(changed)}); "
                     "give another --work-dir, or the settings it was saved with"
                 )
-        else:
+        if not path.exists() or changed:  # new, or the last part of a run with fewer queries: (re)made
             raw = run_queries(identifier, waves[first : first + _WORK_PART], lengths_seconds, progress=progress)
             part = {k: raw[k] for k in _WORK_KEYS}
             with atomic_file(path) as tmp, open(tmp, "wb") as handle:
@@ -355,8 +358,9 @@ def calibrate_index(
 
     `work_dir`: a folder (made if missing) that keeps the ranked answers of every 100
     queries as they are done; a run stopped halfway and started again with the same
-    settings reuses them (a calibration of thousands of queries takes hours), and one with
-    other settings is refused with the settings that differ.
+    settings reuses them (a calibration of thousands of queries takes hours), as does one
+    with more queries (the first queries of a seed are the same however many follow), and
+    one with other settings is refused with the settings that differ.
 
     Returns:
         The `nnfp.catalogue.calibration.Calibration`.
@@ -406,7 +410,7 @@ def calibrate_index(
             "add_reverb": bool(add_reverb), "seed": int(seed),
         }
     known = _run_kept(identifier, known_waves, lengths_seconds, progress, work_dir, "known",
-                      None if work is None else {**work, "n": int(n_queries)})
+                      work)
     unknown = {}
     for i, (name, folder) in enumerate(zip(names, folders, strict=True)):
         waves, _ = index_queries(
@@ -414,7 +418,7 @@ def calibrate_index(
         )
         unknown[name] = _run_kept(
             identifier, waves, lengths_seconds, progress, work_dir, f"unknown-{i}-{name}",
-            None if work is None else {**work, "n": n_unknown, "folder": str(Path(folder).absolute())},
+            None if work is None else {**work, "folder": str(Path(folder).absolute())},
         )
     error = np.abs(known["offsets"][..., 0] - known_info["offset_s"][:, None])
     right = (known["tracks"][..., 0] == known_info["track"][:, None]) & (error <= OFFSET_TOLERANCE_S + 1e-6)
