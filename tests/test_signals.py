@@ -125,3 +125,24 @@ def test_off_speed_margin_against_a_direct_maximum():
     assert all(rate == 0.0 for rates in two.info["false_match_by_kind"].values() for rate in rates)
     with pytest.raises(ValueError, match="kinds"):
         off_speed_margins(conf, {"music": off["music"]})
+
+
+def test_leave_one_kind_out_refits_the_off_speed_margin_without_the_kind():
+    from nnfp.catalogue.evaluation import _leave_one_kind_out_with_margins
+
+    rng = np.random.default_rng(2)
+    n = 300
+    off = {k: rng.random((n, 2)) < 0.7 for k in ("music", "noise", "ring")}
+    conf = {k: rng.normal(0.1, 0.03, (n, 2)) + 0.05 * off[k] for k in off}
+    conf["ring"] += 0.08 * off["ring"]  # ring-back reaches higher at other speeds than the others do
+    result = _leave_one_kind_out_with_margins([1, 3], conf, off, 0.01, 0.95)
+    for held in conf:
+        others = [k for k in conf if k != held]
+        # the reference by maxima (300 queries of a kind: none may match)
+        at = np.array([max(conf[k][~off[k][:, j], j].max() for k in others) for j in range(2)])
+        away = np.array([max(conf[k][off[k][:, j], j].max() for k in others) for j in range(2)])
+        margin = np.maximum(away - at, 0)
+        threshold = np.max([np.max(conf[k] - margin * off[k], axis=0) for k in others], axis=0)
+        expected = np.mean(conf[held] - margin * off[held] >= threshold + 1e-4, axis=0)
+        np.testing.assert_allclose(result[held], expected, atol=2 / n)
+    assert min(result["ring"]) > 0.005 and max(result["noise"]) == 0.0

@@ -296,6 +296,26 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
     return {k: np.concatenate([p[k] for p in parts]) for k in _WORK_KEYS}
 
 
+def _leave_one_kind_out_with_margins(lengths_seconds, unknown, off_speed, target_false_match, confidence):
+    """`leave_one_kind_out` for a calibration with an off-speed margin: each kind's false-match
+    rate at the margin and thresholds fitted on the other kinds (`{kind: [rate per length]}`)."""
+    from nnfp.catalogue.calibration import calibrate, off_speed_margins
+
+    out = {}
+    for held in unknown:
+        others = [name for name in unknown if name != held]
+        margins = np.asarray(off_speed_margins(
+            {n: unknown[n] for n in others}, {n: off_speed[n] for n in others}, target_false_match, confidence
+        ))
+        fitted = calibrate(
+            list(lengths_seconds), np.zeros((1, len(margins))), np.zeros((1, len(margins)), bool),
+            {n: unknown[n] - margins * off_speed[n] for n in others}, target_false_match, confidence=confidence,
+        )
+        lowered = np.nan_to_num(unknown[held] - margins * off_speed[held], nan=-np.inf)
+        out[held] = [round(float(np.mean(lowered[:, j] >= t)), 4) for j, t in enumerate(fitted.min_score)]
+    return out
+
+
 def _off_speed(raw):
     """Whether each query's top answer (per length) was found at another speed than the catalogue's."""
     speeds = raw["found_speeds"][..., 0]
@@ -465,6 +485,7 @@ def calibrate_index(
 
     off_margins = None
     if identifier.speeds is not None:  # chance reaches higher over the grid than at the catalogue's speed
+        unlowered = unknown
         off_margins = off_speed_margins(unknown, unknown_off, target_false_match, confidence)
         known = known - np.asarray(off_margins) * known_off
         unknown = {name: scores - np.asarray(off_margins) * unknown_off[name] for name, scores in unknown.items()}
@@ -476,6 +497,10 @@ def calibrate_index(
         calibration.info["rival_floor"] = floors
     if off_margins is not None:
         calibration.info["off_speed_margin"] = off_margins
+        if len(names) > 1:  # each kind at a margin and thresholds both fitted without it
+            calibration.info["leave_one_kind_out"] = _leave_one_kind_out_with_margins(
+                lengths_seconds, unlowered, unknown_off, target_false_match, confidence
+            )
     calibration.info.update(
         phases=phases, refine="all" if refine is None else int(refine), interpolate=int(interpolate),
         speeds=None if identifier.speeds is None else list(identifier.speeds), decision=identifier.decision,
