@@ -118,6 +118,9 @@ def test_shipped_calibration_has_a_valid_digest_and_falls_with_length():
     assert shipped.lengths_s == [1.0, 3.0, 5.0, 10.0] and all(0 < t < 0.5 for t in shipped.min_score)
     floors = shipped.info["rival_floor"]
     assert floors == sorted(floors, reverse=True) and all(0 < f < 1 for f in floors)
+    # fitted with the speed search's off-speed margin (answers at other speeds need more)
+    margins = shipped.info["off_speed_margin"]
+    assert len(margins) == 4 and all(0 <= m < 0.5 for m in margins) and max(margins) > 0
 
 
 def test_index_calibration_follows_what_the_index_records(tmp_path):
