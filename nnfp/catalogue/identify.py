@@ -708,24 +708,25 @@ class Identifier:
         the calibration's (`rival_floor`, a high quantile of the best other-track scores of
         out-of-catalogue queries), so that a weak or absent rival does not make a weak match
         look sure; 0 without one."""
-        floors = self.calibration.info.get("rival_floor") if self.calibration is not None else None
-        if self.decision not in ("margin", "lead") or not floors or self.min_score != CALIBRATED:
+        if self.decision not in ("margin", "lead"):
             return 0.0
-        lengths = self.calibration.lengths_s
-        position = int(np.searchsorted(lengths, float(query_seconds) + 1e-6, side="right")) - 1
-        return float(floors[max(position, 0)])
+        return self._calibrated_value("rival_floor", query_seconds)
 
     def off_speed_margin(self, query_seconds):
         """How much the confidence of an answer found at another speed than the catalogue's is
         lowered for a query of `query_seconds`: the calibration's (`off_speed_margin`,
         `nnfp.catalogue.calibration.off_speed_margins`: chance reaches higher over a speed
         grid than at one speed); 0 without one, or with a threshold given instead."""
-        margins = self.calibration.info.get("off_speed_margin") if self.calibration is not None else None
-        if not margins or self.min_score != CALIBRATED:
+        return self._calibrated_value("off_speed_margin", query_seconds)
+
+    def _calibrated_value(self, key, query_seconds):
+        # A per-length value of the calibration in use (that of the longest calibrated length
+        # <= the query's, as its threshold); 0 without one, or with a threshold given instead.
+        values = self.calibration.info.get(key) if self.calibration is not None else None
+        if not values or self.min_score != CALIBRATED:
             return 0.0
-        lengths = self.calibration.lengths_s
-        position = int(np.searchsorted(lengths, float(query_seconds) + 1e-6, side="right")) - 1
-        return float(margins[max(position, 0)])
+        position = int(np.searchsorted(self.calibration.lengths_s, float(query_seconds) + 1e-6, side="right")) - 1
+        return float(values[max(position, 0)])
 
     def _confidence(self, match, track_best, n_query, floor=0.0, impostor=None):
         if self.decision == "score":

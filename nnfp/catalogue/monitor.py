@@ -447,8 +447,9 @@ def monitor_stream(
     off_margin = identifier.off_speed_margin(window_seconds) if calibrated else 0.0
 
     def state(speed=None):
+        threshold = min_score + off_margin if off_margin and speed not in (None, 1.0) else min_score
         return _Monitor(
-            db, min_score + off_margin if off_margin and speed not in (None, 1.0) else min_score, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
+            db, threshold, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
             float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size), speed=speed,
             decision=identifier.decision, rival_floor=identifier.rival_floor(window_seconds),
         )
