@@ -28,7 +28,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from nnfp.audio.segments import n_segments
-    from nnfp.catalogue.identify import Identifier
+    from nnfp.catalogue.identify import Identifier, QueryError
     from nnfp.catalogue.queries import degradation_settings, index_queries
 
     identifier = Identifier(args.index)
@@ -41,7 +41,10 @@ def main(argv=None):
     shifts = [*range(-10, -1), *range(2, 11)]  # rows of 0.5 s: 1-5 s either side
 
     def sharpness(wave):
-        query = identifier.query(wave)
+        try:
+            query = identifier.query(wave)
+        except QueryError:  # silent or constant: no answer, as `nnfp identify` gives none
+            return None
         matches = identifier.rank_query(query, n_results=1, max_seconds=args.seconds)
         if not matches:
             return None
