@@ -123,19 +123,21 @@ def test_off_speed_margin_against_a_direct_maximum():
     assert two.min_score[0] < one.min_score[0] - 0.02
     assert two.info["right_kept"][0] > one.info["right_kept"][0]
     assert all(rate == 0.0 for rates in two.info["false_match_by_kind"].values() for rate in rates)
+    # calibrate fits and applies the margin itself when told which answers were found elsewhere
+    fitted = calibrate([1, 3, 10], known, right, conf, 0.01, 0.95, np.zeros((200, 3), bool), off)
+    assert fitted.info["off_speed_margin"] == margins and fitted.min_score == two.min_score
+    assert fitted.info["right_kept"] == two.info["right_kept"]
     with pytest.raises(ValueError, match="kinds"):
         off_speed_margins(conf, {"music": off["music"]})
 
 
 def test_leave_one_kind_out_refits_the_off_speed_margin_without_the_kind():
-    from nnfp.catalogue.evaluation import _leave_one_kind_out_with_margins
-
     rng = np.random.default_rng(2)
     n = 300
     off = {k: rng.random((n, 2)) < 0.7 for k in ("music", "noise", "ring")}
     conf = {k: rng.normal(0.1, 0.03, (n, 2)) + 0.05 * off[k] for k in off}
     conf["ring"] += 0.08 * off["ring"]  # ring-back reaches higher at other speeds than the others do
-    result = _leave_one_kind_out_with_margins([1, 3], conf, off, 0.01, 0.95)
+    result = {k: r["false_match"] for k, r in leave_one_kind_out(conf, 0.01, 0.95, off_speed=off).items()}
     for held in conf:
         others = [k for k in conf if k != held]
         # the reference by maxima (300 queries of a kind: none may match)

@@ -133,8 +133,13 @@ class Calibration:
 
     def threshold(self, query_seconds):
         """The minimum score for a match of a `query_seconds` long query."""
+        return self.at_length(self.min_score, query_seconds)
+
+    def at_length(self, values, query_seconds):
+        """The entry of per-length `values` (one per `lengths_s`) that a `query_seconds` long
+        query uses: the longest calibrated length's <= it, the shortest one's below them all."""
         position = int(np.searchsorted(self.lengths_s, float(query_seconds) + 1e-6, side="right")) - 1
-        return self.min_score[max(position, 0)]
+        return values[max(position, 0)]
 
     def to_json(self):
         return {
@@ -386,7 +391,8 @@ def _kind_thresholds(unknown, allowed):
     return thresholds
 
 
-def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false_match=0.01, confidence=0.95):
+def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false_match=0.01, confidence=0.95,
+              known_off_speed=None, unknown_off_speed=None):
     """Lowest thresholds meeting `target_false_match` false matches, per query length.
 
     Args:
@@ -401,6 +407,11 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
         target_false_match: allowed fraction of out-of-catalogue queries that match.
         confidence: the target must hold at this confidence (Clopper-Pearson upper
             bound over the calibration queries of each kind); `None`: point estimate.
+        known_off_speed, unknown_off_speed: with a speed search, whether each top answer
+            was found at another speed than the catalogue's (shaped as `known_scores` and
+            `unknown_scores`); then an off-speed margin is fitted (`off_speed_margins`), the
+            confidences of those answers are lowered by it before the thresholds are fitted,
+            and leaving a kind out refits the margin too.
 
     Returns:
         A `Calibration`; `info` holds per length the right answers without a threshold
@@ -408,7 +419,8 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
         (`false_match`, over all out-of-catalogue queries), the query counts, and with a
         `confidence` the upper bound of the false-match rate that the counts show
         (`false_match_bound`, the worst kind's; above the target when there were too few
-        queries); with kinds, also `false_match_by_kind` and `n_unknown_by_kind`.
+        queries); with kinds, also `false_match_by_kind` and `n_unknown_by_kind`; with
+        off-speed answers, `off_speed_margin`.
     """
     known = np.asarray(known_scores, np.float64)
     right = np.asarray(known_right, bool)
@@ -420,6 +432,13 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
         raise ValueError(f"`target_false_match` must be in [0, 1). Received: {target_false_match}")
     if confidence is not None and not 0 < confidence < 1:
         raise ValueError(f"`confidence` must be in (0, 1) or None. Received: confidence={confidence}")
+    unlowered, off, margins = kinds, None, None
+    if unknown_off_speed is not None:  # chance reaches higher over a speed grid than at the catalogue's speed
+        off = unknown_off_speed if isinstance(unknown_off_speed, dict) else {None: unknown_off_speed}
+        margins = off_speed_margins(kinds, off, target_false_match, confidence)
+        kinds = _lowered(kinds, off, margins)
+        if known_off_speed is not None:
+            known = known - np.asarray(margins) * np.asarray(known_off_speed, bool).reshape(known.shape)
     allowed = {kind: allowed_false_matches(len(scores), target_false_match, confidence) for kind, scores in kinds.items()}
     per_kind = {kind: _kind_thresholds(scores, allowed[kind]) for kind, scores in kinds.items()}
     # Rounded up: stored scores stay on the safe side.
@@ -454,12 +473,20 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
     if None not in kinds:
         info["false_match_by_kind"] = {kind: false_rate(scores) for kind, scores in kinds.items()}
         info["n_unknown_by_kind"] = {kind: int(len(scores)) for kind, scores in kinds.items()}
-        if len(kinds) > 1:  # each kind at thresholds fitted without it
+        if len(kinds) > 1:  # each kind at thresholds (and margin) fitted without it
             info["leave_one_kind_out"] = {
                 kind: [round(rate, 4) for rate in rates["false_match"]]
-                for kind, rates in leave_one_kind_out(kinds, target_false_match, confidence).items()
+                for kind, rates in leave_one_kind_out(unlowered, target_false_match, confidence, off).items()
             }
+    if margins is not None:
+        info["off_speed_margin"] = margins
     return Calibration(list(lengths_s), thresholds, float(target_false_match), info=info)
+
+
+def _lowered(kinds, off_speed, margins):
+    """Each kind's confidences with those of answers found at another speed lowered by the margins."""
+    margins = np.asarray(margins)
+    return {kind: scores - margins * np.asarray(off_speed[kind], bool).reshape(scores.shape) for kind, scores in kinds.items()}
 
 
 def off_speed_margins(unknown_scores, unknown_off_speed, target_false_match=0.01, confidence=0.95,
@@ -515,12 +542,14 @@ def off_speed_margins(unknown_scores, unknown_off_speed, target_false_match=0.01
     ]
 
 
-def leave_one_kind_out(unknown_scores, target_false_match=0.01, confidence=0.95):
+def leave_one_kind_out(unknown_scores, target_false_match=0.01, confidence=0.95, off_speed=None):
     """How the thresholds carry to a kind of audio they were not fitted on.
 
     For each kind of `unknown_scores` (`{kind: (n, n_lengths) scores}`, at least two kinds),
     thresholds are fitted on the other kinds as `calibrate` fits them, and the kind's own
-    false-match rate at them is measured.
+    false-match rate at them is measured. With `off_speed` (`{kind: (n, n_lengths) bool}`,
+    as `calibrate`'s `unknown_off_speed`), the off-speed margin is refitted on the other
+    kinds too, and every kind's confidences are lowered by it.
 
     Returns:
         `{kind: {"false_match": [rate per length], "bound": [one-sided upper bound at
@@ -533,7 +562,16 @@ def leave_one_kind_out(unknown_scores, target_false_match=0.01, confidence=0.95)
     per_kind = {kind: _kind_thresholds(scores, allowed[kind]) for kind, scores in kinds.items()}
     out = {}
     for held, scores in kinds.items():
-        thresholds = [max(values) for values in zip(*(per_kind[k] for k in kinds if k != held), strict=True)]
+        others = [k for k in kinds if k != held]
+        if off_speed is None:
+            fitted = [per_kind[k] for k in others]
+        else:
+            margins = off_speed_margins({k: kinds[k] for k in others}, {k: off_speed[k] for k in others},
+                                        target_false_match, confidence)
+            lowered = _lowered({k: kinds[k] for k in [*others, held]}, off_speed, margins)
+            fitted = [_kind_thresholds(lowered[k], allowed[k]) for k in others]
+            scores = lowered[held]
+        thresholds = [max(values) for values in zip(*fitted, strict=True)]
         counts = [int(np.sum(np.nan_to_num(scores[:, j], nan=-np.inf) >= t)) for j, t in enumerate(thresholds)]
         out[held] = {
             "false_match": [count / len(scores) for count in counts],

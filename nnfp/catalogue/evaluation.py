@@ -281,7 +281,8 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
                     f"{path}: not a saved part of a calibration ({type(error).__name__}: {error}); "
                     "give another --work-dir"
                 ) from error
-            changed = sorted(k for k, v in json.loads(key).items() if json.loads(stored).get(k) != v)
+            stored = json.loads(stored)
+            changed = sorted(k for k, v in json.loads(key).items() if stored.get(k) != v)
             if changed and changed != ["count"]:
                 raise ValueError(
                     f"{path}: saved by a calibration with other settings (different: {', '.join(changed)}); "
@@ -294,26 +295,6 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
                 np.savez_compressed(handle, settings=np.asarray(key), **part)
         parts.append(part)
     return {k: np.concatenate([p[k] for p in parts]) for k in _WORK_KEYS}
-
-
-def _leave_one_kind_out_with_margins(lengths_seconds, unknown, off_speed, target_false_match, confidence):
-    """`leave_one_kind_out` for a calibration with an off-speed margin: each kind's false-match
-    rate at the margin and thresholds fitted on the other kinds (`{kind: [rate per length]}`)."""
-    from nnfp.catalogue.calibration import calibrate, off_speed_margins
-
-    out = {}
-    for held in unknown:
-        others = [name for name in unknown if name != held]
-        margins = np.asarray(off_speed_margins(
-            {n: unknown[n] for n in others}, {n: off_speed[n] for n in others}, target_false_match, confidence
-        ))
-        fitted = calibrate(
-            list(lengths_seconds), np.zeros((1, len(margins))), np.zeros((1, len(margins)), bool),
-            {n: unknown[n] - margins * off_speed[n] for n in others}, target_false_match, confidence=confidence,
-        )
-        lowered = np.nan_to_num(unknown[held] - margins * off_speed[held], nan=-np.inf)
-        out[held] = [round(float(np.mean(lowered[:, j] >= t)), 4) for j, t in enumerate(fitted.min_score)]
-    return out
 
 
 def _off_speed(raw):
@@ -392,7 +373,6 @@ def calibrate_index(
         check_replaceable,
         check_sample_size,
         format_calibration_table,
-        off_speed_margins,
         save_replacing,
     )
     from nnfp.catalogue.identify import Identifier
@@ -483,24 +463,14 @@ def calibrate_index(
         known = known["confidences"][..., 0]
         unknown = {name: raw["confidences"][..., 0] for name, raw in unknown.items()}
 
-    off_margins = None
-    if identifier.speeds is not None:  # chance reaches higher over the grid than at the catalogue's speed
-        unlowered = unknown
-        off_margins = off_speed_margins(unknown, unknown_off, target_false_match, confidence)
-        known = known - np.asarray(off_margins) * known_off
-        unknown = {name: scores - np.asarray(off_margins) * unknown_off[name] for name, scores in unknown.items()}
+    searched = identifier.speeds is not None  # an off-speed margin is fitted (`off_speed_margins`)
     calibration = calibrate(
         list(lengths_seconds), known, right, unknown[names[0]] if len(names) == 1 else unknown,
-        target_false_match, confidence=confidence,
+        target_false_match, confidence=confidence, known_off_speed=known_off if searched else None,
+        unknown_off_speed=(unknown_off[names[0]] if len(names) == 1 else unknown_off) if searched else None,
     )
     if floors is not None:
         calibration.info["rival_floor"] = floors
-    if off_margins is not None:
-        calibration.info["off_speed_margin"] = off_margins
-        if len(names) > 1:  # each kind at a margin and thresholds both fitted without it
-            calibration.info["leave_one_kind_out"] = _leave_one_kind_out_with_margins(
-                lengths_seconds, unlowered, unknown_off, target_false_match, confidence
-            )
     calibration.info.update(
         phases=phases, refine="all" if refine is None else int(refine), interpolate=int(interpolate),
         speeds=None if identifier.speeds is None else list(identifier.speeds), decision=identifier.decision,

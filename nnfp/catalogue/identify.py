@@ -725,8 +725,7 @@ class Identifier:
         values = self.calibration.info.get(key) if self.calibration is not None else None
         if not values or self.min_score != CALIBRATED:
             return 0.0
-        position = int(np.searchsorted(self.calibration.lengths_s, float(query_seconds) + 1e-6, side="right")) - 1
-        return float(values[max(position, 0)])
+        return float(self.calibration.at_length(values, query_seconds))
 
     def _confidence(self, match, track_best, n_query, floor=0.0, impostor=None):
         if self.decision == "score":
