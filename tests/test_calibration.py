@@ -310,3 +310,41 @@ def test_calibrate_work_dir_resumes_what_was_done_and_refuses_other_settings(ind
     err = capsys.readouterr().err
     assert "known.0000.npz: saved by a calibration with other settings (different: seed)" in err
     assert len(list(work.iterdir())) == 6
+
+
+def test_calibrate_work_dir_parts_of_another_lead_weight_are_reused_exactly(index, setup, tmp_path, monkeypatch):
+    """Saved parts carry the weight their confidences were computed with (older ones: the
+    legacy weight); it is taken back out, so they give the thresholds of a fresh run."""
+    import nnfp.catalogue.evaluation as evaluation
+    import nnfp.catalogue.identify as identify
+
+    monkeypatch.setattr(evaluation, "_WORK_PART", 6)
+    args = ["index", "calibrate", str(index), "--unknown", str(setup["unknown"]), "--n-queries", "12",
+            "--lengths", "1", "3", "--target", "0.25", "--speeds", "off", "--quiet"]
+    assert main(args) == 0  # a fresh run, every confidence at the current weight
+    fresh = Calibration.load(index / "calibration.json")
+    assert fresh.info["decision"] == "lead" and fresh.info["lead_weight"] == identify.LEAD_WEIGHT
+    work = tmp_path / "work"
+    with monkeypatch.context() as patch:  # parts saved by a calibration of another weight
+        patch.setattr(identify, "LEAD_WEIGHT", 0.1)
+        assert main([*args, "--work-dir", str(work)]) == 0
+    assert main([*args, "--work-dir", str(tmp_path / "current")]) == 0
+    with np.load(work / "known.0000.npz") as part, np.load(tmp_path / "current" / "known.0000.npz") as current:
+        assert json.loads(str(part["settings"]))["lead_weight"] == 0.1
+        assert json.loads(str(current["settings"]))["lead_weight"] == identify.LEAD_WEIGHT
+        # the saved confidences differ (by the weight's share of the lead over the impostor level)
+        assert np.nanmax(np.abs(part["confidences"] - current["confidences"])) > 0.01
+    runs = []
+    monkeypatch.setattr(evaluation, "run_queries", lambda *a, **k: runs.append(1))  # nothing may be searched
+    assert main([*args, "--work-dir", str(work)]) == 0
+    again = Calibration.load(index / "calibration.json")
+    assert runs == []
+    np.testing.assert_allclose(again.min_score, fresh.min_score, atol=1.01e-4)
+    assert again.info["right_kept"] == fresh.info["right_kept"] and again.info["lead_weight"] == fresh.info["lead_weight"]
+
+
+def test_a_length_between_calibrated_ones_uses_the_stricter_of_the_two():
+    calibration = Calibration([1, 3, 5], [0.5, 0.3, 0.4], info={"rival_floor": [0.7, 0.6, 0.65]})
+    thresholds = [calibration.threshold(s) for s in (0.5, 1, 2, 3, 4, 5, 6, 30)]
+    assert thresholds == [0.5, 0.5, 0.5, 0.3, 0.4, 0.4, 0.4, 0.4]
+    assert [calibration.at_length(calibration.info["rival_floor"], s) for s in (2, 3, 4.5)] == [0.7, 0.6, 0.65]

@@ -8,6 +8,7 @@ import pytest
 from nnfp.catalogue.identify import (
     IMPOSTOR_PLACES,
     LEAD_WEIGHT,
+    LEGACY_LEAD_WEIGHT,
     SAME_AUDIO,
     Identifier,
     impostor_score,
@@ -62,20 +63,23 @@ def test_margins_against_a_reference(db):
 
 
 def test_lead_adds_a_share_of_the_lead_over_the_impostor_level(db):
-    assert (IMPOSTOR_PLACES, LEAD_WEIGHT) == (10, 0.25)
+    assert (IMPOSTOR_PLACES, LEAD_WEIGHT, LEGACY_LEAD_WEIGHT) == (10, 1.0, 0.25)
     scores = [0.9, 0.6, 0.58, 0.55, 0.52, 0.5, 0.49, 0.47, 0.46, 0.45, 0.2]
     assert impostor_score(scores) == 0.45  # the 10th best, whatever follows
     assert impostor_score(scores[::-1]) == 0.45 and impostor_score(scores[:9]) is None
     assert impostor_score([*scores[:9], float("nan")]) is None  # a NaN is no place
-    # reference: (score - max(rival, floor)) + 0.25 (score - impostor)
-    assert lead(0.9, 0.6, 0.45) == pytest.approx(0.3 + 0.25 * 0.45)
-    assert lead(0.9, 0.6, 0.45, floor=0.7) == pytest.approx(0.2 + 0.25 * 0.45)
+    # reference: (score - max(rival, floor)) + weight (score - impostor)
+    assert lead(0.9, 0.6, 0.45) == pytest.approx(0.3 + 1.0 * 0.45)
+    assert lead(0.9, 0.6, 0.45, floor=0.7) == pytest.approx(0.2 + 0.45)
+    assert lead(0.9, 0.6, 0.45, weight=0.25) == pytest.approx(0.3 + 0.25 * 0.45)
     assert lead(0.9, 0.6, None) == pytest.approx(0.3)
     # margins(decision="lead"): one impostor level for the query, each place's own margin
     places = [place(0, r, s) for r, s in zip(range(8), scores[:8], strict=True)]
     places += [place(2, 45, 0.46), place(3, 65, 0.45)]
     expected = [s - 0.46 + 0.25 * (s - 0.45) for s in scores[:8]]  # track 0: its rival is track 2
     expected += [0.46 - 0.9 + 0.25 * 0.01, 0.45 - 0.9]
+    np.testing.assert_allclose(margins(db, places, 4, decision="lead", weight=0.25), expected, atol=1e-12)
+    expected = [s - 0.46 + (s - 0.45) for s in scores[:8]] + [0.46 - 0.9 + 0.01, 0.45 - 0.9]
     np.testing.assert_allclose(margins(db, places, 4, decision="lead"), expected, atol=1e-12)
     np.testing.assert_allclose(margins(db, places[:9], 4, decision="lead"), margins(db, places[:9], 4))
 
@@ -125,3 +129,53 @@ def test_decision_setting_is_checked(db):
         Identifier(None, db=db, embedder=Embedder(), min_score=None, decision="vote")
     assert Identifier(None, db=db, embedder=Embedder(), min_score=0.5).decision == "score"  # a raw threshold
     assert Identifier(None, db=db, embedder=Embedder(), min_score=None).decision == "lead"
+
+
+def test_lead_weight_is_the_calibrations(db):
+    """The impostor lead is weighted as the thresholds were fitted: a calibration records its
+    weight; one from an older nnfp, without it, was fitted with the legacy weight."""
+    from nnfp.catalogue.calibration import Calibration
+    from nnfp.catalogue.identify import Query
+
+    class Embedder:
+        segment_samples = 8000
+
+    def identifier(info):
+        calibration = Calibration([1.0], [0.5], info={"decision": "lead", **info})
+        return Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
+
+    legacy, fitted = identifier({}), identifier({"lead_weight": 0.6})
+    assert (legacy.decision, legacy.lead_weight, fitted.lead_weight) == ("lead", LEGACY_LEAD_WEIGHT, 0.6)
+    unfitted = Identifier(None, db=db, embedder=Embedder(), min_score=None, speeds=None, phases=1)
+    assert unfitted.lead_weight == LEAD_WEIGHT  # what a calibration run computes, and records
+    rng = np.random.default_rng(8)
+    query = unit(np.asarray(db.embeddings)[23:29] + 0.3 * rng.standard_normal((6, D)))  # track 1
+
+    class Fixed(Query):
+        def prepare(self, requests):
+            pass
+
+        def fingerprints(self, speed=1.0, phases=None, seconds=None):
+            return [(0.0, query)]
+
+    audio = np.zeros(8000 + 5 * 4000, np.float32)
+    a, b = (ident.rank_query(Fixed(ident, audio), n_results=IMPOSTOR_PLACES) for ident in (legacy, fitted))
+    impostor = impostor_score([m.score for m in a])
+    assert impostor is not None and len(a) == IMPOSTOR_PLACES
+    assert [(m.track_id, m.segment_index) for m in a] == [(m.track_id, m.segment_index) for m in b]
+    # the same places; confidences differ by exactly the change of weight x the lead over the impostor level
+    np.testing.assert_allclose([y.confidence - x.confidence for x, y in zip(a, b, strict=True)],
+                               [(0.6 - 0.25) * (m.score - impostor) for m in a], atol=1e-9)
+
+
+def test_calibration_range_follows_the_decision():
+    from nnfp.catalogue.calibration import Calibration, confidence_bound
+
+    assert confidence_bound({}) == (1.0, "cosine scores")
+    assert confidence_bound({"decision": "margin"})[0] == 2.0
+    assert confidence_bound({"decision": "lead"})[0] == 2.0 + 2 * LEGACY_LEAD_WEIGHT
+    assert confidence_bound({"decision": "lead", "lead_weight": 1.0})[0] == 4.0
+    Calibration([1.0], [1.5], info={"decision": "lead", "lead_weight": 1.0})  # a lead above 1 is possible
+    for info, value in (({}, 1.5), ({"decision": "margin"}, 2.1), ({"decision": "lead"}, 2.6)):
+        with pytest.raises(ValueError, match=r"`min_score` must be finite and within"):
+            Calibration([1.0], [value], info=info)

@@ -52,6 +52,7 @@ __all__ = [
     "calibrate",
     "check_replaceable",
     "check_sample_size",
+    "confidence_bound",
     "format_calibration_table",
     "index_calibration",
     "leave_one_kind_out",
@@ -64,6 +65,10 @@ __all__ = [
 INDEX_CALIBRATION_FILE = "calibration.json"
 DIGEST_KEY = "sha256"  # the file's digest of the rest of its content
 OFF_SPEED_MIN_ANSWERS = 30  # `off_speed_margins`: fewer answers on a side measure no level
+# "lead" (`nnfp.catalogue.identify.lead`): the weight of the score's lead over the query's impostor
+# level in a calibration fitted now, and in one that does not record its weight (older nnfp).
+LEAD_WEIGHT = 1.0
+LEGACY_LEAD_WEIGHT = 0.25
 SCORE_SLACK = 1e-3  # float32 inner products of unit vectors (and `calibrate`'s rounding up) pass +-1 by a hair
 WHAT_TO_DO = (
     "restore it (`nnfp index calibrate` keeps the file it replaces beside it as <name>.bak), recalibrate "
@@ -104,9 +109,10 @@ class Calibration:
         target_false_match: the false-match rate the thresholds were chosen for.
         info: anything else stored with them (kept fractions, query counts, data, phases).
 
-    A query of length L uses the threshold of the longest calibrated length <= L
-    (the shortest one below it): thresholds fall with length, so this never admits
-    more false matches than calibrated.
+    A query of a calibrated length uses that length's threshold; one between two calibrated
+    lengths the higher of their two (chance does not always reach less with length: a lead
+    threshold may rise from 3 to 5 s), one below them all the shortest length's, one above
+    them all the longest's (`at_length`).
     """
 
     lengths_s: list
@@ -126,9 +132,11 @@ class Calibration:
             )
         if any(b <= a for a, b in zip(self.lengths_s, self.lengths_s[1:], strict=False)):
             raise ValueError(f"`lengths_s` must increase. Received: lengths_s={self.lengths_s}")
-        if not all(np.isfinite(self.min_score)) or any(abs(x) > 1 + SCORE_SLACK for x in self.min_score):
+        bound, what = confidence_bound(self.info)
+        if not all(np.isfinite(self.min_score)) or any(abs(x) > bound + SCORE_SLACK for x in self.min_score):
             raise ValueError(
-                f"`min_score` must be finite and within [-1, 1] (cosine scores). Received: min_score={self.min_score}"
+                f"`min_score` must be finite and within [-{bound:g}, {bound:g}] ({what}). "
+                f"Received: min_score={self.min_score}"
             )
 
     def threshold(self, query_seconds):
@@ -137,9 +145,16 @@ class Calibration:
 
     def at_length(self, values, query_seconds):
         """The entry of per-length `values` (one per `lengths_s`) that a `query_seconds` long
-        query uses: the longest calibrated length's <= it, the shortest one's below them all."""
+        query uses: a calibrated length's own; between two calibrated lengths, the higher of
+        theirs (thresholds, rival floors and off-speed margins are all stricter higher); the
+        shortest length's below them all, the longest's above."""
         position = int(np.searchsorted(self.lengths_s, float(query_seconds) + 1e-6, side="right")) - 1
-        return values[max(position, 0)]
+        if position < 0:
+            return values[0]
+        exact = abs(self.lengths_s[position] - float(query_seconds)) <= 1e-6
+        if exact or position + 1 >= len(values):
+            return values[position]
+        return max(values[position], values[position + 1])
 
     def to_json(self):
         return {
@@ -191,6 +206,18 @@ class Calibration:
                 "(`nnfp index calibrate`) to have it checked"
             )
         return calibration
+
+
+def confidence_bound(info):
+    """The largest magnitude a confidence (and so a threshold) can have under the decision of a
+    calibration's `info`, and what it is: a cosine score is within [-1, 1], its margin over
+    another track's within [-2, 2], and "lead" adds `lead_weight` x a lead of at most 2."""
+    decision = info.get("decision", "score")
+    if decision == "margin":
+        return 2.0, "margins of cosine scores"
+    if decision == "lead":
+        return 2.0 + 2.0 * float(info.get("lead_weight", LEGACY_LEAD_WEIGHT)), "leads of cosine scores"
+    return 1.0, "cosine scores"
 
 
 def _digest(payload):
@@ -392,7 +419,7 @@ def _kind_thresholds(unknown, allowed):
 
 
 def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false_match=0.01, confidence=0.95,
-              known_off_speed=None, unknown_off_speed=None):
+              known_off_speed=None, unknown_off_speed=None, decision=None, lead_weight=None):
     """Lowest thresholds meeting `target_false_match` false matches, per query length.
 
     Args:
@@ -412,6 +439,9 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
             `unknown_scores`); then an off-speed margin is fitted (`off_speed_margins`), the
             confidences of those answers are lowered by it before the thresholds are fitted,
             and leaving a kind out refits the margin too.
+        decision, lead_weight: what the confidences are (`nnfp.catalogue.identify.DECISIONS`)
+            and, for "lead", the weight they were computed with; recorded in `info` (the
+            thresholds' range depends on them: `confidence_bound`).
 
     Returns:
         A `Calibration`; `info` holds per length the right answers without a threshold
@@ -480,6 +510,10 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
             }
     if margins is not None:
         info["off_speed_margin"] = margins
+    if decision is not None:
+        info["decision"] = decision
+        if decision == "lead":
+            info["lead_weight"] = float(LEAD_WEIGHT if lead_weight is None else lead_weight)
     return Calibration(list(lengths_s), thresholds, float(target_false_match), info=info)
 
 

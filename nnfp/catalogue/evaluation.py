@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from nnfp.audio.segments import n_segments
+from nnfp.catalogue.identify import IMPOSTOR_PLACES, LEAD_WEIGHT, LEGACY_LEAD_WEIGHT, impostor_score
 from nnfp.catalogue.metrics import (
     LENGTHS_SECONDS,
     OFFSET_TOLERANCE_S,
@@ -50,7 +51,7 @@ __all__ = ["calibrate_index", "check_reusable_index", "evaluate"]
 
 # `calibrate_index`: margins are measured against at least this quantile of the best other-track
 # scores of the out-of-catalogue queries (chosen by leave-one-kind-out: docs/defaults.md).
-RIVAL_FLOOR_QUANTILE = 0.9
+RIVAL_FLOOR_QUANTILE = 0.8
 
 
 def evaluate(
@@ -259,9 +260,14 @@ _WORK_KEYS = ("rows", "tracks", "offsets", "scores", "speeds", "found_speeds", "
 
 def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, settings):
     """`run_queries` over `waves`; with a `work_dir`, in parts of `_WORK_PART` queries, each
-    saved there (atomically) as it is done and reused when saved with the same `settings`."""
+    saved there (atomically) as it is done and reused when saved with the same `settings`.
+
+    The result's `lead_weight` holds, per query, the impostor-lead weight its confidences
+    were computed with (`Identifier.lead_weight`; a part saved without it: the legacy
+    weight), which `calibrate_index` takes back out: parts of another weight are reused."""
     if work_dir is None:
-        return run_queries(identifier, waves, lengths_seconds, progress=progress)
+        raw = run_queries(identifier, waves, lengths_seconds, progress=progress)
+        return {**raw, "lead_weight": np.full(len(waves), identifier.lead_weight)}
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     parts = []
@@ -282,7 +288,8 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
                     "give another --work-dir"
                 ) from error
             stored = json.loads(stored)
-            changed = sorted(k for k, v in json.loads(key).items() if stored.get(k) != v)
+            weight = float(stored.get("lead_weight", LEGACY_LEAD_WEIGHT))
+            changed = sorted(k for k, v in json.loads(key).items() if stored.get(k) != v and k != "lead_weight")
             if changed and changed != ["count"]:
                 raise ValueError(
                     f"{path}: saved by a calibration with other settings (different: {', '.join(changed)}); "
@@ -291,10 +298,11 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
         if not path.exists() or changed:  # new, or the last part of a run with fewer queries: (re)made
             raw = run_queries(identifier, waves[first : first + _WORK_PART], lengths_seconds, progress=progress)
             part = {k: raw[k] for k in _WORK_KEYS}
+            weight = identifier.lead_weight
             with atomic_file(path) as tmp, open(tmp, "wb") as handle:
                 np.savez_compressed(handle, settings=np.asarray(key), **part)
-        parts.append(part)
-    return {k: np.concatenate([p[k] for p in parts]) for k in _WORK_KEYS}
+        parts.append({**part, "lead_weight": np.full(len(part["valid"]), weight)})
+    return {k: np.concatenate([p[k] for p in parts]) for k in (*_WORK_KEYS, "lead_weight")}
 
 
 def _off_speed(raw):
@@ -407,7 +415,7 @@ def calibrate_index(
             "speeds": None if identifier.speeds is None else list(identifier.speeds), "decision": identifier.decision,
             "snr_db_range": [float(x) for x in snr_db_range], "noise_dir": None if noise_dir is None else str(Path(noise_dir).absolute()),
             "ir_dir": None if ir_dir is None else str(Path(ir_dir).absolute()), "noise_kind": noise_kind, "add_noise": bool(add_noise),
-            "add_reverb": bool(add_reverb), "seed": int(seed),
+            "add_reverb": bool(add_reverb), "seed": int(seed), "lead_weight": identifier.lead_weight,
         }
     known = _run_kept(identifier, known_waves, lengths_seconds, progress, work_dir, "known",
                       work)
@@ -435,20 +443,20 @@ def calibrate_index(
     if identifier.decision in ("margin", "lead"):
         # With no threshold the margin is measured against the best other track (0 without
         # one): the rival is score - confidence + the lead over the impostor level ("lead":
-        # `impostor_score` of the ranked places, all of which `run_queries` keeps). Margins are
-        # then taken against at least a high quantile of the out-of-catalogue rivals, so a weak
-        # rival does not make a weak match look sure (`Identifier.rival_floor`).
-        from nnfp.catalogue.identify import IMPOSTOR_PLACES, LEAD_WEIGHT, impostor_score
-
+        # `impostor_score` of the ranked places, all of which `run_queries` keeps, times the
+        # weight the confidence was computed with). Margins are then taken against at least a
+        # high quantile of the out-of-catalogue rivals, so a weak rival does not make a weak
+        # match look sure (`Identifier.rival_floor`), and the lead is counted with `LEAD_WEIGHT`.
         def parts(raw):  # (score, rival, lead over the impostor level) of each top answer
             scores = raw["scores"]
-            extra = np.zeros(scores.shape[:2])
+            lift = np.zeros(scores.shape[:2])  # score - impostor level (0 without one)
             if identifier.decision == "lead":
-                for index in np.ndindex(extra.shape):
+                for index in np.ndindex(lift.shape):
                     impostor = impostor_score(scores[index][:IMPOSTOR_PLACES])
                     if impostor is not None:
-                        extra[index] = LEAD_WEIGHT * (scores[index][0] - impostor)
-            return scores[..., 0], scores[..., 0] - raw["confidences"][..., 0] + extra, extra
+                        lift[index] = scores[index][0] - impostor
+            rival = scores[..., 0] - raw["confidences"][..., 0] + raw["lead_weight"][:, None] * lift
+            return scores[..., 0], rival, LEAD_WEIGHT * lift
 
         known_parts, unknown_parts = parts(known), {name: parts(raw) for name, raw in unknown.items()}
         pooled = np.concatenate([rival for _, rival, _ in unknown_parts.values()])
@@ -468,9 +476,11 @@ def calibrate_index(
         list(lengths_seconds), known, right, unknown[names[0]] if len(names) == 1 else unknown,
         target_false_match, confidence=confidence, known_off_speed=known_off if searched else None,
         unknown_off_speed=(unknown_off[names[0]] if len(names) == 1 else unknown_off) if searched else None,
+        decision=identifier.decision, lead_weight=LEAD_WEIGHT,
     )
     if floors is not None:
         calibration.info["rival_floor"] = floors
+        calibration.info["rival_floor_quantile"] = RIVAL_FLOOR_QUANTILE
     calibration.info.update(
         phases=phases, refine="all" if refine is None else int(refine), interpolate=int(interpolate),
         speeds=None if identifier.speeds is None else list(identifier.speeds), decision=identifier.decision,

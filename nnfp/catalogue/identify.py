@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from nnfp.audio.segments import QUIET_DBFS, n_segments, segment_levels_db, segment_waveform
+from nnfp.catalogue.calibration import LEAD_WEIGHT, LEGACY_LEAD_WEIGHT
 from nnfp.catalogue.fingerprint import (
     fingerprint_segments,
     index_embedder,
@@ -37,6 +38,7 @@ __all__ = [
     "DECISIONS",
     "IMPOSTOR_PLACES",
     "LEAD_WEIGHT",
+    "LEGACY_LEAD_WEIGHT",
     "Identifier",
     "Query",
     "QueryError",
@@ -55,9 +57,10 @@ _ONE_BATCH_SEGMENTS = 256  # query phases fingerprinted as one batch up to this 
 DECISIONS = ("score", "margin", "lead")  # what a match's confidence is: `Identifier(decision=...)`
 # "lead": the margin plus LEAD_WEIGHT x the score's lead over the query's IMPOSTOR_PLACES-th best
 # distinct place (its own impostor level: how far the answer stands out of everything it resembles).
-# Chosen by leave-one-kind-out on 21 kinds of out-of-catalogue audio (MODEL_CARD.md, "Decision";
-# scripts/decision_rules.py).
-LEAD_WEIGHT = 0.25
+# Chosen by leave-one-kind-out on the calibration's 7 kinds with the speed grid on, and checked on
+# 14 kinds never fitted (MODEL_CARD.md, "Decision"; scripts/decision_rules.py). A calibration
+# records the weight it was fitted with (`info["lead_weight"]`); one without it was fitted with
+# LEGACY_LEAD_WEIGHT (both defined in `nnfp.catalogue.calibration`).
 IMPOSTOR_PLACES = 10
 _SAME_AUDIO_CHECKS = 3  # rival tracks checked for being the same recording, best first
 _RIVAL_PLACES = 10  # distinct places ranked per speed (their tracks are the rivals)
@@ -118,20 +121,20 @@ def impostor_score(scores):
     return float(scores[IMPOSTOR_PLACES - 1]) if len(scores) >= IMPOSTOR_PLACES else None
 
 
-def lead(score, rival, impostor, floor=0.0):
-    """The "lead" confidence: `score - max(rival, floor)` (the margin) plus `LEAD_WEIGHT` x
+def lead(score, rival, impostor, floor=0.0, weight=LEAD_WEIGHT):
+    """The "lead" confidence: `score - max(rival, floor)` (the margin) plus `weight` x
     `score - impostor` (`impostor_score`; nothing added when it is None)."""
     out = score - max(rival, floor)
     if impostor is not None:
-        out += LEAD_WEIGHT * (score - impostor)
+        out += weight * (score - impostor)
     return out
 
 
-def margins(db, places, n_rows, floor=0.0, decision="margin", same=None):
+def margins(db, places, n_rows, floor=0.0, decision="margin", same=None, weight=LEAD_WEIGHT):
     """Each place's score minus the best score of a place of another track among `places`, or
     `floor` where that is lower (`Identifier.rival_floor`; the same recording under another
-    name is no rival); with `decision="lead"`, plus the lead over the impostor level of
-    `places` (`lead`). `same(place, other)`: whether two places of different tracks hold the
+    name is no rival); with `decision="lead"`, plus `weight` x the lead over the impostor
+    level of `places` (`lead`). `same(place, other)`: whether two places of different tracks hold the
     same recording (default: `same_audio` over `n_rows` rows)."""
     if same is None:
         def same(place, other):
@@ -145,7 +148,7 @@ def margins(db, places, n_rows, floor=0.0, decision="margin", same=None):
             if other.track_id != place.track_id and not same(place, other):
                 rival = max(other.score, floor)
                 break
-        out.append(lead(place.score, rival, impostor))
+        out.append(lead(place.score, rival, impostor, weight=weight))
     return out
 
 
@@ -314,8 +317,9 @@ class Identifier:
         decision: what a match's `confidence` is, which the threshold applies to:
             `"score"` (the similarity), `"margin"` (the score's lead over the best window
             of any other track; the same recording under another name is no rival), or
-            `"lead"` (the margin plus `LEAD_WEIGHT` x the score's lead over the query's
-            `IMPOSTOR_PLACES`-th best distinct place: `lead`).
+            `"lead"` (the margin plus a weight x the score's lead over the query's
+            `IMPOSTOR_PLACES`-th best distinct place: `lead`; the weight is the
+            calibration's, `lead_weight`).
             `"auto"` (default): the calibration's; `"score"` with a fixed `min_score`;
             `DEFAULT_DECISION` with no threshold.
 
@@ -405,6 +409,10 @@ class Identifier:
         if decision not in DECISIONS:
             raise ValueError(f"`decision` must be one of {DECISIONS} or 'auto'. Received: decision={decision!r}")
         self.decision = decision
+        # the weight of the impostor lead ("lead"): the one the thresholds were fitted with
+        self.lead_weight = (
+            float(calibration.info.get("lead_weight", LEGACY_LEAD_WEIGHT)) if calibrated else LEAD_WEIGHT
+        )
         if auto_speeds:
             self.speeds = check_speeds(calibration.info.get("speeds")) if calibrated else check_speeds(DEFAULT_SPEEDS)
             if calibrated and self.speeds is None:
@@ -740,7 +748,7 @@ class Identifier:
                 continue  # the same recording under another name is not a rival
             rival = score
             break
-        return lead(match.score, rival, impostor, floor)
+        return lead(match.score, rival, impostor, floor, self.lead_weight)
 
     def _refined_speed(self, query, match, seconds):
         # The speed of the best place, finer than the grid: the query's prefix is

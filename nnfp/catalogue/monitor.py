@@ -30,7 +30,7 @@ import numpy as np
 
 from nnfp.audio.segments import n_segments
 from nnfp.catalogue.fingerprint import iter_fingerprints
-from nnfp.catalogue.identify import margins, window_similarity
+from nnfp.catalogue.identify import LEAD_WEIGHT, margins, window_similarity
 from nnfp.catalogue.plays import Candidate, Detection, PlayTracker, mostly_shared
 from nnfp.catalogue.speeds import check_speeds, speed_grid
 from nnfp.defaults import MONITOR_SPEED_STEP
@@ -205,10 +205,11 @@ class _Monitor(PlayTracker):
 
     def __init__(
         self, db, threshold, window, step, max_gap, min_windows, tolerance, k_probe, seg_seconds, batch, speed=None,
-        decision="score", rival_floor=0.0,
+        decision="score", rival_floor=0.0, lead_weight=LEAD_WEIGHT,
     ):
         super().__init__(db, window, step, max_gap, min_windows, tolerance, seg_seconds, batch, speed=speed)
         self.rival_floor = rival_floor  # `Identifier.rival_floor` of a window
+        self.lead_weight = lead_weight  # `Identifier.lead_weight`
         self.decision = decision  # what `threshold` applies to (`nnfp.catalogue.identify.DECISIONS`)
         self.threshold = threshold
         self.k_probe = k_probe
@@ -228,7 +229,8 @@ class _Monitor(PlayTracker):
                 similarity = window_similarity(self.db, place.segment_index, other.segment_index, len(query))
                 return self.same_recording(place.track_id, place.offset_s, other.track_id, other.offset_s, similarity)
 
-            leads = margins(self.db, ranked, len(query), self.rival_floor, self.decision, same)[:_WINDOW_PLACES]
+            leads = margins(self.db, ranked, len(query), self.rival_floor, self.decision, same, self.lead_weight)
+            leads = leads[:_WINDOW_PLACES]
             matches = [m for m, lead in zip(places, leads, strict=True) if lead >= self.threshold]
         else:
             places = [] if 2 * quiet >= len(query) else self.db.search(query, hits=hits, n_results=_WINDOW_PLACES)
@@ -452,6 +454,7 @@ def monitor_stream(
             db, threshold, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
             float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size), speed=speed,
             decision=identifier.decision, rival_floor=identifier.rival_floor(window_seconds),
+            lead_weight=identifier.lead_weight,
         )
 
     if stop is not None:
