@@ -148,3 +148,35 @@ def test_leave_one_kind_out_refits_the_off_speed_margin_without_the_kind():
         expected = np.mean(conf[held] - margin * off[held] >= threshold + 1e-4, axis=0)
         np.testing.assert_allclose(result[held], expected, atol=2 / n)
     assert min(result["ring"]) > 0.005 and max(result["noise"]) == 0.0
+
+
+def test_leave_one_package_out_against_a_direct_count(tmp_path):
+    from nnfp.catalogue.calibration import leave_one_group_out, source_group
+
+    rng = np.random.default_rng(4)
+    # music from three packages, one of which ("loud") reaches higher; noise without packages
+    music = np.concatenate([rng.normal(0.4, 0.05, (300, 2)), rng.normal(0.4, 0.05, (300, 2)),
+                            rng.normal(0.52, 0.05, (100, 2))])
+    groups = {"music": ["calm"] * 300 + ["plain"] * 300 + ["loud"] * 100, "noise": [None] * 400}
+    kinds = {"music": music, "noise": rng.normal(0.35, 0.05, (400, 2))}
+    result = leave_one_group_out(kinds, groups, 0.01, 0.95)
+    assert set(result) == {"music"} and set(result["music"]) == {"calm", "plain", "loud"}
+    labels = np.asarray(groups["music"])
+    for group, left in result["music"].items():
+        held = labels == group
+        # the independent reference: calibrate() on every other query, then count the package
+        fitted = calibrate([1, 3], np.zeros((1, 2)), np.zeros((1, 2), bool),
+                           {"music": music[~held], "noise": kinds["noise"]}, 0.01, 0.95)
+        expected = [float(np.mean(music[held, j] >= fitted.min_score[j] - 5e-5)) for j in range(2)]
+        np.testing.assert_allclose(left["false_match"], expected, atol=1.01 / held.sum())
+        assert left["n"] == held.sum() and all(b >= r for r, b in zip(left["false_match"], left["bound"], strict=True))
+    assert min(result["music"]["loud"]["false_match"]) > 0.1  # fitted without it, the loud package passes
+    assert max(result["music"]["calm"]["false_match"]) <= 0.01
+    cal = calibrate([1, 3], np.zeros((1, 2)), np.zeros((1, 2), bool), kinds, 0.01, 0.95, unknown_groups=groups)
+    assert cal.info["leave_one_package_out"] == result
+    with pytest.raises(ValueError, match="one entry per query"):
+        leave_one_group_out(kinds, {"music": groups["music"][:10]})
+    # where a file's package is read from
+    assert source_group(tmp_path / "pkg__title__0a1b2c.wav", tmp_path) == "pkg"
+    assert source_group(tmp_path / "label" / "song.flac", tmp_path) == "label"
+    assert source_group(tmp_path / "song.flac", tmp_path) is None

@@ -55,10 +55,12 @@ __all__ = [
     "confidence_bound",
     "format_calibration_table",
     "index_calibration",
+    "leave_one_group_out",
     "leave_one_kind_out",
     "model_calibration_path",
     "off_speed_margins",
     "save_replacing",
+    "source_group",
     "smallest_sample_size",
 ]
 
@@ -419,7 +421,7 @@ def _kind_thresholds(unknown, allowed):
 
 
 def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false_match=0.01, confidence=0.95,
-              known_off_speed=None, unknown_off_speed=None, decision=None, lead_weight=None):
+              known_off_speed=None, unknown_off_speed=None, decision=None, lead_weight=None, unknown_groups=None):
     """Lowest thresholds meeting `target_false_match` false matches, per query length.
 
     Args:
@@ -439,6 +441,9 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
             `unknown_scores`); then an off-speed margin is fitted (`off_speed_margins`), the
             confidences of those answers are lowered by it before the thresholds are fitted,
             and leaving a kind out refits the margin too.
+        unknown_groups: with kinds, `{kind: (n,) source group of each query}` (the package
+            its file came from, `source_group`; None: unknown): each group of a kind is left
+            out in turn as well (`leave_one_group_out`, in `info["leave_one_package_out"]`).
         decision, lead_weight: what the confidences are (`nnfp.catalogue.identify.DECISIONS`)
             and, for "lead", the weight they were computed with; recorded in `info` (the
             thresholds' range depends on them: `confidence_bound`).
@@ -508,6 +513,10 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
                 kind: [round(rate, 4) for rate in rates["false_match"]]
                 for kind, rates in leave_one_kind_out(unlowered, target_false_match, confidence, off).items()
             }
+        if unknown_groups:
+            info["leave_one_package_out"] = leave_one_group_out(
+                unlowered, unknown_groups, target_false_match, confidence, off
+            )
     if margins is not None:
         info["off_speed_margin"] = margins
     if decision is not None:
@@ -614,6 +623,68 @@ def leave_one_kind_out(unknown_scores, target_false_match=0.01, confidence=0.95,
     return out
 
 
+def source_group(path, root):
+    """The package (group of sources) an out-of-catalogue file belongs to: the first folder
+    under `root` it lies in, else the part of its name before `__` (the layout of the data
+    scripts: `PACKAGE__title__digest.wav`); None when neither says."""
+    relative = Path(path).relative_to(root) if Path(path).is_relative_to(root) else Path(Path(path).name)
+    if len(relative.parts) > 1:
+        return relative.parts[0]
+    stem = relative.stem
+    return stem.split("__")[0] if "__" in stem else None
+
+
+def leave_one_group_out(unknown_scores, groups, target_false_match=0.01, confidence=0.95, off_speed=None,
+                        min_queries=10):
+    """How the thresholds carry to a package of a kind that they were not fitted on.
+
+    For each kind with at least two groups (`groups`: `{kind: (n,) group of each query, None
+    for unknown}`) and each of its groups of at least `min_queries` queries, the thresholds
+    (and with `off_speed` the off-speed margin) are fitted as `calibrate` fits them on every
+    other query, that kind's other groups included, and the group's own false-match rate at
+    them is measured: a music package of another genre, a noise package of other sources.
+
+    Returns:
+        `{kind: {group: {"n": queries, "false_match": [rate per length], "bound": [one-sided
+        upper bound]}}}`, kinds and groups that cannot be left out omitted.
+    """
+    kinds = {kind: np.asarray(scores, np.float64).reshape(len(scores), -1) for kind, scores in unknown_scores.items()}
+    off = None if off_speed is None else {k: np.asarray(off_speed[k], bool).reshape(kinds[k].shape) for k in kinds}
+    out = {}
+    for kind, scores in kinds.items():
+        labels = np.asarray([None if g is None else str(g) for g in groups.get(kind, [None] * len(scores))], object)
+        if len(labels) != len(scores):
+            raise ValueError(f"`groups[{kind!r}]` must have one entry per query: {len(labels)} for {len(scores)}")
+        named = sorted({g for g in labels if g is not None})
+        if len(named) < 2:
+            continue
+        for group in named:
+            held = labels == group
+            if held.sum() < min_queries:
+                continue
+            fitted = {**kinds, kind: scores[~held]}
+            fitted_off = None if off is None else {**off, kind: off[kind][~held]}
+            if fitted_off is not None:
+                margins = off_speed_margins(fitted, fitted_off, target_false_match, confidence)
+                fitted = _lowered(fitted, fitted_off, margins)
+                left = scores[held] - np.asarray(margins) * off[kind][held]
+            else:
+                left = scores[held]
+            thresholds = [
+                max(values) for values in zip(*(
+                    _kind_thresholds(s, allowed_false_matches(len(s), target_false_match, confidence))
+                    for s in fitted.values()
+                ), strict=True)
+            ]
+            counts = [int(np.sum(np.nan_to_num(left[:, j], nan=-np.inf) >= t)) for j, t in enumerate(thresholds)]
+            out.setdefault(kind, {})[group] = {
+                "n": int(held.sum()),
+                "false_match": [round(c / held.sum(), 4) for c in counts],
+                "bound": [round(binomial_upper_bound(c, int(held.sum()), confidence or 0.95), 4) for c in counts],
+            }
+    return out
+
+
 def format_calibration_table(calibration, title="Calibrated thresholds"):
     """Text table: per length the threshold, false-match rate, right answers and those kept."""
     info = calibration.info
@@ -629,6 +700,13 @@ def format_calibration_table(calibration, title="Calibrated thresholds"):
         lines.append(
             f"  false match on {kind}: " + " / ".join(f"{100 * r:.1f}" for r in rates) + " %"
             + (f" (fitted without it: {' / '.join(f'{100 * r:.1f}' for r in held_out)} %)" if held_out else "")
+        )
+    for kind, packages in info.get("leave_one_package_out", {}).items():
+        worst = max(packages, key=lambda g: (max(packages[g]["false_match"]), -packages[g]["n"]))
+        rates = packages[worst]["false_match"]
+        lines.append(
+            f"  {kind}, each of its {len(packages)} packages fitted without it: worst {worst} "
+            + " / ".join(f"{100 * r:.1f}" for r in rates) + f" % ({packages[worst]['n']} queries)"
         )
     if any(info.get("off_speed_margin") or ()):
         lines.append(

@@ -374,6 +374,7 @@ def calibrate_index(
     Returns:
         The `nnfp.catalogue.calibration.Calibration`.
     """
+    from nnfp.audio.sources import list_audio_files
     from nnfp.catalogue.build import index_lock
     from nnfp.catalogue.calibration import (
         INDEX_CALIBRATION_FILE,
@@ -382,6 +383,7 @@ def calibrate_index(
         check_sample_size,
         format_calibration_table,
         save_replacing,
+        source_group,
     )
     from nnfp.catalogue.identify import Identifier
     from nnfp.defaults import DEFAULT_PHASES
@@ -419,11 +421,13 @@ def calibrate_index(
         }
     known = _run_kept(identifier, known_waves, lengths_seconds, progress, work_dir, "known",
                       work)
-    unknown = {}
+    unknown, groups = {}, {}
     for i, (name, folder) in enumerate(zip(names, folders, strict=True)):
-        waves, _ = index_queries(
+        waves, info = index_queries(
             identifier, n_unknown, seconds, degradation, seed + 1 + i, aligned=False, unknown_dir=folder
         )
+        files = list_audio_files(folder)  # `info["track"]` indexes them (`unknown_sources`)
+        groups[name] = [source_group(files[int(t)], folder) for t in info["track"]]
         unknown[name] = _run_kept(
             identifier, waves, lengths_seconds, progress, work_dir, f"unknown-{i}-{name}",
             None if work is None else {**work, "folder": str(Path(folder).absolute())},
@@ -476,7 +480,7 @@ def calibrate_index(
         list(lengths_seconds), known, right, unknown[names[0]] if len(names) == 1 else unknown,
         target_false_match, confidence=confidence, known_off_speed=known_off if searched else None,
         unknown_off_speed=(unknown_off[names[0]] if len(names) == 1 else unknown_off) if searched else None,
-        decision=identifier.decision, lead_weight=LEAD_WEIGHT,
+        decision=identifier.decision, lead_weight=LEAD_WEIGHT, unknown_groups=groups if len(names) > 1 else None,
     )
     if floors is not None:
         calibration.info["rival_floor"] = floors
