@@ -728,8 +728,8 @@ class Identifier:
         return self._calibrated_value("off_speed_margin", query_seconds)
 
     def _calibrated_value(self, key, query_seconds):
-        # A per-length value of the calibration in use (that of the longest calibrated length
-        # <= the query's, as its threshold); 0 without one, or with a threshold given instead.
+        # A per-length value of the calibration in use (`Calibration.at_length`, as its
+        # threshold); 0 without one, or with a threshold given instead.
         values = self.calibration.info.get(key) if self.calibration is not None else None
         if not values or self.min_score != CALIBRATED:
             return 0.0
