@@ -324,6 +324,8 @@ def test_calibrate_work_dir_parts_of_another_lead_weight_are_reused_exactly(inde
     assert main(args) == 0  # a fresh run, every confidence at the current weight
     fresh = Calibration.load(index / "calibration.json")
     assert fresh.info["decision"] == "lead" and fresh.info["lead_weight"] == identify.LEAD_WEIGHT
+    # 12 in-catalogue queries: too few right answers to fit a sharpness floor on (40)
+    assert fresh.info["sharpness_floor"] == [evaluation.NO_SHARPNESS_FLOOR] * 2
     work = tmp_path / "work"
     with monkeypatch.context() as patch:  # parts saved by a calibration of another weight
         patch.setattr(identify, "LEAD_WEIGHT", 0.1)

@@ -179,3 +179,64 @@ def test_calibration_range_follows_the_decision():
     for info, value in (({}, 1.5), ({"decision": "margin"}, 2.1), ({"decision": "lead"}, 2.6)):
         with pytest.raises(ValueError, match=r"`min_score` must be finite and within"):
             Calibration([1.0], [value], info=info)
+
+
+def test_alignment_sharpness_against_a_reference(db):
+    from nnfp.catalogue.identify import alignment_sharpness
+
+    assert db.hop_seconds == 0.5
+    emb = np.asarray(db.embeddings)
+    rng = np.random.default_rng(9)
+    query = unit(emb[43:49] + 0.2 * rng.standard_normal((6, D)))  # track 2, rows 3-8
+
+    def window(r):
+        return float(np.mean(np.sum(query * emb[r : r + 6], axis=1)))
+
+    # reference: rows of track 2 1-5 s (2-10 rows) away whose 6-row window stays in the track
+    away = [r for r in range(40, 55) if 2 <= abs(r - 43) <= 10]
+    expected = window(43) - np.mean([window(r) for r in away])
+    assert alignment_sharpness(db, query, 43, 2) == pytest.approx(expected, abs=1e-5)
+    assert expected > 0.5  # random tracks: the right alignment stands alone
+    # a stationary sound: the same fingerprint in every row scores alike everywhere
+    flat = np.repeat(unit(emb[40:60].mean(axis=0, keepdims=True)), 6, axis=0)
+    assert abs(alignment_sharpness(db, flat, 43, 2)) < 0.1
+    # a window with no other in its track to compare with: NaN
+    assert np.isnan(alignment_sharpness(db, unit(rng.standard_normal((20, D))), 40, 2))
+
+
+def test_the_sharpness_floor_decides_with_the_threshold(db):
+    """A calibration's sharpness floor turns away an answer below it, whatever its lead; none,
+    or a fixed threshold, decides on the confidence alone."""
+    from nnfp.catalogue.calibration import Calibration
+    from nnfp.catalogue.identify import Query
+
+    class Embedder:
+        segment_samples = 8000
+
+    rng = np.random.default_rng(5)
+    query = unit(np.asarray(db.embeddings)[43:49] + 0.3 * rng.standard_normal((6, D)))
+
+    class Fixed(Query):
+        def prepare(self, requests):
+            pass
+
+        def fingerprints(self, speed=1.0, phases=None, seconds=None):
+            return [(0.0, query)]
+
+    audio = np.zeros(8000 + 5 * 4000, np.float32)
+
+    def identifier(**info):
+        calibration = Calibration([1.0], [0.0], info={"decision": "margin", **info})
+        return Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
+
+    plain = identifier()
+    best = plain.rank_query(Fixed(plain, audio), n_results=1, min_score=0.0)[0]
+    sharpness = plain.sharpness(Fixed(plain, audio), best, 3.5)
+    assert best.track_id == 2 and sharpness > 0.3 and plain.sharp_enough(Fixed(plain, audio), best, 3.5)
+    above = identifier(sharpness_floor=[round(sharpness + 0.01, 4)])
+    below = identifier(sharpness_floor=[round(sharpness - 0.01, 4)])
+    assert above.rank_query(Fixed(above, audio), n_results=1, min_score=0.0) == []
+    assert [m.track_id for m in below.rank_query(Fixed(below, audio), n_results=1, min_score=0.0)] == [2]
+    fixed = Identifier(None, db=db, embedder=Embedder(), calibration=above.calibration, min_score=0.0, speeds=None,
+                       phases=1, decision="margin")
+    assert fixed.sharp_enough(Fixed(fixed, audio), best, 3.5)  # a threshold given: no floor

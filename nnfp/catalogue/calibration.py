@@ -421,7 +421,8 @@ def _kind_thresholds(unknown, allowed):
 
 
 def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false_match=0.01, confidence=0.95,
-              known_off_speed=None, unknown_off_speed=None, decision=None, lead_weight=None, unknown_groups=None):
+              known_off_speed=None, unknown_off_speed=None, decision=None, lead_weight=None, unknown_groups=None,
+              known_passes=None):
     """Lowest thresholds meeting `target_false_match` false matches, per query length.
 
     Args:
@@ -444,6 +445,8 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
         unknown_groups: with kinds, `{kind: (n,) source group of each query}` (the package
             its file came from, `source_group`; None: unknown): each group of a kind is left
             out in turn as well (`leave_one_group_out`, in `info["leave_one_package_out"]`).
+        known_passes: (n_known, n_lengths) bool, the top answer passes the decision's other
+            tests (`sharpness_floor`); counted in `right_kept`.
         decision, lead_weight: what the confidences are (`nnfp.catalogue.identify.DECISIONS`)
             and, for "lead", the weight they were computed with; recorded in `info` (the
             thresholds' range depends on them: `confidence_bound`).
@@ -486,8 +489,10 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
     def false_rate(scores):
         return [count / len(scores) for count in false_counts(scores)]
 
+    passes = np.ones(right.shape, bool) if known_passes is None else np.asarray(known_passes, bool).reshape(right.shape)
     kept = [
-        float(np.mean(right[:, j] & (np.nan_to_num(known[:, j], nan=-np.inf) >= t))) for j, t in enumerate(thresholds)
+        float(np.mean(right[:, j] & passes[:, j] & (np.nan_to_num(known[:, j], nan=-np.inf) >= t)))
+        for j, t in enumerate(thresholds)
     ]
     info = {
         "right": [float(np.mean(right[:, j])) for j in range(len(thresholds))],

@@ -27,6 +27,7 @@ queries (training audio only).
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -51,7 +52,14 @@ __all__ = ["calibrate_index", "check_reusable_index", "evaluate"]
 
 # `calibrate_index`: margins are measured against at least this quantile of the best other-track
 # scores of the out-of-catalogue queries (chosen by leave-one-kind-out: docs/defaults.md).
-RIVAL_FLOOR_QUANTILE = 0.8
+RIVAL_FLOOR_QUANTILE = 0.5
+# `calibrate_index`: the sharpness floor of a length (`nnfp.catalogue.identify.alignment_sharpness`)
+# keeps all but this share of the right answers of the in-catalogue queries (fitted on them alone,
+# so it holds the same for any kind of out-of-catalogue audio); a length with fewer than
+# SHARPNESS_MIN_RIGHT right answers has none (NO_SHARPNESS_FLOOR).
+SHARPNESS_QUANTILE = 0.025
+SHARPNESS_MIN_RIGHT = 40
+NO_SHARPNESS_FLOOR = -2.0
 
 
 def evaluate(
@@ -282,6 +290,8 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
                 with np.load(path) as saved:
                     stored = str(saved["settings"])
                     part = {k: saved[k] for k in _WORK_KEYS}
+                    # saved before the sharpness was kept: NaN (an in-catalogue part is made again)
+                    part["sharpness"] = saved["sharpness"] if "sharpness" in saved.files else None
             except (OSError, ValueError, KeyError) as error:
                 raise ValueError(
                     f"{path}: not a saved part of a calibration ({type(error).__name__}: {error}); "
@@ -290,19 +300,24 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
             stored = json.loads(stored)
             weight = float(stored.get("lead_weight", LEGACY_LEAD_WEIGHT))
             changed = sorted(k for k, v in json.loads(key).items() if stored.get(k) != v and k != "lead_weight")
-            if changed and changed != ["count"]:
+            if part["sharpness"] is None:
+                if name == "known":
+                    changed = changed or ["sharpness"]
+                else:
+                    part["sharpness"] = np.full(part["valid"].shape, np.nan)
+            if changed and changed not in (["count"], ["sharpness"]):
                 raise ValueError(
                     f"{path}: saved by a calibration with other settings (different: {', '.join(changed)}); "
                     "give another --work-dir, or the settings it was saved with"
                 )
         if not path.exists() or changed:  # new, or the last part of a run with fewer queries: (re)made
             raw = run_queries(identifier, waves[first : first + _WORK_PART], lengths_seconds, progress=progress)
-            part = {k: raw[k] for k in _WORK_KEYS}
+            part = {k: raw[k] for k in (*_WORK_KEYS, "sharpness")}
             weight = identifier.lead_weight
             with atomic_file(path) as tmp, open(tmp, "wb") as handle:
                 np.savez_compressed(handle, settings=np.asarray(key), **part)
         parts.append({**part, "lead_weight": np.full(len(part["valid"]), weight)})
-    return {k: np.concatenate([p[k] for p in parts]) for k in (*_WORK_KEYS, "lead_weight")}
+    return {k: np.concatenate([p[k] for p in parts]) for k in (*_WORK_KEYS, "sharpness", "lead_weight")}
 
 
 def _off_speed(raw):
@@ -419,8 +434,7 @@ def calibrate_index(
             "ir_dir": None if ir_dir is None else str(Path(ir_dir).absolute()), "noise_kind": noise_kind, "add_noise": bool(add_noise),
             "add_reverb": bool(add_reverb), "seed": int(seed), "lead_weight": identifier.lead_weight,
         }
-    known = _run_kept(identifier, known_waves, lengths_seconds, progress, work_dir, "known",
-                      work)
+    known = known_raw = _run_kept(identifier, known_waves, lengths_seconds, progress, work_dir, "known", work)
     unknown, groups = {}, {}
     for i, (name, folder) in enumerate(zip(names, folders, strict=True)):
         waves, info = index_queries(
@@ -437,7 +451,8 @@ def calibrate_index(
     if scores_out is not None:  # the ranked scores behind the thresholds, to study other rules on
         arrays = {"lengths_s": np.asarray(lengths_seconds, float), "known/right": right}
         for name, raw in (("known", known), *((f"unknown:{n}", r) for n, r in unknown.items())):
-            arrays.update({f"{name}/{key}": raw[key] for key in ("scores", "confidences", "tracks", "speeds", "found_speeds", "valid")})
+            keys = ("scores", "confidences", "tracks", "speeds", "found_speeds", "valid", "lead_weight")
+            arrays.update({f"{name}/{key}": raw[key] for key in keys})
         with atomic_file(scores_out) as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)
     # the top answer was found at another speed than the catalogue's (`off_speed_margins`)
@@ -475,13 +490,25 @@ def calibrate_index(
         known = known["confidences"][..., 0]
         unknown = {name: raw["confidences"][..., 0] for name, raw in unknown.items()}
 
+    # the sharpness floor per length: all but SHARPNESS_QUANTILE of the right answers clear it
+    known_sharpness = known_raw["sharpness"]
+    sharp = np.where(right, known_sharpness, np.nan)
+    sharpness_floors = [
+        round(math.floor(float(np.nanquantile(column, SHARPNESS_QUANTILE)) * 1e4) / 1e4, 4)
+        if np.isfinite(column).sum() >= SHARPNESS_MIN_RIGHT else NO_SHARPNESS_FLOOR
+        for column in sharp.T
+    ]
+    passes = ~(known_sharpness < np.asarray(sharpness_floors))
     searched = identifier.speeds is not None  # an off-speed margin is fitted (`off_speed_margins`)
     calibration = calibrate(
         list(lengths_seconds), known, right, unknown[names[0]] if len(names) == 1 else unknown,
         target_false_match, confidence=confidence, known_off_speed=known_off if searched else None,
         unknown_off_speed=(unknown_off[names[0]] if len(names) == 1 else unknown_off) if searched else None,
         decision=identifier.decision, lead_weight=LEAD_WEIGHT, unknown_groups=groups if len(names) > 1 else None,
+        known_passes=passes,
     )
+    calibration.info["sharpness_floor"] = sharpness_floors
+    calibration.info["sharpness_quantile"] = SHARPNESS_QUANTILE
     if floors is not None:
         calibration.info["rival_floor"] = floors
         calibration.info["rival_floor_quantile"] = RIVAL_FLOOR_QUANTILE

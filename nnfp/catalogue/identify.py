@@ -39,6 +39,8 @@ __all__ = [
     "IMPOSTOR_PLACES",
     "LEAD_WEIGHT",
     "LEGACY_LEAD_WEIGHT",
+    "SHARPNESS_SHIFTS_S",
+    "alignment_sharpness",
     "Identifier",
     "Query",
     "QueryError",
@@ -62,6 +64,13 @@ DECISIONS = ("score", "margin", "lead")  # what a match's confidence is: `Identi
 # records the weight it was fitted with (`info["lead_weight"]`); one without it was fitted with
 # LEGACY_LEAD_WEIGHT (both defined in `nnfp.catalogue.calibration`).
 IMPOSTOR_PLACES = 10
+# Alignment sharpness (`alignment_sharpness`): the answer's score minus the mean score of the same
+# query fingerprints at alignments SHARPNESS_SHIFTS_S (least, most seconds) away in the same track.
+# A calibration may hold a floor per length (`sharpness_floor`, fitted on the right answers of its
+# in-catalogue queries only: `nnfp.catalogue.evaluation.SHARPNESS_QUANTILE`); an answer below it
+# is "not in the catalogue" whatever its lead (a sustained sound that resembles a stationary
+# stretch of a track scores nearly as well a few seconds away; a right answer sits at one place).
+SHARPNESS_SHIFTS_S = (1.0, 5.0)
 _SAME_AUDIO_CHECKS = 3  # rival tracks checked for being the same recording, best first
 _RIVAL_PLACES = 10  # distinct places ranked per speed (their tracks are the rivals)
 
@@ -128,6 +137,23 @@ def lead(score, rival, impostor, floor=0.0, weight=LEAD_WEIGHT):
     if impostor is not None:
         out += weight * (score - impostor)
     return out
+
+
+def alignment_sharpness(db, fingerprints, row, track_id):
+    """How much better the query `fingerprints` score at the DB window starting at `row` than at
+    the windows of the same track `SHARPNESS_SHIFTS_S` away either side (their mean); NaN when
+    the track has no such window."""
+    fingerprints = np.asarray(fingerprints, np.float32)
+    n = max(len(fingerprints), 1)
+    least, most = (round(s / db.hop_seconds) for s in SHARPNESS_SHIFTS_S)
+    shifts = np.array([k for k in range(-most, most + 1) if abs(k) >= max(least, 1)], np.int64)
+    rows = int(row) + shifts
+    rows = rows[(rows >= 0) & (rows + n <= db.n_segments)]
+    rows = rows[(db.segment_track[rows] == track_id) & (db.segment_track[rows + n - 1] == track_id)]
+    if not len(rows):
+        return float("nan")
+    at = float(db.sequence_scores(fingerprints, np.array([int(row)]))[0])
+    return at - float(np.mean(db.sequence_scores(fingerprints, rows)))
 
 
 def margins(db, places, n_rows, floor=0.0, decision="margin", same=None, weight=LEAD_WEIGHT):
@@ -704,7 +730,7 @@ class Identifier:
             for m in places
         ]
         if min_score is not None:
-            matches = [m for m in matches if m.confidence >= min_score]
+            matches = [m for m in matches if m.confidence >= min_score and self.sharp_enough(query, m, seconds)]
         matches = matches[: int(n_results)]
         if matches and len(grid) > 1:
             best = matches[0]
@@ -719,6 +745,23 @@ class Identifier:
         if self.decision not in ("margin", "lead"):
             return 0.0
         return self._calibrated_value("rival_floor", query_seconds)
+
+    def sharpness(self, query, match, seconds):
+        """`alignment_sharpness` of a match of `query`'s first `seconds` (its phase-0
+        fingerprints at the grid speed the match was found at)."""
+        span = max(seconds * match.found_speed, self.min_query_seconds)
+        (_, fingerprints), *_ = query.fingerprints(match.found_speed, phases=1, seconds=span)
+        n = n_segments(int(round(span * self.sample_rate)), self.embedder.segment_samples, self.hop_samples)
+        return alignment_sharpness(self.db, fingerprints[: max(n, 1)], match.segment_index, match.track_id)
+
+    def sharp_enough(self, query, match, seconds):
+        """Whether a match clears the calibration's sharpness floor for a `seconds` query
+        (`sharpness_floor`; always without one, with a threshold given instead, or where
+        the track has no window to compare with)."""
+        floors = self.calibration.info.get("sharpness_floor") if self.calibration is not None else None
+        if not floors or self.min_score != CALIBRATED:
+            return True
+        return not self.sharpness(query, match, seconds) < float(self.calibration.at_length(floors, seconds))
 
     def off_speed_margin(self, query_seconds):
         """How much the confidence of an answer found at another speed than the catalogue's is

@@ -117,6 +117,7 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     Returns `{"rows", "tracks", "offsets", "scores", "speeds", "found_speeds", "confidences"}`
     (n_queries, n_lengths, 10) ranked
     predictions (-1 / NaN padded; rows are the DB rows nearest to the offsets),
+    `"sharpness"` (n_queries, n_lengths: the top answer's `Identifier.sharpness`),
     `"valid"` (n_queries, n_lengths), `"decided"` (the top-1 passed the decision rule),
     `"search_ms"` per search and `"fingerprint_ms"` per query (all phases, full length).
     """
@@ -134,6 +135,7 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     speeds = np.full(shape, np.nan)
     found_speeds = np.full(shape, np.nan)  # the grid speed each was found at (`speeds` are refined)
     confidences = np.full(shape, np.nan)
+    sharpness = np.full(shape[:2], np.nan)  # the top answer's `Identifier.sharpness`
     valid = np.zeros(shape[:2], bool)
     decided = np.zeros(shape[:2], bool)
     search_ms, fingerprint_ms = [], []
@@ -159,7 +161,10 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
             matches = identifier.rank_query(query, n_results=N_RANKED, min_score=None, max_seconds=seconds)
             search_ms.append(1000 * (time.perf_counter() - started))
             threshold = identifier.match_threshold(seconds)
-            decided[q, j] = bool(matches) and (threshold is None or matches[0].confidence >= threshold)
+            if matches:
+                sharpness[q, j] = identifier.sharpness(query, matches[0], seconds)
+            decided[q, j] = bool(matches) and (threshold is None or (
+                matches[0].confidence >= threshold and identifier.sharp_enough(query, matches[0], seconds)))
             for r, match in enumerate(matches):
                 rows[q, j, r] = first_rows[match.track_id] + max(0, int(round(match.offset_s / db.hop_seconds)))
                 tracks[q, j, r] = match.track_id
@@ -172,7 +177,7 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     bar.close()
     return {
         "rows": rows, "tracks": tracks, "offsets": offsets, "scores": scores, "speeds": speeds,
-        "found_speeds": found_speeds, "confidences": confidences, "valid": valid,
+        "found_speeds": found_speeds, "confidences": confidences, "sharpness": sharpness, "valid": valid,
         "decided": decided, "search_ms": np.array(search_ms), "fingerprint_ms": np.array(fingerprint_ms),
     }
 
