@@ -107,7 +107,9 @@ class Calibration:
             share of its lead over the query's impostor level; `nnfp.catalogue.identify.lead`).
             With a speed search, an answer found at another speed than the catalogue's has
             its confidence lowered by the length's `info["off_speed_margin"]` first
-            (`off_speed_margins`).
+            (`off_speed_margins`). With `info["sharpness_floor"]`, an answer must also be at
+            least that much sharper than the same query 1-5 s away in its track
+            (`nnfp.catalogue.identify.alignment_sharpness`; fitted on in-catalogue queries).
         target_false_match: the false-match rate the thresholds were chosen for.
         info: anything else stored with them (kept fractions, query counts, data, phases).
 
