@@ -240,3 +240,23 @@ def test_the_sharpness_floor_decides_with_the_threshold(db):
     fixed = Identifier(None, db=db, embedder=Embedder(), calibration=above.calibration, min_score=0.0, speeds=None,
                        phases=1, decision="margin")
     assert fixed.sharp_enough(Fixed(fixed, audio), best, 3.5)  # a threshold given: no floor
+
+
+def test_monitor_windows_meet_the_sharpness_floor(db):
+    from nnfp.catalogue.identify import alignment_sharpness
+    from nnfp.catalogue.monitor import _Monitor
+
+    rng = np.random.default_rng(5)
+    query = unit(np.asarray(db.embeddings)[43:49] + 0.3 * rng.standard_normal((6, D)))
+
+    def window_matches(floor):
+        monitor = _Monitor(db, 0.0, window=6, step=1, max_gap=20, min_windows=2, tolerance=1.0, k_probe=20,
+                           seg_seconds=1.0, batch=8, decision="margin", sharpness_floor=floor)
+        return monitor.search(0, query, None)[1]
+
+    plain = window_matches(None)
+    assert [m.track_id for m in plain[:1]] == [2]
+    sharpness = alignment_sharpness(db, query, plain[0].segment_index, 2)
+    assert sharpness > 0.3
+    assert 2 not in [m.track_id for m in window_matches(sharpness + 0.01)]
+    assert [m.track_id for m in window_matches(sharpness - 0.01)][:1] == [2]

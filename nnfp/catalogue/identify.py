@@ -758,10 +758,16 @@ class Identifier:
         """Whether a match clears the calibration's sharpness floor for a `seconds` query
         (`sharpness_floor`; always without one, with a threshold given instead, or where
         the track has no window to compare with)."""
+        floor = self.sharpness_floor(seconds)
+        return floor is None or not self.sharpness(query, match, seconds) < floor
+
+    def sharpness_floor(self, query_seconds):
+        """The calibration's sharpness floor for a `query_seconds` query (`sharpness_floor`);
+        None without one, or with a threshold given instead."""
         floors = self.calibration.info.get("sharpness_floor") if self.calibration is not None else None
         if not floors or self.min_score != CALIBRATED:
-            return True
-        return not self.sharpness(query, match, seconds) < float(self.calibration.at_length(floors, seconds))
+            return None
+        return float(self.calibration.at_length(floors, query_seconds))
 
     def off_speed_margin(self, query_seconds):
         """How much the confidence of an answer found at another speed than the catalogue's is

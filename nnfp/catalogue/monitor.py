@@ -30,7 +30,7 @@ import numpy as np
 
 from nnfp.audio.segments import n_segments
 from nnfp.catalogue.fingerprint import iter_fingerprints
-from nnfp.catalogue.identify import LEAD_WEIGHT, margins, window_similarity
+from nnfp.catalogue.identify import LEAD_WEIGHT, alignment_sharpness, margins, window_similarity
 from nnfp.catalogue.plays import Candidate, Detection, PlayTracker, mostly_shared
 from nnfp.catalogue.speeds import check_speeds, speed_grid
 from nnfp.defaults import MONITOR_SPEED_STEP
@@ -205,11 +205,12 @@ class _Monitor(PlayTracker):
 
     def __init__(
         self, db, threshold, window, step, max_gap, min_windows, tolerance, k_probe, seg_seconds, batch, speed=None,
-        decision="score", rival_floor=0.0, lead_weight=LEAD_WEIGHT,
+        decision="score", rival_floor=0.0, lead_weight=LEAD_WEIGHT, sharpness_floor=None,
     ):
         super().__init__(db, window, step, max_gap, min_windows, tolerance, seg_seconds, batch, speed=speed)
         self.rival_floor = rival_floor  # `Identifier.rival_floor` of a window
         self.lead_weight = lead_weight  # `Identifier.lead_weight`
+        self.sharpness_floor = sharpness_floor  # the calibration's, of a window (None: no floor)
         self.decision = decision  # what `threshold` applies to (`nnfp.catalogue.identify.DECISIONS`)
         self.threshold = threshold
         self.k_probe = k_probe
@@ -235,6 +236,11 @@ class _Monitor(PlayTracker):
         else:
             places = [] if 2 * quiet >= len(query) else self.db.search(query, hits=hits, n_results=_WINDOW_PLACES)
             matches = [m for m in places if m.score >= self.threshold]
+        if self.sharpness_floor is not None:  # as `Identifier.sharp_enough`: a flat match is no match
+            matches = [
+                m for m in matches
+                if not alignment_sharpness(self.db, query, m.segment_index, m.track_id) < self.sharpness_floor
+            ]
         return places, matches
 
 
@@ -447,6 +453,8 @@ def monitor_stream(
 
     # a window heard at another speed than the catalogue's needs the calibration's off-speed margin more
     off_margin = identifier.off_speed_margin(window_seconds) if calibrated else 0.0
+    # ... and a window's match as sharp as the calibration's floor asks (`Identifier.sharp_enough`)
+    sharpness_floor = identifier.sharpness_floor(window_seconds) if calibrated else None
 
     def state(speed=None):
         threshold = min_score + off_margin if off_margin and speed not in (None, 1.0) else min_score
@@ -454,7 +462,7 @@ def monitor_stream(
             db, threshold, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
             float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size), speed=speed,
             decision=identifier.decision, rival_floor=identifier.rival_floor(window_seconds),
-            lead_weight=identifier.lead_weight,
+            lead_weight=identifier.lead_weight, sharpness_floor=sharpness_floor,
         )
 
     if stop is not None:
