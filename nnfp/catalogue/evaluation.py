@@ -362,7 +362,8 @@ def calibrate_index(
     degradation of `evaluate` (`n_queries` in-catalogue, `n_unknown` out-of-catalogue: the
     more, the lower the thresholds that `confidence` allows); `nnfp.catalogue.calibration.calibrate`
     picks the thresholds. `unknown_dir` may be a list of folders of different kinds of
-    audio (music not in the index, environmental noise, speech): `n_unknown` queries are
+    audio (music not in the index, environmental noise, speech): `n_unknown` queries (or one
+    count per folder) are
     cut from each, and each kind must meet the target on its own. Saved
     to `out` (default `INDEX/calibration.json`, which `Identifier` then uses; write it
     next to a model, e.g. `nnfp/weights/default.calibration.json`, to ship it with the
@@ -403,8 +404,17 @@ def calibrate_index(
     from nnfp.catalogue.identify import Identifier
     from nnfp.defaults import DEFAULT_PHASES
 
-    n_unknown = n_queries if n_unknown is None else int(n_unknown)
-    check_sample_size(n_unknown, target_false_match, confidence)
+    folders = [unknown_dir] if isinstance(unknown_dir, (str, Path)) else list(unknown_dir)
+    if n_unknown is None:
+        counts = [int(n_queries)] * len(folders)
+    elif isinstance(n_unknown, (int, np.integer)):
+        counts = [int(n_unknown)] * len(folders)
+    else:  # one count per folder
+        counts = [int(n) for n in n_unknown]
+        if len(counts) != len(folders):
+            raise ValueError(f"`n_unknown` must be one count or one per folder: {len(counts)} for {len(folders)} folders")
+    for count in sorted(set(counts)):
+        check_sample_size(count, target_false_match, confidence)
     own = Path(index_dir) / INDEX_CALIBRATION_FILE
     path = Path(out) if out is not None else own
     in_index = path.absolute() == own.absolute()
@@ -418,7 +428,6 @@ def calibrate_index(
     degradation = degradation_settings(identifier, snr_db_range, noise_dir, ir_dir, noise_kind, add_noise, add_reverb)
     seconds = max(lengths_seconds)
     known_waves, known_info = index_queries(identifier, n_queries, seconds, degradation, seed, aligned=False)
-    folders = [unknown_dir] if isinstance(unknown_dir, (str, Path)) else list(unknown_dir)
     names = [Path(folder).name for folder in folders]
     if len(set(names)) != len(names):
         raise ValueError(f"Out-of-catalogue folders need distinct names (they name the kinds). Received: {folders}")
@@ -438,7 +447,7 @@ def calibrate_index(
     unknown, groups = {}, {}
     for i, (name, folder) in enumerate(zip(names, folders, strict=True)):
         waves, info = index_queries(
-            identifier, n_unknown, seconds, degradation, seed + 1 + i, aligned=False, unknown_dir=folder
+            identifier, counts[i], seconds, degradation, seed + 1 + i, aligned=False, unknown_dir=folder
         )
         files = list_audio_files(folder)  # `info["track"]` indexes them (`unknown_sources`)
         groups[name] = [source_group(files[int(t)], folder) for t in info["track"]]
