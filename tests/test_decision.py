@@ -237,6 +237,9 @@ def test_the_sharpness_floor_decides_with_the_threshold(db):
     below = identifier(sharpness_floor=[round(sharpness - 0.01, 4)])
     assert above.rank_query(Fixed(above, audio), n_results=1, min_score=0.0) == []
     assert [m.track_id for m in below.rank_query(Fixed(below, audio), n_results=1, min_score=0.0)] == [2]
+    # the fingerprint API too (`Identifier.search`: the fingerprints given, one phase)
+    assert 2 not in [m.track_id for m in above.search(query)]
+    assert [m.track_id for m in below.search(query)][:1] == [2]
     fixed = Identifier(None, db=db, embedder=Embedder(), calibration=above.calibration, min_score=0.0, speeds=None,
                        phases=1, decision="margin")
     assert fixed.sharp_enough(Fixed(fixed, audio), best, 3.5)  # a threshold given: no floor

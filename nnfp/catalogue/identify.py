@@ -662,7 +662,11 @@ class Identifier:
     def search(self, fingerprints, n_results=5):
         """Matches for fingerprints of consecutive segments on the hop grid (one phase)."""
         seconds = ((len(fingerprints) - 1) * self.hop_samples + self.embedder.segment_samples) / self.sample_rate
-        return self.rank([(0.0, fingerprints)], n_results=n_results, min_score=self.match_threshold(seconds))
+        matches = self.rank([(0.0, fingerprints)], n_results=n_results, min_score=self.match_threshold(seconds))
+        floor = self.sharpness_floor(seconds)  # as `sharp_enough`, on the fingerprints given
+        if floor is None:
+            return matches
+        return [m for m in matches if not alignment_sharpness(self.db, fingerprints, m.segment_index, m.track_id) < floor]
 
     def query(self, audio, name="query"):
         """A `Query`: the waveform with its fingerprints at each searched speed, made when needed."""
