@@ -660,9 +660,19 @@ class Identifier:
         return all_starts, all_scores
 
     def search(self, fingerprints, n_results=5):
-        """Matches for fingerprints of consecutive segments on the hop grid (one phase)."""
+        """Matches for fingerprints of consecutive segments on the hop grid (one phase, one
+        speed), decided as `rank_query` decides (the calibration's confidence, threshold and
+        sharpness floor; no off-speed margin: one speed is searched)."""
         seconds = ((len(fingerprints) - 1) * self.hop_samples + self.embedder.segment_samples) / self.sample_rate
-        matches = self.rank([(0.0, fingerprints)], n_results=n_results, min_score=self.match_threshold(seconds))
+        threshold = self.match_threshold(seconds)
+        if self.decision == "score":
+            matches = self.rank([(0.0, fingerprints)], n_results=n_results, min_score=threshold)
+        else:  # the confidence the threshold applies to: the lead over the other tracks' places
+            places = self.rank([(0.0, fingerprints)], n_results=max(int(n_results), _RIVAL_PLACES))
+            leads = margins(self.db, places, len(fingerprints), self.rival_floor(seconds), self.decision,
+                            weight=self.lead_weight)
+            matches = [dataclasses.replace(m, confidence=lead) for m, lead in zip(places, leads, strict=True)]
+            matches = [m for m in matches if threshold is None or m.confidence >= threshold][: int(n_results)]
         floor = self.sharpness_floor(seconds)  # as `sharp_enough`, on the fingerprints given
         if floor is None:
             return matches
