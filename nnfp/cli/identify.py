@@ -51,9 +51,11 @@ def cmd_identify(args):
             threshold = identifier.match_threshold(seconds)
             how = "calibrated " if args.min_score is None and identifier.calibration is not None else ""
             what = "scored" if identifier.decision == "score" else "led every other track by"
+            floor = identifier.sharpness_floor(seconds)
+            sharp = "" if floor is None else f" and stood >= {floor:.3f} above its own track 1-5 s away"
             print(
                 f"{printable(query)}: no match (not in the catalogue: no place {what} >= the {how}"
-                f"threshold {threshold:.3f} for a {seconds:.1f} s query)"
+                f"threshold {threshold:.3f}{sharp} for a {seconds:.1f} s query)"
             )
         else:
             print(f"{printable(query)}:")
