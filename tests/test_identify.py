@@ -295,3 +295,22 @@ def test_calibrate_with_confidence_admits_fewer_false_matches():
     assert few.min_score[0] > unknown[:100].max()  # 100 queries cannot show 1 %: above all of them
     with pytest.raises(ValueError, match="confidence"):
         calibrate([3.0], known, right, unknown, confidence=1.0)
+
+
+def test_identify_cli_names_the_sharpness_floor_it_turned_an_answer_away_by(setup, tmp_path, capsys):
+    index = tmp_path / "index"
+    shutil.copytree(setup["index"], index)
+    query = tmp_path / "clip.wav"
+    sf.write(query, setup["track"][int(4.2 * 8000) : int(7.2 * 8000)], 8000)
+
+    def calibrate_with(floor):
+        info = {"decision": "lead", "lead_weight": 1.0, "rival_floor": [0.0, 0.0], "sharpness_floor": [floor, floor]}
+        Calibration([1, 3], [-0.5, -0.5], info=info).save(index / "calibration.json")
+
+    calibrate_with(-1.0)  # every answer clears it: the track is found
+    assert main(["identify", str(index), str(query), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["matches"][0]["track"] == "track_0001.wav"
+    calibrate_with(1.9)  # no answer stands that far above its own track: not in the catalogue, and why
+    assert main(["identify", str(index), str(query)]) == 0
+    out = capsys.readouterr().out
+    assert "no place led every other track by >= the calibrated threshold -0.500 and stood >= 1.900 above" in out
