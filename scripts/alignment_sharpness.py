@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Alignment sharpness of the top answer: a lead for the decision (not used by it yet).
+"""Alignment sharpness of the top answer (`Identifier.sharpness`), per kind of query.
 
     python scripts/alignment_sharpness.py INDEX OUT_DIR [--seconds 10]
 
@@ -27,18 +27,15 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
 
-    from nnfp.audio.segments import n_segments
     from nnfp.catalogue.identify import Identifier, QueryError
     from nnfp.catalogue.queries import degradation_settings, index_queries
 
     identifier = Identifier(args.index)
-    db = identifier.db
     degradation = degradation_settings(
         identifier, (0.0, 10.0), DATA / "eval" / "noise-test", DATA / "irs-test", None, True, True
     )
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shifts = [*range(-10, -1), *range(2, 11)]  # rows of 0.5 s: 1-5 s either side
 
     def sharpness(wave):
         try:
@@ -49,17 +46,7 @@ def main(argv=None):
         if not matches:
             return None
         best = matches[0]
-        span = max(args.seconds * best.found_speed, identifier.min_query_seconds)
-        (_, prints), *_ = query.fingerprints(best.found_speed, phases=1, seconds=span)
-        n = n_segments(int(round(span * identifier.sample_rate)), identifier.embedder.segment_samples,
-                       identifier.hop_samples)
-        prints = prints[:n]
-        rows = np.array([best.segment_index + k for k in shifts])
-        rows = rows[(rows >= 0) & (rows + n <= db.n_segments)]
-        rows = rows[(db.segment_track[rows] == best.track_id) & (db.segment_track[rows + n - 1] == best.track_id)]
-        at = float(db.sequence_scores(prints, np.array([best.segment_index])).max())
-        away = float(np.mean(db.sequence_scores(prints, rows))) if len(rows) else np.nan
-        return best.confidence, at - away, best.track_id, best.offset_s
+        return best.confidence, identifier.sharpness(query, best, args.seconds), best.track_id, best.offset_s
 
     def run(name, waves, info=None):
         results = [sharpness(w) for w in waves]

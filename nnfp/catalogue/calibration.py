@@ -608,26 +608,36 @@ def leave_one_kind_out(unknown_scores, target_false_match=0.01, confidence=0.95,
     kinds = {kind: np.asarray(scores, np.float64).reshape(len(scores), -1) for kind, scores in unknown_scores.items()}
     if len(kinds) < 2:
         raise ValueError(f"Leaving a kind out needs at least two kinds. Received: {list(kinds)}")
-    allowed = {kind: allowed_false_matches(len(scores), target_false_match, confidence) for kind, scores in kinds.items()}
-    per_kind = {kind: _kind_thresholds(scores, allowed[kind]) for kind, scores in kinds.items()}
     out = {}
     for held, scores in kinds.items():
         others = [k for k in kinds if k != held]
-        if off_speed is None:
-            fitted = [per_kind[k] for k in others]
-        else:
-            margins = off_speed_margins({k: kinds[k] for k in others}, {k: off_speed[k] for k in others},
-                                        target_false_match, confidence)
-            lowered = _lowered({k: kinds[k] for k in [*others, held]}, off_speed, margins)
-            fitted = [_kind_thresholds(lowered[k], allowed[k]) for k in others]
-            scores = lowered[held]
-        thresholds = [max(values) for values in zip(*fitted, strict=True)]
-        counts = [int(np.sum(np.nan_to_num(scores[:, j], nan=-np.inf) >= t)) for j, t in enumerate(thresholds)]
+        counts = _held_out_counts(
+            {k: kinds[k] for k in others}, scores, target_false_match, confidence,
+            None if off_speed is None else {k: off_speed[k] for k in others},
+            None if off_speed is None else off_speed[held],
+        )
         out[held] = {
             "false_match": [count / len(scores) for count in counts],
             "bound": [binomial_upper_bound(count, len(scores), confidence or 0.95) for count in counts],
         }
     return out
+
+
+def _held_out_counts(fitted, held, target_false_match, confidence, fitted_off=None, held_off=None):
+    """How many of the `held` (n, n_lengths) confidences reach, per length, the thresholds that
+    `calibrate` fits on the kinds of `fitted` (`{kind: scores}`); with `fitted_off` and
+    `held_off` (whether each answer was found at another speed), the off-speed margin is
+    fitted on `fitted` too and every answer found elsewhere is lowered by it first."""
+    if fitted_off is not None:
+        margins = off_speed_margins(fitted, fitted_off, target_false_match, confidence)
+        fitted = _lowered(fitted, fitted_off, margins)
+        held = held - np.asarray(margins) * np.asarray(held_off, bool).reshape(held.shape)
+    per_kind = [
+        _kind_thresholds(scores, allowed_false_matches(len(scores), target_false_match, confidence))
+        for scores in fitted.values()
+    ]
+    thresholds = [max(values) for values in zip(*per_kind, strict=True)]
+    return [int(np.sum(np.nan_to_num(held[:, j], nan=-np.inf) >= t)) for j, t in enumerate(thresholds)]
 
 
 def source_group(path, root):
@@ -669,21 +679,10 @@ def leave_one_group_out(unknown_scores, groups, target_false_match=0.01, confide
             held = labels == group
             if held.sum() < min_queries:
                 continue
-            fitted = {**kinds, kind: scores[~held]}
-            fitted_off = None if off is None else {**off, kind: off[kind][~held]}
-            if fitted_off is not None:
-                margins = off_speed_margins(fitted, fitted_off, target_false_match, confidence)
-                fitted = _lowered(fitted, fitted_off, margins)
-                left = scores[held] - np.asarray(margins) * off[kind][held]
-            else:
-                left = scores[held]
-            thresholds = [
-                max(values) for values in zip(*(
-                    _kind_thresholds(s, allowed_false_matches(len(s), target_false_match, confidence))
-                    for s in fitted.values()
-                ), strict=True)
-            ]
-            counts = [int(np.sum(np.nan_to_num(left[:, j], nan=-np.inf) >= t)) for j, t in enumerate(thresholds)]
+            counts = _held_out_counts(
+                {**kinds, kind: scores[~held]}, scores[held], target_false_match, confidence,
+                None if off is None else {**off, kind: off[kind][~held]}, None if off is None else off[kind][held],
+            )
             out.setdefault(kind, {})[group] = {
                 "n": int(held.sum()),
                 "false_match": [round(c / held.sum(), 4) for c in counts],

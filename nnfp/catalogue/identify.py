@@ -41,6 +41,7 @@ __all__ = [
     "LEGACY_LEAD_WEIGHT",
     "SHARPNESS_SHIFTS_S",
     "alignment_sharpness",
+    "sharp_matches",
     "Identifier",
     "Query",
     "QueryError",
@@ -60,7 +61,7 @@ DECISIONS = ("score", "margin", "lead")  # what a match's confidence is: `Identi
 # "lead": the margin plus LEAD_WEIGHT x the score's lead over the query's IMPOSTOR_PLACES-th best
 # distinct place (its own impostor level: how far the answer stands out of everything it resembles).
 # Chosen by leave-one-kind-out on the calibration's 7 kinds with the speed grid on, and checked on
-# 14 kinds never fitted (MODEL_CARD.md, "Decision"; scripts/decision_rules.py). A calibration
+# 14 kinds never fitted (MODEL_CARD.md, "Decision"; scripts/decision_scan.py). A calibration
 # records the weight it was fitted with (`info["lead_weight"]`); one without it was fitted with
 # LEGACY_LEAD_WEIGHT (both defined in `nnfp.catalogue.calibration`).
 IMPOSTOR_PLACES = 10
@@ -154,6 +155,14 @@ def alignment_sharpness(db, fingerprints, row, track_id):
         return float("nan")
     at = float(db.sequence_scores(fingerprints, np.array([int(row)]))[0])
     return at - float(np.mean(db.sequence_scores(fingerprints, rows)))
+
+
+def sharp_matches(db, fingerprints, matches, floor):
+    """The `matches` of `fingerprints` whose `alignment_sharpness` is not below `floor` (all of
+    them with no floor; NaN, a track with nothing to compare with, passes)."""
+    if floor is None:
+        return list(matches)
+    return [m for m in matches if not alignment_sharpness(db, fingerprints, m.segment_index, m.track_id) < floor]
 
 
 def margins(db, places, n_rows, floor=0.0, decision="margin", same=None, weight=LEAD_WEIGHT):
@@ -673,10 +682,7 @@ class Identifier:
                             weight=self.lead_weight)
             matches = [dataclasses.replace(m, confidence=lead) for m, lead in zip(places, leads, strict=True)]
             matches = [m for m in matches if threshold is None or m.confidence >= threshold][: int(n_results)]
-        floor = self.sharpness_floor(seconds)  # as `sharp_enough`, on the fingerprints given
-        if floor is None:
-            return matches
-        return [m for m in matches if not alignment_sharpness(self.db, fingerprints, m.segment_index, m.track_id) < floor]
+        return sharp_matches(self.db, fingerprints, matches, self.sharpness_floor(seconds))  # on the fingerprints given
 
     def query(self, audio, name="query"):
         """A `Query`: the waveform with its fingerprints at each searched speed, made when needed."""
@@ -772,8 +778,15 @@ class Identifier:
         """Whether a match clears the calibration's sharpness floor for a `seconds` query
         (`sharpness_floor`; always without one, with a threshold given instead, or where
         the track has no window to compare with)."""
+        if self.sharpness_floor(seconds) is None:  # nothing to compute
+            return True
+        return self.clears_sharpness(self.sharpness(query, match, seconds), seconds)
+
+    def clears_sharpness(self, sharpness, seconds):
+        """Whether a match of this `sharpness` (`sharpness`) clears the floor of a `seconds`
+        query (`sharpness_floor`; always without one; NaN: nothing to compare with, clears)."""
         floor = self.sharpness_floor(seconds)
-        return floor is None or not self.sharpness(query, match, seconds) < floor
+        return floor is None or not sharpness < floor
 
     def sharpness_floor(self, query_seconds):
         """The calibration's sharpness floor for a `query_seconds` query (`sharpness_floor`);

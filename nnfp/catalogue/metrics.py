@@ -164,7 +164,7 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
             if matches:
                 sharpness[q, j] = identifier.sharpness(query, matches[0], seconds)
             decided[q, j] = bool(matches) and (threshold is None or (
-                matches[0].confidence >= threshold and identifier.sharp_enough(query, matches[0], seconds)))
+                matches[0].confidence >= threshold and identifier.clears_sharpness(sharpness[q, j], seconds)))
             for r, match in enumerate(matches):
                 rows[q, j, r] = first_rows[match.track_id] + max(0, int(round(match.offset_s / db.hop_seconds)))
                 tracks[q, j, r] = match.track_id

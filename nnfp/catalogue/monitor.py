@@ -30,7 +30,7 @@ import numpy as np
 
 from nnfp.audio.segments import n_segments
 from nnfp.catalogue.fingerprint import iter_fingerprints
-from nnfp.catalogue.identify import LEAD_WEIGHT, alignment_sharpness, margins, window_similarity
+from nnfp.catalogue.identify import LEAD_WEIGHT, margins, sharp_matches, window_similarity
 from nnfp.catalogue.plays import Candidate, Detection, PlayTracker, mostly_shared
 from nnfp.catalogue.speeds import check_speeds, speed_grid
 from nnfp.defaults import MONITOR_SPEED_STEP
@@ -236,12 +236,8 @@ class _Monitor(PlayTracker):
         else:
             places = [] if 2 * quiet >= len(query) else self.db.search(query, hits=hits, n_results=_WINDOW_PLACES)
             matches = [m for m in places if m.score >= self.threshold]
-        if self.sharpness_floor is not None:  # as `Identifier.sharp_enough`: a flat match is no match
-            matches = [
-                m for m in matches
-                if not alignment_sharpness(self.db, query, m.segment_index, m.track_id) < self.sharpness_floor
-            ]
-        return places, matches
+        # as `Identifier.sharp_enough`: a flat match is no match
+        return places, sharp_matches(self.db, query, matches, self.sharpness_floor)
 
 
 def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recording, max_gap_seconds, rate, stop):
