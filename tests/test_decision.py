@@ -11,6 +11,7 @@ from nnfp.catalogue.identify import (
     LEGACY_LEAD_WEIGHT,
     SAME_AUDIO,
     Identifier,
+    Query,
     impostor_score,
     lead,
     margins,
@@ -40,6 +41,26 @@ def db():
 
 def place(track, row, score):
     return Match(track_id=track, path=f"t{track}.wav", offset_s=0.5 * (row % 20), score=score, segment_index=row)
+
+
+class Embedder:
+    """Fingerprints are given, not computed."""
+
+    segment_samples = 8000
+
+
+def fixed_query(identifier, fingerprints):
+    """A `Query` of `identifier` whose fingerprints are the constructed `fingerprints` (6 rows)
+    at every speed and phase, whatever its (silent) audio."""
+
+    class Fixed(Query):
+        def prepare(self, requests):
+            pass
+
+        def fingerprints(self, speed=1.0, phases=None, seconds=None):
+            return [(0.0, fingerprints)]
+
+    return Fixed(identifier, np.zeros(8000 + 5 * 4000, np.float32))
 
 
 def test_same_audio_matches_the_mean_cosine_of_the_two_windows(db):
@@ -85,9 +106,6 @@ def test_lead_adds_a_share_of_the_lead_over_the_impostor_level(db):
 
 
 def test_identifier_confidence_is_the_lead_over_other_tracks(db):
-    class Embedder:  # fingerprints are given, not computed
-        segment_samples = 8000
-
     identifier = Identifier(None, db=db, embedder=Embedder(), min_score=None, speeds=None, phases=1, decision="margin")
     rng = np.random.default_rng(5)
     emb = np.asarray(db.embeddings)
@@ -100,31 +118,18 @@ def test_identifier_confidence_is_the_lead_over_other_tracks(db):
     assert top == (2, 3) and found[0].score == pytest.approx(windows[top], abs=1e-5)
     for track, (score, _start) in best.items():  # the best window of each candidate track
         assert score <= max(v for (t, _), v in windows.items() if t == track) + 1e-5
-    from nnfp.catalogue.identify import Query
-
-    class Fixed(Query):  # the constructed fingerprints, whatever the audio
-        def prepare(self, requests):
-            pass
-
-        def fingerprints(self, speed=1.0, phases=None, seconds=None):
-            return [(0.0, query)]
-
-    audio = np.zeros(8000 + 5 * 4000, np.float32)
-    matches = identifier.rank_query(Fixed(identifier, audio), n_results=3)
+    matches = identifier.rank_query(fixed_query(identifier, query), n_results=3)
     rival = max(best[t][0] for t in best if t != 2)
     assert matches[0].track_id == 2
     assert matches[0].confidence == pytest.approx(matches[0].score - rival, abs=1e-9)
     assert matches[0].confidence > 0.2  # well clear of every other track
     # a threshold on the confidence: the decision keeps or drops the answer
-    assert identifier.rank_query(Fixed(identifier, audio), n_results=3, min_score=matches[0].confidence + 1e-6) == []
-    kept = identifier.rank_query(Fixed(identifier, audio), n_results=3, min_score=matches[0].confidence - 1e-6)
+    assert identifier.rank_query(fixed_query(identifier, query), n_results=3, min_score=matches[0].confidence + 1e-6) == []
+    kept = identifier.rank_query(fixed_query(identifier, query), n_results=3, min_score=matches[0].confidence - 1e-6)
     assert [m.track_id for m in kept] == [2]
 
 
 def test_decision_setting_is_checked(db):
-    class Embedder:
-        segment_samples = 8000
-
     with pytest.raises(ValueError, match="decision"):
         Identifier(None, db=db, embedder=Embedder(), min_score=None, decision="vote")
     assert Identifier(None, db=db, embedder=Embedder(), min_score=0.5).decision == "score"  # a raw threshold
@@ -135,10 +140,6 @@ def test_lead_weight_is_the_calibrations(db):
     """The impostor lead is weighted as the thresholds were fitted: a calibration records its
     weight; one from an older nnfp, without it, was fitted with the legacy weight."""
     from nnfp.catalogue.calibration import Calibration
-    from nnfp.catalogue.identify import Query
-
-    class Embedder:
-        segment_samples = 8000
 
     def identifier(info):
         calibration = Calibration([1.0], [0.5], info={"decision": "lead", **info})
@@ -150,16 +151,7 @@ def test_lead_weight_is_the_calibrations(db):
     assert unfitted.lead_weight == LEAD_WEIGHT  # what a calibration run computes, and records
     rng = np.random.default_rng(8)
     query = unit(np.asarray(db.embeddings)[23:29] + 0.3 * rng.standard_normal((6, D)))  # track 1
-
-    class Fixed(Query):
-        def prepare(self, requests):
-            pass
-
-        def fingerprints(self, speed=1.0, phases=None, seconds=None):
-            return [(0.0, query)]
-
-    audio = np.zeros(8000 + 5 * 4000, np.float32)
-    a, b = (ident.rank_query(Fixed(ident, audio), n_results=IMPOSTOR_PLACES) for ident in (legacy, fitted))
+    a, b = (ident.rank_query(fixed_query(ident, query), n_results=IMPOSTOR_PLACES) for ident in (legacy, fitted))
     impostor = impostor_score([m.score for m in a])
     assert impostor is not None and len(a) == IMPOSTOR_PLACES
     assert [(m.track_id, m.segment_index) for m in a] == [(m.track_id, m.segment_index) for m in b]
@@ -208,41 +200,28 @@ def test_the_sharpness_floor_decides_with_the_threshold(db):
     """A calibration's sharpness floor turns away an answer below it, whatever its lead; none,
     or a fixed threshold, decides on the confidence alone."""
     from nnfp.catalogue.calibration import Calibration
-    from nnfp.catalogue.identify import Query
-
-    class Embedder:
-        segment_samples = 8000
 
     rng = np.random.default_rng(5)
     query = unit(np.asarray(db.embeddings)[43:49] + 0.3 * rng.standard_normal((6, D)))
-
-    class Fixed(Query):
-        def prepare(self, requests):
-            pass
-
-        def fingerprints(self, speed=1.0, phases=None, seconds=None):
-            return [(0.0, query)]
-
-    audio = np.zeros(8000 + 5 * 4000, np.float32)
 
     def identifier(**info):
         calibration = Calibration([1.0], [0.0], info={"decision": "margin", **info})
         return Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
 
     plain = identifier()
-    best = plain.rank_query(Fixed(plain, audio), n_results=1, min_score=0.0)[0]
-    sharpness = plain.sharpness(Fixed(plain, audio), best, 3.5)
-    assert best.track_id == 2 and sharpness > 0.3 and plain.sharp_enough(Fixed(plain, audio), best, 3.5)
+    best = plain.rank_query(fixed_query(plain, query), n_results=1, min_score=0.0)[0]
+    sharpness = plain.sharpness(fixed_query(plain, query), best, 3.5)
+    assert best.track_id == 2 and sharpness > 0.3 and plain.sharp_enough(fixed_query(plain, query), best, 3.5)
     above = identifier(sharpness_floor=[round(sharpness + 0.01, 4)])
     below = identifier(sharpness_floor=[round(sharpness - 0.01, 4)])
-    assert above.rank_query(Fixed(above, audio), n_results=1, min_score=0.0) == []
-    assert [m.track_id for m in below.rank_query(Fixed(below, audio), n_results=1, min_score=0.0)] == [2]
+    assert above.rank_query(fixed_query(above, query), n_results=1, min_score=0.0) == []
+    assert [m.track_id for m in below.rank_query(fixed_query(below, query), n_results=1, min_score=0.0)] == [2]
     # the fingerprint API too (`Identifier.search`: the fingerprints given, one phase)
     assert 2 not in [m.track_id for m in above.search(query)]
     assert [m.track_id for m in below.search(query)][:1] == [2]
     fixed = Identifier(None, db=db, embedder=Embedder(), calibration=above.calibration, min_score=0.0, speeds=None,
                        phases=1, decision="margin")
-    assert fixed.sharp_enough(Fixed(fixed, audio), best, 3.5)  # a threshold given: no floor
+    assert fixed.sharp_enough(fixed_query(fixed, query), best, 3.5)  # a threshold given: no floor
 
 
 def test_monitor_windows_meet_the_sharpness_floor(db):
