@@ -216,6 +216,43 @@ def test_too_few_agreeing_windows_are_no_play(db, min_windows, expected):
     assert [p.score for p in plays] == pytest.approx([(0.5 + 0.7 + 0.9 + 0.8 + 0.6) / 5] * len(expected))
 
 
+@pytest.mark.parametrize(("min_span", "expected"), [(9, []), (8, [("a.wav", 10.25, 15.25, 20.25)])])
+def test_agreeing_windows_that_share_their_audio_are_no_play(db, min_span, expected):
+    # The same 5 s of a: its 5 agreeing windows start at 16..24, 8 segments apart at most.
+    stretches = [(20, 29, A, 40)]
+    tracker = Scripted(db, lambda w: _covering(db, stretches, w), min_windows=3, min_span=min_span)
+    assert _summary(_plays(tracker, _recording(db, 80, stretches))) == expected
+    # 10 s of a (20..39): windows 16..34 agree, 18 segments apart; a window's length (9) is enough.
+    stretches = [(20, 39, A, 40)]
+    tracker = Scripted(db, lambda w: _covering(db, stretches, w), min_windows=3, min_span=WINDOW)
+    assert _summary(_plays(tracker, _recording(db, 80, stretches))) == [("a.wav", 10.25, 20.25, 20.25)]
+
+
+@pytest.mark.parametrize("speed", [0.985, 1.0, 1.012])
+def test_a_plays_speed_is_its_drift_between_rows(db, speed):
+    # a played `speed` x fast over segments 20..139 (60 s): segment n holds a at row
+    # 10 + (n - 20) x speed, between two stored rows (their mix). The windows' places lie on
+    # stored rows and stray by a row either way (as in noise), too coarse for the drift.
+    first, last = 20, 139
+    begin = _begin(db, A)
+    fingerprints = _recording(db, 200, [])
+    for n in range(first, last + 1):
+        position = 10 + (n - first) * speed
+        row, f = int(position), position - int(position)
+        fingerprints[n] = _unit((1 - f) * db.embeddings[begin + row] + f * db.embeddings[begin + row + 1])
+
+    stray = np.random.default_rng(3).integers(-1, 2, size=200)
+
+    def places(w):
+        if w < first or w + WINDOW - 1 > last:
+            return []
+        return [_place(db, A, int(round(10 + (w - first) * speed)) + stray[w], 0.9)]
+
+    plays = _plays(Scripted(db, places, speed=1.0), fingerprints)
+    assert len(plays) == 1 and plays[0].track == "a.wav"
+    assert plays[0].speed == pytest.approx(speed, abs=0.002)
+
+
 def test_one_recording_under_two_names_is_one_play():
     # a (+10 s) over 20..139; windows 40..100 find only a_cut, which holds a from row 40: a's
     # play goes on under its first name. Were a_cut another recording, it would be a play of its own.

@@ -125,8 +125,9 @@ def test_monitor_reports_plays_at_their_speed(speed_index):
     plays = list(monitor_stream(identifier, blocks, "b.wav", min_score=0.6, speeds=(0.96, 1.04, 0.02)))
     assert [p.track for p in plays] == ["t1.wav", "t3.wav"]
     for play, speed, begin, track_start in zip(plays, (1.03, 0.97), (0.0, 30.0), (5.0, 2.0), strict=True):
-        # the grid's speed (step 2 %), moved by the drift of the play's alignment when it is long
-        assert play.speed == pytest.approx(speed, abs=0.011)
+        # the grid's speed (step 2 %: 1.02 or 1.04 for 1.03), moved by the drift of the play's
+        # segments between the stored rows
+        assert play.speed == pytest.approx(speed, abs=0.005)
         assert abs(play.start_s - begin) <= 1.5
         assert abs(play.track_start_s - (track_start + speed * (play.start_s - begin))) <= 0.6
         assert json.loads(json.dumps(play.as_dict()))["speed"] == round(play.speed, 4)
@@ -188,7 +189,7 @@ def test_an_answer_at_another_speed_needs_the_calibrated_off_speed_margin_more(s
     broadcast = np.concatenate([played_at(music["t1.wav"][5 * RATE :], 1.03)[: 30 * RATE], music["t3.wav"][: 30 * RATE]])
     blocks = [broadcast[i : i + 4 * RATE] for i in range(0, len(broadcast), 4 * RATE)]
     found = list(monitor_stream(strict, blocks, "b.wav", speeds=(0.96, 1.04, 0.02)))
-    assert [(p.track, p.speed) for p in found] == [("t3.wav", 1.0)]
+    assert [(p.track, round(p.speed, 2)) for p in found] == [("t3.wav", 1.0)]  # its own drift, near 0
     info["off_speed_margin"] = [0.0]
     both = Identifier(index, calibration=Calibration([1.0], [0.6], info=info), db=plain.db, embedder=plain.embedder)
     assert [p.track for p in monitor_stream(both, blocks, "b.wav", speeds=(0.96, 1.04, 0.02))] == ["t1.wav", "t3.wav"]

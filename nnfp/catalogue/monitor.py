@@ -205,9 +205,10 @@ class _Monitor(PlayTracker):
 
     def __init__(
         self, db, threshold, window, step, max_gap, min_windows, tolerance, k_probe, seg_seconds, batch, speed=None,
-        decision="score", rival_floor=0.0, lead_weight=LEAD_WEIGHT, sharpness_floor=None,
+        decision="score", rival_floor=0.0, lead_weight=LEAD_WEIGHT, sharpness_floor=None, min_span=0,
     ):
-        super().__init__(db, window, step, max_gap, min_windows, tolerance, seg_seconds, batch, speed=speed)
+        super().__init__(db, window, step, max_gap, min_windows, tolerance, seg_seconds, batch, speed=speed,
+                         min_span=min_span)
         self.rival_floor = rival_floor  # `Identifier.rival_floor` of a window
         self.lead_weight = lead_weight  # `Identifier.lead_weight`
         self.sharpness_floor = sharpness_floor  # the calibration's, of a window (None: no floor)
@@ -388,6 +389,7 @@ def monitor_stream(
     step_seconds=1.0,
     max_gap_seconds=30.0,
     min_windows=3,
+    min_span_seconds=None,
     tolerance_seconds=1.0,
     min_score=None,
     batch_size=64,
@@ -411,6 +413,10 @@ def monitor_stream(
             was last heard, unless another play starts first. Unconfirmed candidates
             last 10 s at most.
         min_windows: agreeing windows a play needs to be reported.
+        min_span_seconds: recording time between the first and the last of them that a play
+            needs; None: `window_seconds`, so that two of its windows share no audio (windows
+            1 s apart hear mostly the same audio and agree by chance together: in broadcasts
+            the false detections were 3-5 such windows; see docs/monitor.md).
         tolerance_seconds: how far a window's alignment (track time - recording time)
             may stray from its play's.
         min_score: window score threshold; None: `identifier.match_threshold(window_seconds)`
@@ -452,6 +458,8 @@ def monitor_stream(
     # ... and a window's match as sharp as the calibration's floor asks (`Identifier.sharp_enough`)
     sharpness_floor = identifier.sharpness_floor(window_seconds) if calibrated else None
 
+    min_span = window_seconds if min_span_seconds is None else float(min_span_seconds)
+
     def state(speed=None):
         threshold = min_score + off_margin if off_margin and speed not in (None, 1.0) else min_score
         return _Monitor(
@@ -459,6 +467,7 @@ def monitor_stream(
             float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size), speed=speed,
             decision=identifier.decision, rival_floor=identifier.rival_floor(window_seconds),
             lead_weight=identifier.lead_weight, sharpness_floor=sharpness_floor,
+            min_span=0 if min_span_seconds == 0 else segments(min_span),
         )
 
     if stop is not None:

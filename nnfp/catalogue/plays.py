@@ -6,7 +6,10 @@ result is its best places in the index (track, offset, score), best first, and t
 that clear the decision threshold (its *matches*); `PlayTracker` turns these into plays:
 
 - a match that continues a candidate at its alignment extends it; otherwise the best match
-  opens a candidate, which becomes a play after `min_windows` agreeing windows;
+  opens a candidate, which becomes a play after `min_windows` agreeing windows; a play is
+  reported when its first and last agreeing windows lie at least `min_span` apart (with the
+  window's length there, two of them share no audio: overlapping windows hear mostly the same
+  seconds and agree by chance together);
 - plays survive short dropouts (talk-over, a noisy patch), and longer ones while their
   alignment stays among a window's best places at any score (`PlayTracker._hold`); a play
   confirmed in a noisy patch starts where its alignment was already the best place
@@ -68,10 +71,12 @@ _ALIGNMENT_WINDOWS = 9
 # chance match inside it (`_nested`), is still recognised once the play has ended.
 _EMITTED_KEPT = 16
 # A play's speed is corrected by the drift of its alignment (seconds of track time per second)
-# once its agreeing windows span this long (shorter: the stream's speed); the drift is clipped
-# to +-_MAX_DRIFT.
+# once its segments held span this long (shorter: the stream's speed); the drift is clipped to
+# +-_MAX_DRIFT.
 _SPEED_FIT_SECONDS = 10.0
 _MAX_DRIFT = 0.05
+# Rows either side of a play's alignment searched for each segment's best row (`_play_speed`).
+_DRIFT_ROWS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +170,10 @@ class PlayTracker:
         batch: segments pushed at a time (at most): sizes the ring of recent fingerprints.
         speed: the speed the stream was resampled from (its times are the track's), reported
             in each `Detection` (corrected by the play's drift); None: not reported.
+        min_span: segments between the first and the last agreeing window a play needs to be
+            reported (0: any; `nnfp.catalogue.monitor.monitor_stream` asks a window's length).
+            A confirmed play that falls short is tracked like any other (it ends the plays
+            before it, rival alignments yield to it) but never reported.
 
     Example (`windows` calls `search(w, query, hits)`, which returns the window's best places,
     best first, and those of them that clear the threshold; `nnfp.store.search.Match`es):
@@ -177,7 +186,7 @@ class PlayTracker:
     >>> tracker.push(0, fingerprints); plays = list(tracker.windows("rec", final=True))
     """
 
-    def __init__(self, db, window, step, max_gap, min_windows, tolerance, seg_seconds, batch, speed=None):
+    def __init__(self, db, window, step, max_gap, min_windows, tolerance, seg_seconds, batch, speed=None, min_span=0):
         self.db = db
         self.speed = speed  # the speed this stream was resampled from (its times are the track's)
         self.hop_s = float(db.hop_seconds)
@@ -186,6 +195,7 @@ class PlayTracker:
         # for plays must not give chance agreements in unknown music more time to add up.
         self.candidate_gap = min(max_gap, max(int(round(_CANDIDATE_GAP_SECONDS / self.hop_s)), 1))
         self.min_windows, self.tolerance = min_windows, tolerance
+        self.min_span = int(min_span)
         self.seg_seconds = seg_seconds
         self.candidates = []
         # (segment number, fingerprint, its nearest DB rows or None): the recent past. Each
@@ -333,6 +343,8 @@ class PlayTracker:
         or it lies inside another play (`_nested`)."""
         if self._yield_to_rival(candidate) or self._nested(candidate):
             return
+        if candidate.windows[-1] - candidate.windows[0] < self.min_span:
+            return  # its agreeing windows heard too little audio apart (`min_span`)
         n = len(candidate.scores)
         span = self._span(candidate)
         if any(track == candidate.track_id and count >= n and mostly_shared(span, other)
@@ -388,14 +400,57 @@ class PlayTracker:
 
     def _play_speed(self, candidate):
         """The speed of a play: the stream's, corrected by the drift of its alignment (a track
-        played 1 % faster than the stream's speed gains 0.01 s of track time per second)."""
+        played 1 % faster than the stream's speed gains 0.01 s of track time per second).
+
+        The drift is fitted on the play's segments still held: each segment's best row of
+        the track within `_DRIFT_ROWS` of the play's alignment, placed between rows by a
+        parabola through its similarity to the best row and its neighbours, and a line through
+        those positions (the median of the slopes of pairs at least `_SPEED_FIT_SECONDS / 2`
+        apart: talk-over and noisy segments stray without moving it). The windows' own
+        offsets lie on the index hop, too coarse for a drift of a fraction of a percent
+        (their slope is the fallback where too few segments are held)."""
         if self.speed is None:
             return None
-        times = np.asarray(candidate.windows, np.float64) * self.hop_s
-        if len(times) < 3 or np.ptp(times) < _SPEED_FIT_SECONDS:
-            return self.speed
-        slope = np.polyfit(times, np.asarray(candidate.deltas, np.float64), 1)[0]
-        return float(self.speed * (1.0 + np.clip(slope, -_MAX_DRIFT, _MAX_DRIFT)))
+        drift = self._segment_drift(candidate)
+        if drift is None:
+            times = np.asarray(candidate.windows, np.float64) * self.hop_s
+            if len(times) < 3 or np.ptp(times) < _SPEED_FIT_SECONDS:
+                return self.speed
+            drift = np.polyfit(times, np.asarray(candidate.deltas, np.float64), 1)[0]
+        return float(self.speed * (1.0 + np.clip(drift, -_MAX_DRIFT, _MAX_DRIFT)))
+
+    def _segment_drift(self, candidate):
+        """Track seconds gained per recording second over the play (`_play_speed`); None when
+        its held segments span less than `_SPEED_FIT_SECONDS`."""
+        numbers, query, _ = self._segments(candidate.windows[0], candidate.windows[-1] + self.window - 1)
+        if query is None or len(numbers) < 2 or np.ptp(numbers) * self.hop_s < _SPEED_FIT_SECONDS:
+            return None
+        begin, end = self.rows_of[candidate.track_id]
+        aligned, _ = self._track_rows(candidate, numbers)
+        lo = max(int(aligned.min()) - _DRIFT_ROWS - 1, begin)
+        hi = min(int(aligned.max()) + _DRIFT_ROWS + 2, end)
+        if hi - lo < 3:
+            return None
+        sims = np.asarray(query, np.float32) @ np.asarray(self.db.embeddings[lo:hi], np.float32).T
+        near = np.abs(np.arange(lo, hi)[None, :] - aligned[:, None]) <= _DRIFT_ROWS
+        masked = np.where(near, sims, -np.inf)
+        best = np.argmax(masked, axis=1)
+        inner = (best > 0) & (best < hi - lo - 1) & np.isfinite(masked[np.arange(len(best)), best])
+        rows = np.arange(len(best))[inner]
+        if len(rows) < 2:
+            return None
+        k = best[inner]
+        left, mid, right = sims[rows, k - 1], sims[rows, k], sims[rows, k + 1]
+        curve = left - 2 * mid + right
+        shift = np.where(curve < 0, 0.5 * (left - right) / np.where(curve < 0, curve, -1.0), 0.0)
+        position = (lo + k + np.clip(shift, -0.5, 0.5)) * self.hop_s  # track time of each segment
+        times = numbers[inner] * self.hop_s
+        i, j = np.triu_indices(len(times), 1)
+        apart = times[j] - times[i] >= _SPEED_FIT_SECONDS / 2
+        if not apart.any():
+            return None
+        slopes = (position[j[apart]] - position[i[apart]]) / (times[j[apart]] - times[i[apart]])
+        return float(np.median(slopes) - 1.0)
 
     # -- windows -----------------------------------------------------------
 
