@@ -306,6 +306,10 @@ def test_calibrate_work_dir_resumes_what_was_done_and_refuses_other_settings(ind
     assert runs == [5]  # the last part had 2 queries, now 5
     assert Calibration.load(index / "calibration.json").info["n_unknown"] == 15
     capsys.readouterr()
+    runs.clear()
+    assert main([*args, "--n-unknown", "15", "20"]) == 2  # two counts for one folder: refused before any query
+    assert "--n-unknown takes one count, or one per --unknown folder: 2 counts for 1 folders" in capsys.readouterr().err
+    assert runs == []
     assert main([*args, "--seed", "5"]) == 2  # other queries: refused, nothing mixed
     err = capsys.readouterr().err
     assert "known.0000.npz: saved by a calibration with other settings (different: seed)" in err

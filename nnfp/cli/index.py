@@ -1,6 +1,7 @@
 """`nnfp index build|merge|add|remove|calibrate|verify`: a catalogue's fingerprint index made,
 extended, shrunk, calibrated and checked."""
 
+import sys
 from pathlib import Path
 
 from nnfp.cli.exit_codes import BAD_INPUT, OK
@@ -132,9 +133,16 @@ def cmd_index_merge(args):
 def cmd_index_calibrate(args):
     from nnfp.catalogue.evaluation import calibrate_index
 
+    n_unknown = args.n_unknown
+    if n_unknown is not None and len(n_unknown) not in (1, len(args.unknown)):
+        print(f"nnfp index calibrate: --n-unknown takes one count, or one per --unknown folder: {len(n_unknown)} "
+              f"counts for {len(args.unknown)} folders", file=sys.stderr)
+        return BAD_INPUT
+    if n_unknown is not None and len(n_unknown) == 1:
+        n_unknown = n_unknown[0]
     calibrate_index(
         args.index_dir, args.unknown, out=args.out, n_queries=args.n_queries, lengths_seconds=tuple(args.lengths),
-        target_false_match=args.target, confidence=args.confidence or None, n_unknown=args.n_unknown,
+        target_false_match=args.target, confidence=args.confidence or None, n_unknown=n_unknown,
         snr_db_range=tuple(args.snr_range), noise_dir=args.noise_dir,
         ir_dir=args.ir_dir, phases=args.phases, refine=args.refine, interpolate=args.interpolate, k_probe=args.k_probe, seed=args.seed,
         speeds=args.speeds, decision=args.decision,

@@ -198,16 +198,17 @@ def _add_index_commands(sub, shared):
     own.add_argument("--out", default=None, help="where to write it (default INDEX_DIR/calibration.json; "
                      "MODEL.calibration.json next to a .keras model ships it with the model)")
     own.add_argument("--n-queries", type=positive_int, default=500, help="queries of each kind (default 500)")
-    own.add_argument("--n-unknown", type=positive_int, default=None,
-                     help="out-of-catalogue queries per folder (default: --n-queries; 1000 lets a 1 %% target at "
-                     "95 %% confidence admit 4 false matches)")
+    own.add_argument("--n-unknown", type=positive_int, nargs="+", default=None, metavar="N",
+                     help="out-of-catalogue queries per folder: one count for every folder, or one per --unknown "
+                     "folder in their order (default: --n-queries; 1000 lets a 1 %% target at 95 %% confidence "
+                     "admit 4 false matches)")
     own.add_argument("--target", type=fraction, default=0.01, help="false-match rate allowed (default 0.01)")
     own.add_argument("--confidence", type=fraction, default=0.95,
                      help="the target must hold at this confidence (Clopper-Pearson upper bound over the "
                      "out-of-catalogue queries; default 0.95; 0: point estimate, fits the calibration music only)")
     own.add_argument("--decision", choices=("lead", "margin", "score"), default=DEFAULT_DECISION,
                      help="what the thresholds apply to: margin, a match's score minus the best score of any other "
-                     "track; lead, the margin plus a quarter of the score's lead over the query's 10th best place; "
+                     "track; lead, the margin plus the score's lead over the query's 10th best place; "
                      f"or score, the similarity itself (default {DEFAULT_DECISION})")
     own.add_argument("--work-dir", default=None,
                      help="keep the ranked answers of every 100 queries here as they are done; a run stopped "
