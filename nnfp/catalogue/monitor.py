@@ -458,7 +458,8 @@ def monitor_stream(
     # ... and a window's match as sharp as the calibration's floor asks (`Identifier.sharp_enough`)
     sharpness_floor = identifier.sharpness_floor(window_seconds) if calibrated else None
 
-    min_span = window_seconds if min_span_seconds is None else float(min_span_seconds)
+    span_seconds = window_seconds if min_span_seconds is None else float(min_span_seconds)
+    min_span = segments(span_seconds) if span_seconds > 0 else 0  # in segments, as the tracker counts
 
     def state(speed=None):
         threshold = min_score + off_margin if off_margin and speed not in (None, 1.0) else min_score
@@ -467,7 +468,7 @@ def monitor_stream(
             float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size), speed=speed,
             decision=identifier.decision, rival_floor=identifier.rival_floor(window_seconds),
             lead_weight=identifier.lead_weight, sharpness_floor=sharpness_floor,
-            min_span=0 if min_span_seconds == 0 else segments(min_span),
+            min_span=min_span,
         )
 
     if stop is not None:
