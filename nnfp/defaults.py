@@ -93,8 +93,9 @@ SPEED_STEPS = ((2.0, 0.01), (5.0, 0.015), (float("inf"), 0.02))
 
 # Segments per model call of `nnfp monitor` (and serve's /monitor and /stream): a file is read as
 # fast as it decodes (fewer, larger batches, faster with `read_ahead`); a live stream's detections
-# wait for a batch, so a stream takes 32 s of audio at a time.
+# wait for a batch, so a stream takes 8 s of audio at a time (LiteRT runs 16 rows a call anyway:
+# `nnfp.lite.CALL_ROWS`; with the speed grid every speed's stream waits for its batch).
 FILE_BATCH_SIZE = 256
-STREAM_BATCH_SIZE = 64
+STREAM_BATCH_SIZE = 16
 
 RUNTIMES = ("auto", "litert", "tensorflow")  # --runtime: which runtime fingerprints audio

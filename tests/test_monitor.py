@@ -76,9 +76,17 @@ def test_three_plays_with_crossfade_and_unknown_stretch(setup, tmp_path, capsys)
         assert abs(play["start_s"] - start) <= 1.5, play
         assert abs(play["end_s"] - end) <= 1.5, play
         assert abs(play["track_start_s"] - track_start) <= 1.5, play
-    # The JSON lines carry exactly the documented fields.
-    assert list(plays[0]) == ["recording", "start_s", "end_s", "track", "track_start_s", "score"]
+    # The JSON lines carry exactly the documented fields; the speed grid is on by default (the
+    # index's calibration was fitted with one) and each play reports its speed: here unchanged.
+    assert list(plays[0]) == ["recording", "start_s", "end_s", "track", "track_start_s", "score", "speed"]
     assert plays[0]["recording"] == str(path) and 0 < plays[0]["score"] <= 1
+    assert all(abs(p["speed"] - 1.0) <= 0.005 for p in plays), plays
+    # `--speeds off`: the catalogue's speed only, the same plays without a speed.
+    single = _monitor_json([str(setup["index"]), str(path), "--speeds", "off"], capsys)
+    assert [p["track"] for p in single] == ["a.wav", "b.wav", "c.wav"]
+    assert all("speed" not in p for p in single)
+    for one, grid in zip(single, plays, strict=True):
+        assert abs(one["start_s"] - grid["start_s"]) <= 1.0 and abs(one["end_s"] - grid["end_s"]) <= 1.0, (one, grid)
 
     # stdin: the same audio as raw 16-bit PCM gives the same plays.
     pcm = sf.read(path, dtype="int16")[0].astype("<i2").tobytes()
@@ -314,17 +322,23 @@ def _stop_monitor(argv, signum, pcm=None, timeout=120):
     return process.returncode, [json.loads(line) for line in (first + out).decode().splitlines()], err.decode()
 
 
-@pytest.mark.parametrize(("signum", "source"), [("SIGINT", "stdin"), ("SIGTERM", "file")])
+@pytest.mark.parametrize(
+    ("signum", "source"), [("SIGINT", "stdin"), ("SIGINT", "stdin, one speed"), ("SIGTERM", "file")]
+)
 def test_a_stop_signal_reports_the_play_in_progress_as_cut_short(setup, tmp_path, signum, source):
     # Ctrl-C or a service manager's SIGTERM: the play in progress comes out as a last line
     # marked cut short, the seconds read go to stderr, and the exit code is 128 + the signal's.
+    # With the speed grid (the default) a play is out once every speed's stream has passed its
+    # end by --max-gap: the stream stays open, with 60 s of audio after the first play.
     import signal
 
     t = setup["tracks"]
-    if source == "stdin":  # a then b, and the stream stays open: the reader waits for more
+    if source.startswith("stdin"):  # a then b, and the stream stays open: the reader waits for more
         audio = _mix([t["a.wav"], t["b.wav"], _cut(t["c.wav"], 0, 20)], [0.0, 0.0])
         pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
         argv, name = [str(setup["index"]), "-"], "-"
+        if source.endswith("one speed"):
+            argv += ["--speeds", "off"]
     else:  # 20 min of a, b, c, a, ...: far from its end when the first play is out
         path = tmp_path / "long.wav"
         sf.write(path, np.concatenate([t["a.wav"], t["b.wav"], t["c.wav"]] * 10), RATE, subtype="PCM_16")

@@ -131,8 +131,11 @@ def test_monitor_reports_plays_at_their_speed(speed_index):
         assert abs(play.start_s - begin) <= 1.5
         assert abs(play.track_start_s - (track_start + speed * (play.start_s - begin))) <= 0.6
         assert json.loads(json.dumps(play.as_dict()))["speed"] == round(play.speed, 4)
-    single = list(monitor_stream(identifier, blocks, "b.wav", min_score=0.6))
+    single = list(monitor_stream(identifier, blocks, "b.wav", min_score=0.6, speeds=None))
     assert all(p.speed is None and "speed" not in p.as_dict() for p in single)
+    # The default ("auto"): the index's calibration searches speeds, so the default grid does.
+    assert identifier.speeds is not None
+    assert list(monitor_stream(identifier, blocks, "b.wav", min_score=0.6)) == plays
 
 
 def test_degrade_plays_the_excerpt_faster_from_its_start():

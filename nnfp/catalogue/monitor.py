@@ -33,7 +33,7 @@ from nnfp.catalogue.fingerprint import iter_fingerprints
 from nnfp.catalogue.identify import LEAD_WEIGHT, margins, sharp_matches, window_similarity
 from nnfp.catalogue.plays import Candidate, Detection, PlayTracker, mostly_shared
 from nnfp.catalogue.speeds import check_speeds, speed_grid
-from nnfp.defaults import MONITOR_SPEED_STEP
+from nnfp.defaults import DEFAULT_MONITOR_SPEEDS, MONITOR_SPEED_STEP
 
 __all__ = [
     "Detection",
@@ -248,6 +248,7 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
     in recording time goes next), so they hold little audio. A play is reported once no
     stream can still find one overlapping it; of plays that share most of their stretch
     of recording, the one with the most evidence (mean score x length) is kept."""
+    import collections
     import itertools
 
     from nnfp.audio.io import stream_resampler
@@ -274,38 +275,67 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
         yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 
     streams = {
-        speed: iter_fingerprints(
-            embedder, resampled(copy, speed), hop_samples, batch_size
-        )
+        speed: iter_fingerprints(embedder, resampled(copy, speed), hop_samples, batch_size)
         for speed, copy in zip(rate_speeds, copies, strict=True)
     }
     hop_s = states[rate_speeds[0]].hop_s
-    reached = dict.fromkeys(rate_speeds, 0.0)  # recording seconds fingerprinted per stream
-    pending = []
+
+    def in_step():
+        # (speed, first, fingerprints) of every stream, the one furthest behind in recording
+        # time first, then (speed, None, None) once a stream has ended. Runs in `read_ahead`'s
+        # thread: the next batch is fingerprinted while this one is searched.
+        ahead = dict.fromkeys(rate_speeds, 0.0)  # recording seconds fingerprinted per stream
+        live = set(rate_speeds)
+        while live:
+            speed = min(live, key=lambda s: ahead[s])
+            try:
+                first, fingerprints = next(streams[speed])
+            except StopIteration:
+                live.discard(speed)
+                yield speed, None, None
+                continue
+            ahead[speed] = (first + len(fingerprints)) * hop_s / speed
+            yield speed, first, fingerprints
+
+    reached = dict.fromkeys(rate_speeds, 0.0)  # recording seconds searched per stream
+    pending = []  # plays found, not yet reported
+    reported = collections.deque(maxlen=16)  # (track, span) of the latest plays reported
+
+    def evidence(play):
+        return play.score * (play.end_s - play.start_s)
 
     def in_recording_time(play, speed):
         return dataclasses.replace(play, start_s=play.start_s / speed, end_s=play.end_s / speed)
 
+    def may_replace(play):
+        # A play still open at some speed over most of `play`'s stretch may replace it, if it
+        # holds as much evidence so far, or is still agreeing after every stream has passed
+        # `play`'s end by `max_gap_seconds` (it may grow). One that strayed with less evidence
+        # holds nothing up: a stream that has nothing more to hear (stdin left open) keeps its
+        # held candidates open for good.
+        span = (play.start_s, play.end_s)
+        for speed, state in states.items():
+            for c in state.candidates:
+                if not c.confirmed or not mostly_shared((c.start_s / speed, c.latest * hop_s / speed), span):
+                    continue
+                start, end = c.start_s / speed, (c.last + state.window) * hop_s / speed
+                if float(np.mean(c.scores)) * (end - start) >= evidence(play) or end > play.end_s + max_gap_seconds:
+                    return True
+        return False
+
     def settle(final):
         frontier = min(reached.values())
-        ready = []
-        for play in sorted(pending, key=lambda p: p.end_s):
-            span = (play.start_s, play.end_s)
-            open_elsewhere = any(  # a play still open over most of this stretch may replace it
-                c.confirmed and mostly_shared((c.start_s / speed, c.latest * hop_s / speed), span)
-                for speed, st in states.items() for c in st.candidates
-            )
-            if final or (play.end_s + max_gap_seconds < frontier and not open_elsewhere):
-                ready.append(play)
+        ready = [p for p in sorted(pending, key=lambda p: p.end_s)
+                 if final or (p.end_s + max_gap_seconds < frontier and not may_replace(p))]
         for play in ready:
             pending.remove(play)
+            reported.append((play.track, (play.start_s, play.end_s)))
         return ready
 
     def add(play):
-        def evidence(p):
-            return p.score * (p.end_s - p.start_s)
-
         span = (play.start_s, play.end_s)
+        if any(track == play.track and mostly_shared(span, other) for track, other in reported):
+            return  # the same play, found at another speed once it was reported
         rivals = [p for p in pending if mostly_shared(span, (p.start_s, p.end_s))]
         if any(evidence(p) >= evidence(play) for p in rivals):
             return
@@ -313,24 +343,19 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
             pending.remove(p)
         pending.append(play)
 
-    live = set(rate_speeds)
-    while live:
-        speed = min(live, key=lambda s: reached[s])
-        try:
-            first, fingerprints = next(streams[speed])
-        except StopIteration:
-            live.discard(speed)
+    for speed, first, fingerprints in read_ahead(in_step()):
+        if first is None:  # this stream ended: its plays still open end here (cut short by a stop)
+            reached[speed] = float("inf")
+            cut_short = stop is not None and stop.is_set()
             for play in states[speed].windows(recording, final=True):
-                add(in_recording_time(play, speed))
+                add(dataclasses.replace(in_recording_time(play, speed), cut_short=cut_short))
             continue
         states[speed].push(first, fingerprints)
         reached[speed] = (first + len(fingerprints)) * hop_s / speed
         for play in states[speed].windows(recording):
             add(in_recording_time(play, speed))
         yield from sorted(settle(final=False), key=lambda p: p.start_s)
-    cut_short = stop is not None and stop.is_set()
-    for play in sorted(settle(final=True), key=lambda p: p.start_s):
-        yield dataclasses.replace(play, cut_short=True) if cut_short else play
+    yield from sorted(settle(final=True), key=lambda p: p.start_s)
 
 
 def read_ahead(iterable, depth=1):
@@ -395,7 +420,7 @@ def monitor_stream(
     batch_size=64,
     stop=None,
     stats=None,
-    speeds=None,
+    speeds="auto",
 ):
     """Detects the plays of catalogue tracks in a stream of audio blocks, as they end.
 
@@ -431,9 +456,13 @@ def monitor_stream(
             kept in it.
         speeds: playback speeds searched (`nnfp.catalogue.speeds`): `(lo, hi)` or
             `(lo, hi, step)` (default step `MONITOR_SPEED_STEP`); None: only the catalogue's
-            speed. The stream is resampled as if played at each grid speed and monitored at
-            each; plays found at several speeds, or rival plays of one stretch, keep the
-            one with the most evidence (score x length), and each reports its speed.
+            speed; `"auto"` (default): `DEFAULT_MONITOR_SPEEDS` where `identifier` searches
+            speeds (its calibration was fitted with a speed grid: the off-speed margin guards
+            the extra chances), else only the catalogue's speed. The stream is resampled as if
+            played at each grid speed and monitored at each; plays found at several speeds, or
+            rival plays of one stretch, keep the one with the most evidence (score x length),
+            and each reports its speed. Each speed costs a pass of the model, and a play is
+            reported once every speed's stream has passed its end by `max_gap_seconds`.
 
     Yields:
         `Detection`s, each as soon as its play has ended (or the stream ended).
@@ -473,6 +502,8 @@ def monitor_stream(
 
     if stop is not None:
         blocks = _until(stop, blocks)
+    if isinstance(speeds, str) and speeds == "auto":
+        speeds = None if identifier.speeds is None else DEFAULT_MONITOR_SPEEDS
     if speeds is not None:
         grid = speed_grid(check_speeds(speeds), speeds[2] if len(speeds) == 3 else MONITOR_SPEED_STEP)
         yield from _multi_speed(

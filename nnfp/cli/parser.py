@@ -266,13 +266,14 @@ def _add_search_commands(sub, shared):
     own.add_argument("--min-score", type=finite_float, default=None,
                      help="window score threshold (default: the index's calibrated threshold)")
     own.add_argument("--batch-size", type=positive_int, default=None,
-                     help="segments per inference batch (default: 256 for files; 64, 32 s of audio, for stdin, "
+                     help="segments per inference batch (default: 256 for files; 16, 8 s of audio, for stdin, "
                      "so a live stream's detections do not wait for 128 s of it)")
     own.add_argument(
         "--speeds", type=speed_setting, default="auto", metavar="LO:HI[:STEP]|off",
         help=f"playback speeds monitored, e.g. {DEFAULT_MONITOR_SPEEDS[0]:g}:{DEFAULT_MONITOR_SPEEDS[1]:g} "
-        f"(steps of {MONITOR_SPEED_STEP:g} unless given; radio plays songs up to 4 %% fast; each speed costs a "
-        "pass of the model, 5.5x slower for 5 speeds); default: the catalogue's own speed only",
+        f"(steps of {MONITOR_SPEED_STEP:g} unless given; radio plays songs up to 4 %% fast); off: the catalogue's "
+        f"own speed only, about 5x faster; default: {DEFAULT_MONITOR_SPEEDS[0]:g}:{DEFAULT_MONITOR_SPEEDS[1]:g} "
+        "where the index's calibration was fitted with a speed grid, else off",
     )
     _add_command(
         sub, "monitor", cmd_monitor, own,
