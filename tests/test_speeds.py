@@ -138,6 +138,37 @@ def test_monitor_reports_plays_at_their_speed(speed_index):
     assert list(monitor_stream(identifier, blocks, "b.wav", min_score=0.6)) == plays
 
 
+def test_monitor_speeds_skip_the_model_while_a_play_is_followed(speed_index, monkeypatch):
+    # While one speed's play is heard, the other speeds' segments wait unfingerprinted; when it
+    # ends they are fingerprinted from `_GATED_LOOKBACK_SECONDS` back, so the next play, at
+    # another speed, is found from its start. (A 4 s look-back here: these plays are short.)
+    import nnfp.catalogue.monitor as monitor
+
+    index, music = speed_index
+    identifier = Identifier(index, min_score=None, decision="score")
+    parts = [played_at(music["t1.wav"][5 * RATE :], 1.03)[: 33 * RATE], played_at(music["t3.wav"][2 * RATE :], 0.97)[: 35 * RATE]]
+    broadcast = np.concatenate(parts)
+    blocks = [broadcast[i : i + 4 * RATE] for i in range(0, len(broadcast), 4 * RATE)]
+    rows = []
+    fingerprint = identifier.embedder.fingerprint
+
+    def counted(windows, *args, **kwargs):
+        rows.append(len(windows))
+        return fingerprint(windows, *args, **kwargs)
+
+    monkeypatch.setattr(identifier.embedder, "fingerprint", counted)
+    monkeypatch.setattr(monitor, "_GATED_LOOKBACK_SECONDS", 4.0)
+    # these generated tracks played 3 % off score about 0.5 a window, at the grid's nearest speed
+    plays = list(monitor.monitor_stream(identifier, blocks, "b.wav", min_score=0.4, speeds=(0.96, 1.04, 0.02)))
+    assert [p.track for p in plays] == ["t1.wav", "t3.wav"], plays
+    for play, speed, begin, end in zip(plays, (1.03, 0.97), (0.0, 33.0), (33.0, 68.0), strict=True):
+        assert play.speed == pytest.approx(speed, abs=0.01)  # from the one speed that followed it
+        assert abs(play.start_s - begin) <= 1.5, play
+        assert abs(play.end_s - end) <= 1.5, play
+    every_speed = 5 * (len(broadcast) // (RATE // 2) - 1)  # 5 speeds x 135 segments without the gate
+    assert sum(rows) < 0.75 * every_speed, (sum(rows), every_speed)
+
+
 def test_degrade_plays_the_excerpt_faster_from_its_start():
     from nnfp.catalogue.queries import degrade
 

@@ -32,6 +32,7 @@ __all__ = [
     "pcm_digest",
     "fingerprint_stream",
     "iter_fingerprints",
+    "iter_segments",
     "fingerprint_tracks",
     "index_embedder",
     "index_sample_rate",
@@ -439,7 +440,14 @@ def iter_fingerprints(embedder, blocks, hop_samples, batch_size=256, stats=None)
     Yields:
         `(first segment number, (n, d) float32 fingerprints)`, n = `batch_size` but for the last.
     """
-    segment = embedder.segment_samples
+    for first, windows in iter_segments(blocks, embedder.segment_samples, hop_samples, batch_size, stats):
+        yield first, fingerprint_segments(embedder, windows, batch_size=batch_size)
+
+
+def iter_segments(blocks, segment, hop_samples, batch_size=256, stats=None):
+    """The segments of a waveform given as consecutive blocks, as `iter_fingerprints` cuts them,
+    before the model: `(first segment number, (n, segment) float32 waveforms)`, n = `batch_size`
+    but for the last."""
     span = segment + (batch_size - 1) * hop_samples  # samples of one full batch
     carry = np.zeros(0, np.float32)  # samples from the next segment's start on
     to_drop = 0  # samples still to drop before the next start (a hop longer than a segment)
@@ -453,15 +461,14 @@ def iter_fingerprints(embedder, blocks, hop_samples, batch_size=256, stats=None)
         carry = np.concatenate([carry, block[dropped:]])
         to_drop -= dropped
         while len(carry) >= span:
-            windows = segment_waveform(carry[:span], segment, hop_samples)  # batch_size segments
-            yield done, fingerprint_segments(embedder, windows, batch_size=batch_size)
+            yield done, segment_waveform(carry[:span], segment, hop_samples)  # batch_size segments
             done += batch_size
             used = batch_size * hop_samples
             to_drop += max(0, used - len(carry))
             carry = carry[used:]
     windows = segment_waveform(carry, segment, hop_samples)
     if len(windows):
-        yield done, fingerprint_segments(embedder, windows, batch_size=batch_size)
+        yield done, windows
 
 
 def fingerprint_stream(embedder, blocks, hop_samples, batch_size=256):

@@ -28,8 +28,8 @@ import threading
 
 import numpy as np
 
-from nnfp.audio.segments import n_segments
-from nnfp.catalogue.fingerprint import iter_fingerprints
+from nnfp.audio.segments import fingerprint_segments, n_segments
+from nnfp.catalogue.fingerprint import iter_fingerprints, iter_segments
 from nnfp.catalogue.identify import LEAD_WEIGHT, margins, sharp_matches, window_similarity
 from nnfp.catalogue.plays import Candidate, Detection, PlayTracker, mostly_shared
 from nnfp.catalogue.speeds import check_speeds, speed_grid
@@ -48,6 +48,11 @@ __all__ = [
 # The window search's constants (the play tracker's are at the top of nnfp.catalogue.plays).
 _WINDOW_PLACES = 3  # best places of a window handed to the tracker (matches, holds, lead-ins)
 _RIVAL_PLACES = 10  # places of a window ranked for its margin (their other tracks are the rivals)
+# With several speeds, while one speed's play is followed the others skip the model (`_followed`):
+_GATED_BATCH = 16  # segments per stream and turn (the gate opens and closes this often)
+_GATED_LOOKBACK_SECONDS = 12.0  # audio a waiting stream holds back, fingerprinted when it wakes
+_FOLLOW_WINDOWS = 2  # a play is followed once it agreed in this many windows in a row
+_UNFOLLOW_WINDOWS = 4  # ... until this many windows in a row do not agree
 
 # The play tracker's names as they were imported from here.
 _Candidate = Candidate
@@ -217,7 +222,14 @@ class _Monitor(PlayTracker):
         self.k_probe = k_probe
 
     def push(self, first, fingerprints):
-        hits = self.db.neighbours(fingerprints, k_probe=self.k_probe)  # one faiss search per batch
+        # one faiss search per batch, of the segments that are not dead air (zeros)
+        heard = np.flatnonzero(np.any(fingerprints, axis=1))
+        if len(heard) == len(fingerprints):
+            hits = self.db.neighbours(fingerprints, k_probe=self.k_probe)
+        else:
+            hits = np.full((len(fingerprints), max(min(self.k_probe, self.db.n_segments), 1)), -1, np.int64)
+            if len(heard):
+                hits[heard] = self.db.neighbours(fingerprints[heard], k_probe=self.k_probe)
         super().push(first, fingerprints, hits)
 
     def search(self, w, query, hits):
@@ -245,9 +257,11 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
     """`monitor_stream` over several speeds: one `_Monitor` per grid speed, each fed the stream
     resampled as if played at that speed (its times are then track-speed times: a recording
     time is its time / speed). The streams are fingerprinted in step (the one furthest behind
-    in recording time goes next), so they hold little audio. A play is reported once no
-    stream can still find one overlapping it; of plays that share most of their stretch
-    of recording, the one with the most evidence (mean score x length) is kept."""
+    in recording time goes next), so they hold little audio; while one speed's play is heard
+    (`_followed`), the others skip the model and keep the last `_GATED_LOOKBACK_SECONDS` of
+    their audio to fingerprint when it is no longer heard. A play is reported once no stream
+    can still find one overlapping it; of plays that share most of their stretch of
+    recording, the one with the most evidence (mean score x length) is kept."""
     import collections
     import itertools
 
@@ -274,28 +288,56 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
             yield resampler.resample_chunk(np.asarray(block, np.float32))
         yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 
+    step = min(batch_size, _GATED_BATCH)  # segments per stream and turn: the gate acts this often
     streams = {
-        speed: iter_fingerprints(embedder, resampled(copy, speed), hop_samples, batch_size)
+        speed: iter_segments(resampled(copy, speed), embedder.segment_samples, hop_samples, step)
         for speed, copy in zip(rate_speeds, copies, strict=True)
     }
     hop_s = states[rate_speeds[0]].hop_s
+    dim = states[rate_speeds[0]].db.dim
+    lookback = int(round(_GATED_LOOKBACK_SECONDS / hop_s))
+    following = [None]  # the speed whose play is being followed (set below, read by in_step)
 
     def in_step():
         # (speed, first, fingerprints) of every stream, the one furthest behind in recording
         # time first, then (speed, None, None) once a stream has ended. Runs in `read_ahead`'s
-        # thread: the next batch is fingerprinted while this one is searched.
-        ahead = dict.fromkeys(rate_speeds, 0.0)  # recording seconds fingerprinted per stream
+        # thread: the next batch is fingerprinted while this one is searched. While a play is
+        # followed at one speed, the other streams' segments wait unfingerprinted `lookback`
+        # segments long and then go out as dead air (zeros); once it is no longer heard, the
+        # waiting segments are fingerprinted, so a play that began meanwhile is found from
+        # its start.
+        ahead = dict.fromkeys(rate_speeds, 0.0)  # recording seconds cut per stream
+        waiting = {speed: collections.deque() for speed in rate_speeds}  # (first, waveforms)
         live = set(rate_speeds)
+
+        def fingerprinted(speed, first=None, windows=None):
+            # the segments waiting at `speed`, then these (if any), fingerprinted
+            held = waiting[speed]
+            if windows is not None:
+                held.append((first, windows))
+            first, windows = held[0][0], np.concatenate([w for _, w in held])
+            held.clear()
+            return first, fingerprint_segments(embedder, windows, batch_size=step)
+
         while live:
             speed = min(live, key=lambda s: ahead[s])
             try:
-                first, fingerprints = next(streams[speed])
+                first, windows = next(streams[speed])
             except StopIteration:
                 live.discard(speed)
+                if waiting[speed]:
+                    yield speed, *fingerprinted(speed)
                 yield speed, None, None
                 continue
-            ahead[speed] = (first + len(fingerprints)) * hop_s / speed
-            yield speed, first, fingerprints
+            ahead[speed] = (first + len(windows)) * hop_s / speed
+            if following[0] is None or following[0] == speed:
+                yield speed, *fingerprinted(speed, first, windows)
+                continue
+            held = waiting[speed]
+            held.append((first, windows))
+            while sum(len(w) for _, w in held) - len(held[0][1]) >= lookback:
+                old_first, old = held.popleft()
+                yield speed, old_first, np.zeros((len(old), dim), np.float32)
 
     reached = dict.fromkeys(rate_speeds, 0.0)  # recording seconds searched per stream
     pending = []  # plays found, not yet reported
@@ -354,8 +396,37 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
         reached[speed] = (first + len(fingerprints)) * hop_s / speed
         for play in states[speed].windows(recording):
             add(in_recording_time(play, speed))
+        following[0] = _followed(states, following[0])
         yield from sorted(settle(final=False), key=lambda p: p.start_s)
     yield from sorted(settle(final=True), key=lambda p: p.start_s)
+
+
+def _followed(states, current):
+    """The speed whose play the other speeds need not look for now, or None.
+
+    A play is followed once it could be reported (`PlayTracker.min_span`) and agreed in each
+    of the last `_FOLLOW_WINDOWS` windows of its stream, and until it has not agreed for
+    `_UNFOLLOW_WINDOWS` windows: a track change, a talk-over or a noisy patch wakes the
+    other speeds, which then fingerprint the seconds they let wait (`_multi_speed`)."""
+    def agreeing(state, n):
+        latest = state.next_window - state.step  # the last window searched
+        return [c for c in state.candidates if c.confirmed and c.windows
+                and c.windows[-1] - c.windows[0] >= state.min_span
+                and len(c.windows) >= n and c.windows[-n] >= latest - (n - 1) * state.step]
+
+    if current is not None:
+        state = states[current]
+        latest = state.next_window - state.step
+        if any(c.confirmed and c.windows and c.windows[-1] - c.windows[0] >= state.min_span
+               and c.windows[-1] > latest - _UNFOLLOW_WINDOWS * state.step for c in state.candidates):
+            return current
+    best, best_score = None, -np.inf
+    for speed, state in states.items():
+        for c in agreeing(state, _FOLLOW_WINDOWS):
+            score = float(np.mean(c.scores[-_FOLLOW_WINDOWS:]))
+            if score > best_score:
+                best, best_score = speed, score
+    return best
 
 
 def read_ahead(iterable, depth=1):
