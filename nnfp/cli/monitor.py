@@ -89,14 +89,14 @@ def _monitor_recordings(args, stopper):
         read_pcm_blocks,
     )
 
+    # "auto" (default): `monitor_stream`'s default grid where the index's calibration searches speeds;
+    # `--speeds LO:HI` (step MONITOR_SPEED_STEP unless given) that grid; `off` (None): the catalogue's speed only
+    speeds = _monitor_speeds(args.speeds)
     identifier = Identifier(
         args.index_dir, model=args.model, k_probe=args.k_probe, threads=args.threads,
         nprobe=args.nprobe, trust_model=args.trust_model, runtime=args.runtime,
-        min_score="calibrated" if args.min_score is None else args.min_score, speeds=_monitor_speeds(args.speeds),
+        min_score="calibrated" if args.min_score is None else args.min_score, speeds=speeds,
     )
-    # "auto" (default): `monitor_stream`'s default grid where the index's calibration searches speeds;
-    # `--speeds LO:HI` (step MONITOR_SPEED_STEP unless given) that grid; `off`: the catalogue's speed only
-    speeds = "auto" if args.speeds == "auto" else _monitor_speeds(args.speeds)
     print_threshold_notes("monitor", args.min_score, identifier)
     stopper.graceful = True  # from here on a signal ends the stream and the plays in progress are reported
     failed = 0
