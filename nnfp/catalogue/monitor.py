@@ -20,6 +20,7 @@ a ring of recent fingerprints is kept.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import queue
@@ -53,6 +54,9 @@ _GATED_BATCH = 16  # segments per stream and turn (the gate opens and closes thi
 _GATED_LOOKBACK_SECONDS = 12.0  # audio a waiting stream holds back, fingerprinted when it wakes
 _FOLLOW_WINDOWS = 2  # a play is followed once it agreed in this many windows in a row
 _UNFOLLOW_WINDOWS = 4  # ... until this many windows in a row do not agree
+# The fingerprinting thread works on an item while the one before is searched, so it follows
+# what the search decided after the item before that (the same on every run: `_Gate`).
+_GATE_LAG = 2
 
 # The play tracker's names as they were imported from here.
 _Candidate = Candidate
@@ -262,7 +266,6 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
     their audio to fingerprint when it is no longer heard. A play is reported once no stream
     can still find one overlapping it; of plays that share most of their stretch of
     recording, the one with the most evidence (mean score x length) is kept."""
-    import collections
     import itertools
 
     from nnfp.audio.io import stream_resampler
@@ -296,7 +299,7 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
     hop_s = states[rate_speeds[0]].hop_s
     dim = states[rate_speeds[0]].db.dim
     lookback = int(round(_GATED_LOOKBACK_SECONDS / hop_s))
-    following = [None]  # the speed whose play is being followed (set below, read by in_step)
+    gate = _Gate()  # the speed whose play is followed, decided below, read by in_step
 
     def in_step():
         # (speed, first, fingerprints) of every stream, the one furthest behind in recording
@@ -309,6 +312,7 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
         ahead = dict.fromkeys(rate_speeds, 0.0)  # recording seconds cut per stream
         waiting = {speed: collections.deque() for speed in rate_speeds}  # (first, waveforms)
         live = set(rate_speeds)
+        n_items = 0  # items yielded so far
 
         def fingerprinted(speed, first=None, windows=None):
             # the segments waiting at `speed`, then these (if any), fingerprinted
@@ -319,8 +323,8 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
             held.clear()
             return first, fingerprint_segments(embedder, windows, batch_size=step)
 
-        while live:
-            speed = min(live, key=lambda s: ahead[s])
+        def items(speed):
+            # this stream's next items (none while its segments wait)
             try:
                 first, windows = next(streams[speed])
             except StopIteration:
@@ -328,16 +332,22 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
                 if waiting[speed]:
                     yield speed, *fingerprinted(speed)
                 yield speed, None, None
-                continue
+                return
             ahead[speed] = (first + len(windows)) * hop_s / speed
-            if following[0] is None or following[0] == speed:
+            following = gate.get(n_items)
+            if following is None or following == speed:
                 yield speed, *fingerprinted(speed, first, windows)
-                continue
+                return
             held = waiting[speed]
             held.append((first, windows))
             while sum(len(w) for _, w in held) - len(held[0][1]) >= lookback:
                 old_first, old = held.popleft()
                 yield speed, old_first, np.zeros((len(old), dim), np.float32)
+
+        while live:
+            for item in items(min(live, key=lambda s: ahead[s])):
+                n_items += 1
+                yield item
 
     reached = dict.fromkeys(rate_speeds, 0.0)  # recording seconds searched per stream
     pending = []  # plays found, not yet reported
@@ -358,9 +368,10 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
         span = (play.start_s, play.end_s)
         for speed, state in states.items():
             for c in state.candidates:
-                if not c.confirmed or not mostly_shared((c.start_s / speed, c.latest * hop_s / speed), span):
+                start = c.start_s / speed
+                if not c.confirmed or not mostly_shared((start, c.latest * hop_s / speed), span):
                     continue
-                start, end = c.start_s / speed, (c.last + state.window) * hop_s / speed
+                end = (c.last + state.window) * hop_s / speed
                 if float(np.mean(c.scores)) * (end - start) >= evidence(play) or end > play.end_s + max_gap_seconds:
                     return True
         return False
@@ -385,20 +396,62 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
             pending.remove(p)
         pending.append(play)
 
-    for speed, first, fingerprints in read_ahead(in_step()):
-        if first is None:  # this stream ended: its plays still open end here (cut short by a stop)
-            reached[speed] = float("inf")
-            cut_short = stop is not None and stop.is_set()
-            for play in states[speed].windows(recording, final=True):
-                add(dataclasses.replace(in_recording_time(play, speed), cut_short=cut_short))
-            continue
-        states[speed].push(first, fingerprints)
-        reached[speed] = (first + len(fingerprints)) * hop_s / speed
-        for play in states[speed].windows(recording):
-            add(in_recording_time(play, speed))
-        following[0] = _followed(states, following[0])
-        yield from sorted(settle(final=False), key=lambda p: p.start_s)
+    following = None
+    try:
+        for speed, first, fingerprints in read_ahead(in_step()):
+            if first is None:  # this stream ended: its plays still open end here (cut short by a stop)
+                reached[speed] = float("inf")
+                cut_short = stop is not None and stop.is_set()
+                for play in states[speed].windows(recording, final=True):
+                    add(dataclasses.replace(in_recording_time(play, speed), cut_short=cut_short))
+            else:
+                states[speed].push(first, fingerprints)
+                reached[speed] = (first + len(fingerprints)) * hop_s / speed
+                for play in states[speed].windows(recording):
+                    add(in_recording_time(play, speed))
+                following = _followed(states, following)
+            gate.decide(following)
+            yield from sorted(settle(final=False), key=lambda p: p.start_s)
+    finally:
+        gate.close()
     yield from sorted(settle(final=True), key=lambda p: p.start_s)
+
+
+class _Gate:
+    """The speed followed (`_followed`) after each item `_multi_speed` searched, handed to the
+    thread that fingerprints the items `_GATE_LAG` items later: what it fingerprints depends on
+    the recording alone, not on how far ahead of the search the thread happens to be."""
+
+    def __init__(self):
+        self._values = collections.deque()  # after items taken, taken + 1, ...
+        self._taken = 0  # items whose value the producer no longer needs
+        self._condition = threading.Condition()
+        self._closed = False
+
+    def decide(self, value):
+        """The value after the next item searched."""
+        with self._condition:
+            self._values.append(value)
+            self._condition.notify_all()
+
+    def close(self):
+        """The search stopped: `get` waits no more."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    def get(self, n_items):
+        """The value after item `n_items - _GATE_LAG` (None before it), once it is decided."""
+        k = n_items - _GATE_LAG
+        if k < 0:
+            return None
+        with self._condition:
+            while self._taken + len(self._values) <= k and not self._closed:
+                self._condition.wait(0.1)
+            while self._taken < k and self._values:
+                self._values.popleft()
+                self._taken += 1
+            return self._values[0] if self._taken == k and self._values else None
 
 
 def _followed(states, current):
@@ -408,22 +461,22 @@ def _followed(states, current):
     of the last `_FOLLOW_WINDOWS` windows of its stream, and until it has not agreed for
     `_UNFOLLOW_WINDOWS` windows: a track change, a talk-over or a noisy patch wakes the
     other speeds, which then fingerprint the seconds they let wait (`_multi_speed`)."""
-    def agreeing(state, n):
-        latest = state.next_window - state.step  # the last window searched
-        return [c for c in state.candidates if c.confirmed and c.windows
-                and c.windows[-1] - c.windows[0] >= state.min_span
-                and len(c.windows) >= n and c.windows[-n] >= latest - (n - 1) * state.step]
+    def reportable(state):  # its confirmed plays that could be reported, and its last window searched
+        plays = [c for c in state.candidates if c.confirmed and c.windows and c.windows[-1] - c.windows[0] >= state.min_span]
+        return plays, state.next_window - state.step
 
     if current is not None:
-        state = states[current]
-        latest = state.next_window - state.step
-        if any(c.confirmed and c.windows and c.windows[-1] - c.windows[0] >= state.min_span
-               and c.windows[-1] > latest - _UNFOLLOW_WINDOWS * state.step for c in state.candidates):
+        plays, latest = reportable(states[current])
+        if any(c.windows[-1] > latest - _UNFOLLOW_WINDOWS * states[current].step for c in plays):
             return current
+    n = _FOLLOW_WINDOWS
     best, best_score = None, -np.inf
     for speed, state in states.items():
-        for c in agreeing(state, _FOLLOW_WINDOWS):
-            score = float(np.mean(c.scores[-_FOLLOW_WINDOWS:]))
+        plays, latest = reportable(state)
+        for c in plays:
+            if len(c.windows) < n or c.windows[-n] < latest - (n - 1) * state.step:
+                continue  # not agreeing in each of the last n windows
+            score = float(np.mean(c.scores[-n:]))
             if score > best_score:
                 best, best_score = speed, score
     return best
