@@ -140,8 +140,11 @@ def test_monitor_reports_plays_at_their_speed(speed_index):
 
 def test_monitor_speeds_skip_the_model_while_a_play_is_followed(speed_index, monkeypatch):
     # While one speed's play is heard, the other speeds' segments wait unfingerprinted; when it
-    # ends they are fingerprinted from `_GATED_LOOKBACK_SECONDS` back, so the next play, at
-    # another speed, is found from its start. (A 4 s look-back here: these plays are short.)
+    # ends they are fingerprinted from shortly before its last agreeing window on (not all the
+    # `_GATED_LOOKBACK_SECONDS` they hold), so the next play, at another speed, is found from
+    # its start, and little is fingerprinted twice over. (Waking with the whole 12 s look-back
+    # fingerprinted 561 of the 675 rows; following only plays that could be reported, 449 of
+    # them with a 4 s look-back.)
     import nnfp.catalogue.monitor as monitor
 
     index, music = speed_index
@@ -157,7 +160,6 @@ def test_monitor_speeds_skip_the_model_while_a_play_is_followed(speed_index, mon
         return fingerprint(windows, *args, **kwargs)
 
     monkeypatch.setattr(identifier.embedder, "fingerprint", counted)
-    monkeypatch.setattr(monitor, "_GATED_LOOKBACK_SECONDS", 4.0)
     # these generated tracks played 3 % off score about 0.5 a window, at the grid's nearest speed
     plays = list(monitor.monitor_stream(identifier, blocks, "b.wav", min_score=0.4, speeds=(0.96, 1.04, 0.02)))
     assert [p.track for p in plays] == ["t1.wav", "t3.wav"], plays
@@ -166,7 +168,7 @@ def test_monitor_speeds_skip_the_model_while_a_play_is_followed(speed_index, mon
         assert abs(play.start_s - begin) <= 1.5, play
         assert abs(play.end_s - end) <= 1.5, play
     every_speed = 5 * (len(broadcast) // (RATE // 2) - 1)  # 5 speeds x 135 segments without the gate
-    assert sum(rows) < 0.75 * every_speed, (sum(rows), every_speed)
+    assert sum(rows) < 0.65 * every_speed, (sum(rows), every_speed)
 
 
 def test_degrade_plays_the_excerpt_faster_from_its_start():

@@ -51,12 +51,15 @@ _WINDOW_PLACES = 3  # best places of a window handed to the tracker (matches, ho
 _RIVAL_PLACES = 10  # places of a window ranked for its margin (their other tracks are the rivals)
 # With several speeds, while one speed's play is followed the others skip the model (`_followed`):
 _GATED_BATCH = 16  # segments per stream and turn (the gate opens and closes this often)
-_GATED_LOOKBACK_SECONDS = 12.0  # audio a waiting stream holds back, fingerprinted when it wakes
-_FOLLOW_WINDOWS = 2  # a play is followed once it agreed in this many windows in a row
+_GATED_LOOKBACK_SECONDS = 12.0  # audio a waiting stream holds back at most, fingerprinted when it wakes
+_FOLLOW_WINDOWS = 2  # a confirmed play is followed once it agreed in this many windows in a row
 _UNFOLLOW_WINDOWS = 4  # ... until this many windows in a row do not agree
 # The fingerprinting thread works on an item while the one before is searched, so it follows
 # what the search decided after the item before that (the same on every run: `_Gate`).
 _GATE_LAG = 2
+# ... and when it wakes, the held segments from this long before the followed play's last
+# agreeing window on are fingerprinted (the next play starts after that), the older ones not
+_WAKE_MARGIN_SECONDS = 1.0
 
 # The play tracker's names as they were imported from here.
 _Candidate = Candidate
@@ -263,7 +266,8 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
     time is its time / speed). The streams are fingerprinted in step (the one furthest behind
     in recording time goes next), so they hold little audio; while one speed's play is heard
     (`_followed`), the others skip the model and keep the last `_GATED_LOOKBACK_SECONDS` of
-    their audio to fingerprint when it is no longer heard. A play is reported once no stream
+    their audio; once it is no longer heard, they fingerprint what they kept from
+    `_WAKE_MARGIN_SECONDS` before its last agreeing window on. A play is reported once no stream
     can still find one overlapping it; of plays that share most of their stretch of
     recording, the one with the most evidence (mean score x length) is kept."""
     import itertools
@@ -299,7 +303,7 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
     hop_s = states[rate_speeds[0]].hop_s
     dim = states[rate_speeds[0]].db.dim
     lookback = int(round(_GATED_LOOKBACK_SECONDS / hop_s))
-    gate = _Gate()  # the speed whose play is followed, decided below, read by in_step
+    gate = _Gate()  # (the speed followed, where to resume), decided below, read by in_step
 
     def in_step():
         # (speed, first, fingerprints) of every stream, the one furthest behind in recording
@@ -307,21 +311,26 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
         # thread: the next batch is fingerprinted while this one is searched. While a play is
         # followed at one speed, the other streams' segments wait unfingerprinted `lookback`
         # segments long and then go out as dead air (zeros); once it is no longer heard, the
-        # waiting segments are fingerprinted, so a play that began meanwhile is found from
-        # its start.
+        # waiting segments from `resume` (recording seconds: shortly before its last agreeing
+        # window) on are fingerprinted, so a play that began meanwhile is found from its start.
         ahead = dict.fromkeys(rate_speeds, 0.0)  # recording seconds cut per stream
         waiting = {speed: collections.deque() for speed in rate_speeds}  # (first, waveforms)
         live = set(rate_speeds)
         n_items = 0  # items yielded so far
 
-        def fingerprinted(speed, first=None, windows=None):
-            # the segments waiting at `speed`, then these (if any), fingerprinted
+        def fingerprinted(speed, first=None, windows=None, resume=None):
+            # the segments waiting at `speed`, then these (if any), fingerprinted; those
+            # starting before `resume` (recording seconds) go out as dead air
             held = waiting[speed]
             if windows is not None:
                 held.append((first, windows))
             first, windows = held[0][0], np.concatenate([w for _, w in held])
             held.clear()
-            return first, fingerprint_segments(embedder, windows, batch_size=step)
+            skip = 0 if resume is None else int(np.clip(np.ceil(resume * speed / hop_s) - first, 0, len(windows)))
+            out = np.zeros((len(windows), dim), np.float32)
+            if skip < len(windows):
+                out[skip:] = fingerprint_segments(embedder, windows[skip:], batch_size=step)
+            return first, out
 
         def items(speed):
             # this stream's next items (none while its segments wait)
@@ -334,9 +343,9 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
                 yield speed, None, None
                 return
             ahead[speed] = (first + len(windows)) * hop_s / speed
-            following = gate.get(n_items)
+            following, resume = gate.get(n_items) or (None, 0.0)
             if following is None or following == speed:
-                yield speed, *fingerprinted(speed, first, windows)
+                yield speed, *fingerprinted(speed, first, windows, resume if waiting[speed] else None)
                 return
             held = waiting[speed]
             held.append((first, windows))
@@ -396,7 +405,7 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
             pending.remove(p)
         pending.append(play)
 
-    following = None
+    following, resume = None, 0.0
     try:
         for speed, first, fingerprints in read_ahead(in_step()):
             if first is None:  # this stream ended: its plays still open end here (cut short by a stop)
@@ -410,7 +419,9 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
                 for play in states[speed].windows(recording):
                     add(in_recording_time(play, speed))
                 following = _followed(states, following)
-            gate.decide(following)
+                if following is not None:  # where the other speeds resume once it is no longer heard
+                    resume = max(resume, _last_agreement(states[following]) * hop_s / following - _WAKE_MARGIN_SECONDS)
+            gate.decide((following, resume))
             yield from sorted(settle(final=False), key=lambda p: p.start_s)
     finally:
         gate.close()
@@ -418,9 +429,10 @@ def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recor
 
 
 class _Gate:
-    """The speed followed (`_followed`) after each item `_multi_speed` searched, handed to the
-    thread that fingerprints the items `_GATE_LAG` items later: what it fingerprints depends on
-    the recording alone, not on how far ahead of the search the thread happens to be."""
+    """(The speed followed (`_followed`), where the other speeds resume) after each item
+    `_multi_speed` searched, handed to the thread that fingerprints the items `_GATE_LAG`
+    items later: what it fingerprints depends on the recording alone, not on how far ahead
+    of the search the thread happens to be."""
 
     def __init__(self):
         self._values = collections.deque()  # after items taken, taken + 1, ...
@@ -457,22 +469,22 @@ class _Gate:
 def _followed(states, current):
     """The speed whose play the other speeds need not look for now, or None.
 
-    A play is followed once it could be reported (`PlayTracker.min_span`) and agreed in each
+    A play is followed once it is confirmed (`PlayTracker.min_windows`) and agreed in each
     of the last `_FOLLOW_WINDOWS` windows of its stream, and until it has not agreed for
     `_UNFOLLOW_WINDOWS` windows: a track change, a talk-over or a noisy patch wakes the
-    other speeds, which then fingerprint the seconds they let wait (`_multi_speed`)."""
-    def reportable(state):  # its confirmed plays that could be reported, and its last window searched
-        plays = [c for c in state.candidates if c.confirmed and c.windows and c.windows[-1] - c.windows[0] >= state.min_span]
-        return plays, state.next_window - state.step
+    other speeds, which then fingerprint the seconds they let wait since shortly before its
+    last agreeing window (`_multi_speed`, `_last_agreement`)."""
+    def confirmed(state):  # its confirmed plays, and its last window searched
+        return [c for c in state.candidates if c.confirmed and c.windows], state.next_window - state.step
 
     if current is not None:
-        plays, latest = reportable(states[current])
+        plays, latest = confirmed(states[current])
         if any(c.windows[-1] > latest - _UNFOLLOW_WINDOWS * states[current].step for c in plays):
             return current
     n = _FOLLOW_WINDOWS
     best, best_score = None, -np.inf
     for speed, state in states.items():
-        plays, latest = reportable(state)
+        plays, latest = confirmed(state)
         for c in plays:
             if len(c.windows) < n or c.windows[-n] < latest - (n - 1) * state.step:
                 continue  # not agreeing in each of the last n windows
@@ -480,6 +492,12 @@ def _followed(states, current):
             if score > best_score:
                 best, best_score = speed, score
     return best
+
+
+def _last_agreement(state):
+    """The latest window (segment number of its start) in which a confirmed play of `state`
+    agreed; 0 if none did."""
+    return max((c.windows[-1] for c in state.candidates if c.confirmed and c.windows), default=0)
 
 
 def read_ahead(iterable, depth=1):
