@@ -16,6 +16,7 @@ from nnfp.catalogue.identify import (
     lead,
     margins,
     same_audio,
+    window_similarity,
 )
 from nnfp.store.db import FingerprintDB, Match
 
@@ -69,6 +70,20 @@ def test_same_audio_matches_the_mean_cosine_of_the_two_windows(db):
         reference = np.mean(np.sum(emb[first : first + n] * emb[other : other + n], axis=1))
         assert same_audio(db, first, other, n) == (reference >= SAME_AUDIO)
     assert same_audio(db, 22, 82, 6) and not same_audio(db, 22, 42, 6)
+
+
+def test_window_similarity_of_a_memory_mapped_store_against_a_reference(db, tmp_path):
+    db.save(tmp_path / "db")
+    mapped = FingerprintDB.load(tmp_path / "db", mmap=True)
+    assert isinstance(mapped.embeddings, np.memmap)
+    emb = np.asarray(db.embeddings, np.float64)
+    # rows 95-99 are the last: a window there holds as many rows as are left
+    for first, other, n in ((22, 82, 6), (0, 60, 20), (30, 85, 12), (97, 10, 6), (10, 98, 6)):
+        m = min(n, 100 - first, 100 - other)
+        reference = np.mean(np.sum(emb[first : first + m] * emb[other : other + m], axis=1))
+        assert window_similarity(mapped, first, other, n) == pytest.approx(reference, abs=1e-6)
+        assert window_similarity(db, first, other, n) == pytest.approx(reference, abs=1e-6)
+    assert window_similarity(mapped, 100, 3, 6) == -np.inf
 
 
 def test_margins_against_a_reference(db):

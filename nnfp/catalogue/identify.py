@@ -113,9 +113,12 @@ def window_similarity(db, first, other, n_rows):
     n = int(min(n_rows, db.n_segments - first, db.n_segments - other))
     if n < 1:
         return -np.inf
-    a = np.asarray(db.embeddings[first : first + n], np.float32)
-    b = np.asarray(db.embeddings[other : other + n], np.float32)
-    return float(np.mean(np.sum(a * b, axis=1)))
+    rows = db.embeddings
+    if isinstance(rows, np.memmap):  # a plain view: a memmap's slicing costs more than this sum (monitor calls it often)
+        rows = rows.view(np.ndarray)
+    a = np.asarray(rows[first : first + n], np.float32)
+    b = np.asarray(rows[other : other + n], np.float32)
+    return float(np.sum(a * b, axis=1).sum() / n)
 
 
 def same_audio(db, first, other, n_rows):
