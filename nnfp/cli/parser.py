@@ -272,7 +272,7 @@ def _add_search_commands(sub, shared):
         "--speeds", type=speed_setting, default="auto", metavar="LO:HI[:STEP]|off",
         help=f"playback speeds monitored, e.g. {DEFAULT_MONITOR_SPEEDS[0]:g}:{DEFAULT_MONITOR_SPEEDS[1]:g} "
         f"(steps of {MONITOR_SPEED_STEP:g} unless given; radio plays songs up to 4 %% fast); off: the catalogue's "
-        f"own speed only, about 4x faster; default: {DEFAULT_MONITOR_SPEEDS[0]:g}:{DEFAULT_MONITOR_SPEEDS[1]:g} "
+        f"own speed only, about 3x faster; default: {DEFAULT_MONITOR_SPEEDS[0]:g}:{DEFAULT_MONITOR_SPEEDS[1]:g} "
         "where the index's calibration was fitted with a speed grid, else off",
     )
     _add_command(
