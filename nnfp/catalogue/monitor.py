@@ -234,7 +234,7 @@ class _Monitor(PlayTracker):
         if len(heard) == len(fingerprints):
             hits = self.db.neighbours(fingerprints, k_probe=self.k_probe)
         else:
-            hits = np.full((len(fingerprints), max(min(self.k_probe, self.db.n_segments), 1)), -1, np.int64)
+            hits = np.full((len(fingerprints), self.db.probe_width(self.k_probe)), -1, np.int64)
             if len(heard):
                 hits[heard] = self.db.neighbours(fingerprints[heard], k_probe=self.k_probe)
         super().push(first, fingerprints, hits)
@@ -474,19 +474,18 @@ def _followed(states, current):
     `_UNFOLLOW_WINDOWS` windows: a track change, a talk-over or a noisy patch wakes the
     other speeds, which then fingerprint the seconds they let wait since shortly before its
     last agreeing window (`_multi_speed`, `_last_agreement`)."""
-    def confirmed(state):  # its confirmed plays, and its last window searched
-        return [c for c in state.candidates if c.confirmed and c.windows], state.next_window - state.step
+    def latest(state):  # its last window searched
+        return state.next_window - state.step
 
     if current is not None:
-        plays, latest = confirmed(states[current])
-        if any(c.windows[-1] > latest - _UNFOLLOW_WINDOWS * states[current].step for c in plays):
+        state = states[current]
+        if any(c.windows[-1] > latest(state) - _UNFOLLOW_WINDOWS * state.step for c in _confirmed(state)):
             return current
     n = _FOLLOW_WINDOWS
     best, best_score = None, -np.inf
     for speed, state in states.items():
-        plays, latest = confirmed(state)
-        for c in plays:
-            if len(c.windows) < n or c.windows[-n] < latest - (n - 1) * state.step:
+        for c in _confirmed(state):
+            if len(c.windows) < n or c.windows[-n] < latest(state) - (n - 1) * state.step:
                 continue  # not agreeing in each of the last n windows
             score = float(np.mean(c.scores[-n:]))
             if score > best_score:
@@ -494,10 +493,15 @@ def _followed(states, current):
     return best
 
 
+def _confirmed(state):
+    """The confirmed plays of a speed's tracker `state` (each has agreeing windows)."""
+    return [c for c in state.candidates if c.confirmed and c.windows]
+
+
 def _last_agreement(state):
     """The latest window (segment number of its start) in which a confirmed play of `state`
     agreed; 0 if none did."""
-    return max((c.windows[-1] for c in state.candidates if c.confirmed and c.windows), default=0)
+    return max((c.windows[-1] for c in _confirmed(state)), default=0)
 
 
 def read_ahead(iterable, depth=1):

@@ -48,6 +48,13 @@ class SequenceScoring:
         bounds = np.cumsum([0] + [len(query) for query in queries])
         return [self.starts_from_hits(hits[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
+    def probe_width(self, k_probe):
+        """The rows `neighbours` returns per segment: `k_probe`, or fewer in a smaller DB."""
+        k = min(int(k_probe), self.n_segments)
+        if k < 1:
+            raise ValueError(f"`k_probe` must be >= 1. Received: k_probe={k_probe}")
+        return k
+
     def neighbours(self, query_embeddings, k_probe=20):
         """The `k_probe` nearest DB rows of each query segment: (n, k) int64, -1 where none.
 
@@ -55,9 +62,7 @@ class SequenceScoring:
         and reuses its rows in every window that holds it (`starts_from_hits`).
         """
         query = self._check_query(query_embeddings)
-        k = min(int(k_probe), self.n_segments)
-        if k < 1:
-            raise ValueError(f"`k_probe` must be >= 1. Received: k_probe={k_probe}")
+        k = self.probe_width(k_probe)
         self._set_threads()
         _, hits = self.index.search(query, k)
         return hits
