@@ -19,6 +19,8 @@ __all__ = [
     "FILE_BATCH_SIZE",
     "STREAM_BATCH_SIZE",
     "MONITOR_SPEED_STEP",
+    "SPEED_LEVEL_PLACES",
+    "SPEED_LEVEL_WEIGHT",
     "SPEED_PENALTY",
     "INDEX_TYPES",
     "INFERENCE_PROCESS",
@@ -82,9 +84,13 @@ DEFAULT_DECISION = "lead"
 # SPEED_STEPS: (longest query seconds, relative step) pairs, shortest first.
 DEFAULT_SPEEDS = (0.92, 1.08)
 # Most queries play at the catalogue's speed: a place found at another speed ranks this much
-# lower (its score and confidence are unchanged). Chosen by measurement: MODEL_CARD.md, "Songs
-# played faster or slower".
-SPEED_PENALTY = 0.04
+# lower, and every place ranks lower by SPEED_LEVEL_WEIGHT x the mean score of the other
+# places found at its speed among the best SPEED_LEVEL_PLACES (a speed at which the query
+# resembles much of the catalogue earns less credit). Its score and confidence are unchanged.
+# Chosen by measurement on training music: MODEL_CARD.md, "Songs played faster or slower".
+SPEED_PENALTY = 0.06
+SPEED_LEVEL_WEIGHT = 0.25
+SPEED_LEVEL_PLACES = 10
 # `nnfp monitor`'s speeds: broadcasts play songs up to a few % fast; each grid speed costs
 # a pass of the model over the recording (MONITOR_SPEED_STEP: the grid's step).
 DEFAULT_MONITOR_SPEEDS = (0.96, 1.04)

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from nnfp.audio.io import resample
-from nnfp.catalogue.identify import Identifier, _peak_speed, _wider_speeds
+from nnfp.catalogue.identify import Identifier, _peak_speed, _wider_speeds, speed_ranking_keys
 from nnfp.catalogue.speeds import parse_speeds, speed_grid, speed_step
 from nnfp.corpus.synth import compose_track
 
@@ -60,6 +60,36 @@ def test_peak_speed_is_the_vertex_of_the_parabola():
     assert _peak_speed({0.99: -np.inf, 1.0: 0.6, 1.01: 0.5}) == 1.0
 
 
+def test_speed_ranking_keys_against_a_numpy_reference():
+    from nnfp.store.search import Match
+
+    rng = np.random.default_rng(3)
+    speeds = np.array([1.0, 0.95, 1.03, 1.08])
+    found = rng.choice(speeds, size=60)
+    found[:3] = [1.0, 0.95, 1.08]  # every speed at least once; 1.08 has a single place below
+    found[3:][found[3:] == 1.08] = 1.03
+    scores = rng.uniform(0.1, 0.9, size=60)
+    def match(track, score, speed):
+        return Match(track, "t", 0.0, float(score), 0, speed=float(speed), found_speed=float(speed))
+
+    matches = [match(i, s, v) for i, (s, v) in enumerate(zip(scores, found, strict=True))]
+    keys = speed_ranking_keys(matches, penalty=0.06, level_weight=0.25, places=10)
+    # reference: per speed, the mean of the 2nd..10th best scores (0 for a speed with one place)
+    expected = scores - 0.06 * (found != 1.0)
+    for speed in speeds:
+        at = found == speed
+        ordered = -np.sort(-scores[at])[:10]
+        level = ordered[1:].mean() if at.sum() > 1 else 0.0
+        expected[at] -= 0.25 * level
+    np.testing.assert_allclose(keys, expected, rtol=0, atol=1e-12)
+    assert (found == 1.08).sum() == 1 and keys[2] == pytest.approx(scores[2] - 0.06)
+    # a place at a speed where the query resembles much of the catalogue ranks below an equal score elsewhere
+    crowded = [match(0, 0.7, 1.05)] + [match(1, 0.6, 1.05) for _ in range(9)]
+    alone = [match(2, 0.7, 0.97), match(3, 0.2, 0.97)]
+    keys = speed_ranking_keys(crowded + alone, penalty=0.0, level_weight=0.25)
+    assert keys[0] == pytest.approx(0.7 - 0.25 * 0.6) and keys[10] == pytest.approx(0.7 - 0.25 * 0.2)
+
+
 def test_a_wider_or_finer_speed_search_than_fitted_is_wider():
     assert _wider_speeds((0.92, 1.08), None)
     assert not _wider_speeds(None, None) and not _wider_speeds(None, (0.92, 1.08))
@@ -99,6 +129,24 @@ def test_a_track_played_5_percent_fast_is_found_with_its_speed_and_offset(speed_
         plain = Identifier(index, min_score=None, speeds=None, db=identifier.db, embedder=identifier.embedder)
         missed = plain.identify_audio(query, n_results=1)
         assert not missed or missed[0].score < best.score - 0.2
+
+
+def test_evaluate_searches_a_one_second_prefix_as_identify_searches_the_cut_file(speed_index):
+    # Undone from a slower speed, a 1 s query is padded; the prefix of a longer query must not
+    # fill that pad with audio a 1 s query does not have.
+    from nnfp.catalogue.metrics import run_queries
+
+    index, music = speed_index
+    identifier = Identifier(index, min_score=None)
+    for start in (7.4, 21.9):
+        wave = played_at(music["t1.wav"][int(start * RATE) :], 0.95)[: 4 * RATE]
+        raw = run_queries(identifier, [wave], lengths_seconds=(1.0, 3.0), progress=False)
+        for j, seconds in enumerate((1.0, 3.0)):
+            cut = identifier.rank_query(identifier.query(wave[: int(seconds * RATE)]), n_results=10)
+            assert raw["tracks"][0, j, 0] == cut[0].track_id
+            assert raw["scores"][0, j, 0] == pytest.approx(cut[0].score, abs=1e-6)
+            assert raw["offsets"][0, j, 0] == pytest.approx(cut[0].offset_s, abs=1e-9)
+        assert raw["found_speeds"][0, 0, 0] < 1.0  # found at a slower grid speed: padded there
 
 
 def test_unchanged_queries_keep_their_answer_and_report_speed_one(speed_index):

@@ -29,6 +29,8 @@ from nnfp.defaults import (
     DEFAULT_REFINE,
     DEFAULT_SPEEDS,
     SAME_AUDIO,
+    SPEED_LEVEL_PLACES,
+    SPEED_LEVEL_WEIGHT,
     SPEED_PENALTY,
 )
 from nnfp.store.db import FingerprintDB
@@ -38,6 +40,7 @@ __all__ = [
     "DECISIONS",
     "IMPOSTOR_PLACES",
     "LEAD_WEIGHT",
+    "speed_ranking_keys",
     "LEGACY_LEAD_WEIGHT",
     "SHARPNESS_SHIFTS_S",
     "alignment_sharpness",
@@ -188,6 +191,25 @@ def margins(db, places, n_rows, floor=0.0, decision="margin", same=None, weight=
                 break
         out.append(lead(place.score, rival, impostor, weight=weight))
     return out
+
+
+def speed_ranking_keys(matches, penalty=SPEED_PENALTY, level_weight=SPEED_LEVEL_WEIGHT, places=SPEED_LEVEL_PLACES):
+    """What the places a speed search found (`nnfp.store.db.Match`es, each with the grid
+    speed it was found at) rank by: the score, less `penalty` for a place found at another
+    speed than the catalogue's, less `level_weight` x the mean score of the other places
+    among the `places` best found at the same speed (a speed at which the query resembles
+    much of the catalogue earns less credit). A list of floats, one per match."""
+    by_speed = {}
+    for match in matches:
+        by_speed.setdefault(match.found_speed, []).append(match.score)
+    level = {}
+    for speed, scores in by_speed.items():
+        best = sorted(scores, reverse=True)[:places]
+        level[speed] = (sum(best) - best[0]) / (len(best) - 1) if len(best) > 1 else 0.0
+    return [
+        m.score - level_weight * level[m.found_speed] - (penalty if m.found_speed != 1.0 else 0.0)
+        for m in matches
+    ]
 
 
 def _best_per_track(db, starts, scores, track_best):
@@ -427,6 +449,7 @@ class Identifier:
         self.interpolate = int(interpolate)
         self.collapse_seconds = collapse_seconds
         self.speed_penalty = SPEED_PENALTY
+        self.speed_level_weight = SPEED_LEVEL_WEIGHT
         self.last_query_seconds = None  # length of the latest `identify_audio` query
         self.calibration_notes = []
         if calibration is None and index_dir is not None:
@@ -850,8 +873,8 @@ class Identifier:
 
     def _distinct(self, matches, n_results):
         kept, out = {}, []
-        penalty = self.speed_penalty
-        for match in sorted(matches, key=lambda m: -(m.score - (penalty if m.speed != 1.0 else 0.0))):
+        keys = speed_ranking_keys(matches, self.speed_penalty, self.speed_level_weight)
+        for _, match in sorted(zip(keys, matches, strict=True), key=lambda pair: -pair[0]):
             offsets = kept.setdefault(match.track_id, [])
             if self.collapse_seconds and any(abs(match.offset_s - o) < self.collapse_seconds for o in offsets):
                 continue

@@ -108,6 +108,12 @@ def same_audio_as_truth(db, predicted_rows, true_rows, n_rows):
 
 
 
+def _padded_at_some_speed(identifier, seconds):
+    """Whether a query of `seconds`, searched at the identifier's slowest grid speed, is
+    shorter than one segment once undone (and so padded: `Query.waveform`)."""
+    return seconds * min(identifier.speed_grid(seconds)) < identifier.min_query_seconds
+
+
 def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress=True):
     """Identifies the first `seconds` of every query for every length, as `nnfp identify` does.
 
@@ -158,11 +164,20 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
             if query is None:
                 continue
             started = time.perf_counter()
-            matches = identifier.rank_query(query, n_results=N_RANKED, min_score=None, max_seconds=seconds)
+            searched = query
+            if _padded_at_some_speed(identifier, seconds) and int(round(seconds * rate)) < len(wave):
+                # Undone from a slower speed, a one-segment query is padded (`Query.waveform`);
+                # the longer query's resampled audio would fill that pad with audio a query of
+                # `seconds` does not have. Search the prefix itself, as `identify` would a file.
+                try:
+                    searched = identifier.query(wave[: int(round(seconds * rate))], name=f"query {q}")
+                except QueryError:
+                    continue  # `identify` refuses this prefix (silent, near-silent): no answer
+            matches = identifier.rank_query(searched, n_results=N_RANKED, min_score=None, max_seconds=seconds)
             search_ms.append(1000 * (time.perf_counter() - started))
             threshold = identifier.match_threshold(seconds)
             if matches:
-                sharpness[q, j] = identifier.sharpness(query, matches[0], seconds)
+                sharpness[q, j] = identifier.sharpness(searched, matches[0], seconds)
             decided[q, j] = bool(matches) and (threshold is None or (
                 matches[0].confidence >= threshold and identifier.clears_sharpness(sharpness[q, j], seconds)))
             for r, match in enumerate(matches):
