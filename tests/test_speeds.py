@@ -131,6 +131,25 @@ def test_a_track_played_5_percent_fast_is_found_with_its_speed_and_offset(speed_
         assert not missed or missed[0].score < best.score - 0.2
 
 
+def test_the_speed_ranking_moves_the_order_of_places_never_their_confidence(speed_index):
+    # The "lead" confidence counts the query's impostor level, fitted with the calibration: a
+    # ranking that puts other places first must leave every place's confidence as it was.
+    index, music = speed_index
+    shipped = Identifier(index, min_score=None, decision="lead")
+    other = Identifier(index, min_score=None, decision="lead", db=shipped.db, embedder=shipped.embedder)
+    other.speed_penalty, other.speed_level_weight = 0.5, 1.0
+    noise = 0.05 * np.random.default_rng(0).standard_normal(3 * RATE).astype(np.float32)
+    query = played_at(music["t3.wav"][int(9.6 * RATE) :], 1.03)[: 3 * RATE] + noise
+    a = shipped.rank_query(shipped.query(query), n_results=200)
+    b = other.rank_query(other.query(query), n_results=200)
+    assert [(m.track_id, m.offset_s) for m in a] != [(m.track_id, m.offset_s) for m in b]  # another order
+    confidence = {(m.track_id, m.offset_s, m.found_speed): m.confidence for m in a}
+    shared = [m for m in b if (m.track_id, m.offset_s, m.found_speed) in confidence]
+    assert len(shared) >= 10
+    for m in shared:
+        assert m.confidence == pytest.approx(confidence[m.track_id, m.offset_s, m.found_speed], abs=1e-9)
+
+
 def test_evaluate_searches_a_one_second_prefix_as_identify_searches_the_cut_file(speed_index):
     # Undone from a slower speed, a 1 s query is padded; the prefix of a longer query must not
     # fill that pad with audio a 1 s query does not have.

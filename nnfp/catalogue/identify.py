@@ -77,6 +77,11 @@ IMPOSTOR_PLACES = 10
 SHARPNESS_SHIFTS_S = (1.0, 5.0)
 _SAME_AUDIO_CHECKS = 3  # rival tracks checked for being the same recording, best first
 _RIVAL_PLACES = 10  # distinct places ranked per speed (their tracks are the rivals)
+# The query's impostor level (`impostor_score`) is the IMPOSTOR_PLACES-th best score of its best
+# distinct places ordered by their score, less this for a place found at another speed: the
+# places the shipped calibration's "lead" was fitted on (2026-12-06, when places ranked so). It
+# is part of the decision statistic, which must not move when the ranking does.
+IMPOSTOR_SPEED_PENALTY = 0.04
 
 
 def identify_result(query, matches, hint=None):
@@ -767,7 +772,12 @@ class Identifier:
         off_margin = self.off_speed_margin(seconds)
         # one speed: `rank`'s order (interpolated windows rank by their own score); several: by score
         places = found[:wanted] if len(grid) == 1 else self._distinct(found, wanted)
-        impostor = impostor_score([m.score for m in places[:IMPOSTOR_PLACES]]) if self.decision == "lead" else None
+        impostor = None
+        if self.decision == "lead":  # over the places the calibrations were fitted with, whatever ranks first
+            pool = places if len(grid) == 1 else self._distinct(found, IMPOSTOR_PLACES, keys=[
+                m.score - (IMPOSTOR_SPEED_PENALTY if m.found_speed != 1.0 else 0.0) for m in found
+            ])
+            impostor = impostor_score([m.score for m in pool[:IMPOSTOR_PLACES]])
         matches = [
             dataclasses.replace(
                 m, confidence=self._confidence(m, track_best, max(n_query, 1), floor, impostor)
@@ -871,9 +881,12 @@ class Identifier:
             scores[speed] = float(self.db.sequence_scores(fingerprints[:n], rows).max()) if len(rows) else -np.inf
         return _peak_speed(scores)
 
-    def _distinct(self, matches, n_results):
+    def _distinct(self, matches, n_results, keys=None):
+        # The best `n_results` places of `matches` by `keys` (default: `speed_ranking_keys`),
+        # one per track and `collapse_seconds`.
         kept, out = {}, []
-        keys = speed_ranking_keys(matches, self.speed_penalty, self.speed_level_weight)
+        if keys is None:
+            keys = speed_ranking_keys(matches, self.speed_penalty, self.speed_level_weight)
         for _, match in sorted(zip(keys, matches, strict=True), key=lambda pair: -pair[0]):
             offsets = kept.setdefault(match.track_id, [])
             if self.collapse_seconds and any(abs(match.offset_s - o) < self.collapse_seconds for o in offsets):
