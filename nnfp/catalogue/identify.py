@@ -731,7 +731,9 @@ class Identifier:
         each with its `confidence`; with `min_score`, only those whose confidence reaches it.
 
         Speed 1.0 is searched at every phase (the plain search); every other grid speed
-        with phase 0 only; the two best of those at every phase. Matches of one track
+        with phase 0 only; the two best of those at every phase. Places rank by
+        `speed_ranking_keys` (the score, less `SPEED_PENALTY` off the catalogue's speed and
+        a share of the level of the speed that found them). Matches of one track
         closer than `collapse_seconds` (in track time) are one place, whatever speed found
         them. The best match's speed is then refined between grid points (its score stays
         the grid search's). The confidence is the score (`decision="score"`), the
