@@ -1,12 +1,15 @@
 """`nnfp.store.db`: `FingerprintDB` build, search against NumPy references, save/load, add,
 and long queries scored in tiles."""
 
+import os
+import stat
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import nnfp.outputs
 import nnfp.store.scoring
 from nnfp.store.db import FingerprintDB, Match
 
@@ -300,10 +303,17 @@ def test_add_with_work_dir_appends_through_a_memory_mapped_file(tmp_path, monkey
     np.testing.assert_array_equal(db.embeddings, everything[0])
     assert len(db) == db.index.ntotal == len(everything[0])
 
+    work_file = os.stat(scratch[0])
     db.save(tmp_path / "db")
     assert sorted(p.name for p in work.iterdir()) == ["theirs.npy"]  # its file gone, nothing else touched
     assert isinstance(db.embeddings, np.memmap) and Path(db.embeddings.filename) == tmp_path / "db" / "embeddings.npy"
+    saved = os.stat(tmp_path / "db" / "embeddings.npy")
+    assert (saved.st_ino, saved.st_dev) == (work_file.st_ino, work_file.st_dev)  # linked: not written twice
+    assert saved.st_nlink == 1 and stat.S_IMODE(saved.st_mode) == 0o666 & ~nnfp.outputs._UMASK
     reloaded = FingerprintDB.load(tmp_path / "db")
+    reloaded.save(tmp_path / "copy")  # a loaded store (read-only) is copied: the same bytes
+    assert os.stat(tmp_path / "copy" / "embeddings.npy").st_ino != saved.st_ino
+    assert (tmp_path / "copy" / "embeddings.npy").read_bytes() == (tmp_path / "db" / "embeddings.npy").read_bytes()
     np.testing.assert_array_equal(reloaded.embeddings, everything[0])
     np.testing.assert_array_equal(reloaded.segment_track, everything[1])
     np.testing.assert_array_equal(reloaded.segment_start, everything[2])
@@ -321,6 +331,30 @@ def test_add_with_work_dir_appends_through_a_memory_mapped_file(tmp_path, monkey
     for _, query in queries:
         assert reloaded.search(query) == reference.search(query) == db.search(query)
     assert [reloaded.search(query)[0].track_id for _, query in queries[10:]] == [new[1][row] for row, _ in queries[10:]]
+
+
+def test_a_save_that_fails_after_linking_the_work_rows_leaves_both_versions_whole(tmp_path, monkeypatch, data):
+    db = _saved_and_loaded(tmp_path, data, "flat")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "db").iterdir() if p.is_file()}
+    work = tmp_path / "work"
+    work.mkdir()
+    new = make_tracks(np.random.default_rng(15), n_tracks=2, first_id=30, min_len=30, max_len=40)
+    db.add(*new, work_dir=work)
+    (scratch,) = work.iterdir()
+
+    def broken(index, path):
+        raise OSError("simulated full disk")
+
+    monkeypatch.setattr(nnfp.store.db, "write_index", broken)
+    with pytest.raises(OSError, match="simulated"):
+        db.save(tmp_path / "db")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "db").iterdir() if p.is_file()} == before
+    assert list(work.iterdir()) == [scratch] and os.stat(scratch).st_nlink == 1  # the link went with the folder
+    monkeypatch.undo()
+    db.save(tmp_path / "db")
+    assert list(work.iterdir()) == []
+    reloaded = FingerprintDB.load(tmp_path / "db")
+    np.testing.assert_array_equal(reloaded.embeddings, np.concatenate([data[0], new[0]]))
 
 
 def test_add_with_work_dir_leaves_no_file_on_error_close_or_collection(tmp_path, monkeypatch, data):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from nnfp.defaults import INDEX_TYPES
-from nnfp.outputs import atomic_directory, atomic_file, atomic_write_bytes
+from nnfp.outputs import _UMASK, atomic_directory, atomic_file, atomic_write_bytes
 from nnfp.store.faiss_index import (
     MIN_POINTS_PER_CENTROID,
     add_in_chunks,
@@ -115,6 +115,47 @@ def verify_db(directory):
 
 def _delete_file(path):
     path.unlink(missing_ok=True)
+
+
+def _link_work_rows(rows, target):
+    """Gives the rows file this database wrote itself (a writable memory map: the work file of
+    an `add` or a compaction, already the `.npy` a save writes) a second name, `target`, instead
+    of copying it: a large catalogue's rows are not written twice, nor held three times on disk
+    (the old version, the work file, the new version). False, and nothing done, for rows in RAM
+    or a loaded store (read-only: the saved version's own file), or where the file system has no
+    hard link between the two (then the rows are copied)."""
+    if not isinstance(rows, np.memmap) or rows.mode not in ("w+", "r+") or rows.filename is None:
+        return False
+    source = Path(rows.filename)
+    if not _is_whole_npy(rows, source):
+        return False
+    rows.flush()
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or none with hard links
+        return False
+    os.chmod(target, 0o666 & ~_UMASK)  # work files are private (mkstemp); a saved index is not
+    return True
+
+
+def _is_whole_npy(rows, path):
+    # The memory map covers a whole `.npy` file's data (not a slice or a view at an offset).
+    try:
+        with open(path, "rb") as handle:
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(np.lib.format.read_magic(handle))
+            if read_header is None:
+                return False
+            shape, fortran, dtype = read_header(handle)
+            offset = handle.tell()
+    except (OSError, ValueError):
+        return False
+    return (
+        shape == rows.shape and not fortran and dtype == np.float32 and rows.dtype == np.float32
+        and rows.offset == offset and rows.flags.c_contiguous
+        and os.path.getsize(path) == offset + rows.nbytes
+    )
 
 
 _VERIFY_SAMPLE_ROWS = 65_536  # rows of a Milvus collection whose norms `verify_db` checks
@@ -593,17 +634,19 @@ class FingerprintDB(SequenceSearch):
         if self.backend == "milvus":
             return self._save_milvus(Path(directory).absolute(), extra_files)
         with atomic_directory(directory, own_names=own_names(directory)) as tmp:
-            # Copied in chunks so a memory-mapped store is never read into RAM at once.
-            store = np.lib.format.open_memmap(
-                tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=self.embeddings.shape
-            )
-            zero_rows = 0
-            for first in range(0, self.n_segments, ADD_CHUNK_ROWS):
-                block = np.asarray(self.embeddings[first : first + ADD_CHUNK_ROWS], np.float32)
-                zero_rows += count_zero_rows(block)
-                store[first : first + ADD_CHUNK_ROWS] = block
-            store.flush()
-            del store
+            if _link_work_rows(self.embeddings, tmp / "embeddings.npy"):
+                zero_rows = count_zero_rows(self.embeddings)
+            else:  # copied in chunks so a memory-mapped store is never read into RAM at once
+                store = np.lib.format.open_memmap(
+                    tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=self.embeddings.shape
+                )
+                zero_rows = 0
+                for first in range(0, self.n_segments, ADD_CHUNK_ROWS):
+                    block = np.asarray(self.embeddings[first : first + ADD_CHUNK_ROWS], np.float32)
+                    zero_rows += count_zero_rows(block)
+                    store[first : first + ADD_CHUNK_ROWS] = block
+                store.flush()
+                del store
             for name, source in (extra_files or {}).items():
                 source = Path(source)
                 if source.is_dir():
