@@ -77,6 +77,7 @@ IMPOSTOR_PLACES = 10
 SHARPNESS_SHIFTS_S = (1.0, 5.0)
 _SAME_AUDIO_CHECKS = 3  # rival tracks checked for being the same recording, best first
 _RIVAL_PLACES = 10  # distinct places ranked per speed (their tracks are the rivals)
+_REFINED_SPEEDS = 2  # the grid speeds other than 1.0 whose best phase-0 place is searched at every phase
 # The query's impostor level (`impostor_score`) is the IMPOSTOR_PLACES-th best score of its best
 # distinct places ordered by their score, less this for a place found at another speed: the
 # places the shipped calibration's "lead" was fitted on (2026-12-06, when places ranked so). It
@@ -761,7 +762,7 @@ class Identifier:
         found = ranked(1.0)
         if len(grid) > 1:
             coarse = {speed: ranked(speed, phases=1) for speed in grid if speed != 1.0}
-            best = sorted(coarse, key=lambda s: -(coarse[s][0].score if coarse[s] else -np.inf))[:2]
+            best = sorted(coarse, key=lambda s: -(coarse[s][0].score if coarse[s] else -np.inf))[:_REFINED_SPEEDS]
             if self.phases > 1:
                 query.prepare([(speed, None, span(speed)) for speed in best if coarse[speed]])
             for speed in best:
