@@ -45,6 +45,7 @@ __all__ = [
     "atomic_write_npz",
     "claim_output_dir",
     "lock_path",
+    "make_ordinary_file",
     "output_kind",
     "output_lock",
     "sha256_file",
@@ -281,7 +282,7 @@ def atomic_file(path):
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; outputs are ordinary files
+        make_ordinary_file(tmp)  # mkstemp makes it private; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -316,6 +317,12 @@ def _read_umask():
 
 # Read once: setting the umask to read it is not thread-safe.
 _UMASK = _read_umask()
+
+
+def make_ordinary_file(path):
+    """Gives `path` the mode of a file created the ordinary way (0666 less the umask): files
+    made by `tempfile.mkstemp` are private (0600), outputs are not."""
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from nnfp.defaults import INDEX_TYPES
-from nnfp.outputs import _UMASK, atomic_directory, atomic_file, atomic_write_bytes
+from nnfp.outputs import atomic_directory, atomic_file, atomic_write_bytes, make_ordinary_file
 from nnfp.store.faiss_index import (
     MIN_POINTS_PER_CENTROID,
     add_in_chunks,
@@ -134,7 +134,7 @@ def _link_work_rows(rows, target):
         os.link(source, target)
     except OSError:  # another file system, or none with hard links
         return False
-    os.chmod(target, 0o666 & ~_UMASK)  # work files are private (mkstemp); a saved index is not
+    make_ordinary_file(target)  # work files are private (mkstemp); a saved index is not
     return True
 
 
