@@ -777,9 +777,9 @@ class Identifier:
         places = found[:wanted] if len(grid) == 1 else self._distinct(found, wanted)
         impostor = None
         if self.decision == "lead":  # over the places the calibrations were fitted with, whatever ranks first
-            pool = places if len(grid) == 1 else self._distinct(found, IMPOSTOR_PLACES, keys=[
-                m.score - (IMPOSTOR_SPEED_PENALTY if m.found_speed != 1.0 else 0.0) for m in found
-            ])
+            pool = places if len(grid) == 1 else self._distinct(
+                found, IMPOSTOR_PLACES, keys=speed_ranking_keys(found, IMPOSTOR_SPEED_PENALTY, level_weight=0.0)
+            )
             impostor = impostor_score([m.score for m in pool[:IMPOSTOR_PLACES]])
         matches = [
             dataclasses.replace(

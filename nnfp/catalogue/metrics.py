@@ -164,13 +164,13 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
             if query is None:
                 continue
             started = time.perf_counter()
-            searched = query
-            if _padded_at_some_speed(identifier, seconds) and int(round(seconds * rate)) < len(wave):
+            searched, n = query, int(round(seconds * rate))
+            if _padded_at_some_speed(identifier, seconds) and n < len(wave):
                 # Undone from a slower speed, a one-segment query is padded (`Query.waveform`);
                 # the longer query's resampled audio would fill that pad with audio a query of
                 # `seconds` does not have. Search the prefix itself, as `identify` would a file.
                 try:
-                    searched = identifier.query(wave[: int(round(seconds * rate))], name=f"query {q}")
+                    searched = identifier.query(wave[:n], name=f"query {q}")
                 except QueryError:
                     continue  # `identify` refuses this prefix (silent, near-silent): no answer
             matches = identifier.rank_query(searched, n_results=N_RANKED, min_score=None, max_seconds=seconds)
