@@ -12,7 +12,8 @@ them): the rows are written once, and the disk holds the old version and one cop
 The catalogue is synthetic (random unit vectors, d = 128, 360 rows a track: the store alone,
 no model): `--rows` stored (2,000,000 rows are 1 GB, about 11,000 tracks of 3 min at a 0.5 s
 hop), `--add-rows` added. `--step prepare` writes the saved index; `--step add` loads it
-(memory-mapped), adds, saves to a new folder, and prints one line: seconds of add and of save,
+(memory-mapped), adds, saves to a new folder (work file and new folder in a temporary folder of
+its own inside `--workdir`, removed afterwards; nothing else there is touched), and prints one line: seconds of add and of save,
 bytes this process wrote (`/proc/self/io`) and the largest extra disk use seen in the work and
 output folders during the save. Without `--step`, both run in fresh processes and a table is
 printed. The page cache makes the first write cheap: numbers depend on the machine and its
@@ -25,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -54,15 +56,19 @@ def prepare(workdir, n_rows):
     from nnfp.store.db import FingerprintDB
 
     rng = np.random.default_rng(0)
-    store = np.lib.format.open_memmap(workdir / "rows.npy", mode="w+", dtype=np.float32, shape=(n_rows, D))
-    for first in range(0, n_rows, 100_000):
-        store[first : first + 100_000] = unit_rows(rng, min(100_000, n_rows - first))
-    store.flush()
-    segment_track, segment_start, tracks = tracks_of(n_rows, 0)
-    db = FingerprintDB.build(np.load(workdir / "rows.npy", mmap_mode="r"), segment_track, segment_start,
-                             tracks, index_type="flat", threads=1)
-    db.save(workdir / "index")
-    (workdir / "rows.npy").unlink()
+    handle, rows = tempfile.mkstemp(prefix="rows-", suffix=".npy", dir=workdir)  # ours: never a user's file
+    os.close(handle)
+    try:
+        store = np.lib.format.open_memmap(rows, mode="w+", dtype=np.float32, shape=(n_rows, D))
+        for first in range(0, n_rows, 100_000):
+            store[first : first + 100_000] = unit_rows(rng, min(100_000, n_rows - first))
+        store.flush()
+        segment_track, segment_start, tracks = tracks_of(n_rows, 0)
+        db = FingerprintDB.build(np.load(rows, mmap_mode="r"), segment_track, segment_start,
+                                 tracks, index_type="flat", threads=1)
+        db.save(workdir / "index")  # refuses to replace a folder nnfp did not write
+    finally:
+        os.unlink(rows)
 
 
 def written_bytes():
@@ -72,12 +78,12 @@ def written_bytes():
     return 0
 
 
-def disk_use(folder, skip):
-    """Bytes on disk of the files under `folder` outside `skip`, each file (inode) once."""
+def disk_use(folder):
+    """Bytes on disk of the files under `folder`, each file (inode) once."""
     seen = {}
     for path in folder.rglob("*"):
         try:
-            if skip in path.parents or not path.is_file():
+            if not path.is_file():
                 continue
             info = path.stat()
         except FileNotFoundError:  # renamed or deleted while the save runs
@@ -89,9 +95,8 @@ def disk_use(folder, skip):
 def add_step(workdir, add_rows):
     from nnfp.store.db import FingerprintDB
 
-    out, work = workdir / "added", workdir / "work"
-    for folder in (out, work):
-        shutil.rmtree(folder, ignore_errors=True)  # this benchmark's own folders
+    run = Path(tempfile.mkdtemp(prefix="add-", dir=workdir))  # made here, removed at the end
+    out, work = run / "added", run / "work"
     work.mkdir()
     db = FingerprintDB.load(workdir / "index")
     n_old = len(db)
@@ -105,7 +110,7 @@ def add_step(workdir, add_rows):
 
     def watch():  # extra disk held by the work file and the new version while the save runs
         while not done.is_set():
-            peak[0] = max(peak[0], disk_use(workdir, workdir / "index"))
+            peak[0] = max(peak[0], disk_use(run))
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
@@ -119,6 +124,8 @@ def add_step(workdir, add_rows):
         "rows": n_old, "added": add_rows, "add_s": added - started, "save_s": saved - added,
         "written_gb": (written_bytes() - written) / 1e9, "peak_extra_disk_gb": peak[0] / 1e9,
     }))
+    del db
+    shutil.rmtree(run)
 
 
 def main(argv=None):
