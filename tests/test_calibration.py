@@ -354,3 +354,33 @@ def test_a_length_between_calibrated_ones_uses_the_stricter_of_the_two():
     thresholds = [calibration.threshold(s) for s in (0.5, 1, 2, 3, 4, 5, 6, 30)]
     assert thresholds == [0.5, 0.5, 0.5, 0.3, 0.4, 0.4, 0.4, 0.4]
     assert [calibration.at_length(calibration.info["rival_floor"], s) for s in (2, 3, 4.5)] == [0.7, 0.6, 0.65]
+
+
+def test_calibrate_counts_segment_votes_and_remakes_parts_saved_without_them(index, setup, tmp_path, monkeypatch):
+    """A "lead" calibration records its vote weight; its saved parts keep the top answers' segment
+    votes (shares in [0, 1]); a part saved before votes were kept is searched again."""
+    import nnfp.catalogue.evaluation as evaluation
+    from nnfp.catalogue.calibration import VOTE_WEIGHT
+
+    monkeypatch.setattr(evaluation, "_WORK_PART", 6)
+    work = tmp_path / "work"
+    args = ["index", "calibrate", str(index), "--unknown", str(setup["unknown"]), "--n-queries", "12",
+            "--lengths", "1", "3", "--target", "0.25", "--speeds", "off", "--quiet", "--work-dir", str(work)]
+    assert main(args) == 0
+    first = Calibration.load(index / "calibration.json")
+    assert first.info["vote_weight"] == VOTE_WEIGHT > 0
+    with np.load(work / "known.0000.npz") as part:
+        votes, valid, tracks = part["votes"], part["valid"], part["tracks"][..., 0]
+        saved = {k: part[k] for k in part.files if k != "votes"}
+    answered = valid & (tracks >= 0)
+    assert answered.any() and np.all((votes[answered] >= 0) & (votes[answered] <= 1))
+    assert np.isnan(votes[~answered]).all()
+    np.savez_compressed(work / "known.0000.npz", **saved)  # as an older nnfp saved it
+    runs = []
+    real = evaluation.run_queries
+    monkeypatch.setattr(evaluation, "run_queries", lambda ident, waves, *a, **k: runs.append(len(waves)) or real(
+        ident, waves, *a, **k))
+    assert main(args) == 0
+    assert runs == [6]  # that part only
+    again = Calibration.load(index / "calibration.json")
+    np.testing.assert_allclose(again.min_score, first.min_score, atol=1.01e-4)

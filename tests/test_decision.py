@@ -257,3 +257,97 @@ def test_monitor_windows_meet_the_sharpness_floor(db):
     assert sharpness > 0.3
     assert 2 not in [m.track_id for m in window_matches(sharpness + 0.01)]
     assert [m.track_id for m in window_matches(sharpness - 0.01)][:1] == [2]
+
+
+def test_segment_votes_against_a_brute_force_reference(db):
+    """Each segment votes when its aligned row beats every row outside the alignment (rows one
+    hop either side in the same track) and outside the same audio under another name; the
+    alignment is the best of the rows around the one given."""
+    from nnfp.catalogue.identify import segment_votes
+
+    emb = np.asarray(db.embeddings)
+    tracks = np.asarray(db.segment_track)
+    rng = np.random.default_rng(11)
+
+    def reference(query, first, track):
+        votes = []
+        for i, q in enumerate(query):
+            a = first + i
+            own = (np.abs(np.arange(len(emb)) - a) <= 1) & (tracks == track)
+            same = emb @ emb[a] >= 0.9
+            votes.append(float(q @ emb[a]) >= float(np.max((emb @ q)[~own & ~same])) - 1e-6)
+        return float(np.mean(votes))
+
+    query = unit(emb[43:49] + 0.1 * rng.standard_normal((6, D)))  # track 2, rows 3-8
+    query[3:] = unit(emb[66:69] + 0.1 * rng.standard_normal((3, D)))  # its last 3 segments sound like track 3
+    expected = reference(query, 43, 2)
+    assert expected == pytest.approx(0.5)
+    assert segment_votes(db, query, 43, 2) == pytest.approx(expected)
+    assert segment_votes(db, query, 44, 2) == pytest.approx(expected)  # a row off: the best alignment is found
+    # track 1 is also stored as track 4: its copy's rows are no rivals, every segment votes
+    copy = unit(emb[22:28] + 0.2 * rng.standard_normal((6, D)))
+    assert reference(copy, 22, 1) == segment_votes(db, copy, 22, 1) == 1.0
+    # random segments resemble other rows more than any chosen alignment
+    noise = unit(rng.standard_normal((6, D)))
+    votes = segment_votes(db, noise, 63, 3)
+    assert votes == pytest.approx(reference(noise, 63, 3)) and votes < 0.5
+    assert np.isnan(segment_votes(db, noise, 78, 3))  # no 6-row window of track 3 around row 78
+
+
+def test_a_calibration_with_a_vote_weight_adds_the_votes_to_every_confidence(db):
+    """`vote_weight` x `segment_votes` is added to the confidence of each place, in `rank_query`
+    and in the fingerprint API; a calibration without it (fitted before votes) counts none."""
+    from nnfp.catalogue.calibration import Calibration, confidence_bound
+    from nnfp.catalogue.identify import segment_votes
+
+    emb = np.asarray(db.embeddings)
+    rng = np.random.default_rng(21)
+    query = unit(emb[43:49] + 0.1 * rng.standard_normal((6, D)))
+    query[4:] = unit(emb[66:68] + 0.1 * rng.standard_normal((2, D)))  # 4 of 6 segments point at track 2
+
+    def identifier(**info):
+        calibration = Calibration([1.0], [-3.0], info={"decision": "lead", "lead_weight": 1.0, **info})
+        return Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
+
+    plain, voting = identifier(), identifier(vote_weight=0.5)
+    assert plain.vote_weight == 0.0 and voting.vote_weight == 0.5
+    before = plain.rank_query(fixed_query(plain, query), n_results=3, min_score=-3.0)
+    after = voting.rank_query(fixed_query(voting, query), n_results=3, min_score=-3.0)
+    assert [m.track_id for m in before] == [m.track_id for m in after] and before[0].track_id == 2
+    for b, a in zip(before, after, strict=True):
+        votes = segment_votes(db, query, b.segment_index, b.track_id)
+        assert a.confidence - b.confidence == pytest.approx(0.5 * np.nan_to_num(votes), abs=1e-6)
+    assert segment_votes(db, query, before[0].segment_index, 2) == pytest.approx(4 / 6)
+    # the fingerprint API decides alike
+    found, plain_found = voting.search(query, n_results=1)[0], plain.search(query, n_results=1)[0]
+    assert found.track_id == plain_found.track_id == 2
+    assert found.confidence - plain_found.confidence == pytest.approx(0.5 * 4 / 6, abs=1e-6)
+    # a threshold's magnitude may grow by the weight
+    assert confidence_bound({"decision": "lead", "lead_weight": 1.0, "vote_weight": 0.5})[0] == 4.5
+
+
+def test_monitor_windows_count_the_votes_of_their_segments(db):
+    """A window's confidence adds `vote_weight` x its segment votes, as `Identifier.search`."""
+    from nnfp.catalogue.calibration import Calibration
+    from nnfp.catalogue.identify import segment_votes
+    from nnfp.catalogue.monitor import _Monitor
+
+    emb = np.asarray(db.embeddings)
+    rng = np.random.default_rng(21)
+    query = unit(emb[43:49] + 0.1 * rng.standard_normal((6, D)))
+    query[4:] = unit(emb[66:68] + 0.1 * rng.standard_normal((2, D)))
+    calibration = Calibration([1.0], [-3.0], info={"decision": "lead", "lead_weight": 1.0, "vote_weight": 0.5})
+    identifier = Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
+    best = identifier.search(query, n_results=1)[0]
+    votes = segment_votes(db, query, best.segment_index, 2)
+    assert best.track_id == 2 and votes == pytest.approx(4 / 6)
+
+    def window_tracks(threshold, vote_weight):
+        monitor = _Monitor(db, threshold, window=6, step=1, max_gap=20, min_windows=2, tolerance=1.0, k_probe=20,
+                           seg_seconds=1.0, batch=8, decision="lead", lead_weight=1.0, vote_weight=vote_weight)
+        return [m.track_id for m in monitor.search(0, query, None)[1]]
+
+    just_above = best.confidence - 0.01  # reached with the votes only
+    assert window_tracks(just_above, 0.5)[:1] == [2]
+    assert 2 not in window_tracks(just_above, 0.0)
+    assert 2 not in window_tracks(best.confidence + 0.01, 0.5)

@@ -71,6 +71,10 @@ OFF_SPEED_MIN_ANSWERS = 30  # `off_speed_margins`: fewer answers on a side measu
 # level in a calibration fitted now, and in one that does not record its weight (older nnfp).
 LEAD_WEIGHT = 1.0
 LEGACY_LEAD_WEIGHT = 0.25
+# "lead" also adds VOTE_WEIGHT x the answer's segment votes (`nnfp.catalogue.identify.segment_votes`:
+# the share of the query's segments whose own nearest row is the answer's); a calibration records
+# it (`vote_weight`), one without it counts no votes.
+VOTE_WEIGHT = 0.25
 SCORE_SLACK = 1e-3  # float32 inner products of unit vectors (and `calibrate`'s rounding up) pass +-1 by a hair
 WHAT_TO_DO = (
     "restore it (`nnfp index calibrate` keeps the file it replaces beside it as <name>.bak), recalibrate "
@@ -215,12 +219,14 @@ class Calibration:
 def confidence_bound(info):
     """The largest magnitude a confidence (and so a threshold) can have under the decision of a
     calibration's `info`, and what it is: a cosine score is within [-1, 1], its margin over
-    another track's within [-2, 2], and "lead" adds `lead_weight` x a lead of at most 2."""
+    another track's within [-2, 2], and "lead" adds `lead_weight` x a lead of at most 2 and
+    `vote_weight` x votes of at most 1."""
     decision = info.get("decision", "score")
     if decision == "margin":
         return 2.0, "margins of cosine scores"
     if decision == "lead":
-        return 2.0 + 2.0 * float(info.get("lead_weight", LEGACY_LEAD_WEIGHT)), "leads of cosine scores"
+        bound = 2.0 + 2.0 * float(info.get("lead_weight", LEGACY_LEAD_WEIGHT)) + float(info.get("vote_weight", 0.0))
+        return bound, "leads of cosine scores"
     return 1.0, "cosine scores"
 
 

@@ -34,7 +34,13 @@ from pathlib import Path
 import numpy as np
 
 from nnfp.audio.segments import n_segments
-from nnfp.catalogue.identify import IMPOSTOR_PLACES, LEAD_WEIGHT, LEGACY_LEAD_WEIGHT, impostor_score
+from nnfp.catalogue.identify import (
+    IMPOSTOR_PLACES,
+    LEAD_WEIGHT,
+    LEGACY_LEAD_WEIGHT,
+    VOTE_WEIGHT,
+    impostor_score,
+)
 from nnfp.catalogue.metrics import (
     LENGTHS_SECONDS,
     OFFSET_TOLERANCE_S,
@@ -292,6 +298,7 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
                     part = {k: saved[k] for k in _WORK_KEYS}
                     # saved before the sharpness was kept: NaN (an in-catalogue part is made again)
                     part["sharpness"] = saved["sharpness"] if "sharpness" in saved.files else None
+                    part["votes"] = saved["votes"] if "votes" in saved.files else None
             except (OSError, ValueError, KeyError) as error:
                 raise ValueError(
                     f"{path}: not a saved part of a calibration ({type(error).__name__}: {error}); "
@@ -305,19 +312,21 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
                     changed = changed or ["sharpness"]
                 else:
                     part["sharpness"] = np.full(part["valid"].shape, np.nan)
-            if changed and changed not in (["count"], ["sharpness"]):
+            if part["votes"] is None:  # saved before the segment votes were kept: made again
+                changed = changed or ["votes"]
+            if changed and changed not in (["count"], ["sharpness"], ["votes"]):
                 raise ValueError(
                     f"{path}: saved by a calibration with other settings (different: {', '.join(changed)}); "
                     "give another --work-dir, or the settings it was saved with"
                 )
         if not path.exists() or changed:  # new, or the last part of a run with fewer queries: (re)made
             raw = run_queries(identifier, waves[first : first + _WORK_PART], lengths_seconds, progress=progress)
-            part = {k: raw[k] for k in (*_WORK_KEYS, "sharpness")}
+            part = {k: raw[k] for k in (*_WORK_KEYS, "sharpness", "votes")}
             weight = identifier.lead_weight
             with atomic_file(path) as tmp, open(tmp, "wb") as handle:
                 np.savez_compressed(handle, settings=np.asarray(key), **part)
         parts.append({**part, "lead_weight": np.full(len(part["valid"]), weight)})
-    return {k: np.concatenate([p[k] for p in parts]) for k in (*_WORK_KEYS, "sharpness", "lead_weight")}
+    return {k: np.concatenate([p[k] for p in parts]) for k in (*_WORK_KEYS, "sharpness", "votes", "lead_weight")}
 
 
 def _off_speed(raw):
@@ -455,12 +464,13 @@ def calibrate_index(
             identifier, waves, lengths_seconds, progress, work_dir, f"unknown-{i}-{name}",
             None if work is None else {**work, "folder": str(Path(folder).absolute())},
         )
+    unknown_raw = dict(unknown)
     error = np.abs(known["offsets"][..., 0] - known_info["offset_s"][:, None])
     right = (known["tracks"][..., 0] == known_info["track"][:, None]) & (error <= OFFSET_TOLERANCE_S + 1e-6)
     if scores_out is not None:  # the ranked scores behind the thresholds, to study other rules on
         arrays = {"lengths_s": np.asarray(lengths_seconds, float), "known/right": right}
         for name, raw in (("known", known), *((f"unknown:{n}", r) for n, r in unknown.items())):
-            keys = ("scores", "confidences", "tracks", "speeds", "found_speeds", "valid", "lead_weight")
+            keys = ("scores", "confidences", "tracks", "speeds", "found_speeds", "valid", "lead_weight", "votes")
             arrays.update({f"{name}/{key}": raw[key] for key in keys})
         with atomic_file(scores_out) as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)
@@ -490,11 +500,13 @@ def calibrate_index(
         pooled = np.concatenate([rival for _, rival, _ in unknown_parts.values()])
         floors = [round(float(np.nanquantile(pooled[:, j], RIVAL_FLOOR_QUANTILE)), 4) for j in range(pooled.shape[1])]
 
-        def confidences(score, rival, extra):
-            return score - np.maximum(rival, np.asarray(floors)) + extra
+        def confidences(score, rival, extra, votes):
+            return score - np.maximum(rival, np.asarray(floors)) + extra + VOTE_WEIGHT * np.nan_to_num(votes)
 
-        known = confidences(*known_parts)
-        unknown = {name: confidences(*p) for name, p in unknown_parts.items()}
+        votes = identifier.decision == "lead"  # the lead counts the segment votes (`Identifier.votes`)
+        known = confidences(*known_parts, known_raw["votes"] if votes else 0.0)
+        unknown = {name: confidences(*p, unknown_raw[name]["votes"] if votes else 0.0)
+                   for name, p in unknown_parts.items()}
     else:
         known = known["confidences"][..., 0]
         unknown = {name: raw["confidences"][..., 0] for name, raw in unknown.items()}
@@ -516,6 +528,8 @@ def calibrate_index(
         decision=identifier.decision, lead_weight=LEAD_WEIGHT, unknown_groups=groups if len(names) > 1 else None,
         known_passes=passes,
     )
+    if identifier.decision == "lead":
+        calibration.info["vote_weight"] = VOTE_WEIGHT
     calibration.info["sharpness_floor"] = sharpness_floors
     calibration.info["sharpness_quantile"] = SHARPNESS_QUANTILE
     if floors is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from nnfp.audio.segments import QUIET_DBFS, n_segments, segment_levels_db, segment_waveform
-from nnfp.catalogue.calibration import LEAD_WEIGHT, LEGACY_LEAD_WEIGHT
+from nnfp.catalogue.calibration import LEAD_WEIGHT, LEGACY_LEAD_WEIGHT, VOTE_WEIGHT
 from nnfp.catalogue.fingerprint import (
     fingerprint_segments,
     index_embedder,
@@ -42,7 +42,10 @@ __all__ = [
     "LEAD_WEIGHT",
     "LEGACY_LEAD_WEIGHT",
     "SHARPNESS_SHIFTS_S",
+    "VOTE_NEIGHBOURS",
+    "VOTE_WEIGHT",
     "alignment_sharpness",
+    "segment_votes",
     "sharp_matches",
     "speed_ranking_keys",
     "Identifier",
@@ -75,6 +78,10 @@ IMPOSTOR_PLACES = 10
 # is "not in the catalogue" whatever its lead (a sustained sound that resembles a stationary
 # stretch of a track scores nearly as well a few seconds away; a right answer sits at one place).
 SHARPNESS_SHIFTS_S = (1.0, 5.0)
+# Segment votes (`segment_votes`): a segment votes for its answer when no row the index returns
+# among its VOTE_NEIGHBOURS nearest, outside the answer's alignment (at most 3 of them) and the
+# same audio under another name (3 more per copy), is more similar to it than the aligned row.
+VOTE_NEIGHBOURS = 8
 _SAME_AUDIO_CHECKS = 3  # rival tracks checked for being the same recording, best first
 _RIVAL_PLACES = 10  # distinct places ranked per speed (their tracks are the rivals)
 _REFINED_SPEEDS = 2  # the grid speeds other than 1.0 whose best phase-0 place is searched at every phase
@@ -167,6 +174,46 @@ def alignment_sharpness(db, fingerprints, row, track_id):
         return float("nan")
     at = float(db.sequence_scores(fingerprints, np.array([int(row)]))[0])
     return at - float(np.mean(db.sequence_scores(fingerprints, rows)))
+
+
+def segment_votes(db, fingerprints, row, track_id, hits=None):
+    """The share of the query `fingerprints` (consecutive segments) that point at the place by
+    themselves: segment i votes when its DB row at the alignment is at least as similar to it as
+    the most similar row the index returns outside that alignment (`VOTE_NEIGHBOURS` nearest;
+    rows one hop either side of the aligned one, in the same track, are the alignment's, and a
+    row whose cosine with the aligned row reaches `SAME_AUDIO` holds the same audio). The
+    alignment is the window starting at `row` or a row either side of it in track `track_id`
+    (the best mean score: a match found at another query phase lies between two rows). NaN
+    when no such window fits in the track. `hits`: the segments' `neighbours`, already looked
+    up (at least `VOTE_NEIGHBOURS` per segment; the places of one query share them).
+
+    A right answer is found segment by segment: most of its segments' nearest rows are its
+    own. A chance resemblance of a longer query is the best mean over many middling segments,
+    most of which resemble some other place more.
+    """
+    fingerprints = np.asarray(fingerprints, np.float32)
+    n = len(fingerprints)
+    rows = np.arange(int(row) - 1, int(row) + 2)
+    rows = rows[(rows >= 0) & (rows + n <= db.n_segments)]
+    rows = rows[(db.segment_track[rows] == track_id) & (db.segment_track[rows + n - 1] == track_id)]
+    if not n or not len(rows):
+        return float("nan")
+    aligned = int(rows[np.argmax(db.sequence_scores(fingerprints, rows))]) + np.arange(n)
+    at = np.sum(fingerprints * np.asarray(db.embeddings[aligned[0] : aligned[-1] + 1], np.float32), axis=1)
+    hits = db.neighbours(fingerprints, k_probe=VOTE_NEIGHBOURS) if hits is None else np.asarray(hits)
+    hit_tracks = db.segment_track[np.maximum(hits, 0)]
+    near = (hits >= 0) & ~np.isin(hit_tracks, db.removed_track_ids)  # a removed track's rows are no rivals
+    near &= ~((np.abs(hits - aligned[:, None]) <= 1) & (hit_tracks == track_id))
+    other = np.full(n, -np.inf)
+    for i in range(n):
+        if near[i].any():
+            candidates = np.asarray(db.embeddings[np.sort(hits[i][near[i]])], np.float32)
+            # a row holding the aligned row's audio (one recording under two names) is no rival
+            rival = candidates @ np.asarray(db.embeddings[aligned[i]], np.float32) < SAME_AUDIO
+            if rival.any():
+                other[i] = float(np.max(candidates[rival] @ fingerprints[i]))
+    heard = np.any(fingerprints != 0, axis=1)  # a quiet segment (zeros: `fingerprint_segments`) never votes
+    return float(np.mean(heard & (at >= other - 1e-6)))
 
 
 def sharp_matches(db, fingerprints, matches, floor):
@@ -480,6 +527,9 @@ class Identifier:
         self.lead_weight = (
             float(calibration.info.get("lead_weight", LEGACY_LEAD_WEIGHT)) if calibrated else LEAD_WEIGHT
         )
+        # the weight of the segment votes in the confidence (`segment_votes`): the calibration's;
+        # none without one (a calibration fitted before votes were counted has none either)
+        self.vote_weight = float(calibration.info.get("vote_weight", 0.0)) if calibrated else 0.0
         if auto_speeds:
             self.speeds = check_speeds(calibration.info.get("speeds")) if calibrated else check_speeds(DEFAULT_SPEEDS)
             if calibrated and self.speeds is None:
@@ -712,6 +762,10 @@ class Identifier:
             places = self.rank([(0.0, fingerprints)], n_results=max(int(n_results), _RIVAL_PLACES))
             leads = margins(self.db, places, len(fingerprints), self.rival_floor(seconds), self.decision,
                             weight=self.lead_weight)
+            if self.vote_weight:
+                hits = self.db.neighbours(fingerprints, k_probe=VOTE_NEIGHBOURS)
+                leads = [lead + self.vote_weight * np.nan_to_num(segment_votes(
+                    self.db, fingerprints, m.segment_index, m.track_id, hits)) for m, lead in zip(places, leads, strict=True)]
             matches = [dataclasses.replace(m, confidence=lead) for m, lead in zip(places, leads, strict=True)]
             matches = [m for m in matches if threshold is None or m.confidence >= threshold][: int(n_results)]
         return sharp_matches(self.db, fingerprints, matches, self.sharpness_floor(seconds))  # on the fingerprints given
@@ -781,10 +835,12 @@ class Identifier:
                 found, IMPOSTOR_PLACES, keys=speed_ranking_keys(found, IMPOSTOR_SPEED_PENALTY, level_weight=0.0)
             )
             impostor = impostor_score([m.score for m in pool[:IMPOSTOR_PLACES]])
+        hits = {}  # the query segments' neighbours per grid speed, shared by its places' votes
         matches = [
             dataclasses.replace(
                 m, confidence=self._confidence(m, track_best, max(n_query, 1), floor, impostor)
-                - (off_margin if m.found_speed != 1.0 else 0.0),
+                - (off_margin if m.found_speed != 1.0 else 0.0)
+                + (self.vote_weight * self.votes(query, m, seconds, hits) if self.vote_weight else 0.0),
             )
             for m in places
         ]
@@ -812,6 +868,21 @@ class Identifier:
         (_, fingerprints), *_ = query.fingerprints(match.found_speed, phases=1, seconds=span)
         n = n_segments(int(round(span * self.sample_rate)), self.embedder.segment_samples, self.hop_samples)
         return alignment_sharpness(self.db, fingerprints[: max(n, 1)], match.segment_index, match.track_id)
+
+    def votes(self, query, match, seconds, hits=None):
+        """`segment_votes` of a match of `query`'s first `seconds` (its phase-0 fingerprints at
+        the grid speed the match was found at); 0 where the window does not fit. `hits`: a dict
+        `{grid speed: neighbours}` kept across the places of one query."""
+        span = max(seconds * match.found_speed, self.min_query_seconds)
+        (_, fingerprints), *_ = query.fingerprints(match.found_speed, phases=1, seconds=span)
+        n = n_segments(int(round(span * self.sample_rate)), self.embedder.segment_samples, self.hop_samples)
+        fingerprints = fingerprints[: max(n, 1)]
+        if hits is None:
+            hits = {}
+        if match.found_speed not in hits:
+            hits[match.found_speed] = self.db.neighbours(fingerprints, k_probe=VOTE_NEIGHBOURS)
+        votes = segment_votes(self.db, fingerprints, match.segment_index, match.track_id, hits[match.found_speed])
+        return 0.0 if np.isnan(votes) else votes
 
     def sharp_enough(self, query, match, seconds):
         """Whether a match clears the calibration's sharpness floor for a `seconds` query

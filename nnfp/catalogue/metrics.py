@@ -123,7 +123,8 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     Returns `{"rows", "tracks", "offsets", "scores", "speeds", "found_speeds", "confidences"}`
     (n_queries, n_lengths, 10) ranked
     predictions (-1 / NaN padded; rows are the DB rows nearest to the offsets),
-    `"sharpness"` (n_queries, n_lengths: the top answer's `Identifier.sharpness`),
+    `"sharpness"` and `"votes"` (n_queries, n_lengths: the top answer's `Identifier.sharpness`
+    and `Identifier.votes`),
     `"valid"` (n_queries, n_lengths), `"decided"` (the top-1 passed the decision rule),
     `"search_ms"` per search and `"fingerprint_ms"` per query (all phases, full length).
     """
@@ -142,6 +143,7 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     found_speeds = np.full(shape, np.nan)  # the grid speed each was found at (`speeds` are refined)
     confidences = np.full(shape, np.nan)
     sharpness = np.full(shape[:2], np.nan)  # the top answer's `Identifier.sharpness`
+    votes = np.full(shape[:2], np.nan)  # the top answer's `Identifier.votes`
     valid = np.zeros(shape[:2], bool)
     decided = np.zeros(shape[:2], bool)
     search_ms, fingerprint_ms = [], []
@@ -178,6 +180,7 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
             threshold = identifier.match_threshold(seconds)
             if matches:
                 sharpness[q, j] = identifier.sharpness(searched, matches[0], seconds)
+                votes[q, j] = identifier.votes(searched, matches[0], seconds)
             decided[q, j] = bool(matches) and (threshold is None or (
                 matches[0].confidence >= threshold and identifier.clears_sharpness(sharpness[q, j], seconds)))
             for r, match in enumerate(matches):
@@ -192,7 +195,7 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     bar.close()
     return {
         "rows": rows, "tracks": tracks, "offsets": offsets, "scores": scores, "speeds": speeds,
-        "found_speeds": found_speeds, "confidences": confidences, "sharpness": sharpness, "valid": valid,
+        "found_speeds": found_speeds, "confidences": confidences, "sharpness": sharpness, "votes": votes, "valid": valid,
         "decided": decided, "search_ms": np.array(search_ms), "fingerprint_ms": np.array(fingerprint_ms),
     }
 

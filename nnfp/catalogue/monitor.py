@@ -31,7 +31,13 @@ import numpy as np
 
 from nnfp.audio.segments import fingerprint_segments, n_segments
 from nnfp.catalogue.fingerprint import iter_fingerprints, iter_segments
-from nnfp.catalogue.identify import LEAD_WEIGHT, margins, sharp_matches, window_similarity
+from nnfp.catalogue.identify import (
+    LEAD_WEIGHT,
+    margins,
+    segment_votes,
+    sharp_matches,
+    window_similarity,
+)
 from nnfp.catalogue.plays import Candidate, Detection, PlayTracker, mostly_shared
 from nnfp.catalogue.speeds import check_speeds, speed_grid
 from nnfp.defaults import DEFAULT_MONITOR_SPEEDS, MONITOR_SPEED_STEP
@@ -218,11 +224,13 @@ class _Monitor(PlayTracker):
     def __init__(
         self, db, threshold, window, step, max_gap, min_windows, tolerance, k_probe, seg_seconds, batch, speed=None,
         decision="score", rival_floor=0.0, lead_weight=LEAD_WEIGHT, sharpness_floor=None, min_span=0,
+        vote_weight=0.0,
     ):
         super().__init__(db, window, step, max_gap, min_windows, tolerance, seg_seconds, batch, speed=speed,
                          min_span=min_span)
         self.rival_floor = rival_floor  # `Identifier.rival_floor` of a window
         self.lead_weight = lead_weight  # `Identifier.lead_weight`
+        self.vote_weight = vote_weight  # `Identifier.vote_weight`
         self.sharpness_floor = sharpness_floor  # the calibration's, of a window (None: no floor)
         self.decision = decision  # what `threshold` applies to (`nnfp.catalogue.identify.DECISIONS`)
         self.threshold = threshold
@@ -252,6 +260,12 @@ class _Monitor(PlayTracker):
 
             leads = margins(self.db, ranked, len(query), self.rival_floor, self.decision, same, self.lead_weight)
             leads = leads[:_WINDOW_PLACES]
+            if self.vote_weight:  # the votes of the window's segments (`Identifier.votes`), where they can decide
+                leads = [
+                    lead + self.vote_weight * np.nan_to_num(segment_votes(self.db, query, m.segment_index, m.track_id, hits))
+                    if lead + self.vote_weight >= self.threshold else lead
+                    for m, lead in zip(places, leads, strict=True)
+                ]
             matches = [m for m, lead in zip(places, leads, strict=True) if lead >= self.threshold]
         else:
             places = [] if 2 * quiet >= len(query) else self.db.search(query, hits=hits, n_results=_WINDOW_PLACES)
@@ -643,7 +657,7 @@ def monitor_stream(
             float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size), speed=speed,
             decision=identifier.decision, rival_floor=identifier.rival_floor(window_seconds),
             lead_weight=identifier.lead_weight, sharpness_floor=sharpness_floor,
-            min_span=min_span,
+            min_span=min_span, vote_weight=identifier.vote_weight,
         )
 
     if stop is not None:
