@@ -74,7 +74,7 @@ LEGACY_LEAD_WEIGHT = 0.25
 # "lead" also adds VOTE_WEIGHT x the answer's segment votes (`nnfp.catalogue.identify.segment_votes`:
 # the share of the query's segments whose own nearest row is the answer's); a calibration records
 # it (`vote_weight`), one without it counts no votes.
-VOTE_WEIGHT = 0.25
+VOTE_WEIGHT = 0.3
 SCORE_SLACK = 1e-3  # float32 inner products of unit vectors (and `calibrate`'s rounding up) pass +-1 by a hair
 WHAT_TO_DO = (
     "restore it (`nnfp index calibrate` keeps the file it replaces beside it as <name>.bak), recalibrate "
