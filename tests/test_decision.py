@@ -318,6 +318,10 @@ def test_a_calibration_with_a_vote_weight_adds_the_votes_to_every_confidence(db)
         votes = segment_votes(db, query, b.segment_index, b.track_id)
         assert a.confidence - b.confidence == pytest.approx(0.5 * np.nan_to_num(votes), abs=1e-6)
     assert segment_votes(db, query, before[0].segment_index, 2) == pytest.approx(4 / 6)
+    # a threshold keeps the very places it keeps of the full ranking (votes are counted where they can decide)
+    for threshold in (after[0].confidence - 1e-3, after[0].confidence + 1e-3, after[1].confidence - 1e-3):
+        kept = voting.rank_query(fixed_query(voting, query), n_results=3, min_score=threshold)
+        assert kept == [m for m in after if m.confidence >= threshold]
     # the fingerprint API decides alike
     found, plain_found = voting.search(query, n_results=1)[0], plain.search(query, n_results=1)[0]
     assert found.track_id == plain_found.track_id == 2

@@ -835,15 +835,20 @@ class Identifier:
                 found, IMPOSTOR_PLACES, keys=speed_ranking_keys(found, IMPOSTOR_SPEED_PENALTY, level_weight=0.0)
             )
             impostor = impostor_score([m.score for m in pool[:IMPOSTOR_PLACES]])
-        hits = {}  # the query segments' neighbours per grid speed, shared by its places' votes
         matches = [
             dataclasses.replace(
                 m, confidence=self._confidence(m, track_best, max(n_query, 1), floor, impostor)
-                - (off_margin if m.found_speed != 1.0 else 0.0)
-                + (self.vote_weight * self.votes(query, m, seconds, hits) if self.vote_weight else 0.0),
+                - (off_margin if m.found_speed != 1.0 else 0.0),
             )
             for m in places
         ]
+        if self.vote_weight:  # the segment votes, of the places they can carry over `min_score`
+            hits = {}  # the query segments' neighbours per grid speed, shared by its places
+            matches = [
+                dataclasses.replace(m, confidence=m.confidence + self.vote_weight * self.votes(query, m, seconds, hits))
+                if min_score is None or m.confidence + self.vote_weight >= min_score else m
+                for m in matches
+            ]
         if min_score is not None:
             matches = [m for m in matches if m.confidence >= min_score and self.sharp_enough(query, m, seconds)]
         matches = matches[: int(n_results)]
