@@ -371,10 +371,16 @@ def test_calibrate_counts_segment_votes_and_remakes_parts_saved_without_them(ind
     assert first.info["vote_weight"] == VOTE_WEIGHT > 0
     with np.load(work / "known.0000.npz") as part:
         votes, valid, tracks = part["votes"], part["valid"], part["tracks"][..., 0]
+        similarities = part["segment_scores"]
         saved = {k: part[k] for k in part.files if k != "votes"}
     answered = valid & (tracks >= 0)
     assert answered.any() and np.all((votes[answered] >= 0) & (votes[answered] <= 1))
     assert np.isnan(votes[~answered]).all()
+    # the top answer's similarity per segment: 1 at 1 s, 5 at 3 s (0.5 s hop), NaN after
+    assert similarities.shape == (*votes.shape, 5)
+    counts = np.isfinite(similarities).sum(axis=2)
+    assert np.all(counts[answered[:, 0], 0] == 1) and np.all(counts[answered[:, 1], 1] == 5)
+    assert np.all(np.abs(similarities[np.isfinite(similarities)]) <= 1 + 1e-5)
     np.savez_compressed(work / "known.0000.npz", **saved)  # as an older nnfp saved it
     runs = []
     real = evaluation.run_queries

@@ -355,3 +355,16 @@ def test_monitor_windows_count_the_votes_of_their_segments(db):
     assert window_tracks(just_above, 0.5)[:1] == [2]
     assert 2 not in window_tracks(just_above, 0.0)
     assert 2 not in window_tracks(best.confidence + 0.01, 0.5)
+
+
+def test_aligned_similarities_against_a_reference(db):
+    from nnfp.catalogue.identify import aligned_similarities
+
+    emb = np.asarray(db.embeddings)
+    rng = np.random.default_rng(4)
+    query = unit(emb[43:49] + 0.2 * rng.standard_normal((6, D)))
+    for row in (42, 43, 44):  # the best of the rows around the one given: 43
+        first, similarities = aligned_similarities(db, query, row, 2)
+        assert first == 43
+        np.testing.assert_allclose(similarities, np.sum(query * emb[43:49], axis=1), atol=1e-6)
+    assert aligned_similarities(db, query, 78, 3) == (None, None)  # no 6-row window of track 3 there

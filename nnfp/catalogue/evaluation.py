@@ -299,6 +299,7 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
                     # saved before the sharpness was kept: NaN (an in-catalogue part is made again)
                     part["sharpness"] = saved["sharpness"] if "sharpness" in saved.files else None
                     part["votes"] = saved["votes"] if "votes" in saved.files else None
+                    part["segment_scores"] = saved["segment_scores"] if "segment_scores" in saved.files else None
             except (OSError, ValueError, KeyError) as error:
                 raise ValueError(
                     f"{path}: not a saved part of a calibration ({type(error).__name__}: {error}); "
@@ -312,7 +313,7 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
                     changed = changed or ["sharpness"]
                 else:
                     part["sharpness"] = np.full(part["valid"].shape, np.nan)
-            if part["votes"] is None:  # saved before the segment votes were kept: made again
+            if part["votes"] is None or part["segment_scores"] is None:  # saved before they were kept: made again
                 changed = changed or ["votes"]
             if changed and changed not in (["count"], ["sharpness"], ["votes"]):
                 raise ValueError(
@@ -321,12 +322,13 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
                 )
         if not path.exists() or changed:  # new, or the last part of a run with fewer queries: (re)made
             raw = run_queries(identifier, waves[first : first + _WORK_PART], lengths_seconds, progress=progress)
-            part = {k: raw[k] for k in (*_WORK_KEYS, "sharpness", "votes")}
+            part = {k: raw[k] for k in (*_WORK_KEYS, "sharpness", "votes", "segment_scores")}
             weight = identifier.lead_weight
             with atomic_file(path) as tmp, open(tmp, "wb") as handle:
                 np.savez_compressed(handle, settings=np.asarray(key), **part)
         parts.append({**part, "lead_weight": np.full(len(part["valid"]), weight)})
-    return {k: np.concatenate([p[k] for p in parts]) for k in (*_WORK_KEYS, "sharpness", "votes", "lead_weight")}
+    return {k: np.concatenate([p[k] for p in parts])
+            for k in (*_WORK_KEYS, "sharpness", "votes", "segment_scores", "lead_weight")}
 
 
 def _off_speed(raw):
@@ -470,7 +472,8 @@ def calibrate_index(
     if scores_out is not None:  # the ranked scores behind the thresholds, to study other rules on
         arrays = {"lengths_s": np.asarray(lengths_seconds, float), "known/right": right}
         for name, raw in (("known", known), *((f"unknown:{n}", r) for n, r in unknown.items())):
-            keys = ("scores", "confidences", "tracks", "speeds", "found_speeds", "valid", "lead_weight", "votes")
+            keys = ("scores", "confidences", "tracks", "speeds", "found_speeds", "valid", "lead_weight", "votes",
+                    "segment_scores")
             arrays.update({f"{name}/{key}": raw[key] for key in keys})
         with atomic_file(scores_out) as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)

@@ -44,6 +44,7 @@ __all__ = [
     "SHARPNESS_SHIFTS_S",
     "VOTE_NEIGHBOURS",
     "VOTE_WEIGHT",
+    "aligned_similarities",
     "alignment_sharpness",
     "segment_votes",
     "sharp_matches",
@@ -176,6 +177,22 @@ def alignment_sharpness(db, fingerprints, row, track_id):
     return at - float(np.mean(db.sequence_scores(fingerprints, rows)))
 
 
+def aligned_similarities(db, fingerprints, row, track_id):
+    """`(first row, (n,) similarities)`: each of the query `fingerprints` (consecutive segments)
+    against its DB row in the window of track `track_id` starting at `row` or a row either side
+    (the best mean score: a match found at another query phase lies between two rows); `(None,
+    None)` when no such window fits in the track."""
+    fingerprints = np.asarray(fingerprints, np.float32)
+    n = len(fingerprints)
+    rows = np.arange(int(row) - 1, int(row) + 2)
+    rows = rows[(rows >= 0) & (rows + n <= db.n_segments)]
+    rows = rows[(db.segment_track[rows] == track_id) & (db.segment_track[rows + n - 1] == track_id)]
+    if not n or not len(rows):
+        return None, None
+    first = int(rows[np.argmax(db.sequence_scores(fingerprints, rows))])
+    return first, np.sum(fingerprints * np.asarray(db.embeddings[first : first + n], np.float32), axis=1)
+
+
 def segment_votes(db, fingerprints, row, track_id, hits=None):
     """The share of the query `fingerprints` (consecutive segments) that point at the place by
     themselves: segment i votes when its DB row at the alignment is at least as similar to it as
@@ -193,13 +210,10 @@ def segment_votes(db, fingerprints, row, track_id, hits=None):
     """
     fingerprints = np.asarray(fingerprints, np.float32)
     n = len(fingerprints)
-    rows = np.arange(int(row) - 1, int(row) + 2)
-    rows = rows[(rows >= 0) & (rows + n <= db.n_segments)]
-    rows = rows[(db.segment_track[rows] == track_id) & (db.segment_track[rows + n - 1] == track_id)]
-    if not n or not len(rows):
+    first, at = aligned_similarities(db, fingerprints, row, track_id)
+    if first is None:
         return float("nan")
-    aligned = int(rows[np.argmax(db.sequence_scores(fingerprints, rows))]) + np.arange(n)
-    at = np.sum(fingerprints * np.asarray(db.embeddings[aligned[0] : aligned[-1] + 1], np.float32), axis=1)
+    aligned = first + np.arange(n)
     hits = db.neighbours(fingerprints, k_probe=VOTE_NEIGHBOURS) if hits is None else np.asarray(hits)
     hit_tracks = db.segment_track[np.maximum(hits, 0)]
     near = (hits >= 0) & ~np.isin(hit_tracks, db.removed_track_ids)  # a removed track's rows are no rivals
@@ -888,6 +902,17 @@ class Identifier:
             hits[match.found_speed] = self.db.neighbours(fingerprints, k_probe=VOTE_NEIGHBOURS)
         votes = segment_votes(self.db, fingerprints, match.segment_index, match.track_id, hits[match.found_speed])
         return 0.0 if np.isnan(votes) else votes
+
+    def segment_similarities(self, query, match, seconds):
+        """`aligned_similarities` of a match of `query`'s first `seconds` (its phase-0
+        fingerprints at the grid speed the match was found at): one similarity per segment, an
+        empty array where the window does not fit. Kept by `evaluate` and `index calibrate`
+        (`run_queries`) to study decision statistics on."""
+        span = max(seconds * match.found_speed, self.min_query_seconds)
+        (_, fingerprints), *_ = query.fingerprints(match.found_speed, phases=1, seconds=span)
+        n = n_segments(int(round(span * self.sample_rate)), self.embedder.segment_samples, self.hop_samples)
+        _, similarities = aligned_similarities(self.db, fingerprints[: max(n, 1)], match.segment_index, match.track_id)
+        return np.zeros(0) if similarities is None else similarities
 
     def sharp_enough(self, query, match, seconds):
         """Whether a match clears the calibration's sharpness floor for a `seconds` query

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from nnfp.audio.segments import n_segments
+
 __all__ = [
     "LENGTHS_SECONDS",
     "METRICS",
@@ -124,7 +126,8 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     (n_queries, n_lengths, 10) ranked
     predictions (-1 / NaN padded; rows are the DB rows nearest to the offsets),
     `"sharpness"` and `"votes"` (n_queries, n_lengths: the top answer's `Identifier.sharpness`
-    and `Identifier.votes`),
+    and `Identifier.votes`), `"segment_scores"` (n_queries, n_lengths, the longest length's
+    segments: the top answer's `Identifier.segment_similarities`, NaN-padded),
     `"valid"` (n_queries, n_lengths), `"decided"` (the top-1 passed the decision rule),
     `"search_ms"` per search and `"fingerprint_ms"` per query (all phases, full length).
     """
@@ -144,6 +147,10 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     confidences = np.full(shape, np.nan)
     sharpness = np.full(shape[:2], np.nan)  # the top answer's `Identifier.sharpness`
     votes = np.full(shape[:2], np.nan)  # the top answer's `Identifier.votes`
+    # the top answer's `Identifier.segment_similarities`, NaN-padded to the longest length's segments
+    most = max(n_segments(int(round(s * identifier.sample_rate)), identifier.embedder.segment_samples,
+                          identifier.hop_samples) for s in lengths_seconds) if len(lengths_seconds) else 0
+    segment_scores = np.full((*shape[:2], max(most, 1)), np.nan)
     valid = np.zeros(shape[:2], bool)
     decided = np.zeros(shape[:2], bool)
     search_ms, fingerprint_ms = [], []
@@ -181,6 +188,8 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
             if matches:
                 sharpness[q, j] = identifier.sharpness(searched, matches[0], seconds)
                 votes[q, j] = identifier.votes(searched, matches[0], seconds)
+                similarities = identifier.segment_similarities(searched, matches[0], seconds)[: segment_scores.shape[2]]
+                segment_scores[q, j, : len(similarities)] = similarities
             decided[q, j] = bool(matches) and (threshold is None or (
                 matches[0].confidence >= threshold and identifier.clears_sharpness(sharpness[q, j], seconds)))
             for r, match in enumerate(matches):
@@ -195,7 +204,8 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     bar.close()
     return {
         "rows": rows, "tracks": tracks, "offsets": offsets, "scores": scores, "speeds": speeds,
-        "found_speeds": found_speeds, "confidences": confidences, "sharpness": sharpness, "votes": votes, "valid": valid,
+        "found_speeds": found_speeds, "confidences": confidences, "sharpness": sharpness, "votes": votes,
+        "segment_scores": segment_scores, "valid": valid,
         "decided": decided, "search_ms": np.array(search_ms), "fingerprint_ms": np.array(fingerprint_ms),
     }
 
