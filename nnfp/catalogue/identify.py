@@ -880,22 +880,25 @@ class Identifier:
             return 0.0
         return self._calibrated_value("rival_floor", query_seconds)
 
-    def sharpness(self, query, match, seconds):
-        """`alignment_sharpness` of a match of `query`'s first `seconds` (its phase-0
-        fingerprints at the grid speed the match was found at)."""
+    def _match_fingerprints(self, query, match, seconds):
+        # The phase-0 fingerprints of `query`'s first `seconds` at the grid speed `match` was
+        # found at (in that speed's time): what its sharpness, votes and similarities are of.
         span = max(seconds * match.found_speed, self.min_query_seconds)
         (_, fingerprints), *_ = query.fingerprints(match.found_speed, phases=1, seconds=span)
         n = n_segments(int(round(span * self.sample_rate)), self.embedder.segment_samples, self.hop_samples)
-        return alignment_sharpness(self.db, fingerprints[: max(n, 1)], match.segment_index, match.track_id)
+        return fingerprints[: max(n, 1)]
+
+    def sharpness(self, query, match, seconds):
+        """`alignment_sharpness` of a match of `query`'s first `seconds` (its phase-0
+        fingerprints at the grid speed the match was found at)."""
+        fingerprints = self._match_fingerprints(query, match, seconds)
+        return alignment_sharpness(self.db, fingerprints, match.segment_index, match.track_id)
 
     def votes(self, query, match, seconds, hits=None):
         """`segment_votes` of a match of `query`'s first `seconds` (its phase-0 fingerprints at
         the grid speed the match was found at); 0 where the window does not fit. `hits`: a dict
         `{grid speed: neighbours}` kept across the places of one query."""
-        span = max(seconds * match.found_speed, self.min_query_seconds)
-        (_, fingerprints), *_ = query.fingerprints(match.found_speed, phases=1, seconds=span)
-        n = n_segments(int(round(span * self.sample_rate)), self.embedder.segment_samples, self.hop_samples)
-        fingerprints = fingerprints[: max(n, 1)]
+        fingerprints = self._match_fingerprints(query, match, seconds)
         if hits is None:
             hits = {}
         if match.found_speed not in hits:
@@ -908,10 +911,8 @@ class Identifier:
         fingerprints at the grid speed the match was found at): one similarity per segment, an
         empty array where the window does not fit. Kept by `evaluate` and `index calibrate`
         (`run_queries`) to study decision statistics on."""
-        span = max(seconds * match.found_speed, self.min_query_seconds)
-        (_, fingerprints), *_ = query.fingerprints(match.found_speed, phases=1, seconds=span)
-        n = n_segments(int(round(span * self.sample_rate)), self.embedder.segment_samples, self.hop_samples)
-        _, similarities = aligned_similarities(self.db, fingerprints[: max(n, 1)], match.segment_index, match.track_id)
+        fingerprints = self._match_fingerprints(query, match, seconds)
+        _, similarities = aligned_similarities(self.db, fingerprints, match.segment_index, match.track_id)
         return np.zeros(0) if similarities is None else similarities
 
     def sharp_enough(self, query, match, seconds):
