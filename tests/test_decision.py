@@ -305,8 +305,8 @@ def test_a_calibration_with_a_vote_weight_adds_the_votes_to_every_confidence(db)
     query = unit(emb[43:49] + 0.1 * rng.standard_normal((6, D)))
     query[4:] = unit(emb[66:68] + 0.1 * rng.standard_normal((2, D)))  # 4 of 6 segments point at track 2
 
-    def identifier(**info):
-        calibration = Calibration([1.0], [-3.0], info={"decision": "lead", "lead_weight": 1.0, **info})
+    def identifier(threshold=-3.0, **info):
+        calibration = Calibration([1.0], [threshold], info={"decision": "lead", "lead_weight": 1.0, **info})
         return Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
 
     plain, voting = identifier(), identifier(vote_weight=0.5)
@@ -326,6 +326,10 @@ def test_a_calibration_with_a_vote_weight_adds_the_votes_to_every_confidence(db)
     found, plain_found = voting.search(query, n_results=1)[0], plain.search(query, n_results=1)[0]
     assert found.track_id == plain_found.track_id == 2
     assert found.confidence - plain_found.confidence == pytest.approx(0.5 * 4 / 6, abs=1e-6)
+    everything = voting.search(query, n_results=3)
+    for threshold in (found.confidence - 1e-3, found.confidence + 1e-3, everything[1].confidence - 1e-3):
+        strict = identifier(threshold, vote_weight=0.5)
+        assert strict.search(query, n_results=3) == [m for m in everything if m.confidence >= threshold]
     # a threshold's magnitude may grow by the weight
     assert confidence_bound({"decision": "lead", "lead_weight": 1.0, "vote_weight": 0.5})[0] == 4.5
 
