@@ -314,3 +314,8 @@ def test_identify_cli_names_the_sharpness_floor_it_turned_an_answer_away_by(setu
     assert main(["identify", str(index), str(query)]) == 0
     out = capsys.readouterr().out
     assert "no place led every other track by >= the calibrated threshold -0.500 and stood >= 1.900 above" in out
+    info = {"decision": "lead", "lead_weight": 1.0, "vote_weight": 0.3, "sharpness_floor": [1.9, 1.9]}
+    Calibration([1, 3], [-0.5, -0.5], info=info).save(index / "calibration.json")
+    assert main(["identify", str(index), str(query)]) == 0  # with votes the confidence is named for what it is
+    assert ("no place reached a confidence (its lead over every other track + 0.3 x its segment votes) >= the "
+            "calibrated threshold -0.500 and stood >= 1.900 above") in capsys.readouterr().out

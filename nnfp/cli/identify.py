@@ -50,7 +50,12 @@ def cmd_identify(args):
             seconds = identifier.last_query_seconds
             threshold = identifier.match_threshold(seconds)
             how = "calibrated " if args.min_score is None and identifier.calibration is not None else ""
-            what = "scored" if identifier.decision == "score" else "led every other track by"
+            if identifier.decision == "score":
+                what = "scored"
+            elif identifier.vote_weight:  # the confidence is not the lead alone
+                what = f"reached a confidence (its lead over every other track + {identifier.vote_weight:g} x its segment votes)"
+            else:
+                what = "led every other track by"
             floor = identifier.sharpness_floor(seconds)
             sharp = "" if floor is None else f" and stood >= {floor:.3f} above its own track 1-5 s away"
             print(
