@@ -776,12 +776,13 @@ class Identifier:
             places = self.rank([(0.0, fingerprints)], n_results=max(int(n_results), _RIVAL_PLACES))
             leads = margins(self.db, places, len(fingerprints), self.rival_floor(seconds), self.decision,
                             weight=self.lead_weight)
-            if self.vote_weight:  # the segment votes, of the places they can carry over the threshold
+            carried = [self.vote_weight and (threshold is None or lead + self.vote_weight >= threshold) for lead in leads]
+            if any(carried):  # the segment votes, of the places they can carry over the threshold
                 hits = self.db.neighbours(fingerprints, k_probe=VOTE_NEIGHBOURS)
                 leads = [
                     lead + self.vote_weight * np.nan_to_num(segment_votes(self.db, fingerprints, m.segment_index, m.track_id, hits))
-                    if threshold is None or lead + self.vote_weight >= threshold else lead
-                    for m, lead in zip(places, leads, strict=True)
+                    if carry else lead
+                    for m, lead, carry in zip(places, leads, carried, strict=True)
                 ]
             matches = [dataclasses.replace(m, confidence=lead) for m, lead in zip(places, leads, strict=True)]
             matches = [m for m in matches if threshold is None or m.confidence >= threshold][: int(n_results)]
