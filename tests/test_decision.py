@@ -2,6 +2,8 @@
 same recording under two names, and the decision taken on it by `Identifier`, against
 NumPy references on constructed fingerprints."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -372,3 +374,28 @@ def test_aligned_similarities_against_a_reference(db):
         assert first == 43
         np.testing.assert_allclose(similarities, np.sum(query * emb[43:49], axis=1), atol=1e-6)
     assert aligned_similarities(db, query, 78, 3) == (None, None)  # no 6-row window of track 3 there
+
+
+def test_votes_and_similarities_are_the_separate_ones_from_one_alignment(db):
+    """`Identifier.votes_and_similarities` (what `evaluate` keeps) equals `votes` and
+    `segment_similarities` computed apart, for a match that fits and one that does not."""
+    from nnfp.catalogue.calibration import Calibration
+
+    emb = np.asarray(db.embeddings)
+    rng = np.random.default_rng(21)
+    query = unit(emb[43:49] + 0.1 * rng.standard_normal((6, D)))
+    query[4:] = unit(emb[66:68] + 0.1 * rng.standard_normal((2, D)))
+    calibration = Calibration([1.0], [-3.0], info={"decision": "lead", "lead_weight": 1.0, "vote_weight": 0.5})
+    identifier = Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
+    searched = fixed_query(identifier, query)
+    seconds = searched.seconds
+    matches = identifier.rank_query(searched, n_results=3, min_score=-3.0)
+    assert matches
+    for match in matches:
+        votes, similarities = identifier.votes_and_similarities(searched, match, seconds)
+        assert votes == pytest.approx(identifier.votes(searched, match, seconds), abs=1e-9)
+        np.testing.assert_allclose(similarities, identifier.segment_similarities(searched, match, seconds), atol=1e-7)
+    assert identifier.votes_and_similarities(searched, matches[0], seconds)[0] == pytest.approx(4 / 6)
+    far = dataclasses.replace(matches[0], segment_index=78, track_id=3)  # no 6-row window of track 3 there
+    votes, similarities = identifier.votes_and_similarities(searched, far, seconds)
+    assert votes == 0.0 and similarities.shape == (0,)

@@ -193,7 +193,7 @@ def aligned_similarities(db, fingerprints, row, track_id):
     return first, np.sum(fingerprints * np.asarray(db.embeddings[first : first + n], np.float32), axis=1)
 
 
-def segment_votes(db, fingerprints, row, track_id, hits=None):
+def segment_votes(db, fingerprints, row, track_id, hits=None, aligned=None):
     """The share of the query `fingerprints` (consecutive segments) that point at the place by
     themselves: segment i votes when its DB row at the alignment is at least as similar to it as
     the most similar row the index returns outside that alignment (`VOTE_NEIGHBOURS` nearest;
@@ -203,6 +203,7 @@ def segment_votes(db, fingerprints, row, track_id, hits=None):
     (the best mean score: a match found at another query phase lies between two rows). NaN
     when no such window fits in the track. `hits`: the segments' `neighbours`, already looked
     up (at least `VOTE_NEIGHBOURS` per segment; the places of one query share them).
+    `aligned`: `aligned_similarities(db, fingerprints, row, track_id)`, already computed.
 
     A right answer is found segment by segment: most of its segments' nearest rows are its
     own. A chance resemblance of a longer query is the best mean over many middling segments,
@@ -210,7 +211,7 @@ def segment_votes(db, fingerprints, row, track_id, hits=None):
     """
     fingerprints = np.asarray(fingerprints, np.float32)
     n = len(fingerprints)
-    first, at = aligned_similarities(db, fingerprints, row, track_id)
+    first, at = aligned_similarities(db, fingerprints, row, track_id) if aligned is None else aligned
     if first is None:
         return float("nan")
     aligned = first + np.arange(n)
@@ -909,6 +910,17 @@ class Identifier:
             hits[match.found_speed] = self.db.neighbours(fingerprints, k_probe=VOTE_NEIGHBOURS)
         votes = segment_votes(self.db, fingerprints, match.segment_index, match.track_id, hits[match.found_speed])
         return 0.0 if np.isnan(votes) else votes
+
+    def votes_and_similarities(self, query, match, seconds):
+        """`(votes, similarities)`: `votes` and `segment_similarities` of a match from one
+        alignment and one neighbour search (what `evaluate` and `index calibrate` keep)."""
+        fingerprints = self._match_fingerprints(query, match, seconds)
+        aligned = aligned_similarities(self.db, fingerprints, match.segment_index, match.track_id)
+        if aligned[0] is None:
+            return 0.0, np.zeros(0)
+        hits = self.db.neighbours(fingerprints, k_probe=VOTE_NEIGHBOURS)
+        votes = segment_votes(self.db, fingerprints, match.segment_index, match.track_id, hits, aligned=aligned)
+        return (0.0 if np.isnan(votes) else votes), aligned[1]
 
     def segment_similarities(self, query, match, seconds):
         """`aligned_similarities` of a match of `query`'s first `seconds` (its phase-0

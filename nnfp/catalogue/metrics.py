@@ -187,8 +187,8 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
             threshold = identifier.match_threshold(seconds)
             if matches:
                 sharpness[q, j] = identifier.sharpness(searched, matches[0], seconds)
-                votes[q, j] = identifier.votes(searched, matches[0], seconds)
-                similarities = identifier.segment_similarities(searched, matches[0], seconds)[: segment_scores.shape[2]]
+                votes[q, j], similarities = identifier.votes_and_similarities(searched, matches[0], seconds)
+                similarities = similarities[: segment_scores.shape[2]]
                 segment_scores[q, j, : len(similarities)] = similarities
             decided[q, j] = bool(matches) and (threshold is None or (
                 matches[0].confidence >= threshold and identifier.clears_sharpness(sharpness[q, j], seconds)))
