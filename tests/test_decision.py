@@ -66,6 +66,24 @@ def fixed_query(identifier, fingerprints):
     return Fixed(identifier, np.zeros(8000 + 5 * 4000, np.float32))
 
 
+def split_query(db):
+    """6 noisy copies of track 2's rows 43-48, the last 2 replaced by track 3's rows 66-67: 4 of
+    its 6 segments point at track 2 by themselves."""
+    emb = np.asarray(db.embeddings)
+    rng = np.random.default_rng(21)
+    query = unit(emb[43:49] + 0.1 * rng.standard_normal((6, D)))
+    query[4:] = unit(emb[66:68] + 0.1 * rng.standard_normal((2, D)))
+    return query
+
+
+def lead_identifier(db, threshold=-3.0, **info):
+    """An `Identifier` of `db` (one speed, one phase) under a one-length "lead" calibration."""
+    from nnfp.catalogue.calibration import Calibration
+
+    calibration = Calibration([1.0], [threshold], info={"decision": "lead", "lead_weight": 1.0, **info})
+    return Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
+
+
 def test_same_audio_matches_the_mean_cosine_of_the_two_windows(db):
     emb = np.asarray(db.embeddings)
     for first, other, n in ((22, 82, 6), (22, 42, 6), (0, 60, 20), (30, 85, 12)):
@@ -299,19 +317,11 @@ def test_segment_votes_against_a_brute_force_reference(db):
 def test_a_calibration_with_a_vote_weight_adds_the_votes_to_every_confidence(db):
     """`vote_weight` x `segment_votes` is added to the confidence of each place, in `rank_query`
     and in the fingerprint API; a calibration without it (fitted before votes) counts none."""
-    from nnfp.catalogue.calibration import Calibration, confidence_bound
+    from nnfp.catalogue.calibration import confidence_bound
     from nnfp.catalogue.identify import segment_votes
 
-    emb = np.asarray(db.embeddings)
-    rng = np.random.default_rng(21)
-    query = unit(emb[43:49] + 0.1 * rng.standard_normal((6, D)))
-    query[4:] = unit(emb[66:68] + 0.1 * rng.standard_normal((2, D)))  # 4 of 6 segments point at track 2
-
-    def identifier(threshold=-3.0, **info):
-        calibration = Calibration([1.0], [threshold], info={"decision": "lead", "lead_weight": 1.0, **info})
-        return Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
-
-    plain, voting = identifier(), identifier(vote_weight=0.5)
+    query = split_query(db)  # 4 of 6 segments point at track 2
+    plain, voting = lead_identifier(db), lead_identifier(db, vote_weight=0.5)
     assert plain.vote_weight == 0.0 and voting.vote_weight == 0.5
     before = plain.rank_query(fixed_query(plain, query), n_results=3, min_score=-3.0)
     after = voting.rank_query(fixed_query(voting, query), n_results=3, min_score=-3.0)
@@ -330,7 +340,7 @@ def test_a_calibration_with_a_vote_weight_adds_the_votes_to_every_confidence(db)
     assert found.confidence - plain_found.confidence == pytest.approx(0.5 * 4 / 6, abs=1e-6)
     everything = voting.search(query, n_results=3)
     for threshold in (found.confidence - 1e-3, found.confidence + 1e-3, everything[1].confidence - 1e-3):
-        strict = identifier(threshold, vote_weight=0.5)
+        strict = lead_identifier(db, threshold, vote_weight=0.5)
         assert strict.search(query, n_results=3) == [m for m in everything if m.confidence >= threshold]
     # a threshold's magnitude may grow by the weight
     assert confidence_bound({"decision": "lead", "lead_weight": 1.0, "vote_weight": 0.5})[0] == 4.5
@@ -338,16 +348,11 @@ def test_a_calibration_with_a_vote_weight_adds_the_votes_to_every_confidence(db)
 
 def test_monitor_windows_count_the_votes_of_their_segments(db):
     """A window's confidence adds `vote_weight` x its segment votes, as `Identifier.search`."""
-    from nnfp.catalogue.calibration import Calibration
     from nnfp.catalogue.identify import segment_votes
     from nnfp.catalogue.monitor import _Monitor
 
-    emb = np.asarray(db.embeddings)
-    rng = np.random.default_rng(21)
-    query = unit(emb[43:49] + 0.1 * rng.standard_normal((6, D)))
-    query[4:] = unit(emb[66:68] + 0.1 * rng.standard_normal((2, D)))
-    calibration = Calibration([1.0], [-3.0], info={"decision": "lead", "lead_weight": 1.0, "vote_weight": 0.5})
-    identifier = Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
+    query = split_query(db)
+    identifier = lead_identifier(db, vote_weight=0.5)
     best = identifier.search(query, n_results=1)[0]
     votes = segment_votes(db, query, best.segment_index, 2)
     assert best.track_id == 2 and votes == pytest.approx(4 / 6)
@@ -379,14 +384,8 @@ def test_aligned_similarities_against_a_reference(db):
 def test_votes_and_similarities_are_the_separate_ones_from_one_alignment(db):
     """`Identifier.votes_and_similarities` (what `evaluate` keeps) equals `votes` and
     `segment_similarities` computed apart, for a match that fits and one that does not."""
-    from nnfp.catalogue.calibration import Calibration
-
-    emb = np.asarray(db.embeddings)
-    rng = np.random.default_rng(21)
-    query = unit(emb[43:49] + 0.1 * rng.standard_normal((6, D)))
-    query[4:] = unit(emb[66:68] + 0.1 * rng.standard_normal((2, D)))
-    calibration = Calibration([1.0], [-3.0], info={"decision": "lead", "lead_weight": 1.0, "vote_weight": 0.5})
-    identifier = Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
+    query = split_query(db)
+    identifier = lead_identifier(db, vote_weight=0.5)
     searched = fixed_query(identifier, query)
     seconds = searched.seconds
     matches = identifier.rank_query(searched, n_results=3, min_score=-3.0)
