@@ -382,8 +382,10 @@ def test_aligned_similarities_against_a_reference(db):
 
 
 def test_votes_and_similarities_are_the_separate_ones_from_one_alignment(db):
-    """`Identifier.votes_and_similarities` (what `evaluate` keeps) equals `votes` and
-    `segment_similarities` computed apart, for a match that fits and one that does not."""
+    """`Identifier.votes_and_similarities` (what `evaluate` keeps) equals `Identifier.votes` and
+    `aligned_similarities` computed apart, for a match that fits and one that does not."""
+    from nnfp.catalogue.identify import aligned_similarities
+
     query = split_query(db)
     identifier = lead_identifier(db, vote_weight=0.5)
     searched = fixed_query(identifier, query)
@@ -393,7 +395,8 @@ def test_votes_and_similarities_are_the_separate_ones_from_one_alignment(db):
     for match in matches:
         votes, similarities = identifier.votes_and_similarities(searched, match, seconds)
         assert votes == pytest.approx(identifier.votes(searched, match, seconds), abs=1e-9)
-        np.testing.assert_allclose(similarities, identifier.segment_similarities(searched, match, seconds), atol=1e-7)
+        _, reference = aligned_similarities(db, query, match.segment_index, match.track_id)
+        np.testing.assert_allclose(similarities, reference, atol=1e-7)
     assert identifier.votes_and_similarities(searched, matches[0], seconds)[0] == pytest.approx(4 / 6)
     far = dataclasses.replace(matches[0], segment_index=78, track_id=3)  # no 6-row window of track 3 there
     votes, similarities = identifier.votes_and_similarities(searched, far, seconds)

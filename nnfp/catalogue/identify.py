@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ __all__ = [
     "aligned_similarities",
     "alignment_sharpness",
     "segment_votes",
+    "with_votes",
     "sharp_matches",
     "speed_ranking_keys",
     "Identifier",
@@ -229,6 +231,19 @@ def segment_votes(db, fingerprints, row, track_id, hits=None, aligned=None):
                 other[i] = float(np.max(candidates[rival] @ fingerprints[i]))
     heard = np.any(fingerprints != 0, axis=1)  # a quiet segment (zeros: `fingerprint_segments`) never votes
     return float(np.mean(heard & (at >= other - 1e-6)))
+
+
+def with_votes(confidences, places, vote_weight, threshold, votes_of):
+    """The `confidences` of `places` plus `vote_weight` x `votes_of(place)` (NaN: 0), for the
+    places whose confidence the votes (at most 1) can carry over `threshold` (None: every
+    place); the others stay as they are, turned away by it either way. How `rank_query`, the
+    fingerprint API and `monitor`'s windows count the segment votes (`segment_votes`)."""
+    if not vote_weight:
+        return list(confidences)
+    return [
+        c + vote_weight * float(np.nan_to_num(votes_of(m))) if threshold is None or c + vote_weight >= threshold else c
+        for m, c in zip(places, confidences, strict=True)
+    ]
 
 
 def sharp_matches(db, fingerprints, matches, floor):
@@ -777,14 +792,10 @@ class Identifier:
             places = self.rank([(0.0, fingerprints)], n_results=max(int(n_results), _RIVAL_PLACES))
             leads = margins(self.db, places, len(fingerprints), self.rival_floor(seconds), self.decision,
                             weight=self.lead_weight)
-            carried = [self.vote_weight and (threshold is None or lead + self.vote_weight >= threshold) for lead in leads]
-            if any(carried):  # the segment votes, of the places they can carry over the threshold
-                hits = self.db.neighbours(fingerprints, k_probe=VOTE_NEIGHBOURS)
-                leads = [
-                    lead + self.vote_weight * np.nan_to_num(segment_votes(self.db, fingerprints, m.segment_index, m.track_id, hits))
-                    if carry else lead
-                    for m, lead, carry in zip(places, leads, carried, strict=True)
-                ]
+            # the segments' neighbours are looked up once, and only if some place's votes can count
+            hits = functools.cache(lambda: self.db.neighbours(fingerprints, k_probe=VOTE_NEIGHBOURS))
+            leads = with_votes(leads, places, self.vote_weight, threshold, lambda m: segment_votes(
+                self.db, fingerprints, m.segment_index, m.track_id, hits()))
             matches = [dataclasses.replace(m, confidence=lead) for m, lead in zip(places, leads, strict=True)]
             matches = [m for m in matches if threshold is None or m.confidence >= threshold][: int(n_results)]
         return sharp_matches(self.db, fingerprints, matches, self.sharpness_floor(seconds))  # on the fingerprints given
@@ -863,11 +874,9 @@ class Identifier:
         ]
         if self.vote_weight:  # the segment votes, of the places they can carry over `min_score`
             hits = {}  # the query segments' neighbours per grid speed, shared by its places
-            matches = [
-                dataclasses.replace(m, confidence=m.confidence + self.vote_weight * self.votes(query, m, seconds, hits))
-                if min_score is None or m.confidence + self.vote_weight >= min_score else m
-                for m in matches
-            ]
+            voted = with_votes([m.confidence for m in matches], matches, self.vote_weight, min_score,
+                               lambda m: self.votes(query, m, seconds, hits))
+            matches = [dataclasses.replace(m, confidence=c) for m, c in zip(matches, voted, strict=True)]
         if min_score is not None:
             matches = [m for m in matches if m.confidence >= min_score and self.sharp_enough(query, m, seconds)]
         matches = matches[: int(n_results)]
@@ -912,8 +921,11 @@ class Identifier:
         return 0.0 if np.isnan(votes) else votes
 
     def votes_and_similarities(self, query, match, seconds):
-        """`(votes, similarities)`: `votes` and `segment_similarities` of a match from one
-        alignment and one neighbour search (what `evaluate` and `index calibrate` keep)."""
+        """`(votes, similarities)` of a match of `query`'s first `seconds` (its phase-0
+        fingerprints at the grid speed the match was found at), from one alignment and one
+        neighbour search: `votes` as `Identifier.votes`, and `aligned_similarities`, one
+        similarity per segment (an empty array where the window does not fit). What `evaluate`
+        and `index calibrate` keep of a top answer (`run_queries`), to study decision statistics on."""
         fingerprints = self._match_fingerprints(query, match, seconds)
         aligned = aligned_similarities(self.db, fingerprints, match.segment_index, match.track_id)
         if aligned[0] is None:
@@ -921,15 +933,6 @@ class Identifier:
         hits = self.db.neighbours(fingerprints, k_probe=VOTE_NEIGHBOURS)
         votes = segment_votes(self.db, fingerprints, match.segment_index, match.track_id, hits, aligned=aligned)
         return (0.0 if np.isnan(votes) else votes), aligned[1]
-
-    def segment_similarities(self, query, match, seconds):
-        """`aligned_similarities` of a match of `query`'s first `seconds` (its phase-0
-        fingerprints at the grid speed the match was found at): one similarity per segment, an
-        empty array where the window does not fit. Kept by `evaluate` and `index calibrate`
-        (`run_queries`) to study decision statistics on."""
-        fingerprints = self._match_fingerprints(query, match, seconds)
-        _, similarities = aligned_similarities(self.db, fingerprints, match.segment_index, match.track_id)
-        return np.zeros(0) if similarities is None else similarities
 
     def sharp_enough(self, query, match, seconds):
         """Whether a match clears the calibration's sharpness floor for a `seconds` query

@@ -127,7 +127,7 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     predictions (-1 / NaN padded; rows are the DB rows nearest to the offsets),
     `"sharpness"` and `"votes"` (n_queries, n_lengths: the top answer's `Identifier.sharpness`
     and `Identifier.votes`), `"segment_scores"` (n_queries, n_lengths, the longest length's
-    segments: the top answer's `Identifier.segment_similarities`, NaN-padded),
+    segments: the top answer's similarity per segment, `Identifier.votes_and_similarities`, NaN-padded),
     `"valid"` (n_queries, n_lengths), `"decided"` (the top-1 passed the decision rule),
     `"search_ms"` per search and `"fingerprint_ms"` per query (all phases, full length).
     """
@@ -147,7 +147,7 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
     confidences = np.full(shape, np.nan)
     sharpness = np.full(shape[:2], np.nan)  # the top answer's `Identifier.sharpness`
     votes = np.full(shape[:2], np.nan)  # the top answer's `Identifier.votes`
-    # the top answer's `Identifier.segment_similarities`, NaN-padded to the longest length's segments
+    # the top answer's similarity per segment (`Identifier.votes_and_similarities`), NaN-padded to the longest length's segments
     most = max(n_segments(int(round(s * identifier.sample_rate)), identifier.embedder.segment_samples,
                           identifier.hop_samples) for s in lengths_seconds) if len(lengths_seconds) else 0
     segment_scores = np.full((*shape[:2], max(most, 1)), np.nan)

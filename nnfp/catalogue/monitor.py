@@ -37,6 +37,7 @@ from nnfp.catalogue.identify import (
     segment_votes,
     sharp_matches,
     window_similarity,
+    with_votes,
 )
 from nnfp.catalogue.plays import Candidate, Detection, PlayTracker, mostly_shared
 from nnfp.catalogue.speeds import check_speeds, speed_grid
@@ -260,12 +261,9 @@ class _Monitor(PlayTracker):
 
             leads = margins(self.db, ranked, len(query), self.rival_floor, self.decision, same, self.lead_weight)
             leads = leads[:_WINDOW_PLACES]
-            if self.vote_weight:  # the votes of the window's segments (`Identifier.votes`), where they can decide
-                leads = [
-                    lead + self.vote_weight * np.nan_to_num(segment_votes(self.db, query, m.segment_index, m.track_id, hits))
-                    if lead + self.vote_weight >= self.threshold else lead
-                    for m, lead in zip(places, leads, strict=True)
-                ]
+            # the votes of the window's segments, where they can decide (as `Identifier.rank_query`)
+            leads = with_votes(leads, places, self.vote_weight, self.threshold,
+                               lambda m: segment_votes(self.db, query, m.segment_index, m.track_id, hits))
             matches = [m for m, lead in zip(places, leads, strict=True) if lead >= self.threshold]
         else:
             places = [] if 2 * quiet >= len(query) else self.db.search(query, hits=hits, n_results=_WINDOW_PLACES)
