@@ -142,6 +142,40 @@ def test_readers_during_writes_never_see_a_mixed_folder(setup, tmp_path):
     assert errors == [] and loads[0] > 0
 
 
+def test_a_load_that_two_swaps_overlap_is_made_again(setup, tmp_path, monkeypatch):
+    from nnfp.store import db as db_module
+    from nnfp.store.db import FingerprintDB
+
+    root, index = setup
+    target = tmp_path / "idx"
+    shutil.copytree(index, target)
+    small = FingerprintDB.load(target, mmap=False)
+    big = FingerprintDB.load(target, mmap=False)
+    big.add(np.asarray(small.embeddings), small.segment_track, small.segment_start, small.tracks)
+    real_load, calls = FingerprintDB._load.__func__, []
+
+    def load_while_swapped_twice(cls, directory, **kwargs):
+        calls.append(directory)
+        if len(calls) == 1:  # A -> B -> A': the first folder deleted, its number free for the next
+            big.save(target)
+            small.save(target)
+        return real_load(cls, directory, **kwargs)
+
+    monkeypatch.setattr(FingerprintDB, "_load", classmethod(load_while_swapped_twice))
+    assert FingerprintDB.load(target).n_segments == small.n_segments
+    assert len(calls) == 2
+
+    def swap_every_time(cls, directory, **kwargs):
+        (big if len(calls) % 2 else small).save(target)
+        calls.append(directory)
+        return real_load(cls, directory, **kwargs)
+
+    monkeypatch.setattr(FingerprintDB, "_load", classmethod(swap_every_time))
+    monkeypatch.setattr(db_module, "_LOAD_PATIENCE_S", 0.2)
+    with pytest.raises(db_module.IndexBusyError, match="replaced again and again while being read"):
+        FingerprintDB.load(target)
+
+
 def test_user_files_in_an_index_and_the_lock_name_survive(setup, tmp_path):
     from nnfp.catalogue.build import (
         IndexLockedError,

@@ -54,6 +54,7 @@ from nnfp.store.folder import (
     IVF_DATA_FILE,
     SEGMENTS_GLOB,
     folder_identity,
+    held_identity,
     own_names,
     read_meta,
     read_metadata,
@@ -62,6 +63,7 @@ from nnfp.store.folder import (
 from nnfp.store.integrity import (
     REBUILD_HINT,
     CorruptIndexError,
+    IndexBusyError,
     corrupt_file_error,
     file_records,
     integrity_problems,
@@ -87,7 +89,7 @@ CHECKSUM_ON_LOAD_BYTES = 256 * 2**20
 # The index parameters `FingerprintDB.build` takes (what `index_params` records, but `on_disk`).
 _BUILD_PARAMS = ("nlist", "m", "nbits", "nprobe", "hnsw_m", "ef_search")
 
-_LOAD_ATTEMPTS = 20  # loads overlapping a folder swap are made again, up to this many in all
+_LOAD_PATIENCE_S = 60.0  # loads overlapping a folder swap are made again, for up to this long
 
 
 def verify_db(directory):
@@ -804,20 +806,32 @@ class FingerprintDB(SequenceSearch):
         A writer (`nnfp index add`, a build with `--overwrite`) replaces the whole folder
         in one exchange while readers may be loading it; a load that overlapped a swap
         (the folder is another one at the end) is made again, so a reader never mixes
-        the files of two versions nor reports such a mix as damage.
+        the files of two versions nor reports such a mix as damage. The folder and its
+        tracks.json are held open meanwhile, so a version replaced twice during one load is
+        not mistaken for the same one (a deleted folder's number given to the next).
+
+        Raises:
+            IndexBusyError: the folder was replaced during every load for `_LOAD_PATIENCE_S`.
+            And `_load`'s errors.
         """
-        for _ in range(_LOAD_ATTEMPTS - 1):
-            before = folder_identity(directory)
-            try:
-                db = cls._load(directory, mmap=mmap, threads=threads, checksums=checksums)
-            except (FileNotFoundError, CorruptIndexError):
-                if folder_identity(directory) == before:
-                    raise  # the folder did not change (or is missing): the error is real
-                time.sleep(0.05)
-                continue
-            if folder_identity(directory) == before:
-                return db
-        return cls._load(directory, mmap=mmap, threads=threads, checksums=checksums)
+        deadline = time.monotonic() + _LOAD_PATIENCE_S
+        while True:
+            with held_identity(directory) as before:
+                try:
+                    db = cls._load(directory, mmap=mmap, threads=threads, checksums=checksums)
+                except (FileNotFoundError, CorruptIndexError):
+                    if folder_identity(directory) == before:
+                        raise  # the folder did not change (or is missing): the error is real
+                else:
+                    if folder_identity(directory) == before:
+                        return db
+                    db.close()
+            if time.monotonic() > deadline:
+                raise IndexBusyError(
+                    f"{directory}: replaced again and again while being read for {_LOAD_PATIENCE_S:.0f} s "
+                    "(a writer saving it in a loop?); nothing was loaded, try again once it settles"
+                )
+            time.sleep(0.05)
 
     @classmethod
     def _load(cls, directory, mmap=True, threads=None, checksums="auto"):

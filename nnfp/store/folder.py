@@ -5,6 +5,7 @@ No faiss here: `read_metadata` reads the catalogue's metadata without loading th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ __all__ = [
     "IVF_DATA_FILE",
     "SEGMENTS_GLOB",
     "folder_identity",
+    "held_identity",
     "own_names",
     "read_meta",
     "read_metadata",
@@ -45,6 +47,32 @@ def folder_identity(directory):
     except OSError:
         table = None
     return info.st_dev, info.st_ino, table
+
+
+@contextlib.contextmanager
+def held_identity(directory):
+    """Yields `folder_identity(directory)` while holding the folder and its tracks.json open.
+
+    An inode in use is not reused: a folder (or table) replaced and deleted while the files
+    are read cannot come back under the same number, so `folder_identity(directory)` equal
+    to the yielded one at the end of the block means the same folder and table throughout.
+    """
+    handles = []
+    try:
+        for path in (directory, Path(directory) / "tracks.json"):
+            try:
+                handles.append(os.open(path, os.O_RDONLY))
+            except OSError:
+                handles.append(None)
+        if handles[0] is None:  # no such folder, or folders cannot be opened here: stat it
+            yield folder_identity(directory)
+            return
+        folder = os.fstat(handles[0])
+        yield folder.st_dev, folder.st_ino, None if handles[1] is None else os.fstat(handles[1]).st_ino
+    finally:
+        for handle in handles:
+            if handle is not None:
+                os.close(handle)
 
 
 def own_names(directory):

@@ -18,6 +18,7 @@ from nnfp.outputs import sha256_file
 __all__ = [
     "REBUILD_HINT",
     "CorruptIndexError",
+    "IndexBusyError",
     "corrupt_file_error",
     "file_records",
     "integrity_problems",
@@ -31,6 +32,10 @@ REBUILD_HINT = "rebuild the index (`nnfp index build`) or restore the folder fro
 class CorruptIndexError(ValueError):
     """A saved index whose files are damaged, truncated or inconsistent. The message names
     the file and what to do."""
+
+
+class IndexBusyError(OSError):
+    """A saved index replaced again and again while being read: no one version could be loaded."""
 
 
 UNRECORDED = ("tracks.json", "calibration.json")  # tracks.json: its own digest; calibration: replaceable
