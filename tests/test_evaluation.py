@@ -131,3 +131,39 @@ def test_evaluate_is_deterministic_by_seed_with_unknown_tracks(tmp_path):
     assert set(runs[0]["hit_rates"]) >= {"track_top1", "offset_top1", "answered_right", "false_match", "top1_exact"}
     assert runs[0]["settings"]["protocol"] == "random sample positions"
     assert runs[0]["settings"]["phases"] == 4
+    assert runs[0]["settings"]["query_phone"] == "none"
+    evaluate(
+        tmp_path / "phone", index_dir=tmp_path / "a" / "index", unknown_dir=unknown, n_queries=4,
+        lengths_seconds=(1, 3), seed=3, index_type="flat", phone=True, progress=False, log=lambda *_: None,
+    )
+    phoned = json.loads((tmp_path / "phone" / "results.json").read_text())
+    assert phoned["settings"]["query_phone"].startswith("a phone's microphone band")
+    assert phoned["hit_rates"]["n"] == runs[0]["hit_rates"]["n"]
+    with pytest.raises(ValueError, match="--phone alters synthesised queries"):
+        evaluate(tmp_path / "rec", index_dir=tmp_path / "a" / "index", query_dir=tmp_path, phone=True, log=lambda *_: None)
+
+
+def test_phone_call_is_a_phone_band_and_codec_by_seed():
+    from nnfp.catalogue.queries import phone_call
+
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(16000).astype(np.float32) * 0.1 for _ in range(3)]
+    out, again, other = phone_call(waves, 8000, 1), phone_call(waves, 8000, 1), phone_call(waves, 8000, 2)
+    assert [w.shape for w in out] == [(16000,)] * 3 and out[0].dtype == np.float32
+    for a, b in zip(out, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(out[0], other[0])
+    from scipy.signal import welch
+
+    lows, highs = [], []
+    for wave in phone_call([rng.standard_normal(16000).astype(np.float32) * 0.1 for _ in range(6)], 8000, 3):
+        freqs, power = welch(wave, 8000, nperseg=1024)  # the input is white: flat
+        voice = np.median(power[(freqs > 500) & (freqs < 2500)])
+        lows.append(10 * np.log10(voice / np.median(power[(freqs > 5) & (freqs < 50)])))
+        highs.append(10 * np.log10(voice / np.median(power[freqs > 3950])))
+    # A 4th-order Butterworth high-pass at >= 100 Hz is >= 24 dB down below 50 Hz; the low-pass
+    # at <= 3.8 kHz and the codecs' band end below 4 kHz (the codec's own noise fills some).
+    assert np.median(lows) > 15 and np.median(highs) > 10
+    assert phone_call([], 8000, 0) == []
+    with pytest.raises(ValueError, match="one length"):
+        phone_call([waves[0], waves[0][:8000]], 8000, 0)

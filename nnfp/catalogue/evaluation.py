@@ -48,7 +48,13 @@ from nnfp.catalogue.metrics import (
     run_queries,
     same_audio_as_truth,
 )
-from nnfp.catalogue.queries import degradation_settings, index_queries, read_labels
+from nnfp.catalogue.queries import (
+    PHONE_CALL,
+    degradation_settings,
+    index_queries,
+    phone_call,
+    read_labels,
+)
 from nnfp.catalogue.reports import format_table, save_results
 from nnfp.catalogue.speeds import speeds_description
 from nnfp.defaults import DEFAULT_DECISION, DEFAULT_INTERPOLATE, DEFAULT_REFINE, DEFAULT_SPEEDS
@@ -93,6 +99,7 @@ def evaluate(
     speed_range=None,
     tempo_range=None,
     pitch_range=None,
+    phone=False,
     min_score="calibrated",
     seed=0,
     k_probe=20,
@@ -114,7 +121,9 @@ def evaluate(
     (`n_unknown` queries, default `n_queries`). `phases`, `refine`, `interpolate`, `min_score`, `k_probe`,
     `speeds`: as for `nnfp.catalogue.identify.Identifier` (None phases: its default; None refine:
     every phase searched). `speed_range`, `tempo_range`, `pitch_range`: the known queries played
-    faster, slower or higher by a factor drawn in the range (see `degrade`).
+    faster, slower or higher by a factor drawn in the range (see `degrade`). `phone`: every
+    synthesised query (known and unknown), after its room and noise, through a phone's
+    microphone, gain control and speech codec (`nnfp.catalogue.queries.phone_call`).
     """
     from nnfp.audio.io import load_audio
     from nnfp.catalogue.build import add_to_index, build_index
@@ -132,6 +141,8 @@ def evaluate(
         low, high = (float(v) for v in span)
         if not lowest <= low <= high <= (2.0 if name != "pitch" else 12.0):
             raise ValueError(f"--{name} LO HI must satisfy {lowest:g} <= LO <= HI <= {2.0 if name != 'pitch' else 12.0:g}; got {low:g} {high:g}")
+    if phone and query_dir is not None:
+        raise ValueError("--phone alters synthesised queries; recorded ones (--query-dir) are played as they are")
     # Before anything is built or written: a new or empty folder, or an earlier evaluation.
     claim_output_dir(out_dir, "evaluation", reuse=True, inputs=[db_dir, dummy_dir])
     out_dir = Path(out_dir)
@@ -169,6 +180,8 @@ def evaluate(
 
     if query_dir is None:
         waveforms, info = index_queries(identifier, n_queries, max(lengths_seconds), known_degradation, seed, aligned)
+        if phone:
+            waveforms = phone_call(waveforms, rate, seed)
     else:
         first_rows = dict(zip(*(a.tolist() for a in np.unique(db.segment_track, return_index=True)), strict=True))
         track_by_path = {t["path"]: t["track_id"] for t in db.tracks}
@@ -200,6 +213,8 @@ def evaluate(
             identifier, n_queries if n_unknown is None else n_unknown, max(lengths_seconds), degradation,
             seed + 1, aligned, unknown_dir=unknown_dir,
         )
+        if phone:
+            unknown_waves = phone_call(unknown_waves, rate, seed + 1)
         unknown = run_queries(identifier, unknown_waves, lengths_seconds, progress=progress)
         n_unknown_valid = unknown["valid"].sum(axis=0)
         rates["false_match"] = 100.0 * (unknown["decided"] & unknown["valid"]).sum(axis=0) / np.maximum(n_unknown_valid, 1)
@@ -228,6 +243,7 @@ def evaluate(
         "query_speed": "unchanged" if speed_range is None else f"{speed_range[0]:g}-{speed_range[1]:g}x",
         "query_tempo": "unchanged" if tempo_range is None else f"{tempo_range[0]:g}-{tempo_range[1]:g}x",
         "query_pitch": "unchanged" if pitch_range is None else f"{pitch_range[0]:+g} to {pitch_range[1]:+g} semitones",
+        "query_phone": PHONE_CALL if phone else "none",
         "match_threshold": "none" if min_score is None else ", ".join(
             f"{s:g} s: {t:.4f}" for s, t in zip(lengths_seconds, thresholds, strict=True)
         ) + (" (calibrated)" if min_score == "calibrated" and identifier.calibration is not None else ""),

@@ -15,10 +15,12 @@ import numpy as np
 from nnfp.audio.segments import n_segments
 
 __all__ = [
+    "PHONE_CALL",
     "altered",
     "degradation_settings",
     "degrade",
     "index_queries",
+    "phone_call",
     "query_sources",
     "read_labels",
     "synthesize_queries",
@@ -213,6 +215,39 @@ def synthesize_queries(
         info["offset_s"].append(offset_s)
         info["snr_db"].append(snr_db if add_noise else np.inf)
     return waveforms, {k: np.asarray(v) for k, v in info.items()}
+
+
+PHONE_CALL = (
+    "a phone's microphone band and colour (high-pass 100-400 Hz, low-pass 2.8-3.8 kHz, shelf and resonance), "
+    "its automatic gain control and a speech codec (AMR-NB 4.75-12.2 kbit/s or Opus 8-16 kbit/s)"
+)
+
+
+def phone_call(waveforms, sample_rate, seed):
+    """`waveforms` (equal lengths, at `sample_rate`) as a phone would send them: each through
+    its own microphone band (`RandomBandLimit`), automatic gain control (`RandomGainControl`)
+    and speech codec (`RandomCodec`: AMR-NB or Opus), in that order, with the layers' default
+    ranges (`PHONE_CALL`); the same draws for the same `seed`. A list of float32 arrays."""
+    from nnfp.pipeline.field import RandomBandLimit, RandomCodec, RandomGainControl
+
+    if not len(waveforms):
+        return []
+    lengths = {len(w) for w in waveforms}
+    if len(lengths) != 1:
+        raise ValueError(f"phone_call needs waveforms of one length. Received lengths {sorted(lengths)[:4]}")
+    seeds = np.random.default_rng([int(seed), 31]).integers(0, 2**31, size=3)
+    chain = [
+        RandomBandLimit(sample_rate=sample_rate, seed=int(seeds[0])),
+        RandomGainControl(sample_rate=sample_rate, seed=int(seeds[1])),
+        RandomCodec(sample_rate=sample_rate, seed=int(seeds[2])),
+    ]
+    out = []
+    for first in range(0, len(waveforms), 64):  # a bounded batch: 64 x 10 s is 20 MB
+        batch = np.stack(waveforms[first : first + 64]).astype(np.float32)
+        for layer in chain:
+            batch = np.asarray(layer(batch, training=True))
+        out.extend(np.asarray(w, np.float32) for w in batch)
+    return out
 
 
 def read_labels(query_dir):

@@ -17,7 +17,7 @@ def cmd_evaluate(args):
         add_reverb=not (args.clean or args.no_reverb), seed=args.seed, k_probe=args.k_probe,
         unknown_dir=args.unknown_dir, n_unknown=args.n_unknown, aligned=args.aligned, phases=args.phases,
         refine=args.refine, interpolate=args.interpolate, speeds=args.speeds,
-        speed_range=args.speed, tempo_range=args.tempo, pitch_range=args.pitch,
+        speed_range=args.speed, tempo_range=args.tempo, pitch_range=args.pitch, phone=args.phone,
         min_score="calibrated" if args.min_score is None else args.min_score,
         index_type=args.index_type, threads=args.threads, progress=not args.quiet,
         **index_params(args),

@@ -324,6 +324,9 @@ def _add_search_commands(sub, shared):
                      help="change each query's tempo only (pitch kept) by a factor drawn in [LO, HI]")
     own.add_argument("--pitch", type=finite_float, nargs=2, default=None, metavar=("LO", "HI"),
                      help="shift each query's pitch only (tempo kept) by LO to HI semitones")
+    own.add_argument("--phone", action="store_true",
+                     help="send every synthesised query (after its room and noise) through a phone: microphone "
+                     "band and colour, automatic gain control, AMR-NB or Opus speech codec")
     own.add_argument("--min-score", type=finite_float, default=None,
                      help="fixed match threshold (default: the index's calibrated threshold per query length)")
     own.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
