@@ -111,15 +111,24 @@ def test_a_chunk_of_another_plan_is_never_reused(setup, tmp_path):
     )
 
 
-def test_readers_during_writes_never_see_a_mixed_folder(setup, tmp_path):
+def _two_versions(setup, tmp_path):
+    """A copy of the test index, `(folder, its DB, the DB with every row added again)`: two
+    versions of one folder for a writer to swap between."""
     from nnfp.store.db import FingerprintDB
 
-    root, index = setup
+    _, index = setup
     target = tmp_path / "idx"
     shutil.copytree(index, target)
     small = FingerprintDB.load(target, mmap=False)
     big = FingerprintDB.load(target, mmap=False)
     big.add(np.asarray(small.embeddings), small.segment_track, small.segment_start, small.tracks)
+    return target, small, big
+
+
+def test_readers_during_writes_never_see_a_mixed_folder(setup, tmp_path):
+    from nnfp.store.db import FingerprintDB
+
+    target, small, big = _two_versions(setup, tmp_path)
     errors, loads, done = [], [0], threading.Event()
 
     def read():
@@ -146,12 +155,7 @@ def test_a_load_that_two_swaps_overlap_is_made_again(setup, tmp_path, monkeypatc
     from nnfp.store import db as db_module
     from nnfp.store.db import FingerprintDB
 
-    root, index = setup
-    target = tmp_path / "idx"
-    shutil.copytree(index, target)
-    small = FingerprintDB.load(target, mmap=False)
-    big = FingerprintDB.load(target, mmap=False)
-    big.add(np.asarray(small.embeddings), small.segment_track, small.segment_start, small.tracks)
+    target, small, big = _two_versions(setup, tmp_path)
     real_load, calls = FingerprintDB._load.__func__, []
 
     def load_while_swapped_twice(cls, directory, **kwargs):
