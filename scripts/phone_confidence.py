@@ -19,21 +19,14 @@ import numpy as np
 
 
 def top_answers(identifier, waves, lengths):
-    """Per query and length: (track, offset, confidence, answered) of the top answer (NaN: none)."""
-    out = np.full((len(waves), len(lengths), 4), np.nan)
-    for q, wave in enumerate(waves):
-        try:
-            query = identifier.query(np.asarray(wave, np.float32))
-        except ValueError:  # too short, silent or constant: no answer
-            continue
-        for j, seconds in enumerate(lengths):
-            ranked = identifier.rank_query(query, n_results=1, max_seconds=seconds)
-            if not ranked:
-                continue
-            threshold = identifier.match_threshold(seconds)
-            kept = identifier.rank_query(query, n_results=1, min_score=threshold, max_seconds=seconds)
-            top = ranked[0]
-            out[q, j] = (top.track_id, top.offset_s, top.confidence, bool(kept) and kept[0].track_id == top.track_id)
+    """Per query and length: (track, offset, confidence, answered) of the top answer (NaN: none),
+    as `nnfp identify` ranks and decides it (`nnfp.catalogue.metrics.run_queries`)."""
+    from nnfp.catalogue.metrics import run_queries
+
+    raw = run_queries(identifier, waves, lengths, progress=False)
+    out = np.stack([raw["tracks"][..., 0], raw["offsets"][..., 0], raw["confidences"][..., 0], raw["decided"]], -1)
+    out = out.astype(float)
+    out[raw["tracks"][..., 0] < 0] = np.nan  # no answer at that length
     return out
 
 
