@@ -121,6 +121,10 @@ def test_shipped_calibration_has_a_valid_digest_and_falls_with_length():
     # fitted with the speed search's off-speed margin (answers at other speeds need more)
     margins = shipped.info["off_speed_margin"]
     assert len(margins) == 4 and all(0 <= m < 0.5 for m in margins) and max(margins) > 0
+    # a flat answer is still answered from a confidence above every flat chance answer fitted on
+    yields = shipped.info["sharpness_yield"]
+    assert len(yields) == 4 and all(y >= t for y, t in zip(yields, shipped.min_score, strict=True))
+    assert max(shipped.info["sharpness_yield_leave_one_kind_out"]["noise-train"]) <= 0.01
 
 
 def test_index_calibration_follows_what_the_index_records(tmp_path):
@@ -330,6 +334,7 @@ def test_calibrate_work_dir_parts_of_another_lead_weight_are_reused_exactly(inde
     assert fresh.info["decision"] == "lead" and fresh.info["lead_weight"] == identify.LEAD_WEIGHT
     # 12 in-catalogue queries: too few right answers to fit a sharpness floor on (40)
     assert fresh.info["sharpness_floor"] == [evaluation.NO_SHARPNESS_FLOOR] * 2
+    assert fresh.info["sharpness_yield"] == fresh.min_score  # no floor: nothing for a yield to waive
     work = tmp_path / "work"
     with monkeypatch.context() as patch:  # parts saved by a calibration of another weight
         patch.setattr(identify, "LEAD_WEIGHT", 0.1)
@@ -347,6 +352,38 @@ def test_calibrate_work_dir_parts_of_another_lead_weight_are_reused_exactly(inde
     assert runs == []
     np.testing.assert_allclose(again.min_score, fresh.min_score, atol=1.01e-4)
     assert again.info["right_kept"] == fresh.info["right_kept"] and again.info["lead_weight"] == fresh.info["lead_weight"]
+
+
+def test_sharpness_yields_against_a_loop_over_the_flat_answers():
+    """The yield of a length is just above the most confident flat out-of-catalogue answer of
+    any kind (sharpness below the floor; NaN sharpness is not flat, NaN confidence is no
+    answer), never below the threshold; a length without a floor yields at its threshold."""
+    from nnfp.catalogue.evaluation import NO_SHARPNESS_FLOOR, sharpness_yields
+
+    rng = np.random.default_rng(2)
+    thresholds, floors = [0.30, 0.20, 0.10, 0.25], [0.15, 0.12, 0.10, NO_SHARPNESS_FLOOR]
+    confidences = {k: rng.uniform(-0.2, 0.6, (50, 4)) for k in ("music", "noise")}
+    sharpness = {k: rng.uniform(-0.1, 0.5, (50, 4)) for k in ("music", "noise")}
+    confidences["noise"][3, 1] = 0.95  # the most confident answer of length 2 is not flat...
+    sharpness["noise"][3, 1] = np.nan  # ...as nothing was measured
+    confidences["music"][7, 2] = np.nan  # no answer
+    sharpness["music"][7, 2] = -1.0
+    confidences["music"][:, 0] = np.minimum(confidences["music"][:, 0], 0.29)  # length 1: all below...
+    confidences["noise"][:, 0] = np.minimum(confidences["noise"][:, 0], 0.29)  # ...the threshold
+    got = sharpness_yields(thresholds, floors, confidences, sharpness)
+    expected = []
+    for j in range(4):
+        highest = None
+        for kind in confidences:
+            for c, s in zip(confidences[kind][:, j], sharpness[kind][:, j], strict=True):
+                if floors[j] > NO_SHARPNESS_FLOOR and np.isfinite(c) and s < floors[j]:
+                    highest = c if highest is None else max(highest, c)
+        expected.append(thresholds[j] if highest is None else max(thresholds[j], highest))
+    assert got[0] == thresholds[0] and got[3] == thresholds[3]
+    for j in (1, 2):
+        assert expected[j] < got[j] <= expected[j] + 1e-4  # rounded up to 4 decimals, above every flat answer
+        assert got[j] < 0.9  # the confident answer with no sharpness measured is not counted
+    assert got == [round(g, 4) for g in got]
 
 
 def test_a_length_between_calibrated_ones_uses_the_stricter_of_the_two():

@@ -259,6 +259,36 @@ def test_the_sharpness_floor_decides_with_the_threshold(db):
     assert fixed.sharp_enough(fixed_query(fixed, query), best, 3.5)  # a threshold given: no floor
 
 
+def test_a_confident_answer_needs_no_sharpness(db):
+    """With a calibration's `sharpness_yield`, an answer below the sharpness floor is still
+    answered when its confidence reaches the yield (in `rank_query`, the fingerprint API and
+    `clears_sharpness`), and turned away when it does not."""
+    from nnfp.catalogue.calibration import Calibration
+
+    rng = np.random.default_rng(5)
+    query = unit(np.asarray(db.embeddings)[43:49] + 0.3 * rng.standard_normal((6, D)))
+
+    def identifier(**info):
+        calibration = Calibration([1.0], [0.0], info={"decision": "margin", **info})
+        return Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
+
+    plain = identifier()
+    best = plain.rank_query(fixed_query(plain, query), n_results=1, min_score=0.0)[0]
+    sharpness = plain.sharpness(fixed_query(plain, query), best, 3.5)
+    floor = [round(sharpness + 0.01, 4)]  # the answer is flat to this floor
+    sure = identifier(sharpness_floor=floor, sharpness_yield=[round(best.confidence - 0.01, 4)])
+    unsure = identifier(sharpness_floor=floor, sharpness_yield=[round(best.confidence + 0.01, 4)])
+    assert [m.track_id for m in sure.rank_query(fixed_query(sure, query), n_results=1, min_score=0.0)] == [2]
+    assert unsure.rank_query(fixed_query(unsure, query), n_results=1, min_score=0.0) == []
+    assert [m.track_id for m in sure.search(query)][:1] == [2]
+    assert 2 not in [m.track_id for m in unsure.search(query)]
+    assert sure.clears_sharpness(sharpness, 3.5, best.confidence)
+    assert not sure.clears_sharpness(sharpness, 3.5)  # no confidence given: the floor alone
+    assert not unsure.clears_sharpness(sharpness, 3.5, best.confidence)
+    assert sure.sharpness_yield(3.5) == pytest.approx(best.confidence - 0.01, abs=1e-4)
+    assert identifier(sharpness_floor=floor).sharpness_yield(3.5) is None  # fitted before the yield
+
+
 def test_monitor_windows_meet_the_sharpness_floor(db):
     from nnfp.catalogue.identify import alignment_sharpness
     from nnfp.catalogue.monitor import _Monitor
@@ -266,9 +296,9 @@ def test_monitor_windows_meet_the_sharpness_floor(db):
     rng = np.random.default_rng(5)
     query = unit(np.asarray(db.embeddings)[43:49] + 0.3 * rng.standard_normal((6, D)))
 
-    def window_matches(floor):
+    def window_matches(floor, sure=None):
         monitor = _Monitor(db, 0.0, window=6, step=1, max_gap=20, min_windows=2, tolerance=1.0, k_probe=20,
-                           seg_seconds=1.0, batch=8, decision="margin", sharpness_floor=floor)
+                           seg_seconds=1.0, batch=8, decision="margin", sharpness_floor=floor, sharpness_yield=sure)
         return monitor.search(0, query, None)[1]
 
     plain = window_matches(None)
@@ -277,6 +307,11 @@ def test_monitor_windows_meet_the_sharpness_floor(db):
     assert sharpness > 0.3
     assert 2 not in [m.track_id for m in window_matches(sharpness + 0.01)]
     assert [m.track_id for m in window_matches(sharpness - 0.01)][:1] == [2]
+    # a window whose confidence reaches the yield needs no sharpness; one below it still does
+    confidence = plain[0].confidence
+    assert confidence is not None and confidence > 0.3
+    assert [m.track_id for m in window_matches(sharpness + 0.01, confidence - 0.01)][:1] == [2]
+    assert 2 not in [m.track_id for m in window_matches(sharpness + 0.01, confidence + 0.01)]
 
 
 def test_segment_votes_against_a_brute_force_reference(db):

@@ -113,7 +113,10 @@ class Calibration:
             its confidence lowered by the length's `info["off_speed_margin"]` first
             (`off_speed_margins`). With `info["sharpness_floor"]`, an answer must also be at
             least that much sharper than the same query 1-5 s away in its track
-            (`nnfp.catalogue.identify.alignment_sharpness`; fitted on in-catalogue queries).
+            (`nnfp.catalogue.identify.alignment_sharpness`; fitted on in-catalogue queries),
+            unless its confidence reaches the length's `info["sharpness_yield"]` (above every
+            flat out-of-catalogue answer fitted on: `nnfp.catalogue.evaluation.sharpness_yields`;
+            a calibration without it holds every answer to the floor).
         target_false_match: the false-match rate the thresholds were chosen for.
         info: anything else stored with them (kept fractions, query counts, data, phases).
 
@@ -719,6 +722,15 @@ def format_calibration_table(calibration, title="Calibrated thresholds"):
         lines.append(
             f"  {kind}, each of its {len(packages)} packages fitted without it: worst {worst} "
             + " / ".join(f"{100 * r:.1f}" for r in rates) + f" % ({packages[worst]['n']} queries)"
+        )
+    floors = info.get("sharpness_floor") or ()
+    if info.get("sharpness_yield") and any(f > -1.0 for f in floors):
+        left_out = info.get("sharpness_yield_leave_one_kind_out") or {}
+        worst = max((max(rates) for rates in left_out.values()), default=None)
+        lines.append(
+            "  sharpness floor " + " / ".join(f"{f:.4f}" for f in floors) + ", not asked of an answer with a confidence >= "
+            + " / ".join(f"{y:.4f}" for y in info["sharpness_yield"])
+            + (f" (each kind left out lets <= {100 * worst:.1f} % of it through)" if worst is not None else "")
         )
     if any(info.get("off_speed_margin") or ()):
         lines.append(

@@ -78,8 +78,11 @@ IMPOSTOR_PLACES = 10
 # query fingerprints at alignments SHARPNESS_SHIFTS_S (least, most seconds) away in the same track.
 # A calibration may hold a floor per length (`sharpness_floor`, fitted on the right answers of its
 # in-catalogue queries only: `nnfp.catalogue.evaluation.SHARPNESS_QUANTILE`); an answer below it
-# is "not in the catalogue" whatever its lead (a sustained sound that resembles a stationary
-# stretch of a track scores nearly as well a few seconds away; a right answer sits at one place).
+# is "not in the catalogue" (a sustained sound that resembles a stationary stretch of a track
+# scores nearly as well a few seconds away; a right answer sits at one place) unless its
+# confidence reaches the calibration's `sharpness_yield` of that length: above every flat answer
+# of the fitted out-of-catalogue audio (`nnfp.catalogue.evaluation.sharpness_yields`), where a
+# looped or steady passage of the right track is still answered.
 SHARPNESS_SHIFTS_S = (1.0, 5.0)
 # Segment votes (`segment_votes`): a segment votes for its answer when no row the index returns
 # among its VOTE_NEIGHBOURS nearest, outside the answer's alignment (at most 3 of them) and the
@@ -246,12 +249,18 @@ def with_votes(confidences, places, vote_weight, threshold, votes_of):
     ]
 
 
-def sharp_matches(db, fingerprints, matches, floor):
+def sharp_matches(db, fingerprints, matches, floor, sure=None):
     """The `matches` of `fingerprints` whose `alignment_sharpness` is not below `floor` (all of
-    them with no floor; NaN, a track with nothing to compare with, passes)."""
+    them with no floor; NaN, a track with nothing to compare with, passes), or whose
+    `confidence` reaches `sure` (the calibration's `sharpness_yield`; None: every match is
+    held to the floor)."""
     if floor is None:
         return list(matches)
-    return [m for m in matches if not alignment_sharpness(db, fingerprints, m.segment_index, m.track_id) < floor]
+    return [
+        m for m in matches
+        if (sure is not None and m.confidence is not None and m.confidence >= sure)
+        or not alignment_sharpness(db, fingerprints, m.segment_index, m.track_id) < floor
+    ]
 
 
 def margins(db, places, n_rows, floor=0.0, decision="margin", same=None, weight=LEAD_WEIGHT):
@@ -798,7 +807,8 @@ class Identifier:
                 self.db, fingerprints, m.segment_index, m.track_id, hits()))
             matches = [dataclasses.replace(m, confidence=lead) for m, lead in zip(places, leads, strict=True)]
             matches = [m for m in matches if threshold is None or m.confidence >= threshold][: int(n_results)]
-        return sharp_matches(self.db, fingerprints, matches, self.sharpness_floor(seconds))  # on the fingerprints given
+        # on the fingerprints given
+        return sharp_matches(self.db, fingerprints, matches, self.sharpness_floor(seconds), self.sharpness_yield(seconds))
 
     def query(self, audio, name="query"):
         """A `Query`: the waveform with its fingerprints at each searched speed, made when needed."""
@@ -936,17 +946,34 @@ class Identifier:
 
     def sharp_enough(self, query, match, seconds):
         """Whether a match clears the calibration's sharpness floor for a `seconds` query
-        (`sharpness_floor`; always without one, with a threshold given instead, or where
-        the track has no window to compare with)."""
-        if self.sharpness_floor(seconds) is None:  # nothing to compute
+        (`sharpness_floor`; always without one, with a threshold given instead, where the
+        track has no window to compare with, or where the match's confidence reaches the
+        calibration's `sharpness_yield`: then its sharpness is not computed)."""
+        if self.sharpness_floor(seconds) is None or self._sure(match.confidence, seconds):  # nothing to compute
             return True
         return self.clears_sharpness(self.sharpness(query, match, seconds), seconds)
 
-    def clears_sharpness(self, sharpness, seconds):
+    def clears_sharpness(self, sharpness, seconds, confidence=None):
         """Whether a match of this `sharpness` (`sharpness`) clears the floor of a `seconds`
-        query (`sharpness_floor`; always without one; NaN: nothing to compare with, clears)."""
+        query (`sharpness_floor`; always without one; NaN: nothing to compare with, clears),
+        or, given its `confidence`, reaches the calibration's `sharpness_yield`."""
         floor = self.sharpness_floor(seconds)
-        return floor is None or not sharpness < floor
+        return floor is None or not sharpness < floor or self._sure(confidence, seconds)
+
+    def sharpness_yield(self, query_seconds):
+        """The confidence from which a `query_seconds` query's answer no longer has to clear
+        the sharpness floor (the calibration's `sharpness_yield`, `nnfp.catalogue.evaluation.sharpness_yields`:
+        above every flat answer of the out-of-catalogue audio it was fitted on); None without
+        one (a calibration fitted before it: every answer is held to the floor), or with a
+        threshold given instead."""
+        values = self.calibration.info.get("sharpness_yield") if self.calibration is not None else None
+        if not values or self.min_score != CALIBRATED:
+            return None
+        return float(self.calibration.at_length(values, query_seconds))
+
+    def _sure(self, confidence, seconds):
+        sure = self.sharpness_yield(seconds)
+        return sure is not None and confidence is not None and np.isfinite(confidence) and confidence >= sure
 
     def sharpness_floor(self, query_seconds):
         """The calibration's sharpness floor for a `query_seconds` query (`sharpness_floor`);

@@ -191,7 +191,8 @@ def run_queries(identifier, waveforms, lengths_seconds=LENGTHS_SECONDS, progress
                 similarities = similarities[: segment_scores.shape[2]]
                 segment_scores[q, j, : len(similarities)] = similarities
             decided[q, j] = bool(matches) and (threshold is None or (
-                matches[0].confidence >= threshold and identifier.clears_sharpness(sharpness[q, j], seconds)))
+                matches[0].confidence >= threshold
+                and identifier.clears_sharpness(sharpness[q, j], seconds, matches[0].confidence)))
             for r, match in enumerate(matches):
                 rows[q, j, r] = first_rows[match.track_id] + max(0, int(round(match.offset_s / db.hop_seconds)))
                 tracks[q, j, r] = match.track_id

@@ -225,7 +225,7 @@ class _Monitor(PlayTracker):
     def __init__(
         self, db, threshold, window, step, max_gap, min_windows, tolerance, k_probe, seg_seconds, batch, speed=None,
         decision="score", rival_floor=0.0, lead_weight=LEAD_WEIGHT, sharpness_floor=None, min_span=0,
-        vote_weight=0.0,
+        vote_weight=0.0, sharpness_yield=None,
     ):
         super().__init__(db, window, step, max_gap, min_windows, tolerance, seg_seconds, batch, speed=speed,
                          min_span=min_span)
@@ -233,6 +233,9 @@ class _Monitor(PlayTracker):
         self.lead_weight = lead_weight  # `Identifier.lead_weight`
         self.vote_weight = vote_weight  # `Identifier.vote_weight`
         self.sharpness_floor = sharpness_floor  # the calibration's, of a window (None: no floor)
+        # the confidence from which a window's match needs no sharpness (`Identifier.sharpness_yield`,
+        # raised by the off-speed margin at other speeds, as `threshold`; None: every match needs it)
+        self.sharpness_yield = sharpness_yield
         self.decision = decision  # what `threshold` applies to (`nnfp.catalogue.identify.DECISIONS`)
         self.threshold = threshold
         self.k_probe = k_probe
@@ -264,12 +267,13 @@ class _Monitor(PlayTracker):
             # the votes of the window's segments, where they can decide (as `Identifier.rank_query`)
             leads = with_votes(leads, places, self.vote_weight, self.threshold,
                                lambda m: segment_votes(self.db, query, m.segment_index, m.track_id, hits))
-            matches = [m for m, lead in zip(places, leads, strict=True) if lead >= self.threshold]
+            matches = [dataclasses.replace(m, confidence=lead)
+                       for m, lead in zip(places, leads, strict=True) if lead >= self.threshold]
         else:
             places = [] if 2 * quiet >= len(query) else self.db.search(query, hits=hits, n_results=_WINDOW_PLACES)
             matches = [m for m in places if m.score >= self.threshold]
         # as `Identifier.sharp_enough`: a flat match is no match
-        return places, sharp_matches(self.db, query, matches, self.sharpness_floor)
+        return places, sharp_matches(self.db, query, matches, self.sharpness_floor, self.sharpness_yield)
 
 
 def _multi_speed(embedder, blocks, hop_samples, batch_size, stats, states, recording, max_gap_seconds, rate, stop):
@@ -644,18 +648,22 @@ def monitor_stream(
     off_margin = identifier.off_speed_margin(window_seconds) if calibrated else 0.0
     # ... and a window's match as sharp as the calibration's floor asks (`Identifier.sharp_enough`)
     sharpness_floor = identifier.sharpness_floor(window_seconds) if calibrated else None
+    sharpness_yield = identifier.sharpness_yield(window_seconds) if calibrated else None
 
     span_seconds = window_seconds if min_span_seconds is None else float(min_span_seconds)
     min_span = segments(span_seconds) if span_seconds > 0 else 0  # in segments, as the tracker counts
 
     def state(speed=None):
         threshold = min_score + off_margin if off_margin and speed not in (None, 1.0) else min_score
+        sure = sharpness_yield
+        if sure is not None and off_margin and speed not in (None, 1.0):
+            sure += off_margin
         return _Monitor(
             db, threshold, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
             float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size), speed=speed,
             decision=identifier.decision, rival_floor=identifier.rival_floor(window_seconds),
             lead_weight=identifier.lead_weight, sharpness_floor=sharpness_floor,
-            min_span=min_span, vote_weight=identifier.vote_weight,
+            min_span=min_span, vote_weight=identifier.vote_weight, sharpness_yield=sure,
         )
 
     if stop is not None:

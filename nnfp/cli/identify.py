@@ -57,7 +57,9 @@ def cmd_identify(args):
             else:
                 what = "led every other track by"
             floor = identifier.sharpness_floor(seconds)
-            sharp = "" if floor is None else f" and stood >= {floor:.3f} above its own track 1-5 s away"
+            sure = identifier.sharpness_yield(seconds)
+            sharp = "" if floor is None else f" and stood >= {floor:.3f} above its own track 1-5 s away" + (
+                f" (or reached >= {sure:.3f})" if sure is not None else "")
             print(
                 f"{printable(query)}: no match (not in the catalogue: no place {what} >= the {how}"
                 f"threshold {threshold:.3f}{sharp} for a {seconds:.1f} s query)"
