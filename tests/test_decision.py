@@ -231,24 +231,31 @@ def test_alignment_sharpness_against_a_reference(db):
     assert np.isnan(alignment_sharpness(db, unit(rng.standard_normal((20, D))), 40, 2))
 
 
+def noisy_rows_of_track_2(db):
+    """6 query fingerprints: rows 43-48 of `db` (track 2) with noise; their right place is sharp."""
+    rng = np.random.default_rng(5)
+    return unit(np.asarray(db.embeddings)[43:49] + 0.3 * rng.standard_normal((6, D)))
+
+
+def margin_identifier(db, **info):
+    """An `Identifier` of `db` whose calibration decides on the margin, threshold 0, with `info` added."""
+    from nnfp.catalogue.calibration import Calibration
+
+    calibration = Calibration([1.0], [0.0], info={"decision": "margin", **info})
+    return Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
+
+
 def test_the_sharpness_floor_decides_with_the_threshold(db):
     """A calibration's sharpness floor turns away an answer below it, whatever its lead; none,
     or a fixed threshold, decides on the confidence alone."""
-    from nnfp.catalogue.calibration import Calibration
+    query = noisy_rows_of_track_2(db)
 
-    rng = np.random.default_rng(5)
-    query = unit(np.asarray(db.embeddings)[43:49] + 0.3 * rng.standard_normal((6, D)))
-
-    def identifier(**info):
-        calibration = Calibration([1.0], [0.0], info={"decision": "margin", **info})
-        return Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
-
-    plain = identifier()
+    plain = margin_identifier(db)
     best = plain.rank_query(fixed_query(plain, query), n_results=1, min_score=0.0)[0]
     sharpness = plain.sharpness(fixed_query(plain, query), best, 3.5)
     assert best.track_id == 2 and sharpness > 0.3 and plain.sharp_enough(fixed_query(plain, query), best, 3.5)
-    above = identifier(sharpness_floor=[round(sharpness + 0.01, 4)])
-    below = identifier(sharpness_floor=[round(sharpness - 0.01, 4)])
+    above = margin_identifier(db, sharpness_floor=[round(sharpness + 0.01, 4)])
+    below = margin_identifier(db, sharpness_floor=[round(sharpness - 0.01, 4)])
     assert above.rank_query(fixed_query(above, query), n_results=1, min_score=0.0) == []
     assert [m.track_id for m in below.rank_query(fixed_query(below, query), n_results=1, min_score=0.0)] == [2]
     # the fingerprint API too (`Identifier.search`: the fingerprints given, one phase)
@@ -263,21 +270,14 @@ def test_a_confident_answer_needs_no_sharpness(db):
     """With a calibration's `sharpness_yield`, an answer below the sharpness floor is still
     answered when its confidence reaches the yield (in `rank_query`, the fingerprint API and
     `clears_sharpness`), and turned away when it does not."""
-    from nnfp.catalogue.calibration import Calibration
+    query = noisy_rows_of_track_2(db)
 
-    rng = np.random.default_rng(5)
-    query = unit(np.asarray(db.embeddings)[43:49] + 0.3 * rng.standard_normal((6, D)))
-
-    def identifier(**info):
-        calibration = Calibration([1.0], [0.0], info={"decision": "margin", **info})
-        return Identifier(None, db=db, embedder=Embedder(), calibration=calibration, speeds=None, phases=1)
-
-    plain = identifier()
+    plain = margin_identifier(db)
     best = plain.rank_query(fixed_query(plain, query), n_results=1, min_score=0.0)[0]
     sharpness = plain.sharpness(fixed_query(plain, query), best, 3.5)
     floor = [round(sharpness + 0.01, 4)]  # the answer is flat to this floor
-    sure = identifier(sharpness_floor=floor, sharpness_yield=[round(best.confidence - 0.01, 4)])
-    unsure = identifier(sharpness_floor=floor, sharpness_yield=[round(best.confidence + 0.01, 4)])
+    sure = margin_identifier(db, sharpness_floor=floor, sharpness_yield=[round(best.confidence - 0.01, 4)])
+    unsure = margin_identifier(db, sharpness_floor=floor, sharpness_yield=[round(best.confidence + 0.01, 4)])
     assert [m.track_id for m in sure.rank_query(fixed_query(sure, query), n_results=1, min_score=0.0)] == [2]
     assert unsure.rank_query(fixed_query(unsure, query), n_results=1, min_score=0.0) == []
     assert [m.track_id for m in sure.search(query)][:1] == [2]
@@ -286,15 +286,14 @@ def test_a_confident_answer_needs_no_sharpness(db):
     assert not sure.clears_sharpness(sharpness, 3.5)  # no confidence given: the floor alone
     assert not unsure.clears_sharpness(sharpness, 3.5, best.confidence)
     assert sure.sharpness_yield(3.5) == pytest.approx(best.confidence - 0.01, abs=1e-4)
-    assert identifier(sharpness_floor=floor).sharpness_yield(3.5) is None  # fitted before the yield
+    assert margin_identifier(db, sharpness_floor=floor).sharpness_yield(3.5) is None  # fitted before the yield
 
 
 def test_monitor_windows_meet_the_sharpness_floor(db):
     from nnfp.catalogue.identify import alignment_sharpness
     from nnfp.catalogue.monitor import _Monitor
 
-    rng = np.random.default_rng(5)
-    query = unit(np.asarray(db.embeddings)[43:49] + 0.3 * rng.standard_normal((6, D)))
+    query = noisy_rows_of_track_2(db)
 
     def window_matches(floor, sure=None):
         monitor = _Monitor(db, 0.0, window=6, step=1, max_gap=20, min_windows=2, tolerance=1.0, k_probe=20,

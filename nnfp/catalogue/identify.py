@@ -249,6 +249,11 @@ def with_votes(confidences, places, vote_weight, threshold, votes_of):
     ]
 
 
+def reaches(confidence, level):
+    """Whether a `confidence` (None or NaN: none) reaches `level` (None: nothing reaches it)."""
+    return level is not None and confidence is not None and bool(np.isfinite(confidence)) and confidence >= level
+
+
 def sharp_matches(db, fingerprints, matches, floor, sure=None):
     """The `matches` of `fingerprints` whose `alignment_sharpness` is not below `floor` (all of
     them with no floor; NaN, a track with nothing to compare with, passes), or whose
@@ -258,8 +263,7 @@ def sharp_matches(db, fingerprints, matches, floor, sure=None):
         return list(matches)
     return [
         m for m in matches
-        if (sure is not None and m.confidence is not None and m.confidence >= sure)
-        or not alignment_sharpness(db, fingerprints, m.segment_index, m.track_id) < floor
+        if reaches(m.confidence, sure) or not alignment_sharpness(db, fingerprints, m.segment_index, m.track_id) < floor
     ]
 
 
@@ -972,8 +976,7 @@ class Identifier:
         return float(self.calibration.at_length(values, query_seconds))
 
     def _sure(self, confidence, seconds):
-        sure = self.sharpness_yield(seconds)
-        return sure is not None and confidence is not None and np.isfinite(confidence) and confidence >= sure
+        return reaches(confidence, self.sharpness_yield(seconds))
 
     def sharpness_floor(self, query_seconds):
         """The calibration's sharpness floor for a `query_seconds` query (`sharpness_floor`);

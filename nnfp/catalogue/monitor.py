@@ -654,10 +654,9 @@ def monitor_stream(
     min_span = segments(span_seconds) if span_seconds > 0 else 0  # in segments, as the tracker counts
 
     def state(speed=None):
-        threshold = min_score + off_margin if off_margin and speed not in (None, 1.0) else min_score
-        sure = sharpness_yield
-        if sure is not None and off_margin and speed not in (None, 1.0):
-            sure += off_margin
+        raise_by = off_margin if speed not in (None, 1.0) else 0.0  # heard at another speed: more is asked
+        threshold = min_score + raise_by
+        sure = None if sharpness_yield is None else sharpness_yield + raise_by
         return _Monitor(
             db, threshold, window, segments(step_seconds), segments(max_gap_seconds), int(min_windows),
             float(tolerance_seconds), identifier.k_probe, seg_seconds, int(batch_size), speed=speed,
