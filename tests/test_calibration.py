@@ -187,11 +187,15 @@ def test_intact_index_verifies_and_identifies_with_its_calibration(index, setup,
     assert main(["identify", str(index), str(setup["query"])]) == 0
     captured = capsys.readouterr()
     assert "1. track_0.wav  offset 2.0 s" in captured.out
-    # a calibration that records no speed search (older nnfp): searched at one speed, said once
+    # a calibration that records no speed search and no "interpolated_score" (older nnfp): searched
+    # at one speed, interpolated windows scored as it was fitted; each said once
     assert captured.err.splitlines() == [
         "nnfp identify: note: the calibrated thresholds were fitted without a speed search: a song played "
         "faster or slower than the catalogue is not searched for; recalibrate (`nnfp index calibrate INDEX "
-        "--unknown DIR`) to search speeds"
+        "--unknown DIR`) to search speeds",
+        "nnfp identify: note: the calibrated thresholds were fitted when a 1 s query's windows between two "
+        "index rows reported the score of a row beside them, and are applied so; recalibrate (`nnfp index "
+        "calibrate INDEX --unknown DIR`) to score them as themselves (more 1 s queries answered right)",
     ]
 
 
@@ -318,6 +322,17 @@ def test_calibrate_work_dir_resumes_what_was_done_and_refuses_other_settings(ind
     err = capsys.readouterr().err
     assert "known.0000.npz: saved by a calibration with other settings (different: seed)" in err
     assert len(list(work.iterdir())) == 6
+    assert first.info["interpolated_score"] == "own"
+    # a part saved before interpolated windows reported their own score: refused, not mixed in
+    part = work / "known.0000.npz"
+    with np.load(part) as saved:
+        arrays = {key: saved[key] for key in saved.files}
+    stored = json.loads(str(arrays["settings"]))
+    del stored["interpolated_score"]
+    np.savez_compressed(part, **{**arrays, "settings": np.asarray(json.dumps(stored, sort_keys=True))})
+    assert main(args) == 2
+    assert "known.0000.npz: saved by a calibration with other settings (different: interpolated_score)" in (
+        capsys.readouterr().err)
 
 
 def test_calibrate_work_dir_parts_of_another_lead_weight_are_reused_exactly(index, setup, tmp_path, monkeypatch):

@@ -355,6 +355,7 @@ def test_a_search_wider_than_the_calibration_is_refused(dead_air):
     index = dead_air / "index"
     fitted = json.loads((index / "calibration.json").read_text())
     assert (fitted["phases"], fitted["refine"], fitted["k_probe"], fitted["interpolate"]) == (4, 32, 20, 2)
+    assert fitted["interpolated_score"] == "own"  # fitted with interpolated windows reporting their own score
     for wider, flag in (({"phases": 8}, "--phases 8 (fitted with 4)"), ({"refine": None}, "--refine all (fitted with 32)"),
                         ({"k_probe": 50}, "--k-probe 50 (fitted with 20)")):
         with pytest.raises(ValueError, match=re.escape(flag)):

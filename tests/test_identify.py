@@ -102,25 +102,59 @@ def test_interpolated_scores_equal_the_formula(setup):
         db.interpolated_scores(query, np.array([last - 2]), 0.5)
 
 
+def _halfway_score(db, match, fingerprint):
+    # independent reference: the query's cosine with the normalised mean of the two DB rows around
+    before = (db.segment_track == match.track_id) & (np.abs(db.segment_start - (match.offset_s - 0.25)) < 1e-6)
+    row = int(np.flatnonzero(before)[0])
+    pair = np.asarray(db.embeddings[row : row + 2], np.float64)
+    mixed = pair.sum(axis=0) / np.linalg.norm(pair.sum(axis=0))
+    return float(mixed @ fingerprint), float((pair @ fingerprint).max())
+
+
 def test_interpolation_places_a_1s_query_between_two_db_rows(setup):
     # A 1 s query has a single phase: cut halfway between two DB rows, only the
-    # interpolated DB fingerprints put it at its offset.
+    # interpolated DB fingerprints put it at its offset. Such a place reports its own
+    # (interpolated) score; with a calibration fitted before it did (no "interpolated_score"),
+    # the score of the better of the two DB windows around it, as that calibration was fitted.
     db, track = setup["shared"]["db"], setup["track"]
     plain = Identifier(setup["index"], min_score=None, interpolate=1, speeds=None, **setup["shared"])
     halves = Identifier(setup["index"], min_score=None, interpolate=2, speeds=None, **setup["shared"])
-    hits = 0
+    legacy = Identifier(setup["index"], calibration=Calibration([1, 3], [0.0, 0.0]), interpolate=2, speeds=None,
+                        **setup["shared"])
+    assert halves.interpolated_own_score and not legacy.interpolated_own_score
+    assert any("recalibrate" in note for note in legacy.calibration_notes)
+    hits = between = 0
     for start in (2.25, 4.25, 6.75, 9.25):
         query = track[int(start * 8000) : int((start + 1) * 8000)]
         assert plain.identify_audio(query)[0].offset_s % 0.5 == 0
         best = halves.identify_audio(query)[0]
         hits += best.path == "track_0001.wav" and abs(best.offset_s - start) < 1e-6
-        if abs(best.offset_s % 0.5 - 0.25) < 1e-6:  # an interpolated place reports the
-            # score of the better of the two DB windows around it
-            before = (db.segment_track == best.track_id) & (np.abs(db.segment_start - (best.offset_s - 0.25)) < 1e-6)
-            row = int(np.flatnonzero(before)[0])
-            around = np.asarray(db.embeddings[row : row + 2], np.float64) @ halves.fingerprint(query)[0]
-            assert best.score == pytest.approx(around.max(), abs=1e-5)
-    assert hits >= 3
+        if abs(best.offset_s % 0.5 - 0.25) < 1e-6:
+            between += 1
+            own, around = _halfway_score(db, best, halves.fingerprint(query)[0])
+            assert best.score == pytest.approx(own, abs=1e-5)
+            old = legacy.identify_audio(query)[0]
+            assert (old.path, old.offset_s) == (best.path, best.offset_s)
+            assert old.score == pytest.approx(around, abs=1e-5)
+    assert hits >= 3 and between >= 3
+
+
+def test_the_speed_search_keeps_the_interpolated_order_of_a_1s_query(setup):
+    # With several speeds searched, places rank by `speed_ranking_keys` on their scores; an
+    # interpolated window ranks there as at one speed (by its own score), so a repeat of the
+    # same bars on the index grid does not win again.
+    track = setup["track"]
+    one = Identifier(setup["index"], min_score=None, speeds=None, **setup["shared"])
+    grid = Identifier(setup["index"], min_score=None, speeds=(0.96, 1.04), **setup["shared"])
+    between = 0
+    for start in (2.25, 4.25, 6.75, 9.25):
+        query = track[int(start * 8000) : int((start + 1) * 8000)]
+        alone = one.identify_audio(query)[0]
+        searched = grid.identify_audio(query)[0]
+        assert (searched.path, searched.offset_s) == (alone.path, alone.offset_s)
+        assert searched.score == pytest.approx(alone.score, abs=1e-6)
+        between += abs(alone.offset_s % 0.5 - 0.25) < 1e-6
+    assert between >= 1
 
 
 def test_interpolation_leaves_queries_with_several_phases_alone(setup):

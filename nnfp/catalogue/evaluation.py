@@ -36,6 +36,7 @@ import numpy as np
 from nnfp.audio.segments import n_segments
 from nnfp.catalogue.identify import (
     IMPOSTOR_PLACES,
+    INTERPOLATED_OWN_SCORE,
     LEAD_WEIGHT,
     LEGACY_LEAD_WEIGHT,
     VOTE_WEIGHT,
@@ -506,6 +507,7 @@ def calibrate_index(
             "snr_db_range": [float(x) for x in snr_db_range], "noise_dir": None if noise_dir is None else str(Path(noise_dir).absolute()),
             "ir_dir": None if ir_dir is None else str(Path(ir_dir).absolute()), "noise_kind": noise_kind, "add_noise": bool(add_noise),
             "add_reverb": bool(add_reverb), "seed": int(seed), "lead_weight": identifier.lead_weight,
+            "interpolated_score": INTERPOLATED_OWN_SCORE,
         }
     known = known_raw = _run_kept(identifier, known_waves, lengths_seconds, progress, work_dir, "known", work)
     unknown, groups = {}, {}
@@ -616,7 +618,7 @@ def calibrate_index(
         calibration.info["rival_floor_quantile"] = RIVAL_FLOOR_QUANTILE
     calibration.info.update(
         phases=phases, refine="all" if refine is None else int(refine), interpolate=int(interpolate),
-        speeds=None if identifier.speeds is None else list(identifier.speeds), decision=identifier.decision,
+        interpolated_score=INTERPOLATED_OWN_SCORE, speeds=None if identifier.speeds is None else list(identifier.speeds), decision=identifier.decision,
         k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),
         hop_seconds=float(identifier.db.hop_seconds), model_digest=identifier.db.metadata.get("model_digest"),
         unknown_dir=str(Path(folders[0]).absolute()) if len(folders) == 1 else [str(Path(f).absolute()) for f in folders],

@@ -40,6 +40,7 @@ __all__ = [
     "CALIBRATED",
     "DECISIONS",
     "IMPOSTOR_PLACES",
+    "INTERPOLATED_OWN_SCORE",
     "LEAD_WEIGHT",
     "LEGACY_LEAD_WEIGHT",
     "SHARPNESS_SHIFTS_S",
@@ -65,6 +66,7 @@ __all__ = [
 CALIBRATED = "calibrated"  # Identifier(min_score=...): the calibrated threshold of the query's length
 SILENT_PEAK_DB = -60.0  # queries quieter than this (peak, dBFS) are rejected as silent
 SILENT_RMS_DB = -70.0  # ... and those whose varying part is below this RMS level (dBFS)
+INTERPOLATED_OWN_SCORE = "own"  # a calibration's "interpolated_score": interpolated windows report their own
 _ONE_BATCH_SEGMENTS = 256  # query phases fingerprinted as one batch up to this many segments
 DECISIONS = ("score", "margin", "lead")  # what a match's confidence is: `Identifier(decision=...)`
 # "lead": the margin plus LEAD_WEIGHT x the score's lead over the query's IMPOSTOR_PLACES-th best
@@ -581,6 +583,17 @@ class Identifier:
                     "slower than the catalogue is not searched for; recalibrate (`nnfp index calibrate INDEX "
                     "--unknown DIR`) to search speeds"
                 )
+        # an interpolated window (a one-segment query) reports its own score, which calibrations
+        # fitted since 2026-12-08 record; one fitted before reported the better DB window around it
+        self.interpolated_own_score = (
+            calibration.info.get("interpolated_score") == INTERPOLATED_OWN_SCORE if calibrated else True
+        )
+        if calibrated and self.interpolate > 1 and not self.interpolated_own_score:
+            self.calibration_notes.append(
+                "the calibrated thresholds were fitted when a 1 s query's windows between two index rows "
+                "reported the score of a row beside them, and are applied so; recalibrate (`nnfp index "
+                "calibrate INDEX --unknown DIR`) to score them as themselves (more 1 s queries answered right)"
+            )
         if calibrated:
             self._check_search_settings(calibration)
 
@@ -756,26 +769,28 @@ class Identifier:
         # `interpolate - 1` fractions of the hop past their start, with DB fingerprints
         # interpolated between neighbouring rows (`interpolated_scores`). A place between
         # two DB rows, which phases cannot reach, can then out-rank a repeat of the same
-        # bars that happens to lie on the grid. These windows rank by their interpolated
-        # score but report (and are thresholded on) the better score of the two DB
-        # windows around them, so "not in the catalogue" keeps the calibrated meaning of
-        # a real window's score. Longer queries have real audio at every phase; there the
-        # interpolated windows changed no clean answer and cost noisy ones (MODEL_CARD.md).
+        # bars that happens to lie on the grid. Such a window reports its interpolated
+        # score, as a DB window does, and is a rival of other tracks' places with it; with
+        # a calibration fitted before that (`interpolated_own_score` False) it reports, and
+        # is decided on, the better score of the two DB windows around it. Longer queries
+        # have real audio at every phase; there the interpolated windows changed no clean
+        # answer and cost noisy ones (MODEL_CARD.md).
         n_best = self.refine if self.refine is not None else DEFAULT_REFINE
         (starts,), (scores,) = all_starts, all_scores
         best = starts[np.argsort(-scores, kind="stable")[:n_best]]
         windows = self.db.interpolated_starts(best, len(fingerprints))
         if not len(windows):
             return
-        around = np.maximum(
+        around = None if self.interpolated_own_score else np.maximum(
             self.db.sequence_scores(fingerprints, windows), self.db.sequence_scores(fingerprints, windows + 1)
         )
         for step in range(1, self.interpolate):
             fraction = step / self.interpolate
+            interpolated = self.db.interpolated_scores(fingerprints, windows, fraction)
             all_starts.append(windows)
-            all_scores.append(self.db.interpolated_scores(fingerprints, windows, fraction))
+            all_scores.append(interpolated)
             all_shifts.append(np.full(len(windows), shift - fraction * self.db.hop_seconds))
-            all_reported.append(around)
+            all_reported.append(interpolated if around is None else around)
 
     def _refined(self, used):
         # Only phase 0 is searched in faiss; the `refine` best of its windows are then
