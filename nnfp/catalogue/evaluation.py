@@ -618,7 +618,8 @@ def calibrate_index(
         calibration.info["rival_floor_quantile"] = RIVAL_FLOOR_QUANTILE
     calibration.info.update(
         phases=phases, refine="all" if refine is None else int(refine), interpolate=int(interpolate),
-        interpolated_score=INTERPOLATED_OWN_SCORE, speeds=None if identifier.speeds is None else list(identifier.speeds), decision=identifier.decision,
+        interpolated_score=INTERPOLATED_OWN_SCORE,
+        speeds=None if identifier.speeds is None else list(identifier.speeds), decision=identifier.decision,
         k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),
         hop_seconds=float(identifier.db.hop_seconds), model_digest=identifier.db.metadata.get("model_digest"),
         unknown_dir=str(Path(folders[0]).absolute()) if len(folders) == 1 else [str(Path(f).absolute()) for f in folders],
