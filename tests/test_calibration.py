@@ -373,7 +373,7 @@ def test_sharpness_yields_against_a_loop_over_the_flat_answers():
     """The yield of a length is just above the most confident flat out-of-catalogue answer of
     any kind (sharpness below the floor; NaN sharpness is not flat, NaN confidence is no
     answer), never below the threshold; a length without a floor yields at its threshold."""
-    from nnfp.catalogue.evaluation import NO_SHARPNESS_FLOOR, sharpness_yields
+    from nnfp.catalogue.calibration import NO_SHARPNESS_FLOOR, sharpness_yields
 
     rng = np.random.default_rng(2)
     thresholds, floors = [0.30, 0.20, 0.10, 0.25], [0.15, 0.12, 0.10, NO_SHARPNESS_FLOOR]
@@ -399,6 +399,57 @@ def test_sharpness_yields_against_a_loop_over_the_flat_answers():
         assert expected[j] < got[j] <= expected[j] + 1e-4  # rounded up to 4 decimals, above every flat answer
         assert got[j] < 0.9  # the confident answer with no sharpness measured is not counted
     assert got == [round(g, 4) for g in got]
+
+
+def test_calibrate_fits_the_sharpness_yield_and_counts_right_answers_kept_by_it():
+    """`calibrate` with sharpness floors: the thresholds are those fitted without them, the yield
+    is `sharpness_yields` over the confidences as decided (off-speed answers lowered by the
+    fitted margin), each kind left out is counted at a yield fitted without it, and "right kept"
+    counts a flat right answer only from the yield on; checked against plain loops."""
+    from nnfp.catalogue.calibration import sharpness_yields
+
+    rng = np.random.default_rng(5)
+    lengths, n_known = [1.0, 3.0], 200
+    unknown = {k: rng.normal(0.0, 0.1, (1000, 2)) for k in ("music", "noise", "tones")}
+    unknown_off = {k: rng.random((1000, 2)) < 0.5 for k in unknown}
+    unknown_sharp = {k: rng.uniform(-0.1, 0.4, (1000, 2)) for k in unknown}
+    unknown["music"][:3] = 0.6  # three chance answers above any threshold (4 of 1,000 are allowed)...
+    unknown_sharp["music"][:3] = 0.0  # ...and flat, so the yield rises above the threshold
+    unknown_off["music"][:3] = False
+    known = rng.normal(0.25, 0.12, (n_known, 2))
+    known_off = rng.random((n_known, 2)) < 0.1
+    known_sharp = rng.uniform(-0.05, 0.5, (n_known, 2))
+    right = rng.random((n_known, 2)) < 0.8
+    floors = [0.05, 0.1]
+    plain = calibrate(lengths, known, right, unknown, known_off_speed=known_off, unknown_off_speed=unknown_off)
+    cal = calibrate(lengths, known, right, unknown, known_off_speed=known_off, unknown_off_speed=unknown_off,
+                    sharpness_floors=floors, known_sharpness=known_sharp, unknown_sharpness=unknown_sharp)
+    assert cal.min_score == plain.min_score  # the floor plays no part in the thresholds
+    margins = np.asarray(cal.info["off_speed_margin"])
+    decided = {k: unknown[k] - margins * unknown_off[k] for k in unknown}
+    yields = sharpness_yields(cal.min_score, floors, decided, unknown_sharp)
+    assert cal.info["sharpness_floor"] == floors and cal.info["sharpness_yield"] == yields
+    assert any(y > t for y, t in zip(yields, cal.min_score, strict=True))  # some flat answer sits above a threshold
+    for j in range(2):
+        kept = 0
+        for i in range(n_known):
+            confidence = known[i, j] - (margins[j] if known_off[i, j] else 0.0)
+            flat = known_sharp[i, j] < floors[j]
+            kept += bool(right[i, j] and confidence >= cal.min_score[j] and (not flat or confidence >= yields[j]))
+        assert cal.info["right_kept"][j] == pytest.approx(kept / n_known)
+    assert cal.info["right_kept"][0] < plain.info["right_kept"][0]  # flat right answers below the yield are lost
+    for held in unknown:
+        others = [k for k in unknown if k != held]
+        sure = sharpness_yields(cal.min_score, floors, {k: decided[k] for k in others},
+                                {k: unknown_sharp[k] for k in others})
+        for j in range(2):
+            through = sum(
+                bool(c >= cal.min_score[j] and f < floors[j] and c >= sure[j])
+                for c, f in zip(decided[held][:, j], unknown_sharp[held][:, j], strict=True)
+            )
+            assert cal.info["sharpness_yield_leave_one_kind_out"][held][j] == pytest.approx(through / 1000, abs=5e-5)
+    assert max(cal.info["sharpness_yield_leave_one_kind_out"]["music"]) > 0  # fitted without them, they get through
+    assert "sharpness_yield" not in plain.info
 
 
 def test_a_length_between_calibrated_ones_uses_the_stricter_of_the_two():

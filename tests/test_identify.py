@@ -123,6 +123,10 @@ def test_interpolation_places_a_1s_query_between_two_db_rows(setup):
                         **setup["shared"])
     assert halves.interpolated_own_score and not legacy.interpolated_own_score
     assert any("recalibrate" in note for note in legacy.calibration_notes)
+    # with one phase no window is interpolated, so there is nothing to note
+    one_phase = Identifier(setup["index"], calibration=Calibration([1, 3], [0.0, 0.0]), interpolate=2, phases=1,
+                           speeds=None, **setup["shared"])
+    assert not any("between two index rows" in note for note in one_phase.calibration_notes)
     hits = between = 0
     for start in (2.25, 4.25, 6.75, 9.25):
         query = track[int(start * 8000) : int((start + 1) * 8000)]

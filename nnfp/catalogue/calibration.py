@@ -46,6 +46,7 @@ from nnfp.store.integrity import meta_digest
 
 __all__ = [
     "INDEX_CALIBRATION_FILE",
+    "NO_SHARPNESS_FLOOR",
     "Calibration",
     "CalibrationError",
     "backup_path",
@@ -60,12 +61,14 @@ __all__ = [
     "model_calibration_path",
     "off_speed_margins",
     "save_replacing",
+    "sharpness_yields",
     "source_group",
     "smallest_sample_size",
 ]
 
 INDEX_CALIBRATION_FILE = "calibration.json"
 DIGEST_KEY = "sha256"  # the file's digest of the rest of its content
+NO_SHARPNESS_FLOOR = -2.0  # a length without a sharpness floor (cosine differences are >= -2)
 OFF_SPEED_MIN_ANSWERS = 30  # `off_speed_margins`: fewer answers on a side measure no level
 # "lead" (`nnfp.catalogue.identify.lead`): the weight of the score's lead over the query's impostor
 # level in a calibration fitted now, and in one that does not record its weight (older nnfp).
@@ -115,7 +118,7 @@ class Calibration:
             least that much sharper than the same query 1-5 s away in its track
             (`nnfp.catalogue.identify.alignment_sharpness`; fitted on in-catalogue queries),
             unless its confidence reaches the length's `info["sharpness_yield"]` (above every
-            flat out-of-catalogue answer fitted on: `nnfp.catalogue.evaluation.sharpness_yields`;
+            flat out-of-catalogue answer fitted on: `nnfp.catalogue.calibration.sharpness_yields`;
             a calibration without it holds every answer to the floor).
         target_false_match: the false-match rate the thresholds were chosen for.
         info: anything else stored with them (kept fractions, query counts, data, phases).
@@ -433,7 +436,7 @@ def _kind_thresholds(unknown, allowed):
 
 def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false_match=0.01, confidence=0.95,
               known_off_speed=None, unknown_off_speed=None, decision=None, lead_weight=None, unknown_groups=None,
-              known_passes=None):
+              sharpness_floors=None, known_sharpness=None, unknown_sharpness=None):
     """Lowest thresholds meeting `target_false_match` false matches, per query length.
 
     Args:
@@ -456,8 +459,13 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
         unknown_groups: with kinds, `{kind: (n,) source group of each query}` (the package
             its file came from, `source_group`; None: unknown): each group of a kind is left
             out in turn as well (`leave_one_group_out`, in `info["leave_one_package_out"]`).
-        known_passes: (n_known, n_lengths) bool, the top answer passes the decision's other
-            tests (`sharpness_floor`); counted in `right_kept`.
+        sharpness_floors: (n_lengths,) the sharpness floor of each length
+            (`nnfp.catalogue.identify.alignment_sharpness`; `NO_SHARPNESS_FLOOR`: none), fitted
+            on the in-catalogue queries alone; with it `known_sharpness` and `unknown_sharpness`
+            (the top answers' sharpness, shaped as the scores; NaN clears any floor): the
+            thresholds are fitted without the floor, the sharpness yield is fitted above every
+            flat out-of-catalogue answer (`sharpness_yields`, over the confidences as decided),
+            and `right_kept` counts a right answer that is flat only where it reaches the yield.
         decision, lead_weight: what the confidences are (`nnfp.catalogue.identify.DECISIONS`)
             and, for "lead", the weight they were computed with; recorded in `info` (the
             thresholds' range depends on them: `confidence_bound`).
@@ -469,7 +477,9 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
         `confidence` the upper bound of the false-match rate that the counts show
         (`false_match_bound`, the worst kind's; above the target when there were too few
         queries); with kinds, also `false_match_by_kind` and `n_unknown_by_kind`; with
-        off-speed answers, `off_speed_margin`.
+        off-speed answers, `off_speed_margin`; with sharpness floors, `sharpness_floor`,
+        `sharpness_yield` and (several kinds) `sharpness_yield_leave_one_kind_out`: each kind's
+        flat answers that a yield fitted without it lets through.
     """
     known = np.asarray(known_scores, np.float64)
     right = np.asarray(known_right, bool)
@@ -500,14 +510,24 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
     def false_rate(scores):
         return [count / len(scores) for count in false_counts(scores)]
 
-    passes = np.ones(right.shape, bool) if known_passes is None else np.asarray(known_passes, bool).reshape(right.shape)
-    kept = [
-        float(np.mean(right[:, j] & passes[:, j] & (np.nan_to_num(known[:, j], nan=-np.inf) >= t)))
-        for j, t in enumerate(thresholds)
-    ]
+    decided = np.nan_to_num(known, nan=-np.inf) >= np.asarray(thresholds)
+    sharpness = None
+    if sharpness_floors is not None:  # a flat answer is decided only from the yield on
+        floors = np.asarray(sharpness_floors, np.float64)
+        flat_kinds = unknown_sharpness if isinstance(unknown_sharpness, dict) else {None: unknown_sharpness}
+        flat_kinds = {kind: np.asarray(flat_kinds[kind], np.float64).reshape(scores.shape)
+                      for kind, scores in kinds.items()}
+        yields = sharpness_yields(thresholds, floors, kinds, flat_kinds)
+        sharpness = {"sharpness_floor": [float(f) for f in floors], "sharpness_yield": yields}
+        if len(kinds) > 1:  # each kind's flat answers let through by a yield fitted without it
+            sharpness["sharpness_yield_leave_one_kind_out"] = {
+                kind: _flat_through(kind, kinds, flat_kinds, thresholds, floors) for kind in kinds
+            }
+        flat = np.asarray(known_sharpness, np.float64).reshape(known.shape) < floors
+        decided &= ~flat | (np.nan_to_num(known, nan=-np.inf) >= np.asarray(yields))
     info = {
         "right": [float(np.mean(right[:, j])) for j in range(len(thresholds))],
-        "right_kept": kept,
+        "right_kept": [float(x) for x in (right & decided).mean(axis=0)],
         "false_match": false_rate(unknown),
         "n_known": int(len(known)),
         "n_unknown": int(len(unknown)),
@@ -535,6 +555,8 @@ def calibrate(lengths_s, known_scores, known_right, unknown_scores, target_false
             )
     if margins is not None:
         info["off_speed_margin"] = margins
+    if sharpness is not None:
+        info.update(sharpness)
     if decision is not None:
         info["decision"] = decision
         if decision == "lead":
@@ -546,6 +568,54 @@ def _lowered(kinds, off_speed, margins):
     """Each kind's confidences with those of answers found at another speed lowered by the margins."""
     margins = np.asarray(margins)
     return {kind: scores - margins * np.asarray(off_speed[kind], bool).reshape(scores.shape) for kind, scores in kinds.items()}
+
+
+def sharpness_yields(thresholds, floors, confidences, sharpness):
+    """The confidence from which an answer no longer has to clear the sharpness floor, per length.
+
+    The floor turns away flat answers: a sustained sound that resembles a steady stretch of a
+    track scores nearly as well a few seconds away. So does a looped or steady passage of the
+    right track, often with a confidence no chance resemblance reaches. The yield of a length is
+    just above the highest confidence of any out-of-catalogue answer (every kind pooled) whose
+    sharpness is below that length's floor, and never below its threshold: no flat answer of the
+    audio fitted on would be let through by it. A length with no floor, or no flat answer, yields
+    at its threshold.
+
+    Args:
+        thresholds: (n_lengths,) the fitted thresholds.
+        floors: (n_lengths,) the sharpness floors (`NO_SHARPNESS_FLOOR`: none).
+        confidences: `{kind: (n, n_lengths)}` each out-of-catalogue query's top confidence as the
+            decision sees it (an off-speed answer's already lowered by the off-speed margin);
+            NaN: no answer.
+        sharpness: `{kind: (n, n_lengths)}` the sharpness of those answers (NaN: none measured,
+            which clears any floor).
+
+    Returns:
+        A list of floats, one per length, rounded up to 4 decimals as the thresholds are.
+    """
+    out = []
+    for j, (threshold, floor) in enumerate(zip(thresholds, floors, strict=True)):
+        highest = -np.inf
+        if floor > NO_SHARPNESS_FLOOR:
+            for kind, values in confidences.items():
+                values = np.asarray(values, np.float64)[:, j]
+                flat = np.asarray(sharpness[kind], np.float64)[:, j] < floor  # NaN: not flat
+                flat &= np.isfinite(values)
+                if flat.any():
+                    highest = max(highest, float(values[flat].max()))
+        out.append(round(max(float(threshold), highest + 5e-5 if np.isfinite(highest) else float(threshold)), 4))
+    return out
+
+
+def _flat_through(held, confidences, sharpness, thresholds, floors):
+    """The share of kind `held`'s flat answers (per length) that reach the thresholds and the
+    yield fitted without that kind: what a yield lets through of audio it was not fitted on."""
+    others = [kind for kind in confidences if kind != held]
+    sure = sharpness_yields(thresholds, floors, {k: confidences[k] for k in others}, {k: sharpness[k] for k in others})
+    values = np.nan_to_num(confidences[held], nan=-np.inf)
+    through = (values >= np.asarray(thresholds)) & (sharpness[held] < np.asarray(floors))
+    through &= values >= np.asarray(sure)
+    return [round(float(rate), 4) for rate in through.mean(axis=0)]
 
 
 def off_speed_margins(unknown_scores, unknown_off_speed, target_false_match=0.01, confidence=0.95,

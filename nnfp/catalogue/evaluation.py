@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from nnfp.audio.segments import n_segments
+from nnfp.catalogue.calibration import NO_SHARPNESS_FLOOR
 from nnfp.catalogue.identify import (
     IMPOSTOR_PLACES,
     INTERPOLATED_OWN_SCORE,
@@ -61,7 +62,7 @@ from nnfp.catalogue.speeds import speeds_description
 from nnfp.defaults import DEFAULT_DECISION, DEFAULT_INTERPOLATE, DEFAULT_REFINE, DEFAULT_SPEEDS
 from nnfp.outputs import atomic_file
 
-__all__ = ["calibrate_index", "check_reusable_index", "evaluate", "sharpness_yields"]
+__all__ = ["calibrate_index", "check_reusable_index", "evaluate"]
 
 # `calibrate_index`: margins are measured against at least this quantile of the best other-track
 # scores of the out-of-catalogue queries (chosen by leave-one-kind-out: docs/defaults.md).
@@ -72,44 +73,6 @@ RIVAL_FLOOR_QUANTILE = 0.5
 # SHARPNESS_MIN_RIGHT right answers has none (NO_SHARPNESS_FLOOR).
 SHARPNESS_QUANTILE = 0.025
 SHARPNESS_MIN_RIGHT = 40
-NO_SHARPNESS_FLOOR = -2.0
-
-
-def sharpness_yields(thresholds, floors, confidences, sharpness):
-    """The confidence from which an answer no longer has to clear the sharpness floor, per length.
-
-    The floor turns away flat answers: a sustained sound that resembles a steady stretch of a
-    track scores nearly as well a few seconds away. So does a looped or steady passage of the
-    right track, often with a confidence no chance resemblance reaches. The yield of a length is
-    just above the highest confidence of any out-of-catalogue answer (every kind pooled) whose
-    sharpness is below that length's floor, and never below its threshold: no flat answer of the
-    audio fitted on would be let through by it. A length with no floor, or no flat answer, yields
-    at its threshold.
-
-    Args:
-        thresholds: (n_lengths,) the fitted thresholds.
-        floors: (n_lengths,) the sharpness floors (`NO_SHARPNESS_FLOOR`: none).
-        confidences: `{kind: (n, n_lengths)}` each out-of-catalogue query's top confidence as the
-            decision sees it (an off-speed answer's already lowered by the off-speed margin);
-            NaN: no answer.
-        sharpness: `{kind: (n, n_lengths)}` the sharpness of those answers (NaN: none measured,
-            which clears any floor).
-
-    Returns:
-        A list of floats, one per length, rounded up to 4 decimals as the thresholds are.
-    """
-    out = []
-    for j, (threshold, floor) in enumerate(zip(thresholds, floors, strict=True)):
-        highest = -np.inf
-        if floor > NO_SHARPNESS_FLOOR:
-            for kind, values in confidences.items():
-                values = np.asarray(values, np.float64)[:, j]
-                flat = np.asarray(sharpness[kind], np.float64)[:, j] < floor  # NaN: not flat
-                flat &= np.isfinite(values)
-                if flat.any():
-                    highest = max(highest, float(values[flat].max()))
-        out.append(round(max(float(threshold), highest + 5e-5 if np.isfinite(highest) else float(threshold)), 4))
-    return out
 
 
 def evaluate(
@@ -577,41 +540,18 @@ def calibrate_index(
         if np.isfinite(column).sum() >= SHARPNESS_MIN_RIGHT else NO_SHARPNESS_FLOOR
         for column in sharp.T
     ]
-    passes = ~(known_sharpness < np.asarray(sharpness_floors))
     searched = identifier.speeds is not None  # an off-speed margin is fitted (`off_speed_margins`)
     calibration = calibrate(
         list(lengths_seconds), known, right, unknown[names[0]] if len(names) == 1 else unknown,
         target_false_match, confidence=confidence, known_off_speed=known_off if searched else None,
         unknown_off_speed=(unknown_off[names[0]] if len(names) == 1 else unknown_off) if searched else None,
         decision=identifier.decision, lead_weight=LEAD_WEIGHT, unknown_groups=groups if len(names) > 1 else None,
-        known_passes=passes,
+        sharpness_floors=sharpness_floors, known_sharpness=known_sharpness,
+        unknown_sharpness={name: unknown_raw[name]["sharpness"] for name in names} if len(names) > 1
+        else unknown_raw[names[0]]["sharpness"],
     )
     if identifier.decision == "lead":
         calibration.info["vote_weight"] = VOTE_WEIGHT
-    calibration.info["sharpness_floor"] = sharpness_floors
-    # the confidence from which a flat answer is still answered (`sharpness_yields`), over the
-    # confidences as decided (off-speed answers lowered by the fitted margin); and each kind's
-    # flat answers that a yield fitted without that kind would let through
-    margins = np.asarray(calibration.info.get("off_speed_margin") or np.zeros(len(lengths_seconds)))
-    decided = {name: unknown[name] - margins * (unknown_off[name] if searched else 0.0) for name in names}
-    flatness = {name: unknown_raw[name]["sharpness"] for name in names}
-    calibration.info["sharpness_yield"] = sharpness_yields(calibration.min_score, sharpness_floors, decided, flatness)
-    # the right answers kept, now that a confident flat one is answered
-    known_decided = np.nan_to_num(known - margins * (known_off if searched else 0.0), nan=-np.inf)
-    kept = right & (known_decided >= np.asarray(calibration.min_score))
-    kept &= passes | (known_decided >= np.asarray(calibration.info["sharpness_yield"]))
-    calibration.info["right_kept"] = [float(x) for x in kept.mean(axis=0)]
-    if len(names) > 1:
-        left_out = {}
-        for name in names:
-            others = [n for n in names if n != name]
-            sure = sharpness_yields(calibration.min_score, sharpness_floors, {n: decided[n] for n in others},
-                                    {n: flatness[n] for n in others})
-            values = np.nan_to_num(decided[name], nan=-np.inf)
-            through = (values >= np.asarray(calibration.min_score)) & (flatness[name] < np.asarray(sharpness_floors))
-            through &= values >= np.asarray(sure)
-            left_out[name] = [round(float(rate), 4) for rate in through.mean(axis=0)]
-        calibration.info["sharpness_yield_leave_one_kind_out"] = left_out
     calibration.info["sharpness_quantile"] = SHARPNESS_QUANTILE
     if floors is not None:
         calibration.info["rival_floor"] = floors

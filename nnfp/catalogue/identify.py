@@ -83,7 +83,7 @@ IMPOSTOR_PLACES = 10
 # is "not in the catalogue" (a sustained sound that resembles a stationary stretch of a track
 # scores nearly as well a few seconds away; a right answer sits at one place) unless its
 # confidence reaches the calibration's `sharpness_yield` of that length: above every flat answer
-# of the fitted out-of-catalogue audio (`nnfp.catalogue.evaluation.sharpness_yields`), where a
+# of the fitted out-of-catalogue audio (`nnfp.catalogue.calibration.sharpness_yields`), where a
 # looped or steady passage of the right track is still answered.
 SHARPNESS_SHIFTS_S = (1.0, 5.0)
 # Segment votes (`segment_votes`): a segment votes for its answer when no row the index returns
@@ -588,7 +588,7 @@ class Identifier:
         self.interpolated_own_score = (
             calibration.info.get("interpolated_score") == INTERPOLATED_OWN_SCORE if calibrated else True
         )
-        if calibrated and self.interpolate > 1 and not self.interpolated_own_score:
+        if calibrated and self.interpolate > 1 and self.phases > 1 and not self.interpolated_own_score:
             self.calibration_notes.append(
                 "the calibrated thresholds were fitted when a 1 s query's windows between two index rows "
                 "reported the score of a row beside them, and are applied so; recalibrate (`nnfp index "
@@ -981,7 +981,7 @@ class Identifier:
 
     def sharpness_yield(self, query_seconds):
         """The confidence from which a `query_seconds` query's answer no longer has to clear
-        the sharpness floor (the calibration's `sharpness_yield`, `nnfp.catalogue.evaluation.sharpness_yields`:
+        the sharpness floor (the calibration's `sharpness_yield`, `nnfp.catalogue.calibration.sharpness_yields`:
         above every flat answer of the out-of-catalogue audio it was fitted on); None without
         one (a calibration fitted before it: every answer is held to the floor), or with a
         threshold given instead."""
