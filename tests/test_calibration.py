@@ -8,6 +8,7 @@ that has a calibration of its own beside it, as `default.keras` has).
 """
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -333,6 +334,49 @@ def test_calibrate_work_dir_resumes_what_was_done_and_refuses_other_settings(ind
     assert main(args) == 2
     assert "known.0000.npz: saved by a calibration with other settings (different: interpolated_score)" in (
         capsys.readouterr().err)
+
+
+def test_calibration_records_its_speed_steps_and_parts_saved_before_count_as_the_legacy_ones(
+        index, setup, tmp_path, capsys, monkeypatch):
+    """The grid's steps by query length are recorded (`speed_steps`) and are part of the work
+    parts' settings; a part saved before they were recorded was searched in `LEGACY_SPEED_STEPS`:
+    refused under other steps, reused under those."""
+    import nnfp.catalogue.evaluation as evaluation
+    import nnfp.catalogue.identify as identify
+    from nnfp.catalogue.speeds import LEGACY_SPEED_STEPS, speed_steps_to_json
+    from nnfp.defaults import SPEED_STEPS
+
+    monkeypatch.setattr(evaluation, "_WORK_PART", 6)
+    runs = []
+    run_queries = evaluation.run_queries
+    monkeypatch.setattr(evaluation, "run_queries", lambda identifier, waves, *a, **k: runs.append(len(waves))
+                        or run_queries(identifier, waves, *a, **k))
+    work = tmp_path / "work"
+    args = ["index", "calibrate", str(index), "--unknown", str(setup["unknown"]), "--n-queries", "12",
+            "--lengths", "1", "3", "--target", "0.25", "--speeds", "0.98:1.02", "--quiet", "--work-dir", str(work)]
+    assert main(args) == 0
+    assert Calibration.load(index / "calibration.json").info["speed_steps"] == speed_steps_to_json(SPEED_STEPS)
+    finer = ((2.0, 0.005), (4.0, 0.01), (math.inf, 0.02))  # were the default steps to change...
+    monkeypatch.setattr(identify, "SPEED_STEPS", finer)
+    capsys.readouterr()
+    assert main(args) == 2  # ...parts searched in the steps of before are refused, not mixed in
+    assert "known.0000.npz: saved by a calibration with other settings (different: speed_steps)" in capsys.readouterr().err
+    shutil.rmtree(work)
+    assert main(args) == 0
+    assert Calibration.load(index / "calibration.json").info["speed_steps"] == speed_steps_to_json(finer)
+    for part in work.iterdir():  # as saved before the steps were recorded
+        with np.load(part) as saved:
+            arrays = {key: saved[key] for key in saved.files}
+        stored = json.loads(str(arrays["settings"]))
+        del stored["speed_steps"]
+        np.savez_compressed(part, **{**arrays, "settings": np.asarray(json.dumps(stored, sort_keys=True))})
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "known.0000.npz: saved by a calibration with other settings (different: speed_steps)" in capsys.readouterr().err
+    monkeypatch.setattr(identify, "SPEED_STEPS", LEGACY_SPEED_STEPS)  # a search in the steps of before
+    runs.clear()
+    assert main(args) == 0 and runs == []  # every part reused
+    assert Calibration.load(index / "calibration.json").info["speed_steps"] == speed_steps_to_json(LEGACY_SPEED_STEPS)
 
 
 def test_calibrate_work_dir_parts_of_another_lead_weight_are_reused_exactly(index, setup, tmp_path, monkeypatch):

@@ -356,6 +356,12 @@ def test_a_search_wider_than_the_calibration_is_refused(dead_air):
     fitted = json.loads((index / "calibration.json").read_text())
     assert (fitted["phases"], fitted["refine"], fitted["k_probe"], fitted["interpolate"]) == (4, 32, 20, 2)
     assert fitted["interpolated_score"] == "own"  # fitted with interpolated windows reporting their own score
+    # fitted with today's speed grid (recorded, or the steps of before when it records none), so a
+    # plain search uses the default steps
+    from nnfp.catalogue.speeds import fitted_speed_steps
+    from nnfp.defaults import DEFAULT_SPEEDS, SPEED_STEPS
+
+    assert (fitted["speeds"], fitted_speed_steps(fitted)) == (list(DEFAULT_SPEEDS), SPEED_STEPS)
     for wider, flag in (({"phases": 8}, "--phases 8 (fitted with 4)"), ({"refine": None}, "--refine all (fitted with 32)"),
                         ({"k_probe": 50}, "--k-probe 50 (fitted with 20)")):
         with pytest.raises(ValueError, match=re.escape(flag)):

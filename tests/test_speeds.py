@@ -2,6 +2,7 @@
 `Identifier`, `monitor_stream` and `evaluate`'s query degradation."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,8 +10,17 @@ import soundfile as sf
 
 from nnfp.audio.io import resample
 from nnfp.catalogue.identify import Identifier, _peak_speed, _wider_speeds, speed_ranking_keys
-from nnfp.catalogue.speeds import parse_speeds, speed_grid, speed_step
+from nnfp.catalogue.speeds import (
+    LEGACY_SPEED_STEPS,
+    fitted_speed_steps,
+    parse_speeds,
+    speed_grid,
+    speed_step,
+    speed_steps_from_json,
+    speed_steps_to_json,
+)
 from nnfp.corpus.synth import compose_track
+from nnfp.defaults import SPEED_STEPS
 
 RATE = 8000
 
@@ -38,7 +48,8 @@ def test_speed_grid_covers_the_range_within_half_a_step():
             assert np.min(np.abs(np.log(grid / speed))) <= np.log1p(step) / 2 + 1e-4
     assert len(speed_grid((0.92, 1.08), 0.01)) == 17
     assert speed_grid(None, 0.01) == (1.0,)
-    assert speed_step((0.9, 1.1), 1.0) == 0.01 and speed_step((0.9, 1.1), 10.0) == 0.02
+    assert speed_step((0.9, 1.1), 1.0) == SPEED_STEPS[0][1] and speed_step((0.9, 1.1), 10.0) == SPEED_STEPS[-1][1]
+    assert speed_step((0.9, 1.1), 1.0, LEGACY_SPEED_STEPS) == 0.01
     assert speed_step((0.9, 1.1, 0.05), 1.0) == 0.05
 
 
@@ -95,8 +106,29 @@ def test_a_wider_or_finer_speed_search_than_fitted_is_wider():
     assert not _wider_speeds(None, None) and not _wider_speeds(None, (0.92, 1.08))
     assert not _wider_speeds((0.92, 1.08), (0.92, 1.08))
     assert _wider_speeds((0.9, 1.08), (0.92, 1.08))
-    assert _wider_speeds((0.96, 1.04, 0.005), (0.92, 1.08))  # finer than the fitted 1 s step
-    assert not _wider_speeds((0.96, 1.04, 0.02), (0.92, 1.08))
+    assert _wider_speeds((0.96, 1.04, 0.005), (0.92, 1.08), fitted_steps=LEGACY_SPEED_STEPS)  # finer than 1 %
+    assert not _wider_speeds((0.96, 1.04, 0.02), (0.92, 1.08), fitted_steps=LEGACY_SPEED_STEPS)
+    # steps by query length: finer at any length is wider, also between the lengths 1, 3 and 10 s
+    coarse = ((2.0, 0.01), (5.0, 0.015), (math.inf, 0.02))
+    assert not _wider_speeds((0.92, 1.08), (0.92, 1.08), coarse, coarse)
+    assert not _wider_speeds((0.92, 1.08), (0.92, 1.08), ((math.inf, 0.02),), coarse)
+    assert _wider_speeds((0.92, 1.08), (0.92, 1.08), coarse, ((math.inf, 0.02),))
+    assert _wider_speeds((0.92, 1.08), (0.92, 1.08), ((6.0, 0.015), (math.inf, 0.02)), coarse)  # 5-6 s queries
+    assert not _wider_speeds((0.92, 1.08), (0.92, 1.08), ((4.0, 0.015), (math.inf, 0.02)), coarse)
+
+
+def test_speed_steps_records_round_trip_and_bad_ones_are_refused():
+    steps = ((2.0, 0.005), (4.0, 0.01), (math.inf, 0.02))
+    record = speed_steps_to_json(steps)
+    assert record == [[2.0, 0.005], [4.0, 0.01], [None, 0.02]]
+    assert speed_steps_from_json(json.loads(json.dumps(record))) == steps
+    assert fitted_speed_steps({"speeds": [0.92, 1.08]}) == LEGACY_SPEED_STEPS  # fitted before steps were recorded
+    assert fitted_speed_steps({"speed_steps": record}) == steps
+    assert [speed_step((0.92, 1.08), seconds, steps) for seconds in (1, 2, 2.5, 4, 4.5, 100)] == [
+        0.005, 0.005, 0.01, 0.01, 0.02, 0.02]
+    for bad in ([[2.0, 0.01]], [[None, 0.5]], [[3.0, 0.01], [2.0, 0.01], [None, 0.02]], "0.01", [[None]]):
+        with pytest.raises(ValueError, match="speed_steps"):
+            speed_steps_from_json(bad)
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +328,27 @@ def test_an_answer_at_another_speed_needs_the_calibrated_off_speed_margin_more(s
     info["off_speed_margin"] = [0.0]
     both = Identifier(index, calibration=Calibration([1.0], [0.6], info=info), db=plain.db, embedder=plain.embedder)
     assert [p.track for p in monitor_stream(both, blocks, "b.wav", speeds=(0.96, 1.04, 0.02))] == ["t1.wav", "t3.wav"]
+
+
+def test_a_calibration_searches_the_grid_it_was_fitted_with_and_refuses_a_finer_one(speed_index):
+    # The grid's steps are part of what a calibration was fitted with: searched as recorded
+    # ("auto" speeds), as before for one fitted before they were recorded, and an explicit
+    # finer grid is refused, naming both.
+    from nnfp.catalogue.calibration import Calibration
+
+    index, _ = speed_index
+    plain = Identifier(index, min_score=None)
+    shared = {"db": plain.db, "embedder": plain.embedder}
+    coarse = {"decision": "score", "speeds": [0.92, 1.08], "speed_steps": [[None, 0.04]]}
+    fitted = Identifier(index, calibration=Calibration([1.0], [0.5], info=coarse), **shared)
+    assert fitted.speed_grid(1.0) == speed_grid((0.92, 1.08), 0.04) and len(fitted.speed_grid(1.0)) == 5
+    legacy = Identifier(index, calibration=Calibration([1.0], [0.5], info={"decision": "score", "speeds": [0.92, 1.08]}),
+                        **shared)
+    assert legacy.speed_grid(1.0) == speed_grid((0.92, 1.08), 0.01) and legacy.speed_grid(10.0) == speed_grid(
+        (0.92, 1.08), 0.02)
+    assert plain.speed_steps == SPEED_STEPS  # no calibration: today's steps
+    with pytest.raises(ValueError, match=r"--speeds 0\.92-1\.08 step .*fitted with 0\.92-1\.08 step 0\.04 beyond"):
+        Identifier(index, calibration=Calibration([1.0], [0.5], info=coarse), speeds=(0.92, 1.08), **shared)
+    # as coarse as fitted: searched
+    same = Identifier(index, calibration=Calibration([1.0], [0.5], info=coarse), speeds=(0.92, 1.08, 0.04), **shared)
+    assert same.speed_grid(3.0) == fitted.speed_grid(3.0)

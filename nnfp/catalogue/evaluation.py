@@ -58,7 +58,7 @@ from nnfp.catalogue.queries import (
     read_labels,
 )
 from nnfp.catalogue.reports import format_table, save_results
-from nnfp.catalogue.speeds import speeds_description
+from nnfp.catalogue.speeds import LEGACY_SPEED_STEPS, speed_steps_to_json, speeds_description
 from nnfp.defaults import DEFAULT_DECISION, DEFAULT_INTERPOLATE, DEFAULT_REFINE, DEFAULT_SPEEDS
 from nnfp.outputs import atomic_file
 
@@ -240,7 +240,7 @@ def evaluate(
         "phases": phases,
         "refine": "all" if refine is None else int(refine),
         "interpolate": int(interpolate),
-        "speeds": speeds_description(identifier.speeds),
+        "speeds": speeds_description(identifier.speeds, identifier.speed_steps),
         "query_speed": "unchanged" if speed_range is None else f"{speed_range[0]:g}-{speed_range[1]:g}x",
         "query_tempo": "unchanged" if tempo_range is None else f"{tempo_range[0]:g}-{tempo_range[1]:g}x",
         "query_pitch": "unchanged" if pitch_range is None else f"{pitch_range[0]:+g} to {pitch_range[1]:+g} semitones",
@@ -285,6 +285,12 @@ def check_reusable_index(index_dir, db_dir, dummy_dir, model, out_dir):
         )
 
 
+def _steps_record(speeds, steps):
+    """What a calibration records of its grid's steps by query length: none without a speed
+    search or with a step of its own (`speeds` (lo, hi, step)), else `steps` as JSON."""
+    return None if speeds is None or len(speeds) == 3 else speed_steps_to_json(steps)
+
+
 _WORK_PART = 100  # queries per part kept by `calibrate_index(work_dir=...)`
 _WORK_KEYS = ("rows", "tracks", "offsets", "scores", "speeds", "found_speeds", "confidences", "valid", "decided")
 
@@ -323,6 +329,8 @@ def _run_kept(identifier, waves, lengths_seconds, progress, work_dir, name, sett
                     "give another --work-dir"
                 ) from error
             stored = json.loads(stored)
+            if "speed_steps" not in stored:  # saved before the steps were recorded: the legacy ones
+                stored["speed_steps"] = _steps_record(stored.get("speeds"), LEGACY_SPEED_STEPS)
             weight = float(stored.get("lead_weight", LEGACY_LEAD_WEIGHT))
             changed = sorted(k for k, v in json.loads(key).items() if stored.get(k) != v and k != "lead_weight")
             if part["sharpness"] is None:
@@ -467,6 +475,7 @@ def calibrate_index(
             "hop_seconds": float(identifier.db.hop_seconds), "lengths_s": [float(x) for x in lengths_seconds],
             "phases": phases, "refine": refine, "interpolate": int(interpolate), "k_probe": int(k_probe),
             "speeds": None if identifier.speeds is None else list(identifier.speeds), "decision": identifier.decision,
+            "speed_steps": _steps_record(identifier.speeds, identifier.speed_steps),
             "snr_db_range": [float(x) for x in snr_db_range], "noise_dir": None if noise_dir is None else str(Path(noise_dir).absolute()),
             "ir_dir": None if ir_dir is None else str(Path(ir_dir).absolute()), "noise_kind": noise_kind, "add_noise": bool(add_noise),
             "add_reverb": bool(add_reverb), "seed": int(seed), "lead_weight": identifier.lead_weight,
@@ -560,6 +569,8 @@ def calibrate_index(
         phases=phases, refine="all" if refine is None else int(refine), interpolate=int(interpolate),
         interpolated_score=INTERPOLATED_OWN_SCORE,
         speeds=None if identifier.speeds is None else list(identifier.speeds), decision=identifier.decision,
+        **({} if _steps_record(identifier.speeds, identifier.speed_steps) is None
+           else {"speed_steps": _steps_record(identifier.speeds, identifier.speed_steps)}),
         k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),
         hop_seconds=float(identifier.db.hop_seconds), model_digest=identifier.db.metadata.get("model_digest"),
         unknown_dir=str(Path(folders[0]).absolute()) if len(folders) == 1 else [str(Path(f).absolute()) for f in folders],

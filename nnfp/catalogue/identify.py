@@ -20,7 +20,13 @@ from nnfp.catalogue.fingerprint import (
     index_sample_rate,
     resolve_model,
 )
-from nnfp.catalogue.speeds import check_speeds, speed_grid, speed_step, speeds_description
+from nnfp.catalogue.speeds import (
+    check_speeds,
+    fitted_speed_steps,
+    speed_grid,
+    speed_step,
+    speeds_description,
+)
 from nnfp.defaults import (
     DEFAULT_DECISION,
     DEFAULT_INTERPOLATE,
@@ -33,6 +39,7 @@ from nnfp.defaults import (
     SPEED_LEVEL_PLACES,
     SPEED_LEVEL_WEIGHT,
     SPEED_PENALTY,
+    SPEED_STEPS,
 )
 from nnfp.store.db import FingerprintDB
 
@@ -115,16 +122,24 @@ def identify_result(query, matches, hint=None):
     return {"query": query, "matches": found, **({"hint": hint} if hint else {})}
 
 
-def _wider_speeds(mine, fitted):
-    """Whether a speed setting searches speeds (or a finer grid) beyond the one fitted."""
+def _wider_speeds(mine, fitted, my_steps=None, fitted_steps=None):
+    """Whether a speed setting searches speeds (or a finer grid) beyond the one fitted; the
+    steps by query length are `my_steps` and `fitted_steps` where a setting names none (None:
+    `nnfp.defaults.SPEED_STEPS`)."""
     if mine is None:
         return False
     if fitted is None:
         return True
     if mine[0] < fitted[0] - 1e-9 or mine[1] > fitted[1] + 1e-9:
         return True
-    # a finer grid than fitted at any length: more chances
-    return any(speed_step(mine, seconds) < speed_step(fitted, seconds) - 1e-12 for seconds in (1.0, 3.0, 10.0))
+    # a finer grid than fitted at any length: more chances. Steps change only at the tables'
+    # lengths, so those lengths and one beyond them all cover every query length.
+    lengths = {longest for table in (my_steps or SPEED_STEPS, fitted_steps or SPEED_STEPS)
+               for longest, _ in table if np.isfinite(longest)}
+    lengths |= {1.0, 3.0, 10.0, max(lengths, default=0.0) + 1.0}
+    return any(
+        speed_step(mine, seconds, my_steps) < speed_step(fitted, seconds, fitted_steps) - 1e-12 for seconds in lengths
+    )
 
 
 class QueryError(ValueError):
@@ -530,6 +545,7 @@ class Identifier:
             raise ValueError(f"`min_score` must be a finite number. Received: min_score={min_score}")
         auto_speeds = isinstance(speeds, str) and speeds == "auto"
         self.speeds = None if auto_speeds else check_speeds(speeds)
+        self.speed_steps = SPEED_STEPS  # the grid's step by query length (a setting without a step)
         self.db = db if db is not None else FingerprintDB.load(index_dir, threads=threads)
         if nprobe is not None:
             self.db.set_search_params(nprobe=nprobe)
@@ -577,6 +593,8 @@ class Identifier:
         self.vote_weight = float(calibration.info.get("vote_weight", 0.0)) if calibrated else 0.0
         if auto_speeds:
             self.speeds = check_speeds(calibration.info.get("speeds")) if calibrated else check_speeds(DEFAULT_SPEEDS)
+            if calibrated and self.speeds is not None:  # the grid it was fitted with, finer or coarser
+                self.speed_steps = fitted_speed_steps(calibration.info)
             if calibrated and self.speeds is None:
                 self.calibration_notes.append(
                     "the calibrated thresholds were fitted without a speed search: a song played faster or "
@@ -617,9 +635,11 @@ class Identifier:
             if key in info and more(mine, info[key])
         ]
         fitted_speeds = check_speeds(info.get("speeds"))  # absent: fitted without a speed search
-        if _wider_speeds(self.speeds, fitted_speeds):
+        fitted_steps = fitted_speed_steps(info)
+        if _wider_speeds(self.speeds, fitted_speeds, self.speed_steps, fitted_steps):
             over.append(
-                f"--speeds {speeds_description(self.speeds)} (fitted with {speeds_description(fitted_speeds)})"
+                f"--speeds {speeds_description(self.speeds, self.speed_steps)} "
+                f"(fitted with {speeds_description(fitted_speeds, fitted_steps)})"
             )
         fitted_hop = info.get("hop_seconds")
         if fitted_hop is not None and self.db.hop_seconds < float(fitted_hop) - 1e-9:
@@ -838,7 +858,7 @@ class Identifier:
         """The speeds a query of `query_seconds` is searched at (`(1.0,)` with the speed search off)."""
         if self.speeds is None:
             return (1.0,)
-        return speed_grid(self.speeds, speed_step(self.speeds, query_seconds))
+        return speed_grid(self.speeds, speed_step(self.speeds, query_seconds, self.speed_steps))
 
     def rank_query(self, query, n_results=5, min_score=None, max_seconds=None):
         """Best distinct places of a `Query` (or its first `max_seconds`) over the speed grid,
@@ -1036,7 +1056,7 @@ class Identifier:
         # fingerprinted (phase 0) at its speed and a third of a step either side, and
         # scored at the place's DB rows only (no new search: the decision keeps the grid
         # search's score); the vertex of the parabola through the three scores is reported.
-        step = speed_step(self.speeds, seconds)
+        step = speed_step(self.speeds, seconds, self.speed_steps)
         rows = np.arange(match.segment_index - 1, match.segment_index + 2)
         rows = rows[(rows >= 0) & (rows < self.db.n_segments)]
         rows = rows[self.db.segment_track[rows] == match.track_id]

@@ -14,9 +14,21 @@ import math
 
 from nnfp.defaults import DEFAULT_SPEEDS, SPEED_STEPS
 
-__all__ = ["GRID_UNIT", "parse_speeds", "speed_grid", "speed_step", "speeds_description"]
+__all__ = [
+    "GRID_UNIT",
+    "LEGACY_SPEED_STEPS",
+    "fitted_speed_steps",
+    "parse_speeds",
+    "speed_grid",
+    "speed_step",
+    "speed_steps_from_json",
+    "speed_steps_to_json",
+    "speeds_description",
+]
 
 GRID_UNIT = 0.005  # every grid step is a whole number of these (0.5 %)
+# The steps of calibrations fitted before they recorded theirs (`"speed_steps"`, 2026-12-08).
+LEGACY_SPEED_STEPS = ((2.0, 0.01), (5.0, 0.015), (math.inf, 0.02))
 
 
 def parse_speeds(text):
@@ -55,11 +67,41 @@ def check_speeds(speeds):
     return values
 
 
-def speed_step(speeds, query_seconds):
-    """The grid step for a query of `query_seconds` (the setting's own, else `SPEED_STEPS`)."""
+def speed_step(speeds, query_seconds, steps=None):
+    """The grid step for a query of `query_seconds`: the setting's own, else that of `steps`
+    ((longest query seconds, step) pairs, shortest first; None: `SPEED_STEPS`)."""
     if speeds is not None and len(speeds) == 3:
         return float(speeds[2])
-    return next(step for longest, step in SPEED_STEPS if query_seconds <= longest)
+    return next(step for longest, step in (SPEED_STEPS if steps is None else steps) if query_seconds <= longest)
+
+
+def speed_steps_to_json(steps):
+    """(longest, step) pairs -> a JSON list (`[[2.0, 0.005], ..., [null, 0.02]]`: null, any length)."""
+    return [[None if math.isinf(longest) else float(longest), float(step)] for longest, step in steps]
+
+
+def speed_steps_from_json(value, name="speed_steps"):
+    """The inverse of `speed_steps_to_json`, checked: lengths increasing, the last one unbounded
+    (null), every step in [0.001, 0.2]. Raises ValueError naming `name` otherwise."""
+    try:
+        steps = tuple((math.inf if longest is None else float(longest), float(step)) for longest, step in value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"`{name}` must be a list of [longest seconds or null, step] pairs. Received: {value!r}") from error
+    longest = [a for a, _ in steps]
+    if (not steps or not math.isinf(longest[-1]) or any(b <= a for a, b in zip(longest[:-1], longest[1:], strict=True))
+            or not all(0.001 <= step <= 0.2 for _, step in steps)):
+        raise ValueError(
+            f"`{name}` must list increasing lengths ending with null (any longer query), each step in "
+            f"[0.001, 0.2]. Received: {value!r}"
+        )
+    return steps
+
+
+def fitted_speed_steps(info):
+    """The grid steps a calibration (its `info`) was fitted with: its `"speed_steps"`, or
+    `LEGACY_SPEED_STEPS` for one fitted before they were recorded."""
+    value = info.get("speed_steps")
+    return LEGACY_SPEED_STEPS if value is None else speed_steps_from_json(value, "calibration speed_steps")
 
 
 def speed_grid(speeds, step):
@@ -77,9 +119,15 @@ def speed_grid(speeds, step):
     return tuple(round(math.exp(ratio * k), 6) for k in range(min(first, 0), max(last, 0) + 1))
 
 
-def speeds_description(speeds):
-    """How a setting reads in messages and records: 'off', '0.92-1.08' or '0.92-1.08 step 0.01'."""
+def speeds_description(speeds, steps=None):
+    """How a setting reads in messages and records: 'off', '0.92-1.08 step 0.01', or with the
+    steps by query length (`steps`, given): '0.92-1.08 step 0.005 to 2 s, 0.01 to 4 s, 0.02 beyond'."""
     if speeds is None:
         return "off"
     text = f"{speeds[0]:g}-{speeds[1]:g}"
-    return text + (f" step {speeds[2]:g}" if len(speeds) == 3 else "")
+    if len(speeds) == 3:
+        return text + f" step {speeds[2]:g}"
+    if steps is None:
+        return text
+    parts = [f"{step:g} " + ("beyond" if math.isinf(longest) else f"to {longest:g} s") for longest, step in steps]
+    return text + " step " + ", ".join(parts)
