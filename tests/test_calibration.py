@@ -286,14 +286,31 @@ def test_point_estimate_claims_no_confidence():
     assert "<= 2.95 % at 95 % confidence" in bounded
 
 
+def _count_query_runs(monkeypatch):
+    """Counts the queries of every `run_queries` call of `calibrate_index` (one entry per call)."""
+    import nnfp.catalogue.evaluation as evaluation
+
+    runs = []
+    real = evaluation.run_queries
+    monkeypatch.setattr(evaluation, "run_queries", lambda identifier, waves, *a, **k: runs.append(len(waves))
+                        or real(identifier, waves, *a, **k))
+    return runs
+
+
+def _drop_part_setting(part, key):
+    """Rewrites a saved calibration work part as one saved before its settings held `key`."""
+    with np.load(part) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    stored = json.loads(str(arrays["settings"]))
+    del stored[key]
+    np.savez_compressed(part, **{**arrays, "settings": np.asarray(json.dumps(stored, sort_keys=True))})
+
+
 def test_calibrate_work_dir_resumes_what_was_done_and_refuses_other_settings(index, setup, tmp_path, capsys, monkeypatch):
     import nnfp.catalogue.evaluation as evaluation
 
     monkeypatch.setattr(evaluation, "_WORK_PART", 5)  # 12 queries of each kind: parts of 5, 5 and 2
-    runs = []
-    run_queries = evaluation.run_queries
-    monkeypatch.setattr(evaluation, "run_queries", lambda identifier, waves, *a, **k: runs.append(len(waves))
-                        or run_queries(identifier, waves, *a, **k))
+    runs = _count_query_runs(monkeypatch)
     work = tmp_path / "work"
     args = ["index", "calibrate", str(index), "--unknown", str(setup["unknown"]), "--n-queries", "12",
             "--lengths", "1", "3", "--target", "0.25", "--speeds", "off", "--quiet", "--work-dir", str(work)]
@@ -325,12 +342,7 @@ def test_calibrate_work_dir_resumes_what_was_done_and_refuses_other_settings(ind
     assert len(list(work.iterdir())) == 6
     assert first.info["interpolated_score"] == "own"
     # a part saved before interpolated windows reported their own score: refused, not mixed in
-    part = work / "known.0000.npz"
-    with np.load(part) as saved:
-        arrays = {key: saved[key] for key in saved.files}
-    stored = json.loads(str(arrays["settings"]))
-    del stored["interpolated_score"]
-    np.savez_compressed(part, **{**arrays, "settings": np.asarray(json.dumps(stored, sort_keys=True))})
+    _drop_part_setting(work / "known.0000.npz", "interpolated_score")
     assert main(args) == 2
     assert "known.0000.npz: saved by a calibration with other settings (different: interpolated_score)" in (
         capsys.readouterr().err)
@@ -347,10 +359,7 @@ def test_calibration_records_its_speed_steps_and_parts_saved_before_count_as_the
     from nnfp.defaults import SPEED_STEPS
 
     monkeypatch.setattr(evaluation, "_WORK_PART", 6)
-    runs = []
-    run_queries = evaluation.run_queries
-    monkeypatch.setattr(evaluation, "run_queries", lambda identifier, waves, *a, **k: runs.append(len(waves))
-                        or run_queries(identifier, waves, *a, **k))
+    runs = _count_query_runs(monkeypatch)
     work = tmp_path / "work"
     args = ["index", "calibrate", str(index), "--unknown", str(setup["unknown"]), "--n-queries", "12",
             "--lengths", "1", "3", "--target", "0.25", "--speeds", "0.98:1.02", "--quiet", "--work-dir", str(work)]
@@ -365,11 +374,7 @@ def test_calibration_records_its_speed_steps_and_parts_saved_before_count_as_the
     assert main(args) == 0
     assert Calibration.load(index / "calibration.json").info["speed_steps"] == speed_steps_to_json(finer)
     for part in work.iterdir():  # as saved before the steps were recorded
-        with np.load(part) as saved:
-            arrays = {key: saved[key] for key in saved.files}
-        stored = json.loads(str(arrays["settings"]))
-        del stored["speed_steps"]
-        np.savez_compressed(part, **{**arrays, "settings": np.asarray(json.dumps(stored, sort_keys=True))})
+        _drop_part_setting(part, "speed_steps")
     capsys.readouterr()
     assert main(args) == 2
     assert "known.0000.npz: saved by a calibration with other settings (different: speed_steps)" in capsys.readouterr().err
@@ -529,10 +534,7 @@ def test_calibrate_counts_segment_votes_and_remakes_parts_saved_without_them(ind
     assert np.all(counts[answered[:, 0], 0] == 1) and np.all(counts[answered[:, 1], 1] == 5)
     assert np.all(np.abs(similarities[np.isfinite(similarities)]) <= 1 + 1e-5)
     np.savez_compressed(work / "known.0000.npz", **saved)  # as an older nnfp saved it
-    runs = []
-    real = evaluation.run_queries
-    monkeypatch.setattr(evaluation, "run_queries", lambda ident, waves, *a, **k: runs.append(len(waves)) or real(
-        ident, waves, *a, **k))
+    runs = _count_query_runs(monkeypatch)
     assert main(args) == 0
     assert runs == [6]  # that part only
     again = Calibration.load(index / "calibration.json")

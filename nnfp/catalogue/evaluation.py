@@ -467,6 +467,7 @@ def calibrate_index(
     names = [Path(folder).name for folder in folders]
     if len(set(names)) != len(names):
         raise ValueError(f"Out-of-catalogue folders need distinct names (they name the kinds). Received: {folders}")
+    steps_record = _steps_record(identifier.speeds, identifier.speed_steps)  # recorded, and in the parts
     work = None
     if work_dir is not None:  # what every part of the run depends on (`_run_kept`)
         work = {
@@ -475,7 +476,7 @@ def calibrate_index(
             "hop_seconds": float(identifier.db.hop_seconds), "lengths_s": [float(x) for x in lengths_seconds],
             "phases": phases, "refine": refine, "interpolate": int(interpolate), "k_probe": int(k_probe),
             "speeds": None if identifier.speeds is None else list(identifier.speeds), "decision": identifier.decision,
-            "speed_steps": _steps_record(identifier.speeds, identifier.speed_steps),
+            "speed_steps": steps_record,
             "snr_db_range": [float(x) for x in snr_db_range], "noise_dir": None if noise_dir is None else str(Path(noise_dir).absolute()),
             "ir_dir": None if ir_dir is None else str(Path(ir_dir).absolute()), "noise_kind": noise_kind, "add_noise": bool(add_noise),
             "add_reverb": bool(add_reverb), "seed": int(seed), "lead_weight": identifier.lead_weight,
@@ -569,8 +570,7 @@ def calibrate_index(
         phases=phases, refine="all" if refine is None else int(refine), interpolate=int(interpolate),
         interpolated_score=INTERPOLATED_OWN_SCORE,
         speeds=None if identifier.speeds is None else list(identifier.speeds), decision=identifier.decision,
-        **({} if _steps_record(identifier.speeds, identifier.speed_steps) is None
-           else {"speed_steps": _steps_record(identifier.speeds, identifier.speed_steps)}),
+        **({} if steps_record is None else {"speed_steps": steps_record}),
         k_probe=int(k_probe), seed=int(seed), index=str(Path(index_dir).absolute()),
         hop_seconds=float(identifier.db.hop_seconds), model_digest=identifier.db.metadata.get("model_digest"),
         unknown_dir=str(Path(folders[0]).absolute()) if len(folders) == 1 else [str(Path(f).absolute()) for f in folders],
