@@ -107,3 +107,22 @@ def test_folder_walk_warns_about_files_it_leaves_out(tmp_path, caplog):
     (tmp_path / "notes.txt").write_text("x")
     assert list_audio_files(tmp_path) == [tmp_path / "a.m4a"]
     assert "Left out 1 file(s)" in caplog.text and "notes.txt: not an audio file extension (.txt)" in caplog.text
+
+
+def test_the_files_nnfp_writes_beside_its_rooms_are_not_reported(tmp_path, caplog):
+    from nnfp.outputs import MARKER_FILE, write_marker
+
+    rooms, mine = tmp_path / "rooms", tmp_path / "mine"
+    write_marker(rooms, "impulse_responses")  # as `nnfp data make-irs` marks its folder
+    mine.mkdir()
+    for folder in (rooms, mine):
+        (folder / "rir_00000.wav").write_bytes(b"x")
+        (folder / "manifest.json").write_text("{}")
+    (rooms / "notes.txt").write_text("x")
+    ignored = []
+    assert list_audio_files(rooms, ignored=ignored) == [rooms / "rir_00000.wav"]
+    assert [path.name for path, _ in ignored] == ["notes.txt"]
+    # a manifest.json in a folder nnfp did not make is the user's: still reported
+    assert list_audio_files(mine) == [mine / "rir_00000.wav"]
+    assert "Left out 1 file(s) under" in caplog.text and "manifest.json" in caplog.text
+    assert MARKER_FILE not in caplog.text

@@ -17,6 +17,7 @@ import pathlib
 import numpy as np
 
 from nnfp.audio.io import AudioError, load_audio
+from nnfp.outputs import MARKER_FILE
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -114,6 +115,14 @@ def _walk_files(root):
     return files
 
 
+def _own_bookkeeping(path):
+    """Whether `path` is a file nnfp writes beside the audio of a folder it made (its marker,
+    and the `manifest.json` of `nnfp data make-irs`): no audio, and nothing to report."""
+    return path.name == MARKER_FILE or (
+        path.name == "manifest.json" and (path.parent / MARKER_FILE).is_file()
+    )
+
+
 def list_audio_files(source, extensions=AUDIO_EXTENSIONS, ignored=None):
     """Lists audio files: every file under a directory (recursive, sorted, symlinked folders
     followed), the entries of a CSV/JSON manifest (see `read_manifest`), one audio file, or
@@ -123,7 +132,9 @@ def list_audio_files(source, extensions=AUDIO_EXTENSIONS, ignored=None):
         source: a directory, a manifest (`.csv`/`.json`), an audio file, or a list of paths.
         extensions: suffixes to keep when scanning a directory (case-insensitive).
         ignored: a list that receives `(path, reason)` for every other file of the directory
-            (other extension, broken link), so callers can report what they left out.
+            (other extension, broken link), so callers can report what they left out. The
+            files nnfp writes beside audio in a folder it made (its `.nnfp-output.json` marker
+            and, there, `manifest.json`) are left out without a word.
 
     Raises:
         FileNotFoundError: the directory does not exist or holds no matching file.
@@ -143,7 +154,7 @@ def list_audio_files(source, extensions=AUDIO_EXTENSIONS, ignored=None):
                 others.append((path, "broken link or not a regular file"))
             elif path.suffix.lower() in wanted:
                 files.append(path)
-            else:
+            elif not _own_bookkeeping(path):
                 others.append((path, f"not an audio file extension ({path.suffix or 'none'})"))
         if ignored is not None:
             ignored.extend(others)
