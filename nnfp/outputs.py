@@ -60,8 +60,8 @@ _WHAT = {
     "prepared": "nnfp prepared audio cache",
     "run": "nnfp training run",
     "evaluation": "nnfp evaluation",
-    "shards": "folder of nnfp index shards",
-    "impulse_responses": "folder of nnfp simulated impulse responses",
+    "shards": "nnfp folder of index shards",
+    "impulse_responses": "nnfp folder of simulated impulse responses",
 }
 
 
