@@ -242,13 +242,16 @@ def segment_votes(db, fingerprints, row, track_id, hits=None, aligned=None):
     near = (hits >= 0) & ~np.isin(hit_tracks, db.removed_track_ids)  # a removed track's rows are no rivals
     near &= ~((np.abs(hits - aligned[:, None]) <= 1) & (hit_tracks == track_id))
     other = np.full(n, -np.inf)
-    for i in range(n):
-        if near[i].any():
-            candidates = np.asarray(db.embeddings[np.sort(hits[i][near[i]])], np.float32)
-            # a row holding the aligned row's audio (one recording under two names) is no rival
-            rival = candidates @ np.asarray(db.embeddings[aligned[i]], np.float32) < SAME_AUDIO
-            if rival.any():
-                other[i] = float(np.max(candidates[rival] @ fingerprints[i]))
+    if near.any():
+        # every row needed, read once from the (memory-mapped) store in row order
+        rows = np.unique(np.concatenate([hits[near], aligned]))
+        block = np.asarray(db.embeddings[rows], np.float32)
+        candidates = block[np.searchsorted(rows, np.where(near, hits, rows[0]))]  # (n, k, d)
+        # a row holding the aligned row's audio (one recording under two names) is no rival
+        own = block[np.searchsorted(rows, aligned)]
+        rival = near & (np.matmul(candidates, own[:, :, None])[:, :, 0] < SAME_AUDIO)
+        similar = np.matmul(candidates, fingerprints[:, :, None])[:, :, 0]
+        other = np.max(np.where(rival, similar, -np.inf), axis=1).astype(np.float64)
     heard = np.any(fingerprints != 0, axis=1)  # a quiet segment (zeros: `fingerprint_segments`) never votes
     return float(np.mean(heard & (at >= other - 1e-6)))
 

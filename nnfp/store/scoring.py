@@ -116,6 +116,7 @@ class SequenceScoring:
         # Query row i counts for candidate c while start_c + i is still in c's track.
         n_valid = np.minimum(self._track_end[starts] - starts + 1, n_query)  # (n_candidates,)
         totals = np.zeros(len(starts), dtype=np.float64)
+        stored = self._stored_rows()
         # Tiles of (query rows x candidates) keep memory flat whatever the query length
         # (one (n_query, n_candidates, d) array was 26 GB for a 30-minute query).
         query_rows = min(n_query, _SCORE_TILE_QUERY_ROWS)
@@ -128,16 +129,18 @@ class SequenceScoring:
                 rows = starts[cands, None] + offsets  # (c, q)
                 valid = offsets < n_valid[cands, None]
                 rows = np.minimum(rows, self.n_segments - 1)
-                # Read each needed DB row once from the (memory-mapped) store, in row order
-                # (overlapping windows share most rows), then only the c * q products
-                # that count: sim[c, i] = <q_i, db[start_c + i]>.
-                unique_rows, where = np.unique(rows, return_inverse=True)
-                block = np.asarray(self.embeddings[unique_rows], dtype=np.float32)  # (n_rows, d)
-                windows = block[where.reshape(rows.shape).T]  # (q, c, d)
+                # Only the c * q products that count: sim[c, i] = <q_i, db[start_c + i]>.
+                windows = np.asarray(stored[rows.T], dtype=np.float32)  # (q, c, d)
                 sims = np.matmul(windows, query[offsets, :, None])[:, :, 0].T  # (c, q)
                 self._check_similarities(sims, rows)
                 totals[cands] += np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64)
         return totals / n_query
+
+    def _stored_rows(self):
+        """The stored rows to gather windows from: a memory map as a plain array (a memmap's
+        indexing costs more than the gather of a window's rows), any other store as it is."""
+        rows = self.embeddings
+        return rows.view(np.ndarray) if isinstance(rows, np.memmap) else rows
 
     def _check_similarities(self, sims, rows):
         """Inner products of unit vectors lie in [-1, 1]: anything else is a damaged store
