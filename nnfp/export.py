@@ -89,12 +89,11 @@ PARITY_SEED = 20_240_523
 PARITY_TRACKS = 6
 PARITY_SEGMENTS_PER_TRACK = 10
 PARITY_SNR_DB = (10.0, 30.0)
-LITERT_SPEC_VERSION = 1
 # What an export writes, in either format: an overwritten export drops these, rather than
 # carrying them into the new folder as it carries a user's own files (`atomic_directory`).
 EXPORT_FILES = (
     "saved_model.pb", "fingerprint.pb", "variables", "assets", "config.yaml",
-    "model.tflite", "spec.json", "calibration.json",
+    "model.tflite", "spectrum.tflite", "spec.json", "calibration.json",
 )
 
 
@@ -149,12 +148,15 @@ def measure_parity(reference, candidate):
     }
 
 
-def _check_parity(parity, quantize):
+def _check_parity(parity, quantize, what=None):
+    """Raises `ParityError` when `parity` misses `PARITY_GATES[quantize]`; `what`: the path
+    measured, when it is not `model.tflite` on the waveforms."""
     gate = PARITY_GATES[quantize]
     own = gate["own_neighbour"]
     if parity["cosine_min"] >= gate["min_cosine"] and (own is None or parity["own_neighbour"] >= own):
         return
-    what = {"none": "float32 conversion", "float16": "float16 quantisation", "int8": "int8 quantisation"}[quantize]
+    what = {"none": "float32 conversion", "float16": "float16 quantisation", "int8": "int8 quantisation"}[quantize] + (
+        f" ({what})" if what else "")
     advice = {
         "none": "the converter changed the model; export a SavedModel instead (--format savedmodel)",
         "float16": "use --quantize none",
@@ -169,8 +171,9 @@ def _check_parity(parity, quantize):
     )
 
 
-def _litert_serve(model, quantize):
-    """The `serve` function converted: waveforms -> {"fingerprint": ...}.
+def _litert_serve(model, quantize, spectrum=False):
+    """The `serve` function converted: waveforms -> {"fingerprint": ...}; with `spectrum`, the
+    `spectrum` function: the waveforms' STFT power -> {"fingerprint": ...} (`FingerPrinter.from_power`).
 
     For int8 the mel filterbank stays float. Dynamic-range quantisation would quantise every
     matmul with a constant weight, the filterbank's included, and feed it the power spectrum
@@ -180,35 +183,47 @@ def _litert_serve(model, quantize):
     """
     import tensorflow as tf
 
+    def forward(inputs):
+        return model.from_power(inputs) if spectrum else model(inputs, training=False)
+
     if quantize != "int8":
-        return lambda waveforms: {"fingerprint": model(waveforms, training=False)}
+        return lambda inputs: {"fingerprint": forward(inputs)}
     frontend = model.frontend
 
-    def serve(waveforms):
-        one = tf.cast(tf.minimum(tf.shape(waveforms)[0], 1), tf.float32)  # 1.0 (0 for an empty batch)
+    def serve(inputs):
+        one = tf.cast(tf.minimum(tf.shape(inputs)[0], 1), tf.float32)  # 1.0 (0 for an empty batch)
         weights = frontend.mel_weights
         frontend.mel_weights = tf.constant(weights) * one
         try:
-            return {"fingerprint": model(waveforms, training=False)}
+            return {"fingerprint": forward(inputs)}
         finally:
             frontend.mel_weights = weights
 
     return serve
 
 
-def _convert_litert(model, quantize):
-    """The `.tflite` bytes of `model` (see `convert_to_litert`)."""
+def _convert_litert(model, quantize, spectrum=False):
+    """The `.tflite` bytes of `model` (see `convert_to_litert`): its `serve` signature on the
+    waveforms, or with `spectrum` its `spectrum` signature on their STFT power (a file of its
+    own: the converter keeps one signature of several)."""
     import tempfile
 
     import tensorflow as tf
 
-    spec = tf.TensorSpec((None, model.segment_samples), tf.float32, name="waveforms")
+    from nnfp.lite import SIGNATURE, SPECTRUM_SIGNATURE
+
+    if spectrum:
+        frontend = model.frontend
+        shape = (None, frontend.n_frames, frontend.n_fft // 2 + 1)
+        spec, name = tf.TensorSpec(shape, tf.float32, name="power"), SPECTRUM_SIGNATURE
+    else:
+        spec, name = tf.TensorSpec((None, model.segment_samples), tf.float32, name="waveforms"), SIGNATURE
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name="serve", fn=_litert_serve(model, quantize), input_signature=[spec])
+    archive.add_endpoint(name=name, fn=_litert_serve(model, quantize, spectrum), input_signature=[spec])
     with tempfile.TemporaryDirectory(prefix="nnfp-litert-") as work:
         archive.write_out(work, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(work, signature_keys=["serve"])
+        converter = tf.lite.TFLiteConverter.from_saved_model(work, signature_keys=[name])
         if quantize != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8: dynamic-range weights
         if quantize == "float16":
@@ -243,7 +258,14 @@ def convert_to_litert(model_path, folder, quantize="none", hop_samples=None):
     import tensorflow as tf
 
     from nnfp.catalogue.fingerprint import model_digest
-    from nnfp.lite import LITERT_MODEL_FILE, LITERT_SPEC_FILE, SPEC_FORMAT, LiteFingerprinter
+    from nnfp.lite import (
+        LITERT_MODEL_FILE,
+        LITERT_SPEC_FILE,
+        LITERT_SPEC_VERSION,
+        LITERT_SPECTRUM_FILE,
+        SPEC_FORMAT,
+        LiteFingerprinter,
+    )
     from nnfp.outputs import atomic_write_bytes, atomic_write_json
 
     if quantize not in QUANTIZE_MODES:
@@ -268,7 +290,13 @@ def convert_to_litert(model_path, folder, quantize="none", hop_samples=None):
         "keras_digest": model_digest(model_path),
         "quantize": quantize,
     }
+    frontend = model.frontend
+    spec["spectrum"] = {
+        "n_fft": int(frontend.n_fft), "hop_length": int(frontend.hop_length), "pad": int(frontend.n_fft // 2),
+        "n_frames": int(frontend.n_frames), "window": "hann",
+    }
     data = _convert_litert(model, quantize)
+    spectrum_data = _convert_litert(model, quantize, spectrum=True)
     waveforms = parity_waveforms(segment_samples, sample_rate)
     expected = np.concatenate([
         np.asarray(model(tf.constant(waveforms[first : first + CALL_ROWS]), training=False))
@@ -276,14 +304,23 @@ def convert_to_litert(model_path, folder, quantize="none", hop_samples=None):
     ])  # the plain Keras forward pass
     with tempfile.TemporaryDirectory(prefix="nnfp-litert-") as staged:
         (Path(staged) / LITERT_MODEL_FILE).write_bytes(data)
+        (Path(staged) / LITERT_SPECTRUM_FILE).write_bytes(spectrum_data)
         (Path(staged) / LITERT_SPEC_FILE).write_text(json.dumps(spec))
-        got = LiteFingerprinter(staged).fingerprint(waveforms)
+        got = LiteFingerprinter(staged, spectrum=False).fingerprint(waveforms)
+        got_spectrum = LiteFingerprinter(staged).fingerprint(waveforms)
+    # both paths pass the gate: `model.tflite` (what other runtimes run) and the STFT in
+    # NumPy with `spectrum.tflite` (what `LiteFingerprinter` runs)
     parity = measure_parity(expected, got)
     parity.update(seed=PARITY_SEED, gate=PARITY_GATES[quantize])
     _check_parity(parity, quantize)
+    spectrum_parity = measure_parity(expected, got_spectrum)
+    spectrum_parity.update(seed=PARITY_SEED, gate=PARITY_GATES[quantize])
+    _check_parity(spectrum_parity, quantize, what=f"{LITERT_SPECTRUM_FILE} with the STFT in NumPy")
     spec["parity"] = parity
+    spec["spectrum"]["parity"] = spectrum_parity
     folder = Path(folder)
     atomic_write_bytes(folder / LITERT_MODEL_FILE, data)
+    atomic_write_bytes(folder / LITERT_SPECTRUM_FILE, spectrum_data)
     atomic_write_json(folder / LITERT_SPEC_FILE, spec)
     return spec
 

@@ -112,7 +112,11 @@ class LogMelSpectrogram(keras.layers.Layer):
         real, imag = ops.stft(
             x, self.n_fft, self.hop_length, self.n_fft, window=self.window, center=False
         )  # (batch, frames, n_fft // 2 + 1) each
-        power = ops.square(real) + ops.square(imag)
+        return self.from_power(ops.square(real) + ops.square(imag))
+
+    def from_power(self, power):
+        """The output of `call` from the STFT power spectrum `(batch, n_frames, n_fft // 2 + 1)`
+        of the waveforms (`nnfp.lite.power_spectrum` computes it outside the model)."""
         mel = ops.matmul(power, self.mel_weights)  # (batch, frames, n_mels)
         db = 10.0 * ops.log10(ops.maximum(mel, self.amin))
         db = db - ops.max(db, axis=(1, 2), keepdims=True)

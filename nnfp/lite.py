@@ -6,6 +6,14 @@ signature maps `waveforms` (batch, segment_samples) float32 to `fingerprint` (ba
 mel front end included, and `spec.json`, the model's contract (sample rate, segment and
 hop samples, embedding size, the digest of the Keras model it was converted from).
 
+Folders exported since spec version 2 also hold `spectrum.tflite`: the same model from the
+STFT power spectrum on (`power` (batch, n_frames, n_fft // 2 + 1) to `fingerprint`), with
+the STFT's settings in the spec (`"spectrum"`). `LiteFingerprinter` then computes the STFT
+itself (`power_spectrum`, SciPy's FFT), several times faster than the interpreter's own FFT
+kernel, which runs on one thread whatever `num_threads`; the fingerprints are the same to
+float rounding (the export measures both paths against Keras). `model.tflite` alone is
+what a phone or any other LiteRT runtime needs.
+
 This module needs only NumPy and `ai-edge-litert` (and, for `fingerprint_file`,
 soundfile and soxr through `nnfp.audio.io`): the on-device half of a phone/server split,
 or a light worker, fingerprints audio with it and sends the array to a catalogue.
@@ -26,20 +34,29 @@ import numpy as np
 
 __all__ = [
     "LITERT_MODEL_FILE",
+    "LITERT_SPECTRUM_FILE",
     "LITERT_SPEC_FILE",
+    "LITERT_SPEC_VERSION",
     "LiteFingerprinter",
     "LiteRTUnavailableError",
     "fingerprint_file",
     "is_litert_model",
+    "hann_window",
     "litert_available",
+    "power_spectrum",
     "read_spec",
+    "spectrum_settings",
     "usable_cores",
 ]
 
 LITERT_MODEL_FILE = "model.tflite"
+LITERT_SPECTRUM_FILE = "spectrum.tflite"
 LITERT_SPEC_FILE = "spec.json"
 SPEC_FORMAT = "nnfp-litert"
+LITERT_SPEC_VERSION = 2  # 2: spectrum.tflite and the spec's "spectrum" (STFT settings, parity)
 SIGNATURE = "serve"
+SPECTRUM_SIGNATURE = "spectrum"  # of spectrum.tflite: `power` -> `fingerprint`
+_STFT_KEYS = ("n_fft", "hop_length", "pad", "n_frames")
 # Rows per interpreter call: small calls ran fastest with XNNPACK (docs/defaults.md).
 CALL_ROWS = 16
 
@@ -85,6 +102,85 @@ def read_spec(path):
     return spec
 
 
+def spectrum_settings(spec, path=None):
+    """The STFT settings of a spec's `spectrum.tflite` (`"spectrum"`), checked, or None when
+    the folder has none (a spec version 1 export: only `model.tflite`).
+
+    Raises:
+        ValueError: settings that are not positive integers or do not give the spec's segment
+            `n_frames` frames (the message names `spec.json`).
+    """
+    settings = spec.get("spectrum")
+    if settings is None:
+        return None
+    where = Path(path) / LITERT_SPEC_FILE if path is not None else LITERT_SPEC_FILE
+    try:
+        keys = ("n_fft", "hop_length", "pad", "n_frames")
+        if not isinstance(settings, dict) or not all(isinstance(settings.get(k), int) for k in keys):
+            raise ValueError(f"`spectrum` must hold the integers {', '.join(keys)}, found {settings!r}")
+        if settings["n_fft"] < 2 or settings["hop_length"] < 1 or settings["pad"] < 0:
+            raise ValueError(f"`spectrum` holds an impossible STFT: {settings!r}")
+        padded = int(spec["segment_samples"]) + 2 * settings["pad"]
+        if padded < settings["n_fft"] or 1 + (padded - settings["n_fft"]) // settings["hop_length"] != settings["n_frames"]:
+            raise ValueError(f"`spectrum` gives another number of frames than its n_frames: {settings!r}")
+        if settings.get("window", "hann") != "hann":
+            raise ValueError(f"`spectrum` window {settings.get('window')!r}, expected 'hann'")
+    except ValueError as error:
+        raise ValueError(
+            f"{where}: not an nnfp LiteRT model spec ({error}); export the model again with "
+            "`nnfp export MODEL OUT --format litert`"
+        ) from None
+    return settings
+
+
+def power_spectrum(waveforms, n_fft, hop_length, pad, n_frames):
+    """The STFT power spectrum `LogMelSpectrogram` computes inside the model, in NumPy:
+    `(batch, samples)` float32 waveforms, zero-padded by `pad` on both sides, cut into
+    `n_frames` frames of `n_fft` samples `hop_length` apart, each times a periodic Hann window
+    -> `(batch, n_frames, n_fft // 2 + 1)` float32 `|rfft|^2` (SciPy's FFT where installed)."""
+    waveforms = np.asarray(waveforms, np.float32)
+    stft = _PowerSpectrum(len(waveforms), waveforms.shape[1], n_fft, hop_length, pad, n_frames)
+    return stft(waveforms).copy()
+
+
+class _PowerSpectrum:
+    """`power_spectrum` of `rows` waveforms at a time into buffers of its own, made once: fresh
+    arrays of a few MB per call cost more than the FFT (the allocator maps them anew). One
+    call at a time, as an interpreter; the result is overwritten by the next call."""
+
+    _CHUNK_ROWS = 4  # rows transformed at once (keeps the FFT's own output small)
+
+    def __init__(self, rows, samples, n_fft, hop_length, pad, n_frames):
+        self.pad = int(pad)
+        self._padded = np.zeros((rows, samples + 2 * self.pad), np.float32)  # the pads stay zero
+        view = np.lib.stride_tricks.sliding_window_view(self._padded, n_fft, axis=1)
+        self._frames_of_padded = view[:, ::hop_length][:, :n_frames]
+        self._frames = np.empty((rows, n_frames, n_fft), np.float32)
+        self._power = np.empty((rows, n_frames, n_fft // 2 + 1), np.float32)
+        self._window = hann_window(n_fft)
+        try:
+            import scipy.fft
+
+            self._rfft = lambda x: scipy.fft.rfft(x, axis=-1, workers=1)
+        except ImportError:
+            self._rfft = lambda x: np.fft.rfft(x, axis=-1)
+
+    def __call__(self, waveforms):
+        self._padded[:, self.pad : self._padded.shape[1] - self.pad] = waveforms
+        np.multiply(self._frames_of_padded, self._window, out=self._frames)
+        for first in range(0, len(self._frames), self._CHUNK_ROWS):
+            rows = slice(first, first + self._CHUNK_ROWS)
+            spectrum = self._rfft(self._frames[rows])
+            np.square(spectrum.real, out=self._power[rows])
+            self._power[rows] += np.square(spectrum.imag)
+        return self._power
+
+
+def hann_window(n_fft):
+    """The periodic Hann window of `n_fft` samples (`LogMelSpectrogram.window`), float32."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+
+
 @contextlib.contextmanager
 def _native_stderr_silenced():
     """Silences file descriptor 2 for a moment: the runtime's C++ code prints `INFO: Created
@@ -120,8 +216,12 @@ class LiteFingerprinter:
     `.segment_samples`, `.embedding_dim`, plus `.sample_rate` and `.spec`.
 
     Args:
-        path: a LiteRT model folder (`model.tflite` + `spec.json`).
+        path: a LiteRT model folder (`model.tflite` + `spec.json`, and `spectrum.tflite` in
+            exports since spec version 2).
         num_threads: XNNPACK threads; default: the cores this process may use.
+        spectrum: with a `spectrum.tflite`, compute the STFT in NumPy and run the model from
+            the power spectrum on (default; `front_end` says which path runs); False: always
+            `model.tflite` on the waveforms.
 
     Example:
 
@@ -132,7 +232,7 @@ class LiteFingerprinter:
 
     runtime = "litert"
 
-    def __init__(self, path, num_threads=None):
+    def __init__(self, path, num_threads=None, spectrum=True):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as error:
@@ -146,11 +246,21 @@ class LiteFingerprinter:
         self.segment_samples = int(self.spec["segment_samples"])
         self.embedding_dim = int(self.spec["embedding_dim"])
         self.num_threads = usable_cores() if num_threads is None else int(num_threads)
-        model_path = self.path / LITERT_MODEL_FILE
+        self._stft = spectrum_settings(self.spec, self.path) if spectrum else None
+        if self._stft is not None and not (self.path / LITERT_SPECTRUM_FILE).is_file():
+            raise ValueError(
+                f"{self.path}: {LITERT_SPEC_FILE} names {LITERT_SPECTRUM_FILE}, which is missing; "
+                "export the model again with `nnfp export MODEL OUT --format litert`"
+            )
+        # "numpy": the STFT in NumPy, then spectrum.tflite; "litert": model.tflite on the waveforms
+        self.front_end = "litert" if self._stft is None else "numpy"
+        if self._stft is not None:
+            self._power_spectrum = _PowerSpectrum(CALL_ROWS, self.segment_samples, *(self._stft[k] for k in _STFT_KEYS))
+        model_path = self.path / (LITERT_MODEL_FILE if self._stft is None else LITERT_SPECTRUM_FILE)
         self._planned = False
         try:
             self._interpreter = Interpreter(model_path=str(model_path), num_threads=self.num_threads)
-            self._run = self._interpreter.get_signature_runner(SIGNATURE)
+            self._run = self._interpreter.get_signature_runner(SIGNATURE if self._stft is None else SPECTRUM_SIGNATURE)
         except Exception as error:  # ValueError/RuntimeError of a damaged flatbuffer
             raise ValueError(
                 f"{model_path}: cannot load the LiteRT model ({type(error).__name__}: {error}); "
@@ -176,11 +286,15 @@ class LiteFingerprinter:
             n = len(batch)
             if n != rows:
                 batch = np.concatenate([batch, np.zeros((rows - n, self.segment_samples), np.float32)])
+            if self._stft is None:
+                inputs = {"waveforms": np.ascontiguousarray(batch)}
+            else:
+                inputs = {"power": self._power_spectrum(batch)}
             if self._planned:
-                result = self._run(waveforms=np.ascontiguousarray(batch))
+                result = self._run(**inputs)
             else:
                 with _native_stderr_silenced():  # the first call plans the graph and says so
-                    result = self._run(waveforms=np.ascontiguousarray(batch))
+                    result = self._run(**inputs)
                 self._planned = True
             out.append(np.array(result["fingerprint"][:n], np.float32))
         return np.concatenate(out) if out else np.zeros((0, self.embedding_dim), np.float32)

@@ -100,7 +100,14 @@ class FingerPrinter(keras.Model):
         self.build(tuple(config["input_shape"]))
 
     def call(self, waveforms, training=False):
-        mel = self.frontend(waveforms)  # (batch, n_mels, frames, 1)
+        return self._embed(self.frontend(waveforms), training)  # mel: (batch, n_mels, frames, 1)
+
+    def from_power(self, power):
+        """The fingerprints `call` gives, from the waveforms' STFT power spectrum
+        `(batch, n_frames, n_fft // 2 + 1)` (`LogMelSpectrogram.from_power`; inference only)."""
+        return self._embed(self.frontend.from_power(power), training=False)
+
+    def _embed(self, mel, training):
         if self.spec_augment is not None:
             mel = self.spec_augment(mel, training=training)
         hidden = self.encoder(mel, training=training)  # (batch, D)

@@ -8,7 +8,7 @@ Writes nnfp/weights/default.keras (weights + architecture, ~4 bytes per paramete
 and nnfp/weights/default.yaml (the run's resolved config), each atomically (`--out DIR`: in DIR
 instead, a candidate to index, calibrate and evaluate before its very bytes are copied into the
 package; a model's digest is that of its file), then
-nnfp/weights/default.litert/ (the LiteRT copy: model.tflite + spec.json, float32, checked
+nnfp/weights/default.litert/ (the LiteRT copy: model.tflite, spectrum.tflite + spec.json, float32, checked
 against default.keras by `nnfp.export.convert_to_litert`, plus default.calibration.json as
 calibration.json when there is one).
 """

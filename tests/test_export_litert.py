@@ -39,22 +39,96 @@ def test_litert_export_gives_the_keras_fingerprints(tiny):
     (root / "lite" / "notes.txt").write_text("mine")
     out = export_litert(root / "tiny.keras", root / "lite", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [
-        ".nnfp-output.json", "calibration.json", "model.tflite", "notes.txt", "spec.json",
+        ".nnfp-output.json", "calibration.json", "model.tflite", "notes.txt", "spec.json", "spectrum.tflite",
     ]
     spec = read_spec(out)
     assert {key: spec[key] for key in ("format", "version", "sample_rate", "segment_samples", "hop_samples")} == {
-        "format": "nnfp-litert", "version": 1, "sample_rate": RATE, "segment_samples": 8000, "hop_samples": 4000,
+        "format": "nnfp-litert", "version": 2, "sample_rate": RATE, "segment_samples": 8000, "hop_samples": 4000,
     }
+    stft = {key: spec["spectrum"][key] for key in ("n_fft", "hop_length", "pad", "n_frames", "window")}
+    assert stft == {"n_fft": 1024, "hop_length": 256, "pad": 512, "n_frames": 32, "window": "hann"}
+    assert spec["spectrum"]["parity"]["segments"] == 63 and spec["spectrum"]["parity"]["cosine_min"] >= 0.9999
     assert (spec["embedding_dim"], spec["quantize"]) == (16, "none")
     assert spec["keras_digest"] == model_digest(root / "tiny.keras")
     assert spec["parity"]["segments"] == 63 and spec["parity"]["cosine_min"] >= 0.9999
     assert (out / "calibration.json").read_bytes() == (root / "tiny.calibration.json").read_bytes()
     assert output_kind(out) == "export"
     lite = LiteFingerprinter(out)
+    assert lite.front_end == "numpy"  # the STFT in NumPy, then spectrum.tflite
     got = lite.fingerprint(segments)  # 17 rows: a full call of 16 and a padded one
     assert got.shape == (17, 16)
     assert _cosines(got, expected).min() >= 0.9999
     np.testing.assert_allclose(lite.fingerprint(segments[:1]), got[:1], atol=1e-6)
+    whole = LiteFingerprinter(out, spectrum=False)  # model.tflite on the waveforms, as a phone runs it
+    assert whole.front_end == "litert"
+    assert _cosines(whole.fingerprint(segments), expected).min() >= 0.9999
+    assert _cosines(whole.fingerprint(segments), got).min() >= 0.99999
+
+
+def test_power_spectrum_against_a_direct_dft():
+    """`power_spectrum` (the STFT the spectrum path computes outside the model) against a
+    float64 DFT written out from its definition, frame by frame."""
+    from nnfp.lite import power_spectrum
+
+    rng = np.random.default_rng(3)
+    waveforms = rng.standard_normal((3, 200)).astype(np.float32)
+    n_fft, hop, pad = 64, 24, 32
+    n_frames = 1 + (200 + 2 * pad - n_fft) // hop
+    got = power_spectrum(waveforms, n_fft, hop, pad, n_frames)
+    assert got.shape == (3, n_frames, n_fft // 2 + 1) and got.dtype == np.float32
+    n = np.arange(n_fft)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)  # periodic Hann
+    basis = np.exp(-2j * np.pi * np.outer(n, np.arange(n_fft // 2 + 1)) / n_fft)
+    padded = np.pad(waveforms.astype(np.float64), ((0, 0), (pad, pad)))
+    for frame in range(n_frames):
+        segment = padded[:, frame * hop : frame * hop + n_fft] * window
+        np.testing.assert_allclose(got[:, frame], np.abs(segment @ basis) ** 2, rtol=1e-4, atol=1e-4)
+
+
+def test_the_front_end_from_the_numpy_power_spectrum_is_the_models():
+    """`LogMelSpectrogram.from_power` of `power_spectrum` equals the layer on the waveforms
+    (the split the spectrum path makes), to float rounding, in dB."""
+    from nnfp.frontend import LogMelSpectrogram
+    from nnfp.lite import power_spectrum
+
+    layer = LogMelSpectrogram()
+    waveforms = (0.1 * np.random.default_rng(4).standard_normal((5, 8000))).astype(np.float32)
+    waveforms[1] *= 1e-3  # a quiet row: the floor of top_db and amin
+    power = power_spectrum(waveforms, layer.n_fft, layer.hop_length, layer.n_fft // 2, layer.n_frames)
+    np.testing.assert_allclose(np.asarray(layer.from_power(power)), np.asarray(layer(waveforms)), atol=2e-3)
+
+
+def test_an_export_without_spectrum_tflite_still_runs_and_damaged_specs_are_named(tiny, tmp_path):
+    """A folder of spec version 1 (model.tflite alone) runs as before; a spec whose
+    `spectrum` is missing its file or is malformed is refused, naming what is wrong."""
+    import shutil
+
+    root, segments, expected = tiny
+    source = root / "lite"
+    if not (source / "spectrum.tflite").exists():
+        from nnfp.export import export_litert
+
+        export_litert(root / "tiny.keras", source, overwrite=True)
+    old = tmp_path / "old"
+    shutil.copytree(source, old)
+    (old / "spectrum.tflite").unlink()
+    spec = json.loads((old / "spec.json").read_text())
+    settings = spec.pop("spectrum")
+    spec["version"] = 1
+    (old / "spec.json").write_text(json.dumps(spec))
+    lite = LiteFingerprinter(old)
+    assert lite.front_end == "litert"
+    assert _cosines(lite.fingerprint(segments), expected).min() >= 0.9999
+
+    (old / "spec.json").write_text(json.dumps({**spec, "spectrum": settings}))
+    with pytest.raises(ValueError, match=r"old: spec.json names spectrum.tflite, which is missing"):
+        LiteFingerprinter(old)
+    shutil.copyfile(source / "spectrum.tflite", old / "spectrum.tflite")
+    assert LiteFingerprinter(old).front_end == "numpy"
+    for bad in ({**settings, "hop_length": 250}, {**settings, "n_fft": "1024"}, {**settings, "window": "hamming"}):
+        (old / "spec.json").write_text(json.dumps({**spec, "spectrum": bad}))
+        with pytest.raises(ValueError, match=r"old/spec.json: not an nnfp LiteRT model spec \(`spectrum`"):
+            LiteFingerprinter(old)
 
 
 def test_float16_export_from_the_cli(tiny, capsys):
@@ -129,5 +203,6 @@ def test_packaged_litert_model_is_the_default_keras_model():
     model = keras.saving.load_model(DEFAULT_MODEL_PATH)
     segments = compose_track(7, 4.0, RATE).reshape(4, model.segment_samples)
     lite = LiteFingerprinter(folder)
+    assert spec["version"] == 2 and lite.front_end == "numpy" and spec["spectrum"]["parity"]["cosine_min"] >= 0.9999
     assert (lite.sample_rate, lite.segment_samples, lite.embedding_dim) == (RATE, model.segment_samples, 128)
     assert _cosines(lite.fingerprint(segments), np.asarray(model(segments, training=False))).min() >= 0.9999

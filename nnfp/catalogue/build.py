@@ -205,7 +205,7 @@ def litert_files(model_path, model_file, work_dir, index_dir=None, log=None):
     """
     from nnfp.catalogue.fingerprint import conversion_of, litert_copy, model_digest
     from nnfp.defaults import cache_home
-    from nnfp.lite import is_litert_model
+    from nnfp.lite import LITERT_SPEC_VERSION, is_litert_model
 
     if model_file == INDEX_LITERT_DIR:
         return {}
@@ -215,8 +215,9 @@ def litert_files(model_path, model_file, work_dir, index_dir=None, log=None):
         return {}
     digest = model_digest(model_path)
     # A conversion of this very model made by an earlier build is kept in nnfp's cache: one
-    # takes ~5 s, and one model often builds several indexes.
-    cache = cache_home() / "litert" / digest
+    # takes ~5 s, and one model often builds several indexes. Per spec version: a conversion
+    # cached by an older nnfp lacks what a newer one writes (version 2: spectrum.tflite).
+    cache = cache_home() / "litert" / f"{digest}-v{LITERT_SPEC_VERSION}"
     copy = litert_copy(model_path, digest) or conversion_of(cache, model_path, digest)
     if copy is not None:
         return {INDEX_LITERT_DIR: copy}

@@ -52,7 +52,7 @@ def cmd_export(args):
     claim_output_dir(args.out_dir, "export", overwrite=args.overwrite, inputs=[run_dir])  # before loading
     if args.format == "litert":
         from nnfp.export import export_litert
-        from nnfp.lite import LITERT_MODEL_FILE, read_spec
+        from nnfp.lite import LITERT_MODEL_FILE, LITERT_SPECTRUM_FILE, read_spec
 
         quantize = args.quantize or "none"
         out = export_litert(
@@ -66,6 +66,11 @@ def cmd_export(args):
             f"{spec['segment_samples']}) -> fingerprint (batch, {spec['embedding_dim']}); against the Keras "
             f"model on {parity['segments']} segments: cosine min {parity['cosine_min']:.7f}, mean "
             f"{parity['cosine_mean']:.7f}, {100 * parity['own_neighbour']:.1f} % own-nearest-neighbour)"
+        )
+        spectrum = spec["spectrum"]["parity"]
+        print(
+            f"  and {LITERT_SPECTRUM_FILE}: the same model from the STFT power on, which nnfp runs with the "
+            f"STFT in NumPy (cosine min {spectrum['cosine_min']:.7f}); a phone needs only {LITERT_MODEL_FILE}"
         )
         return OK
     from nnfp.export import export_saved_model, load_fingerprinter, resolve_model_path
