@@ -65,7 +65,10 @@ def test_index_records_checksums_and_probes(setup, capsys):
     root, index = setup
     meta = json.loads((index / "tracks.json").read_text())
     files = meta["integrity"]["files"]
-    assert set(files) == {"embeddings.npy", "segments.npz", "index.faiss", "model.keras", "litert/model.tflite", "litert/spec.json"}
+    assert set(files) == {
+        "embeddings.npy", "segments.npz", "index.faiss", "model.keras",
+        "litert/model.tflite", "litert/spectrum.tflite", "litert/spec.json",
+    }
     assert files["embeddings.npy"]["size"] == (index / "embeddings.npy").stat().st_size
     assert len(files["model.keras"]["sha256"]) == 64
     probe = np.array(meta["metadata"]["probe"]["fingerprints"])
