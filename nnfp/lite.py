@@ -9,9 +9,9 @@ hop samples, embedding size, the digest of the Keras model it was converted from
 Folders exported since spec version 2 also hold `spectrum.tflite`: the same model from the
 STFT power spectrum on (`power` (batch, n_frames, n_fft // 2 + 1) to `fingerprint`), with
 the STFT's settings in the spec (`"spectrum"`). `LiteFingerprinter` then computes the STFT
-itself (`power_spectrum`, SciPy's FFT), several times faster than the interpreter's own FFT
-kernel, which runs on one thread whatever `num_threads`; the fingerprints are the same to
-float rounding (the export measures both paths against Keras). `model.tflite` alone is
+itself (`power_spectrum`, NumPy's FFT), faster than the interpreter's own FFT kernel, which
+runs on one thread whatever `num_threads`; the fingerprints are the same to float rounding
+(the export measures both paths against Keras). `model.tflite` alone is
 what a phone or any other LiteRT runtime needs.
 
 This module needs only NumPy and `ai-edge-litert` (and, for `fingerprint_file`,
@@ -137,7 +137,7 @@ def power_spectrum(waveforms, n_fft, hop_length, pad, n_frames):
     """The STFT power spectrum `LogMelSpectrogram` computes inside the model, in NumPy:
     `(batch, samples)` float32 waveforms, zero-padded by `pad` on both sides, cut into
     `n_frames` frames of `n_fft` samples `hop_length` apart, each times a periodic Hann window
-    -> `(batch, n_frames, n_fft // 2 + 1)` float32 `|rfft|^2` (SciPy's FFT where installed)."""
+    -> `(batch, n_frames, n_fft // 2 + 1)` float32 `|rfft|^2`."""
     waveforms = np.asarray(waveforms, np.float32)
     stft = _PowerSpectrum(len(waveforms), waveforms.shape[1], n_fft, hop_length, pad, n_frames)
     return stft(waveforms).copy()
@@ -158,19 +158,13 @@ class _PowerSpectrum:
         self._frames = np.empty((rows, n_frames, n_fft), np.float32)
         self._power = np.empty((rows, n_frames, n_fft // 2 + 1), np.float32)
         self._window = hann_window(n_fft)
-        try:
-            import scipy.fft
-
-            self._rfft = lambda x: scipy.fft.rfft(x, axis=-1, workers=1)
-        except ImportError:
-            self._rfft = lambda x: np.fft.rfft(x, axis=-1)
 
     def __call__(self, waveforms):
         self._padded[:, self.pad : self._padded.shape[1] - self.pad] = waveforms
         np.multiply(self._frames_of_padded, self._window, out=self._frames)
         for first in range(0, len(self._frames), self._CHUNK_ROWS):
             rows = slice(first, first + self._CHUNK_ROWS)
-            spectrum = self._rfft(self._frames[rows])
+            spectrum = np.fft.rfft(self._frames[rows], axis=-1)  # complex64 from float32 (NumPy >= 2)
             np.square(spectrum.real, out=self._power[rows])
             self._power[rows] += np.square(spectrum.imag)
         return self._power
