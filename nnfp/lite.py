@@ -40,8 +40,8 @@ __all__ = [
     "LiteFingerprinter",
     "LiteRTUnavailableError",
     "fingerprint_file",
-    "is_litert_model",
     "hann_window",
+    "is_litert_model",
     "litert_available",
     "power_spectrum",
     "read_spec",
@@ -115,9 +115,8 @@ def spectrum_settings(spec, path=None):
         return None
     where = Path(path) / LITERT_SPEC_FILE if path is not None else LITERT_SPEC_FILE
     try:
-        keys = ("n_fft", "hop_length", "pad", "n_frames")
-        if not isinstance(settings, dict) or not all(isinstance(settings.get(k), int) for k in keys):
-            raise ValueError(f"`spectrum` must hold the integers {', '.join(keys)}, found {settings!r}")
+        if not isinstance(settings, dict) or not all(isinstance(settings.get(k), int) for k in _STFT_KEYS):
+            raise ValueError(f"`spectrum` must hold the integers {', '.join(_STFT_KEYS)}, found {settings!r}")
         if settings["n_fft"] < 2 or settings["hop_length"] < 1 or settings["pad"] < 0:
             raise ValueError(f"`spectrum` holds an impossible STFT: {settings!r}")
         padded = int(spec["segment_samples"]) + 2 * settings["pad"]
