@@ -1,8 +1,9 @@
 """Log-power mel spectrogram front end, computed inside the model."""
 
 import keras
-import numpy as np
 from keras import ops
+
+from nnfp.lite import hann_window
 
 __all__ = ["LogMelSpectrogram"]
 
@@ -99,7 +100,7 @@ class LogMelSpectrogram(keras.layers.Layer):
         self.top_db = top_db
         self.amin = amin
         self.mel_weights = _mel_weight_matrix(sample_rate, n_fft, n_mels, f_min, f_max)
-        self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype("float32")
+        self.window = hann_window(n_fft)  # periodic; the LiteRT path's NumPy STFT uses the same
 
     @property
     def n_frames(self):

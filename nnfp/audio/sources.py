@@ -17,7 +17,7 @@ import pathlib
 import numpy as np
 
 from nnfp.audio.io import AudioError, load_audio
-from nnfp.outputs import MARKER_FILE
+from nnfp.outputs import MARKER_FILE, output_kind
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -118,9 +118,7 @@ def _walk_files(root):
 def _own_bookkeeping(path):
     """Whether `path` is a file nnfp writes beside the audio of a folder it made (its marker,
     and the `manifest.json` of `nnfp data make-irs`): no audio, and nothing to report."""
-    return path.name == MARKER_FILE or (
-        path.name == "manifest.json" and (path.parent / MARKER_FILE).is_file()
-    )
+    return path.name == MARKER_FILE or (path.name == "manifest.json" and output_kind(path.parent) is not None)
 
 
 def list_audio_files(source, extensions=AUDIO_EXTENSIONS, ignored=None):

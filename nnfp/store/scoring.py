@@ -116,7 +116,7 @@ class SequenceScoring:
         # Query row i counts for candidate c while start_c + i is still in c's track.
         n_valid = np.minimum(self._track_end[starts] - starts + 1, n_query)  # (n_candidates,)
         totals = np.zeros(len(starts), dtype=np.float64)
-        stored = self._stored_rows()
+        stored = self.stored_rows()
         # Tiles of (query rows x candidates) keep memory flat whatever the query length
         # (one (n_query, n_candidates, d) array was 26 GB for a 30-minute query).
         query_rows = min(n_query, _SCORE_TILE_QUERY_ROWS)
@@ -136,8 +136,8 @@ class SequenceScoring:
                 totals[cands] += np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64)
         return totals / n_query
 
-    def _stored_rows(self):
-        """The stored rows to gather windows from: a memory map as a plain array (a memmap's
+    def stored_rows(self):
+        """The stored rows to read fingerprints from: a memory map as a plain array (a memmap's
         indexing costs more than the gather of a window's rows), any other store as it is."""
         rows = self.embeddings
         return rows.view(np.ndarray) if isinstance(rows, np.memmap) else rows
