@@ -42,6 +42,7 @@ from nnfp.defaults import (
     SPEED_STEPS,
 )
 from nnfp.store.db import FingerprintDB
+from nnfp.store.rows import readable_rows
 
 __all__ = [
     "CALIBRATED",
@@ -152,7 +153,7 @@ def window_similarity(db, first, other, n_rows):
     n = int(min(n_rows, db.n_segments - first, db.n_segments - other))
     if n < 1:
         return -np.inf
-    rows = db.stored_rows()  # a memmap's slicing costs more than this sum (monitor calls it often)
+    rows = readable_rows(db.embeddings)  # a memmap's slicing costs more than this sum (monitor calls it often)
     a = np.asarray(rows[first : first + n], np.float32)
     b = np.asarray(rows[other : other + n], np.float32)
     return float(np.sum(a * b, axis=1).sum() / n)
@@ -243,7 +244,7 @@ def segment_votes(db, fingerprints, row, track_id, hits=None, aligned=None):
     if near.any():
         # every row needed, read once from the (memory-mapped) store in row order
         rows = np.unique(np.concatenate([hits[near], aligned]))
-        block = np.asarray(db.stored_rows()[rows], np.float32)
+        block = np.asarray(readable_rows(db.embeddings)[rows], np.float32)
         candidates = block[np.searchsorted(rows, np.where(near, hits, rows[0]))]  # (n, k, d)
         # a row holding the aligned row's audio (one recording under two names) is no rival
         own = block[np.searchsorted(rows, aligned)]

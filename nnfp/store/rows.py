@@ -18,11 +18,18 @@ __all__ = [
     "check_segments",
     "check_store",
     "count_zero_rows",
+    "readable_rows",
 ]
 
 ADD_CHUNK_ROWS = 262_144  # rows per faiss add / disk copy: bounds RAM for memory-mapped stores
 
 NORM_TOLERANCE = 1e-3  # |norm - 1| of a stored or query fingerprint (float32 arithmetic: ~1e-6)
+
+
+def readable_rows(embeddings):
+    """The stored rows to read fingerprints from: a memory map as a plain array (a memmap's
+    indexing and slicing cost more than the gather or sum they serve), any other store as it is."""
+    return embeddings.view(np.ndarray) if isinstance(embeddings, np.memmap) else embeddings
 
 
 def bad_norms(vectors):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnfp.store.integrity import REBUILD_HINT, CorruptIndexError
-from nnfp.store.rows import NORM_TOLERANCE, bad_norms
+from nnfp.store.rows import NORM_TOLERANCE, bad_norms, readable_rows
 
 __all__ = ["SequenceScoring"]
 
@@ -116,7 +116,7 @@ class SequenceScoring:
         # Query row i counts for candidate c while start_c + i is still in c's track.
         n_valid = np.minimum(self._track_end[starts] - starts + 1, n_query)  # (n_candidates,)
         totals = np.zeros(len(starts), dtype=np.float64)
-        stored = self.stored_rows()
+        stored = readable_rows(self.embeddings)
         # Tiles of (query rows x candidates) keep memory flat whatever the query length
         # (one (n_query, n_candidates, d) array was 26 GB for a 30-minute query).
         query_rows = min(n_query, _SCORE_TILE_QUERY_ROWS)
@@ -135,12 +135,6 @@ class SequenceScoring:
                 self._check_similarities(sims, rows)
                 totals[cands] += np.where(valid, sims, 0.0).sum(axis=1, dtype=np.float64)
         return totals / n_query
-
-    def stored_rows(self):
-        """The stored rows to read fingerprints from: a memory map as a plain array (a memmap's
-        indexing costs more than the gather of a window's rows), any other store as it is."""
-        rows = self.embeddings
-        return rows.view(np.ndarray) if isinstance(rows, np.memmap) else rows
 
     def _check_similarities(self, sims, rows):
         """Inner products of unit vectors lie in [-1, 1]: anything else is a damaged store
